@@ -1,0 +1,164 @@
+//! Control-socket protocol shared by `webd` and `webctl`.
+//!
+//! One JSON object per line each way (SPEC.md section 3). Requests are tagged by
+//! `cmd`; every response carries `ok` and either a payload or an `error` string.
+//! This crate has no runtime and no unsafe code: it is only the types and the
+//! path rule both sides must agree on.
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Longest request line the daemon reads before answering with an error.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// A request sent to the daemon's control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Restart {
+        target: RestartTarget,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u32>,
+    },
+    Drain,
+    Resume,
+    Scale {
+        workers: u32,
+    },
+    Stop,
+}
+
+/// What `restart` acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartTarget {
+    Listener,
+    Manager,
+    Workers,
+    Worker,
+}
+
+/// The daemon's answer: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Response { ok: true, error: None, status: None, message: Some(message.into()) }
+    }
+
+    pub fn error(reason: impl Into<String>) -> Self {
+        Response { ok: false, error: Some(reason.into()), status: None, message: None }
+    }
+
+    pub fn status(status: Status) -> Self {
+        Response { ok: true, error: None, status: Some(status), message: None }
+    }
+}
+
+/// The status document of SPEC.md section 3 (also admin `GET /status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_seconds: f64,
+    /// `running`, `draining` or `stopping`.
+    pub state: String,
+    pub listen: Vec<String>,
+    pub processes: Vec<ProcessStatus>,
+    pub workers: Vec<WorkerStatus>,
+    pub connections: ConnectionStatus,
+    pub requests_total: u64,
+}
+
+/// One supervised role (listener or manager).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    pub role: String,
+    /// 0 while no process runs for the role.
+    pub pid: u32,
+    /// `running`, `starting`, `backoff` or `stopped`.
+    pub state: String,
+    pub restarts: u64,
+    pub heartbeat_age_ms: f64,
+    pub heartbeat_latency_ms: f64,
+}
+
+/// One worker slot of the manager's pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub id: u32,
+    pub pid: u32,
+    /// `idle`, `busy`, `draining` or `starting`.
+    pub state: String,
+    pub restarts: u64,
+    pub active_connections: u64,
+    pub requests: u64,
+    pub utilization: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionStatus {
+    pub accepted: u64,
+    pub active: u64,
+}
+
+/// The control socket path both binaries use when none is given (SPEC.md section 2):
+/// `$WEBD_CONTROL_SOCKET`, else `/run/webd/webd.sock` for root, else
+/// `$XDG_RUNTIME_DIR/webd.sock`, else `/tmp/webd-<uid>/webd.sock`.
+pub fn default_control_socket(uid: u32) -> PathBuf {
+    if let Some(path) = std::env::var_os("WEBD_CONTROL_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    if uid == 0 {
+        return PathBuf::from("/run/webd/webd.sock");
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        return PathBuf::from(dir).join("webd.sock");
+    }
+    PathBuf::from(format!("/tmp/webd-{uid}/webd.sock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_use_the_spec_wire_form() {
+        let cases = [
+            (r#"{"cmd":"status"}"#, Request::Status),
+            (
+                r#"{"cmd":"restart","target":"worker","id":3}"#,
+                Request::Restart { target: RestartTarget::Worker, id: Some(3) },
+            ),
+            (
+                r#"{"cmd":"restart","target":"listener"}"#,
+                Request::Restart { target: RestartTarget::Listener, id: None },
+            ),
+            (r#"{"cmd":"scale","workers":2}"#, Request::Scale { workers: 2 }),
+            (r#"{"cmd":"drain"}"#, Request::Drain),
+        ];
+        for (line, want) in cases {
+            let got: Request = serde_json::from_str(line).expect(line);
+            assert_eq!(got, want);
+            assert_eq!(serde_json::to_string(&want).expect("serializes"), line);
+        }
+    }
+
+    #[test]
+    fn unknown_commands_and_targets_are_rejected() {
+        for line in [r#"{"cmd":"reboot"}"#, r#"{"cmd":"restart","target":"daemon"}"#, "garbage"] {
+            assert!(serde_json::from_str::<Request>(line).is_err(), "{line}");
+        }
+    }
+}

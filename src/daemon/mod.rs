@@ -1,0 +1,250 @@
+//! The daemon: root of the process tree and supervisor of the listener and manager.
+//!
+//! It binds the listening sockets, creates the listener→manager connection channel
+//! (holding both ends forever, so queued connections outlive any crash) and the
+//! lifeline pipe, then starts each role by fork+exec and watches it: heartbeats are
+//! checked every 200 ms, three misses make a hang, an exit (SIGCHLD) is acted on at
+//! once, and restarts back off as `supervise` defines.
+
+mod roles;
+mod sockets;
+
+use crate::config::Config;
+use crate::ipc::{Message, Role};
+use crate::signals::{Event, Signals};
+use crate::supervise::CHECK_INTERVAL;
+use crate::sys::{self, process::Exit, Pid};
+use anyhow::Context;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use roles::RoleProcess;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+const SIGNALS: Token = Token(0);
+const LISTENER: Token = Token(1);
+const MANAGER: Token = Token(2);
+
+/// The daemon's overall state, as status shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Running,
+    Draining,
+    Stopping,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Draining => "draining",
+            State::Stopping => "stopping",
+        }
+    }
+}
+
+/// Everything a child is started with that the daemon keeps for its whole life.
+pub struct Inheritance {
+    pub config: Config,
+    pub exe: std::path::PathBuf,
+    pub listen: Vec<OwnedFd>,
+    /// Listener→manager connection channel: (listener's end, manager's end).
+    pub connections: (OwnedFd, OwnedFd),
+    pub lifeline_read: OwnedFd,
+    /// Held, never written: its close at our exit is the children's signal.
+    pub _lifeline_write: OwnedFd,
+}
+
+struct Daemon {
+    poll: Poll,
+    signals: Signals,
+    inherit: Inheritance,
+    listener: RoleProcess,
+    manager: RoleProcess,
+    state: State,
+    stop_deadline: Option<Instant>,
+    next_check: Instant,
+    started: Instant,
+}
+
+/// Runs the daemon until a graceful stop completes.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let listen = sockets::bind_all(&config.listen)?;
+    let connections = sys::seqpacket_pair().context("connection channel")?;
+    let (lifeline_read, lifeline_write) = sys::process::lifeline().context("lifeline pipe")?;
+    sys::process::become_subreaper().context("PR_SET_CHILD_SUBREAPER")?;
+    let signals = Signals::install(&[Event::Stop, Event::Reload, Event::Child, Event::ReopenLogs, Event::Upgrade])
+        .context("signal handlers")?;
+    let exe = std::env::current_exe().context("locating our own executable")?;
+    let poll = Poll::new().context("epoll")?;
+    poll.registry().register(&mut SourceFd(&signals_fd(&signals)), SIGNALS, Interest::READABLE)?;
+    let now = Instant::now();
+    tracing::info!(
+        pid = std::process::id(),
+        listen = ?config.listen,
+        root = %config.root.display(),
+        workers = config.workers,
+        version = crate::VERSION,
+        "webd starting"
+    );
+    let mut daemon = Daemon {
+        poll,
+        signals,
+        inherit: Inheritance { config, exe, listen, connections, lifeline_read, _lifeline_write: lifeline_write },
+        listener: RoleProcess::new(Role::Listener, LISTENER, now),
+        manager: RoleProcess::new(Role::Manager, MANAGER, now),
+        state: State::Running,
+        stop_deadline: None,
+        next_check: now + CHECK_INTERVAL,
+        started: now,
+    };
+    daemon.run_loop()
+}
+
+fn signals_fd(signals: &Signals) -> i32 {
+    use std::os::fd::AsFd;
+    signals.as_fd().as_raw_fd()
+}
+
+impl Daemon {
+    fn run_loop(&mut self) -> anyhow::Result<()> {
+        let mut events = Events::with_capacity(64);
+        loop {
+            let now = Instant::now();
+            self.start_due_roles(now);
+            if self.state == State::Stopping && self.stop_finished(now) {
+                tracing::info!(uptime_s = self.started.elapsed().as_secs(), "webd stopped");
+                return Ok(());
+            }
+            let wake = self.next_wakeup(now);
+            match self.poll.poll(&mut events, Some(wake)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("epoll_wait"),
+            }
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => self.handle_signals(),
+                    LISTENER => self.listener.drain_messages(),
+                    MANAGER => self.manager.drain_messages(),
+                    _ => {}
+                }
+            }
+            let now = Instant::now();
+            if now >= self.next_check {
+                self.next_check = now + CHECK_INTERVAL;
+                self.check_heartbeats(now);
+            }
+            self.listener.kill_overdue_retirees(now);
+            self.manager.kill_overdue_retirees(now);
+        }
+    }
+
+    fn next_wakeup(&self, now: Instant) -> Duration {
+        let mut at = self.next_check;
+        for role in [&self.listener, &self.manager] {
+            for t in role.deadlines() {
+                at = at.min(t);
+            }
+        }
+        if let Some(t) = self.stop_deadline {
+            at = at.min(t);
+        }
+        at.saturating_duration_since(now).max(Duration::from_millis(1))
+    }
+
+    fn start_due_roles(&mut self, now: Instant) {
+        if self.state == State::Stopping {
+            return;
+        }
+        let draining = self.state == State::Draining;
+        for role in [&mut self.listener, &mut self.manager] {
+            if role.slot.start_due.is_some_and(|due| due <= now) {
+                role.start(&self.inherit, self.poll.registry(), draining, now);
+            }
+        }
+    }
+
+    fn handle_signals(&mut self) {
+        for event in self.signals.pending() {
+            match event {
+                Event::Child => self.reap_children(),
+                Event::Stop => self.begin_stop("signal"),
+                Event::Reload => {
+                    tracing::info!("SIGHUP: rolling restart of workers");
+                    self.manager.send(&Message::RestartWorkers { id: None });
+                }
+                Event::ReopenLogs => tracing::info!("SIGUSR1: no access log to reopen"),
+                Event::Upgrade => tracing::warn!("SIGUSR2: binary upgrade is not supported yet"),
+            }
+        }
+    }
+
+    fn reap_children(&mut self) {
+        let now = Instant::now();
+        for (pid, exit) in sys::process::reap_exited() {
+            let stopping = self.state == State::Stopping;
+            if !self.listener.on_exit(pid, exit, stopping, self.poll.registry(), now)
+                && !self.manager.on_exit(pid, exit, stopping, self.poll.registry(), now)
+            {
+                log_orphan_exit(pid, exit);
+            }
+        }
+    }
+
+    fn check_heartbeats(&mut self, now: Instant) {
+        if self.state == State::Stopping {
+            return;
+        }
+        let timeout = self.inherit.config.heartbeat_timeout();
+        let grace = self.inherit.config.grace();
+        for role in [&mut self.listener, &mut self.manager] {
+            role.check(now, timeout, grace, self.poll.registry());
+        }
+    }
+
+    /// Graceful stop: children finish in-flight work within the grace period.
+    fn begin_stop(&mut self, why: &str) {
+        if self.state == State::Stopping {
+            return;
+        }
+        tracing::info!(why, grace_ms = self.inherit.config.grace_ms, "graceful stop");
+        self.state = State::Stopping;
+        let now = Instant::now();
+        self.stop_deadline = Some(now + self.inherit.config.grace());
+        let deadline_ms = self.inherit.config.grace_ms;
+        for role in [&mut self.listener, &mut self.manager] {
+            role.slot.start_due = None;
+            role.send(&Message::Shutdown { deadline_ms });
+        }
+    }
+
+    /// True once every child is gone; past the grace deadline, kills what is left.
+    fn stop_finished(&mut self, now: Instant) -> bool {
+        let alive = self.listener.has_processes() || self.manager.has_processes();
+        if !alive {
+            return true;
+        }
+        if self.stop_deadline.is_some_and(|t| now >= t) {
+            tracing::warn!("grace period over: killing remaining children");
+            for role in [&mut self.listener, &mut self.manager] {
+                role.kill_all();
+            }
+            // Workers of the manager are also killed by the lifeline closing when we
+            // exit; wait briefly so they are reaped rather than left to init.
+            let until = now + Duration::from_millis(500);
+            while (self.listener.has_processes() || self.manager.has_processes()) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+                self.reap_children();
+            }
+            return true;
+        }
+        false
+    }
+}
+
+fn log_orphan_exit(pid: Pid, exit: Exit) {
+    // Workers of a dead manager are reparented to us (we are a subreaper).
+    tracing::info!(%pid, %exit, "reaped orphaned worker");
+}

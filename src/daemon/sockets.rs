@@ -1,0 +1,28 @@
+//! The listening sockets: bound by the daemon once, so no child restart ever closes
+//! the port; the kernel backlog queues connections while a listener is replaced.
+
+use anyhow::Context;
+use socket2::{Domain, Socket, Type};
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+
+/// Kernel accept queue length (capped by net.core.somaxconn).
+const BACKLOG: i32 = 4096;
+
+/// Binds every address; the first failure names its address.
+pub fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<OwnedFd>> {
+    addrs.iter().map(|addr| bind(*addr).with_context(|| format!("cannot listen on {addr}"))).collect()
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<OwnedFd> {
+    // socket2 creates the socket with SOCK_CLOEXEC.
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}

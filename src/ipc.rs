@@ -1,0 +1,301 @@
+//! Messages between webd's processes and the channel that carries them.
+//!
+//! Every channel is an AF_UNIX seqpacket socket: one message per packet, JSON-encoded
+//! (one encoding for every role; heartbeats are ten a second, so readability wins over
+//! a binary format), with fds riding along as SCM_RIGHTS. Control channels
+//! (daemon↔listener, daemon↔manager, manager↔worker) are made fresh for each process a
+//! supervisor starts, so an old and a new process never read each other's messages
+//! during an overlapping restart. The connection channel (listener→manager) is made
+//! once by the daemon, which holds both ends forever: connections queued in it survive
+//! any crash of either side.
+
+use crate::config::Config;
+use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE};
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// Largest encoded message; a manager's heartbeat with a few hundred workers fits.
+pub const MAX_MESSAGE: usize = 128 * 1024;
+
+/// The process roles below the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Listener,
+    Manager,
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Listener => "listener",
+            Role::Manager => "manager",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One message on any channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Message {
+    /// Supervisor → new child, first message: settings plus the child's fds.
+    Bootstrap(Bootstrap),
+    /// Child → supervisor, every heartbeat interval.
+    Heartbeat(Heartbeat),
+    /// Stop taking work, finish what is in progress, exit. Idle keep-alive connections
+    /// are closed when `deadline_ms` has passed, not before.
+    Shutdown { deadline_ms: u64 },
+    /// Stop accepting (listener) / answer with `Connection: close` (workers).
+    Drain,
+    /// Undo `Drain`.
+    Resume,
+    /// `count` connection fds are attached to this message.
+    Connections { count: u32 },
+    /// Daemon → manager: grow or shrink the worker pool.
+    Scale { workers: u32 },
+    /// Daemon → manager: rolling restart of every worker, or of one.
+    RestartWorkers { id: Option<u32> },
+    /// Manager → daemon: a command finished (`ok`) or failed with a reason.
+    Done { ok: bool, detail: String },
+}
+
+/// What a new child needs to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Bootstrap {
+    pub config: Config,
+    /// Worker slot number; `None` for the listener and manager.
+    pub worker_id: Option<u32>,
+    /// Meaning of each attached fd, in order.
+    pub fds: Vec<FdKind>,
+    /// Start in drain mode (the server is draining when this child starts).
+    pub draining: bool,
+}
+
+/// What a bootstrap fd is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FdKind {
+    /// A bound, listening TCP socket.
+    ListenSocket,
+    /// The listener→manager connection channel (listener: send end, manager: receive end).
+    Connections,
+    /// Read end of the daemon's lifeline pipe: EOF means the daemon is gone.
+    Lifeline,
+}
+
+/// A status report: liveness plus the figures the supervisor aggregates.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub role: Option<Role>,
+    pub pid: u32,
+    pub seq: u64,
+    /// CLOCK_MONOTONIC nanoseconds at send time.
+    pub sent_ns: u64,
+    pub counters: Counters,
+    /// Manager only: one report per worker slot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerReport>,
+}
+
+/// Cumulative figures of one process (or of all workers, in a manager's heartbeat).
+/// Counters only grow within one process's life; the daemon accumulates deltas across
+/// restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    /// Listener: connections accepted.
+    pub accepted: u64,
+    /// Worker: connections received from the manager.
+    pub received: u64,
+    /// Worker: connections open now.
+    pub active: u64,
+    /// Worker: requests answered.
+    pub requests: u64,
+    /// Worker: response bytes written (head and body).
+    pub response_bytes: u64,
+    /// Worker: nanoseconds during which at least one request was in progress.
+    pub busy_ns: u64,
+    /// Worker: responses by status code, as `[code, count]` pairs.
+    pub codes: Vec<(u16, u64)>,
+    /// Worker: request durations histogram counts per bucket of `DURATION_BUCKETS`
+    /// (the last entry counts the rest), and their sum in nanoseconds.
+    pub duration_buckets: Vec<u64>,
+    pub duration_sum_ns: u64,
+}
+
+/// A worker slot as the manager sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub id: u32,
+    pub pid: u32,
+    /// `idle`, `busy`, `draining` or `starting`.
+    pub state: String,
+    pub restarts: u64,
+    pub restarts_crash: u64,
+    pub restarts_hang: u64,
+    pub restarts_manual: u64,
+    pub missed_heartbeats: u64,
+    pub heartbeat_age_ms: f64,
+    pub heartbeat_latency_ms: f64,
+    pub utilization: f64,
+    pub counters: Counters,
+}
+
+/// How a receive ended.
+#[derive(Debug)]
+pub enum Recv {
+    Message(Message),
+    /// Nothing queued now.
+    Empty,
+    /// The peer end is closed and the queue is drained.
+    Closed,
+}
+
+/// A seqpacket channel with reusable encode/decode buffers.
+pub struct Channel {
+    fd: OwnedFd,
+    rx: Box<[u8]>,
+    tx: Vec<u8>,
+}
+
+impl Channel {
+    pub fn new(fd: OwnedFd) -> Self {
+        Channel { fd, rx: vec![0u8; MAX_MESSAGE].into_boxed_slice(), tx: Vec::with_capacity(512) }
+    }
+
+    /// Sends `msg` with `fds` attached. `WouldBlock` when the peer's queue is full.
+    pub fn send(&mut self, msg: &Message, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        if fds.len() > MAX_FDS_PER_MESSAGE {
+            return Err(io::Error::other(format!("{} fds exceed one message", fds.len())));
+        }
+        self.tx.clear();
+        serde_json::to_writer(&mut self.tx, msg).map_err(io::Error::other)?;
+        sys::send_with_fds(self.fd.as_fd(), &self.tx, fds)
+    }
+
+    /// Receives one message, appending its fds to `fds`.
+    pub fn recv(&mut self, fds: &mut Vec<OwnedFd>) -> io::Result<Recv> {
+        match sys::recv_with_fds(self.fd.as_fd(), &mut self.rx, fds) {
+            Ok(0) => Ok(Recv::Closed),
+            Ok(n) => match serde_json::from_slice(&self.rx[..n]) {
+                Ok(msg) => Ok(Recv::Message(msg)),
+                Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad message: {e}"))),
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Recv::Empty),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits up to `timeout` for one message (used only for the bootstrap).
+    pub fn recv_blocking(&mut self, fds: &mut Vec<OwnedFd>, timeout: Duration) -> io::Result<Message> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.recv(fds)? {
+                Recv::Message(msg) => return Ok(msg),
+                Recv::Closed => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "channel closed")),
+                Recv::Empty => {}
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no message in time"));
+            }
+            wait_readable(self.fd.as_fd(), left)?;
+        }
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Blocks until `fd` is readable or `timeout` passes.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Upper bounds in seconds of the request-duration histogram buckets (shared by the
+/// workers that count and the daemon that exports).
+pub const DURATION_BUCKETS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// Receives the bootstrap message a supervisor sends first, and sorts its fds.
+pub fn receive_bootstrap(channel: &mut Channel) -> io::Result<(Bootstrap, BootstrapFds)> {
+    let mut fds = Vec::new();
+    match channel.recv_blocking(&mut fds, Duration::from_secs(10))? {
+        Message::Bootstrap(boot) => {
+            if boot.fds.len() != fds.len() {
+                return Err(io::Error::other(format!(
+                    "bootstrap announced {} fds but carried {}",
+                    boot.fds.len(),
+                    fds.len()
+                )));
+            }
+            let mut sorted = BootstrapFds::default();
+            for (kind, fd) in boot.fds.iter().zip(fds) {
+                match kind {
+                    FdKind::ListenSocket => sorted.listen.push(fd),
+                    FdKind::Connections => sorted.connections = Some(fd),
+                    FdKind::Lifeline => sorted.lifeline = Some(fd),
+                }
+            }
+            Ok((boot, sorted))
+        }
+        other => Err(io::Error::other(format!("expected bootstrap, got {other:?}"))),
+    }
+}
+
+/// A child's fds from its bootstrap, by meaning.
+#[derive(Default)]
+pub struct BootstrapFds {
+    pub listen: Vec<OwnedFd>,
+    pub connections: Option<OwnedFd>,
+    pub lifeline: Option<OwnedFd>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_with_fds() {
+        let (a, b) = sys::seqpacket_pair().expect("pair");
+        let (x, _y) = sys::seqpacket_pair().expect("pair");
+        let mut tx = Channel::new(a);
+        let mut rx = Channel::new(b);
+        tx.send(&Message::Connections { count: 1 }, &[x.as_fd()]).expect("send");
+        let hb = Heartbeat { role: Some(Role::Worker), pid: 7, seq: 3, sent_ns: 11, ..Default::default() };
+        tx.send(&Message::Heartbeat(hb), &[]).expect("send");
+        let mut fds = Vec::new();
+        assert!(matches!(rx.recv(&mut fds), Ok(Recv::Message(Message::Connections { count: 1 }))));
+        assert_eq!(fds.len(), 1);
+        match rx.recv(&mut fds) {
+            Ok(Recv::Message(Message::Heartbeat(hb))) => assert_eq!((hb.pid, hb.seq, hb.sent_ns), (7, 3, 11)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(rx.recv(&mut fds), Ok(Recv::Empty)));
+        drop(tx);
+        assert!(matches!(rx.recv(&mut fds), Ok(Recv::Closed)));
+    }
+}

@@ -1,0 +1,26 @@
+//! webd: a self-healing, multi-process static web server.
+//!
+//! Process roles, one module each: [`daemon`] (supervisor, owner of every channel and
+//! listening socket), [`listener`] (accepts TCP), [`manager`] (worker pool and
+//! dispatch), [`worker`] (HTTP). They talk through [`ipc`] messages over seqpacket
+//! channels; [`sys`] holds the only `unsafe` code (fd passing, fork+exec).
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod daemon;
+pub mod fault;
+pub mod heartbeat;
+pub mod ipc;
+pub mod listener;
+pub mod logging;
+pub mod manager;
+pub mod signals;
+pub mod supervise;
+pub mod sys;
+pub mod worker;
+
+/// The version every process reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// argv[0] prefix that marks a child role (`webd: listener`, `webd: worker 3`).
+pub const ROLE_PREFIX: &str = "webd: ";

@@ -1,0 +1,142 @@
+//! The manager role: owns the worker pool and steers connections.
+//!
+//! It reads connection fds from the listener→manager channel and forwards each at once
+//! to the live worker with the least load; it supervises its workers with the same
+//! heartbeat and restart rules the daemon applies to it (`supervise`), and reports
+//! their figures to the daemon in its own heartbeat. It reads connections only while
+//! some worker can take them, so otherwise they stay queued in the kernel, where the
+//! daemon's copy of the channel keeps them safe across a manager crash.
+
+mod pool;
+
+use crate::heartbeat::Heartbeater;
+use crate::ipc::{self, Channel, Counters, Message, Recv, Role};
+use crate::signals::{Event, Signals};
+use crate::supervise::CHECK_INTERVAL;
+use anyhow::Context;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use pool::WorkerPool;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, Instant};
+
+const CONTROL: Token = Token(0);
+const LIFELINE: Token = Token(1);
+const CONNECTIONS: Token = Token(2);
+const SIGNALS: Token = Token(3);
+/// Worker channel tokens are `FIRST_WORKER + slot index`.
+pub(crate) const FIRST_WORKER: usize = 16;
+
+pub fn run(mut control: Channel) -> anyhow::Result<()> {
+    let (boot, fds) = ipc::receive_bootstrap(&mut control).context("manager bootstrap")?;
+    let connections = Channel::new(fds.connections.context("bootstrap without a connection channel")?);
+    let lifeline = fds.lifeline.context("bootstrap without a lifeline")?;
+    let mut signals = Signals::install(&[Event::Child, Event::Stop]).context("signal handlers")?;
+    let exe = std::env::current_exe().context("locating our own executable")?;
+    let config = boot.config;
+    tracing::info!(pid = std::process::id(), workers = config.workers, "manager started");
+
+    let mut poll = Poll::new().context("epoll")?;
+    let registry = poll.registry();
+    registry.register(&mut SourceFd(&control.raw_fd()), CONTROL, Interest::READABLE)?;
+    registry.register(&mut SourceFd(&lifeline.as_raw_fd()), LIFELINE, Interest::READABLE)?;
+    registry.register(&mut SourceFd(&connections.raw_fd()), CONNECTIONS, Interest::READABLE)?;
+    registry.register(&mut SourceFd(&signals.as_fd().as_raw_fd()), SIGNALS, Interest::READABLE)?;
+
+    let mut pool = WorkerPool::new(config.clone(), exe, lifeline, connections, boot.draining);
+    let mut heartbeat = Heartbeater::new(Role::Manager, config.heartbeat_interval());
+    let mut events = Events::with_capacity(256);
+    let mut next_check = Instant::now() + CHECK_INTERVAL;
+    let mut shutdown_deadline: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        pool.start_due(poll.registry(), now);
+        pool.dispatch();
+        heartbeat.tick(now, &mut control, &Counters::default(), &pool.reports(now));
+        if let Some(deadline) = shutdown_deadline {
+            if pool.is_empty() {
+                tracing::info!("manager stopped");
+                return Ok(());
+            }
+            if now >= deadline {
+                tracing::warn!("shutdown deadline passed: killing remaining workers");
+                pool.kill_all();
+                return Ok(());
+            }
+        }
+        let mut wake = heartbeat.until_due(now).min(next_check.saturating_duration_since(now));
+        if let Some(t) = pool.next_deadline() {
+            wake = wake.min(t.saturating_duration_since(now));
+        }
+        match poll.poll(&mut events, Some(wake.max(Duration::from_millis(1)))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("epoll_wait"),
+        }
+        for event in events.iter() {
+            match event.token() {
+                CONTROL => {
+                    if let Some(deadline) = handle_control(&mut control, &mut pool, poll.registry()) {
+                        shutdown_deadline.get_or_insert(deadline);
+                    }
+                }
+                LIFELINE => {
+                    tracing::warn!("daemon gone: manager exiting");
+                    pool.kill_all();
+                    return Ok(());
+                }
+                SIGNALS => {
+                    for event in signals.pending() {
+                        match event {
+                            Event::Child => pool.reap(poll.registry(), Instant::now()),
+                            Event::Stop => {
+                                let deadline = Duration::from_millis(config.grace_ms);
+                                pool.shutdown(deadline, poll.registry());
+                                shutdown_deadline.get_or_insert(Instant::now() + deadline);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                CONNECTIONS => pool.connections_readable(),
+                Token(t) if t >= FIRST_WORKER => pool.drain_messages((t - FIRST_WORKER) as u32, Instant::now()),
+                _ => {}
+            }
+        }
+        let now = Instant::now();
+        if now >= next_check {
+            next_check = now + CHECK_INTERVAL;
+            pool.check(poll.registry(), now);
+        }
+        pool.kill_overdue(now);
+    }
+}
+
+/// Applies the daemon's messages; returns a deadline when told to shut down.
+fn handle_control(control: &mut Channel, pool: &mut WorkerPool, registry: &mio::Registry) -> Option<Instant> {
+    let mut fds = Vec::new();
+    let mut deadline = None;
+    loop {
+        match control.recv(&mut fds) {
+            Ok(Recv::Empty) => return deadline,
+            Ok(Recv::Closed) | Err(_) => {
+                tracing::warn!("control channel closed: manager shutting down");
+                pool.shutdown(Duration::from_millis(0), registry);
+                return Some(Instant::now());
+            }
+            Ok(Recv::Message(msg)) => match msg {
+                Message::Shutdown { deadline_ms } => {
+                    let grace = Duration::from_millis(deadline_ms);
+                    pool.shutdown(grace, registry);
+                    deadline = Some(Instant::now() + grace);
+                }
+                Message::Drain => pool.set_draining(true),
+                Message::Resume => pool.set_draining(false),
+                Message::Scale { workers } => pool.scale(workers, registry),
+                Message::RestartWorkers { id } => pool.restart(id, registry),
+                other => tracing::debug!(?other, "manager ignores message"),
+            },
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! The worker pool: one slot per worker id, each with its own channel; dispatch to the
+//! least-loaded live worker; crash, hang and retirement handling.
+//!
+//! The manager keeps a duplicate of each worker's channel end. When a worker dies,
+//! connections still queued to it are read back from that duplicate and given to
+//! another worker, so a worker crash loses only the requests it was serving.
+
+use super::FIRST_WORKER;
+use crate::config::Config;
+use crate::ipc::{Bootstrap, Channel, Counters, FdKind, Message, Recv, WorkerReport};
+use crate::supervise::{Check, Reason, Retiring, Slot};
+use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, process::Exit, spawn, Pid};
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use nix::sys::signal::Signal;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The process currently serving in a slot.
+struct Current {
+    channel: Channel,
+    /// Duplicate of the worker's end: queued connections can be recovered after a crash.
+    worker_end: OwnedFd,
+    /// Connections sent to this process.
+    dispatched: u64,
+    /// Its latest reported figures.
+    counters: Counters,
+    /// For utilization: busy time and clock at the previous heartbeat.
+    prev_busy_ns: u64,
+    prev_sent_ns: u64,
+    utilization: f64,
+}
+
+struct WorkerSlot {
+    id: u32,
+    slot: Slot,
+    current: Option<Current>,
+    /// False once the slot is scaled away: it starts nothing new.
+    wanted: bool,
+}
+
+/// A worker taken out of service, with its last figures (still reported while it drains).
+struct Retiree {
+    id: u32,
+    worker_end: OwnedFd,
+    counters: Counters,
+}
+
+pub struct WorkerPool {
+    config: Config,
+    exe: PathBuf,
+    lifeline: OwnedFd,
+    connections: Channel,
+    slots: Vec<WorkerSlot>,
+    retiring: Vec<Retiring<(Channel, Retiree)>>,
+    /// Connections received but not yet delivered (every worker busy or starting).
+    pending: Vec<OwnedFd>,
+    /// The listener→manager channel has data we have not read.
+    connections_ready: bool,
+    draining: bool,
+    shutting_down: bool,
+    received_fds: Vec<OwnedFd>,
+}
+
+impl WorkerPool {
+    pub fn new(config: Config, exe: PathBuf, lifeline: OwnedFd, connections: Channel, draining: bool) -> WorkerPool {
+        let now = Instant::now();
+        let slots = (0..config.workers).map(|id| WorkerSlot::new(id, now)).collect();
+        WorkerPool {
+            config,
+            exe,
+            lifeline,
+            connections,
+            slots,
+            retiring: Vec::new(),
+            pending: Vec::new(),
+            connections_ready: true,
+            draining,
+            shutting_down: false,
+            received_fds: Vec::with_capacity(MAX_FDS_PER_MESSAGE),
+        }
+    }
+
+    /// Starts every worker whose start is due.
+    pub fn start_due(&mut self, registry: &Registry, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        for i in 0..self.slots.len() {
+            let due = self.slots[i].wanted && self.slots[i].slot.start_due.is_some_and(|t| t <= now);
+            if due {
+                self.start(i, registry, now);
+            }
+        }
+    }
+
+    fn start(&mut self, index: usize, registry: &Registry, now: Instant) {
+        let id = self.slots[index].id;
+        match self.spawn(id, registry) {
+            Ok((pid, current)) => {
+                let ws = &mut self.slots[index];
+                ws.slot.spawned(pid, now);
+                ws.current = Some(current);
+                tracing::info!(worker = id, %pid, "worker spawned");
+            }
+            Err(e) => {
+                let delay = self.slots[index].slot.vacate(Reason::Crash, now);
+                tracing::error!(worker = id, error = %format!("{e:#}"), retry_ms = delay.as_millis() as u64, "worker spawn failed");
+            }
+        }
+    }
+
+    fn spawn(&self, id: u32, registry: &Registry) -> anyhow::Result<(Pid, Current)> {
+        let (ours, theirs) = sys::seqpacket_pair()?;
+        let worker_end = theirs.try_clone()?;
+        let argv0 = format!("{}worker {id}", crate::ROLE_PREFIX);
+        let env = [(crate::logging::LOG_FORMAT_ENV, crate::logging::format_env_value(self.config.log_format))];
+        let pid = spawn::spawn(spawn::SpawnSpec {
+            exe: &self.exe,
+            argv0: &argv0,
+            channel: theirs,
+            // A worker outlives a crashed manager to finish its requests; the lifeline
+            // ends it with the daemon.
+            die_with_parent: false,
+            env: &env,
+        })?;
+        let mut channel = Channel::new(ours);
+        let boot = Bootstrap {
+            config: self.config.clone(),
+            worker_id: Some(id),
+            fds: vec![FdKind::Lifeline],
+            draining: self.draining,
+        };
+        if let Err(e) = channel.send(&Message::Bootstrap(boot), &[self.lifeline.as_fd()]) {
+            sys::process::signal(pid, Signal::SIGKILL);
+            anyhow::bail!("sending bootstrap to worker {id} (pid {pid}): {e}");
+        }
+        registry.register(&mut SourceFd(&channel.raw_fd()), Token(FIRST_WORKER + id as usize), Interest::READABLE)?;
+        let current = Current {
+            channel,
+            worker_end,
+            dispatched: 0,
+            counters: Counters::default(),
+            prev_busy_ns: 0,
+            prev_sent_ns: 0,
+            utilization: 0.0,
+        };
+        Ok((pid, current))
+    }
+
+    pub fn connections_readable(&mut self) {
+        self.connections_ready = true;
+        self.dispatch();
+    }
+
+    /// Moves connections from the listener channel to workers, as long as some worker
+    /// can take them.
+    pub fn dispatch(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        self.deliver_pending();
+        while self.pending.is_empty() && self.connections_ready && self.has_live_worker() {
+            self.received_fds.clear();
+            match self.connections.recv(&mut self.received_fds) {
+                Ok(Recv::Message(Message::Connections { .. })) => {
+                    self.pending.append(&mut self.received_fds);
+                    self.deliver_pending();
+                }
+                Ok(Recv::Message(other)) => tracing::warn!(?other, "unexpected message on connection channel"),
+                Ok(Recv::Empty) | Ok(Recv::Closed) => self.connections_ready = false,
+                Err(e) => {
+                    // A lost batch cannot be recovered; log and keep going.
+                    tracing::error!(error = %e, "receiving connections");
+                    self.pending.append(&mut self.received_fds);
+                }
+            }
+        }
+    }
+
+    fn has_live_worker(&self) -> bool {
+        self.slots.iter().any(|ws| ws.wanted && ws.current.is_some() && ws.slot.pid.is_some())
+    }
+
+    /// Sends pending connections to the least-loaded workers, a batch per worker.
+    fn deliver_pending(&mut self) {
+        while !self.pending.is_empty() {
+            let Some(index) = self.least_loaded() else { return };
+            let take = self.pending.len().min(self.fair_share());
+            let batch: Vec<OwnedFd> = self.pending.drain(..take).collect();
+            let current = self.slots[index].current.as_mut().expect("least_loaded returns live slots");
+            let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|fd| fd.as_fd()).collect();
+            match current.channel.send(&Message::Connections { count: batch.len() as u32 }, &fds) {
+                Ok(()) => current.dispatched += batch.len() as u64,
+                Err(e) => {
+                    drop(fds);
+                    // Put them back in front and stop for now: the worker is full or
+                    // gone (its exit will be reaped and its queue recovered).
+                    let rest = std::mem::take(&mut self.pending);
+                    self.pending = batch;
+                    self.pending.extend(rest);
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::warn!(worker = self.slots[index].id, error = %e, "dispatch failed");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// How many connections one worker gets per message when several are waiting, so a
+    /// burst spreads over the pool.
+    fn fair_share(&self) -> usize {
+        let live = self.slots.iter().filter(|ws| ws.current.is_some()).count().max(1);
+        self.pending.len().div_ceil(live).clamp(1, MAX_FDS_PER_MESSAGE)
+    }
+
+    /// The live, wanted worker with the fewest open plus in-flight connections;
+    /// workers that answered a heartbeat first.
+    fn least_loaded(&self) -> Option<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, ws)| ws.wanted && ws.slot.pid.is_some())
+            .filter_map(|(i, ws)| ws.current.as_ref().map(|c| (i, ws, c)))
+            .min_by_key(|(_, ws, c)| {
+                let in_flight = c.dispatched.saturating_sub(c.counters.received);
+                (!ws.slot.is_up(), c.counters.active + in_flight)
+            })
+            .map(|(i, _, _)| i)
+    }
+
+    /// Reads the heartbeats of worker `id`.
+    pub fn drain_messages(&mut self, id: u32, now: Instant) {
+        let Some(ws) = self.slots.iter_mut().find(|ws| ws.id == id) else { return };
+        let Some(current) = ws.current.as_mut() else { return };
+        let mut fds = Vec::new();
+        loop {
+            match current.channel.recv(&mut fds) {
+                Ok(Recv::Message(Message::Heartbeat(hb))) => {
+                    if ws.slot.heartbeat(hb.sent_ns, sys::monotonic_ns(), now) {
+                        tracing::info!(worker = ws.id, pid = hb.pid, "worker up");
+                    }
+                    let wall = hb.sent_ns.saturating_sub(current.prev_sent_ns);
+                    if current.prev_sent_ns != 0 && wall > 0 {
+                        let busy = hb.counters.busy_ns.saturating_sub(current.prev_busy_ns);
+                        current.utilization = (busy as f64 / wall as f64).clamp(0.0, 1.0);
+                    }
+                    current.prev_sent_ns = hb.sent_ns;
+                    current.prev_busy_ns = hb.counters.busy_ns;
+                    current.counters = hb.counters;
+                }
+                Ok(Recv::Message(other)) => tracing::debug!(worker = ws.id, ?other, "unexpected message"),
+                Ok(Recv::Empty) | Ok(Recv::Closed) => break,
+                Err(e) => {
+                    tracing::warn!(worker = ws.id, error = %e, "bad message from worker");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The 200 ms heartbeat check of every worker.
+    pub fn check(&mut self, registry: &Registry, now: Instant) {
+        let timeout = self.config.heartbeat_timeout();
+        for index in 0..self.slots.len() {
+            let ws = &mut self.slots[index];
+            let age_ms = ws.slot.heartbeat_age(now).as_millis() as u64;
+            match ws.slot.check(now, timeout) {
+                Check::Healthy | Check::Vacant => {}
+                Check::Missed(n) => {
+                    tracing::warn!(worker = ws.id, pid = ?ws.slot.pid, age_ms, missed = n, "worker missed heartbeat")
+                }
+                Check::Hung => {
+                    tracing::error!(worker = ws.id, pid = ?ws.slot.pid, age_ms, "worker hung: 3 missed heartbeats; restarting");
+                    self.retire(index, Reason::Hang, self.config.grace(), registry, now);
+                }
+            }
+        }
+    }
+
+    /// Takes the slot's process out of service: it finishes what it has (its queued
+    /// connections included) and exits by `deadline`, or is killed `grace` after it.
+    fn retire(&mut self, index: usize, reason: Reason, deadline: Duration, registry: &Registry, now: Instant) {
+        let ws = &mut self.slots[index];
+        let (Some(pid), Some(current)) = (ws.slot.pid, ws.current.take()) else { return };
+        let Current { mut channel, worker_end, counters, .. } = current;
+        let _ = registry.deregister(&mut SourceFd(&channel.raw_fd()));
+        let _ = channel.send(&Message::Shutdown { deadline_ms: deadline.as_millis() as u64 }, &[]);
+        let kill_at = now + deadline + self.config.grace();
+        let retiree = Retiree { id: ws.id, worker_end, counters };
+        self.retiring.push(Retiring { name: format!("worker {}", ws.id), pid, kill_at, channel: (channel, retiree) });
+        let delay = ws.slot.vacate(reason, now);
+        if ws.wanted && !self.shutting_down {
+            log_restart(ws, reason, delay, now);
+        }
+    }
+
+    /// Reaps exited workers: crashes are restarted, and any connections still queued
+    /// to a dead worker go to another.
+    pub fn reap(&mut self, registry: &Registry, now: Instant) {
+        for (pid, exit) in sys::process::reap_exited() {
+            if let Some(i) = self.retiring.iter().position(|r| r.pid == pid) {
+                let retired = self.retiring.swap_remove(i);
+                tracing::info!(worker = retired.channel.1.id, %pid, %exit, "retired worker exited");
+                self.recover_queued(&retired.channel.1.worker_end);
+                continue;
+            }
+            let Some(index) = self.slots.iter().position(|ws| ws.slot.pid == Some(pid)) else {
+                tracing::debug!(%pid, %exit, "reaped unknown child");
+                continue;
+            };
+            self.on_crash(index, pid, exit, registry, now);
+        }
+        self.slots.retain(|ws| ws.wanted || ws.slot.pid.is_some());
+        self.dispatch();
+    }
+
+    fn on_crash(&mut self, index: usize, pid: Pid, exit: Exit, registry: &Registry, now: Instant) {
+        let ws = &mut self.slots[index];
+        if let Some(current) = ws.current.take() {
+            let _ = registry.deregister(&mut SourceFd(&current.channel.raw_fd()));
+            tracing::error!(worker = ws.id, %pid, %exit, "worker crashed");
+            let delay = ws.slot.vacate(Reason::Crash, now);
+            if ws.wanted && !self.shutting_down {
+                log_restart(ws, Reason::Crash, delay, now);
+            }
+            self.recover_queued(&current.worker_end);
+        }
+    }
+
+    /// Reads back connections that were sent to a worker that never took them.
+    fn recover_queued(&mut self, worker_end: &OwnedFd) {
+        let mut channel_view = [0u8; 4096];
+        let mut recovered = 0;
+        loop {
+            let mut fds = Vec::new();
+            match sys::recv_with_fds(worker_end.as_fd(), &mut channel_view, &mut fds) {
+                Ok(0) => break,
+                Ok(_) => {
+                    recovered += fds.len();
+                    self.pending.extend(fds);
+                }
+                Err(_) => break,
+            }
+        }
+        if recovered > 0 {
+            tracing::info!(connections = recovered, "recovered connections queued to a dead worker");
+        }
+    }
+
+    pub fn kill_overdue(&mut self, now: Instant) {
+        for r in self.retiring.iter_mut().filter(|r| now >= r.kill_at) {
+            tracing::warn!(worker = r.channel.1.id, pid = %r.pid, "worker did not exit in time: SIGKILL");
+            sys::process::signal(r.pid, Signal::SIGKILL);
+            r.kill_at = now + Duration::from_secs(3600);
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let starts = self.slots.iter().filter(|ws| ws.wanted).filter_map(|ws| ws.slot.start_due);
+        starts.chain(self.retiring.iter().map(|r| r.kill_at)).min()
+    }
+
+    /// Stops taking connections (leaving them queued for the next manager) and asks every
+    /// worker to finish within `deadline`.
+    pub fn shutdown(&mut self, deadline: Duration, registry: &Registry) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        let now = Instant::now();
+        for index in 0..self.slots.len() {
+            self.slots[index].wanted = false;
+            self.retire(index, Reason::Manual, deadline, registry, now);
+        }
+        // Received connections cannot be put back in the shared queue; with every
+        // worker retiring there is no one left to serve them.
+        if !self.pending.is_empty() {
+            tracing::warn!(connections = self.pending.len(), "closing undelivered connections at shutdown");
+            self.pending.clear();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.retiring.is_empty() && self.slots.iter().all(|ws| ws.slot.pid.is_none())
+    }
+
+    pub fn kill_all(&mut self) {
+        let pids = self.slots.iter().filter_map(|ws| ws.slot.pid).chain(self.retiring.iter().map(|r| r.pid));
+        for pid in pids {
+            sys::process::signal(pid, Signal::SIGKILL);
+        }
+    }
+
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+        let msg = if draining { Message::Drain } else { Message::Resume };
+        for current in self.slots.iter_mut().filter_map(|ws| ws.current.as_mut()) {
+            let _ = current.channel.send(&msg, &[]);
+        }
+    }
+
+    /// Grows or shrinks the pool to ids `0..workers`; removed workers drain.
+    pub fn scale(&mut self, workers: u32, registry: &Registry) {
+        let now = Instant::now();
+        for index in 0..self.slots.len() {
+            if self.slots[index].id >= workers && self.slots[index].wanted {
+                self.slots[index].wanted = false;
+                self.retire(index, Reason::Manual, self.config.drain_timeout(), registry, now);
+            }
+        }
+        self.slots.retain(|ws| ws.wanted || ws.slot.pid.is_some());
+        for id in 0..workers {
+            if !self.slots.iter().any(|ws| ws.id == id) {
+                self.slots.push(WorkerSlot::new(id, now));
+            }
+        }
+        self.slots.sort_by_key(|ws| ws.id);
+        self.config.workers = workers;
+        tracing::info!(workers, "pool scaled");
+    }
+
+    /// Restarts one worker (`id`) or all of them, one after another.
+    pub fn restart(&mut self, id: Option<u32>, registry: &Registry) {
+        let now = Instant::now();
+        for index in 0..self.slots.len() {
+            if self.slots[index].wanted && id.is_none_or(|id| self.slots[index].id == id) {
+                self.retire(index, Reason::Manual, self.config.drain_timeout(), registry, now);
+            }
+        }
+    }
+
+    /// One report per worker process, current and draining.
+    pub fn reports(&mut self, now: Instant) -> Vec<WorkerReport> {
+        let mut out = Vec::with_capacity(self.slots.len() + self.retiring.len());
+        for ws in self.slots.iter_mut().filter(|ws| ws.wanted) {
+            let state = ws.slot.state(now);
+            let (counters, utilization) =
+                ws.current.as_ref().map(|c| (c.counters.clone(), c.utilization)).unwrap_or_default();
+            let state = match state {
+                "running" if utilization > 0.0 || counters.active > 0 => "busy",
+                "running" => "idle",
+                other => other,
+            };
+            out.push(report(ws.id, ws.slot.pid, state, &ws.slot, now, utilization, counters));
+        }
+        for r in &self.retiring {
+            let retiree = &r.channel.1;
+            let mut rep = WorkerReport {
+                id: retiree.id,
+                pid: r.pid.as_raw() as u32,
+                state: "draining".into(),
+                counters: retiree.counters.clone(),
+                ..Default::default()
+            };
+            rep.counters.active = retiree.counters.active;
+            out.push(rep);
+        }
+        out
+    }
+}
+
+impl WorkerSlot {
+    fn new(id: u32, now: Instant) -> WorkerSlot {
+        WorkerSlot { id, slot: Slot::new(format!("worker {id}"), now), current: None, wanted: true }
+    }
+}
+
+fn report(
+    id: u32,
+    pid: Option<Pid>,
+    state: &str,
+    slot: &Slot,
+    now: Instant,
+    utilization: f64,
+    counters: Counters,
+) -> WorkerReport {
+    WorkerReport {
+        id,
+        pid: pid.map(|p| p.as_raw() as u32).unwrap_or(0),
+        state: state.to_string(),
+        restarts: slot.restarts(),
+        restarts_crash: slot.restarts_by_reason[0],
+        restarts_hang: slot.restarts_by_reason[1],
+        restarts_manual: slot.restarts_by_reason[2],
+        missed_heartbeats: slot.missed_total,
+        heartbeat_age_ms: slot.heartbeat_age(now).as_secs_f64() * 1000.0,
+        heartbeat_latency_ms: slot.latency_ns as f64 / 1e6,
+        utilization,
+        counters,
+    }
+}
+
+fn log_restart(ws: &mut WorkerSlot, reason: Reason, delay: Duration, now: Instant) {
+    let restarts = ws.slot.restarts();
+    if ws.slot.in_backoff(now) {
+        tracing::warn!(
+            worker = ws.id,
+            reason = reason.as_str(),
+            restarts,
+            retry_ms = delay.as_millis() as u64,
+            "worker backoff: more than 5 restarts in 10 s"
+        );
+    } else {
+        tracing::info!(
+            worker = ws.id,
+            reason = reason.as_str(),
+            restarts,
+            retry_ms = delay.as_millis() as u64,
+            "worker restart scheduled"
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! Supervision rules shared by the daemon (for the listener and manager) and the
+//! manager (for its workers): heartbeat deadlines, hang detection, restart backoff.
+//!
+//! A `Slot` is one supervised position ("listener", "worker 3"); processes come and go
+//! in it. The rules (SPEC.md section 1): a check every 200 ms; a heartbeat older than
+//! the timeout is a miss; 3 consecutive misses = hung. Restarts back off 100 ms doubling
+//! to 5 s while a slot keeps failing; more than 5 restarts within 10 s is `backoff`.
+
+use crate::sys::Pid;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How often supervisors check heartbeats.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// Consecutive misses after which a child is hung.
+pub const MISSES_FOR_HANG: u32 = 3;
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_WINDOW: Duration = Duration::from_secs(10);
+const BACKOFF_BURST: usize = 5;
+
+/// Why a process was restarted (the `reason` label of `webd_restarts_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Crash,
+    Hang,
+    Manual,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Crash => "crash",
+            Reason::Hang => "hang",
+            Reason::Manual => "manual",
+        }
+    }
+
+    pub const ALL: [Reason; 3] = [Reason::Crash, Reason::Hang, Reason::Manual];
+}
+
+/// What a heartbeat check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Healthy,
+    /// The heartbeat is late; the count of consecutive misses so far.
+    Missed(u32),
+    Hung,
+    /// No process in the slot.
+    Vacant,
+}
+
+/// One supervised position and the process currently in it.
+#[derive(Debug)]
+pub struct Slot {
+    pub name: String,
+    pub pid: Option<Pid>,
+    started_at: Instant,
+    last_heartbeat: Instant,
+    got_heartbeat: bool,
+    misses: u32,
+    pub missed_total: u64,
+    /// Last heartbeat latency (receive − send, CLOCK_MONOTONIC), nanoseconds.
+    pub latency_ns: u64,
+    /// When the next process for this slot is due to start.
+    pub start_due: Option<Instant>,
+    recent_restarts: VecDeque<Instant>,
+    pub restarts_by_reason: [u64; 3],
+}
+
+impl Slot {
+    pub fn new(name: impl Into<String>, now: Instant) -> Slot {
+        Slot {
+            name: name.into(),
+            pid: None,
+            started_at: now,
+            last_heartbeat: now,
+            got_heartbeat: false,
+            misses: 0,
+            missed_total: 0,
+            latency_ns: 0,
+            start_due: Some(now),
+            recent_restarts: VecDeque::new(),
+            restarts_by_reason: [0; 3],
+        }
+    }
+
+    pub fn restarts(&self) -> u64 {
+        self.restarts_by_reason.iter().sum()
+    }
+
+    /// A new process now occupies the slot; its heartbeat age counts from its start.
+    pub fn spawned(&mut self, pid: Pid, now: Instant) {
+        self.pid = Some(pid);
+        self.started_at = now;
+        self.last_heartbeat = now;
+        self.got_heartbeat = false;
+        self.misses = 0;
+        self.start_due = None;
+    }
+
+    /// Records a heartbeat; returns true when it is the process's first.
+    pub fn heartbeat(&mut self, sent_ns: u64, received_ns: u64, now: Instant) -> bool {
+        self.latency_ns = received_ns.saturating_sub(sent_ns);
+        self.last_heartbeat = now;
+        self.misses = 0;
+        let first = !self.got_heartbeat;
+        self.got_heartbeat = true;
+        first
+    }
+
+    /// True once the current process has sent a heartbeat.
+    pub fn is_up(&self) -> bool {
+        self.pid.is_some() && self.got_heartbeat
+    }
+
+    pub fn heartbeat_age(&self, now: Instant) -> Duration {
+        if self.pid.is_none() {
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(self.last_heartbeat)
+    }
+
+    /// The periodic check: counts a miss when the last heartbeat is older than `timeout`.
+    pub fn check(&mut self, now: Instant, timeout: Duration) -> Check {
+        if self.pid.is_none() {
+            return Check::Vacant;
+        }
+        if self.heartbeat_age(now) <= timeout {
+            return Check::Healthy;
+        }
+        self.misses += 1;
+        self.missed_total += 1;
+        if self.misses >= MISSES_FOR_HANG {
+            Check::Hung
+        } else {
+            Check::Missed(self.misses)
+        }
+    }
+
+    /// The process left the slot (exited, or was declared hung and is being retired):
+    /// counts a restart and schedules the next start after the backoff delay.
+    pub fn vacate(&mut self, reason: Reason, now: Instant) -> Duration {
+        self.pid = None;
+        self.got_heartbeat = false;
+        let delay = self.record_restart(reason, now);
+        self.start_due = Some(now + delay);
+        delay
+    }
+
+    /// Counts a restart; returns how long to wait before the next start.
+    fn record_restart(&mut self, reason: Reason, now: Instant) -> Duration {
+        let idx = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.restarts_by_reason[idx] += 1;
+        self.prune(now);
+        self.recent_restarts.push_back(now);
+        if reason == Reason::Manual {
+            return Duration::ZERO; // an operator's restart is not a failure
+        }
+        let failures = self.recent_restarts.len() as u32;
+        BACKOFF_FIRST.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(BACKOFF_MAX)
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while let Some(t) = self.recent_restarts.front() {
+            if now.saturating_duration_since(*t) > BACKOFF_WINDOW {
+                self.recent_restarts.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// More than 5 restarts within 10 s and not yet healthy again.
+    pub fn in_backoff(&mut self, now: Instant) -> bool {
+        self.prune(now);
+        self.recent_restarts.len() > BACKOFF_BURST && !self.is_up()
+    }
+
+    /// `running`, `starting`, `backoff` or `stopped`, as status and metrics show it.
+    pub fn state(&mut self, now: Instant) -> &'static str {
+        if self.in_backoff(now) {
+            "backoff"
+        } else if self.is_up() {
+            "running"
+        } else if self.pid.is_some() || self.start_due.is_some() {
+            "starting"
+        } else {
+            "stopped"
+        }
+    }
+
+    /// How long the current process has been running.
+    pub fn uptime(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started_at)
+    }
+}
+
+/// A process taken out of its slot that is being stopped: it got a shutdown message
+/// and is killed if still alive at `kill_at`.
+#[derive(Debug)]
+pub struct Retiring<C> {
+    pub name: String,
+    pub pid: Pid,
+    pub kill_at: Instant,
+    /// Kept open so the process drains instead of taking EOF as "supervisor gone".
+    pub channel: C,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_late_checks_make_a_hang_and_a_heartbeat_resets_them() {
+        let t0 = Instant::now();
+        let mut slot = Slot::new("listener", t0);
+        slot.spawned(Pid::from_raw(42), t0);
+        let timeout = Duration::from_millis(200);
+        assert_eq!(slot.check(t0 + Duration::from_millis(100), timeout), Check::Healthy);
+        assert_eq!(slot.check(t0 + Duration::from_millis(300), timeout), Check::Missed(1));
+        slot.heartbeat(0, 0, t0 + Duration::from_millis(350));
+        assert_eq!(slot.check(t0 + Duration::from_millis(600), timeout), Check::Missed(1));
+        assert_eq!(slot.check(t0 + Duration::from_millis(800), timeout), Check::Missed(2));
+        assert_eq!(slot.check(t0 + Duration::from_millis(1000), timeout), Check::Hung);
+    }
+
+    #[test]
+    fn failures_back_off_doubling_to_five_seconds_and_mark_backoff() {
+        let t0 = Instant::now();
+        let mut slot = Slot::new("manager", t0);
+        let mut delays = Vec::new();
+        for i in 0..8 {
+            let now = t0 + Duration::from_millis(10 * i);
+            slot.spawned(Pid::from_raw(100 + i as i32), now);
+            delays.push(slot.vacate(Reason::Crash, now).as_millis());
+        }
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert!(slot.in_backoff(t0 + Duration::from_millis(100)));
+        assert_eq!(slot.state(t0 + Duration::from_millis(100)), "backoff");
+        // After a quiet window the count starts over.
+        let later = t0 + Duration::from_secs(30);
+        assert!(!slot.in_backoff(later));
+        slot.spawned(Pid::from_raw(9), later);
+        assert_eq!(slot.vacate(Reason::Crash, later).as_millis(), 100);
+        assert_eq!(slot.restarts(), 9);
+    }
+
+    #[test]
+    fn manual_restarts_start_at_once() {
+        let t0 = Instant::now();
+        let mut slot = Slot::new("worker 0", t0);
+        slot.spawned(Pid::from_raw(5), t0);
+        assert_eq!(slot.vacate(Reason::Manual, t0), Duration::ZERO);
+        assert_eq!(slot.restarts_by_reason, [0, 0, 1]);
+    }
+}

@@ -1,0 +1,77 @@
+//! Process-level helpers: monotonic clock, signals to children, reaping, subreaper.
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use std::io;
+use std::os::fd::OwnedFd;
+
+pub use nix::unistd::Pid;
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock heartbeats are stamped with, shared by all
+/// processes on the host so receive minus send time is a real latency.
+pub fn monotonic_ns() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(ts) => (ts.tv_sec() as u64).saturating_mul(1_000_000_000) + ts.tv_nsec() as u64,
+        Err(_) => 0, // cannot fail for CLOCK_MONOTONIC on Linux
+    }
+}
+
+/// How a reaped child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(Signal),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exit code {code}"),
+            Exit::Signal(sig) => write!(f, "signal {sig}"),
+        }
+    }
+}
+
+/// Reaps every exited child without blocking.
+pub fn reap_exited() -> Vec<(Pid, Exit)> {
+    let mut out = Vec::new();
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => out.push((pid, Exit::Code(code))),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => out.push((pid, Exit::Signal(sig))),
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return out,
+            Ok(_) => continue, // stopped/continued: not an exit
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return out,
+        }
+    }
+}
+
+/// Sends `sig` to `pid`; a process already gone is not an error.
+pub fn signal(pid: Pid, sig: Signal) {
+    match nix::sys::signal::kill(pid, sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(%pid, ?sig, error = %e, "kill failed"),
+    }
+}
+
+/// Makes orphaned descendants (workers of a crashed manager) our children, so we reap
+/// them and none is left a zombie.
+pub fn become_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}
+
+/// A pipe whose write end only the daemon holds: when the daemon dies, however it dies,
+/// every process holding the read end sees EOF. Workers use it to outlive their manager
+/// (finishing requests) but never the daemon.
+pub fn lifeline() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK).map_err(io::Error::from)
+}
+
+/// Sets the thread name shown by `top` and `ps -o comm` (15 bytes at most).
+pub fn set_thread_name(name: &str) {
+    let short: String = name.chars().take(15).collect();
+    if let Ok(cname) = std::ffi::CString::new(short) {
+        let _ = nix::sys::prctl::set_name(&cname);
+    }
+}

@@ -1,0 +1,102 @@
+//! fork+exec of a role from our own executable.
+//!
+//! The child gets argv[0] `webd: <role>` (what `ps` shows), exactly one inherited fd (its
+//! control channel, number in `WEBD_CHANNEL_FD`), and everything else by SCM_RIGHTS over
+//! that channel. `std::process::Command` does the fork+exec; we only add a pre-exec hook.
+
+use super::process::Pid;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+/// Environment variable carrying the inherited control-channel fd number.
+pub const CHANNEL_FD_ENV: &str = "WEBD_CHANNEL_FD";
+
+/// What to start and how it is tied to us.
+pub struct SpawnSpec<'a> {
+    pub exe: &'a Path,
+    pub argv0: &'a str,
+    /// The child's end of its control channel; inherited, then closed here.
+    pub channel: OwnedFd,
+    /// Kill the child with SIGKILL if the spawning thread dies (listener, manager).
+    pub die_with_parent: bool,
+    pub env: &'a [(&'a str, String)],
+}
+
+/// Forks and execs `spec.exe`; returns the child's pid.
+pub fn spawn(spec: SpawnSpec<'_>) -> io::Result<Pid> {
+    let channel_raw = spec.channel.as_raw_fd();
+    let parent = nix::unistd::getpid();
+    let die_with_parent = spec.die_with_parent;
+    let mut cmd = Command::new(spec.exe);
+    cmd.arg0(spec.argv0)
+        .env(CHANNEL_FD_ENV, channel_raw.to_string())
+        // systemd's notify socket belongs to the daemon alone.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .envs(spec.env.iter().map(|(k, v)| (*k, v.as_str())));
+    // SAFETY: the hook runs in the forked child before exec and calls only
+    // async-signal-safe syscalls (fcntl, prctl, getppid, _exit); it allocates nothing
+    // and touches no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The channel was created CLOEXEC; clear the flag in this child only.
+            if libc::fcntl(channel_raw, libc::F_SETFD, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if die_with_parent {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent may have died between fork and prctl.
+                if libc::getppid() != parent.as_raw() {
+                    libc::_exit(1);
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("exec {} as {:?}: {e}", spec.exe.display(), spec.argv0)))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    // We reap with waitpid ourselves; dropping `Child` neither waits nor kills.
+    drop(child);
+    drop(spec.channel);
+    Ok(pid)
+}
+
+/// Borrows a raw fd number only to probe it with fcntl.
+fn unsafe_borrow(raw: i32) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: used only for one F_GETFD probe, which is harmless on any number; a
+    // closed number yields EBADF, which the caller turns into an error.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) }
+}
+
+/// In a child: takes ownership of the control channel named by `WEBD_CHANNEL_FD`,
+/// re-marks it CLOEXEC so it does not leak into our own children, and clears the
+/// variable.
+pub fn take_inherited_channel() -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let raw: i32 = std::env::var(CHANNEL_FD_ENV)
+        .map_err(|_| io::Error::other(format!("{CHANNEL_FD_ENV} is not set: roles are started by webd itself")))?
+        .parse()
+        .map_err(|_| io::Error::other(format!("{CHANNEL_FD_ENV} is not an fd number")))?;
+    if nix::fcntl::fcntl(unsafe_borrow(raw), nix::fcntl::FcntlArg::F_GETFD).is_err() {
+        return Err(io::Error::other(format!("inherited fd {raw} is not open")));
+    }
+    // SAFETY: the fd is open (checked above) and was inherited across exec for us alone
+    // (the parent cleared CLOEXEC for exactly this number in this child); nothing in this
+    // process owns it yet.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let stat = nix::sys::stat::fstat(&fd).map_err(|e| io::Error::other(format!("inherited fd {raw}: {e}")))?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::other(format!("inherited fd {raw} is not a socket")));
+    }
+    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    std::env::remove_var(CHANNEL_FD_ENV);
+    Ok(fd)
+}

@@ -1,0 +1,306 @@
+//! One HTTP connection: read, parse, respond, write, repeat.
+//!
+//! Hot path. Buffers are per connection and reused, so a steady keep-alive connection
+//! allocates nothing per request. Pipelined requests are answered in order, their
+//! responses batched into one write. Bodies up to `INLINE_BODY_MAX` are copied after
+//! the head so a small response is a single `send`; larger ones go out with sendfile.
+
+use super::request::{self, Parsed};
+use super::response::{self, Body, Plan};
+use super::{Shared, Stats};
+use nix::sys::socket::{send, MsgFlags};
+use std::fs::File;
+use std::io::{self, Read};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+/// Bodies up to this size are read into the write buffer (one send with the head).
+const INLINE_BODY_MAX: u64 = 16 * 1024;
+/// Stop producing pipelined responses once this much output is waiting.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+const READ_BUF_INITIAL: usize = 4 * 1024;
+/// Largest sendfile call, so one big download does not monopolise the loop.
+const SENDFILE_CHUNK: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Keep,
+    Close,
+}
+
+struct FileBody {
+    file: File,
+    offset: i64,
+    remaining: u64,
+}
+
+/// A response produced but not yet fully written, for the statistics.
+struct Unflushed {
+    status: u16,
+    bytes: u64,
+    started: Instant,
+}
+
+pub struct Conn {
+    sock: TcpStream,
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    body: Option<FileBody>,
+    /// Request body bytes still to skip.
+    discard: u64,
+    close_after: bool,
+    unflushed: Vec<Unflushed>,
+    /// When the current (incomplete) request head started, for the header timeout.
+    head_started: Option<Instant>,
+    deadline: Instant,
+}
+
+impl Conn {
+    pub fn new(fd: OwnedFd, shared: &Shared, now: Instant) -> io::Result<Conn> {
+        let sock = TcpStream::from(fd);
+        // Heads and small bodies go out in one send; no reason to wait for Nagle.
+        sock.set_nodelay(true)?;
+        Ok(Conn {
+            sock,
+            rbuf: vec![0; READ_BUF_INITIAL],
+            rstart: 0,
+            rend: 0,
+            wbuf: Vec::new(),
+            wpos: 0,
+            body: None,
+            discard: 0,
+            close_after: false,
+            unflushed: Vec::new(),
+            head_started: Some(now),
+            deadline: now + shared.header_timeout,
+        })
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    /// Makes all the progress the socket allows.
+    pub fn drive(&mut self, shared: &mut Shared, now: Instant) -> Outcome {
+        loop {
+            let needs_input = self.produce(shared, now);
+            if self.has_output() {
+                match self.write_out() {
+                    Ok(true) => self.flushed(&mut shared.stats, now),
+                    Ok(false) => {
+                        // The client is slow to read: give it the keep-alive timeout
+                        // per stretch without progress.
+                        self.deadline = now + shared.keepalive_timeout;
+                        return Outcome::Keep;
+                    }
+                    Err(_) => return Outcome::Close,
+                }
+                continue;
+            }
+            if self.close_after {
+                return Outcome::Close;
+            }
+            if !needs_input {
+                continue;
+            }
+            match self.fill() {
+                Ok(0) => return Outcome::Close,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.set_wait_deadline(shared, now);
+                    return Outcome::Keep;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Outcome::Close,
+            }
+        }
+    }
+
+    /// Answers every complete request already read, until output piles up or a large
+    /// body is pending. Returns true when more input is needed to go on.
+    fn produce(&mut self, shared: &mut Shared, now: Instant) -> bool {
+        loop {
+            if self.close_after || self.body.is_some() || self.wbuf.len() >= WRITE_HIGH_WATER {
+                return false;
+            }
+            if self.discard > 0 {
+                let skip = self.discard.min((self.rend - self.rstart) as u64);
+                self.rstart += skip as usize;
+                self.discard -= skip;
+                if self.discard > 0 {
+                    return true;
+                }
+            }
+            if self.rstart == self.rend {
+                return true;
+            }
+            let buf = &self.rbuf[self.rstart..self.rend];
+            let head_start = self.wbuf.len();
+            let plan = match request::parse(buf, &shared.limits) {
+                Parsed::Complete { request, head_len } => {
+                    let plan = response::respond(
+                        &request,
+                        &shared.root,
+                        &shared.date,
+                        &mut shared.scratch,
+                        shared.force_close,
+                        &mut self.wbuf,
+                    );
+                    self.discard = request.content_length;
+                    self.rstart += head_len;
+                    plan
+                }
+                Parsed::Partial => {
+                    self.head_started.get_or_insert(now);
+                    return true;
+                }
+                Parsed::Invalid(kind) => {
+                    self.rstart = self.rend;
+                    let mut plan = response::error_head(kind, &shared.date, &mut self.wbuf);
+                    plan.close = true;
+                    plan
+                }
+            };
+            self.head_started = None;
+            let head_bytes = (self.wbuf.len() - head_start) as u64;
+            self.start_response(plan, head_bytes, &mut shared.stats, now);
+        }
+    }
+
+    fn start_response(&mut self, plan: Plan, head_bytes: u64, stats: &mut Stats, now: Instant) {
+        stats.request_started(now);
+        let mut body_bytes = 0;
+        if let Body::File { file, offset, len } = plan.body {
+            body_bytes = len;
+            if len <= INLINE_BODY_MAX {
+                if self.inline_body(&file, offset, len).is_err() {
+                    // The head promised a length we cannot deliver: the only honest
+                    // end is to close after what was sent.
+                    self.close_after = true;
+                }
+            } else {
+                self.body = Some(FileBody { file, offset: offset as i64, remaining: len });
+            }
+        }
+        if plan.close {
+            self.close_after = true;
+        }
+        self.unflushed.push(Unflushed { status: plan.status, bytes: head_bytes + body_bytes, started: now });
+    }
+
+    fn inline_body(&mut self, file: &File, offset: u64, len: u64) -> io::Result<()> {
+        let start = self.wbuf.len();
+        self.wbuf.resize(start + len as usize, 0);
+        let result = file.read_exact_at(&mut self.wbuf[start..], offset);
+        if result.is_err() {
+            self.wbuf.truncate(start);
+        }
+        result
+    }
+
+    fn has_output(&self) -> bool {
+        self.wpos < self.wbuf.len() || self.body.is_some()
+    }
+
+    /// Writes buffered output, then the file body. Ok(true) when all of it is out.
+    fn write_out(&mut self) -> io::Result<bool> {
+        while self.wpos < self.wbuf.len() {
+            // More follows from the file: let the kernel merge it with the head.
+            let flags =
+                if self.body.is_some() { MsgFlags::from_bits_retain(libc::MSG_MORE) } else { MsgFlags::empty() };
+            match send(self.sock.as_raw_fd(), &self.wbuf[self.wpos..], flags | MsgFlags::MSG_NOSIGNAL) {
+                Ok(n) => self.wpos += n,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        while let Some(body) = self.body.as_mut() {
+            let count = body.remaining.min(SENDFILE_CHUNK as u64) as usize;
+            match nix::sys::sendfile::sendfile64(self.sock.as_fd(), body.file.as_fd(), Some(&mut body.offset), count) {
+                // The file shrank under us: the promised length cannot be met.
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file truncated while sending")),
+                Ok(n) => {
+                    body.remaining -= n as u64;
+                    if body.remaining == 0 {
+                        self.body = None;
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+
+    fn flushed(&mut self, stats: &mut Stats, now: Instant) {
+        for u in self.unflushed.drain(..) {
+            stats.request_finished(u.status, u.bytes, now.saturating_duration_since(u.started), now);
+        }
+    }
+
+    /// Reads more request bytes, compacting or growing the buffer as needed.
+    fn fill(&mut self) -> io::Result<usize> {
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+        } else if self.rend == self.rbuf.len() && self.rstart > 0 {
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+        }
+        if self.rend == self.rbuf.len() {
+            // Full of one incomplete head: grow (the parser turns oversize into 431).
+            let grown = (self.rbuf.len() * 2).min(request::Limits::default().max_header_bytes * 2 + 1024);
+            if grown <= self.rbuf.len() {
+                return Err(io::Error::other("request head exceeds the read buffer"));
+            }
+            self.rbuf.resize(grown, 0);
+        }
+        let n = (&self.sock).read(&mut self.rbuf[self.rend..])?;
+        self.rend += n;
+        Ok(n)
+    }
+
+    /// Waiting for input: a started (or first) request head must complete within the
+    /// header timeout, counted from its start so trickling bytes cannot extend it; an
+    /// idle keep-alive connection gets the keep-alive timeout.
+    fn set_wait_deadline(&mut self, shared: &Shared, now: Instant) {
+        self.deadline = match self.head_started {
+            Some(started) => started + shared.header_timeout,
+            None => now + shared.keepalive_timeout,
+        };
+    }
+
+    pub fn expired(&self, now: Instant) -> bool {
+        now >= self.deadline
+    }
+
+    /// Between requests with nothing in flight: safe to close at a shutdown deadline.
+    pub fn is_idle(&self) -> bool {
+        self.rstart == self.rend && !self.has_output() && self.unflushed.is_empty()
+    }
+
+    /// Accounts for requests that die with the connection.
+    pub fn finish(self, stats: &mut Stats, now: Instant) {
+        if !self.unflushed.is_empty() {
+            stats.requests_abandoned(self.unflushed.len() as u32, now);
+        }
+    }
+}
+
+/// Answers a connection beyond the worker's cap with 503 and closes it.
+pub fn refuse_overloaded(fd: OwnedFd, shared: &mut Shared) {
+    const BODY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nServer: webd\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n";
+    let _ = send(fd.as_raw_fd(), BODY, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT);
+    shared.stats.request_started(Instant::now());
+    shared.stats.request_finished(503, BODY.len() as u64, Duration::ZERO, Instant::now());
+}

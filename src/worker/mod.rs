@@ -1,0 +1,339 @@
+//! The worker role: serves HTTP/1.1 on the connections the manager hands it.
+//!
+//! One edge-triggered epoll loop holds thousands of connections; each is a small state
+//! machine in [`conn`]. Request parsing, path resolution and response heads live in
+//! [`request`], [`path`], [`response`] and [`date`]. A worker that loses its manager
+//! keeps serving what it has and exits when done; one that loses the daemon (lifeline
+//! EOF) exits at once.
+
+mod conn;
+pub mod date;
+pub mod path;
+pub mod request;
+pub mod response;
+
+use crate::heartbeat::Heartbeater;
+use crate::ipc::{self, Channel, Counters, Message, Recv, Role, DURATION_BUCKETS};
+use anyhow::Context;
+use conn::{Conn, Outcome};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+const CONTROL: Token = Token(0);
+const LIFELINE: Token = Token(1);
+const FIRST_CONN: usize = 2;
+/// How often idle and slow connections are checked against their deadlines.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What every connection shares: the document root, limits, cached date, counters.
+pub struct Shared {
+    pub root: path::Root,
+    pub limits: request::Limits,
+    pub date: date::DateCache,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    /// Every response closes its connection (drain or shutdown).
+    pub force_close: bool,
+    pub stats: Stats,
+    /// Reused buffer for path decoding.
+    pub scratch: Vec<u8>,
+}
+
+/// The worker's cumulative figures, reported in heartbeats.
+#[derive(Default)]
+pub struct Stats {
+    pub counters: Counters,
+    in_progress: u32,
+    busy_since: Option<Instant>,
+}
+
+impl Stats {
+    /// A request's head was parsed: it is in progress until its response is written.
+    pub fn request_started(&mut self, now: Instant) {
+        if self.in_progress == 0 {
+            self.busy_since = Some(now);
+        }
+        self.in_progress += 1;
+    }
+
+    /// A response was fully written.
+    pub fn request_finished(&mut self, status: u16, bytes: u64, took: Duration, now: Instant) {
+        let c = &mut self.counters;
+        c.requests += 1;
+        c.response_bytes += bytes;
+        match c.codes.iter_mut().find(|(code, _)| *code == status) {
+            Some((_, n)) => *n += 1,
+            None => c.codes.push((status, 1)),
+        }
+        if c.duration_buckets.is_empty() {
+            c.duration_buckets = vec![0; DURATION_BUCKETS.len() + 1];
+        }
+        let secs = took.as_secs_f64();
+        let bucket = DURATION_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(DURATION_BUCKETS.len());
+        c.duration_buckets[bucket] += 1;
+        c.duration_sum_ns += took.as_nanos() as u64;
+        self.in_progress = self.in_progress.saturating_sub(1);
+        if self.in_progress == 0 {
+            if let Some(since) = self.busy_since.take() {
+                c.busy_ns += now.saturating_duration_since(since).as_nanos() as u64;
+            }
+        }
+    }
+
+    /// A connection closed with requests still in progress.
+    pub fn requests_abandoned(&mut self, count: u32, now: Instant) {
+        for _ in 0..count {
+            self.in_progress = self.in_progress.saturating_sub(1);
+        }
+        if self.in_progress == 0 {
+            if let Some(since) = self.busy_since.take() {
+                self.counters.busy_ns += now.saturating_duration_since(since).as_nanos() as u64;
+            }
+        }
+    }
+
+    /// Busy time including the current busy stretch, for a heartbeat.
+    fn snapshot(&mut self, now: Instant) -> &Counters {
+        if let Some(since) = self.busy_since {
+            self.counters.busy_ns += now.saturating_duration_since(since).as_nanos() as u64;
+            self.busy_since = Some(now);
+        }
+        &self.counters
+    }
+}
+
+struct Worker {
+    id: u32,
+    control: Channel,
+    conns: Slab,
+    shared: Shared,
+    max_connections: usize,
+    /// Set by shutdown: exit when no connection is left, or at this instant.
+    shutdown_at: Option<Instant>,
+    drain_timeout: Duration,
+}
+
+pub fn run(mut control: Channel) -> anyhow::Result<()> {
+    let (boot, fds) = ipc::receive_bootstrap(&mut control).context("worker bootstrap")?;
+    let lifeline = fds.lifeline.context("bootstrap without a lifeline")?;
+    let id = boot.worker_id.unwrap_or(0);
+    let config = boot.config;
+    let root = path::Root::open(&config.root).with_context(|| format!("document root {}", config.root.display()))?;
+    tracing::info!(worker = id, pid = std::process::id(), "worker started");
+
+    let mut poll = Poll::new().context("epoll")?;
+    poll.registry().register(&mut SourceFd(&control.raw_fd()), CONTROL, Interest::READABLE)?;
+    poll.registry().register(&mut SourceFd(&lifeline.as_raw_fd()), LIFELINE, Interest::READABLE)?;
+    let mut worker = Worker {
+        id,
+        control,
+        conns: Slab::default(),
+        shared: Shared {
+            root,
+            limits: request::Limits::default(),
+            date: date::DateCache::new(),
+            header_timeout: Duration::from_millis(config.header_timeout_ms),
+            keepalive_timeout: Duration::from_millis(config.keepalive_timeout_ms),
+            force_close: boot.draining,
+            stats: Stats::default(),
+            scratch: Vec::with_capacity(1024),
+        },
+        max_connections: config.max_connections as usize,
+        shutdown_at: None,
+        drain_timeout: config.drain_timeout(),
+    };
+    let mut heartbeat = Heartbeater::new(Role::Worker, config.heartbeat_interval());
+    let mut events = Events::with_capacity(1024);
+    let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+    loop {
+        let now = Instant::now();
+        let counters = worker.counters(now);
+        heartbeat.tick(now, &mut worker.control, &counters, &[]);
+        if let Some(at) = worker.shutdown_at {
+            if worker.conns.len() == 0 || now >= at {
+                tracing::info!(worker = id, open = worker.conns.len(), requests = counters.requests, "worker exiting");
+                return Ok(());
+            }
+        }
+        let timeout = heartbeat.until_due(now).min(next_sweep.saturating_duration_since(now));
+        match poll.poll(&mut events, Some(timeout.max(Duration::from_millis(1)))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("epoll_wait"),
+        }
+        let now = Instant::now();
+        worker.shared.date.refresh();
+        for event in events.iter() {
+            match event.token() {
+                CONTROL => worker.handle_control(poll.registry(), now),
+                LIFELINE => {
+                    tracing::warn!(worker = id, "daemon gone: worker exiting");
+                    return Ok(());
+                }
+                Token(t) => worker.drive(t - FIRST_CONN, poll.registry(), now),
+            }
+        }
+        if now >= next_sweep {
+            next_sweep = now + SWEEP_INTERVAL;
+            worker.sweep(poll.registry(), now);
+        }
+    }
+}
+
+impl Worker {
+    fn counters(&mut self, now: Instant) -> Counters {
+        let mut counters = self.shared.stats.snapshot(now).clone();
+        counters.active = self.conns.len() as u64;
+        counters
+    }
+
+    fn handle_control(&mut self, registry: &Registry, now: Instant) {
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        loop {
+            fds.clear();
+            match self.control.recv(&mut fds) {
+                Ok(Recv::Message(Message::Connections { .. })) => {
+                    for fd in fds.drain(..) {
+                        self.accept(fd, registry, now);
+                    }
+                }
+                Ok(Recv::Message(Message::Shutdown { deadline_ms })) => {
+                    self.begin_shutdown(Duration::from_millis(deadline_ms), now)
+                }
+                Ok(Recv::Message(Message::Drain)) => self.shared.force_close = true,
+                Ok(Recv::Message(Message::Resume)) => {
+                    if self.shutdown_at.is_none() {
+                        self.shared.force_close = false;
+                    }
+                }
+                Ok(Recv::Message(other)) => tracing::debug!(worker = self.id, ?other, "worker ignores message"),
+                Ok(Recv::Empty) => return,
+                Ok(Recv::Closed) => {
+                    // Our manager is gone: finish what we have, take nothing new.
+                    if self.shutdown_at.is_none() {
+                        tracing::warn!(worker = self.id, open = self.conns.len(), "manager gone: draining");
+                        self.begin_shutdown(self.drain_timeout, now);
+                    }
+                    let _ = registry.deregister(&mut SourceFd(&self.control.raw_fd()));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(worker = self.id, error = %e, "bad control message");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stop taking work: responses close their connections; idle ones close at `deadline`.
+    fn begin_shutdown(&mut self, deadline: Duration, now: Instant) {
+        self.shared.force_close = true;
+        let at = now + deadline;
+        self.shutdown_at = Some(self.shutdown_at.map_or(at, |t| t.min(at)));
+    }
+
+    fn accept(&mut self, fd: OwnedFd, registry: &Registry, now: Instant) {
+        if self.conns.len() >= self.max_connections {
+            conn::refuse_overloaded(fd, &mut self.shared);
+            return;
+        }
+        let conn = match Conn::new(fd, &self.shared, now) {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection unusable");
+                return;
+            }
+        };
+        let index = self.conns.insert(conn);
+        let raw = self.conns.get(index).map(|c| c.raw_fd()).unwrap_or(-1);
+        if registry
+            .register(&mut SourceFd(&raw), Token(FIRST_CONN + index), Interest::READABLE | Interest::WRITABLE)
+            .is_err()
+        {
+            self.conns.remove(index);
+            return;
+        }
+        self.shared.stats.counters.received += 1;
+        // Data may already be waiting: the connection was accepted before we got it.
+        self.drive(index, registry, now);
+    }
+
+    fn drive(&mut self, index: usize, registry: &Registry, now: Instant) {
+        let Some(conn) = self.conns.get_mut(index) else { return };
+        if conn.drive(&mut self.shared, now) == Outcome::Close {
+            self.close(index, registry, now);
+        }
+    }
+
+    fn close(&mut self, index: usize, registry: &Registry, now: Instant) {
+        if let Some(conn) = self.conns.remove(index) {
+            let _ = registry.deregister(&mut SourceFd(&conn.raw_fd()));
+            conn.finish(&mut self.shared.stats, now);
+        }
+    }
+
+    /// Closes connections past their header, keep-alive or write deadline, and idle
+    /// ones once the shutdown deadline has come.
+    fn sweep(&mut self, registry: &Registry, now: Instant) {
+        let shutdown_due = self.shutdown_at.is_some_and(|t| now >= t);
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.expired(now) || (shutdown_due && c.is_idle()))
+            .map(|(i, _)| i)
+            .collect();
+        for index in expired {
+            self.close(index, registry, now);
+        }
+    }
+}
+
+/// Connections by token index, reusing freed indices.
+#[derive(Default)]
+struct Slab {
+    entries: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl Slab {
+    fn insert(&mut self, conn: Conn) -> usize {
+        self.len += 1;
+        match self.free.pop() {
+            Some(i) => {
+                self.entries[i] = Some(conn);
+                i
+            }
+            None => {
+                self.entries.push(Some(conn));
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, index: usize) -> Option<Conn> {
+        let conn = self.entries.get_mut(index)?.take()?;
+        self.free.push(index);
+        self.len -= 1;
+        Some(conn)
+    }
+
+    fn get(&self, index: usize) -> Option<&Conn> {
+        self.entries.get(index)?.as_ref()
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut Conn> {
+        self.entries.get_mut(index)?.as_mut()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (usize, &Conn)> {
+        self.entries.iter().enumerate().filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+    }
+}
