@@ -6,6 +6,7 @@
 //! channels; [`sys`] holds the only `unsafe` code (fd passing, fork+exec).
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod fault;
@@ -14,6 +15,7 @@ pub mod ipc;
 pub mod listener;
 pub mod logging;
 pub mod manager;
+pub mod observe;
 pub mod signals;
 pub mod supervise;
 pub mod sys;

@@ -1,0 +1,149 @@
+//! The supervised process tree: roles visible in ps, crash and hang recovery without
+//! lost requests, backoff, and no child outliving the daemon.
+
+use crate::util::*;
+use std::time::{Duration, Instant};
+
+const BODY: &[u8] = b"<h1>webd</h1>\n";
+
+#[test]
+fn get_returns_the_files_exact_bytes_and_ps_shows_every_role() {
+    let webd = Webd::start_with(Options { workers: 3, ..Default::default() });
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    std::fs::write(webd.root.join("blob.bin"), &bytes).expect("write file");
+    let r = get(webd.addr(), "/blob.bin").expect("GET");
+    assert_eq!(r.status, 200);
+    assert!(r.body == bytes, "body differs from the file");
+
+    let names: Vec<String> = webd.tree().into_iter().map(|p| p.argv0).collect();
+    assert_eq!(names.iter().filter(|n| *n == "webd: listener").count(), 1, "{names:?}");
+    assert_eq!(names.iter().filter(|n| *n == "webd: manager").count(), 1, "{names:?}");
+    for k in 0..3 {
+        assert_eq!(names.iter().filter(|n| **n == format!("webd: worker {k}")).count(), 1, "{names:?}");
+    }
+}
+
+#[test]
+fn listener_sigkill_under_load_fails_no_request() {
+    let webd = Webd::start();
+    let listener = webd.pid_of("webd: listener").expect("listener");
+    let load = Load::start(webd.addr(), 4, "/index.html", BODY.to_vec());
+    wait_until(Duration::from_secs(5), "load to flow", || load.ok() > 20);
+    kill(listener, SIGKILL);
+    let killed_at = Instant::now();
+    let replacement = wait_for(Duration::from_secs(5), "a new listener", || {
+        webd.pid_of("webd: listener").filter(|p| *p != listener)
+    });
+    let replaced_in = killed_at.elapsed();
+    // Keep the load on for the rest of the 3 s window, with the new listener serving.
+    let before = load.ok();
+    wait_until(Duration::from_secs(10), "requests through the new listener", || load.ok() > before + 50);
+    while killed_at.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, failed, errors) = load.finish();
+    assert_eq!(failed, 0, "failed requests: {errors:?}");
+    assert!(ok > 100, "only {ok} requests succeeded");
+    assert!(alive(replacement));
+    assert!(replaced_in < Duration::from_secs(1), "listener replaced after {replaced_in:?}");
+}
+
+#[test]
+fn stopped_listener_is_replaced_then_killed_and_reaped() {
+    let webd = Webd::start();
+    let listener = webd.pid_of("webd: listener").expect("listener");
+    kill(listener, SIGSTOP);
+    let replacement = wait_for(Duration::from_secs(5), "a new listener", || {
+        webd.pids("webd: listener").into_iter().find(|p| *p != listener)
+    });
+    assert!(get(webd.addr(), "/index.html").is_ok_and(|r| r.status == 200));
+    // The stopped one gets the grace period, then SIGKILL and waitpid: no zombie.
+    wait_until(Duration::from_secs(5), "the stopped listener to be reaped", || !exists(listener));
+    assert!(alive(replacement));
+    let log = webd.log_text();
+    assert!(log.contains("missed heartbeat"), "no missed-heartbeat warning in log");
+    assert!(log.contains("hung"), "no hang in log");
+}
+
+#[test]
+fn manager_sigkill_brings_a_new_manager_with_a_full_pool() {
+    let webd = Webd::start_with(Options { workers: 2, ..Default::default() });
+    let manager = webd.pid_of("webd: manager").expect("manager");
+    let old_workers = webd.worker_pids();
+    kill(manager, SIGKILL);
+    let new_manager = wait_for(Duration::from_secs(5), "a new manager", || {
+        webd.pid_of("webd: manager").filter(|p| *p != manager)
+    });
+    wait_until(Duration::from_secs(5), "a full new pool", || {
+        let tree = webd.tree();
+        tree.iter().filter(|p| p.ppid == new_manager && p.argv0.starts_with("webd: worker")).count() == 2
+    });
+    for _ in 0..20 {
+        let r = get(webd.addr(), "/index.html").expect("GET after manager crash");
+        assert_eq!(r.status, 200);
+    }
+    // The old workers had nothing to finish: they exit and are reaped.
+    wait_until(Duration::from_secs(5), "old workers gone", || old_workers.iter().all(|p| !exists(*p)));
+}
+
+#[test]
+fn worker_sigkill_is_replaced_and_other_workers_are_unaffected() {
+    let webd = Webd::start_with(Options { workers: 2, ..Default::default() });
+    let victim = webd.pid_of("webd: worker 0").expect("worker 0");
+    let survivor = webd.pid_of("webd: worker 1").expect("worker 1");
+    let load = Load::start(webd.addr(), 4, "/index.html", BODY.to_vec());
+    wait_until(Duration::from_secs(5), "load to flow", || load.ok() > 20);
+    kill(victim, SIGKILL);
+    let replacement =
+        wait_for(Duration::from_secs(5), "a new worker 0", || webd.pid_of("webd: worker 0").filter(|p| *p != victim));
+    let before = load.ok();
+    wait_until(Duration::from_secs(10), "requests after the crash", || load.ok() > before + 50);
+    let (ok, failed, errors) = load.finish();
+    // Only requests in progress inside the killed worker may fail: at most one per client.
+    assert!(failed <= 4, "{failed} failed of {ok}: {errors:?}");
+    assert_eq!(webd.pid_of("webd: worker 1"), Some(survivor), "worker 1 was disturbed");
+    assert!(alive(replacement));
+    assert!(!exists(victim), "killed worker not reaped");
+}
+
+#[test]
+fn sigterm_stops_every_child_within_grace() {
+    let mut webd = Webd::start();
+    let children: Vec<i32> = webd.tree().into_iter().map(|p| p.pid).collect();
+    assert!(children.len() >= 4);
+    kill(webd.pid, SIGTERM);
+    let code = webd.wait_exit(Duration::from_secs(3));
+    assert_eq!(code, Some(0), "daemon did not exit cleanly");
+    wait_until(Duration::from_secs(1), "every child gone", || children.iter().all(|p| !alive(*p)));
+}
+
+#[test]
+fn sigkill_of_the_daemon_takes_every_child_down() {
+    let mut webd = Webd::start();
+    // A keep-alive connection held open in a worker must not keep it alive.
+    let mut held = std::net::TcpStream::connect(webd.addr()).expect("connect");
+    std::io::Write::write_all(&mut held, b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    let children: Vec<i32> = webd.tree().into_iter().map(|p| p.pid).collect();
+    kill(webd.pid, SIGKILL);
+    let _ = webd.wait_exit(Duration::from_secs(2));
+    wait_until(Duration::from_secs(1), "every child gone", || children.iter().all(|p| !alive(*p)));
+}
+
+#[test]
+fn a_role_failing_at_every_start_backs_off_and_recovers_when_fixed() {
+    let fault = tempfile::NamedTempFile::new().expect("fault file");
+    let fault_path = fault.path().to_string_lossy().into_owned();
+    let webd = Webd::start_with(Options {
+        env: vec![("WEBD_FAULT_FILE".into(), fault_path.clone())],
+        ..Default::default()
+    });
+    std::fs::write(&fault_path, "listener\n").expect("inject fault");
+    let listener = webd.pid_of("webd: listener").expect("listener");
+    kill(listener, SIGKILL);
+    wait_until(Duration::from_secs(15), "backoff in the log", || webd.log_text().contains("backoff"));
+    assert!(alive(webd.pid), "daemon must stay up");
+    std::fs::write(&fault_path, "").expect("remove fault");
+    wait_until(Duration::from_secs(10), "a healthy listener again", || {
+        webd.pid_of("webd: listener").is_some() && get(webd.addr(), "/index.html").is_ok_and(|r| r.status == 200)
+    });
+}

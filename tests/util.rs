@@ -1,0 +1,409 @@
+//! Test harness: start the real `webd` binary on a free port with a temp document root
+//! and control socket, find its processes in /proc, talk HTTP, generate load, and
+//! clean everything up (printing the daemon's log) even when a test fails.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub const WEBD: &str = env!("CARGO_BIN_EXE_webd");
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; panics naming `what`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Like `wait_until`, returning the first `Some` value.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A process of the tree, from /proc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: i32,
+    pub ppid: i32,
+    pub argv0: String,
+    pub state: char,
+}
+
+/// Every process on the host (pid → Proc).
+pub fn all_processes() -> HashMap<i32, Proc> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if let Some(p) = read_proc(pid) {
+            out.insert(pid, p);
+        }
+    }
+    out
+}
+
+pub fn read_proc(pid: i32) -> Option<Proc> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces: fields after the last ')' are fixed.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let argv0 = cmdline.split(|b| *b == 0).next().map(|s| String::from_utf8_lossy(s).into_owned()).unwrap_or_default();
+    Some(Proc { pid, ppid, argv0, state })
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    read_proc(pid).is_some_and(|p| p.state != 'Z')
+}
+
+/// True while `pid` exists at all (zombies included).
+pub fn exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub fn kill(pid: i32, sig: i32) {
+    // std has no kill(2) wrapper; `kill` the command is always there.
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+pub const SIGKILL: i32 = 9;
+pub const SIGTERM: i32 = 15;
+pub const SIGSTOP: i32 = 19;
+pub const SIGCONT: i32 = 18;
+
+/// Options for starting a daemon.
+pub struct Options {
+    pub workers: u32,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { workers: 2, args: Vec::new(), env: Vec::new() }
+    }
+}
+
+/// A running webd tree; killed (with all descendants) on drop.
+pub struct Webd {
+    pub child: Option<Child>,
+    pub pid: i32,
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub port: u16,
+    pub control_socket: PathBuf,
+    pub log: PathBuf,
+    pub workers: u32,
+    /// Every descendant seen so far, so cleanup finds even reparented ones.
+    seen: Mutex<Vec<i32>>,
+}
+
+impl Webd {
+    pub fn start() -> Webd {
+        Webd::start_with(Options::default())
+    }
+
+    /// Starts the daemon and waits until every role is up and HTTP answers.
+    pub fn start_with(opts: Options) -> Webd {
+        let webd = Webd::spawn(opts);
+        webd.wait_ready();
+        webd
+    }
+
+    /// Starts the daemon without waiting for it.
+    pub fn spawn(opts: Options) -> Webd {
+        let dir = tempfile::Builder::new().prefix("webd-test-").tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).expect("root dir");
+        std::fs::write(root.join("index.html"), b"<h1>webd</h1>\n").expect("index");
+        let port = free_port();
+        let control_socket = dir.path().join("ctl").join("webd.sock");
+        let log = dir.path().join("webd.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(WEBD);
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--root")
+            .arg(&root)
+            .arg("--workers")
+            .arg(opts.workers.to_string())
+            .arg("--admin")
+            .arg("off")
+            .arg("--control-socket")
+            .arg(&control_socket)
+            .args(&opts.args)
+            .env("RUST_LOG", "info")
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log fd"))
+            .stderr(log_file);
+        let child = cmd.spawn().expect("spawn webd");
+        let pid = child.id() as i32;
+        Webd {
+            child: Some(child),
+            pid,
+            dir,
+            root,
+            port,
+            control_socket,
+            log,
+            workers: opts.workers,
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn wait_ready(&self) {
+        let workers = self.workers as usize;
+        wait_until(Duration::from_secs(10), "listener, manager and all workers", || {
+            let tree = self.tree();
+            tree.iter().filter(|p| p.argv0 == "webd: listener").count() == 1
+                && tree.iter().filter(|p| p.argv0 == "webd: manager").count() == 1
+                && tree.iter().filter(|p| p.argv0.starts_with("webd: worker")).count() >= workers
+        });
+        wait_until(Duration::from_secs(10), "HTTP answer", || get(self.addr(), "/index.html").is_ok());
+    }
+
+    /// The daemon's live descendants.
+    pub fn tree(&self) -> Vec<Proc> {
+        let all = all_processes();
+        let mut out: Vec<Proc> = all
+            .values()
+            .filter(|p| p.state != 'Z' && descends_from(&all, p.pid, self.pid))
+            .cloned()
+            .collect();
+        out.sort_by_key(|p| p.pid);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for p in &out {
+            if !seen.contains(&p.pid) {
+                seen.push(p.pid);
+            }
+        }
+        out
+    }
+
+    /// The pids with exactly this argv[0].
+    pub fn pids(&self, argv0: &str) -> Vec<i32> {
+        self.tree().into_iter().filter(|p| p.argv0 == argv0).map(|p| p.pid).collect()
+    }
+
+    /// The single live process with this argv[0].
+    pub fn pid_of(&self, argv0: &str) -> Option<i32> {
+        let pids = self.pids(argv0);
+        (pids.len() == 1).then(|| pids[0])
+    }
+
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.tree().into_iter().filter(|p| p.argv0.starts_with("webd: worker")).map(|p| p.pid).collect()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the daemon to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every pid ever seen in this tree.
+    pub fn seen_pids(&self) -> Vec<i32> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn descends_from(all: &HashMap<i32, Proc>, mut pid: i32, ancestor: i32) -> bool {
+    for _ in 0..64 {
+        let Some(p) = all.get(&pid) else { return false };
+        if p.ppid == ancestor {
+            return true;
+        }
+        if p.ppid <= 1 {
+            return false;
+        }
+        pid = p.ppid;
+    }
+    false
+}
+
+impl Drop for Webd {
+    fn drop(&mut self) {
+        let _ = self.tree();
+        kill(self.pid, SIGKILL);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        for pid in self.seen_pids() {
+            if alive(pid) {
+                kill(pid, SIGKILL);
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("---- webd log ({}) ----\n{}", self.dir.path().display(), self.log_text());
+        }
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// GET `path` on a new connection with `Connection: close`.
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    request(addr, &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"))
+}
+
+/// Sends raw bytes on a new connection and reads the response until EOF.
+pub fn request(addr: SocketAddr, raw: &str) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(raw.as_bytes())?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf)?;
+    parse_response(&buf)
+        .map(|(r, _)| r)
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&buf))))
+}
+
+/// Parses one response from the start of `buf`; returns it and the bytes it used.
+/// The body length comes from Content-Length (absent: the rest of the buffer).
+pub fn parse_response(buf: &[u8]) -> Option<(Response, usize)> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect();
+    let len = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let body_len = match len {
+        Some(n) if status != 304 => n,
+        Some(_) => 0,
+        None => buf.len() - head_end,
+    };
+    if buf.len() < head_end + body_len {
+        return None;
+    }
+    let body = buf[head_end..head_end + body_len].to_vec();
+    Some((Response { status, headers, body }, head_end + body_len))
+}
+
+/// Clients that each open a new connection per request in a loop until stopped.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+    errors: Arc<Mutex<Vec<String>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    /// `clients` threads GETting `path` (expecting `expect` as body), each request on a
+    /// new connection. Bounded: every thread stops after 60 s regardless.
+    pub fn start(addr: SocketAddr, clients: usize, path: &str, expect: Vec<u8>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let expect = Arc::new(expect);
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed, errors) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+                let (path, expect) = (path.to_string(), expect.clone());
+                std::thread::spawn(move || {
+                    let started = Instant::now();
+                    while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                        match get(addr, &path) {
+                            Ok(r) if r.status == 200 && r.body == *expect => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                let mut e = errors.lock().unwrap_or_else(|e| e.into_inner());
+                                e.push(format!("status {} body {} bytes", r.status, r.body.len()));
+                            }
+                            Err(err) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                errors.lock().unwrap_or_else(|e| e.into_inner()).push(err.to_string());
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, failed, errors, threads }
+    }
+
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the clients; returns (succeeded, failed, error samples).
+    pub fn finish(mut self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let errors = self.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed), errors)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
