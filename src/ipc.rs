@@ -131,6 +131,14 @@ pub struct Counters {
     /// (the last entry counts the rest), and their sum in nanoseconds.
     pub duration_buckets: Vec<u64>,
     pub duration_sum_ns: u64,
+    /// Manager: worker heartbeats missed, over all its workers.
+    pub missed_heartbeats: u64,
+    /// Manager: worker restarts by reason (crash, hang, manual).
+    pub restarts: [u64; 3],
+    /// Manager: worker heartbeat latencies per bucket of `observe::LATENCY_BUCKETS`
+    /// (last entry: above every bound) and their sum in nanoseconds.
+    pub latency_buckets: Vec<u64>,
+    pub latency_sum_ns: u64,
 }
 
 /// A worker slot as the manager sees it.

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod fault;
 pub mod heartbeat;

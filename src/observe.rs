@@ -95,6 +95,9 @@ pub struct Accumulator {
     pub requests_by_code: HashMap<u16, u64>,
     pub response_bytes: u64,
     pub duration: Histogram,
+    pub missed_heartbeats: u64,
+    pub restarts: [u64; 3],
+    pub latency: Histogram,
 }
 
 impl Accumulator {
@@ -107,21 +110,30 @@ impl Accumulator {
             let before = prev.codes.iter().find(|(c, _)| c == code).map_or(0, |(_, n)| *n);
             *self.requests_by_code.entry(*code).or_default() += n.saturating_sub(before);
         }
-        if self.duration.counts.len() != DURATION_BUCKETS.len() + 1 {
-            self.duration = Histogram::with_buckets(DURATION_BUCKETS.len());
+        fold_histogram(&mut self.duration, DURATION_BUCKETS.len(), &counters.duration_buckets, &prev.duration_buckets);
+        self.duration.sum += counters.duration_sum_ns.saturating_sub(prev.duration_sum_ns) as f64 / 1e9;
+        fold_histogram(&mut self.latency, LATENCY_BUCKETS.len(), &counters.latency_buckets, &prev.latency_buckets);
+        self.latency.sum += counters.latency_sum_ns.saturating_sub(prev.latency_sum_ns) as f64 / 1e9;
+        self.missed_heartbeats += counters.missed_heartbeats.saturating_sub(prev.missed_heartbeats);
+        for (total, (now, before)) in self.restarts.iter_mut().zip(counters.restarts.iter().zip(prev.restarts)) {
+            *total += now.saturating_sub(before);
         }
-        for (i, n) in counters.duration_buckets.iter().enumerate().take(self.duration.counts.len()) {
-            let before = prev.duration_buckets.get(i).copied().unwrap_or(0);
-            self.duration.counts[i] += n.saturating_sub(before);
-        }
-        let sum_ns = counters.duration_sum_ns.saturating_sub(prev.duration_sum_ns);
-        self.duration.sum += sum_ns as f64 / 1e9;
         *prev = counters.clone();
     }
 
     /// Forgets pids that are gone (their final growth was folded already).
     pub fn retain_pids(&mut self, live: impl Fn(u32) -> bool) {
         self.last.retain(|pid, _| live(*pid));
+    }
+}
+
+/// Adds the per-bucket growth from `before` to `now` into `into`.
+fn fold_histogram(into: &mut Histogram, bounds: usize, now: &[u64], before: &[u64]) {
+    if into.counts.len() != bounds + 1 {
+        *into = Histogram::with_buckets(bounds);
+    }
+    for (i, n) in now.iter().enumerate().take(into.counts.len()) {
+        into.counts[i] += n.saturating_sub(before.get(i).copied().unwrap_or(0));
     }
 }
 

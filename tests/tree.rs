@@ -31,9 +31,8 @@ fn listener_sigkill_under_load_fails_no_request() {
     wait_until(Duration::from_secs(5), "load to flow", || load.ok() > 20);
     kill(listener, SIGKILL);
     let killed_at = Instant::now();
-    let replacement = wait_for(Duration::from_secs(5), "a new listener", || {
-        webd.pid_of("webd: listener").filter(|p| *p != listener)
-    });
+    let replacement =
+        wait_for(Duration::from_secs(5), "a new listener", || webd.pid_of("webd: listener").filter(|p| *p != listener));
     let replaced_in = killed_at.elapsed();
     // Keep the load on for the rest of the 3 s window, with the new listener serving.
     let before = load.ok();
@@ -71,9 +70,8 @@ fn manager_sigkill_brings_a_new_manager_with_a_full_pool() {
     let manager = webd.pid_of("webd: manager").expect("manager");
     let old_workers = webd.worker_pids();
     kill(manager, SIGKILL);
-    let new_manager = wait_for(Duration::from_secs(5), "a new manager", || {
-        webd.pid_of("webd: manager").filter(|p| *p != manager)
-    });
+    let new_manager =
+        wait_for(Duration::from_secs(5), "a new manager", || webd.pid_of("webd: manager").filter(|p| *p != manager));
     wait_until(Duration::from_secs(5), "a full new pool", || {
         let tree = webd.tree();
         tree.iter().filter(|p| p.ppid == new_manager && p.argv0.starts_with("webd: worker")).count() == 2
@@ -133,10 +131,8 @@ fn sigkill_of_the_daemon_takes_every_child_down() {
 fn a_role_failing_at_every_start_backs_off_and_recovers_when_fixed() {
     let fault = tempfile::NamedTempFile::new().expect("fault file");
     let fault_path = fault.path().to_string_lossy().into_owned();
-    let webd = Webd::start_with(Options {
-        env: vec![("WEBD_FAULT_FILE".into(), fault_path.clone())],
-        ..Default::default()
-    });
+    let webd =
+        Webd::start_with(Options { env: vec![("WEBD_FAULT_FILE".into(), fault_path.clone())], ..Default::default() });
     std::fs::write(&fault_path, "listener\n").expect("inject fault");
     let listener = webd.pid_of("webd: listener").expect("listener");
     kill(listener, SIGKILL);

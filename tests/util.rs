@@ -195,11 +195,8 @@ impl Webd {
     /// The daemon's live descendants.
     pub fn tree(&self) -> Vec<Proc> {
         let all = all_processes();
-        let mut out: Vec<Proc> = all
-            .values()
-            .filter(|p| p.state != 'Z' && descends_from(&all, p.pid, self.pid))
-            .cloned()
-            .collect();
+        let mut out: Vec<Proc> =
+            all.values().filter(|p| p.state != 'Z' && descends_from(&all, p.pid, self.pid)).cloned().collect();
         out.sort_by_key(|p| p.pid);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         for p in &out {

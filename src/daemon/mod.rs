@@ -6,25 +6,33 @@
 //! checked every 200 ms, three misses make a hang, an exit (SIGCHLD) is acted on at
 //! once, and restarts back off as `supervise` defines.
 
+mod commands;
+mod publish;
 mod roles;
 mod sockets;
 
 use crate::config::Config;
+use crate::control::{self, CommandRequest, LoopHandle};
 use crate::ipc::{Message, Role};
+use crate::observe::{Accumulator, SharedObserved};
 use crate::signals::{Event, Signals};
 use crate::supervise::CHECK_INTERVAL;
 use crate::sys::{self, process::Exit, Pid};
 use anyhow::Context;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use roles::RoleProcess;
+use roles::{RoleEvent, RoleProcess};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 const SIGNALS: Token = Token(0);
 const LISTENER: Token = Token(1);
 const MANAGER: Token = Token(2);
+const LISTENER_INCOMING: Token = Token(3);
+const MANAGER_INCOMING: Token = Token(4);
+const COMMANDS: Token = Token(5);
 
 /// The daemon's overall state, as status shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +74,15 @@ struct Daemon {
     stop_deadline: Option<Instant>,
     next_check: Instant,
     started: Instant,
+    commands: mpsc::Receiver<CommandRequest>,
+    /// Replies owed to control clients, answered when their effect is real.
+    pending: Vec<commands::PendingReply>,
+    observed: SharedObserved,
+    /// Monotonic totals from the listener's and the workers' reports.
+    listener_totals: Accumulator,
+    worker_totals: Accumulator,
+    /// Monotonic worker-role supervision figures from the managers' reports.
+    pool_totals: Accumulator,
 }
 
 /// Runs the daemon until a graceful stop completes.
@@ -79,6 +96,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating our own executable")?;
     let poll = Poll::new().context("epoll")?;
     poll.registry().register(&mut SourceFd(&signals_fd(&signals)), SIGNALS, Interest::READABLE)?;
+    // Everything that can fail at start is bound before any child exists, so a refusal
+    // leaves no half-started tree.
+    let control_listener = control::bind(&config.control_socket)?;
+    let observed = SharedObserved::default();
+    if let Some(addr) = config.admin {
+        let _ = addr; // TEMP-ADMIN: crate::admin::spawn(addr, observed.clone()).with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
+    }
+    let (command_tx, command_rx) = mpsc::channel();
+    let waker = Arc::new(mio::Waker::new(poll.registry(), COMMANDS).context("waker")?);
+    control::spawn(control_listener, observed.clone(), LoopHandle { commands: command_tx, waker })
+        .context("control socket thread")?;
     let now = Instant::now();
     tracing::info!(
         pid = std::process::id(),
@@ -92,14 +120,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         poll,
         signals,
         inherit: Inheritance { config, exe, listen, connections, lifeline_read, _lifeline_write: lifeline_write },
-        listener: RoleProcess::new(Role::Listener, LISTENER, now),
-        manager: RoleProcess::new(Role::Manager, MANAGER, now),
+        listener: RoleProcess::new(Role::Listener, LISTENER, LISTENER_INCOMING, now),
+        manager: RoleProcess::new(Role::Manager, MANAGER, MANAGER_INCOMING, now),
         state: State::Running,
         stop_deadline: None,
         next_check: now + CHECK_INTERVAL,
         started: now,
+        commands: command_rx,
+        pending: Vec::new(),
+        observed,
+        listener_totals: Accumulator::default(),
+        worker_totals: Accumulator::default(),
+        pool_totals: Accumulator::default(),
     };
-    daemon.run_loop()
+    let result = daemon.run_loop();
+    let _ = std::fs::remove_file(&daemon.inherit.config.control_socket);
+    result
 }
 
 fn signals_fd(signals: &Signals) -> i32 {
@@ -117,20 +153,34 @@ impl Daemon {
                 tracing::info!(uptime_s = self.started.elapsed().as_secs(), "webd stopped");
                 return Ok(());
             }
+            self.publish(now);
             let wake = self.next_wakeup(now);
             match self.poll.poll(&mut events, Some(wake)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e).context("epoll_wait"),
             }
+            let mut role_events = Vec::new();
             for event in events.iter() {
                 match event.token() {
-                    SIGNALS => self.handle_signals(),
-                    LISTENER => self.listener.drain_messages(),
-                    MANAGER => self.manager.drain_messages(),
+                    SIGNALS => self.handle_signals(&mut role_events),
+                    LISTENER => self.listener.drain_messages(&mut role_events),
+                    MANAGER => self.manager.drain_messages(&mut role_events),
+                    LISTENER_INCOMING => {
+                        let grace = self.inherit.config.grace();
+                        self.listener.drain_incoming(self.poll.registry(), grace, grace, &mut role_events);
+                    }
+                    MANAGER_INCOMING => {
+                        // The old manager's workers get the drain timeout to finish.
+                        let drain = self.inherit.config.drain_timeout();
+                        let kill_after = drain + self.inherit.config.grace();
+                        self.manager.drain_incoming(self.poll.registry(), drain, kill_after, &mut role_events);
+                    }
+                    COMMANDS => self.take_commands(),
                     _ => {}
                 }
             }
+            self.settle_replies(role_events);
             let now = Instant::now();
             if now >= self.next_check {
                 self.next_check = now + CHECK_INTERVAL;
@@ -166,10 +216,10 @@ impl Daemon {
         }
     }
 
-    fn handle_signals(&mut self) {
+    fn handle_signals(&mut self, role_events: &mut Vec<RoleEvent>) {
         for event in self.signals.pending() {
             match event {
-                Event::Child => self.reap_children(),
+                Event::Child => self.reap_children(role_events),
                 Event::Stop => self.begin_stop("signal"),
                 Event::Reload => {
                     tracing::info!("SIGHUP: rolling restart of workers");
@@ -181,12 +231,13 @@ impl Daemon {
         }
     }
 
-    fn reap_children(&mut self) {
+    fn reap_children(&mut self, role_events: &mut Vec<RoleEvent>) {
         let now = Instant::now();
         for (pid, exit) in sys::process::reap_exited() {
             let stopping = self.state == State::Stopping;
-            if !self.listener.on_exit(pid, exit, stopping, self.poll.registry(), now)
-                && !self.manager.on_exit(pid, exit, stopping, self.poll.registry(), now)
+            let registry = self.poll.registry();
+            if !self.listener.on_exit(pid, exit, stopping, registry, now, role_events)
+                && !self.manager.on_exit(pid, exit, stopping, registry, now, role_events)
             {
                 log_orphan_exit(pid, exit);
             }
@@ -205,7 +256,7 @@ impl Daemon {
     }
 
     /// Graceful stop: children finish in-flight work within the grace period.
-    fn begin_stop(&mut self, why: &str) {
+    pub(crate) fn begin_stop(&mut self, why: &str) {
         if self.state == State::Stopping {
             return;
         }
@@ -236,7 +287,7 @@ impl Daemon {
             let until = now + Duration::from_millis(500);
             while (self.listener.has_processes() || self.manager.has_processes()) && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(10));
-                self.reap_children();
+                self.reap_children(&mut Vec::new());
             }
             return true;
         }

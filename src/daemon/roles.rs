@@ -4,6 +4,7 @@
 
 use super::Inheritance;
 use crate::ipc::{Bootstrap, Channel, FdKind, Heartbeat, Message, Recv, Role};
+use crate::observe::{Histogram, LATENCY_BUCKETS};
 use crate::supervise::{Check, Reason, Retiring, Slot};
 use crate::sys::{self, process::Exit, spawn, Pid};
 use mio::unix::SourceFd;
@@ -12,31 +13,54 @@ use nix::sys::signal::Signal;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
+/// A replacement started by a graceful restart: it takes the slot once it is up.
+struct Incoming {
+    pid: Pid,
+    channel: Channel,
+}
+
+/// What reading a role's channels found, for the daemon to act on.
+#[derive(Debug)]
+pub enum RoleEvent {
+    /// A graceful replacement is up and has taken over; the old process is retiring.
+    Replaced { pid: Pid },
+    /// A graceful replacement died before it was up.
+    ReplacementFailed { reason: String },
+    /// The manager finished (or failed) a worker command.
+    Done { ok: bool, detail: String },
+}
+
 pub struct RoleProcess {
     pub role: Role,
     token: Token,
+    incoming_token: Token,
     pub slot: Slot,
     channel: Option<Channel>,
+    incoming: Option<Incoming>,
     /// The current process's latest heartbeat.
     pub last: Option<Heartbeat>,
     pub retiring: Vec<Retiring<Channel>>,
+    pub latency: Histogram,
 }
 
 impl RoleProcess {
-    pub fn new(role: Role, token: Token, now: Instant) -> RoleProcess {
+    pub fn new(role: Role, token: Token, incoming_token: Token, now: Instant) -> RoleProcess {
         RoleProcess {
             role,
             token,
+            incoming_token,
             slot: Slot::new(role.as_str(), now),
             channel: None,
+            incoming: None,
             last: None,
             retiring: Vec::new(),
+            latency: Histogram::with_buckets(LATENCY_BUCKETS.len()),
         }
     }
 
     /// Starts a process in the slot; a failure counts as a crash and is retried.
     pub fn start(&mut self, inherit: &Inheritance, registry: &Registry, draining: bool, now: Instant) {
-        match self.spawn(inherit, registry, draining) {
+        match self.spawn(inherit, registry, draining, self.token) {
             Ok((pid, channel)) => {
                 self.slot.spawned(pid, now);
                 self.channel = Some(channel);
@@ -50,7 +74,24 @@ impl RoleProcess {
         }
     }
 
-    fn spawn(&self, inherit: &Inheritance, registry: &Registry, draining: bool) -> anyhow::Result<(Pid, Channel)> {
+    /// Graceful restart: starts a replacement beside the current process; it takes over
+    /// once up (for the manager: once its whole pool is up).
+    pub fn replace(&mut self, inherit: &Inheritance, registry: &Registry, draining: bool) -> anyhow::Result<()> {
+        anyhow::ensure!(self.incoming.is_none(), "a restart of the {} is already in progress", self.role);
+        anyhow::ensure!(self.slot.is_up(), "the {} is not running", self.role);
+        let (pid, channel) = self.spawn(inherit, registry, draining, self.incoming_token)?;
+        tracing::info!(role = %self.role, %pid, "spawned replacement");
+        self.incoming = Some(Incoming { pid, channel });
+        Ok(())
+    }
+
+    fn spawn(
+        &self,
+        inherit: &Inheritance,
+        registry: &Registry,
+        draining: bool,
+        token: Token,
+    ) -> anyhow::Result<(Pid, Channel)> {
         let (ours, theirs) = sys::seqpacket_pair()?;
         let argv0 = format!("{}{}", crate::ROLE_PREFIX, self.role);
         let env = [(crate::logging::LOG_FORMAT_ENV, crate::logging::format_env_value(inherit.config.log_format))];
@@ -68,7 +109,7 @@ impl RoleProcess {
             sys::process::signal(pid, Signal::SIGKILL);
             anyhow::bail!("sending bootstrap to {} (pid {pid}): {e}", self.role);
         }
-        registry.register(&mut SourceFd(&channel.raw_fd()), self.token, Interest::READABLE)?;
+        registry.register(&mut SourceFd(&channel.raw_fd()), token, Interest::READABLE)?;
         Ok((pid, channel))
     }
 
@@ -82,18 +123,21 @@ impl RoleProcess {
     }
 
     /// Reads every queued message from the current process.
-    pub fn drain_messages(&mut self) {
+    pub fn drain_messages(&mut self, events: &mut Vec<RoleEvent>) {
         let Some(channel) = self.channel.as_mut() else { return };
         let mut fds = Vec::new();
         loop {
             match channel.recv(&mut fds) {
                 Ok(Recv::Message(Message::Heartbeat(hb))) => {
                     let now = Instant::now();
-                    if self.slot.heartbeat(hb.sent_ns, sys::monotonic_ns(), now) {
+                    let received = sys::monotonic_ns();
+                    if self.slot.heartbeat(hb.sent_ns, received, now) {
                         tracing::info!(role = %self.role, pid = hb.pid, "up (first heartbeat)");
                     }
+                    self.latency.observe(&LATENCY_BUCKETS, self.slot.latency_ns as f64 / 1e9);
                     self.last = Some(hb);
                 }
+                Ok(Recv::Message(Message::Done { ok, detail })) => events.push(RoleEvent::Done { ok, detail }),
                 Ok(Recv::Message(other)) => tracing::debug!(role = %self.role, ?other, "unexpected message"),
                 Ok(Recv::Empty) | Ok(Recv::Closed) => return, // exits arrive by SIGCHLD
                 Err(e) => {
@@ -102,6 +146,58 @@ impl RoleProcess {
                 }
             }
         }
+    }
+
+    /// Reads the replacement's messages; promotes it once it is up.
+    pub fn drain_incoming(
+        &mut self,
+        registry: &Registry,
+        retire_deadline: Duration,
+        kill_after: Duration,
+        events: &mut Vec<RoleEvent>,
+    ) {
+        let Some(incoming) = self.incoming.as_mut() else { return };
+        let mut fds = Vec::new();
+        let mut ready = None;
+        loop {
+            match incoming.channel.recv(&mut fds) {
+                Ok(Recv::Message(Message::Heartbeat(hb))) => {
+                    if is_ready(self.role, &hb) {
+                        ready = Some(hb);
+                    }
+                }
+                Ok(Recv::Message(_)) => {}
+                Ok(Recv::Empty) | Ok(Recv::Closed) | Err(_) => break,
+            }
+        }
+        if let Some(hb) = ready {
+            self.promote(hb, registry, retire_deadline, kill_after, events);
+        }
+    }
+
+    /// The replacement is up: the current process retires and the replacement takes
+    /// its slot and its token.
+    fn promote(
+        &mut self,
+        hb: Heartbeat,
+        registry: &Registry,
+        retire_deadline: Duration,
+        kill_after: Duration,
+        events: &mut Vec<RoleEvent>,
+    ) {
+        let Some(incoming) = self.incoming.take() else { return };
+        let now = Instant::now();
+        self.retire_current(Reason::Manual, retire_deadline, kill_after, registry, now);
+        let _ = registry.deregister(&mut SourceFd(&incoming.channel.raw_fd()));
+        if let Err(e) = registry.register(&mut SourceFd(&incoming.channel.raw_fd()), self.token, Interest::READABLE) {
+            tracing::error!(role = %self.role, error = %e, "cannot watch the replacement's channel");
+        }
+        self.slot.spawned(incoming.pid, now);
+        self.slot.heartbeat(hb.sent_ns, sys::monotonic_ns(), now);
+        self.channel = Some(incoming.channel);
+        self.last = Some(hb);
+        tracing::info!(role = %self.role, pid = %incoming.pid, "replacement took over");
+        events.push(RoleEvent::Replaced { pid: incoming.pid });
     }
 
     /// The 200 ms heartbeat check.
@@ -114,26 +210,52 @@ impl RoleProcess {
             }
             Check::Hung => {
                 tracing::error!(role = %self.role, pid = ?self.slot.pid, age_ms, "hung: 3 missed heartbeats; restarting");
-                self.retire_current(Reason::Hang, grace, registry, now);
+                self.retire_current(Reason::Hang, grace, grace, registry, now);
             }
         }
     }
 
-    /// Takes the current process out of the slot: it gets a shutdown message and
-    /// `grace` to exit before SIGKILL; a replacement is scheduled at once (with backoff).
-    pub fn retire_current(&mut self, reason: Reason, grace: Duration, registry: &Registry, now: Instant) {
+    /// Takes the current process out of the slot: it gets a shutdown message telling it
+    /// to finish by `deadline`, and SIGKILL `kill_after` from now; a replacement is
+    /// scheduled (with backoff) unless one is already taking over.
+    pub fn retire_current(
+        &mut self,
+        reason: Reason,
+        deadline: Duration,
+        kill_after: Duration,
+        registry: &Registry,
+        now: Instant,
+    ) {
         let Some(pid) = self.slot.pid else { return };
         if let Some(mut channel) = self.channel.take() {
             let _ = registry.deregister(&mut SourceFd(&channel.raw_fd()));
-            let _ = channel.send(&Message::Shutdown { deadline_ms: grace.as_millis() as u64 }, &[]);
-            self.retiring.push(Retiring { name: self.role.to_string(), pid, kill_at: now + grace, channel });
+            let _ = channel.send(&Message::Shutdown { deadline_ms: deadline.as_millis() as u64 }, &[]);
+            self.retiring.push(Retiring { name: self.role.to_string(), pid, kill_at: now + kill_after, channel });
         }
         let delay = self.slot.vacate(reason, now);
         self.log_restart(reason, delay, now);
     }
 
     /// Handles the exit of `pid` if it is ours; returns whether it was.
-    pub fn on_exit(&mut self, pid: Pid, exit: Exit, stopping: bool, registry: &Registry, now: Instant) -> bool {
+    pub fn on_exit(
+        &mut self,
+        pid: Pid,
+        exit: Exit,
+        stopping: bool,
+        registry: &Registry,
+        now: Instant,
+        events: &mut Vec<RoleEvent>,
+    ) -> bool {
+        if self.incoming.as_ref().is_some_and(|i| i.pid == pid) {
+            if let Some(incoming) = self.incoming.take() {
+                let _ = registry.deregister(&mut SourceFd(&incoming.channel.raw_fd()));
+            }
+            tracing::error!(role = %self.role, %pid, %exit, "replacement died before it was up");
+            events.push(RoleEvent::ReplacementFailed {
+                reason: format!("new {} exited ({exit}) before it was up", self.role),
+            });
+            return true;
+        }
         if let Some(i) = self.retiring.iter().position(|r| r.pid == pid) {
             self.retiring.swap_remove(i);
             tracing::info!(role = %self.role, %pid, %exit, "retired process exited");
@@ -180,7 +302,21 @@ impl RoleProcess {
     }
 
     pub fn has_processes(&self) -> bool {
-        self.slot.pid.is_some() || !self.retiring.is_empty()
+        self.slot.pid.is_some() || !self.retiring.is_empty() || self.incoming.is_some()
+    }
+
+    /// Abandons a replacement that did not come up in time.
+    pub fn abandon_incoming(&mut self, registry: &Registry) {
+        if let Some(incoming) = self.incoming.take() {
+            let _ = registry.deregister(&mut SourceFd(&incoming.channel.raw_fd()));
+            sys::process::signal(incoming.pid, Signal::SIGKILL);
+            self.retiring.push(Retiring {
+                name: self.role.to_string(),
+                pid: incoming.pid,
+                kill_at: Instant::now() + Duration::from_secs(3600),
+                channel: incoming.channel,
+            });
+        }
     }
 
     /// SIGKILL to every process of this role, and to the workers the manager reported.
@@ -189,7 +325,8 @@ impl RoleProcess {
         for pid in workers.filter(|p| *p > 0) {
             sys::process::signal(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
-        for pid in self.slot.pid.iter().chain(self.retiring.iter().map(|r| &r.pid)) {
+        let incoming = self.incoming.iter().map(|i| &i.pid);
+        for pid in self.slot.pid.iter().chain(self.retiring.iter().map(|r| &r.pid)).chain(incoming) {
             sys::process::signal(*pid, Signal::SIGKILL);
         }
     }
@@ -213,4 +350,13 @@ fn bootstrap_fds(role: Role, inherit: &Inheritance) -> (Vec<FdKind>, Vec<Borrowe
     kinds.push(FdKind::Lifeline);
     fds.push(inherit.lifeline_read.as_fd());
     (kinds, fds)
+}
+
+/// A replacement is ready to take over: the listener at its first heartbeat, the
+/// manager once every worker of its new pool is up.
+fn is_ready(role: Role, hb: &Heartbeat) -> bool {
+    match role {
+        Role::Manager => !hb.workers.is_empty() && hb.workers.iter().all(|w| w.state == "idle" || w.state == "busy"),
+        _ => true,
+    }
 }

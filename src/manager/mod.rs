@@ -10,7 +10,7 @@
 mod pool;
 
 use crate::heartbeat::Heartbeater;
-use crate::ipc::{self, Channel, Counters, Message, Recv, Role};
+use crate::ipc::{self, Channel, Message, Recv, Role};
 use crate::signals::{Event, Signals};
 use crate::supervise::CHECK_INTERVAL;
 use anyhow::Context;
@@ -53,7 +53,13 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         let now = Instant::now();
         pool.start_due(poll.registry(), now);
         pool.dispatch();
-        heartbeat.tick(now, &mut control, &Counters::default(), &pool.reports(now));
+        pool.advance_op(poll.registry(), now);
+        for msg in pool.outbox.drain(..) {
+            if let Err(e) = control.send(&msg, &[]) {
+                tracing::warn!(error = %e, "cannot report to the daemon");
+            }
+        }
+        heartbeat.tick(now, &mut control, &pool.counters(), &pool.reports(now));
         if let Some(deadline) = shutdown_deadline {
             if pool.is_empty() {
                 tracing::info!("manager stopped");
@@ -100,7 +106,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
                     }
                 }
                 CONNECTIONS => pool.connections_readable(),
-                Token(t) if t >= FIRST_WORKER => pool.drain_messages((t - FIRST_WORKER) as u32, Instant::now()),
+                Token(t) if t >= FIRST_WORKER => pool.drain_messages(t, poll.registry(), Instant::now()),
                 _ => {}
             }
         }

@@ -8,11 +8,13 @@
 use super::FIRST_WORKER;
 use crate::config::Config;
 use crate::ipc::{Bootstrap, Channel, Counters, FdKind, Message, Recv, WorkerReport};
+use crate::observe::{Histogram, LATENCY_BUCKETS};
 use crate::supervise::{Check, Reason, Retiring, Slot};
 use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, process::Exit, spawn, Pid};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::sys::signal::Signal;
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
@@ -20,6 +22,8 @@ use std::time::{Duration, Instant};
 
 /// The process currently serving in a slot.
 struct Current {
+    /// Poll token of its channel, unique per process.
+    token: usize,
     channel: Channel,
     /// Duplicate of the worker's end: queued connections can be recovered after a crash.
     worker_end: OwnedFd,
@@ -37,9 +41,22 @@ struct WorkerSlot {
     id: u32,
     slot: Slot,
     current: Option<Current>,
+    /// A replacement started by a rolling restart; it takes over once up.
+    incoming: Option<(Pid, Current)>,
     /// False once the slot is scaled away: it starts nothing new.
     wanted: bool,
 }
+
+/// A worker command in progress, answered with `Done` when finished.
+enum WorkerOp {
+    /// Replace these workers one at a time, each new one up before the old one drains.
+    Rolling { queue: VecDeque<u32>, replaced: u32, deadline: Instant },
+    /// Wait for these new workers to come up.
+    ScaleUp { ids: Vec<u32>, workers: u32, deadline: Instant },
+}
+
+/// Longest a worker command may take.
+const OP_TIMEOUT: Duration = Duration::from_secs(50);
 
 /// A worker taken out of service, with its last figures (still reported while it drains).
 struct Retiree {
@@ -62,6 +79,14 @@ pub struct WorkerPool {
     draining: bool,
     shutting_down: bool,
     received_fds: Vec<OwnedFd>,
+    next_token: usize,
+    op: Option<WorkerOp>,
+    /// Messages for the daemon (command results).
+    pub outbox: Vec<Message>,
+    /// Pool-wide supervision figures, monotonic over this manager's life.
+    missed_total: u64,
+    restarts: [u64; 3],
+    latency: Histogram,
 }
 
 impl WorkerPool {
@@ -80,6 +105,12 @@ impl WorkerPool {
             draining,
             shutting_down: false,
             received_fds: Vec::with_capacity(MAX_FDS_PER_MESSAGE),
+            next_token: FIRST_WORKER,
+            op: None,
+            outbox: Vec::new(),
+            missed_total: 0,
+            restarts: [0; 3],
+            latency: Histogram::with_buckets(LATENCY_BUCKETS.len()),
         }
     }
 
@@ -112,7 +143,7 @@ impl WorkerPool {
         }
     }
 
-    fn spawn(&self, id: u32, registry: &Registry) -> anyhow::Result<(Pid, Current)> {
+    fn spawn(&mut self, id: u32, registry: &Registry) -> anyhow::Result<(Pid, Current)> {
         let (ours, theirs) = sys::seqpacket_pair()?;
         let worker_end = theirs.try_clone()?;
         let argv0 = format!("{}worker {id}", crate::ROLE_PREFIX);
@@ -137,8 +168,11 @@ impl WorkerPool {
             sys::process::signal(pid, Signal::SIGKILL);
             anyhow::bail!("sending bootstrap to worker {id} (pid {pid}): {e}");
         }
-        registry.register(&mut SourceFd(&channel.raw_fd()), Token(FIRST_WORKER + id as usize), Interest::READABLE)?;
+        let token = self.next_token;
+        self.next_token += 1;
+        registry.register(&mut SourceFd(&channel.raw_fd()), Token(token), Interest::READABLE)?;
         let current = Current {
+            token,
             channel,
             worker_end,
             dispatched: 0,
@@ -232,25 +266,34 @@ impl WorkerPool {
             .map(|(i, _, _)| i)
     }
 
-    /// Reads the heartbeats of worker `id`.
-    pub fn drain_messages(&mut self, id: u32, now: Instant) {
-        let Some(ws) = self.slots.iter_mut().find(|ws| ws.id == id) else { return };
-        let Some(current) = ws.current.as_mut() else { return };
+    /// Reads the messages on the channel with poll token `token`.
+    pub fn drain_messages(&mut self, token: usize, registry: &Registry, now: Instant) {
+        let Some(index) = self.slots.iter().position(|ws| {
+            ws.current.as_ref().is_some_and(|c| c.token == token)
+                || ws.incoming.as_ref().is_some_and(|(_, c)| c.token == token)
+        }) else {
+            return;
+        };
+        let ws = &mut self.slots[index];
+        let is_current = ws.current.as_ref().is_some_and(|c| c.token == token);
+        let current = if is_current { ws.current.as_mut() } else { ws.incoming.as_mut().map(|(_, c)| c) };
+        let Some(current) = current else { return };
+        let mut first_heartbeat = false;
         let mut fds = Vec::new();
         loop {
             match current.channel.recv(&mut fds) {
                 Ok(Recv::Message(Message::Heartbeat(hb))) => {
-                    if ws.slot.heartbeat(hb.sent_ns, sys::monotonic_ns(), now) {
-                        tracing::info!(worker = ws.id, pid = hb.pid, "worker up");
+                    let received = sys::monotonic_ns();
+                    if is_current {
+                        if ws.slot.heartbeat(hb.sent_ns, received, now) {
+                            tracing::info!(worker = ws.id, pid = hb.pid, "worker up");
+                        }
+                    } else {
+                        first_heartbeat = true;
                     }
-                    let wall = hb.sent_ns.saturating_sub(current.prev_sent_ns);
-                    if current.prev_sent_ns != 0 && wall > 0 {
-                        let busy = hb.counters.busy_ns.saturating_sub(current.prev_busy_ns);
-                        current.utilization = (busy as f64 / wall as f64).clamp(0.0, 1.0);
-                    }
-                    current.prev_sent_ns = hb.sent_ns;
-                    current.prev_busy_ns = hb.counters.busy_ns;
-                    current.counters = hb.counters;
+                    let latency = received.saturating_sub(hb.sent_ns);
+                    self.latency.observe(&LATENCY_BUCKETS, latency as f64 / 1e9);
+                    current.absorb(hb.sent_ns, hb.counters);
                 }
                 Ok(Recv::Message(other)) => tracing::debug!(worker = ws.id, ?other, "unexpected message"),
                 Ok(Recv::Empty) | Ok(Recv::Closed) => break,
@@ -259,6 +302,24 @@ impl WorkerPool {
                     break;
                 }
             }
+        }
+        if first_heartbeat {
+            self.promote(index, registry, now);
+        }
+    }
+
+    /// A rolling restart's new worker is up: the old one drains, the new one serves.
+    fn promote(&mut self, index: usize, registry: &Registry, now: Instant) {
+        let Some((pid, current)) = self.slots[index].incoming.take() else { return };
+        let drain = self.config.drain_timeout();
+        self.retire(index, Reason::Manual, drain, registry, now);
+        let ws = &mut self.slots[index];
+        ws.slot.spawned(pid, now);
+        ws.slot.heartbeat(current.prev_sent_ns, sys::monotonic_ns(), now);
+        ws.current = Some(current);
+        tracing::info!(worker = ws.id, %pid, "replacement worker took over");
+        if let Some(WorkerOp::Rolling { replaced, .. }) = self.op.as_mut() {
+            *replaced += 1;
         }
     }
 
@@ -271,9 +332,11 @@ impl WorkerPool {
             match ws.slot.check(now, timeout) {
                 Check::Healthy | Check::Vacant => {}
                 Check::Missed(n) => {
+                    self.missed_total += 1;
                     tracing::warn!(worker = ws.id, pid = ?ws.slot.pid, age_ms, missed = n, "worker missed heartbeat")
                 }
                 Check::Hung => {
+                    self.missed_total += 1;
                     tracing::error!(worker = ws.id, pid = ?ws.slot.pid, age_ms, "worker hung: 3 missed heartbeats; restarting");
                     self.retire(index, Reason::Hang, self.config.grace(), registry, now);
                 }
@@ -294,6 +357,7 @@ impl WorkerPool {
         self.retiring.push(Retiring { name: format!("worker {}", ws.id), pid, kill_at, channel: (channel, retiree) });
         let delay = ws.slot.vacate(reason, now);
         if ws.wanted && !self.shutting_down {
+            self.restarts[reason_index(reason)] += 1;
             log_restart(ws, reason, delay, now);
         }
     }
@@ -306,6 +370,15 @@ impl WorkerPool {
                 let retired = self.retiring.swap_remove(i);
                 tracing::info!(worker = retired.channel.1.id, %pid, %exit, "retired worker exited");
                 self.recover_queued(&retired.channel.1.worker_end);
+                continue;
+            }
+            if let Some(ws) = self.slots.iter_mut().find(|ws| ws.incoming.as_ref().is_some_and(|(p, _)| *p == pid)) {
+                if let Some((_, c)) = ws.incoming.take() {
+                    let _ = registry.deregister(&mut SourceFd(&c.channel.raw_fd()));
+                }
+                let detail = format!("replacement for worker {} exited ({exit}) before it was up", ws.id);
+                tracing::error!(worker = ws.id, %pid, %exit, "replacement worker died");
+                self.finish_op(false, detail);
                 continue;
             }
             let Some(index) = self.slots.iter().position(|ws| ws.slot.pid == Some(pid)) else {
@@ -325,6 +398,7 @@ impl WorkerPool {
             tracing::error!(worker = ws.id, %pid, %exit, "worker crashed");
             let delay = ws.slot.vacate(Reason::Crash, now);
             if ws.wanted && !self.shutting_down {
+                self.restarts[reason_index(Reason::Crash)] += 1;
                 log_restart(ws, Reason::Crash, delay, now);
             }
             self.recover_queued(&current.worker_end);
@@ -385,11 +459,13 @@ impl WorkerPool {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.retiring.is_empty() && self.slots.iter().all(|ws| ws.slot.pid.is_none())
+        self.retiring.is_empty() && self.slots.iter().all(|ws| ws.slot.pid.is_none() && ws.incoming.is_none())
     }
 
     pub fn kill_all(&mut self) {
-        let pids = self.slots.iter().filter_map(|ws| ws.slot.pid).chain(self.retiring.iter().map(|r| r.pid));
+        let incoming = self.slots.iter().filter_map(|ws| ws.incoming.as_ref().map(|(p, _)| *p));
+        let pids =
+            self.slots.iter().filter_map(|ws| ws.slot.pid).chain(self.retiring.iter().map(|r| r.pid)).chain(incoming);
         for pid in pids {
             sys::process::signal(pid, Signal::SIGKILL);
         }
@@ -398,13 +474,23 @@ impl WorkerPool {
     pub fn set_draining(&mut self, draining: bool) {
         self.draining = draining;
         let msg = if draining { Message::Drain } else { Message::Resume };
+        let incoming = self.slots.iter_mut().filter_map(|ws| ws.incoming.as_mut().map(|(_, c)| c));
+        let currents: Vec<&mut Current> = incoming.collect();
+        for current in currents {
+            let _ = current.channel.send(&msg, &[]);
+        }
         for current in self.slots.iter_mut().filter_map(|ws| ws.current.as_mut()) {
             let _ = current.channel.send(&msg, &[]);
         }
     }
 
-    /// Grows or shrinks the pool to ids `0..workers`; removed workers drain.
+    /// Grows or shrinks the pool to ids `0..workers`; removed workers drain. Answers
+    /// once the new workers are up (shrinking answers at once).
     pub fn scale(&mut self, workers: u32, registry: &Registry) {
+        if self.op.is_some() {
+            self.outbox.push(done(false, "another worker command is in progress"));
+            return;
+        }
         let now = Instant::now();
         for index in 0..self.slots.len() {
             if self.slots[index].id >= workers && self.slots[index].wanted {
@@ -413,23 +499,105 @@ impl WorkerPool {
             }
         }
         self.slots.retain(|ws| ws.wanted || ws.slot.pid.is_some());
+        let mut added = Vec::new();
         for id in 0..workers {
             if !self.slots.iter().any(|ws| ws.id == id) {
                 self.slots.push(WorkerSlot::new(id, now));
+                added.push(id);
             }
         }
         self.slots.sort_by_key(|ws| ws.id);
         self.config.workers = workers;
         tracing::info!(workers, "pool scaled");
+        self.op = Some(WorkerOp::ScaleUp { ids: added, workers, deadline: now + OP_TIMEOUT });
+        self.advance_op(registry, now);
     }
 
-    /// Restarts one worker (`id`) or all of them, one after another.
+    /// Rolling restart of worker `id`, or of every worker in id order.
     pub fn restart(&mut self, id: Option<u32>, registry: &Registry) {
+        if self.op.is_some() {
+            self.outbox.push(done(false, "another worker command is in progress"));
+            return;
+        }
+        let queue: VecDeque<u32> =
+            self.slots.iter().filter(|ws| ws.wanted && id.is_none_or(|id| ws.id == id)).map(|ws| ws.id).collect();
+        if let (Some(id), true) = (id, queue.is_empty()) {
+            self.outbox.push(done(false, &format!("no worker {id}")));
+            return;
+        }
         let now = Instant::now();
-        for index in 0..self.slots.len() {
-            if self.slots[index].wanted && id.is_none_or(|id| self.slots[index].id == id) {
-                self.retire(index, Reason::Manual, self.config.drain_timeout(), registry, now);
+        self.op = Some(WorkerOp::Rolling { queue, replaced: 0, deadline: now + OP_TIMEOUT });
+        self.advance_op(registry, now);
+    }
+
+    /// Moves the worker command in progress forward; answers it when done.
+    pub fn advance_op(&mut self, registry: &Registry, now: Instant) {
+        let Some(op) = self.op.as_mut() else { return };
+        match op {
+            WorkerOp::Rolling { deadline, .. } | WorkerOp::ScaleUp { deadline, .. } if now >= *deadline => {
+                self.abandon_incoming(registry);
+                self.finish_op(false, "timed out".into());
             }
+            WorkerOp::ScaleUp { ids, workers, .. } => {
+                let up = |id: &u32| self.slots.iter().any(|ws| ws.id == *id && ws.slot.is_up());
+                if ids.iter().all(up) {
+                    let detail = format!("scaled to {workers} workers");
+                    self.finish_op(true, detail);
+                }
+            }
+            WorkerOp::Rolling { queue, replaced, .. } => {
+                if self.slots.iter().any(|ws| ws.incoming.is_some()) {
+                    return; // the current replacement is still coming up
+                }
+                let Some(id) = queue.pop_front() else {
+                    let detail = format!("restarted {replaced} worker(s)");
+                    self.finish_op(true, detail);
+                    return;
+                };
+                self.start_replacement(id, registry);
+            }
+        }
+    }
+
+    fn start_replacement(&mut self, id: u32, registry: &Registry) {
+        let Some(index) = self.slots.iter().position(|ws| ws.id == id && ws.wanted) else { return };
+        if !self.slots[index].slot.is_up() {
+            // Not running (crashed, starting): its next start is a fresh process anyway.
+            return;
+        }
+        match self.spawn(id, registry) {
+            Ok((pid, current)) => {
+                tracing::info!(worker = id, %pid, "replacement worker spawned");
+                self.slots[index].incoming = Some((pid, current));
+            }
+            Err(e) => self.finish_op(false, format!("cannot start a replacement for worker {id}: {e:#}")),
+        }
+    }
+
+    fn abandon_incoming(&mut self, registry: &Registry) {
+        for ws in &mut self.slots {
+            if let Some((pid, c)) = ws.incoming.take() {
+                let _ = registry.deregister(&mut SourceFd(&c.channel.raw_fd()));
+                sys::process::signal(pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn finish_op(&mut self, ok: bool, detail: String) {
+        if self.op.take().is_some() {
+            tracing::info!(ok, %detail, "worker command finished");
+            self.outbox.push(Message::Done { ok, detail });
+        }
+    }
+
+    /// Pool-wide supervision figures for the manager's own heartbeat.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            missed_heartbeats: self.missed_total,
+            restarts: self.restarts,
+            latency_buckets: self.latency.counts.clone(),
+            latency_sum_ns: (self.latency.sum * 1e9) as u64,
+            ..Default::default()
         }
     }
 
@@ -465,8 +633,31 @@ impl WorkerPool {
 
 impl WorkerSlot {
     fn new(id: u32, now: Instant) -> WorkerSlot {
-        WorkerSlot { id, slot: Slot::new(format!("worker {id}"), now), current: None, wanted: true }
+        WorkerSlot { id, slot: Slot::new(format!("worker {id}"), now), current: None, incoming: None, wanted: true }
     }
+}
+
+impl Current {
+    /// Takes a heartbeat's figures, updating utilization: the share of the interval
+    /// since the previous heartbeat during which at least one request was in progress.
+    fn absorb(&mut self, sent_ns: u64, counters: Counters) {
+        let wall = sent_ns.saturating_sub(self.prev_sent_ns);
+        if self.prev_sent_ns != 0 && wall > 0 {
+            let busy = counters.busy_ns.saturating_sub(self.prev_busy_ns);
+            self.utilization = (busy as f64 / wall as f64).clamp(0.0, 1.0);
+        }
+        self.prev_sent_ns = sent_ns;
+        self.prev_busy_ns = counters.busy_ns;
+        self.counters = counters;
+    }
+}
+
+fn done(ok: bool, detail: &str) -> Message {
+    Message::Done { ok, detail: detail.to_string() }
+}
+
+fn reason_index(reason: Reason) -> usize {
+    Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
 }
 
 fn report(

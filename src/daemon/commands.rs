@@ -1,0 +1,157 @@
+//! Control commands in the supervision loop: each is started here and answered when its
+//! effect is real (the new process is up, the manager reports done) or has failed.
+
+use super::roles::RoleEvent;
+use super::{Daemon, State};
+use crate::control::{CommandRequest, COMMAND_TIMEOUT};
+use crate::ipc::{Message, Role};
+use std::sync::mpsc::SyncSender;
+use std::time::Instant;
+use webd_proto::{Request, Response, RestartTarget};
+
+/// What a pending reply waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaiting {
+    /// A graceful replacement of this role taking over.
+    Replacement(Role),
+    /// The manager's `Done` for a worker command.
+    ManagerDone,
+}
+
+pub struct PendingReply {
+    pub awaiting: Awaiting,
+    pub reply: SyncSender<Response>,
+    pub deadline: Instant,
+    pub what: String,
+}
+
+impl Daemon {
+    /// Takes every queued control command.
+    pub(super) fn take_commands(&mut self) {
+        while let Ok(CommandRequest { request, reply }) = self.commands.try_recv() {
+            tracing::info!(?request, "control command");
+            if let Some(response) = self.start_command(request.clone(), &reply) {
+                let _ = reply.try_send(response);
+            }
+        }
+    }
+
+    /// Starts a command; returns its response now, or `None` when it is answered later.
+    fn start_command(&mut self, request: Request, reply: &SyncSender<Response>) -> Option<Response> {
+        if self.state == State::Stopping {
+            return Some(Response::error("daemon is stopping"));
+        }
+        let draining = self.state == State::Draining;
+        match request {
+            Request::Status => Some(Response::error("status is served by the control thread")),
+            Request::Stop => {
+                self.begin_stop("control command");
+                Some(Response::ok("stopping"))
+            }
+            Request::Drain => {
+                self.set_draining(true);
+                Some(Response::ok("draining"))
+            }
+            Request::Resume => {
+                self.set_draining(false);
+                Some(Response::ok("resumed"))
+            }
+            Request::Restart { target: RestartTarget::Listener, .. } => {
+                let result = self.listener.replace(&self.inherit, self.poll.registry(), draining);
+                self.await_or_fail(result, Awaiting::Replacement(Role::Listener), "restart listener", reply)
+            }
+            Request::Restart { target: RestartTarget::Manager, .. } => {
+                let result = self.manager.replace(&self.inherit, self.poll.registry(), draining);
+                self.await_or_fail(result, Awaiting::Replacement(Role::Manager), "restart manager", reply)
+            }
+            Request::Restart { target: RestartTarget::Workers, .. } => {
+                self.forward_to_manager(Message::RestartWorkers { id: None }, "restart workers", reply)
+            }
+            Request::Restart { target: RestartTarget::Worker, id } => {
+                self.forward_to_manager(Message::RestartWorkers { id }, "restart worker", reply)
+            }
+            Request::Scale { workers } => self.forward_to_manager(Message::Scale { workers }, "scale", reply),
+        }
+    }
+
+    fn await_or_fail(
+        &mut self,
+        started: anyhow::Result<()>,
+        awaiting: Awaiting,
+        what: &str,
+        reply: &SyncSender<Response>,
+    ) -> Option<Response> {
+        match started {
+            Ok(()) => {
+                self.pending.push(PendingReply {
+                    awaiting,
+                    reply: reply.clone(),
+                    deadline: Instant::now() + COMMAND_TIMEOUT,
+                    what: what.to_string(),
+                });
+                None
+            }
+            Err(e) => Some(Response::error(format!("{what}: {e:#}"))),
+        }
+    }
+
+    /// Worker commands are the manager's to carry out; one at a time.
+    fn forward_to_manager(&mut self, msg: Message, what: &str, reply: &SyncSender<Response>) -> Option<Response> {
+        if self.pending.iter().any(|p| p.awaiting == Awaiting::ManagerDone) {
+            return Some(Response::error(format!("{what}: another worker command is in progress")));
+        }
+        if !self.manager.slot.is_up() {
+            return Some(Response::error(format!("{what}: the manager is not running")));
+        }
+        self.manager.send(&msg);
+        self.await_or_fail(Ok(()), Awaiting::ManagerDone, what, reply)
+    }
+
+    fn set_draining(&mut self, draining: bool) {
+        self.state = if draining { State::Draining } else { State::Running };
+        let msg = if draining { Message::Drain } else { Message::Resume };
+        self.listener.send(&msg);
+        self.manager.send(&msg);
+        tracing::info!(draining, "drain state changed");
+    }
+
+    /// Answers the replies that `events` complete, and those past their deadline.
+    pub(super) fn settle_replies(&mut self, events: Vec<RoleEvent>) {
+        for event in events {
+            let (awaiting, response) = match event {
+                RoleEvent::Replaced { pid } => {
+                    let role = if self.listener.slot.pid == Some(pid) { Role::Listener } else { Role::Manager };
+                    (Awaiting::Replacement(role), Response::ok(format!("{role} restarted (new pid {pid})")))
+                }
+                RoleEvent::ReplacementFailed { reason } => {
+                    let role = if reason.contains("listener") { Role::Listener } else { Role::Manager };
+                    (Awaiting::Replacement(role), Response::error(reason))
+                }
+                RoleEvent::Done { ok: true, detail } => (Awaiting::ManagerDone, Response::ok(detail)),
+                RoleEvent::Done { ok: false, detail } => (Awaiting::ManagerDone, Response::error(detail)),
+            };
+            self.answer(awaiting, response);
+        }
+        let now = Instant::now();
+        let (expired, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending).into_iter().partition(|p| now >= p.deadline);
+        self.pending = kept;
+        for p in expired {
+            if let Awaiting::Replacement(role) = p.awaiting {
+                let registry = self.poll.registry();
+                match role {
+                    Role::Listener => self.listener.abandon_incoming(registry),
+                    _ => self.manager.abandon_incoming(registry),
+                }
+            }
+            let _ = p.reply.try_send(Response::error(format!("{}: timed out", p.what)));
+        }
+    }
+
+    fn answer(&mut self, awaiting: Awaiting, response: Response) {
+        if let Some(i) = self.pending.iter().position(|p| p.awaiting == awaiting) {
+            let p = self.pending.swap_remove(i);
+            let _ = p.reply.try_send(response);
+        }
+    }
+}
