@@ -23,6 +23,11 @@ impl Heartbeater {
         self.next_at.saturating_duration_since(now)
     }
 
+    /// Makes the next `tick` send at once (fresh figures before a command's answer).
+    pub fn force(&mut self, now: Instant) {
+        self.next_at = now;
+    }
+
     /// Sends a heartbeat if one is due. A full channel (supervisor not reading) drops
     /// this one: the supervisor will see the gap, which is the truth.
     pub fn tick(&mut self, now: Instant, channel: &mut Channel, counters: &Counters, workers: &[WorkerReport]) {

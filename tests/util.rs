@@ -404,3 +404,62 @@ impl Drop for Load {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// The `webctl` binary, built beside `webd` by `cargo test --workspace`.
+pub fn webctl_path() -> PathBuf {
+    let path = Path::new(WEBD).with_file_name("webctl");
+    assert!(path.exists(), "{} missing: run the tests with `cargo test --workspace`", path.display());
+    path
+}
+
+/// Output of one `webctl` run.
+pub struct CtlOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Webd {
+    /// Runs `webctl --control-socket <ours> args...`.
+    pub fn webctl(&self, args: &[&str]) -> CtlOutput {
+        let out = Command::new(webctl_path())
+            .arg("--control-socket")
+            .arg(&self.control_socket)
+            .args(args)
+            .output()
+            .expect("run webctl");
+        CtlOutput {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs webctl and asserts it succeeded.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.webctl(args);
+        assert_eq!(out.code, Some(0), "webctl {args:?} failed: {}{}", out.stdout, out.stderr);
+        out.stdout
+    }
+
+    /// `webctl --json status`, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.ctl_ok(&["--json", "status"]);
+        serde_json::from_str(&out).expect("status JSON")
+    }
+
+    /// Sends one raw line to the control socket and reads one line back (None: closed).
+    pub fn control_raw(&self, line: &[u8]) -> Option<String> {
+        use std::io::BufRead;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.control_socket).expect("connect control socket");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        if s.write_all(line).is_err() {
+            return None;
+        }
+        let mut reply = String::new();
+        match std::io::BufReader::new(s).read_line(&mut reply) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(reply),
+        }
+    }
+}

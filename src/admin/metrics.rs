@@ -9,7 +9,7 @@
 //! format 0.0.4.
 
 use crate::ipc::DURATION_BUCKETS;
-use crate::observe::{self, Observed, SharedObserved, LATENCY_BUCKETS};
+use crate::observe::{self, Observed, RoleFigures, SharedObserved, LATENCY_BUCKETS};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -174,38 +174,160 @@ fn snapshot(o: &Observed) -> Observed {
     }
 }
 
-/// Builds every `webd_*` family from a snapshot. Families without samples (no worker
-/// yet, no request yet) are dropped by the registry.
+/// Builds every `webd_*` family from a snapshot, in [`ALL`] order. Families without
+/// samples (no worker yet, no request yet) are dropped by the registry.
 pub fn families(o: &Observed) -> Vec<MetricFamily> {
-    let roles = role_figures(o);
-    let per_role = |f: &dyn Fn(&observe::RoleFigures) -> proto::Metric| roles.iter().map(|(_, r)| f(r)).collect();
+    let absent = RoleFigures::default();
+    let roles = role_figures(o, &absent);
+    let mut out = role_families(&roles);
+    out.extend(worker_families(o));
+    out.extend(traffic_families(o));
+    out.push(Family::new(&DRAINING).gauge(&[], bool_value(o.draining)).finish());
+    out.push(Family::new(&BUILD_INFO).gauge(&[crate::VERSION], 1.0).finish());
+    out
+}
+
+/// The canonical roles (with zero figures when the daemon has none yet), then any other
+/// role the daemon reports, in name order.
+fn role_figures<'a>(o: &'a Observed, absent: &'a RoleFigures) -> Vec<(&'a str, &'a RoleFigures)> {
+    let mut roles: Vec<(&str, &RoleFigures)> =
+        ROLES.iter().map(|name| (*name, o.roles.get(name).unwrap_or(absent))).collect();
+    let mut extra: Vec<(&str, &RoleFigures)> =
+        o.roles.iter().filter(|(name, _)| !ROLES.contains(name)).map(|(name, r)| (*name, r)).collect();
+    extra.sort_by_key(|(name, _)| *name);
+    roles.extend(extra);
+    roles
+}
+
+fn role_families(roles: &[(&str, &RoleFigures)]) -> Vec<MetricFamily> {
+    let mut latency = Family::new(&HEARTBEAT_LATENCY);
+    let mut age = Family::new(&HEARTBEAT_AGE);
+    let mut missed = Family::new(&HEARTBEATS_MISSED);
+    let mut restarts = Family::new(&RESTARTS);
+    let mut up = Family::new(&PROCESS_UP);
+    for &(role, r) in roles {
+        latency = latency.histogram(&[role], &r.heartbeat_latency, &LATENCY_BUCKETS);
+        age = age.gauge(&[role], r.heartbeat_age_seconds);
+        missed = missed.counter(&[role], r.heartbeats_missed);
+        for (reason, n) in RESTART_REASONS.into_iter().zip(r.restarts) {
+            restarts = restarts.counter(&[role, reason], n);
+        }
+        up = up.gauge(&[role], bool_value(r.up));
+    }
+    vec![latency.finish(), age.finish(), missed.finish(), restarts.finish(), up.finish()]
+}
+
+fn worker_families(o: &Observed) -> Vec<MetricFamily> {
+    let count_in = |state: &str| o.workers_by_state.iter().filter(|(s, _)| s == state).map(|(_, n)| n).sum::<u64>();
+    let mut workers = Family::new(&WORKERS);
+    for state in WORKER_STATES {
+        workers = workers.gauge(&[state], count_in(state) as f64);
+    }
+    for (state, n) in o.workers_by_state.iter().filter(|(s, _)| !WORKER_STATES.contains(&s.as_str())) {
+        workers = workers.gauge(&[state.as_str()], *n as f64);
+    }
+    let mut utilization = Family::new(&WORKER_UTILIZATION);
+    for (id, ratio) in &o.worker_utilization {
+        utilization = utilization.gauge(&[id.to_string().as_str()], *ratio);
+    }
+    vec![workers.finish(), utilization.finish()]
+}
+
+fn traffic_families(o: &Observed) -> Vec<MetricFamily> {
+    let mut requests = Family::new(&HTTP_REQUESTS);
+    for (code, n) in &o.http.requests_by_code {
+        requests = requests.counter(&[code.to_string().as_str()], *n);
+    }
     vec![
-        family(
-            &HEARTBEAT_LATENCY,
-            roles.iter().map(|(n, r)| histogram(&[n], &r.heartbeat_latency, &LATENCY_BUCKETS)).collect(),
-        ),
-        family(&HEARTBEAT_AGE, roles.iter().map(|(n, r)| gauge(&[n], r.heartbeat_age_seconds)).collect()),
-        family(&HEARTBEATS_MISSED, roles.iter().map(|(n, r)| counter(&[n], r.heartbeats_missed)).collect()),
-        family(&RESTARTS, restarts(&roles)),
-        family(&PROCESS_UP, roles.iter().map(|(n, r)| gauge(&[n], f64::from(u8::from(r.up)))).collect()),
-        family(&WORKERS, workers_by_state(o)),
-        family(&WORKER_UTILIZATION, o.worker_utilization.iter().map(|(id, u)| gauge(&[&id.to_string()], *u)).collect()),
-        family(&CONNECTIONS_ACCEPTED, vec![counter(&[], o.connections_accepted)]),
-        family(&CONNECTIONS_ACTIVE, vec![gauge(&[], o.connections_active as f64)]),
-        family(&HTTP_REQUESTS, o.http.requests_by_code.iter().map(|(c, n)| counter(&[&c.to_string()], *n)).collect()),
-        family(&HTTP_REQUEST_DURATION, vec![histogram(&[], &o.http.duration, &DURATION_BUCKETS)]),
-        family(&HTTP_RESPONSE_BYTES, vec![counter(&[], o.http.response_bytes)]),
-        family(&DRAINING, vec![gauge(&[], f64::from(u8::from(o.draining)))]),
-        family(&BUILD_INFO, vec![gauge(&[crate::VERSION], 1.0)]),
+        Family::new(&CONNECTIONS_ACCEPTED).counter(&[], o.connections_accepted).finish(),
+        Family::new(&CONNECTIONS_ACTIVE).gauge(&[], o.connections_active as f64).finish(),
+        requests.finish(),
+        Family::new(&HTTP_REQUEST_DURATION).histogram(&[], &o.http.duration, &DURATION_BUCKETS).finish(),
+        Family::new(&HTTP_RESPONSE_BYTES).counter(&[], o.http.response_bytes).finish(),
     ]
-    .into_iter()
-    .zip(ALL.iter())
-    .map(|(metrics, d)| with_labels(d, metrics))
-    .collect::<Vec<_>>()
-    .into_iter()
-    .chain(std::iter::empty::<MetricFamily>().take({
-        let _ = per_role;
-        0
-    }))
-    .collect()
+}
+
+fn bool_value(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Collects the samples of one declared metric; label values are given in the order of
+/// the declaration's label names.
+struct Family {
+    def: &'static MetricDef,
+    metrics: Vec<proto::Metric>,
+}
+
+impl Family {
+    fn new(def: &'static MetricDef) -> Family {
+        Family { def, metrics: Vec::new() }
+    }
+
+    fn gauge(self, values: &[&str], value: f64) -> Family {
+        let mut g = proto::Gauge::default();
+        g.set_value(value);
+        self.push(values, |m| m.set_gauge(g))
+    }
+
+    fn counter(self, values: &[&str], value: u64) -> Family {
+        let mut c = proto::Counter::default();
+        c.set_value(value as f64);
+        self.push(values, |m| m.set_counter(c))
+    }
+
+    /// `h.counts` holds per-bucket counts (the last one above every bound); the
+    /// exposition wants cumulative counts, ending in `+Inf` = the total, which the
+    /// encoder writes from `sample_count`.
+    fn histogram(self, values: &[&str], h: &observe::Histogram, bounds: &[f64]) -> Family {
+        let mut cumulative = 0u64;
+        let buckets = bounds
+            .iter()
+            .enumerate()
+            .map(|(i, bound)| {
+                cumulative += h.counts.get(i).copied().unwrap_or(0);
+                let mut b = proto::Bucket::default();
+                b.set_upper_bound(*bound);
+                b.set_cumulative_count(cumulative);
+                b
+            })
+            .collect();
+        let mut ph = proto::Histogram::default();
+        ph.set_bucket(buckets);
+        ph.set_sample_count(h.count());
+        ph.set_sample_sum(h.sum);
+        self.push(values, |m| m.set_histogram(ph))
+    }
+
+    fn push(mut self, values: &[&str], set: impl FnOnce(&mut proto::Metric)) -> Family {
+        debug_assert_eq!(values.len(), self.def.labels.len(), "label values of {}", self.def.name);
+        let labels = self
+            .def
+            .labels
+            .iter()
+            .zip(values)
+            .map(|(name, value)| {
+                let mut pair = LabelPair::default();
+                pair.set_name(name.to_string());
+                pair.set_value(value.to_string());
+                pair
+            })
+            .collect();
+        let mut metric = proto::Metric::from_label(labels);
+        set(&mut metric);
+        self.metrics.push(metric);
+        self
+    }
+
+    fn finish(self) -> MetricFamily {
+        let mut family = MetricFamily::default();
+        family.set_name(self.def.name.to_string());
+        family.set_help(self.def.help.to_string());
+        family.set_field_type(self.def.kind);
+        family.set_metric(self.metrics);
+        family
+    }
 }

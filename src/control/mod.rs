@@ -112,10 +112,7 @@ fn serve_client(
     stream.set_write_timeout(Some(READ_TIMEOUT))?;
     let mut writer = stream.try_clone()?;
     let peer_uid = peer_uid(&stream)?;
-    if peer_uid != 0 && peer_uid != allowed_uid {
-        tracing::warn!(peer_uid, "control client refused");
-        return write_response(&mut writer, &Response::error("permission denied"));
-    }
+    let permitted = peer_uid == 0 || peer_uid == allowed_uid;
     let mut reader = BufReader::new(stream);
     let mut line = Vec::with_capacity(256);
     loop {
@@ -123,6 +120,12 @@ fn serve_client(
         let n = (&mut reader).take(MAX_REQUEST_BYTES as u64 + 1).read_until(b'\n', &mut line)?;
         if n == 0 {
             return Ok(());
+        }
+        // Refuse only after reading the request: closing with unread input would
+        // reset the connection and could destroy the refusal before it is read.
+        if !permitted {
+            tracing::warn!(peer_uid, "control client refused");
+            return write_response(&mut writer, &Response::error("permission denied"));
         }
         if line.len() > MAX_REQUEST_BYTES {
             write_response(&mut writer, &Response::error(format!("request exceeds {MAX_REQUEST_BYTES} bytes")))?;

@@ -180,6 +180,8 @@ impl Daemon {
                     _ => {}
                 }
             }
+            // Status must show a command's effect before its reply goes out.
+            self.publish(Instant::now());
             self.settle_replies(role_events);
             let now = Instant::now();
             if now >= self.next_check {

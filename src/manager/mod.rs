@@ -54,12 +54,16 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         pool.start_due(poll.registry(), now);
         pool.dispatch();
         pool.advance_op(poll.registry(), now);
+        if !pool.outbox.is_empty() {
+            // The daemon's status must show the result before it answers the command.
+            heartbeat.force(now);
+        }
+        heartbeat.tick(now, &mut control, &pool.counters(), &pool.reports(now));
         for msg in pool.outbox.drain(..) {
             if let Err(e) = control.send(&msg, &[]) {
                 tracing::warn!(error = %e, "cannot report to the daemon");
             }
         }
-        heartbeat.tick(now, &mut control, &pool.counters(), &pool.reports(now));
         if let Some(deadline) = shutdown_deadline {
             if pool.is_empty() {
                 tracing::info!("manager stopped");

@@ -93,6 +93,30 @@ pub enum Resolved {
     ServerError,
 }
 
+/// Why a path cannot be served; the error half of resolution's inner steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// See [`Resolved::NotFound`].
+    NotFound,
+    /// See [`Resolved::Forbidden`].
+    Forbidden,
+    /// See [`Resolved::BadRequest`].
+    BadRequest,
+    /// See [`Resolved::ServerError`].
+    ServerError,
+}
+
+impl From<Refusal> for Resolved {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NotFound => Resolved::NotFound,
+            Refusal::Forbidden => Resolved::Forbidden,
+            Refusal::BadRequest => Resolved::BadRequest,
+            Refusal::ServerError => Resolved::ServerError,
+        }
+    }
+}
+
 /// Resolves `target` against `root`.
 ///
 /// `scratch` is the caller's reusable buffer (cleared here); once it has grown to the
@@ -103,10 +127,10 @@ pub fn resolve(root: &Root, target: &[u8], scratch: &mut Vec<u8>) -> Resolved {
     };
     scratch.clear();
     if let Err(refusal) = percent_decode_into(parts.path, scratch) {
-        return refusal;
+        return refusal.into();
     }
     if let Err(refusal) = normalize_dot_segments(scratch) {
-        return refusal;
+        return refusal.into();
     }
     open_normalized(root, parts.query, scratch)
 }
@@ -148,7 +172,7 @@ fn find_byte(bytes: &[u8], wanted: u8) -> Option<usize> {
 
 /// Appends the percent-decoded `path` to `out`. A malformed escape or a NUL (encoded or
 /// raw: it would cut the C string short) is `BadRequest`.
-pub fn percent_decode_into(path: &[u8], out: &mut Vec<u8>) -> Result<(), Resolved> {
+pub fn percent_decode_into(path: &[u8], out: &mut Vec<u8>) -> Result<(), Refusal> {
     out.reserve(path.len());
     let mut rest = path;
     while let Some((&byte, after)) = rest.split_first() {
@@ -156,14 +180,14 @@ pub fn percent_decode_into(path: &[u8], out: &mut Vec<u8>) -> Result<(), Resolve
             let high = after.first().copied().and_then(hex_value);
             let low = after.get(1).copied().and_then(hex_value);
             let (Some(high), Some(low)) = (high, low) else {
-                return Err(Resolved::BadRequest);
+                return Err(Refusal::BadRequest);
             };
             (high << 4 | low, &after[2..])
         } else {
             (byte, after)
         };
         if decoded == 0 {
-            return Err(Resolved::BadRequest);
+            return Err(Refusal::BadRequest);
         }
         out.push(decoded);
         rest = after;
@@ -189,9 +213,9 @@ fn hex_value(digit: u8) -> Option<u8> {
 ///
 /// Works in place: the output is never longer than the input consumed so far, so the write
 /// cursor never passes the read cursor.
-pub fn normalize_dot_segments(path: &mut Vec<u8>) -> Result<(), Resolved> {
+pub fn normalize_dot_segments(path: &mut Vec<u8>) -> Result<(), Refusal> {
     if path.first() != Some(&b'/') {
-        return Err(Resolved::BadRequest);
+        return Err(Refusal::BadRequest);
     }
     let len = path.len();
     let mut read = 0;
@@ -210,7 +234,7 @@ pub fn normalize_dot_segments(path: &mut Vec<u8>) -> Result<(), Resolved> {
             b"" | b"." => trailing_slash = is_last,
             b".." => {
                 if write == 0 {
-                    return Err(Resolved::Forbidden);
+                    return Err(Refusal::Forbidden);
                 }
                 write = path[..write].iter().rposition(|&b| b == b'/').unwrap_or(0);
                 trailing_slash = is_last;
@@ -236,7 +260,7 @@ fn open_normalized(root: &Root, query: &[u8], scratch: &mut Vec<u8>) -> Resolved
     let names_directory = scratch.ends_with(b"/");
     let (file, meta) = match open_regular_or_directory(root, scratch) {
         Ok(opened) => opened,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into(),
     };
     if meta.is_file() {
         let content_type = content_type_for(&scratch[..path_len]);
@@ -256,21 +280,21 @@ fn open_normalized(root: &Root, query: &[u8], scratch: &mut Vec<u8>) -> Resolved
     match open_regular_or_directory(root, scratch) {
         Ok((file, meta)) if meta.is_file() => Resolved::File { file, meta, content_type: content_type_for(INDEX_FILE) },
         Ok(_) => Resolved::NotFound,
-        Err(refusal) => refusal,
+        Err(refusal) => refusal.into(),
     }
 }
 
 /// Opens the absolute normalized path in `scratch` beneath the root and `fstat`s it.
 /// Leaves a NUL terminator (and `.` for the root itself) appended to `scratch`.
-fn open_regular_or_directory(root: &Root, scratch: &mut Vec<u8>) -> Result<(File, Metadata), Resolved> {
+fn open_regular_or_directory(root: &Root, scratch: &mut Vec<u8>) -> Result<(File, Metadata), Refusal> {
     if scratch.len() == 1 {
         scratch.push(b'.'); // The root itself: openat2 refuses an empty path.
     }
     scratch.push(0);
     // The leading '/' is dropped: the path is relative to the root fd.
-    let relative = CStr::from_bytes_with_nul(&scratch[1..]).map_err(|_| Resolved::BadRequest)?;
+    let relative = CStr::from_bytes_with_nul(&scratch[1..]).map_err(|_| Refusal::BadRequest)?;
     let file = open_beneath(root, relative).map_err(refusal_for_errno)?;
-    let meta = file.metadata().map_err(|_| Resolved::ServerError)?;
+    let meta = file.metadata().map_err(|_| Refusal::ServerError)?;
     Ok((file, meta))
 }
 
@@ -322,12 +346,12 @@ fn errno_of(error: io::Error) -> Errno {
     error.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
 }
 
-fn refusal_for_errno(errno: Errno) -> Resolved {
+fn refusal_for_errno(errno: Errno) -> Refusal {
     match errno {
-        Errno::ENOENT | Errno::ENOTDIR | Errno::ENAMETOOLONG | Errno::ENXIO | Errno::ENODEV => Resolved::NotFound,
+        Errno::ENOENT | Errno::ENOTDIR | Errno::ENAMETOOLONG | Errno::ENXIO | Errno::ENODEV => Refusal::NotFound,
         // EXDEV: a path or symlink left the root; ELOOP: a magic link or a symlink loop.
-        Errno::EXDEV | Errno::ELOOP | Errno::EACCES | Errno::EPERM => Resolved::Forbidden,
-        _ => Resolved::ServerError,
+        Errno::EXDEV | Errno::ELOOP | Errno::EACCES | Errno::EPERM => Refusal::Forbidden,
+        _ => Refusal::ServerError,
     }
 }
 
@@ -425,7 +449,7 @@ mod tests {
         write("sub/b.css", "b{}");
         write("with index/index.html", "<h1>index</h1>");
         symlink("a.txt", dir.join("link_in")).expect("symlink");
-        symlink("../sub", dir.join("sub/empty/up")).expect("symlink");
+        symlink("..", dir.join("sub/empty/up")).expect("symlink");
         symlink("../secret.txt", dir.join("link_out")).expect("symlink");
         symlink(base.path().join("secret.txt"), dir.join("link_abs")).expect("symlink");
         symlink("..", dir.join("link_parent")).expect("symlink");
@@ -471,7 +495,7 @@ mod tests {
         let mut buf = path.as_bytes().to_vec();
         match normalize_dot_segments(&mut buf) {
             Ok(()) => Ok(String::from_utf8(buf).expect("utf-8 in, utf-8 out")),
-            Err(Resolved::Forbidden) => Err("forbidden"),
+            Err(Refusal::Forbidden) => Err("forbidden"),
             Err(_) => Err("bad"),
         }
     }
@@ -510,11 +534,7 @@ mod tests {
         assert_eq!(out, "/a b/c€".as_bytes());
         for bad in [&b"/%"[..], b"/%4", b"/%zz", b"/%00", b"/a\0"] {
             out.clear();
-            assert!(
-                matches!(percent_decode_into(bad, &mut out), Err(Resolved::BadRequest)),
-                "{:?}",
-                bad.escape_ascii()
-            );
+            assert!(matches!(percent_decode_into(bad, &mut out), Err(Refusal::BadRequest)), "{:?}", bad.escape_ascii());
         }
     }
 
@@ -666,7 +686,9 @@ mod tests {
         let fixture = fixture();
         for (target, expected) in cases {
             match resolve_str(&fixture, target).0 {
-                Resolved::File { content_type, .. } => assert_eq!(content_type, expected, "{target}"),
+                Resolved::File { content_type, .. } => {
+                    assert_eq!(content_type, expected, "{target}")
+                }
                 other => panic!("{target}: {other:?}"),
             }
         }
@@ -804,7 +826,6 @@ mod tests {
     fn resolve_never_opens_anything_outside_the_root() {
         let fixture = fixture();
         let allowed = file_identities_under(fixture.root.path());
-        let mut scratch = Vec::new();
         let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(512));
         let targets = prop_oneof![
             path_pieces(),
@@ -812,6 +833,7 @@ mod tests {
             prop::collection::vec(any::<u8>(), 0..48).prop_map(|bytes| format!("/{}", String::from_utf8_lossy(&bytes))),
         ];
         let result = runner.run(&targets, |target| {
+            let mut scratch = Vec::new();
             for fallback in [false, true] {
                 if fallback {
                     fixture.root.use_fallback_only();

@@ -1,28 +1,891 @@
-//! TEMPORARY signature stub; replaced by the real module.
-use super::date::DateCache;
-use super::path::Root;
-use super::request::{ErrorKind, Request};
+//! Response decisions: for a parsed [`Request`], which status, which headers, which bytes of
+//! which file; and the heads for errors found before a request exists.
+//!
+//! The head is appended to the caller's buffer with `extend_from_slice` and hand-rolled
+//! integer formatting, so a response costs no allocation once that buffer has grown. Error
+//! and redirect responses carry a tiny static HTML body, which is appended to the head
+//! buffer after the blank line: whatever `head` holds is sent first, then the [`Body`].
+//!
+//! Semantics (RFC 9110, nginx where the RFC leaves a choice):
+//! - Conditionals: `If-None-Match` (`*`, lists, weak comparison) decides alone when present;
+//!   otherwise `If-Modified-Since` (ignored if unparsable or in the future). A match is 304,
+//!   with `ETag` and `Last-Modified` and no `Content-Length`. `If-Match` and
+//!   `If-Unmodified-Since` are not evaluated.
+//! - `Range` is honoured for GET only (RFC 9110 §14.2: HEAD must ignore it, so HEAD shows
+//!   the 200 headers). One `bytes=` range is 206 or 416; several ranges, other units or a
+//!   malformed spec are ignored and the whole file is sent with 200, as nginx does for
+//!   syntax it does not serve. `If-Range` needs the strong `ETag` or exactly the
+//!   `Last-Modified` date; otherwise the whole file is sent.
+//! - ETag is nginx's: `"<mtime hex>-<length hex>"`.
+//! - 400 and 500 close the connection (the client or the server is in a bad state); 403,
+//!   404, 405, 416 and 301 keep it if the request allowed that.
+
+use std::fs::{File, Metadata};
+use std::os::unix::fs::MetadataExt;
+
+use super::date::{format_http_date, parse_http_date, DateCache, HTTP_DATE_LEN};
+use super::path::{resolve, Resolved, Root};
+use super::request::{ErrorKind, Method, Request};
+
+/// Server header value.
+const SERVER: &[u8] = b"webd";
+/// Type of the built-in error and redirect pages.
+const HTML: &[u8] = b"text/html; charset=utf-8";
+
+/// What the connection loop must do after writing the head.
+#[derive(Debug)]
 pub struct Plan {
+    /// The status sent, for logs and metrics.
     pub status: u16,
+    /// The bytes to send after the head.
     pub body: Body,
+    /// Close the connection once the response is sent.
     pub close: bool,
 }
+
+/// Response bytes that follow the head buffer.
+#[derive(Debug)]
 pub enum Body {
+    /// Nothing follows the head buffer.
     None,
-    File { file: std::fs::File, offset: u64, len: u64 },
+    /// `len` bytes of `file` starting at `offset` (sendfile or reads from the page cache).
+    File {
+        /// The open file.
+        file: File,
+        /// First byte to send.
+        offset: u64,
+        /// Number of bytes to send; never 0.
+        len: u64,
+    },
 }
+
+/// Decides the response to `req` and appends its whole head (status line, headers, blank
+/// line, and the small body of an error or redirect) to `head`; the caller clears `head`.
+///
+/// `force_close` means the connection must close after this response (server draining, or
+/// the loop decided so); the request's own `Connection` header is already in
+/// `req.keep_alive`. HEAD gets the same headers as GET and `Body::None`.
 pub fn respond(
-    _req: &Request,
-    _root: &Root,
-    _date: &DateCache,
-    _scratch: &mut Vec<u8>,
-    _force_close: bool,
+    req: &Request<'_>,
+    root: &Root,
+    date: &DateCache,
+    scratch: &mut Vec<u8>,
+    force_close: bool,
     head: &mut Vec<u8>,
 ) -> Plan {
-    head.extend_from_slice(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
-    Plan { status: 404, body: Body::None, close: false }
+    let reply = Reply {
+        date,
+        minor_version: req.minor_version,
+        close: force_close || !req.keep_alive,
+        omit_body: req.method == Method::Head,
+    };
+    if req.method == Method::Other {
+        return reply.error_with(405, head, |head| push_header(head, b"Allow", b"GET, HEAD"));
+    }
+    match resolve(root, req.target, scratch) {
+        Resolved::File { file, meta, content_type } => serve_file(req, &reply, file, &meta, content_type, head),
+        Resolved::RedirectToSlash => reply.error_with(301, head, |head| push_header(head, b"Location", scratch)),
+        Resolved::NotFound => reply.error(404, head),
+        Resolved::Forbidden => reply.error(403, head),
+        Resolved::BadRequest => reply.closing().error(400, head),
+        Resolved::ServerError => reply.closing().error(500, head),
+    }
 }
-pub fn error_head(_kind: ErrorKind, _date: &DateCache, head: &mut Vec<u8>) -> Plan {
-    head.extend_from_slice(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    Plan { status: 400, body: Body::None, close: true }
+
+/// Appends the head (and small body) for an error found before a [`Request`] exists: a
+/// parse error or a timeout. The connection always closes afterwards.
+pub fn error_head(kind: ErrorKind, date: &DateCache, head: &mut Vec<u8>) -> Plan {
+    let reply = Reply { date, minor_version: 1, close: true, omit_body: false };
+    reply.error(kind.status(), head)
+}
+
+/// Response-wide facts every head writer needs.
+#[derive(Clone, Copy)]
+struct Reply<'d> {
+    date: &'d DateCache,
+    minor_version: u8,
+    close: bool,
+    omit_body: bool,
+}
+
+impl Reply<'_> {
+    fn closing(self) -> Self {
+        Reply { close: true, ..self }
+    }
+
+    /// Status line plus the headers every response carries.
+    fn start(&self, status: u16, head: &mut Vec<u8>) {
+        head.extend_from_slice(b"HTTP/1.1 ");
+        push_decimal(head, u64::from(status));
+        head.push(b' ');
+        head.extend_from_slice(reason_phrase(status).as_bytes());
+        head.extend_from_slice(b"\r\n");
+        push_header(head, b"Server", SERVER);
+        push_header(head, b"Date", self.date.get());
+    }
+
+    /// `Connection` as needed, then the blank line.
+    fn finish(&self, head: &mut Vec<u8>) {
+        if self.close {
+            push_header(head, b"Connection", b"close");
+        } else if self.minor_version == 0 {
+            // HTTP/1.0 closes by default: say that this one stays open.
+            push_header(head, b"Connection", b"keep-alive");
+        }
+        head.extend_from_slice(b"\r\n");
+    }
+
+    fn error(&self, status: u16, head: &mut Vec<u8>) -> Plan {
+        self.error_with(status, head, |_| {})
+    }
+
+    /// A response whose body is the built-in page for `status`; `extra` adds headers.
+    fn error_with(&self, status: u16, head: &mut Vec<u8>, extra: impl FnOnce(&mut Vec<u8>)) -> Plan {
+        let page = error_page(status);
+        self.start(status, head);
+        extra(head);
+        push_header(head, b"Content-Type", HTML);
+        push_decimal_header(head, b"Content-Length", page.len() as u64);
+        self.finish(head);
+        if !self.omit_body {
+            head.extend_from_slice(page);
+        }
+        self.plan(status, Body::None)
+    }
+
+    fn not_modified(&self, validators: &Validators, head: &mut Vec<u8>) -> Plan {
+        self.start(304, head);
+        validators.push_headers(head);
+        self.finish(head);
+        self.plan(304, Body::None)
+    }
+
+    fn whole_file(&self, file: File, validators: &Validators, content_type: &str, head: &mut Vec<u8>) -> Plan {
+        self.start(200, head);
+        push_header(head, b"Content-Type", content_type.as_bytes());
+        push_decimal_header(head, b"Content-Length", validators.len);
+        validators.push_headers(head);
+        push_header(head, b"Accept-Ranges", b"bytes");
+        self.finish(head);
+        self.plan(200, self.file_body(file, 0, validators.len))
+    }
+
+    fn partial_file(
+        &self,
+        file: File,
+        range: ByteRange,
+        validators: &Validators,
+        content_type: &str,
+        head: &mut Vec<u8>,
+    ) -> Plan {
+        self.start(206, head);
+        push_header(head, b"Content-Type", content_type.as_bytes());
+        push_decimal_header(head, b"Content-Length", range.len());
+        head.extend_from_slice(b"Content-Range: bytes ");
+        push_decimal(head, range.first);
+        head.push(b'-');
+        push_decimal(head, range.last);
+        head.push(b'/');
+        push_decimal(head, validators.len);
+        head.extend_from_slice(b"\r\n");
+        validators.push_headers(head);
+        push_header(head, b"Accept-Ranges", b"bytes");
+        self.finish(head);
+        self.plan(206, self.file_body(file, range.first, range.len()))
+    }
+
+    fn range_not_satisfiable(&self, file_len: u64, head: &mut Vec<u8>) -> Plan {
+        self.error_with(416, head, |head| {
+            head.extend_from_slice(b"Content-Range: bytes */");
+            push_decimal(head, file_len);
+            head.extend_from_slice(b"\r\n");
+        })
+    }
+
+    /// An empty body is `Body::None` so the loop drops the fd and skips a syscall.
+    fn file_body(&self, file: File, offset: u64, len: u64) -> Body {
+        if self.omit_body || len == 0 {
+            Body::None
+        } else {
+            Body::File { file, offset, len }
+        }
+    }
+
+    fn plan(&self, status: u16, body: Body) -> Plan {
+        Plan { status, body, close: self.close }
+    }
+}
+
+fn serve_file(
+    req: &Request<'_>,
+    reply: &Reply<'_>,
+    file: File,
+    meta: &Metadata,
+    content_type: &str,
+    head: &mut Vec<u8>,
+) -> Plan {
+    let validators = Validators::of(meta);
+    if is_not_modified(req, &validators, reply.date.now_secs()) {
+        return reply.not_modified(&validators, head);
+    }
+    match requested_range(req, &validators) {
+        RangeRequest::Whole => reply.whole_file(file, &validators, content_type, head),
+        RangeRequest::Part(range) => reply.partial_file(file, range, &validators, content_type, head),
+        RangeRequest::NotSatisfiable => reply.range_not_satisfiable(validators.len, head),
+    }
+}
+
+/// The file's validators, formatted once per response.
+struct Validators {
+    len: u64,
+    mtime: u64,
+    etag: ETag,
+    last_modified: [u8; HTTP_DATE_LEN],
+}
+
+impl Validators {
+    fn of(meta: &Metadata) -> Self {
+        // A file dated before 1970 is treated as dated at the epoch.
+        let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
+        let len = meta.len();
+        Validators { len, mtime, etag: ETag::new(mtime, len), last_modified: format_http_date(mtime) }
+    }
+
+    fn push_headers(&self, head: &mut Vec<u8>) {
+        push_header(head, b"Last-Modified", &self.last_modified);
+        push_header(head, b"ETag", self.etag.as_bytes());
+    }
+}
+
+/// A strong entity tag in nginx's form, `"<mtime hex>-<length hex>"`, on the stack.
+struct ETag {
+    bytes: [u8; 36],
+    len: usize,
+}
+
+impl ETag {
+    fn new(mtime: u64, file_len: u64) -> Self {
+        let mut etag = ETag { bytes: [0; 36], len: 0 };
+        etag.push(b"\"");
+        etag.push(Digits::hex(mtime).as_bytes());
+        etag.push(b"-");
+        etag.push(Digits::hex(file_len).as_bytes());
+        etag.push(b"\"");
+        etag
+    }
+
+    fn push(&mut self, part: &[u8]) {
+        self.bytes[self.len..self.len + part.len()].copy_from_slice(part);
+        self.len += part.len();
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// RFC 9110 §13.2.2 steps 3 and 4 for GET and HEAD.
+fn is_not_modified(req: &Request<'_>, validators: &Validators, now: u64) -> bool {
+    if let Some(candidates) = req.if_none_match {
+        return if_none_match_matches(candidates, validators.etag.as_bytes());
+    }
+    let Some(since) = req.if_modified_since.and_then(parse_http_date) else {
+        return false;
+    };
+    // A date in the future is invalid (RFC 9110 §13.1.3) and must not hide updates.
+    since <= now && validators.mtime <= since
+}
+
+/// `*`, or any listed tag equal to ours under weak comparison (`W/` ignored on both).
+/// Stops at the first malformed element: the rest cannot be trusted to be tags.
+fn if_none_match_matches(candidates: &[u8], etag: &[u8]) -> bool {
+    let mut rest = candidates.trim_ascii();
+    if rest == b"*" {
+        return true;
+    }
+    loop {
+        rest = skip_list_separators(rest);
+        if rest.is_empty() {
+            return false;
+        }
+        let unweakened = rest.strip_prefix(b"W/").unwrap_or(rest);
+        let Some(tag_len) = quoted_len(unweakened) else {
+            return false;
+        };
+        if &unweakened[..tag_len] == etag {
+            return true;
+        }
+        rest = &unweakened[tag_len..];
+    }
+}
+
+fn skip_list_separators(list: &[u8]) -> &[u8] {
+    let start = list.iter().position(|&b| !matches!(b, b' ' | b'\t' | b',')).unwrap_or(list.len());
+    &list[start..]
+}
+
+/// Length of the `"..."` at the start of `text`, quotes included.
+fn quoted_len(text: &[u8]) -> Option<usize> {
+    let inner = text.strip_prefix(b"\"")?;
+    let closing = inner.iter().position(|&b| b == b'"')?;
+    Some(closing + 2)
+}
+
+/// Inclusive byte positions within the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ByteRange {
+    first: u64,
+    last: u64,
+}
+
+impl ByteRange {
+    fn len(self) -> u64 {
+        self.last - self.first + 1
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeRequest {
+    /// No usable Range: send the whole file with 200.
+    Whole,
+    /// One satisfiable range: 206.
+    Part(ByteRange),
+    /// A valid range that selects nothing: 416.
+    NotSatisfiable,
+}
+
+fn requested_range(req: &Request<'_>, validators: &Validators) -> RangeRequest {
+    let (Method::Get, Some(range)) = (req.method, req.range) else {
+        return RangeRequest::Whole;
+    };
+    if req.if_range.is_some_and(|condition| !if_range_matches(condition, validators)) {
+        return RangeRequest::Whole;
+    }
+    parse_single_byte_range(range, validators.len)
+}
+
+/// If-Range holds an entity tag (strong comparison: a weak tag never matches) or a date
+/// (exactly our Last-Modified).
+fn if_range_matches(condition: &[u8], validators: &Validators) -> bool {
+    let condition = condition.trim_ascii();
+    if condition.starts_with(b"\"") {
+        condition == validators.etag.as_bytes()
+    } else if condition.starts_with(b"W/") {
+        false
+    } else {
+        parse_http_date(condition) == Some(validators.mtime)
+    }
+}
+
+/// `bytes=a-b`, `bytes=a-` or `bytes=-n` against a file of `file_len` bytes.
+fn parse_single_byte_range(value: &[u8], file_len: u64) -> RangeRequest {
+    let value = value.trim_ascii();
+    let Some(spec) =
+        value.get(..6).filter(|unit| unit.eq_ignore_ascii_case(b"bytes=")).map(|_| value[6..].trim_ascii())
+    else {
+        return RangeRequest::Whole;
+    };
+    if spec.contains(&b',') {
+        return RangeRequest::Whole; // Multiple ranges: we do not send multipart bodies.
+    }
+    let Some(dash) = spec.iter().position(|&b| b == b'-') else {
+        return RangeRequest::Whole;
+    };
+    let (first, last) = (spec[..dash].trim_ascii(), spec[dash + 1..].trim_ascii());
+    match (parse_position(first), parse_position(last)) {
+        (None, Some(suffix_len)) if first.is_empty() => suffix_range(suffix_len, file_len),
+        (Some(first), None) if last.is_empty() => bounded_range(first, u64::MAX, file_len),
+        (Some(first), Some(last)) if first <= last => bounded_range(first, last, file_len),
+        _ => RangeRequest::Whole,
+    }
+}
+
+/// `-n`: the last `n` bytes, or the whole file if it is shorter.
+fn suffix_range(suffix_len: u64, file_len: u64) -> RangeRequest {
+    if suffix_len == 0 || file_len == 0 {
+        return RangeRequest::NotSatisfiable;
+    }
+    RangeRequest::Part(ByteRange { first: file_len.saturating_sub(suffix_len), last: file_len - 1 })
+}
+
+/// `a-b` or `a-`: satisfiable if `a` is inside the file; `b` is clamped to its end.
+fn bounded_range(first: u64, last: u64, file_len: u64) -> RangeRequest {
+    if first >= file_len {
+        return RangeRequest::NotSatisfiable;
+    }
+    RangeRequest::Part(ByteRange { first, last: last.min(file_len - 1) })
+}
+
+/// Digits only; values past u64 saturate (they are past any file's end anyway).
+fn parse_position(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0u64, |value, &digit| value.saturating_mul(10).saturating_add(u64::from(digit - b'0'))))
+}
+
+fn push_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    head.extend_from_slice(name);
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+fn push_decimal_header(head: &mut Vec<u8>, name: &[u8], value: u64) {
+    head.extend_from_slice(name);
+    head.extend_from_slice(b": ");
+    push_decimal(head, value);
+    head.extend_from_slice(b"\r\n");
+}
+
+fn push_decimal(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(Digits::decimal(value).as_bytes());
+}
+
+/// An integer's digits, right-aligned in a stack buffer: formatting without `fmt`.
+struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    fn decimal(value: u64) -> Self {
+        Self::in_radix(value, 10)
+    }
+
+    fn hex(value: u64) -> Self {
+        Self::in_radix(value, 16)
+    }
+
+    fn in_radix(mut value: u64, radix: u64) -> Self {
+        const SYMBOLS: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = Digits { buf: [0; 20], start: 20 };
+        loop {
+            digits.start -= 1;
+            digits.buf[digits.start] = SYMBOLS[(value % radix) as usize];
+            value /= radix;
+            if value == 0 {
+                return digits;
+            }
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+/// One table for reason phrases and built-in pages, so the two cannot disagree.
+macro_rules! statuses {
+    ($($code:literal => $reason:literal,)*) => {
+        fn reason_phrase(status: u16) -> &'static str {
+            match status {
+                $($code => $reason,)*
+                _ => "",
+            }
+        }
+
+        fn error_page(status: u16) -> &'static [u8] {
+            match status {
+                $($code => concat!(
+                    "<html><head><title>", $code, " ", $reason, "</title></head>",
+                    "<body><h1>", $code, " ", $reason, "</h1></body></html>\n"
+                ).as_bytes(),)*
+                _ => b"",
+            }
+        }
+    };
+}
+
+statuses! {
+    200 => "OK",
+    206 => "Partial Content",
+    301 => "Moved Permanently",
+    304 => "Not Modified",
+    400 => "Bad Request",
+    403 => "Forbidden",
+    404 => "Not Found",
+    405 => "Method Not Allowed",
+    408 => "Request Timeout",
+    413 => "Content Too Large",
+    414 => "URI Too Long",
+    416 => "Range Not Satisfiable",
+    431 => "Request Header Fields Too Large",
+    500 => "Internal Server Error",
+    505 => "HTTP Version Not Supported",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::request::{parse, Limits, Parsed};
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use std::time::{Duration, UNIX_EPOCH};
+    use tempfile::TempDir;
+
+    /// Sun, 06 Nov 1994 08:49:37 GMT, the mtime of every fixture file.
+    const MTIME: u64 = 784_111_777;
+    const MTIME_TEXT: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+    /// A "now" comfortably after MTIME.
+    const NOW: u64 = 1_700_000_000;
+
+    struct Fixture {
+        _dir: TempDir,
+        root: Root,
+        date: DateCache,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root_dir = dir.path().join("root");
+        std::fs::create_dir_all(root_dir.join("sub")).expect("mkdir");
+        std::fs::write(dir.path().join("secret.txt"), "secret").expect("write");
+        for (name, content) in [("a.txt", "0123456789"), ("empty.txt", ""), ("sub/index.html", "<p>i</p>")] {
+            let path = root_dir.join(name);
+            std::fs::write(&path, content).expect("write");
+            let file = File::options().write(true).open(&path).expect("open");
+            file.set_modified(UNIX_EPOCH + Duration::from_secs(MTIME)).expect("set mtime");
+        }
+        symlink("../secret.txt", root_dir.join("out")).expect("symlink");
+        let mut date = DateCache::new();
+        date.refresh_to(UNIX_EPOCH + Duration::from_secs(NOW));
+        Fixture { root: Root::open(&root_dir).expect("root"), _dir: dir, date }
+    }
+
+    /// The parts of a response a test looks at.
+    struct Sent {
+        plan: Plan,
+        status: u16,
+        headers: Vec<(String, String)>,
+        page: Vec<u8>,
+    }
+
+    impl Sent {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+        }
+
+        fn file_span(&self) -> Option<(u64, u64)> {
+            match &self.plan.body {
+                Body::File { offset, len, .. } => Some((*offset, *len)),
+                Body::None => None,
+            }
+        }
+    }
+
+    fn read_head(plan: Plan, head: &[u8]) -> Sent {
+        let mut storage = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut storage);
+        let head_len = match response.parse(head) {
+            Ok(httparse::Status::Complete(len)) => len,
+            other => panic!("unparsable head {other:?}: {}", head.escape_ascii()),
+        };
+        assert_eq!(response.code, Some(plan.status));
+        Sent {
+            status: plan.status,
+            headers: response
+                .headers
+                .iter()
+                .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                .collect(),
+            page: head[head_len..].to_vec(),
+            plan,
+        }
+    }
+
+    fn send_with(fixture: &Fixture, raw: &str, force_close: bool) -> Sent {
+        let request = match parse(raw.as_bytes(), &Limits::default()) {
+            Parsed::Complete { request, .. } => request,
+            other => panic!("test request did not parse: {other:?}"),
+        };
+        let mut scratch = Vec::new();
+        let mut head = Vec::new();
+        let plan = respond(&request, &fixture.root, &fixture.date, &mut scratch, force_close, &mut head);
+        read_head(plan, &head)
+    }
+
+    fn get(fixture: &Fixture, target: &str, extra_headers: &str) -> Sent {
+        send_with(fixture, &format!("GET {target} HTTP/1.1\r\nHost: h\r\n{extra_headers}\r\n"), false)
+    }
+
+    fn etag() -> String {
+        format!("\"{MTIME:x}-a\"")
+    }
+
+    fn assert_page_matches_length(sent: &Sent) {
+        let length: usize = sent.header("Content-Length").expect("Content-Length").parse().expect("number");
+        assert_eq!(sent.page.len(), length);
+        assert!(!sent.page.is_empty());
+    }
+
+    #[test]
+    fn get_sends_the_whole_file_with_all_headers() {
+        let fixture = fixture();
+        let sent = get(&fixture, "/a.txt", "");
+        assert_eq!(sent.status, 200);
+        assert_eq!(sent.header("Server"), Some("webd"));
+        assert_eq!(sent.header("Date"), Some("Tue, 14 Nov 2023 22:13:20 GMT"));
+        assert_eq!(sent.header("Content-Type"), Some("text/plain; charset=utf-8"));
+        assert_eq!(sent.header("Content-Length"), Some("10"));
+        assert_eq!(sent.header("Last-Modified"), Some(MTIME_TEXT));
+        assert_eq!(sent.header("ETag"), Some(etag().as_str()));
+        assert_eq!(sent.header("Accept-Ranges"), Some("bytes"));
+        assert_eq!(sent.header("Connection"), None);
+        assert_eq!(sent.file_span(), Some((0, 10)));
+        assert!(!sent.plan.close);
+        assert!(sent.page.is_empty());
+    }
+
+    #[test]
+    fn head_gets_get_headers_and_no_body() {
+        let fixture = fixture();
+        let sent = send_with(&fixture, "HEAD /a.txt HTTP/1.1\r\nHost: h\r\n\r\n", false);
+        assert_eq!(sent.status, 200);
+        assert_eq!(sent.header("Content-Length"), Some("10"));
+        assert_eq!(sent.header("ETag"), Some(etag().as_str()));
+        assert_eq!(sent.file_span(), None);
+    }
+
+    #[test]
+    fn head_ignores_range() {
+        let fixture = fixture();
+        let sent = send_with(&fixture, "HEAD /a.txt HTTP/1.1\r\nHost: h\r\nRange: bytes=0-1\r\n\r\n", false);
+        assert_eq!(sent.status, 200);
+        assert_eq!(sent.header("Content-Length"), Some("10"));
+    }
+
+    #[test]
+    fn empty_file_has_no_body_to_send() {
+        let fixture = fixture();
+        let sent = get(&fixture, "/empty.txt", "");
+        assert_eq!(sent.status, 200);
+        assert_eq!(sent.header("Content-Length"), Some("0"));
+        assert_eq!(sent.file_span(), None);
+        let sent = get(&fixture, "/empty.txt", "Range: bytes=0-\r\n");
+        assert_eq!(sent.status, 416);
+        assert_eq!(sent.header("Content-Range"), Some("bytes */0"));
+    }
+
+    #[test]
+    fn connection_header_follows_version_and_closing() {
+        let fixture = fixture();
+        let sent = send_with(&fixture, "GET /a.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", false);
+        assert_eq!(sent.header("Connection"), Some("keep-alive"));
+        assert!(!sent.plan.close);
+        let sent = send_with(&fixture, "GET /a.txt HTTP/1.0\r\n\r\n", false);
+        assert_eq!(sent.header("Connection"), Some("close"));
+        assert!(sent.plan.close);
+        let sent = send_with(&fixture, "GET /a.txt HTTP/1.1\r\nHost: h\r\n\r\n", true);
+        assert_eq!(sent.header("Connection"), Some("close"));
+        assert!(sent.plan.close);
+        let sent = send_with(&fixture, "GET /a.txt HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", false);
+        assert!(sent.plan.close);
+    }
+
+    #[test]
+    fn single_ranges_are_206() {
+        let fixture = fixture();
+        let cases = [
+            ("bytes=0-9", "bytes 0-9/10", (0, 10)),
+            ("bytes=-5", "bytes 5-9/10", (5, 5)),
+            ("bytes=5-", "bytes 5-9/10", (5, 5)),
+            ("bytes=2-4", "bytes 2-4/10", (2, 3)),
+            ("bytes=0-100", "bytes 0-9/10", (0, 10)),
+            ("bytes=-100", "bytes 0-9/10", (0, 10)),
+            ("Bytes=9-9 ", "bytes 9-9/10", (9, 1)),
+        ];
+        for (range, content_range, span) in cases {
+            let sent = get(&fixture, "/a.txt", &format!("Range: {range}\r\n"));
+            assert_eq!(sent.status, 206, "{range}");
+            assert_eq!(sent.header("Content-Range"), Some(content_range), "{range}");
+            assert_eq!(sent.header("Content-Length"), Some(span.1.to_string().as_str()), "{range}");
+            assert_eq!(sent.file_span(), Some(span), "{range}");
+        }
+    }
+
+    #[test]
+    fn unsatisfiable_ranges_are_416() {
+        let fixture = fixture();
+        for range in ["bytes=100-", "bytes=10-20", "bytes=-0", "bytes=99999999999999999999999-"] {
+            let sent = get(&fixture, "/a.txt", &format!("Range: {range}\r\n"));
+            assert_eq!(sent.status, 416, "{range}");
+            assert_eq!(sent.header("Content-Range"), Some("bytes */10"), "{range}");
+            assert_page_matches_length(&sent);
+            assert!(!sent.plan.close);
+        }
+    }
+
+    #[test]
+    fn multiple_or_malformed_ranges_send_the_whole_file() {
+        let fixture = fixture();
+        for range in
+            ["bytes=0-1,3-4", "bytes = 0-1", "bytes=5-2", "items=0-1", "bytes=", "bytes=-", "bytes=a-b", "bytes=1-2-3"]
+        {
+            let sent = get(&fixture, "/a.txt", &format!("Range: {range}\r\n"));
+            assert_eq!(sent.status, 200, "{range}");
+            assert_eq!(sent.file_span(), Some((0, 10)), "{range}");
+        }
+    }
+
+    #[test]
+    fn if_none_match_gives_304() {
+        let fixture = fixture();
+        let ours = etag();
+        let weak = format!("W/{ours}");
+        let listed = format!("\"x\", {ours}");
+        for candidates in [ours.as_str(), weak.as_str(), listed.as_str(), "*"] {
+            let sent = get(&fixture, "/a.txt", &format!("If-None-Match: {candidates}\r\n"));
+            assert_eq!(sent.status, 304, "{candidates}");
+            assert_eq!(sent.header("ETag"), Some(ours.as_str()));
+            assert_eq!(sent.header("Last-Modified"), Some(MTIME_TEXT));
+            assert_eq!(sent.header("Content-Length"), None);
+            assert_eq!(sent.file_span(), None);
+            assert!(sent.page.is_empty());
+        }
+    }
+
+    #[test]
+    fn if_none_match_mismatch_gives_200_and_overrides_if_modified_since() {
+        let fixture = fixture();
+        for candidates in ["\"other\"", "W/\"other\", \"x\"", "garbage"] {
+            let headers = format!("If-None-Match: {candidates}\r\nIf-Modified-Since: {MTIME_TEXT}\r\n");
+            assert_eq!(get(&fixture, "/a.txt", &headers).status, 200, "{candidates}");
+        }
+    }
+
+    #[test]
+    fn if_modified_since_gives_304_when_not_modified_since() {
+        let fixture = fixture();
+        let later = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(MTIME + 3600));
+        for since in [MTIME_TEXT, later.as_str(), "Sunday, 06-Nov-94 08:49:37 GMT"] {
+            let sent = get(&fixture, "/a.txt", &format!("If-Modified-Since: {since}\r\n"));
+            assert_eq!(sent.status, 304, "{since}");
+        }
+    }
+
+    #[test]
+    fn if_modified_since_earlier_future_or_invalid_gives_200() {
+        let fixture = fixture();
+        let earlier = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(MTIME - 1));
+        let future = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(NOW + 3600));
+        for since in [earlier.as_str(), future.as_str(), "not a date"] {
+            let sent = get(&fixture, "/a.txt", &format!("If-Modified-Since: {since}\r\n"));
+            assert_eq!(sent.status, 200, "{since}");
+        }
+    }
+
+    #[test]
+    fn if_range_match_honours_range() {
+        let fixture = fixture();
+        for condition in [etag(), MTIME_TEXT.to_string()] {
+            let sent = get(&fixture, "/a.txt", &format!("Range: bytes=0-1\r\nIf-Range: {condition}\r\n"));
+            assert_eq!(sent.status, 206, "{condition}");
+        }
+    }
+
+    #[test]
+    fn if_range_mismatch_sends_the_whole_file() {
+        let fixture = fixture();
+        let later = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(MTIME + 1));
+        for condition in ["\"other\"".to_string(), format!("W/{}", etag()), later] {
+            let sent = get(&fixture, "/a.txt", &format!("Range: bytes=0-1\r\nIf-Range: {condition}\r\n"));
+            assert_eq!(sent.status, 200, "{condition}");
+            assert_eq!(sent.file_span(), Some((0, 10)));
+        }
+    }
+
+    #[test]
+    fn other_methods_are_405_with_allow() {
+        let fixture = fixture();
+        let sent = send_with(&fixture, "POST /a.txt HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", false);
+        assert_eq!(sent.status, 405);
+        assert_eq!(sent.header("Allow"), Some("GET, HEAD"));
+        assert_page_matches_length(&sent);
+        assert!(!sent.plan.close);
+    }
+
+    #[test]
+    fn directory_without_slash_is_301_with_location() {
+        let fixture = fixture();
+        let sent = get(&fixture, "/sub?page=2", "");
+        assert_eq!(sent.status, 301);
+        assert_eq!(sent.header("Location"), Some("/sub/?page=2"));
+        assert_page_matches_length(&sent);
+        assert_eq!(get(&fixture, "/sub/", "").status, 200);
+    }
+
+    #[test]
+    fn missing_escaping_and_bad_paths_get_their_errors() {
+        let fixture = fixture();
+        let cases = [("/missing", 404, false), ("/out", 403, false), ("/../a.txt", 403, false), ("/%zz", 400, true)];
+        for (target, status, close) in cases {
+            let sent = get(&fixture, target, "");
+            assert_eq!(sent.status, status, "{target}");
+            assert_eq!(sent.plan.close, close, "{target}");
+            assert_eq!(sent.header("Content-Type"), Some("text/html; charset=utf-8"));
+            assert_page_matches_length(&sent);
+        }
+        let sent = send_with(&fixture, "GET * HTTP/1.1\r\nHost: h\r\n\r\n", false);
+        assert_eq!(sent.status, 400);
+        assert_eq!(sent.header("Connection"), Some("close"));
+    }
+
+    #[test]
+    fn head_of_an_error_has_length_but_no_page() {
+        let fixture = fixture();
+        let sent = send_with(&fixture, "HEAD /missing HTTP/1.1\r\nHost: h\r\n\r\n", false);
+        assert_eq!(sent.status, 404);
+        assert!(sent.header("Content-Length").is_some_and(|length| length != "0"));
+        assert!(sent.page.is_empty());
+    }
+
+    #[test]
+    fn error_heads_close_and_carry_their_page() {
+        let date = DateCache::new();
+        let kinds = [
+            ErrorKind::BadRequest,
+            ErrorKind::RequestTimeout,
+            ErrorKind::PayloadTooLarge,
+            ErrorKind::UriTooLong,
+            ErrorKind::HeadersTooLarge,
+            ErrorKind::VersionNotSupported,
+        ];
+        for kind in kinds {
+            let mut head = Vec::new();
+            let sent = read_head(error_head(kind, &date, &mut head), &head);
+            assert_eq!(sent.status, kind.status());
+            assert!(sent.plan.close);
+            assert_eq!(sent.header("Connection"), Some("close"));
+            assert_eq!(sent.header("Server"), Some("webd"));
+            assert_page_matches_length(&sent);
+            let page = String::from_utf8(sent.page.clone()).expect("utf-8 page");
+            assert!(page.contains(&kind.status().to_string()), "{page}");
+        }
+    }
+
+    #[test]
+    fn head_buffer_stops_growing_once_warm() {
+        let fixture = fixture();
+        let raw = b"GET /a.txt HTTP/1.1\r\nHost: h\r\nRange: bytes=1-2\r\n\r\n";
+        let Parsed::Complete { request, .. } = parse(raw, &Limits::default()) else {
+            panic!("test request did not parse");
+        };
+        let (mut scratch, mut head) = (Vec::with_capacity(64), Vec::with_capacity(512));
+        let capacities = (scratch.capacity(), head.capacity());
+        for _ in 0..50 {
+            head.clear();
+            let plan = respond(&request, &fixture.root, &fixture.date, &mut scratch, false, &mut head);
+            assert_eq!(plan.status, 206);
+        }
+        assert_eq!((scratch.capacity(), head.capacity()), capacities);
+    }
+
+    #[test]
+    fn digits_format_extremes() {
+        assert_eq!(Digits::decimal(0).as_bytes(), b"0");
+        assert_eq!(Digits::decimal(u64::MAX).as_bytes(), b"18446744073709551615");
+        assert_eq!(Digits::hex(0).as_bytes(), b"0");
+        assert_eq!(Digits::hex(u64::MAX).as_bytes(), b"ffffffffffffffff");
+        assert_eq!(ETag::new(u64::MAX, u64::MAX).as_bytes().len(), 35);
+    }
 }

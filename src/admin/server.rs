@@ -1,0 +1,473 @@
+//! The admin endpoint's event loop: one thread, one `mio::Poll`, every connection
+//! non-blocking, every resource bounded.
+//!
+//! Bounds, all in [`Limits`]:
+//! - open connections: at the cap, a new connection evicts the oldest one, so a client
+//!   that holds many connections open can delay nobody (it only loses its oldest ones);
+//! - request head: at most `max_head_bytes` buffered per connection (431 beyond);
+//! - time: a connection must send a whole head and take its response within
+//!   `idle_timeout` of being accepted or of its previous response (slow or idle clients
+//!   are closed at that deadline);
+//! - descriptors: when `accept` fails for want of fds or memory (EMFILE, ENFILE,
+//!   ENOBUFS, ENOMEM) the loop stops accepting for `accept_pause` instead of spinning,
+//!   and keeps serving the connections it has;
+//! - fairness: one connection is served at most `REQUESTS_PER_TURN` pipelined requests
+//!   before the others get their turn.
+//!
+//! Closing follows a response with a lingering close: shut down our side, then read and
+//! drop what the client still sends for a short while, so a close never turns into a
+//! reset that destroys the response in flight.
+
+use super::http::{self, Head};
+use super::routes::Endpoints;
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+/// Bounds on what clients of the admin endpoint can make it hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once; a new one beyond this evicts the oldest.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) buffered.
+    pub max_head_bytes: usize,
+    /// Time allowed for a whole exchange (head in, response out), and for idling between
+    /// keep-alive requests.
+    pub idle_timeout: Duration,
+    /// How long a closing connection's leftover input is read and dropped.
+    pub linger_timeout: Duration,
+    /// How long accepting stops when the process is out of descriptors.
+    pub accept_pause: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 1024,
+            max_head_bytes: 8 * 1024,
+            idle_timeout: Duration::from_secs(10),
+            linger_timeout: Duration::from_secs(2),
+            accept_pause: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Pipelined requests served on one connection before the others get a turn.
+const REQUESTS_PER_TURN: usize = 32;
+/// Connections accepted in one go before the open ones get a turn.
+const ACCEPTS_PER_TURN: usize = 256;
+/// Bytes a lingering close reads and drops before it gives up on the client.
+const MAX_LINGER_BYTES: usize = 64 * 1024;
+/// Size of each read from a socket.
+const READ_CHUNK: usize = 4096;
+
+const LISTENER: Token = Token(0);
+
+/// The admin server: listener, connections and the handlers they reach.
+pub struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    endpoints: Endpoints,
+    limits: Limits,
+    conns: Connections,
+    /// Until when accepting is paused after fd exhaustion.
+    accept_paused_until: Option<Instant>,
+    /// The backlog may hold more connections than the last turn accepted.
+    accept_more: bool,
+    /// No earlier deadline than this exists among the connections.
+    next_sweep: Instant,
+    /// Connections that used up their turn with requests still buffered.
+    unfinished: Vec<usize>,
+}
+
+impl Server {
+    /// Wraps a bound, non-blocking listener; nothing runs until [`Server::run`].
+    pub fn new(listener: std::net::TcpListener, endpoints: Endpoints, limits: Limits) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let next_sweep = Instant::now() + limits.idle_timeout;
+        Ok(Server {
+            poll,
+            listener,
+            endpoints,
+            limits,
+            conns: Connections::default(),
+            accept_paused_until: None,
+            accept_more: false,
+            next_sweep,
+            unfinished: Vec::new(),
+        })
+    }
+
+    /// Serves until the process exits.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "admin endpoint: poll failed");
+                    std::thread::sleep(self.limits.accept_pause);
+                }
+                continue;
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                self.dispatch(event, now);
+            }
+            for slot in std::mem::take(&mut self.unfinished) {
+                self.drive(slot, now);
+            }
+            self.resume_accepting(now);
+            self.sweep(now);
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Duration {
+        if !self.unfinished.is_empty() || (self.accept_more && self.accept_paused_until.is_none()) {
+            return Duration::ZERO;
+        }
+        let wake = self.accept_paused_until.map_or(self.next_sweep, |t| t.min(self.next_sweep));
+        wake.saturating_duration_since(now)
+    }
+
+    fn dispatch(&mut self, event: &Event, now: Instant) {
+        match event.token() {
+            LISTENER if self.accept_paused_until.is_none() => {
+                self.accept_more = false;
+                self.accept_all(now);
+            }
+            LISTENER => {} // resume_accepting retries when the pause ends
+            Token(t) => self.drive(t - 1, now),
+        }
+    }
+
+    /// Accepts until the backlog is empty (the listener is edge-triggered, so a backlog
+    /// left non-empty is remembered in `accept_more`) or the turn is used up.
+    fn accept_all(&mut self, now: Instant) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            match self.listener.accept() {
+                Ok((stream, _peer)) => self.admit(stream, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => {
+                    self.pause_accepting(&e, now);
+                    return;
+                }
+            }
+        }
+        self.accept_more = true;
+    }
+
+    fn pause_accepting(&mut self, e: &io::Error, now: Instant) {
+        if is_resource_exhaustion(e) {
+            tracing::warn!(error = %e, pause_ms = self.limits.accept_pause.as_millis() as u64,
+                open = self.conns.open, "admin endpoint: out of descriptors; pausing accept");
+        } else {
+            tracing::error!(error = %e, "admin endpoint: accept failed; pausing accept");
+        }
+        self.accept_paused_until = Some(now + self.limits.accept_pause);
+        // No event may come for connections already queued: retry when the pause ends.
+        self.accept_more = true;
+    }
+
+    /// Retries accepting after a pause or a used-up turn.
+    fn resume_accepting(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|until| until <= now) {
+            self.accept_paused_until = None;
+        }
+        if self.accept_more && self.accept_paused_until.is_none() {
+            self.accept_more = false;
+            self.accept_all(now);
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, now: Instant) {
+        if self.conns.open >= self.limits.max_connections {
+            if let Some(slot) = self.conns.oldest() {
+                tracing::debug!(slot, "admin endpoint: connection cap reached; closing the oldest");
+                self.close(slot);
+            }
+        }
+        let slot = self.conns.free_slot();
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(slot + 1), interest) {
+            tracing::warn!(error = %e, "admin endpoint: cannot watch a connection; closing it");
+            self.conns.release(slot);
+            return;
+        }
+        let deadline = now + self.limits.idle_timeout;
+        self.next_sweep = self.next_sweep.min(deadline);
+        self.conns.insert(slot, Conn::new(stream, deadline));
+        // Edge-triggered: the request may already be here, with no event to come for it.
+        self.drive(slot, now);
+    }
+
+    /// Moves one connection as far as it can go without blocking.
+    fn drive(&mut self, slot: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(slot) else { return };
+        match conn.advance(&self.endpoints, &self.limits, now) {
+            Step::Wait => {
+                self.next_sweep = self.next_sweep.min(conn.deadline);
+            }
+            Step::Unfinished => self.unfinished.push(slot),
+            Step::Close => self.close(slot),
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        if let Some(mut conn) = self.conns.remove(slot) {
+            // Dropping the stream closes it; deregistering first keeps the poll clean.
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+    }
+
+    /// Closes connections past their deadline; runs only when one may be.
+    fn sweep(&mut self, now: Instant) {
+        if now < self.next_sweep {
+            return;
+        }
+        let expired: Vec<usize> = self.conns.iter().filter(|(_, c)| c.deadline <= now).map(|(slot, _)| slot).collect();
+        for slot in expired {
+            self.close(slot);
+        }
+        let earliest = self.conns.iter().map(|(_, c)| c.deadline).min();
+        self.next_sweep = earliest.unwrap_or(now + self.limits.idle_timeout);
+        self.conns.compact_order();
+    }
+}
+
+/// `accept` errors that concern only the connection being accepted.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset)
+        || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
+}
+
+/// `accept` errors that mean the process or system is out of descriptors or memory.
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// What a connection waits for after a turn.
+enum Step {
+    /// Readiness of its socket (or its deadline).
+    Wait,
+    /// Nothing: it has requests buffered but used up its turn.
+    Unfinished,
+    /// Its end: close it now.
+    Close,
+}
+
+/// One client connection.
+struct Conn {
+    stream: TcpStream,
+    /// Received bytes not yet parsed (at most `max_head_bytes`).
+    input: Vec<u8>,
+    /// The response being sent, and how much of it the kernel took.
+    output: Vec<u8>,
+    written: usize,
+    /// Close once `output` is sent.
+    close_after_output: bool,
+    /// Our side is shut down; input is read and dropped until EOF.
+    lingering: Option<usize>,
+    deadline: Instant,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, deadline: Instant) -> Conn {
+        Conn {
+            stream,
+            input: Vec::new(),
+            output: Vec::new(),
+            written: 0,
+            close_after_output: false,
+            lingering: None,
+            deadline,
+        }
+    }
+
+    /// Sends pending output, serves buffered requests, reads more: until the socket
+    /// would block, the turn is used up, or the connection is done.
+    fn advance(&mut self, endpoints: &Endpoints, limits: &Limits, now: Instant) -> Step {
+        let mut served = 0;
+        loop {
+            if self.lingering.is_some() {
+                return self.linger();
+            }
+            match self.flush() {
+                Ok(true) => {}
+                Ok(false) => return Step::Wait,
+                Err(_) => return Step::Close,
+            }
+            if !self.output.is_empty() {
+                self.finish_response(limits, now);
+                continue;
+            }
+            if served == REQUESTS_PER_TURN {
+                return Step::Unfinished;
+            }
+            if self.serve_buffered(endpoints, limits.max_head_bytes) {
+                served += 1;
+                continue;
+            }
+            match self.read_more(limits.max_head_bytes) {
+                Ok(true) => {}
+                Ok(false) => return Step::Close, // EOF before a whole head
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Step::Close,
+            }
+        }
+    }
+
+    /// Writes pending output; `Ok(true)` once all of it is sent.
+    fn flush(&mut self) -> io::Result<bool> {
+        while self.written < self.output.len() {
+            match self.stream.write(&self.output[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// After a response is sent: start the next exchange, or start closing.
+    fn finish_response(&mut self, limits: &Limits, now: Instant) {
+        self.output.clear();
+        self.written = 0;
+        if self.close_after_output {
+            let _ = self.stream.shutdown(Shutdown::Write);
+            self.input.clear();
+            self.lingering = Some(0);
+            self.deadline = self.deadline.min(now + limits.linger_timeout);
+        } else {
+            self.deadline = now + limits.idle_timeout;
+        }
+    }
+
+    /// Answers the request at the head of `input`, if a whole one is there.
+    fn serve_buffered(&mut self, endpoints: &Endpoints, max_head: usize) -> bool {
+        match http::parse(&self.input, max_head) {
+            Head::Partial => false,
+            Head::Invalid(response) => {
+                response.encode(&mut self.output, false, true);
+                self.close_after_output = true;
+                true
+            }
+            Head::Complete(request) => {
+                self.input.drain(..request.len);
+                let response = endpoints.respond(&request.method, &request.path);
+                response.encode(&mut self.output, request.method == "HEAD", !request.keep_alive);
+                self.close_after_output = !request.keep_alive;
+                true
+            }
+        }
+    }
+
+    /// Reads one chunk into `input`; `Ok(false)` at EOF.
+    fn read_more(&mut self, max_head: usize) -> io::Result<bool> {
+        let mut chunk = [0u8; READ_CHUNK];
+        // `input` holds less than `max_head` here: a full buffer was refused with 431.
+        let room = max_head.saturating_sub(self.input.len()).clamp(1, READ_CHUNK);
+        let n = self.stream.read(&mut chunk[..room])?;
+        self.input.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    /// Reads and drops input after our side shut down, until EOF or too much.
+    fn linger(&mut self) -> Step {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Step::Close,
+                Ok(n) => {
+                    let dropped = self.lingering.unwrap_or(0) + n;
+                    if dropped > MAX_LINGER_BYTES {
+                        return Step::Close;
+                    }
+                    self.lingering = Some(dropped);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Step::Close,
+            }
+        }
+    }
+}
+
+/// Open connections by slot (token = slot + 1), and their accept order for eviction.
+#[derive(Default)]
+struct Connections {
+    slots: Vec<Option<(u64, Conn)>>,
+    free: Vec<usize>,
+    /// (slot, serial) in accept order; entries of closed connections are skipped.
+    order: VecDeque<(usize, u64)>,
+    next_serial: u64,
+    open: usize,
+}
+
+impl Connections {
+    fn free_slot(&mut self) -> usize {
+        self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        })
+    }
+
+    fn release(&mut self, slot: usize) {
+        self.free.push(slot);
+    }
+
+    fn insert(&mut self, slot: usize, conn: Conn) {
+        self.next_serial += 1;
+        self.slots[slot] = Some((self.next_serial, conn));
+        self.order.push_back((slot, self.next_serial));
+        self.open += 1;
+        if self.order.len() > 2 * self.slots.len() + 16 {
+            self.compact_order();
+        }
+    }
+
+    fn get_mut(&mut self, slot: usize) -> Option<&mut Conn> {
+        self.slots.get_mut(slot)?.as_mut().map(|(_, c)| c)
+    }
+
+    fn remove(&mut self, slot: usize) -> Option<Conn> {
+        let (_, conn) = self.slots.get_mut(slot)?.take()?;
+        self.free.push(slot);
+        self.open -= 1;
+        Some(conn)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (usize, &Conn)> {
+        self.slots.iter().enumerate().filter_map(|(slot, c)| c.as_ref().map(|(_, c)| (slot, c)))
+    }
+
+    fn is_live(&self, slot: usize, serial: u64) -> bool {
+        matches!(self.slots.get(slot), Some(Some((s, _))) if *s == serial)
+    }
+
+    /// The slot of the longest-open connection.
+    fn oldest(&mut self) -> Option<usize> {
+        while let Some((slot, serial)) = self.order.pop_front() {
+            if self.is_live(slot, serial) {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    /// Drops the order entries of closed connections.
+    fn compact_order(&mut self) {
+        let order = std::mem::take(&mut self.order);
+        self.order = order.into_iter().filter(|(slot, serial)| self.is_live(*slot, *serial)).collect();
+    }
+}

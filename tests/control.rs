@@ -1,0 +1,216 @@
+//! The control plane: webctl against the real daemon; graceful restarts that lose no
+//! request; scale; drain/resume; hostile control clients.
+
+use crate::util::*;
+use std::time::Duration;
+
+const BODY: &[u8] = b"<h1>webd</h1>\n";
+
+fn pid_set(webd: &Webd) -> Vec<i32> {
+    let mut pids: Vec<i32> = webd.tree().into_iter().map(|p| p.pid).collect();
+    pids.sort();
+    pids
+}
+
+#[test]
+fn status_matches_the_process_table() {
+    let webd = Webd::start_with(Options { workers: 3, ..Default::default() });
+    let status = webd.status_json();
+    assert_eq!(status["ok"], true);
+    let s = &status["status"];
+    assert_eq!(s["pid"].as_i64(), Some(webd.pid as i64));
+    assert_eq!(s["state"], "running");
+    for role in ["listener", "manager"] {
+        let p = s["processes"].as_array().expect("processes").iter().find(|p| p["role"] == role).expect(role);
+        assert_eq!(p["pid"].as_i64(), webd.pid_of(&format!("webd: {role}")).map(i64::from), "{role}");
+        assert_eq!(p["state"], "running");
+    }
+    let workers = s["workers"].as_array().expect("workers");
+    assert_eq!(workers.len(), 3);
+    for w in workers {
+        let id = w["id"].as_i64().expect("id");
+        assert_eq!(w["pid"].as_i64(), webd.pid_of(&format!("webd: worker {id}")).map(i64::from));
+    }
+    // The human table names every process with its pid.
+    let table = webd.ctl_ok(&["status"]);
+    for pid in pid_set(&webd) {
+        assert!(table.contains(&pid.to_string()), "pid {pid} missing from:\n{table}");
+    }
+}
+
+fn restart_under_load(target: &[&str], replaced: &dyn Fn(&Webd) -> Vec<i32>) {
+    let webd = Webd::start();
+    let before = replaced(&webd);
+    let load = Load::start(webd.addr(), 4, "/index.html", BODY.to_vec());
+    wait_until(Duration::from_secs(5), "load to flow", || load.ok() > 20);
+    let mut args = vec!["restart"];
+    args.extend_from_slice(target);
+    webd.ctl_ok(&args);
+    let after = replaced(&webd);
+    assert!(after.iter().all(|p| !before.contains(p)), "{target:?}: {before:?} -> {after:?}");
+    let ok_then = load.ok();
+    wait_until(Duration::from_secs(10), "requests after the restart", || load.ok() > ok_then + 50);
+    let (ok, failed, errors) = load.finish();
+    assert_eq!(failed, 0, "{target:?}: {failed} of {ok} failed: {errors:?}");
+}
+
+#[test]
+fn restart_listener_under_load_fails_no_request() {
+    restart_under_load(&["listener"], &|w| w.pids("webd: listener"));
+}
+
+#[test]
+fn restart_manager_under_load_fails_no_request() {
+    restart_under_load(&["manager"], &|w| w.pids("webd: manager"));
+}
+
+#[test]
+fn restart_workers_under_load_fails_no_request() {
+    restart_under_load(&["workers"], &|w| {
+        let tree = w.tree();
+        let manager = w.pid_of("webd: manager").unwrap_or(0);
+        tree.into_iter().filter(|p| p.ppid == manager && p.argv0.starts_with("webd: worker")).map(|p| p.pid).collect()
+    });
+}
+
+#[test]
+fn restart_worker_n_replaces_exactly_that_worker_and_scale_resizes() {
+    let webd = Webd::start_with(Options { workers: 2, ..Default::default() });
+    let w0 = webd.pid_of("webd: worker 0").expect("worker 0");
+    let w1 = webd.pid_of("webd: worker 1").expect("worker 1");
+    webd.ctl_ok(&["restart", "worker", "1"]);
+    wait_until(Duration::from_secs(5), "old worker 1 gone", || !alive(w1));
+    assert_eq!(webd.pid_of("webd: worker 0"), Some(w0));
+    assert!(webd.pid_of("webd: worker 1").is_some_and(|p| p != w1));
+
+    webd.ctl_ok(&["scale", "3"]);
+    assert_eq!(serving_workers(&webd), 3);
+    wait_until(Duration::from_secs(5), "3 worker processes", || webd.worker_pids().len() == 3);
+    webd.ctl_ok(&["scale", "1"]);
+    assert_eq!(serving_workers(&webd), 1);
+    wait_until(Duration::from_secs(5), "1 worker process", || webd.worker_pids().len() == 1);
+    assert_eq!(get(webd.addr(), "/index.html").expect("GET").status, 200);
+
+    let out = webd.webctl(&["restart", "worker", "7"]);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+}
+
+/// Workers in status that are not draining away.
+fn serving_workers(webd: &Webd) -> usize {
+    let status = webd.status_json();
+    let workers = status["status"]["workers"].as_array().cloned().unwrap_or_default();
+    workers.iter().filter(|w| w["state"] != "draining").count()
+}
+
+#[test]
+fn drain_holds_new_connections_until_resume() {
+    let webd = Webd::start();
+    webd.ctl_ok(&["drain"]);
+    assert_eq!(webd.status_json()["status"]["state"], "draining");
+    // A request opened during the drain waits in the backlog and completes on resume.
+    let addr = webd.addr();
+    let pending = std::thread::spawn(move || get(addr, "/index.html"));
+    std::thread::sleep(Duration::from_millis(300)); // give it time to be (not) served
+    assert!(!pending.is_finished(), "request served while draining");
+    webd.ctl_ok(&["resume"]);
+    let r = pending.join().expect("client thread").expect("GET after resume");
+    assert_eq!(r.status, 200);
+    assert_eq!(webd.status_json()["status"]["state"], "running");
+}
+
+#[test]
+fn hostile_control_input_gets_errors_and_changes_nothing() {
+    let webd = Webd::start();
+    let before = pid_set(&webd);
+    for line in [
+        &b"garbage\n"[..],
+        b"{\"cmd\":\"reboot\"}\n",
+        b"{\"cmd\":\"restart\",\"target\":\"daemon\"}\n",
+        b"{\"cmd\":\"scale\",\"workers\":0}\n",
+        b"\xff\xfe\n",
+    ] {
+        let reply = webd.control_raw(line).expect("a reply");
+        let v: serde_json::Value = serde_json::from_str(&reply).expect("JSON reply");
+        assert_eq!(v["ok"], false, "{reply}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{reply}");
+    }
+    // An 8 MB line: an error or a closed connection, nothing else.
+    let mut huge = vec![b'x'; 8 * 1024 * 1024];
+    huge.push(b'\n');
+    if let Some(reply) = webd.control_raw(&huge) {
+        assert!(reply.contains("\"ok\":false"), "{reply}");
+    }
+    assert_eq!(pid_set(&webd), before, "hostile input changed the tree");
+    assert_eq!(webd.status_json()["ok"], true);
+    assert_eq!(get(webd.addr(), "/index.html").expect("GET").status, 200);
+}
+
+#[test]
+fn another_uid_is_refused() {
+    if !nix_is_root() {
+        eprintln!("skipped: needs root to run a client as nobody");
+        return;
+    }
+    let webd = Webd::start();
+    // The socket is 0600 inside a 0700 dir; open the dir so only SO_PEERCRED decides.
+    let dir = webd.control_socket.parent().expect("dir").to_path_buf();
+    let sock = webd.control_socket.clone();
+    let _ = std::process::Command::new("chmod").arg("0711").arg(webd.dir.path()).status();
+    let _ = std::process::Command::new("chmod").arg("0777").arg(&dir).status();
+    let _ = std::process::Command::new("chmod").arg("0666").arg(&sock).status();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(webctl_path())
+        .arg("--control-socket")
+        .arg(&sock)
+        .arg("--json")
+        .arg("status")
+        .output()
+        .expect("setpriv");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Exit 1 with the daemon's refusal (3 would mean the socket was not even reachable).
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("permission denied"), "{stdout}");
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+#[test]
+fn webctl_exit_codes_for_unreachable_daemon_and_bad_arguments() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("absent.sock");
+    let out = std::process::Command::new(webctl_path())
+        .arg("--control-socket")
+        .arg(&sock)
+        .arg("status")
+        .output()
+        .expect("webctl");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&*sock.to_string_lossy()));
+    let out = std::process::Command::new(webctl_path()).args(["scale", "many"]).output().expect("webctl");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_refuses_to_start() {
+    let webd = Webd::start();
+    let out = std::process::Command::new(WEBD)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--root")
+        .arg(&webd.root)
+        .arg("--admin")
+        .arg("off")
+        .arg("--control-socket")
+        .arg(&webd.control_socket)
+        .output()
+        .expect("second webd");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+    assert_eq!(webd.status_json()["ok"], true, "first daemon disturbed");
+}
