@@ -49,7 +49,7 @@ impl std::fmt::Display for Role {
 #[serde(rename_all = "snake_case")]
 pub enum Message {
     /// Supervisor → new child, first message: settings plus the child's fds.
-    Bootstrap(Bootstrap),
+    Bootstrap(Box<Bootstrap>),
     /// Child → supervisor, every heartbeat interval.
     Heartbeat(Heartbeat),
     /// Stop taking work, finish what is in progress, exit. Idle keep-alive connections
@@ -160,6 +160,9 @@ pub struct WorkerReport {
 }
 
 /// How a receive ended.
+// A heartbeat is a couple of hundred bytes, received ten times a second and moved once:
+// boxing it would add an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Recv {
     Message(Message),
@@ -253,6 +256,7 @@ pub fn receive_bootstrap(channel: &mut Channel) -> io::Result<(Bootstrap, Bootst
     let mut fds = Vec::new();
     match channel.recv_blocking(&mut fds, Duration::from_secs(10))? {
         Message::Bootstrap(boot) => {
+            let boot = *boot;
             if boot.fds.len() != fds.len() {
                 return Err(io::Error::other(format!(
                     "bootstrap announced {} fds but carried {}",

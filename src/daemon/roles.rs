@@ -105,7 +105,7 @@ impl RoleProcess {
         let mut channel = Channel::new(ours);
         let (kinds, fds) = bootstrap_fds(self.role, inherit);
         let boot = Bootstrap { config: inherit.config.clone(), worker_id: None, fds: kinds, draining };
-        if let Err(e) = channel.send(&Message::Bootstrap(boot), &fds) {
+        if let Err(e) = channel.send(&Message::Bootstrap(Box::new(boot)), &fds) {
             sys::process::signal(pid, Signal::SIGKILL);
             anyhow::bail!("sending bootstrap to {} (pid {pid}): {e}", self.role);
         }

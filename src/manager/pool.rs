@@ -164,7 +164,7 @@ impl WorkerPool {
             fds: vec![FdKind::Lifeline],
             draining: self.draining,
         };
-        if let Err(e) = channel.send(&Message::Bootstrap(boot), &[self.lifeline.as_fd()]) {
+        if let Err(e) = channel.send(&Message::Bootstrap(Box::new(boot)), &[self.lifeline.as_fd()]) {
             sys::process::signal(pid, Signal::SIGKILL);
             anyhow::bail!("sending bootstrap to worker {id} (pid {pid}): {e}");
         }
