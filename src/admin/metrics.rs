@@ -27,12 +27,7 @@ pub struct MetricDef {
     pub labels: &'static [&'static str],
 }
 
-const fn def(
-    name: &'static str,
-    kind: MetricType,
-    labels: &'static [&'static str],
-    help: &'static str,
-) -> MetricDef {
+const fn def(name: &'static str, kind: MetricType, labels: &'static [&'static str], help: &'static str) -> MetricDef {
     MetricDef { name, help, kind, labels }
 }
 
@@ -46,20 +41,20 @@ pub const HEARTBEAT_LATENCY: MetricDef = def(
 );
 pub const HEARTBEAT_AGE: MetricDef =
     def("webd_heartbeat_age_seconds", GAUGE, &["role"], "Age of the last heartbeat received from the role.");
-pub const HEARTBEATS_MISSED: MetricDef =
-    def("webd_heartbeats_missed_total", COUNTER, &["role"], "Heartbeat checks that found the role's heartbeat too old.");
+pub const HEARTBEATS_MISSED: MetricDef = def(
+    "webd_heartbeats_missed_total",
+    COUNTER,
+    &["role"],
+    "Heartbeat checks that found the role's heartbeat too old.",
+);
 pub const RESTARTS: MetricDef = def(
     "webd_restarts_total",
     COUNTER,
     &["role", "reason"],
     "Processes of the role restarted, by reason (crash, hang, manual).",
 );
-pub const PROCESS_UP: MetricDef = def(
-    "webd_process_up",
-    GAUGE,
-    &["role"],
-    "1 when the role is up (for workers: at least one worker is up), else 0.",
-);
+pub const PROCESS_UP: MetricDef =
+    def("webd_process_up", GAUGE, &["role"], "1 when the role is up (for workers: at least one worker is up), else 0.");
 pub const WORKERS: MetricDef =
     def("webd_workers", GAUGE, &["state"], "Worker processes by state (idle, busy, draining, starting).");
 pub const WORKER_UTILIZATION: MetricDef =

@@ -62,6 +62,8 @@ const REQUESTS_PER_TURN: usize = 32;
 const ACCEPTS_PER_TURN: usize = 256;
 /// Bytes a lingering close reads and drops before it gives up on the client.
 const MAX_LINGER_BYTES: usize = 64 * 1024;
+/// Least time between two log lines about failing `accept`s.
+const ACCEPT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Size of each read from a socket.
 const READ_CHUNK: usize = 4096;
 
@@ -78,6 +80,8 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     /// The backlog may hold more connections than the last turn accepted.
     accept_more: bool,
+    /// The current run of failed `accept` calls, if any.
+    accept_failures: Option<AcceptFailures>,
     /// No earlier deadline than this exists among the connections.
     next_sweep: Instant,
     /// Connections that used up their turn with requests still buffered.
@@ -99,6 +103,7 @@ impl Server {
             conns: Connections::default(),
             accept_paused_until: None,
             accept_more: false,
+            accept_failures: None,
             next_sweep,
             unfinished: Vec::new(),
         })
@@ -152,8 +157,14 @@ impl Server {
     fn accept_all(&mut self, now: Instant) {
         for _ in 0..ACCEPTS_PER_TURN {
             match self.listener.accept() {
-                Ok((stream, _peer)) => self.admit(stream, now),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok((stream, _peer)) => {
+                    self.accept_recovered();
+                    self.admit(stream, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_recovered();
+                    return;
+                }
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => {
                     self.pause_accepting(&e, now);
@@ -164,16 +175,30 @@ impl Server {
         self.accept_more = true;
     }
 
+    /// Stops accepting for a while; logs the first failure of a run, then one line a
+    /// minute at most, so fd exhaustion cannot flood the log.
     fn pause_accepting(&mut self, e: &io::Error, now: Instant) {
-        if is_resource_exhaustion(e) {
-            tracing::warn!(error = %e, pause_ms = self.limits.accept_pause.as_millis() as u64,
-                open = self.conns.open, "admin endpoint: out of descriptors; pausing accept");
-        } else {
-            tracing::error!(error = %e, "admin endpoint: accept failed; pausing accept");
+        let failures = self.accept_failures.get_or_insert(AcceptFailures { count: 0, logged_at: None });
+        failures.count += 1;
+        if failures.logged_at.is_none_or(|at| now.duration_since(at) >= ACCEPT_FAILURE_LOG_INTERVAL) {
+            failures.logged_at = Some(now);
+            let (count, pause_ms) = (failures.count, self.limits.accept_pause.as_millis() as u64);
+            if is_resource_exhaustion(e) {
+                tracing::warn!(error = %e, pause_ms, failures = count, open = self.conns.open,
+                    "admin endpoint: out of descriptors or memory; pausing accept");
+            } else {
+                tracing::error!(error = %e, pause_ms, failures = count, "admin endpoint: accept failed; pausing accept");
+            }
         }
         self.accept_paused_until = Some(now + self.limits.accept_pause);
         // No event may come for connections already queued: retry when the pause ends.
         self.accept_more = true;
+    }
+
+    fn accept_recovered(&mut self) {
+        if let Some(failures) = self.accept_failures.take() {
+            tracing::info!(failures = failures.count, "admin endpoint: accepting again");
+        }
     }
 
     /// Retries accepting after a pause or a used-up turn.
@@ -240,6 +265,12 @@ impl Server {
         self.next_sweep = earliest.unwrap_or(now + self.limits.idle_timeout);
         self.conns.compact_order();
     }
+}
+
+/// A run of `accept` failures, for rate-limited logging.
+struct AcceptFailures {
+    count: u64,
+    logged_at: Option<Instant>,
 }
 
 /// `accept` errors that concern only the connection being accepted.

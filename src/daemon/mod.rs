@@ -101,7 +101,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let control_listener = control::bind(&config.control_socket)?;
     let observed = SharedObserved::default();
     if let Some(addr) = config.admin {
-        let _ = addr; // TEMP-ADMIN: crate::admin::spawn(addr, observed.clone()).with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
+        crate::admin::spawn(addr, observed.clone()).context("admin endpoint")?;
     }
     let (command_tx, command_rx) = mpsc::channel();
     let waker = Arc::new(mio::Waker::new(poll.registry(), COMMANDS).context("waker")?);

@@ -18,6 +18,9 @@ fn bind(addr: SocketAddr) -> std::io::Result<OwnedFd> {
     // socket2 creates the socket with SOCK_CLOEXEC.
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    // Accepted sockets inherit it: heads and small bodies go out in one send, so there
+    // is no reason to wait for Nagle, and no setsockopt per connection.
+    socket.set_tcp_nodelay(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }

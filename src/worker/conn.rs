@@ -61,11 +61,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(fd: OwnedFd, shared: &Shared, now: Instant) -> io::Result<Conn> {
+    pub fn new(fd: OwnedFd, shared: &Shared, now: Instant) -> Conn {
+        // TCP_NODELAY is inherited from the listening socket.
         let sock = TcpStream::from(fd);
-        // Heads and small bodies go out in one send; no reason to wait for Nagle.
-        sock.set_nodelay(true)?;
-        Ok(Conn {
+        Conn {
             sock,
             rbuf: vec![0; READ_BUF_INITIAL],
             rstart: 0,
@@ -78,7 +77,7 @@ impl Conn {
             unflushed: Vec::new(),
             head_started: Some(now),
             deadline: now + shared.header_timeout,
-        })
+        }
     }
 
     pub fn raw_fd(&self) -> RawFd {

@@ -14,9 +14,8 @@ pub const HTTP_DATE_LEN: usize = 29;
 const LAST_FORMATTABLE_SECOND: u64 = 253_402_300_799;
 
 const WEEKDAYS: [&[u8; 3]; 7] = [b"Sun", b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat"];
-const MONTHS: [&[u8; 3]; 12] = [
-    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
-];
+const MONTHS: [&[u8; 3]; 12] =
+    [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
 
 /// The current time as an IMF-fixdate, reformatted only when the second changes.
 ///
@@ -31,10 +30,7 @@ pub struct DateCache {
 impl DateCache {
     /// A cache already holding the current time.
     pub fn new() -> Self {
-        let mut cache = DateCache {
-            unix_secs: 0,
-            text: format_http_date(0),
-        };
+        let mut cache = DateCache { unix_secs: 0, text: format_http_date(0) };
         cache.refresh();
         cache
     }
@@ -72,9 +68,7 @@ impl Default for DateCache {
 
 /// Whole seconds since the Unix epoch; times before it count as the epoch.
 pub fn unix_secs(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
-        .unwrap_or(0)
+    time.duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0)
 }
 
 /// Parses any of the three HTTP date formats (RFC 9110 §5.6.7) into Unix seconds.
@@ -118,16 +112,11 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
     let year = era * 400 + year_of_era + u64::from(month <= 2);
     (year, month, day)
 }
@@ -144,27 +133,18 @@ mod tests {
 
     #[test]
     fn formats_the_rfc_example_date() {
-        assert_eq!(
-            &format_http_date(784_111_777),
-            b"Sun, 06 Nov 1994 08:49:37 GMT"
-        );
+        assert_eq!(&format_http_date(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
     }
 
     #[test]
     fn formats_the_epoch_and_a_leap_day() {
         assert_eq!(&format_http_date(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(
-            &format_http_date(951_782_400),
-            b"Tue, 29 Feb 2000 00:00:00 GMT"
-        );
+        assert_eq!(&format_http_date(951_782_400), b"Tue, 29 Feb 2000 00:00:00 GMT");
     }
 
     #[test]
     fn clamps_dates_past_year_9999() {
-        assert_eq!(
-            &format_http_date(u64::MAX),
-            b"Fri, 31 Dec 9999 23:59:59 GMT"
-        );
+        assert_eq!(&format_http_date(u64::MAX), b"Fri, 31 Dec 9999 23:59:59 GMT");
     }
 
     #[test]
@@ -187,16 +167,8 @@ mod tests {
 
     #[test]
     fn parses_all_three_client_date_formats() {
-        for text in [
-            "Sun, 06 Nov 1994 08:49:37 GMT",
-            "Sunday, 06-Nov-94 08:49:37 GMT",
-            "Sun Nov  6 08:49:37 1994",
-        ] {
-            assert_eq!(
-                parse_http_date(text.as_bytes()),
-                Some(784_111_777),
-                "{text}"
-            );
+        for text in ["Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+            assert_eq!(parse_http_date(text.as_bytes()), Some(784_111_777), "{text}");
         }
         assert_eq!(parse_http_date(b"yesterday"), None);
         assert_eq!(parse_http_date(b"\xff\xfe"), None);

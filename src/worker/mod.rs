@@ -173,12 +173,12 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
                     tracing::warn!(worker = id, "daemon gone: worker exiting");
                     return Ok(());
                 }
-                Token(t) => worker.drive(t - FIRST_CONN, poll.registry(), now),
+                Token(t) => worker.drive(t - FIRST_CONN, now),
             }
         }
         if now >= next_sweep {
             next_sweep = now + SWEEP_INTERVAL;
-            worker.sweep(poll.registry(), now);
+            worker.sweep(now);
         }
     }
 }
@@ -236,48 +236,50 @@ impl Worker {
     }
 
     fn accept(&mut self, fd: OwnedFd, registry: &Registry, now: Instant) {
+        self.shared.stats.counters.received += 1;
         if self.conns.len() >= self.max_connections {
             conn::refuse_overloaded(fd, &mut self.shared);
             return;
         }
-        let conn = match Conn::new(fd, &self.shared, now) {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::debug!(error = %e, "connection unusable");
-                return;
-            }
-        };
-        let index = self.conns.insert(conn);
-        let raw = self.conns.get(index).map(|c| c.raw_fd()).unwrap_or(-1);
-        if registry
-            .register(&mut SourceFd(&raw), Token(FIRST_CONN + index), Interest::READABLE | Interest::WRITABLE)
-            .is_err()
-        {
-            self.conns.remove(index);
+        // The request has usually arrived while the fd travelled here: serve it before
+        // touching epoll, so a `Connection: close` exchange costs no epoll_ctl at all.
+        let mut conn = Conn::new(fd, &self.shared, now);
+        if conn.drive(&mut self.shared, now) == Outcome::Close {
+            conn.finish(&mut self.shared.stats, now);
             return;
         }
-        self.shared.stats.counters.received += 1;
-        // Data may already be waiting: the connection was accepted before we got it.
-        self.drive(index, registry, now);
-    }
-
-    fn drive(&mut self, index: usize, registry: &Registry, now: Instant) {
-        let Some(conn) = self.conns.get_mut(index) else { return };
-        if conn.drive(&mut self.shared, now) == Outcome::Close {
-            self.close(index, registry, now);
+        let raw = conn.raw_fd();
+        let index = self.conns.insert(conn);
+        // Registering reports readiness that arrived since the last read: nothing is missed.
+        if let Err(e) =
+            registry.register(&mut SourceFd(&raw), Token(FIRST_CONN + index), Interest::READABLE | Interest::WRITABLE)
+        {
+            tracing::warn!(error = %e, "cannot watch a connection");
+            if let Some(conn) = self.conns.remove(index) {
+                conn.finish(&mut self.shared.stats, now);
+            }
         }
     }
 
-    fn close(&mut self, index: usize, registry: &Registry, now: Instant) {
+    fn drive(&mut self, index: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(index) else { return };
+        if conn.drive(&mut self.shared, now) == Outcome::Close {
+            self.close(index, now);
+        }
+    }
+
+    /// Closing the fd removes it from epoll; no epoll_ctl needed. (Should another copy
+    /// of the socket still be open for a moment, a stray event for a reused token only
+    /// makes that connection try a read that would block.)
+    fn close(&mut self, index: usize, now: Instant) {
         if let Some(conn) = self.conns.remove(index) {
-            let _ = registry.deregister(&mut SourceFd(&conn.raw_fd()));
             conn.finish(&mut self.shared.stats, now);
         }
     }
 
     /// Closes connections past their header, keep-alive or write deadline, and idle
     /// ones once the shutdown deadline has come.
-    fn sweep(&mut self, registry: &Registry, now: Instant) {
+    fn sweep(&mut self, now: Instant) {
         let shutdown_due = self.shutdown_at.is_some_and(|t| now >= t);
         let expired: Vec<usize> = self
             .conns
@@ -286,7 +288,7 @@ impl Worker {
             .map(|(i, _)| i)
             .collect();
         for index in expired {
-            self.close(index, registry, now);
+            self.close(index, now);
         }
     }
 }
@@ -319,10 +321,6 @@ impl Slab {
         self.free.push(index);
         self.len -= 1;
         Some(conn)
-    }
-
-    fn get(&self, index: usize) -> Option<&Conn> {
-        self.entries.get(index)?.as_ref()
     }
 
     fn get_mut(&mut self, index: usize) -> Option<&mut Conn> {

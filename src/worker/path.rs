@@ -49,22 +49,12 @@ pub struct Root {
 impl Root {
     /// Opens `path` as the document root. The error names the path.
     pub fn open(path: &Path) -> io::Result<Root> {
-        let with_path = |error: io::Error| {
-            io::Error::new(
-                error.kind(),
-                format!("document root {}: {error}", path.display()),
-            )
-        };
+        let with_path =
+            |error: io::Error| io::Error::new(error.kind(), format!("document root {}: {error}", path.display()));
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let dir = nix::fcntl::open(path, flags, Mode::empty())
-            .map_err(|errno| with_path(errno.into()))?;
+        let dir = nix::fcntl::open(path, flags, Mode::empty()).map_err(|errno| with_path(errno.into()))?;
         let canonical = std::fs::canonicalize(path).map_err(with_path)?;
-        Ok(Root {
-            dir,
-            path: path.to_path_buf(),
-            canonical,
-            openat2_available: AtomicBool::new(true),
-        })
+        Ok(Root { dir, path: path.to_path_buf(), canonical, openat2_available: AtomicBool::new(true) })
     }
 
     /// The path the root was opened with, for logs.
@@ -155,11 +145,7 @@ struct TargetParts<'a> {
 /// asterisk-form, authority-form and anything else that is not a path.
 fn split_target(target: &[u8]) -> Option<TargetParts<'_>> {
     let target = &target[..find_byte(target, b'#').unwrap_or(target.len())];
-    let path_and_query = if target.first() == Some(&b'/') {
-        target
-    } else {
-        strip_scheme_and_authority(target)?
-    };
+    let path_and_query = if target.first() == Some(&b'/') { target } else { strip_scheme_and_authority(target)? };
     let query_start = find_byte(path_and_query, b'?').unwrap_or(path_and_query.len());
     let (path, query) = path_and_query.split_at(query_start);
     // RFC 9112 §3.2.2: an absolute-form target with an empty path means "/".
@@ -169,19 +155,15 @@ fn split_target(target: &[u8]) -> Option<TargetParts<'_>> {
 
 /// `http://host:port/p?q` → `/p?q`; `http://host` → empty. `None` if not http(s).
 fn strip_scheme_and_authority(target: &[u8]) -> Option<&[u8]> {
-    let after_scheme = strip_prefix_ignore_case(target, b"http://")
-        .or_else(|| strip_prefix_ignore_case(target, b"https://"))?;
-    let authority_len = after_scheme
-        .iter()
-        .position(|&b| b == b'/' || b == b'?')
-        .unwrap_or(after_scheme.len());
+    let after_scheme =
+        strip_prefix_ignore_case(target, b"http://").or_else(|| strip_prefix_ignore_case(target, b"https://"))?;
+    let authority_len = after_scheme.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(after_scheme.len());
     Some(&after_scheme[authority_len..])
 }
 
 fn strip_prefix_ignore_case<'a>(bytes: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
     let head = bytes.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &bytes[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix).then(|| &bytes[prefix.len()..])
 }
 
 fn find_byte(bytes: &[u8], wanted: u8) -> Option<usize> {
@@ -282,11 +264,7 @@ fn open_normalized(root: &Root, query: &[u8], scratch: &mut Vec<u8>) -> Resolved
     };
     if meta.is_file() {
         let content_type = content_type_for(&scratch[..path_len]);
-        return Resolved::File {
-            file,
-            meta,
-            content_type,
-        };
+        return Resolved::File { file, meta, content_type };
     }
     if !meta.is_dir() {
         return Resolved::NotFound;
@@ -300,11 +278,7 @@ fn open_normalized(root: &Root, query: &[u8], scratch: &mut Vec<u8>) -> Resolved
     scratch.truncate(path_len);
     scratch.extend_from_slice(INDEX_FILE);
     match open_regular_or_directory(root, scratch) {
-        Ok((file, meta)) if meta.is_file() => Resolved::File {
-            file,
-            meta,
-            content_type: content_type_for(INDEX_FILE),
-        },
+        Ok((file, meta)) if meta.is_file() => Resolved::File { file, meta, content_type: content_type_for(INDEX_FILE) },
         Ok(_) => Resolved::NotFound,
         Err(refusal) => refusal.into(),
     }
@@ -312,10 +286,7 @@ fn open_normalized(root: &Root, query: &[u8], scratch: &mut Vec<u8>) -> Resolved
 
 /// Opens the absolute normalized path in `scratch` beneath the root and `fstat`s it.
 /// Leaves a NUL terminator (and `.` for the root itself) appended to `scratch`.
-fn open_regular_or_directory(
-    root: &Root,
-    scratch: &mut Vec<u8>,
-) -> Result<(File, Metadata), Refusal> {
+fn open_regular_or_directory(root: &Root, scratch: &mut Vec<u8>) -> Result<(File, Metadata), Refusal> {
     if scratch.len() == 1 {
         scratch.push(b'.'); // The root itself: openat2 refuses an empty path.
     }
@@ -377,9 +348,7 @@ fn errno_of(error: io::Error) -> Errno {
 
 fn refusal_for_errno(errno: Errno) -> Refusal {
     match errno {
-        Errno::ENOENT | Errno::ENOTDIR | Errno::ENAMETOOLONG | Errno::ENXIO | Errno::ENODEV => {
-            Refusal::NotFound
-        }
+        Errno::ENOENT | Errno::ENOTDIR | Errno::ENAMETOOLONG | Errno::ENXIO | Errno::ENODEV => Refusal::NotFound,
         // EXDEV: a path or symlink left the root; ELOOP: a magic link or a symlink loop.
         Errno::EXDEV | Errno::ELOOP | Errno::EACCES | Errno::EPERM => Refusal::Forbidden,
         _ => Refusal::ServerError,
@@ -415,29 +384,20 @@ fn push_percent_encoded(out: &mut Vec<u8>, byte: u8, keep: bool) {
     if keep {
         out.push(byte);
     } else {
-        out.extend_from_slice(&[
-            b'%',
-            HEX[usize::from(byte >> 4)],
-            HEX[usize::from(byte & 15)],
-        ]);
+        out.extend_from_slice(&[b'%', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
     }
 }
 
 /// `Content-Type` for a file name, from its extension; all static strings.
 fn content_type_for(path: &[u8]) -> &'static str {
-    let name = &path[path
-        .iter()
-        .rposition(|&b| b == b'/')
-        .map_or(0, |slash| slash + 1)..];
+    let name = &path[path.iter().rposition(|&b| b == b'/').map_or(0, |slash| slash + 1)..];
     let Some(dot) = name.iter().rposition(|&b| b == b'.') else {
         return DEFAULT_CONTENT_TYPE;
     };
     let Ok(extension) = std::str::from_utf8(&name[dot + 1..]) else {
         return DEFAULT_CONTENT_TYPE;
     };
-    mime_guess::from_ext(extension)
-        .first_raw()
-        .map_or(DEFAULT_CONTENT_TYPE, with_charset)
+    mime_guess::from_ext(extension).first_raw().map_or(DEFAULT_CONTENT_TYPE, with_charset)
 }
 
 /// Adds `charset=utf-8` to the textual types browsers would otherwise sniff or decode as
@@ -451,9 +411,7 @@ fn with_charset(mime: &'static str) -> &'static str {
         "text/markdown" => "text/markdown; charset=utf-8",
         "text/xml" => "text/xml; charset=utf-8",
         // RFC 9239 made text/javascript the one type for JavaScript.
-        "text/javascript" | "application/javascript" | "application/x-javascript" => {
-            "text/javascript; charset=utf-8"
-        }
+        "text/javascript" | "application/javascript" | "application/x-javascript" => "text/javascript; charset=utf-8",
         other => other,
     }
 }
@@ -498,11 +456,7 @@ mod tests {
         symlink("/proc/self/root/etc", dir.join("link_proc")).expect("symlink");
         let root = Root::open(&dir).expect("open root");
         let secret_meta = std::fs::metadata(base.path().join("secret.txt")).expect("stat");
-        Fixture {
-            _base: base,
-            root,
-            secret: (secret_meta.dev(), secret_meta.ino()),
-        }
+        Fixture { _base: base, root, secret: (secret_meta.dev(), secret_meta.ino()) }
     }
 
     fn resolve_str(fixture: &Fixture, target: &str) -> (Resolved, Vec<u8>) {
@@ -580,11 +534,7 @@ mod tests {
         assert_eq!(out, "/a b/c€".as_bytes());
         for bad in [&b"/%"[..], b"/%4", b"/%zz", b"/%00", b"/a\0"] {
             out.clear();
-            assert!(
-                matches!(percent_decode_into(bad, &mut out), Err(Refusal::BadRequest)),
-                "{:?}",
-                bad.escape_ascii()
-            );
+            assert!(matches!(percent_decode_into(bad, &mut out), Err(Refusal::BadRequest)), "{:?}", bad.escape_ascii());
         }
     }
 
@@ -607,12 +557,7 @@ mod tests {
     #[test]
     fn symlinks_out_of_the_root_are_forbidden() {
         let fixture = fixture();
-        for target in [
-            "/link_out",
-            "/link_abs",
-            "/link_parent/secret.txt",
-            "/link_proc/passwd",
-        ] {
+        for target in ["/link_out", "/link_abs", "/link_parent/secret.txt", "/link_proc/passwd"] {
             assert_resolves(&fixture, target, is_forbidden);
         }
     }
@@ -648,19 +593,10 @@ mod tests {
     #[test]
     fn absolute_form_reduces_to_its_path() {
         let fixture = fixture();
-        assert_eq!(
-            served_content(&fixture, "http://example.com/a.txt"),
-            "0123456789"
-        );
-        assert_eq!(
-            served_content(&fixture, "HTTPS://example.com:8443/a.txt?q"),
-            "0123456789"
-        );
+        assert_eq!(served_content(&fixture, "http://example.com/a.txt"), "0123456789");
+        assert_eq!(served_content(&fixture, "HTTPS://example.com:8443/a.txt?q"), "0123456789");
         let (resolved, location) = resolve_str(&fixture, "http://example.com");
-        assert!(
-            matches!(resolved, Resolved::NotFound),
-            "{resolved:?} {location:?}"
-        );
+        assert!(matches!(resolved, Resolved::NotFound), "{resolved:?} {location:?}");
     }
 
     #[test]
@@ -676,13 +612,7 @@ mod tests {
     #[test]
     fn missing_things_are_not_found() {
         let fixture = fixture();
-        for target in [
-            "/missing",
-            "/a.txt/",
-            "/a.txt/x",
-            "/sub/",
-            "/sub/missing.css",
-        ] {
+        for target in ["/missing", "/a.txt/", "/a.txt/x", "/sub/", "/sub/missing.css"] {
             assert_resolves(&fixture, target, is_not_found);
         }
         let long = format!("/{}", "x".repeat(300));
@@ -721,9 +651,7 @@ mod tests {
         let fixture = fixture();
         assert_eq!(served_content(&fixture, "/with%20index/"), "<h1>index</h1>");
         let (resolved, _) = resolve_str(&fixture, "/with%20index/");
-        assert!(
-            matches!(resolved, Resolved::File { content_type, .. } if content_type == "text/html; charset=utf-8")
-        );
+        assert!(matches!(resolved, Resolved::File { content_type, .. } if content_type == "text/html; charset=utf-8"));
     }
 
     #[test]
@@ -737,8 +665,7 @@ mod tests {
         let fixture = fixture();
         let path = fixture.root.path().join("locked.txt");
         std::fs::write(&path, "x").expect("write");
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o000))
-            .expect("chmod");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o000)).expect("chmod");
         let readable_anyway = File::open(&path).is_ok(); // root ignores permission bits
         if !readable_anyway {
             assert_resolves(&fixture, "/locked.txt", is_forbidden);
@@ -784,10 +711,7 @@ mod tests {
     #[test]
     fn root_open_error_names_the_path() {
         let error = Root::open(Path::new("/nonexistent/webd-root")).expect_err("must fail");
-        assert!(
-            error.to_string().contains("/nonexistent/webd-root"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("/nonexistent/webd-root"), "{error}");
     }
 
     /// Reference normalizer: a plain stack of segments, allocating freely.
@@ -906,8 +830,7 @@ mod tests {
         let targets = prop_oneof![
             path_pieces(),
             path_pieces().prop_map(|path| format!("http://h{path}")),
-            prop::collection::vec(any::<u8>(), 0..48)
-                .prop_map(|bytes| format!("/{}", String::from_utf8_lossy(&bytes))),
+            prop::collection::vec(any::<u8>(), 0..48).prop_map(|bytes| format!("/{}", String::from_utf8_lossy(&bytes))),
         ];
         let result = runner.run(&targets, |target| {
             let mut scratch = Vec::new();
@@ -915,24 +838,15 @@ mod tests {
                 if fallback {
                     fixture.root.use_fallback_only();
                 }
-                if let Resolved::File { file, meta, .. } =
-                    resolve(&fixture.root, target.as_bytes(), &mut scratch)
-                {
+                if let Resolved::File { file, meta, .. } = resolve(&fixture.root, target.as_bytes(), &mut scratch) {
                     let identity = (meta.dev(), meta.ino());
                     let opened = file.metadata().expect("fstat");
                     prop_assert_eq!(identity, (opened.dev(), opened.ino()));
                     prop_assert_ne!(identity, fixture.secret, "{} leaked the secret", target);
-                    prop_assert!(
-                        allowed.contains(&identity),
-                        "{} opened a file outside the root",
-                        target
-                    );
+                    prop_assert!(allowed.contains(&identity), "{} opened a file outside the root", target);
                 }
             }
-            fixture
-                .root
-                .openat2_available
-                .store(true, Ordering::Relaxed);
+            fixture.root.openat2_available.store(true, Ordering::Relaxed);
             Ok(())
         });
         if let Err(failure) = result {

@@ -38,12 +38,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_uri: 8192,
-            max_header_bytes: 16384,
-            max_headers: 64,
-            max_body: 8192,
-        }
+        Limits { max_uri: 8192, max_header_bytes: 16384, max_headers: 64, max_body: 8192 }
     }
 }
 
@@ -187,19 +182,13 @@ fn request_target_too_long(buf: &[u8], max_uri: usize) -> bool {
     }
     let target = &line[method_end + 1..];
     let scanned = &target[..target.len().min(max_uri + 1)];
-    let target_len = scanned
-        .iter()
-        .position(|&b| matches!(b, b' ' | b'\r' | b'\n'))
-        .unwrap_or(scanned.len());
+    let target_len = scanned.iter().position(|&b| matches!(b, b' ' | b'\r' | b'\n')).unwrap_or(scanned.len());
     target_len > max_uri
 }
 
 /// RFC 9112 §2.2: a server SHOULD ignore empty lines received before the request line.
 fn skip_leading_empty_lines(buf: &[u8]) -> &[u8] {
-    let start = buf
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(buf.len());
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
     &buf[start..]
 }
 
@@ -214,9 +203,7 @@ fn classify_version_error(buf: &[u8]) -> ErrorKind {
     let shaped_like_http = version.len() > 5
         && version.starts_with(b"HTTP/")
         && version[5].is_ascii_digit()
-        && version[5..]
-            .iter()
-            .all(|&b| b.is_ascii_digit() || b == b'.');
+        && version[5..].iter().all(|&b| b.is_ascii_digit() || b == b'.');
     if shaped_like_http {
         ErrorKind::VersionNotSupported
     } else {
@@ -225,24 +212,15 @@ fn classify_version_error(buf: &[u8]) -> ErrorKind {
 }
 
 /// Applies header semantics to a head `httparse` accepted.
-fn interpret<'a>(
-    raw: &httparse::Request<'_, 'a>,
-    limits: &Limits,
-) -> Result<Request<'a>, ErrorKind> {
-    let (Some(method), Some(target), Some(minor_version)) = (raw.method, raw.path, raw.version)
-    else {
+fn interpret<'a>(raw: &httparse::Request<'_, 'a>, limits: &Limits) -> Result<Request<'a>, ErrorKind> {
+    let (Some(method), Some(target), Some(minor_version)) = (raw.method, raw.path, raw.version) else {
         return Err(ErrorKind::BadRequest);
     };
     let mut fields = HeaderFields::default();
     for header in raw.headers.iter() {
         fields.absorb(header.name, header.value)?;
     }
-    fields.into_request(
-        Method::from_token(method),
-        target.as_bytes(),
-        minor_version,
-        limits,
-    )
+    fields.into_request(Method::from_token(method), target.as_bytes(), minor_version, limits)
 }
 
 /// The header fields a static server acts on, gathered in one pass over the head.
@@ -355,11 +333,7 @@ impl<'a> HeaderFields<'a> {
             if_none_match: self.if_none_match,
             if_modified_since: self.if_modified_since,
             if_range: self.if_range,
-            range: if self.range_repeated {
-                None
-            } else {
-                self.range
-            },
+            range: if self.range_repeated { None } else { self.range },
             content_length,
         })
     }
@@ -373,10 +347,7 @@ fn keep_first<'a>(slot: &mut Option<&'a [u8]>, value: &'a [u8]) {
 
 /// The non-empty elements of a comma-separated header list, with whitespace trimmed.
 fn comma_list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|element| !element.is_empty())
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|element| !element.is_empty())
 }
 
 /// Digits only (no sign, no spaces inside). A value too large for u64 saturates, which
@@ -385,11 +356,7 @@ fn parse_content_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    Some(digits.iter().fold(0u64, |length, &digit| {
-        length
-            .saturating_mul(10)
-            .saturating_add(u64::from(digit - b'0'))
-    }))
+    Some(digits.iter().fold(0u64, |length, &digit| length.saturating_mul(10).saturating_add(u64::from(digit - b'0'))))
 }
 
 #[cfg(test)]
@@ -404,20 +371,14 @@ mod tests {
     fn complete(buf: &[u8]) -> (Request<'_>, usize) {
         match parse(buf, &limits()) {
             Parsed::Complete { request, head_len } => (request, head_len),
-            other => panic!(
-                "expected Complete for {:?}, got {other:?}",
-                buf.escape_ascii()
-            ),
+            other => panic!("expected Complete for {:?}, got {other:?}", buf.escape_ascii()),
         }
     }
 
     fn invalid(buf: &[u8]) -> ErrorKind {
         match parse(buf, &limits()) {
             Parsed::Invalid(kind) => kind,
-            other => panic!(
-                "expected Invalid for {:?}, got {other:?}",
-                buf.escape_ascii()
-            ),
+            other => panic!("expected Invalid for {:?}, got {other:?}", buf.escape_ascii()),
         }
     }
 
@@ -454,17 +415,12 @@ mod tests {
         let (request, _) = complete(buf);
         let range = buf.as_ptr_range();
         assert!(range.contains(&request.target.as_ptr()));
-        assert!(request
-            .if_none_match
-            .is_some_and(|v| range.contains(&v.as_ptr())));
+        assert!(request.if_none_match.is_some_and(|v| range.contains(&v.as_ptr())));
     }
 
     #[test]
     fn incomplete_head_is_partial() {
-        assert_eq!(
-            parse(b"GET / HTTP/1.1\r\nHost: h\r\n", &limits()),
-            Parsed::Partial
-        );
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: h\r\n", &limits()), Parsed::Partial);
         assert_eq!(parse(b"GE", &limits()), Parsed::Partial);
         assert_eq!(parse(b"", &limits()), Parsed::Partial);
     }
@@ -500,19 +456,13 @@ mod tests {
 
     #[test]
     fn twenty_kilobyte_header_is_431() {
-        let buf = format!(
-            "GET / HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
-            "b".repeat(20 * 1024)
-        );
+        let buf = format!("GET / HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n", "b".repeat(20 * 1024));
         assert_eq!(invalid(buf.as_bytes()), ErrorKind::HeadersTooLarge);
     }
 
     #[test]
     fn head_past_the_limit_is_431_even_while_incomplete() {
-        let buf = format!(
-            "GET / HTTP/1.1\r\nHost: h\r\nX-Big: {}",
-            "b".repeat(17 * 1024)
-        );
+        let buf = format!("GET / HTTP/1.1\r\nHost: h\r\nX-Big: {}", "b".repeat(17 * 1024));
         assert_eq!(invalid(buf.as_bytes()), ErrorKind::HeadersTooLarge);
     }
 
@@ -528,10 +478,7 @@ mod tests {
 
     #[test]
     fn garbage_request_line_is_400() {
-        assert_eq!(
-            invalid(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
-            ErrorKind::BadRequest
-        );
+        assert_eq!(invalid(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"), ErrorKind::BadRequest);
         assert_eq!(invalid(b"GET /a b HTTP/1.1\r\n\r\n"), ErrorKind::BadRequest);
         assert_eq!(invalid(b"GET / FTP/1.1\r\n\r\n"), ErrorKind::BadRequest);
         assert_eq!(invalid(b"GET / http/1.1\r\n\r\n"), ErrorKind::BadRequest);
@@ -540,14 +487,8 @@ mod tests {
 
     #[test]
     fn malformed_header_line_is_400() {
-        assert_eq!(
-            invalid(b"GET / HTTP/1.1\r\nHost h\r\n\r\n"),
-            ErrorKind::BadRequest
-        );
-        assert_eq!(
-            invalid(b"GET / HTTP/1.1\r\nBad Name: v\r\n\r\n"),
-            ErrorKind::BadRequest
-        );
+        assert_eq!(invalid(b"GET / HTTP/1.1\r\nHost h\r\n\r\n"), ErrorKind::BadRequest);
+        assert_eq!(invalid(b"GET / HTTP/1.1\r\nBad Name: v\r\n\r\n"), ErrorKind::BadRequest);
     }
 
     #[test]
@@ -558,14 +499,8 @@ mod tests {
 
     #[test]
     fn unsupported_versions_are_505() {
-        assert_eq!(
-            invalid(b"GET / HTTP/2.0\r\nHost: h\r\n\r\n"),
-            ErrorKind::VersionNotSupported
-        );
-        assert_eq!(
-            invalid(b"GET / HTTP/1.2\r\nHost: h\r\n\r\n"),
-            ErrorKind::VersionNotSupported
-        );
+        assert_eq!(invalid(b"GET / HTTP/2.0\r\nHost: h\r\n\r\n"), ErrorKind::VersionNotSupported);
+        assert_eq!(invalid(b"GET / HTTP/1.2\r\nHost: h\r\n\r\n"), ErrorKind::VersionNotSupported);
         assert_eq!(invalid(b"GET / HTTP/3"), ErrorKind::VersionNotSupported);
     }
 
@@ -643,15 +578,10 @@ mod tests {
 
     #[test]
     fn conflicting_content_lengths_are_400_and_identical_ones_are_one() {
-        let conflict =
-            b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        let conflict = b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
         assert_eq!(invalid(conflict), ErrorKind::BadRequest);
-        assert_eq!(
-            invalid(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1, 2\r\n\r\n"),
-            ErrorKind::BadRequest
-        );
-        let same =
-            b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(invalid(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1, 2\r\n\r\n"), ErrorKind::BadRequest);
+        let same = b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n";
         assert_eq!(complete(same).0.content_length, 3);
     }
 
@@ -710,14 +640,8 @@ mod tests {
             "Bad Header",
         ]);
         let eol = prop::sample::select(vec!["\r\n", "\n"]);
-        (
-            method,
-            target,
-            version,
-            prop::collection::vec(header, 0..6),
-            eol,
-        )
-            .prop_map(|(method, target, version, headers, eol)| {
+        (method, target, version, prop::collection::vec(header, 0..6), eol).prop_map(
+            |(method, target, version, headers, eol)| {
                 let mut head = format!("{method} {target} {version}{eol}");
                 for header in headers {
                     head.push_str(header);
@@ -725,7 +649,8 @@ mod tests {
                 }
                 head.push_str(eol);
                 head.into_bytes()
-            })
+            },
+        )
     }
 
     fn assert_sound(buf: &[u8]) -> Result<(), TestCaseError> {

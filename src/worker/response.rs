@@ -83,14 +83,8 @@ pub fn respond(
         return reply.error_with(405, head, |head| push_header(head, b"Allow", b"GET, HEAD"));
     }
     match resolve(root, req.target, scratch) {
-        Resolved::File {
-            file,
-            meta,
-            content_type,
-        } => serve_file(req, &reply, file, &meta, content_type, head),
-        Resolved::RedirectToSlash => {
-            reply.error_with(301, head, |head| push_header(head, b"Location", scratch))
-        }
+        Resolved::File { file, meta, content_type } => serve_file(req, &reply, file, &meta, content_type, head),
+        Resolved::RedirectToSlash => reply.error_with(301, head, |head| push_header(head, b"Location", scratch)),
         Resolved::NotFound => reply.error(404, head),
         Resolved::Forbidden => reply.error(403, head),
         Resolved::BadRequest => reply.closing().error(400, head),
@@ -101,12 +95,7 @@ pub fn respond(
 /// Appends the head (and small body) for an error found before a [`Request`] exists: a
 /// parse error or a timeout. The connection always closes afterwards.
 pub fn error_head(kind: ErrorKind, date: &DateCache, head: &mut Vec<u8>) -> Plan {
-    let reply = Reply {
-        date,
-        minor_version: 1,
-        close: true,
-        omit_body: false,
-    };
+    let reply = Reply { date, minor_version: 1, close: true, omit_body: false };
     reply.error(kind.status(), head)
 }
 
@@ -121,10 +110,7 @@ struct Reply<'d> {
 
 impl Reply<'_> {
     fn closing(self) -> Self {
-        Reply {
-            close: true,
-            ..self
-        }
+        Reply { close: true, ..self }
     }
 
     /// Status line plus the headers every response carries.
@@ -154,12 +140,7 @@ impl Reply<'_> {
     }
 
     /// A response whose body is the built-in page for `status`; `extra` adds headers.
-    fn error_with(
-        &self,
-        status: u16,
-        head: &mut Vec<u8>,
-        extra: impl FnOnce(&mut Vec<u8>),
-    ) -> Plan {
+    fn error_with(&self, status: u16, head: &mut Vec<u8>, extra: impl FnOnce(&mut Vec<u8>)) -> Plan {
         let page = error_page(status);
         self.start(status, head);
         extra(head);
@@ -179,13 +160,7 @@ impl Reply<'_> {
         self.plan(304, Body::None)
     }
 
-    fn whole_file(
-        &self,
-        file: File,
-        validators: &Validators,
-        content_type: &str,
-        head: &mut Vec<u8>,
-    ) -> Plan {
+    fn whole_file(&self, file: File, validators: &Validators, content_type: &str, head: &mut Vec<u8>) -> Plan {
         self.start(200, head);
         push_header(head, b"Content-Type", content_type.as_bytes());
         push_decimal_header(head, b"Content-Length", validators.len);
@@ -237,11 +212,7 @@ impl Reply<'_> {
     }
 
     fn plan(&self, status: u16, body: Body) -> Plan {
-        Plan {
-            status,
-            body,
-            close: self.close,
-        }
+        Plan { status, body, close: self.close }
     }
 }
 
@@ -259,9 +230,7 @@ fn serve_file(
     }
     match requested_range(req, &validators) {
         RangeRequest::Whole => reply.whole_file(file, &validators, content_type, head),
-        RangeRequest::Part(range) => {
-            reply.partial_file(file, range, &validators, content_type, head)
-        }
+        RangeRequest::Part(range) => reply.partial_file(file, range, &validators, content_type, head),
         RangeRequest::NotSatisfiable => reply.range_not_satisfiable(validators.len, head),
     }
 }
@@ -279,12 +248,7 @@ impl Validators {
         // A file dated before 1970 is treated as dated at the epoch.
         let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
         let len = meta.len();
-        Validators {
-            len,
-            mtime,
-            etag: ETag::new(mtime, len),
-            last_modified: format_http_date(mtime),
-        }
+        Validators { len, mtime, etag: ETag::new(mtime, len), last_modified: format_http_date(mtime) }
     }
 
     fn push_headers(&self, head: &mut Vec<u8>) {
@@ -301,10 +265,7 @@ struct ETag {
 
 impl ETag {
     fn new(mtime: u64, file_len: u64) -> Self {
-        let mut etag = ETag {
-            bytes: [0; 36],
-            len: 0,
-        };
+        let mut etag = ETag { bytes: [0; 36], len: 0 };
         etag.push(b"\"");
         etag.push(Digits::hex(mtime).as_bytes());
         etag.push(b"-");
@@ -359,10 +320,7 @@ fn if_none_match_matches(candidates: &[u8], etag: &[u8]) -> bool {
 }
 
 fn skip_list_separators(list: &[u8]) -> &[u8] {
-    let start = list
-        .iter()
-        .position(|&b| !matches!(b, b' ' | b'\t' | b','))
-        .unwrap_or(list.len());
+    let start = list.iter().position(|&b| !matches!(b, b' ' | b'\t' | b',')).unwrap_or(list.len());
     &list[start..]
 }
 
@@ -400,10 +358,7 @@ fn requested_range(req: &Request<'_>, validators: &Validators) -> RangeRequest {
     let (Method::Get, Some(range)) = (req.method, req.range) else {
         return RangeRequest::Whole;
     };
-    if req
-        .if_range
-        .is_some_and(|condition| !if_range_matches(condition, validators))
-    {
+    if req.if_range.is_some_and(|condition| !if_range_matches(condition, validators)) {
         return RangeRequest::Whole;
     }
     parse_single_byte_range(range, validators.len)
@@ -425,10 +380,8 @@ fn if_range_matches(condition: &[u8], validators: &Validators) -> bool {
 /// `bytes=a-b`, `bytes=a-` or `bytes=-n` against a file of `file_len` bytes.
 fn parse_single_byte_range(value: &[u8], file_len: u64) -> RangeRequest {
     let value = value.trim_ascii();
-    let Some(spec) = value
-        .get(..6)
-        .filter(|unit| unit.eq_ignore_ascii_case(b"bytes="))
-        .map(|_| value[6..].trim_ascii())
+    let Some(spec) =
+        value.get(..6).filter(|unit| unit.eq_ignore_ascii_case(b"bytes=")).map(|_| value[6..].trim_ascii())
     else {
         return RangeRequest::Whole;
     };
@@ -452,10 +405,7 @@ fn suffix_range(suffix_len: u64, file_len: u64) -> RangeRequest {
     if suffix_len == 0 || file_len == 0 {
         return RangeRequest::NotSatisfiable;
     }
-    RangeRequest::Part(ByteRange {
-        first: file_len.saturating_sub(suffix_len),
-        last: file_len - 1,
-    })
+    RangeRequest::Part(ByteRange { first: file_len.saturating_sub(suffix_len), last: file_len - 1 })
 }
 
 /// `a-b` or `a-`: satisfiable if `a` is inside the file; `b` is clamped to its end.
@@ -463,10 +413,7 @@ fn bounded_range(first: u64, last: u64, file_len: u64) -> RangeRequest {
     if first >= file_len {
         return RangeRequest::NotSatisfiable;
     }
-    RangeRequest::Part(ByteRange {
-        first,
-        last: last.min(file_len - 1),
-    })
+    RangeRequest::Part(ByteRange { first, last: last.min(file_len - 1) })
 }
 
 /// Digits only; values past u64 saturate (they are past any file's end anyway).
@@ -474,11 +421,7 @@ fn parse_position(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    Some(digits.iter().fold(0u64, |value, &digit| {
-        value
-            .saturating_mul(10)
-            .saturating_add(u64::from(digit - b'0'))
-    }))
+    Some(digits.iter().fold(0u64, |value, &digit| value.saturating_mul(10).saturating_add(u64::from(digit - b'0'))))
 }
 
 fn push_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -516,10 +459,7 @@ impl Digits {
 
     fn in_radix(mut value: u64, radix: u64) -> Self {
         const SYMBOLS: &[u8; 16] = b"0123456789abcdef";
-        let mut digits = Digits {
-            buf: [0; 20],
-            start: 20,
-        };
+        let mut digits = Digits { buf: [0; 20], start: 20 };
         loop {
             digits.start -= 1;
             digits.buf[digits.start] = SYMBOLS[(value % radix) as usize];
@@ -600,25 +540,16 @@ mod tests {
         let root_dir = dir.path().join("root");
         std::fs::create_dir_all(root_dir.join("sub")).expect("mkdir");
         std::fs::write(dir.path().join("secret.txt"), "secret").expect("write");
-        for (name, content) in [
-            ("a.txt", "0123456789"),
-            ("empty.txt", ""),
-            ("sub/index.html", "<p>i</p>"),
-        ] {
+        for (name, content) in [("a.txt", "0123456789"), ("empty.txt", ""), ("sub/index.html", "<p>i</p>")] {
             let path = root_dir.join(name);
             std::fs::write(&path, content).expect("write");
             let file = File::options().write(true).open(&path).expect("open");
-            file.set_modified(UNIX_EPOCH + Duration::from_secs(MTIME))
-                .expect("set mtime");
+            file.set_modified(UNIX_EPOCH + Duration::from_secs(MTIME)).expect("set mtime");
         }
         symlink("../secret.txt", root_dir.join("out")).expect("symlink");
         let mut date = DateCache::new();
         date.refresh_to(UNIX_EPOCH + Duration::from_secs(NOW));
-        Fixture {
-            root: Root::open(&root_dir).expect("root"),
-            _dir: dir,
-            date,
-        }
+        Fixture { root: Root::open(&root_dir).expect("root"), _dir: dir, date }
     }
 
     /// The parts of a response a test looks at.
@@ -631,10 +562,7 @@ mod tests {
 
     impl Sent {
         fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(key, _)| key.eq_ignore_ascii_case(name))
-                .map(|(_, value)| value.as_str())
+            self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
         }
 
         fn file_span(&self) -> Option<(u64, u64)> {
@@ -658,12 +586,7 @@ mod tests {
             headers: response
                 .headers
                 .iter()
-                .map(|h| {
-                    (
-                        h.name.to_string(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
+                .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
                 .collect(),
             page: head[head_len..].to_vec(),
             plan,
@@ -677,23 +600,12 @@ mod tests {
         };
         let mut scratch = Vec::new();
         let mut head = Vec::new();
-        let plan = respond(
-            &request,
-            &fixture.root,
-            &fixture.date,
-            &mut scratch,
-            force_close,
-            &mut head,
-        );
+        let plan = respond(&request, &fixture.root, &fixture.date, &mut scratch, force_close, &mut head);
         read_head(plan, &head)
     }
 
     fn get(fixture: &Fixture, target: &str, extra_headers: &str) -> Sent {
-        send_with(
-            fixture,
-            &format!("GET {target} HTTP/1.1\r\nHost: h\r\n{extra_headers}\r\n"),
-            false,
-        )
+        send_with(fixture, &format!("GET {target} HTTP/1.1\r\nHost: h\r\n{extra_headers}\r\n"), false)
     }
 
     fn etag() -> String {
@@ -701,11 +613,7 @@ mod tests {
     }
 
     fn assert_page_matches_length(sent: &Sent) {
-        let length: usize = sent
-            .header("Content-Length")
-            .expect("Content-Length")
-            .parse()
-            .expect("number");
+        let length: usize = sent.header("Content-Length").expect("Content-Length").parse().expect("number");
         assert_eq!(sent.page.len(), length);
         assert!(!sent.page.is_empty());
     }
@@ -717,10 +625,7 @@ mod tests {
         assert_eq!(sent.status, 200);
         assert_eq!(sent.header("Server"), Some("webd"));
         assert_eq!(sent.header("Date"), Some("Tue, 14 Nov 2023 22:13:20 GMT"));
-        assert_eq!(
-            sent.header("Content-Type"),
-            Some("text/plain; charset=utf-8")
-        );
+        assert_eq!(sent.header("Content-Type"), Some("text/plain; charset=utf-8"));
         assert_eq!(sent.header("Content-Length"), Some("10"));
         assert_eq!(sent.header("Last-Modified"), Some(MTIME_TEXT));
         assert_eq!(sent.header("ETag"), Some(etag().as_str()));
@@ -744,11 +649,7 @@ mod tests {
     #[test]
     fn head_ignores_range() {
         let fixture = fixture();
-        let sent = send_with(
-            &fixture,
-            "HEAD /a.txt HTTP/1.1\r\nHost: h\r\nRange: bytes=0-1\r\n\r\n",
-            false,
-        );
+        let sent = send_with(&fixture, "HEAD /a.txt HTTP/1.1\r\nHost: h\r\nRange: bytes=0-1\r\n\r\n", false);
         assert_eq!(sent.status, 200);
         assert_eq!(sent.header("Content-Length"), Some("10"));
     }
@@ -768,11 +669,7 @@ mod tests {
     #[test]
     fn connection_header_follows_version_and_closing() {
         let fixture = fixture();
-        let sent = send_with(
-            &fixture,
-            "GET /a.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
-            false,
-        );
+        let sent = send_with(&fixture, "GET /a.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", false);
         assert_eq!(sent.header("Connection"), Some("keep-alive"));
         assert!(!sent.plan.close);
         let sent = send_with(&fixture, "GET /a.txt HTTP/1.0\r\n\r\n", false);
@@ -781,11 +678,7 @@ mod tests {
         let sent = send_with(&fixture, "GET /a.txt HTTP/1.1\r\nHost: h\r\n\r\n", true);
         assert_eq!(sent.header("Connection"), Some("close"));
         assert!(sent.plan.close);
-        let sent = send_with(
-            &fixture,
-            "GET /a.txt HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-            false,
-        );
+        let sent = send_with(&fixture, "GET /a.txt HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", false);
         assert!(sent.plan.close);
     }
 
@@ -805,11 +698,7 @@ mod tests {
             let sent = get(&fixture, "/a.txt", &format!("Range: {range}\r\n"));
             assert_eq!(sent.status, 206, "{range}");
             assert_eq!(sent.header("Content-Range"), Some(content_range), "{range}");
-            assert_eq!(
-                sent.header("Content-Length"),
-                Some(span.1.to_string().as_str()),
-                "{range}"
-            );
+            assert_eq!(sent.header("Content-Length"), Some(span.1.to_string().as_str()), "{range}");
             assert_eq!(sent.file_span(), Some(span), "{range}");
         }
     }
@@ -817,12 +706,7 @@ mod tests {
     #[test]
     fn unsatisfiable_ranges_are_416() {
         let fixture = fixture();
-        for range in [
-            "bytes=100-",
-            "bytes=10-20",
-            "bytes=-0",
-            "bytes=99999999999999999999999-",
-        ] {
+        for range in ["bytes=100-", "bytes=10-20", "bytes=-0", "bytes=99999999999999999999999-"] {
             let sent = get(&fixture, "/a.txt", &format!("Range: {range}\r\n"));
             assert_eq!(sent.status, 416, "{range}");
             assert_eq!(sent.header("Content-Range"), Some("bytes */10"), "{range}");
@@ -834,16 +718,9 @@ mod tests {
     #[test]
     fn multiple_or_malformed_ranges_send_the_whole_file() {
         let fixture = fixture();
-        for range in [
-            "bytes=0-1,3-4",
-            "bytes = 0-1",
-            "bytes=5-2",
-            "items=0-1",
-            "bytes=",
-            "bytes=-",
-            "bytes=a-b",
-            "bytes=1-2-3",
-        ] {
+        for range in
+            ["bytes=0-1,3-4", "bytes = 0-1", "bytes=5-2", "items=0-1", "bytes=", "bytes=-", "bytes=a-b", "bytes=1-2-3"]
+        {
             let sent = get(&fixture, "/a.txt", &format!("Range: {range}\r\n"));
             assert_eq!(sent.status, 200, "{range}");
             assert_eq!(sent.file_span(), Some((0, 10)), "{range}");
@@ -857,11 +734,7 @@ mod tests {
         let weak = format!("W/{ours}");
         let listed = format!("\"x\", {ours}");
         for candidates in [ours.as_str(), weak.as_str(), listed.as_str(), "*"] {
-            let sent = get(
-                &fixture,
-                "/a.txt",
-                &format!("If-None-Match: {candidates}\r\n"),
-            );
+            let sent = get(&fixture, "/a.txt", &format!("If-None-Match: {candidates}\r\n"));
             assert_eq!(sent.status, 304, "{candidates}");
             assert_eq!(sent.header("ETag"), Some(ours.as_str()));
             assert_eq!(sent.header("Last-Modified"), Some(MTIME_TEXT));
@@ -875,13 +748,8 @@ mod tests {
     fn if_none_match_mismatch_gives_200_and_overrides_if_modified_since() {
         let fixture = fixture();
         for candidates in ["\"other\"", "W/\"other\", \"x\"", "garbage"] {
-            let headers =
-                format!("If-None-Match: {candidates}\r\nIf-Modified-Since: {MTIME_TEXT}\r\n");
-            assert_eq!(
-                get(&fixture, "/a.txt", &headers).status,
-                200,
-                "{candidates}"
-            );
+            let headers = format!("If-None-Match: {candidates}\r\nIf-Modified-Since: {MTIME_TEXT}\r\n");
+            assert_eq!(get(&fixture, "/a.txt", &headers).status, 200, "{candidates}");
         }
     }
 
@@ -890,11 +758,7 @@ mod tests {
         let fixture = fixture();
         let later = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(MTIME + 3600));
         for since in [MTIME_TEXT, later.as_str(), "Sunday, 06-Nov-94 08:49:37 GMT"] {
-            let sent = get(
-                &fixture,
-                "/a.txt",
-                &format!("If-Modified-Since: {since}\r\n"),
-            );
+            let sent = get(&fixture, "/a.txt", &format!("If-Modified-Since: {since}\r\n"));
             assert_eq!(sent.status, 304, "{since}");
         }
     }
@@ -905,11 +769,7 @@ mod tests {
         let earlier = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(MTIME - 1));
         let future = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(NOW + 3600));
         for since in [earlier.as_str(), future.as_str(), "not a date"] {
-            let sent = get(
-                &fixture,
-                "/a.txt",
-                &format!("If-Modified-Since: {since}\r\n"),
-            );
+            let sent = get(&fixture, "/a.txt", &format!("If-Modified-Since: {since}\r\n"));
             assert_eq!(sent.status, 200, "{since}");
         }
     }
@@ -918,11 +778,7 @@ mod tests {
     fn if_range_match_honours_range() {
         let fixture = fixture();
         for condition in [etag(), MTIME_TEXT.to_string()] {
-            let sent = get(
-                &fixture,
-                "/a.txt",
-                &format!("Range: bytes=0-1\r\nIf-Range: {condition}\r\n"),
-            );
+            let sent = get(&fixture, "/a.txt", &format!("Range: bytes=0-1\r\nIf-Range: {condition}\r\n"));
             assert_eq!(sent.status, 206, "{condition}");
         }
     }
@@ -932,11 +788,7 @@ mod tests {
         let fixture = fixture();
         let later = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(MTIME + 1));
         for condition in ["\"other\"".to_string(), format!("W/{}", etag()), later] {
-            let sent = get(
-                &fixture,
-                "/a.txt",
-                &format!("Range: bytes=0-1\r\nIf-Range: {condition}\r\n"),
-            );
+            let sent = get(&fixture, "/a.txt", &format!("Range: bytes=0-1\r\nIf-Range: {condition}\r\n"));
             assert_eq!(sent.status, 200, "{condition}");
             assert_eq!(sent.file_span(), Some((0, 10)));
         }
@@ -945,11 +797,7 @@ mod tests {
     #[test]
     fn other_methods_are_405_with_allow() {
         let fixture = fixture();
-        let sent = send_with(
-            &fixture,
-            "POST /a.txt HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
-            false,
-        );
+        let sent = send_with(&fixture, "POST /a.txt HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", false);
         assert_eq!(sent.status, 405);
         assert_eq!(sent.header("Allow"), Some("GET, HEAD"));
         assert_page_matches_length(&sent);
@@ -969,20 +817,12 @@ mod tests {
     #[test]
     fn missing_escaping_and_bad_paths_get_their_errors() {
         let fixture = fixture();
-        let cases = [
-            ("/missing", 404, false),
-            ("/out", 403, false),
-            ("/../a.txt", 403, false),
-            ("/%zz", 400, true),
-        ];
+        let cases = [("/missing", 404, false), ("/out", 403, false), ("/../a.txt", 403, false), ("/%zz", 400, true)];
         for (target, status, close) in cases {
             let sent = get(&fixture, target, "");
             assert_eq!(sent.status, status, "{target}");
             assert_eq!(sent.plan.close, close, "{target}");
-            assert_eq!(
-                sent.header("Content-Type"),
-                Some("text/html; charset=utf-8")
-            );
+            assert_eq!(sent.header("Content-Type"), Some("text/html; charset=utf-8"));
             assert_page_matches_length(&sent);
         }
         let sent = send_with(&fixture, "GET * HTTP/1.1\r\nHost: h\r\n\r\n", false);
@@ -995,9 +835,7 @@ mod tests {
         let fixture = fixture();
         let sent = send_with(&fixture, "HEAD /missing HTTP/1.1\r\nHost: h\r\n\r\n", false);
         assert_eq!(sent.status, 404);
-        assert!(sent
-            .header("Content-Length")
-            .is_some_and(|length| length != "0"));
+        assert!(sent.header("Content-Length").is_some_and(|length| length != "0"));
         assert!(sent.page.is_empty());
     }
 
@@ -1036,14 +874,7 @@ mod tests {
         let capacities = (scratch.capacity(), head.capacity());
         for _ in 0..50 {
             head.clear();
-            let plan = respond(
-                &request,
-                &fixture.root,
-                &fixture.date,
-                &mut scratch,
-                false,
-                &mut head,
-            );
+            let plan = respond(&request, &fixture.root, &fixture.date, &mut scratch, false, &mut head);
             assert_eq!(plan.status, 206);
         }
         assert_eq!((scratch.capacity(), head.capacity()), capacities);
@@ -1052,10 +883,7 @@ mod tests {
     #[test]
     fn digits_format_extremes() {
         assert_eq!(Digits::decimal(0).as_bytes(), b"0");
-        assert_eq!(
-            Digits::decimal(u64::MAX).as_bytes(),
-            b"18446744073709551615"
-        );
+        assert_eq!(Digits::decimal(u64::MAX).as_bytes(), b"18446744073709551615");
         assert_eq!(Digits::hex(0).as_bytes(), b"0");
         assert_eq!(Digits::hex(u64::MAX).as_bytes(), b"ffffffffffffffff");
         assert_eq!(ETag::new(u64::MAX, u64::MAX).as_bytes().len(), 35);
