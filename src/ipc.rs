@@ -65,6 +65,11 @@ pub enum Message {
     Scale { workers: u32 },
     /// Daemon → manager: rolling restart of every worker, or of one.
     RestartWorkers { id: Option<u32> },
+    /// Daemon → manager → workers: the access log was reopened; its fd is attached.
+    ReopenLog,
+    /// Daemon → manager: a reloaded configuration; the manager resizes its pool and
+    /// replaces every worker, one at a time, so all run with it.
+    Reconfigure(Box<Config>),
     /// Manager → daemon: a command finished (`ok`) or failed with a reason.
     Done { ok: bool, detail: String },
 }
@@ -91,6 +96,8 @@ pub enum FdKind {
     Connections,
     /// Read end of the daemon's lifeline pipe: EOF means the daemon is gone.
     Lifeline,
+    /// The access log file, opened O_APPEND by the daemon.
+    AccessLog,
 }
 
 /// A status report: liveness plus the figures the supervisor aggregates.
@@ -270,6 +277,7 @@ pub fn receive_bootstrap(channel: &mut Channel) -> io::Result<(Bootstrap, Bootst
                     FdKind::ListenSocket => sorted.listen.push(fd),
                     FdKind::Connections => sorted.connections = Some(fd),
                     FdKind::Lifeline => sorted.lifeline = Some(fd),
+                    FdKind::AccessLog => sorted.access_log = Some(fd),
                 }
             }
             Ok((boot, sorted))
@@ -284,6 +292,7 @@ pub struct BootstrapFds {
     pub listen: Vec<OwnedFd>,
     pub connections: Option<OwnedFd>,
     pub lifeline: Option<OwnedFd>,
+    pub access_log: Option<OwnedFd>,
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let config = match Config::from_cli(cli) {
+    let config = match Config::load(&cli) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("webd: {e}");
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         }
     };
     webd::logging::init(config.log_format);
-    match webd::daemon::run(config) {
+    match webd::daemon::run(config, cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("webd: {e:#}");

@@ -8,8 +8,10 @@
 
 mod commands;
 mod publish;
+mod reload;
 mod roles;
 mod sockets;
+mod systemd;
 
 use crate::config::Config;
 use crate::control::{self, CommandRequest, LoopHandle};
@@ -62,6 +64,25 @@ pub struct Inheritance {
     pub lifeline_read: OwnedFd,
     /// Held, never written: its close at our exit is the children's signal.
     pub _lifeline_write: OwnedFd,
+    /// `--user`: the identity of the listener, manager and workers.
+    pub credentials: Option<sys::spawn::Credentials>,
+    /// The access log file (opened here, so a root-owned log directory works with
+    /// `--user`); `None` when off or on stderr.
+    pub access_log: Option<OwnedFd>,
+}
+
+/// Opens the access log for appending; `-` (stderr) and off need no file.
+fn open_access_log(config: &Config) -> anyhow::Result<Option<OwnedFd>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(path) = config.access_log.as_deref().filter(|p| *p != "-") else { return Ok(None) };
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("cannot open access log {path}"))?;
+    Ok(Some(OwnedFd::from(file)))
 }
 
 struct Daemon {
@@ -74,6 +95,8 @@ struct Daemon {
     stop_deadline: Option<Instant>,
     next_check: Instant,
     started: Instant,
+    /// The command line, for re-reading the config file on SIGHUP (flags still win).
+    cli: crate::config::Cli,
     commands: mpsc::Receiver<CommandRequest>,
     /// Replies owed to control clients, answered when their effect is real.
     pending: Vec<commands::PendingReply>,
@@ -83,10 +106,19 @@ struct Daemon {
     worker_totals: Accumulator,
     /// Monotonic worker-role supervision figures from the managers' reports.
     pool_totals: Accumulator,
+    systemd: systemd::Systemd,
 }
 
 /// Runs the daemon until a graceful stop completes.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
+    let credentials = match &config.user {
+        Some(name) => {
+            anyhow::ensure!(nix::unistd::geteuid().is_root(), "--user {name} needs webd to start as root");
+            Some(sys::spawn::Credentials::for_user(name)?)
+        }
+        None => None,
+    };
+    let access_log = open_access_log(&config)?;
     let listen = sockets::bind_all(&config.listen)?;
     let connections = sys::seqpacket_pair().context("connection channel")?;
     let (lifeline_read, lifeline_write) = sys::process::lifeline().context("lifeline pipe")?;
@@ -119,19 +151,30 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut daemon = Daemon {
         poll,
         signals,
-        inherit: Inheritance { config, exe, listen, connections, lifeline_read, _lifeline_write: lifeline_write },
+        inherit: Inheritance {
+            config,
+            exe,
+            listen,
+            connections,
+            lifeline_read,
+            _lifeline_write: lifeline_write,
+            credentials,
+            access_log,
+        },
         listener: RoleProcess::new(Role::Listener, LISTENER, LISTENER_INCOMING, now),
         manager: RoleProcess::new(Role::Manager, MANAGER, MANAGER_INCOMING, now),
         state: State::Running,
         stop_deadline: None,
         next_check: now + CHECK_INTERVAL,
         started: now,
+        cli,
         commands: command_rx,
         pending: Vec::new(),
         observed,
         listener_totals: Accumulator::default(),
         worker_totals: Accumulator::default(),
         pool_totals: Accumulator::default(),
+        systemd: systemd::Systemd::from_env(now),
     };
     let result = daemon.run_loop();
     let _ = std::fs::remove_file(&daemon.inherit.config.control_socket);
@@ -153,7 +196,10 @@ impl Daemon {
                 tracing::info!(uptime_s = self.started.elapsed().as_secs(), "webd stopped");
                 return Ok(());
             }
-            self.publish(now);
+            if self.publish(now) {
+                self.systemd.ready();
+            }
+            self.systemd.tick(now);
             let wake = self.next_wakeup(now);
             match self.poll.poll(&mut events, Some(wake)) {
                 Ok(()) => {}
@@ -200,7 +246,7 @@ impl Daemon {
                 at = at.min(t);
             }
         }
-        if let Some(t) = self.stop_deadline {
+        for t in self.stop_deadline.into_iter().chain(self.systemd.next_deadline()) {
             at = at.min(t);
         }
         at.saturating_duration_since(now).max(Duration::from_millis(1))
@@ -223,13 +269,45 @@ impl Daemon {
             match event {
                 Event::Child => self.reap_children(role_events),
                 Event::Stop => self.begin_stop("signal"),
-                Event::Reload => {
-                    tracing::info!("SIGHUP: rolling restart of workers");
-                    self.manager.send(&Message::RestartWorkers { id: None });
-                }
-                Event::ReopenLogs => tracing::info!("SIGUSR1: no access log to reopen"),
+                Event::Reload => self.reload(),
+                Event::ReopenLogs => self.reopen_access_log(),
                 Event::Upgrade => tracing::warn!("SIGUSR2: binary upgrade is not supported yet"),
             }
+        }
+    }
+
+    /// SIGHUP: re-reads the configuration and applies what can change live (workers,
+    /// root, timeouts, access log) with a rolling worker restart. A configuration that
+    /// does not load is refused and the running one kept.
+    fn reload(&mut self) {
+        let new = match Config::load(&self.cli) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: configuration refused; keeping the running one");
+                return;
+            }
+        };
+        let config = reload::apply_live(&self.inherit.config, new);
+        let log_changed = config.access_log != self.inherit.config.access_log;
+        self.inherit.config = config.clone();
+        if log_changed {
+            self.reopen_access_log();
+        }
+        tracing::info!(workers = config.workers, root = %config.root.display(), "SIGHUP: configuration reloaded; rolling worker restart");
+        self.manager.send(&Message::Reconfigure(Box::new(config)));
+    }
+
+    /// SIGUSR1 (logrotate) or a reload naming another file: open the access log anew
+    /// and hand the new file to the manager, which passes it to every worker.
+    fn reopen_access_log(&mut self) {
+        match open_access_log(&self.inherit.config) {
+            Ok(Some(fd)) => {
+                self.manager.send_with_fd(&Message::ReopenLog, &fd);
+                self.inherit.access_log = Some(fd);
+                tracing::info!("access log reopened");
+            }
+            Ok(None) => self.inherit.access_log = None,
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot reopen the access log; keeping the old file"),
         }
     }
 
@@ -263,6 +341,7 @@ impl Daemon {
             return;
         }
         tracing::info!(why, grace_ms = self.inherit.config.grace_ms, "graceful stop");
+        self.systemd.stopping();
         self.state = State::Stopping;
         let now = Instant::now();
         self.stop_deadline = Some(now + self.inherit.config.grace());

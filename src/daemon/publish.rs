@@ -10,12 +10,14 @@ use webd_proto::{ConnectionStatus, ProcessStatus, Status, WorkerStatus};
 const WORKER_STATES: [&str; 4] = ["idle", "busy", "draining", "starting"];
 
 impl Daemon {
-    /// Folds the latest reports into totals and publishes status and figures.
-    pub(super) fn publish(&mut self, now: Instant) {
+    /// Folds the latest reports into totals and publishes status and figures; returns
+    /// whether the tree is ready to serve.
+    pub(super) fn publish(&mut self, now: Instant) -> bool {
         self.fold_reports();
         let workers = self.worker_reports();
         let status = self.status(now, &workers);
         let not_ready = self.not_ready(&workers);
+        let ready = not_ready.is_none();
         let observed = Observed {
             status: Some(status),
             not_ready,
@@ -45,6 +47,7 @@ impl Daemon {
             },
         };
         *self.observed.lock() = observed;
+        ready
     }
 
     fn fold_reports(&mut self) {

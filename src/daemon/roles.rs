@@ -10,7 +10,7 @@ use crate::sys::{self, process::Exit, spawn, Pid};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::sys::signal::Signal;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// A replacement started by a graceful restart: it takes the slot once it is up.
@@ -101,6 +101,7 @@ impl RoleProcess {
             channel: theirs,
             die_with_parent: true,
             env: &env,
+            credentials: inherit.credentials.as_ref(),
         })?;
         let mut channel = Channel::new(ours);
         let (kinds, fds) = bootstrap_fds(self.role, inherit);
@@ -117,6 +118,15 @@ impl RoleProcess {
     pub fn send(&mut self, msg: &Message) {
         if let Some(channel) = self.channel.as_mut() {
             if let Err(e) = channel.send(msg, &[]) {
+                tracing::warn!(role = %self.role, error = %e, "message not delivered");
+            }
+        }
+    }
+
+    /// Sends a message with one fd attached to the current process, if any.
+    pub fn send_with_fd(&mut self, msg: &Message, fd: &OwnedFd) {
+        if let Some(channel) = self.channel.as_mut() {
+            if let Err(e) = channel.send(msg, &[fd.as_fd()]) {
                 tracing::warn!(role = %self.role, error = %e, "message not delivered");
             }
         }
@@ -349,6 +359,10 @@ fn bootstrap_fds(role: Role, inherit: &Inheritance) -> (Vec<FdKind>, Vec<Borrowe
     });
     kinds.push(FdKind::Lifeline);
     fds.push(inherit.lifeline_read.as_fd());
+    if let (Role::Manager, Some(log)) = (role, inherit.access_log.as_ref()) {
+        kinds.push(FdKind::AccessLog);
+        fds.push(log.as_fd());
+    }
     (kinds, fds)
 }
 

@@ -45,6 +45,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
     registry.register(&mut SourceFd(&signals.as_fd().as_raw_fd()), SIGNALS, Interest::READABLE)?;
 
     let mut pool = WorkerPool::new(config.clone(), exe, lifeline, connections, boot.draining);
+    pool.set_access_log(fds.access_log);
     let mut heartbeat = Heartbeater::new(Role::Manager, config.heartbeat_interval());
     let mut events = Events::with_capacity(256);
     let mut next_check = Instant::now() + CHECK_INTERVAL;
@@ -54,6 +55,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         pool.start_due(poll.registry(), now);
         pool.dispatch();
         pool.advance_op(poll.registry(), now);
+        pool.run_deferred_reload(poll.registry());
         if !pool.outbox.is_empty() {
             // The daemon's status must show the result before it answers the command.
             heartbeat.force(now);
@@ -135,6 +137,7 @@ fn handle_control(control: &mut Channel, pool: &mut WorkerPool, registry: &mio::
                 pool.shutdown(Duration::from_millis(0), registry);
                 return Some(Instant::now());
             }
+            Ok(Recv::Message(Message::ReopenLog)) => pool.set_access_log(fds.pop()),
             Ok(Recv::Message(msg)) => match msg {
                 Message::Shutdown { deadline_ms } => {
                     let grace = Duration::from_millis(deadline_ms);
@@ -145,6 +148,7 @@ fn handle_control(control: &mut Channel, pool: &mut WorkerPool, registry: &mio::
                 Message::Resume => pool.set_draining(false),
                 Message::Scale { workers } => pool.scale(workers, registry),
                 Message::RestartWorkers { id } => pool.restart(id, registry),
+                Message::Reconfigure(config) => pool.reconfigure(*config, registry),
                 other => tracing::debug!(?other, "manager ignores message"),
             },
         }

@@ -83,6 +83,11 @@ pub struct WorkerPool {
     op: Option<WorkerOp>,
     /// Messages for the daemon (command results).
     pub outbox: Vec<Message>,
+    /// The access log file every worker appends to.
+    access_log: Option<OwnedFd>,
+    /// A reload that arrived while a command was in progress, and one ready to run.
+    pending_reload: Option<Config>,
+    reload_after_op: Option<Config>,
     /// Pool-wide supervision figures, monotonic over this manager's life.
     missed_total: u64,
     restarts: [u64; 3],
@@ -108,6 +113,9 @@ impl WorkerPool {
             next_token: FIRST_WORKER,
             op: None,
             outbox: Vec::new(),
+            pending_reload: None,
+            reload_after_op: None,
+            access_log: None,
             missed_total: 0,
             restarts: [0; 3],
             latency: Histogram::with_buckets(LATENCY_BUCKETS.len()),
@@ -156,15 +164,18 @@ impl WorkerPool {
             // ends it with the daemon.
             die_with_parent: false,
             env: &env,
+            // Workers inherit the manager's (already dropped) identity.
+            credentials: None,
         })?;
         let mut channel = Channel::new(ours);
-        let boot = Bootstrap {
-            config: self.config.clone(),
-            worker_id: Some(id),
-            fds: vec![FdKind::Lifeline],
-            draining: self.draining,
-        };
-        if let Err(e) = channel.send(&Message::Bootstrap(Box::new(boot)), &[self.lifeline.as_fd()]) {
+        let mut kinds = vec![FdKind::Lifeline];
+        let mut fds = vec![self.lifeline.as_fd()];
+        if let Some(log) = &self.access_log {
+            kinds.push(FdKind::AccessLog);
+            fds.push(log.as_fd());
+        }
+        let boot = Bootstrap { config: self.config.clone(), worker_id: Some(id), fds: kinds, draining: self.draining };
+        if let Err(e) = channel.send(&Message::Bootstrap(Box::new(boot)), &fds) {
             sys::process::signal(pid, Signal::SIGKILL);
             anyhow::bail!("sending bootstrap to worker {id} (pid {pid}): {e}");
         }
@@ -471,6 +482,19 @@ impl WorkerPool {
         }
     }
 
+    /// A (re)opened access log: new workers get it, running ones are told to switch.
+    pub fn set_access_log(&mut self, log: Option<OwnedFd>) {
+        let Some(log) = log else { return };
+        let currents =
+            self.slots.iter_mut().flat_map(|ws| ws.current.iter_mut().chain(ws.incoming.iter_mut().map(|(_, c)| c)));
+        for current in currents {
+            if let Err(e) = current.channel.send(&Message::ReopenLog, &[log.as_fd()]) {
+                tracing::warn!(error = %e, "cannot hand the reopened access log to a worker");
+            }
+        }
+        self.access_log = Some(log);
+    }
+
     pub fn set_draining(&mut self, draining: bool) {
         self.draining = draining;
         let msg = if draining { Message::Drain } else { Message::Resume };
@@ -527,6 +551,27 @@ impl WorkerPool {
         }
         let now = Instant::now();
         self.op = Some(WorkerOp::Rolling { queue, replaced: 0, deadline: now + OP_TIMEOUT });
+        self.advance_op(registry, now);
+    }
+
+    /// A reloaded configuration: resize the pool, then replace every worker that was
+    /// already running, one at a time, so all of them serve with the new settings.
+    pub fn reconfigure(&mut self, config: Config, registry: &Registry) {
+        if self.op.is_some() {
+            tracing::warn!("reload arrived during a worker command; applying it when that finishes");
+            self.pending_reload = Some(config);
+            return;
+        }
+        let workers = config.workers;
+        let existing: VecDeque<u32> =
+            self.slots.iter().filter(|ws| ws.wanted && ws.id < workers).map(|ws| ws.id).collect();
+        self.config = config;
+        self.scale(workers, registry);
+        // Scaling answered (or is waiting for new workers); the reload itself answers no one.
+        self.op = None;
+        self.outbox.retain(|m| !matches!(m, Message::Done { .. }));
+        let now = Instant::now();
+        self.op = Some(WorkerOp::Rolling { queue: existing, replaced: 0, deadline: now + OP_TIMEOUT });
         self.advance_op(registry, now);
     }
 
@@ -587,6 +632,16 @@ impl WorkerPool {
         if self.op.take().is_some() {
             tracing::info!(ok, %detail, "worker command finished");
             self.outbox.push(Message::Done { ok, detail });
+        }
+        if let Some(config) = self.pending_reload.take() {
+            self.reload_after_op = Some(config);
+        }
+    }
+
+    /// Starts a reload that waited for a command to finish.
+    pub fn run_deferred_reload(&mut self, registry: &Registry) {
+        if let Some(config) = self.reload_after_op.take() {
+            self.reconfigure(config, registry);
         }
     }
 

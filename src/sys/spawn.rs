@@ -14,6 +14,33 @@ use std::process::Command;
 /// Environment variable carrying the inherited control-channel fd number.
 pub const CHANNEL_FD_ENV: &str = "WEBD_CHANNEL_FD";
 
+/// The identity a child runs as after `--user`.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl Credentials {
+    /// Looks `name` up (before any fork: the lookup is not async-signal-safe).
+    pub fn for_user(name: &str) -> io::Result<Credentials> {
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|e| io::Error::other(format!("looking up user {name:?}: {e}")))?
+            .ok_or_else(|| io::Error::other(format!("no such user {name:?}")))?;
+        let cname = std::ffi::CString::new(name).map_err(|_| io::Error::other("user name contains NUL"))?;
+        let groups = nix::unistd::getgrouplist(&cname, user.gid)
+            .map_err(|e| io::Error::other(format!("groups of user {name:?}: {e}")))?;
+        Ok(Credentials {
+            name: name.to_string(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups: groups.into_iter().map(|g| g.as_raw()).collect(),
+        })
+    }
+}
+
 /// What to start and how it is tied to us.
 pub struct SpawnSpec<'a> {
     pub exe: &'a Path,
@@ -23,6 +50,8 @@ pub struct SpawnSpec<'a> {
     /// Kill the child with SIGKILL if the spawning thread dies (listener, manager).
     pub die_with_parent: bool,
     pub env: &'a [(&'a str, String)],
+    /// Drop to this identity before exec (setgroups, setgid, setuid, in that order).
+    pub credentials: Option<&'a Credentials>,
 }
 
 /// Forks and execs `spec.exe`; returns the child's pid.
@@ -30,6 +59,7 @@ pub fn spawn(spec: SpawnSpec<'_>) -> io::Result<Pid> {
     let channel_raw = spec.channel.as_raw_fd();
     let parent = nix::unistd::getpid();
     let die_with_parent = spec.die_with_parent;
+    let creds = spec.credentials.cloned();
     let mut cmd = Command::new(spec.exe);
     cmd.arg0(spec.argv0)
         .env(CHANNEL_FD_ENV, channel_raw.to_string())
@@ -47,6 +77,16 @@ pub fn spawn(spec: SpawnSpec<'_>) -> io::Result<Pid> {
             if libc::fcntl(channel_raw, libc::F_SETFD, 0) == -1 {
                 return Err(io::Error::last_os_error());
             }
+            if let Some(c) = &creds {
+                // Supplementary groups first, while we may still change them.
+                if libc::setgroups(c.groups.len(), c.groups.as_ptr()) == -1
+                    || libc::setgid(c.gid) == -1
+                    || libc::setuid(c.uid) == -1
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // After any credential change, which clears the parent-death signal.
             if die_with_parent {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1 {
                     return Err(io::Error::last_os_error());

@@ -58,13 +58,20 @@ pub struct Conn {
     /// When the current (incomplete) request head started, for the header timeout.
     head_started: Option<Instant>,
     deadline: Instant,
+    /// The client's address, looked up only when the access log is on.
+    peer: String,
 }
 
 impl Conn {
     pub fn new(fd: OwnedFd, shared: &Shared, now: Instant) -> Conn {
         // TCP_NODELAY is inherited from the listening socket.
         let sock = TcpStream::from(fd);
+        let peer = match shared.access_log {
+            Some(_) => sock.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "-".into()),
+            None => String::new(),
+        };
         Conn {
+            peer,
             sock,
             rbuf: vec![0; READ_BUF_INITIAL],
             rstart: 0,
@@ -150,6 +157,9 @@ impl Conn {
                         shared.force_close,
                         &mut self.wbuf,
                     );
+                    if let Some(log) = shared.access_log.as_mut() {
+                        log.record(&self.peer, Some(&request), plan.status, plan.body_len());
+                    }
                     self.discard = request.content_length;
                     self.rstart += head_len;
                     plan
@@ -162,6 +172,9 @@ impl Conn {
                     self.rstart = self.rend;
                     let mut plan = response::error_head(kind, &shared.date, &mut self.wbuf);
                     plan.close = true;
+                    if let Some(log) = shared.access_log.as_mut() {
+                        log.record(&self.peer, None, plan.status, 0);
+                    }
                     plan
                 }
             };

@@ -6,6 +6,7 @@
 //! keeps serving what it has and exits when done; one that loses the daemon (lifeline
 //! EOF) exits at once.
 
+pub mod access_log;
 mod conn;
 pub mod date;
 pub mod path;
@@ -40,6 +41,8 @@ pub struct Shared {
     pub stats: Stats,
     /// Reused buffer for path decoding.
     pub scratch: Vec<u8>,
+    /// The access log, when enabled.
+    pub access_log: Option<access_log::AccessLog>,
 }
 
 /// The worker's cumulative figures, reported in heartbeats.
@@ -121,6 +124,11 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
     let lifeline = fds.lifeline.context("bootstrap without a lifeline")?;
     let id = boot.worker_id.unwrap_or(0);
     let config = boot.config;
+    let access_log = match (fds.access_log, config.access_log.as_deref()) {
+        (Some(fd), _) => Some(access_log::AccessLog::new(access_log::Sink::File(fd.into()))),
+        (None, Some("-")) => Some(access_log::AccessLog::new(access_log::Sink::Stderr)),
+        _ => None,
+    };
     let root = path::Root::open(&config.root).with_context(|| format!("document root {}", config.root.display()))?;
     tracing::info!(worker = id, pid = std::process::id(), "worker started");
 
@@ -140,6 +148,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
             force_close: boot.draining,
             stats: Stats::default(),
             scratch: Vec::with_capacity(1024),
+            access_log,
         },
         max_connections: config.max_connections as usize,
         shutdown_at: None,
@@ -180,6 +189,9 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
             next_sweep = now + SWEEP_INTERVAL;
             worker.sweep(now);
         }
+        if let Some(log) = worker.shared.access_log.as_mut() {
+            log.flush(); // one write per pass for every line it produced
+        }
     }
 }
 
@@ -202,6 +214,11 @@ impl Worker {
                 }
                 Ok(Recv::Message(Message::Shutdown { deadline_ms })) => {
                     self.begin_shutdown(Duration::from_millis(deadline_ms), now)
+                }
+                Ok(Recv::Message(Message::ReopenLog)) => {
+                    if let (Some(fd), Some(log)) = (fds.pop(), self.shared.access_log.as_mut()) {
+                        log.replace(fd.into());
+                    }
                 }
                 Ok(Recv::Message(Message::Drain)) => self.shared.force_close = true,
                 Ok(Recv::Message(Message::Resume)) => {

@@ -119,6 +119,10 @@ pub struct Request<'a> {
     pub range: Option<&'a [u8]>,
     /// Body bytes that follow the head; the loop reads and discards them.
     pub content_length: u64,
+    /// The method as sent, and the Referer and User-Agent values, for the access log.
+    pub method_name: &'a [u8],
+    pub referer: Option<&'a [u8]>,
+    pub user_agent: Option<&'a [u8]>,
 }
 
 /// The outcome of parsing the front of a read buffer.
@@ -220,7 +224,9 @@ fn interpret<'a>(raw: &httparse::Request<'_, 'a>, limits: &Limits) -> Result<Req
     for header in raw.headers.iter() {
         fields.absorb(header.name, header.value)?;
     }
-    fields.into_request(Method::from_token(method), target.as_bytes(), minor_version, limits)
+    let mut request = fields.into_request(Method::from_token(method), target.as_bytes(), minor_version, limits)?;
+    request.method_name = method.as_bytes();
+    Ok(request)
 }
 
 /// The header fields a static server acts on, gathered in one pass over the head.
@@ -237,6 +243,8 @@ struct HeaderFields<'a> {
     if_range: Option<&'a [u8]>,
     range: Option<&'a [u8]>,
     range_repeated: bool,
+    referer: Option<&'a [u8]>,
+    user_agent: Option<&'a [u8]>,
 }
 
 impl<'a> HeaderFields<'a> {
@@ -247,8 +255,10 @@ impl<'a> HeaderFields<'a> {
             4 if is("host") => self.absorb_host(value)?,
             5 if is("range") => self.absorb_range(value),
             6 if is("expect") => self.expect = true,
+            7 if is("referer") => keep_first(&mut self.referer, value),
             8 if is("if-range") => keep_first(&mut self.if_range, value),
             10 if is("connection") => self.absorb_connection(value),
+            10 if is("user-agent") => keep_first(&mut self.user_agent, value),
             13 if is("if-none-match") => keep_first(&mut self.if_none_match, value),
             14 if is("content-length") => self.absorb_content_length(value)?,
             17 if is("if-modified-since") => keep_first(&mut self.if_modified_since, value),
@@ -335,6 +345,9 @@ impl<'a> HeaderFields<'a> {
             if_range: self.if_range,
             range: if self.range_repeated { None } else { self.range },
             content_length,
+            method_name: b"",
+            referer: self.referer,
+            user_agent: self.user_agent,
         })
     }
 }

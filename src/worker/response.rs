@@ -43,6 +43,16 @@ pub struct Plan {
     pub close: bool,
 }
 
+impl Plan {
+    /// Body bytes this response sends from a file (the access log's size field).
+    pub fn body_len(&self) -> u64 {
+        match self.body {
+            Body::File { len, .. } => len,
+            Body::None => 0,
+        }
+    }
+}
+
 /// Response bytes that follow the head buffer.
 #[derive(Debug)]
 pub enum Body {
