@@ -101,11 +101,17 @@ pub struct Options {
     pub workers: u32,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Pass only `args` (the test supplies listen/root/socket itself, e.g. in a config
+    /// file); `port`, `root` and `control_socket` must then match what it supplies.
+    pub only_args: bool,
+    /// A TOML config written to `<dir>/webd.toml` and passed with `--config`; `{port}`,
+    /// `{root}`, `{socket}` and `{dir}` are replaced by this daemon's values.
+    pub config_toml: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { workers: 2, args: Vec::new(), env: Vec::new() }
+        Options { workers: 2, args: Vec::new(), env: Vec::new(), only_args: false, config_toml: None }
     }
 }
 
@@ -146,17 +152,29 @@ impl Webd {
         let log = dir.path().join("webd.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(WEBD);
-        cmd.arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--root")
-            .arg(&root)
-            .arg("--workers")
-            .arg(opts.workers.to_string())
-            .arg("--admin")
-            .arg("off")
-            .arg("--control-socket")
-            .arg(&control_socket)
-            .args(&opts.args)
+        if !opts.only_args {
+            cmd.arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--root")
+                .arg(&root)
+                .arg("--workers")
+                .arg(opts.workers.to_string())
+                .arg("--admin")
+                .arg("off")
+                .arg("--control-socket")
+                .arg(&control_socket);
+        }
+        if let Some(toml) = &opts.config_toml {
+            let path = dir.path().join("webd.toml");
+            let text = toml
+                .replace("{port}", &port.to_string())
+                .replace("{root}", &root.to_string_lossy())
+                .replace("{socket}", &control_socket.to_string_lossy())
+                .replace("{dir}", &dir.path().to_string_lossy());
+            std::fs::write(&path, text).expect("write config");
+            cmd.arg("--config").arg(&path);
+        }
+        cmd.args(&opts.args)
             .env("RUST_LOG", "info")
             .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())

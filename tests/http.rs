@@ -1,0 +1,642 @@
+//! The HTTP contract (SPEC §4) against the real binary: static files, conditional and
+//! range requests, keep-alive and pipelining, path escapes, error statuses, timeouts and
+//! slow clients. Requests are written raw so nothing normalises them on the way; every
+//! test that sends hostile input checks afterwards that no worker died.
+
+use crate::util::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const INDEX: &[u8] = b"<h1>webd</h1>\n";
+/// Client read/write timeout: a server that does not answer (or close) in this time fails.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A fixed modification time (2020-09-13), so validators do not depend on the clock.
+const MTIME: u64 = 1_600_000_000;
+const TEN_MIB: usize = 10 << 20;
+
+/// A daemon whose supervision tolerates a loaded test machine, so a changed worker pid
+/// means a crash, not a slow heartbeat.
+fn start(workers: u32, args: &[&str]) -> Webd {
+    let mut all = vec!["--heartbeat-timeout".to_string(), "3000".to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    Webd::start_with(Options { workers, args: all, ..Default::default() })
+}
+
+fn write_file(webd: &Webd, rel: &str, bytes: &[u8]) {
+    let path = webd.root.join(rel);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("create dir");
+    }
+    std::fs::write(&path, bytes).expect("write file");
+    let file = std::fs::File::options().write(true).open(&path).expect("open file");
+    file.set_modified(UNIX_EPOCH + Duration::from_secs(MTIME)).expect("set mtime");
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+    stream.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
+    stream
+}
+
+/// A client whose receive buffer cannot grow (loopback autotuning would otherwise take a
+/// whole 10 MiB response), so a server writing to it that is not read must block.
+fn connect_with_small_receive_buffer(addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    socket.connect_timeout(&addr.into(), IO_TIMEOUT).expect("connect");
+    let stream = TcpStream::from(socket);
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+    stream.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
+    stream
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    let shown = &bytes[..bytes.len().min(600)];
+    format!("{:?}{}", String::from_utf8_lossy(shown), if bytes.len() > 600 { "..." } else { "" })
+}
+
+/// Reads until the server closes (EOF or reset); panics if it keeps the connection open.
+fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while Instant::now() < deadline {
+        match stream.read(&mut chunk) {
+            Ok(0) => return buf,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("server kept the connection open for {IO_TIMEOUT:?}; received so far: {}", lossy(&buf))
+            }
+            Err(_) => return buf, // reset after the response: what arrived is the answer
+        }
+    }
+    panic!("connection still streaming after 20 s; received {} bytes", buf.len())
+}
+
+/// Writes `raw` on a new connection and returns everything the server sends before closing.
+fn send_raw(addr: SocketAddr, raw: &[u8]) -> Vec<u8> {
+    let mut stream = connect(addr);
+    stream.write_all(raw).expect("write request");
+    read_until_closed(&mut stream)
+}
+
+/// `send_raw`, parsed as one response (framed by Content-Length) followed by nothing.
+fn exchange(addr: SocketAddr, raw: &[u8]) -> Response {
+    let got = send_raw(addr, raw);
+    let (response, used) =
+        parse_response(&got).unwrap_or_else(|| panic!("request {} got no response: {}", lossy(raw), lossy(&got)));
+    assert_eq!(used, got.len(), "request {} got extra bytes after the response: {}", lossy(raw), lossy(&got));
+    response
+}
+
+/// GET `path` with extra header lines, closing after the response.
+fn get_with(addr: SocketAddr, path: &str, headers: &str) -> Response {
+    exchange(addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n").as_bytes())
+}
+
+/// Parses a response head only (HEAD and 304 answers carry no body); returns it and the head's length.
+fn parse_head(raw: &[u8]) -> Option<(Response, usize)> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let mut lines = std::str::from_utf8(&raw[..end]).ok()?.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    Some((Response { status, headers, body: Vec::new() }, end))
+}
+
+/// Sends a request that must be answered with a head and no body at all, then a close.
+fn exchange_bodiless(addr: SocketAddr, raw: &str) -> Response {
+    let got = send_raw(addr, raw.as_bytes());
+    let (response, used) = parse_head(&got).unwrap_or_else(|| panic!("request {raw:?} got: {}", lossy(&got)));
+    assert_eq!(used, got.len(), "request {raw:?} got body bytes: {}", lossy(&got));
+    response
+}
+
+/// Reads one Content-Length-framed response from a connection that stays open.
+fn next_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Some((response, used)) = parse_response(buf) {
+            buf.drain(..used);
+            return response;
+        }
+        assert!(Instant::now() < deadline, "no whole response in 20 s: {}", lossy(buf));
+        match stream.read(&mut chunk) {
+            Ok(0) => panic!("connection closed before a whole response: {}", lossy(buf)),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("reading a response: {e}; received so far: {}", lossy(buf)),
+        }
+    }
+}
+
+/// The media type without parameters (`text/html; charset=utf-8` → `text/html`).
+fn media_type(response: &Response) -> &str {
+    response.header("Content-Type").unwrap_or("").split(';').next().unwrap_or("").trim()
+}
+
+/// Deterministic noise, so a misplaced chunk cannot compare equal by accident.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    for chunk in out.chunks_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+    }
+    out
+}
+
+fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        panic!("{what}: got {} bytes, want {}; first difference at byte {at}", got.len(), want.len());
+    }
+}
+
+fn assert_workers_unchanged(webd: &Webd, before: &[i32]) {
+    assert_eq!(webd.worker_pids(), before, "worker pids changed: a request crashed a worker");
+}
+
+// ---- GET and HEAD ------------------------------------------------------------------
+
+#[test]
+fn get_serves_files_with_content_type_by_extension_and_date_and_server_headers() {
+    let webd = start(1, &[]);
+    let files: &[(&str, &str)] = &[
+        ("page.html", "text/html"),
+        ("style.css", "text/css"),
+        ("app.js", "text/javascript"),
+        ("logo.png", "image/png"),
+        ("data.json", "application/json"),
+        ("blob.qqqzz", "application/octet-stream"),
+        ("README", "application/octet-stream"),
+    ];
+    for (i, (name, _)) in files.iter().enumerate() {
+        write_file(&webd, name, format!("content of {name} #{i}\n").as_bytes());
+    }
+    for (i, (name, want_type)) in files.iter().enumerate() {
+        let r = get(webd.addr(), &format!("/{name}")).expect("GET");
+        assert_eq!(r.status, 200, "/{name}");
+        assert_eq!(r.body, format!("content of {name} #{i}\n").as_bytes(), "/{name}");
+        assert_eq!(media_type(&r), *want_type, "Content-Type of /{name}: {:?}", r.header("Content-Type"));
+        assert_eq!(r.header("Content-Length"), Some(r.body.len().to_string().as_str()), "/{name}");
+        assert_eq!(r.header("Server"), Some("webd"));
+        let date = r.header("Date").expect("Date header");
+        let date = httpdate::parse_http_date(date).unwrap_or_else(|e| panic!("Date {date:?} is no HTTP-date: {e}"));
+        let skew = date.duration_since(SystemTime::now()).or_else(|_| SystemTime::now().duration_since(date));
+        assert!(skew.expect("skew") < Duration::from_secs(60), "Date far from now: {date:?}");
+    }
+}
+
+#[test]
+fn head_has_the_same_headers_as_get_and_no_body() {
+    let webd = start(1, &[]);
+    write_file(&webd, "small.css", b"body { color: red }\n");
+    write_file(&webd, "large.bin", &noise(100_000, 7)); // past the inline limit: the sendfile path
+    for path in ["/small.css", "/large.bin", "/"] {
+        let full = get(webd.addr(), path).expect("GET");
+        assert_eq!(full.status, 200, "GET {path}");
+        let head =
+            exchange_bodiless(webd.addr(), &format!("HEAD {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+        assert_eq!(head.status, 200, "HEAD {path}");
+        for name in ["Content-Length", "Content-Type", "ETag", "Last-Modified", "Accept-Ranges", "Server"] {
+            assert_eq!(head.header(name), full.header(name), "{name} differs between HEAD and GET {path}");
+        }
+        assert_eq!(head.header("Content-Length"), Some(full.body.len().to_string().as_str()));
+        assert!(head.header("Date").is_some());
+    }
+}
+
+#[test]
+fn directories_serve_index_html_redirect_without_slash_and_never_list() {
+    let webd = start(1, &[]);
+    write_file(&webd, "sub/index.html", b"<h1>sub</h1>\n");
+    write_file(&webd, "empty/listing-marker-7f3a.txt", b"x");
+
+    let root = get(webd.addr(), "/").expect("GET /");
+    assert_eq!((root.status, root.body.as_slice()), (200, INDEX));
+    assert_eq!(media_type(&root), "text/html");
+    let sub = get(webd.addr(), "/sub/").expect("GET /sub/");
+    assert_eq!((sub.status, sub.body.as_slice()), (200, &b"<h1>sub</h1>\n"[..]));
+
+    let redirect = get(webd.addr(), "/sub").expect("GET /sub");
+    assert_eq!(redirect.status, 301);
+    assert_eq!(redirect.header("Location"), Some("/sub/"));
+    let with_query = get(webd.addr(), "/sub?x=1").expect("GET /sub?x=1");
+    assert_eq!(with_query.status, 301);
+    assert_eq!(with_query.header("Location"), Some("/sub/?x=1"));
+
+    let listing = get(webd.addr(), "/empty/").expect("GET /empty/");
+    assert_eq!(listing.status, 404, "a directory without index.html: {:?}", String::from_utf8_lossy(&listing.body));
+    assert!(!String::from_utf8_lossy(&listing.body).contains("listing-marker"), "directory listed");
+    assert_eq!(get(webd.addr(), "/no-such-file.html").expect("GET").status, 404);
+}
+
+// ---- Validators --------------------------------------------------------------------
+
+#[test]
+fn etag_and_last_modified_make_conditional_requests_304() {
+    let webd = start(1, &[]);
+    write_file(&webd, "doc.txt", b"version one\n");
+    let first = get(webd.addr(), "/doc.txt").expect("GET");
+    assert_eq!(first.status, 200);
+    let etag = first.header("ETag").expect("ETag").to_string();
+    let last_modified = first.header("Last-Modified").expect("Last-Modified").to_string();
+    assert!(etag.starts_with('"') && etag.ends_with('"') && etag.len() > 2, "ETag {etag:?} is not a quoted tag");
+    assert_eq!(httpdate::parse_http_date(&last_modified).ok(), Some(UNIX_EPOCH + Duration::from_secs(MTIME)));
+
+    let head = |h: &str| format!("GET /doc.txt HTTP/1.1\r\nHost: t\r\n{h}\r\nConnection: close\r\n\r\n");
+    let not_modified = exchange_bodiless(webd.addr(), &head(&format!("If-None-Match: {etag}")));
+    assert_eq!(not_modified.status, 304);
+    assert_eq!(not_modified.header("ETag"), Some(etag.as_str()));
+    let listed = exchange_bodiless(webd.addr(), &head(&format!("If-None-Match: \"other\", {etag}")));
+    assert_eq!(listed.status, 304, "an ETag in a list must match");
+    let by_date = exchange_bodiless(webd.addr(), &head(&format!("If-Modified-Since: {last_modified}")));
+    assert_eq!(by_date.status, 304);
+
+    let stale = get_with(webd.addr(), "/doc.txt", "If-None-Match: \"not-the-etag\"\r\n");
+    assert_eq!((stale.status, stale.body.as_slice()), (200, &b"version one\n"[..]));
+    let older = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(MTIME - 3600));
+    let modified_since = get_with(webd.addr(), "/doc.txt", &format!("If-Modified-Since: {older}\r\n"));
+    assert_eq!(modified_since.status, 200);
+    // If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2).
+    let both =
+        get_with(webd.addr(), "/doc.txt", &format!("If-None-Match: \"x\"\r\nIf-Modified-Since: {last_modified}\r\n"));
+    assert_eq!(both.status, 200);
+
+    // The file changes: the old ETag no longer matches.
+    write_file(&webd, "doc.txt", b"version two, longer\n");
+    let changed = get_with(webd.addr(), "/doc.txt", &format!("If-None-Match: {etag}\r\n"));
+    assert_eq!((changed.status, changed.body.as_slice()), (200, &b"version two, longer\n"[..]));
+    assert_ne!(changed.header("ETag"), Some(etag.as_str()));
+}
+
+// ---- Range -------------------------------------------------------------------------
+
+#[test]
+fn single_byte_ranges_are_206_and_unsatisfiable_is_416() {
+    let webd = start(1, &[]);
+    let content: Vec<u8> = (0..100u8).map(|i| b'a' + i % 26).collect();
+    write_file(&webd, "letters.txt", &content);
+    let len = content.len();
+    let etag = get(webd.addr(), "/letters.txt").expect("GET").header("ETag").expect("ETag").to_string();
+
+    let cases: &[(&str, usize, usize)] =
+        &[("bytes=0-9", 0, 9), ("bytes=-5", 95, 99), ("bytes=5-", 5, 99), ("bytes=90-500", 90, 99)];
+    for &(range, first, last) in cases {
+        let r = get_with(webd.addr(), "/letters.txt", &format!("Range: {range}\r\n"));
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(r.header("Content-Range"), Some(format!("bytes {first}-{last}/{len}").as_str()), "{range}");
+        assert_eq!(r.body, &content[first..=last], "{range}");
+        assert_eq!(r.header("Content-Length"), Some((last - first + 1).to_string().as_str()), "{range}");
+    }
+
+    let unsatisfiable = get_with(webd.addr(), "/letters.txt", "Range: bytes=999999-\r\n");
+    assert_eq!(unsatisfiable.status, 416);
+    assert_eq!(unsatisfiable.header("Content-Range"), Some(format!("bytes */{len}").as_str()));
+
+    let if_range = get_with(webd.addr(), "/letters.txt", &format!("Range: bytes=0-9\r\nIf-Range: {etag}\r\n"));
+    assert_eq!((if_range.status, if_range.body.as_slice()), (206, &content[..10]));
+    let lm = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(MTIME));
+    let by_date = get_with(webd.addr(), "/letters.txt", &format!("Range: bytes=0-9\r\nIf-Range: {lm}\r\n"));
+    assert_eq!(by_date.status, 206, "If-Range with the Last-Modified date");
+    let other = get_with(webd.addr(), "/letters.txt", "Range: bytes=0-9\r\nIf-Range: \"some-other-etag\"\r\n");
+    assert_eq!((other.status, other.body.as_slice()), (200, content.as_slice()), "If-Range mismatch sends it all");
+}
+
+// ---- Connections -------------------------------------------------------------------
+
+#[test]
+fn keep_alive_answers_many_requests_on_one_connection_until_connection_close() {
+    let webd = start(1, &[]);
+    write_file(&webd, "a.txt", b"aaa\n");
+    let mut stream = connect(webd.addr());
+    let mut buf = Vec::new();
+    for i in 0..5 {
+        let path = if i % 2 == 0 { "/a.txt" } else { "/index.html" };
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).expect("write");
+        let r = next_response(&mut stream, &mut buf);
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.body, if i % 2 == 0 { &b"aaa\n"[..] } else { INDEX }, "request {i}");
+        assert_ne!(r.header("Connection"), Some("close"), "request {i} closed a keep-alive connection");
+    }
+    stream.write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("write");
+    let rest = read_until_closed(&mut stream);
+    let (last, used) = parse_response(&rest).unwrap_or_else(|| panic!("last response: {}", lossy(&rest)));
+    assert_eq!((last.status, last.body.as_slice(), used), (200, &b"aaa\n"[..], rest.len()));
+    assert_eq!(last.header("Connection"), Some("close"));
+}
+
+#[test]
+fn http10_without_host_is_served_and_closed_unless_keep_alive_is_asked() {
+    let webd = start(1, &[]);
+    let r = exchange(webd.addr(), b"GET / HTTP/1.0\r\n\r\n"); // exchange asserts the close
+    assert_eq!((r.status, r.body.as_slice()), (200, INDEX));
+
+    let mut stream = connect(webd.addr());
+    let mut buf = Vec::new();
+    stream.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").expect("write");
+    let first = next_response(&mut stream, &mut buf);
+    assert_eq!(first.status, 200);
+    assert!(first.header("Connection").is_some_and(|v| v.eq_ignore_ascii_case("keep-alive")), "{first:?}");
+    stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").expect("write second request");
+    let rest = read_until_closed(&mut stream);
+    let (second, _) = parse_response(&rest).unwrap_or_else(|| panic!("second response: {}", lossy(&rest)));
+    assert_eq!((second.status, second.body.as_slice()), (200, INDEX));
+}
+
+#[test]
+fn pipelined_requests_in_one_write_are_answered_in_order() {
+    let webd = start(1, &[]);
+    let middle = noise(100_000, 42); // large enough to go out with sendfile between two small ones
+    write_file(&webd, "one.txt", b"first\n");
+    write_file(&webd, "two.bin", &middle);
+    write_file(&webd, "three.css", b"third {}\n");
+    let mut stream = connect(webd.addr());
+    stream
+        .write_all(
+            b"GET /one.txt HTTP/1.1\r\nHost: t\r\n\r\n\
+              GET /two.bin HTTP/1.1\r\nHost: t\r\n\r\n\
+              GET /three.css HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .expect("write pipeline");
+    let all = read_until_closed(&mut stream);
+    let mut at = 0;
+    let mut responses = Vec::new();
+    for i in 0..3 {
+        let (r, used) = parse_response(&all[at..]).unwrap_or_else(|| panic!("response {i}: {}", lossy(&all[at..])));
+        at += used;
+        responses.push(r);
+    }
+    assert_eq!(at, all.len(), "bytes after the third response");
+    assert_eq!((responses[0].status, responses[0].body.as_slice()), (200, &b"first\n"[..]));
+    assert_eq!(responses[1].status, 200);
+    assert_same_bytes(&responses[1].body, &middle, "second pipelined body");
+    assert_eq!((responses[2].status, responses[2].body.as_slice()), (200, &b"third {}\n"[..]));
+    assert_eq!(media_type(&responses[2]), "text/css");
+}
+
+// ---- Path escapes ------------------------------------------------------------------
+
+#[test]
+fn paths_escaping_the_root_are_refused_and_never_leak_the_secret() {
+    const MARKER: &str = "TOP-SECRET-5b1e9c";
+    let webd = start(2, &[]);
+    let before = webd.worker_pids();
+    let outside = webd.dir.path();
+    std::fs::write(outside.join("secret.txt"), format!("{MARKER}\n")).expect("secret");
+    write_file(&webd, "sub/index.html", b"<h1>sub</h1>\n");
+    let link = |target: &std::path::Path, name: &str| {
+        std::os::unix::fs::symlink(target, webd.root.join(name)).expect("symlink");
+    };
+    link(&outside.join("secret.txt"), "leak-abs.txt");
+    link(std::path::Path::new("../secret.txt"), "leak-rel.txt");
+    link(outside, "up-abs");
+    link(std::path::Path::new(".."), "up-rel");
+    link(std::path::Path::new("sub/index.html"), "alias.html"); // inside the root: fine
+
+    let refused_403_404 = [
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/%2E%2E/secret.txt",
+        "/.%2e/secret.txt",
+        "/a/..%2f..%2fsecret.txt",
+        "/%2e%2e%2fsecret.txt",
+        "/sub/../../secret.txt",
+        "/./../secret.txt",
+        "//../secret.txt",
+        "/..%5csecret.txt",
+        "/%252e%252e/secret.txt",
+        "/..",
+        "http://t/../secret.txt",
+        "/leak-abs.txt",
+        "/leak-rel.txt",
+        "/up-abs/secret.txt",
+        "/up-rel/secret.txt",
+        "/up-abs/",
+        "/up-rel/root/../secret.txt",
+    ];
+    let refused_any = ["/%00", "/secret.txt%00", "/index.html%00.txt", "/..%00/secret.txt"];
+    for target in refused_403_404.iter().chain(&refused_any) {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let got = send_raw(webd.addr(), raw.as_bytes());
+        assert!(!String::from_utf8_lossy(&got).contains(MARKER), "{target} leaked the secret: {}", lossy(&got));
+        let (r, _) = parse_response(&got).unwrap_or_else(|| panic!("{target}: no response: {}", lossy(&got)));
+        let allowed: &[u16] = if refused_any.contains(target) { &[400, 403, 404] } else { &[403, 404] };
+        assert!(allowed.contains(&r.status), "{target}: status {} not in {allowed:?}", r.status);
+    }
+    // A raw NUL in the request line.
+    let got = send_raw(webd.addr(), b"GET /secret.txt\0 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(!String::from_utf8_lossy(&got).contains(MARKER), "raw NUL leaked the secret");
+    assert!(parse_response(&got).is_some_and(|(r, _)| r.status == 400), "raw NUL: {}", lossy(&got));
+
+    // Dot segments and symlinks that stay inside the root still work.
+    let inside = get(webd.addr(), "/sub/../index.html").expect("GET");
+    assert_eq!((inside.status, inside.body.as_slice()), (200, INDEX));
+    let alias = get(webd.addr(), "/alias.html").expect("GET");
+    assert_eq!((alias.status, alias.body.as_slice()), (200, &b"<h1>sub</h1>\n"[..]));
+    assert_workers_unchanged(&webd, &before);
+}
+
+// ---- Errors ------------------------------------------------------------------------
+
+#[test]
+fn malformed_and_oversized_requests_get_their_status_and_the_connection_closes() {
+    let webd = start(2, &[]);
+    let before = webd.worker_pids();
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(10 * 1024));
+    let big_header = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "b".repeat(20 * 1024));
+    let cases: &[(&str, &[u8], u16)] = &[
+        ("garbage request line", b"this is not http at all\r\n\r\n", 400),
+        ("TLS client hello", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),
+        ("HTTP/1.1 without Host", b"GET / HTTP/1.1\r\n\r\n", 400),
+        ("repeated Host", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        ("header without colon", b"GET / HTTP/1.1\r\nHost t\r\n\r\n", 400),
+        ("bad Content-Length", b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n", 400),
+        ("bad percent escape", b"GET /%zz HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+        ("HTTP/2.0 request line", b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+        ("10 KB URI", long_uri.as_bytes(), 414),
+        ("20 KB header", big_header.as_bytes(), 431),
+        ("Content-Length 100000 on GET", b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n", 413),
+        ("Transfer-Encoding chunked", b"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n", 413),
+    ];
+    for &(what, raw, status) in cases {
+        let got = send_raw(webd.addr(), raw); // asserts the server closes
+        let (r, _) = parse_response(&got).unwrap_or_else(|| panic!("{what}: no response: {}", lossy(&got)));
+        assert_eq!(r.status, status, "{what}: {}", lossy(&got));
+        assert_eq!(r.header("Connection"), Some("close"), "{what}");
+        assert_eq!(r.header("Server"), Some("webd"), "{what}");
+    }
+    assert_eq!(get(webd.addr(), "/").expect("GET after the errors").status, 200);
+    assert_workers_unchanged(&webd, &before);
+}
+
+#[test]
+fn other_methods_are_405_with_allow_and_the_connection_stays_usable() {
+    let webd = start(1, &[]);
+    let before = webd.worker_pids();
+    let mut stream = connect(webd.addr());
+    let mut buf = Vec::new();
+    for request in [
+        &b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"[..],
+        b"DELETE /index.html HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"get / HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n",
+    ] {
+        stream.write_all(request).expect("write");
+        let r = next_response(&mut stream, &mut buf);
+        assert_eq!(r.status, 405, "{}", lossy(request));
+        let allow: Vec<&str> = r.header("Allow").unwrap_or("").split(',').map(str::trim).collect();
+        assert!(allow.contains(&"GET") && allow.contains(&"HEAD"), "Allow: {:?}", r.header("Allow"));
+    }
+    // The POST body was skipped, not taken for the next request.
+    stream.write_all(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    let r = next_response(&mut stream, &mut buf);
+    assert_eq!((r.status, r.body.as_slice()), (200, INDEX));
+    assert_workers_unchanged(&webd, &before);
+}
+
+// ---- Slow, stalled and idle clients ------------------------------------------------
+
+#[test]
+fn three_hundred_clients_stalled_mid_headers_do_not_delay_a_normal_request() {
+    let webd = start(1, &[]); // one worker: every stalled client lands where the normal one does
+    let before = webd.worker_pids();
+    let stalled: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = connect(webd.addr());
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").expect("write partial head");
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    let r = exchange(webd.addr(), b"GET /index.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    eprintln!("GET with 300 stalled clients took {:?}", started.elapsed());
+    assert_eq!((r.status, r.body.as_slice()), (200, INDEX));
+    drop(stalled);
+    assert_workers_unchanged(&webd, &before);
+}
+
+#[test]
+fn header_timeout_disconnects_silent_stalled_and_trickling_clients() {
+    let webd = start(1, &["--header-timeout", "500"]);
+    let before = webd.worker_pids();
+    let mut silent = connect(webd.addr());
+    let mut stalled = connect(webd.addr());
+    stalled.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").expect("write partial head");
+    let started = Instant::now();
+    for (what, stream) in [("silent client", &mut silent), ("stalled client", &mut stalled)] {
+        let got = read_until_closed(stream); // panics if still open after IO_TIMEOUT
+        assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 408"), "{what} got {}", lossy(&got));
+        eprintln!("{what} disconnected after {:?}", started.elapsed());
+    }
+
+    // One byte every 100 ms: trickling must not extend the deadline (bounded: 60 bytes).
+    let mut trickle = connect(webd.addr());
+    trickle.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    trickle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").expect("write");
+    let started = Instant::now();
+    let mut closed = false;
+    for _ in 0..60 {
+        if trickle.write_all(b"a").is_err() {
+            closed = true;
+            break;
+        }
+        let mut byte = [0u8; 256];
+        match trickle.read(&mut byte) {
+            Ok(_) => {
+                closed = true; // EOF, or a 408 just before it
+                break;
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "a client trickling one header byte per 100 ms stayed connected for 60 bytes");
+    eprintln!("trickling client disconnected after {:?}", started.elapsed());
+    assert_eq!(get(webd.addr(), "/").expect("GET").status, 200);
+    assert_workers_unchanged(&webd, &before);
+}
+
+#[test]
+fn idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
+    let webd = start(1, &["--keepalive-timeout", "300"]);
+    let mut stream = connect(webd.addr());
+    let mut buf = Vec::new();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    assert_eq!(next_response(&mut stream, &mut buf).status, 200);
+    let started = Instant::now();
+    let rest = read_until_closed(&mut stream); // header timeout is 10 s: this is the idle one
+    assert!(rest.is_empty(), "unexpected bytes on an idle connection: {}", lossy(&rest));
+    eprintln!("idle keep-alive connection closed after {:?}", started.elapsed());
+}
+
+#[test]
+fn connections_beyond_max_connections_get_503_until_one_closes() {
+    let webd = start(1, &["--max-connections", "2"]);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect(webd.addr());
+        let mut buf = Vec::new();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+        assert_eq!(next_response(&mut s, &mut buf).status, 200);
+        held.push(s);
+    }
+    let mut extra = connect(webd.addr());
+    let got = read_until_closed(&mut extra);
+    let (r, _) = parse_response(&got).unwrap_or_else(|| panic!("over the cap: {}", lossy(&got)));
+    assert_eq!(r.status, 503, "{}", lossy(&got));
+    assert!(r.header("Retry-After").is_some(), "503 without Retry-After");
+    drop(held.pop());
+    wait_until(Duration::from_secs(5), "a free connection slot again", || {
+        get(webd.addr(), "/").is_ok_and(|r| r.status == 200)
+    });
+}
+
+// ---- Large files -------------------------------------------------------------------
+
+#[test]
+fn ten_mib_file_arrives_byte_exact_whole_and_as_a_middle_range() {
+    let webd = start(1, &[]);
+    let content = noise(TEN_MIB, 0x9e37_79b9_7f4a_7c15);
+    write_file(&webd, "big.bin", &content);
+    let whole = get(webd.addr(), "/big.bin").expect("GET big");
+    assert_eq!(whole.status, 200);
+    assert_same_bytes(&whole.body, &content, "10 MiB GET");
+
+    let (first, last) = (3_333_333, 7_777_776);
+    let part = get_with(webd.addr(), "/big.bin", &format!("Range: bytes={first}-{last}\r\n"));
+    assert_eq!(part.status, 206);
+    assert_eq!(part.header("Content-Range"), Some(format!("bytes {first}-{last}/{TEN_MIB}").as_str()));
+    assert_same_bytes(&part.body, &content[first..=last], "middle range of 10 MiB");
+}
+
+#[test]
+fn a_client_that_does_not_read_a_large_response_does_not_block_others() {
+    let webd = start(1, &[]); // one worker: the slow reader and the others share it
+    let before = webd.worker_pids();
+    let content = noise(TEN_MIB, 0x0123_4567_89ab_cdef);
+    write_file(&webd, "big.bin", &content);
+    let mut slow = connect_with_small_receive_buffer(webd.addr());
+    slow.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("write");
+    // The worker has started the response; at most a few MiB fit in the socket buffers.
+    let mut first = [0u8; 1];
+    slow.read_exact(&mut first).expect("first byte of the big response");
+    for _ in 0..3 {
+        let r = exchange(webd.addr(), b"GET /index.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        assert_eq!((r.status, r.body.as_slice()), (200, INDEX));
+    }
+    // The slow reader then gets its whole response intact.
+    let mut all = first.to_vec();
+    all.extend(read_until_closed(&mut slow));
+    let (r, _) = parse_response(&all).unwrap_or_else(|| panic!("big response: {} bytes", all.len()));
+    assert_eq!(r.status, 200);
+    assert_same_bytes(&r.body, &content, "10 MiB body read late");
+    assert_workers_unchanged(&webd, &before);
+}
