@@ -106,7 +106,7 @@ fn systemd_gets_ready_once_watchdog_pings_and_stopping() {
         ..Default::default()
     });
     let mut seen: Vec<String> = Vec::new();
-    let mut read_until = |seen: &mut Vec<String>, what: &str, count: usize| {
+    let read_until = |seen: &mut Vec<String>, what: &str, count: usize| {
         wait_until(Duration::from_secs(10), what, || {
             let mut buf = [0u8; 512];
             if let Ok(n) = notify.recv(&mut buf) {

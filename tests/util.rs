@@ -153,16 +153,17 @@ impl Webd {
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(WEBD);
         if !opts.only_args {
-            cmd.arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--root")
-                .arg(&root)
-                .arg("--workers")
-                .arg(opts.workers.to_string())
-                .arg("--admin")
-                .arg("off")
-                .arg("--control-socket")
-                .arg(&control_socket);
+            let defaults = [
+                ("--listen", format!("127.0.0.1:{port}")),
+                ("--root", root.to_string_lossy().into_owned()),
+                ("--workers", opts.workers.to_string()),
+                ("--admin", "off".to_string()),
+                ("--control-socket", control_socket.to_string_lossy().into_owned()),
+            ];
+            // A flag the test gives itself replaces the default.
+            for (flag, value) in defaults.iter().filter(|(f, _)| !opts.args.iter().any(|a| a == f)) {
+                cmd.arg(flag).arg(value);
+            }
         }
         if let Some(toml) = &opts.config_toml {
             let path = dir.path().join("webd.toml");
@@ -480,4 +481,69 @@ impl Webd {
             Ok(_) => Some(reply),
         }
     }
+}
+
+/// Starts a daemon with the admin endpoint on a free port; returns it and the port.
+pub fn start_with_admin(mut opts: Options) -> (Webd, u16) {
+    let admin = free_port();
+    opts.args.extend(["--admin".to_string(), format!("127.0.0.1:{admin}")]);
+    let webd = Webd::start_with(opts);
+    let addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    wait_until(Duration::from_secs(10), "/readyz 200", || get(addr, "/readyz").is_ok_and(|r| r.status == 200));
+    (webd, admin)
+}
+
+/// One Prometheus text-format sample: name, labels, value.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Scrapes `/metrics` on the admin port and parses every sample.
+pub fn scrape(admin_port: u16) -> Vec<Sample> {
+    let r = get(SocketAddr::from(([127, 0, 0, 1], admin_port)), "/metrics").expect("scrape /metrics");
+    assert_eq!(r.status, 200);
+    parse_metrics(&String::from_utf8_lossy(&r.body))
+}
+
+/// Parses Prometheus text format 0.0.4 samples (comments skipped).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().expect("numeric sample value"),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').expect("closing brace");
+                let labels = body
+                    .split("\",")
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once('=').expect("label k=v");
+                        (k.to_string(), v.trim_matches('"').to_string())
+                    })
+                    .collect();
+                (name.to_string(), labels)
+            }
+            None => (series.to_string(), Vec::new()),
+        };
+        out.push(Sample { name, labels, value });
+    }
+    out
+}
+
+/// The value of the sample `name` whose labels include all of `labels`.
+pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples.iter().find(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v))).map(|s| s.value)
 }

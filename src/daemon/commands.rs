@@ -28,11 +28,19 @@ pub struct PendingReply {
 impl Daemon {
     /// Takes every queued control command.
     pub(super) fn take_commands(&mut self) {
+        let mut answered = Vec::new();
         while let Ok(CommandRequest { request, reply }) = self.commands.try_recv() {
             tracing::info!(?request, "control command");
             if let Some(response) = self.start_command(request.clone(), &reply) {
-                let _ = reply.try_send(response);
+                answered.push((reply, response));
             }
+        }
+        if !answered.is_empty() {
+            // Status and /readyz must show the effect (e.g. draining) before the reply.
+            self.publish(Instant::now());
+        }
+        for (reply, response) in answered {
+            let _ = reply.try_send(response);
         }
     }
 

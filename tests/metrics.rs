@@ -1,0 +1,143 @@
+//! Prometheus metrics from the real daemon: every SPEC name and label, restarts by
+//! reason, counters that never go down, and promtool's verdict on the live output.
+
+use crate::util::*;
+use std::time::Duration;
+
+/// SPEC.md section 5: name and the labels every series of it carries.
+const SPEC: [(&str, &[&str]); 14] = [
+    ("webd_heartbeat_latency_seconds_bucket", &["role", "le"]),
+    ("webd_heartbeat_age_seconds", &["role"]),
+    ("webd_heartbeats_missed_total", &["role"]),
+    ("webd_restarts_total", &["role", "reason"]),
+    ("webd_process_up", &["role"]),
+    ("webd_workers", &["state"]),
+    ("webd_worker_utilization_ratio", &["worker"]),
+    ("webd_connections_accepted_total", &[]),
+    ("webd_connections_active", &[]),
+    ("webd_http_requests_total", &["code"]),
+    ("webd_http_request_duration_seconds_bucket", &["le"]),
+    ("webd_http_response_bytes_total", &[]),
+    ("webd_draining", &[]),
+    ("webd_build_info", &["version"]),
+];
+
+#[test]
+fn every_spec_metric_is_exported_and_counters_survive_restarts() {
+    let (webd, admin) = start_with_admin(Options::default());
+    for _ in 0..10 {
+        assert_eq!(get(webd.addr(), "/index.html").expect("GET").status, 200);
+    }
+    let _ = get(webd.addr(), "/missing");
+    let samples = wait_for(Duration::from_secs(5), "request counts in /metrics", || {
+        let s = scrape(admin);
+        (metric(&s, "webd_http_requests_total", &[("code", "200")]).unwrap_or(0.0) >= 10.0).then_some(s)
+    });
+    for (name, labels) in SPEC {
+        let series: Vec<&Sample> = samples.iter().filter(|s| s.name == name).collect();
+        assert!(!series.is_empty(), "{name} missing");
+        for s in series {
+            for label in labels {
+                assert!(s.label(label).is_some(), "{name} without label {label}: {s:?}");
+            }
+        }
+    }
+    for role in ["listener", "manager", "worker"] {
+        assert_eq!(metric(&samples, "webd_process_up", &[("role", role)]), Some(1.0), "{role}");
+        for reason in ["crash", "hang", "manual"] {
+            assert!(metric(&samples, "webd_restarts_total", &[("role", role), ("reason", reason)]).is_some());
+        }
+    }
+    assert_eq!(metric(&samples, "webd_http_requests_total", &[("code", "404")]), Some(1.0));
+
+    // A listener crash is counted as such.
+    let listener = webd.pid_of("webd: listener").expect("listener");
+    kill(listener, SIGKILL);
+    wait_until(Duration::from_secs(5), "listener crash counted", || {
+        let s = scrape(admin);
+        metric(&s, "webd_restarts_total", &[("role", "listener"), ("reason", "crash")]) == Some(1.0)
+            && metric(&s, "webd_process_up", &[("role", "listener")]) == Some(1.0)
+    });
+
+    // A worker crash does not make the request counter go down.
+    let before = metric(&scrape(admin), "webd_http_requests_total", &[("code", "200")]).expect("200s");
+    let worker = webd.pid_of("webd: worker 0").expect("worker 0");
+    kill(worker, SIGKILL);
+    wait_until(Duration::from_secs(5), "worker replaced", || {
+        webd.pid_of("webd: worker 0").is_some_and(|p| p != worker)
+    });
+    for _ in 0..5 {
+        let _ = get(webd.addr(), "/index.html");
+    }
+    wait_until(Duration::from_secs(5), "worker crash counted", || {
+        let s = scrape(admin);
+        metric(&s, "webd_restarts_total", &[("role", "worker"), ("reason", "crash")]) == Some(1.0)
+    });
+    let after = metric(&scrape(admin), "webd_http_requests_total", &[("code", "200")]).expect("200s");
+    assert!(after >= before, "requests_total went down: {before} -> {after}");
+}
+
+#[test]
+fn promtool_accepts_the_live_output() {
+    let Ok(status) = std::process::Command::new("promtool").arg("--version").output() else {
+        eprintln!("skipped: promtool not installed (.ci/run installs Debian's prometheus)");
+        return;
+    };
+    assert!(status.status.success());
+    let (webd, admin) = start_with_admin(Options::default());
+    let _ = get(webd.addr(), "/index.html");
+    let body = get(std::net::SocketAddr::from(([127, 0, 0, 1], admin)), "/metrics").expect("scrape").body;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), &body).expect("pipe metrics");
+    let out = child.wait_with_output().expect("promtool output");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn readyz_and_status_follow_drain() {
+    let (webd, admin) = start_with_admin(Options::default());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    assert_eq!(get(addr, "/readyz").expect("readyz").status, 200);
+    assert_eq!(get(addr, "/healthz").expect("healthz").status, 200);
+    webd.ctl_ok(&["drain"]);
+    let r = get(addr, "/readyz").expect("readyz");
+    assert_eq!(r.status, 503, "readyz must fail at once on drain");
+    assert!(String::from_utf8_lossy(&r.body).contains("draining"));
+    assert_eq!(metric(&scrape(admin), "webd_draining", &[]), Some(1.0));
+    let status: serde_json::Value = serde_json::from_slice(&get(addr, "/status").expect("status").body).expect("JSON");
+    assert_eq!(status["state"], "draining");
+    webd.ctl_ok(&["resume"]);
+    assert_eq!(get(addr, "/readyz").expect("readyz").status, 200);
+    let post = request(addr, "POST /readyz HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .expect("POST");
+    assert_eq!(post.status, 405);
+    assert!(post.header("allow").is_some_and(|a| a.contains("GET")));
+}
+
+#[test]
+fn admin_idle_connections_do_not_stop_readiness_or_supervision() {
+    let (webd, admin) = start_with_admin(Options::default());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    let idle: Vec<std::net::TcpStream> =
+        (0..500).filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()).collect();
+    assert!(idle.len() >= 450, "only {} idle connections opened", idle.len());
+    let started = std::time::Instant::now();
+    let r = get(addr, "/readyz").expect("readyz with 500 idle connections");
+    eprintln!("/readyz with {} idle admin connections: {:?}", idle.len(), started.elapsed());
+    assert_eq!(r.status, 200);
+    let missed = metric(&scrape(admin), "webd_heartbeats_missed_total", &[("role", "listener")]);
+    assert_eq!(missed, Some(0.0));
+    drop(idle);
+    assert!(webd.log_text().matches("missed heartbeat").count() == 0, "a heartbeat was missed");
+}
