@@ -640,3 +640,20 @@ fn a_client_that_does_not_read_a_large_response_does_not_block_others() {
     assert_same_bytes(&r.body, &content, "10 MiB body read late");
     assert_workers_unchanged(&webd, &before);
 }
+
+#[test]
+fn an_error_answer_to_a_request_with_unread_body_ends_in_a_clean_close_not_a_reset() {
+    let webd = Webd::start();
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(webd.addr()).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+        std::io::Write::write_all(&mut s, b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
+            .expect("head");
+        // The server may stop reading early; a failed write here is fine.
+        let _ = std::io::Write::write_all(&mut s, &vec![b'x'; 100_000]);
+        let mut got = Vec::new();
+        let read = std::io::Read::read_to_end(&mut s, &mut got);
+        assert!(read.is_ok(), "connection reset instead of a graceful close: {read:?}");
+        assert!(got.starts_with(b"HTTP/1.1 413"), "{:?}", String::from_utf8_lossy(&got[..got.len().min(40)]));
+    }
+}

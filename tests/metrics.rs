@@ -31,7 +31,9 @@ fn every_spec_metric_is_exported_and_counters_survive_restarts() {
     let _ = get(webd.addr(), "/missing");
     let samples = wait_for(Duration::from_secs(5), "request counts in /metrics", || {
         let s = scrape(admin);
-        (metric(&s, "webd_http_requests_total", &[("code", "200")]).unwrap_or(0.0) >= 10.0).then_some(s)
+        let ok = metric(&s, "webd_http_requests_total", &[("code", "200")]).unwrap_or(0.0) >= 10.0;
+        let missing = metric(&s, "webd_http_requests_total", &[("code", "404")]).unwrap_or(0.0) >= 1.0;
+        (ok && missing).then_some(s)
     });
     for (name, labels) in SPEC {
         let series: Vec<&Sample> = samples.iter().filter(|s| s.name == name).collect();

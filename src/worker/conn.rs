@@ -23,6 +23,9 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 const READ_BUF_INITIAL: usize = 4 * 1024;
 /// Largest sendfile call, so one big download does not monopolise the loop.
 const SENDFILE_CHUNK: usize = 1 << 20;
+/// After an error response, how long and how much unread input we drain before closing.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -60,6 +63,10 @@ pub struct Conn {
     deadline: Instant,
     /// The client's address, looked up only when the access log is on.
     peer: String,
+    /// An error response was sent with input possibly unread: close gracefully.
+    linger_on_close: bool,
+    /// Half-closed, draining input until EOF; bytes drained so far.
+    lingering: Option<usize>,
 }
 
 impl Conn {
@@ -72,6 +79,8 @@ impl Conn {
         };
         Conn {
             peer,
+            linger_on_close: false,
+            lingering: None,
             sock,
             rbuf: vec![0; READ_BUF_INITIAL],
             rstart: 0,
@@ -93,6 +102,9 @@ impl Conn {
 
     /// Makes all the progress the socket allows.
     pub fn drive(&mut self, shared: &mut Shared, now: Instant) -> Outcome {
+        if let Some(drained) = self.lingering {
+            return self.drain_input(drained);
+        }
         loop {
             let needs_input = self.produce(shared, now);
             if self.has_output() {
@@ -109,6 +121,9 @@ impl Conn {
                 continue;
             }
             if self.close_after {
+                if self.linger_on_close || self.rstart < self.rend || self.discard > 0 {
+                    return self.begin_linger(now);
+                }
                 return Outcome::Close;
             }
             if !needs_input {
@@ -170,6 +185,7 @@ impl Conn {
                 }
                 Parsed::Invalid(kind) => {
                     self.rstart = self.rend;
+                    self.linger_on_close = true;
                     let mut plan = response::error_head(kind, &shared.date, &mut self.wbuf);
                     plan.close = true;
                     if let Some(log) = shared.access_log.as_mut() {
@@ -201,6 +217,7 @@ impl Conn {
         }
         if plan.close {
             self.close_after = true;
+            self.linger_on_close |= plan.status >= 400;
         }
         self.unflushed.push(Unflushed { status: plan.status, bytes: head_bytes + body_bytes, started: now });
     }
@@ -259,6 +276,39 @@ impl Conn {
         }
     }
 
+    /// Closing with unread input makes the kernel send RST, which can destroy the
+    /// response before the client reads it (RFC 9112 §9.6): shut our side, then read and
+    /// discard until the client closes, for a bounded time and amount.
+    fn begin_linger(&mut self, now: Instant) -> Outcome {
+        if self.sock.shutdown(std::net::Shutdown::Write).is_err() {
+            return Outcome::Close;
+        }
+        self.lingering = Some(0);
+        self.deadline = now + LINGER_TIME;
+        self.drain_input(0)
+    }
+
+    fn drain_input(&mut self, mut drained: usize) -> Outcome {
+        let mut sink = [0u8; 4096];
+        loop {
+            match (&self.sock).read(&mut sink) {
+                Ok(0) => return Outcome::Close,
+                Ok(n) => {
+                    drained += n;
+                    if drained > LINGER_BYTES {
+                        return Outcome::Close;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.lingering = Some(drained);
+                    return Outcome::Keep;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Outcome::Close,
+            }
+        }
+    }
+
     /// Reads more request bytes, compacting or growing the buffer as needed.
     fn fill(&mut self) -> io::Result<usize> {
         if self.rstart == self.rend {
@@ -298,7 +348,7 @@ impl Conn {
 
     /// Between requests with nothing in flight: safe to close at a shutdown deadline.
     pub fn is_idle(&self) -> bool {
-        self.rstart == self.rend && !self.has_output() && self.unflushed.is_empty()
+        self.lingering.is_some() || (self.rstart == self.rend && !self.has_output() && self.unflushed.is_empty())
     }
 
     /// Accounts for requests that die with the connection.
