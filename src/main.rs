@@ -63,6 +63,7 @@ fn run_child(role: &str) -> ExitCode {
 }
 
 fn run_role(role: Role, body: fn(webd::ipc::Channel) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    webd::sys::process::ignore_operator_signals();
     webd::fault::exit_if_injected(role);
     let channel = webd::sys::spawn::take_inherited_channel()?;
     body(webd::ipc::Channel::new(channel))

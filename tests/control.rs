@@ -214,3 +214,50 @@ fn a_second_daemon_on_the_same_socket_refuses_to_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
     assert_eq!(webd.status_json()["ok"], true, "first daemon disturbed");
 }
+
+#[test]
+fn drain_answers_with_connection_close_and_closes_idle_keep_alive_at_the_drain_timeout() {
+    use std::io::{Read, Write};
+    let webd = Webd::start_with(Options {
+        args: vec!["--drain-timeout".into(), "400".into(), "--keepalive-timeout".into(), "60000".into()],
+        ..Default::default()
+    });
+    let mut busy = std::net::TcpStream::connect(webd.addr()).expect("connect");
+    let mut idle = std::net::TcpStream::connect(webd.addr()).expect("connect");
+    for s in [&mut busy, &mut idle] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.write_all(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).expect("first response");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    }
+    webd.ctl_ok(&["drain"]);
+    // The next response on a keep-alive connection says close.
+    busy.write_all(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    let mut got = Vec::new();
+    busy.read_to_end(&mut got).expect("response then close");
+    let (r, _) = parse_response(&got).expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    // The idle one is closed at the drain timeout, long before the keep-alive timeout.
+    let mut buf = [0u8; 16];
+    assert_eq!(idle.read(&mut buf).expect("closed, not reset"), 0);
+}
+
+#[test]
+fn operator_signals_sent_to_every_process_do_not_kill_children() {
+    let webd = Webd::start();
+    let children: Vec<i32> = webd.tree().into_iter().map(|p| p.pid).collect();
+    for sig in [2, 10, 12] {
+        // SIGINT (a terminal's Ctrl-C reaches the whole group), SIGUSR1, SIGUSR2
+        for pid in &children {
+            kill(*pid, sig);
+        }
+    }
+    kill(children[0], 1); // SIGHUP to a child only
+    assert_eq!(get(webd.addr(), "/index.html").expect("GET").status, 200);
+    wait_until(Duration::from_secs(2), "status after the signals", || webd.status_json()["ok"] == true);
+    for pid in &children {
+        assert!(alive(*pid), "child {pid} died of an operator signal");
+    }
+}

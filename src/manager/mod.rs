@@ -32,7 +32,9 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
     let (boot, fds) = ipc::receive_bootstrap(&mut control).context("manager bootstrap")?;
     let connections = Channel::new(fds.connections.context("bootstrap without a connection channel")?);
     let lifeline = fds.lifeline.context("bootstrap without a lifeline")?;
-    let mut signals = Signals::install(&[Event::Child, Event::Stop]).context("signal handlers")?;
+    // Only SIGCHLD: stop requests come from the daemon over the channel, and operator
+    // signals are ignored in children (see `ignore_operator_signals`).
+    let mut signals = Signals::install(&[Event::Child]).context("signal handlers")?;
     let exe = std::env::current_exe().context("locating our own executable")?;
     let config = boot.config;
     tracing::info!(pid = std::process::id(), workers = config.workers, "manager started");
@@ -102,11 +104,6 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
                     for event in signals.pending() {
                         match event {
                             Event::Child => pool.reap(poll.registry(), Instant::now()),
-                            Event::Stop => {
-                                let deadline = Duration::from_millis(config.grace_ms);
-                                pool.shutdown(deadline, poll.registry());
-                                shutdown_deadline.get_or_insert(Instant::now() + deadline);
-                            }
                             _ => {}
                         }
                     }

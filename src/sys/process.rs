@@ -75,3 +75,18 @@ pub fn set_thread_name(name: &str) {
         let _ = nix::sys::prctl::set_name(&cname);
     }
 }
+
+/// In a child role: ignore the signals an operator means for the daemon (SIGINT from a
+/// terminal's Ctrl-C reaches the whole process group; `systemctl kill` without
+/// `--kill-whom=main` reaches the whole unit). The daemon acts on them and tells its
+/// children what to do over their channels. Inherited by the workers across exec.
+pub fn ignore_operator_signals() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    for sig in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2] {
+        // SAFETY: installing SIG_IGN runs no handler code, so nothing here can violate
+        // async-signal safety; it is done at start-up of a child before any thread.
+        if let Err(e) = unsafe { signal(sig, SigHandler::SigIgn) } {
+            tracing::warn!(?sig, error = %e, "cannot ignore signal");
+        }
+    }
+}

@@ -116,6 +116,8 @@ struct Worker {
     max_connections: usize,
     /// Set by shutdown: exit when no connection is left, or at this instant.
     shutdown_at: Option<Instant>,
+    /// Set by drain: idle keep-alive connections are closed from this instant on.
+    drain_idle_at: Option<Instant>,
     drain_timeout: Duration,
 }
 
@@ -152,6 +154,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         },
         max_connections: config.max_connections as usize,
         shutdown_at: None,
+        drain_idle_at: if boot.draining { Some(Instant::now() + config.drain_timeout()) } else { None },
         drain_timeout: config.drain_timeout(),
     };
     let mut heartbeat = Heartbeater::new(Role::Worker, config.heartbeat_interval());
@@ -159,11 +162,14 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
     loop {
         let now = Instant::now();
-        let counters = worker.counters(now);
-        heartbeat.tick(now, &mut worker.control, &counters, &[]);
+        if heartbeat.until_due(now).is_zero() {
+            let counters = worker.counters(now);
+            heartbeat.tick(now, &mut worker.control, &counters, &[]);
+        }
         if let Some(at) = worker.shutdown_at {
             if worker.conns.len() == 0 || now >= at {
-                tracing::info!(worker = id, open = worker.conns.len(), requests = counters.requests, "worker exiting");
+                let requests = worker.shared.stats.counters.requests;
+                tracing::info!(worker = id, open = worker.conns.len(), requests, "worker exiting");
                 return Ok(());
             }
         }
@@ -220,10 +226,14 @@ impl Worker {
                         log.replace(fd.into());
                     }
                 }
-                Ok(Recv::Message(Message::Drain)) => self.shared.force_close = true,
+                Ok(Recv::Message(Message::Drain)) => {
+                    self.shared.force_close = true;
+                    self.drain_idle_at.get_or_insert(now + self.drain_timeout);
+                }
                 Ok(Recv::Message(Message::Resume)) => {
                     if self.shutdown_at.is_none() {
                         self.shared.force_close = false;
+                        self.drain_idle_at = None;
                     }
                 }
                 Ok(Recv::Message(other)) => tracing::debug!(worker = self.id, ?other, "worker ignores message"),
@@ -297,7 +307,7 @@ impl Worker {
     /// Closes connections past their header, keep-alive or write deadline, and idle
     /// ones once the shutdown deadline has come.
     fn sweep(&mut self, now: Instant) {
-        let shutdown_due = self.shutdown_at.is_some_and(|t| now >= t);
+        let shutdown_due = self.shutdown_at.into_iter().chain(self.drain_idle_at).any(|t| now >= t);
         let expired: Vec<usize> = self
             .conns
             .iter()
