@@ -72,6 +72,12 @@ prometheus --config.file="$TMP/prometheus.yml" --storage.tsdb.path="$TMP/tsdb" \
   --web.listen-address="127.0.0.1:$PROM_PORT" >"$TMP/prometheus.log" 2>&1 &
 PIDS+=($!)
 wait_for 30 curl -sf "http://127.0.0.1:$PROM_PORT/-/ready"
+# Traffic before the first scrape would be invisible to rate(): wait for it.
+scraped() {
+  curl -sf "http://127.0.0.1:$PROM_PORT/api/v1/query" --data-urlencode 'query=up{job="webd"} == 1' |
+    grep -q '"result":\[{'
+}
+wait_for 60 scraped
 
 log "traffic, a graceful listener restart and a worker crash"
 for round in 1 2 3; do
@@ -86,7 +92,9 @@ for round in 1 2 3; do
   sleep 1.5 # let a few scrapes see this round
 done
 
-log "every dashboard query must return data"
+log "every dashboard query must return data (light traffic continues meanwhile)"
+( for _ in $(seq 1 600); do curl -s -o /dev/null "http://127.0.0.1:$HTTP_PORT/1k.bin"; sleep 0.1; done ) &
+PIDS+=($!)
 status=0
 python3 "$REPO/dashboards/queries.py" --prometheus "http://127.0.0.1:$PROM_PORT" --wait 30 \
   "$REPO/dashboards/webd.json" || status=$?

@@ -109,7 +109,9 @@ impl Conn {
             let needs_input = self.produce(shared, now);
             if self.has_output() {
                 match self.write_out() {
-                    Ok(true) => self.flushed(&mut shared.stats, now),
+                    // One clock read per flush: `now` is when this pass began, which
+                    // would make a request served within one pass take no time at all.
+                    Ok(true) => self.flushed(&mut shared.stats, Instant::now()),
                     Ok(false) => {
                         // The client is slow to read: give it the keep-alive timeout
                         // per stretch without progress.
