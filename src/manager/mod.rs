@@ -101,11 +101,8 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 SIGNALS => {
-                    for event in signals.pending() {
-                        match event {
-                            Event::Child => pool.reap(poll.registry(), Instant::now()),
-                            _ => {}
-                        }
+                    if signals.pending().contains(&Event::Child) {
+                        pool.reap(poll.registry(), Instant::now());
                     }
                 }
                 CONNECTIONS => pool.connections_readable(),
