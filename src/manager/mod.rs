@@ -100,11 +100,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
                     pool.kill_all();
                     return Ok(());
                 }
-                SIGNALS => {
-                    if signals.pending().contains(&Event::Child) {
-                        pool.reap(poll.registry(), Instant::now());
-                    }
-                }
+                SIGNALS if signals.pending().contains(&Event::Child) => pool.reap(poll.registry(), Instant::now()),
                 CONNECTIONS => pool.connections_readable(),
                 Token(t) if t >= FIRST_WORKER => pool.drain_messages(t, poll.registry(), Instant::now()),
                 _ => {}
