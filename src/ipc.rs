@@ -70,6 +70,14 @@ pub enum Message {
     /// Daemon → manager: a reloaded configuration; the manager resizes its pool and
     /// replaces every worker, one at a time, so all run with it.
     Reconfigure(Box<Config>),
+    /// Old daemon → new daemon (binary upgrade): the sockets to serve and the totals to
+    /// continue from; the fds are attached.
+    Handoff(Box<Handoff>),
+    /// New daemon → old daemon: my tree is up and ready to serve.
+    Ready,
+    /// Old daemon → new daemon: I stopped accepting on the control and admin sockets;
+    /// they are yours.
+    TakeOver,
     /// Manager → daemon: a command finished (`ok`) or failed with a reason.
     Done { ok: bool, detail: String },
 }
@@ -98,6 +106,19 @@ pub enum FdKind {
     Lifeline,
     /// The access log file, opened O_APPEND by the daemon.
     AccessLog,
+    /// The control Unix socket (listening), handed over in a binary upgrade.
+    ControlSocket,
+    /// The admin HTTP socket (listening), handed over in a binary upgrade.
+    AdminSocket,
+}
+
+/// What an old daemon hands a new one in a binary upgrade.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Handoff {
+    /// Meaning of each attached fd, in order.
+    pub fds: Vec<FdKind>,
+    /// Counters the new daemon continues from, so they do not reset.
+    pub totals: crate::observe::CarriedTotals,
 }
 
 /// A status report: liveness plus the figures the supervisor aggregates.
@@ -264,22 +285,7 @@ pub fn receive_bootstrap(channel: &mut Channel) -> io::Result<(Bootstrap, Bootst
     match channel.recv_blocking(&mut fds, Duration::from_secs(10))? {
         Message::Bootstrap(boot) => {
             let boot = *boot;
-            if boot.fds.len() != fds.len() {
-                return Err(io::Error::other(format!(
-                    "bootstrap announced {} fds but carried {}",
-                    boot.fds.len(),
-                    fds.len()
-                )));
-            }
-            let mut sorted = BootstrapFds::default();
-            for (kind, fd) in boot.fds.iter().zip(fds) {
-                match kind {
-                    FdKind::ListenSocket => sorted.listen.push(fd),
-                    FdKind::Connections => sorted.connections = Some(fd),
-                    FdKind::Lifeline => sorted.lifeline = Some(fd),
-                    FdKind::AccessLog => sorted.access_log = Some(fd),
-                }
-            }
+            let sorted = sort_fds(&boot.fds, fds)?;
             Ok((boot, sorted))
         }
         other => Err(io::Error::other(format!("expected bootstrap, got {other:?}"))),
@@ -293,6 +299,27 @@ pub struct BootstrapFds {
     pub connections: Option<OwnedFd>,
     pub lifeline: Option<OwnedFd>,
     pub access_log: Option<OwnedFd>,
+    pub control: Option<OwnedFd>,
+    pub admin: Option<OwnedFd>,
+}
+
+/// Sorts fds by the kinds announced beside them.
+pub fn sort_fds(kinds: &[FdKind], fds: Vec<OwnedFd>) -> io::Result<BootstrapFds> {
+    if kinds.len() != fds.len() {
+        return Err(io::Error::other(format!("announced {} fds but carried {}", kinds.len(), fds.len())));
+    }
+    let mut sorted = BootstrapFds::default();
+    for (kind, fd) in kinds.iter().zip(fds) {
+        match kind {
+            FdKind::ListenSocket => sorted.listen.push(fd),
+            FdKind::Connections => sorted.connections = Some(fd),
+            FdKind::Lifeline => sorted.lifeline = Some(fd),
+            FdKind::AccessLog => sorted.access_log = Some(fd),
+            FdKind::ControlSocket => sorted.control = Some(fd),
+            FdKind::AdminSocket => sorted.admin = Some(fd),
+        }
+    }
+    Ok(sorted)
 }
 
 #[cfg(test)]

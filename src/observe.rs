@@ -78,6 +78,22 @@ pub struct Observed {
     pub connections_accepted: u64,
     pub connections_active: u64,
     pub http: HttpTotals,
+    /// Binary upgrades this tree descends from.
+    pub upgrades: u64,
+}
+
+/// Counters a new daemon continues from after a binary upgrade (see the README for
+/// what is and is not carried).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CarriedTotals {
+    pub upgrades: u64,
+    pub connections_accepted: u64,
+    pub requests_by_code: Vec<(u16, u64)>,
+    pub response_bytes: u64,
+    pub duration_counts: Vec<u64>,
+    pub duration_sum: f64,
+    /// Restarts by role (listener, manager, worker) and reason (crash, hang, manual).
+    pub restarts: [[u64; 3]; 3],
 }
 
 /// The handle both planes hold.

@@ -1,16 +1,24 @@
 //! Integration tests: each module starts real webd trees (see `util`).
 //!
+//! - `chaos`: random SIGKILL/SIGSTOP of listener, manager and workers under load; every
+//!   failed request attributed to its fault (`WEBD_SOAK_SECS` for long runs)
 //! - `control`: webctl and the control socket against the real daemon
 //! - `tree`: the supervised process tree (spawn, crash, hang, backoff, stop, orphans)
 //! - `metrics`: /metrics, /readyz, /status against the real daemon
 //! - `ops`: config file, SIGHUP, systemd notify, --user, access log
 //! - `startup`: bad flags and runtime errors at start
+//! - `upgrade`: zero-downtime binary upgrade and rollback
 //! - `http`: the HTTP contract (SPEC §4) against the real binary
+//! - `hostile`: hostile HTTP, control and admin clients and fd exhaustion, with a normal
+//!   client served throughout and heartbeats measured
 
+mod chaos;
 mod control;
+mod hostile;
 mod http;
 mod metrics;
 mod ops;
 mod startup;
 mod tree;
+mod upgrade;
 mod util;

@@ -547,3 +547,321 @@ pub fn parse_metrics(text: &str) -> Vec<Sample> {
 pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples.iter().find(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v))).map(|s| s.value)
 }
+
+/// Clients that keep a connection open for many requests (HTTP/1.1 keep-alive), opening
+/// a new one only when the server says `Connection: close` or closes after a response.
+/// Every failed request is counted. Bounded: each thread stops after 60 s regardless.
+pub struct KeepAliveLoad {
+    stop: Arc<AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+    errors: Arc<Mutex<Vec<String>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl KeepAliveLoad {
+    pub fn start(addr: SocketAddr, clients: usize, path: &str, expect: Vec<u8>) -> KeepAliveLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let expect = Arc::new(expect);
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed, errors) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+                let (path, expect) = (path.to_string(), expect.clone());
+                std::thread::spawn(move || {
+                    let started = Instant::now();
+                    let mut conn: Option<(TcpStream, Vec<u8>)> = None;
+                    while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                        match keep_alive_get(&mut conn, addr, &path) {
+                            Ok(r) if r.status == 200 && r.body == *expect => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                errors.lock().unwrap_or_else(|e| e.into_inner()).push(format!("status {}", r.status));
+                            }
+                            Err(e) => {
+                                conn = None;
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                errors.lock().unwrap_or_else(|e| e.into_inner()).push(e.to_string());
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        KeepAliveLoad { stop, ok, failed, errors, threads }
+    }
+
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    pub fn finish(mut self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let errors = self.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed), errors)
+    }
+}
+
+impl Drop for KeepAliveLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One GET on the kept connection (opening one if needed); drops the connection when
+/// the response says close.
+fn keep_alive_get(conn: &mut Option<(TcpStream, Vec<u8>)>, addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    if conn.is_none() {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        *conn = Some((s, Vec::new()));
+    }
+    let (stream, buf) = conn.as_mut().expect("connection just opened");
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())?;
+    loop {
+        if let Some((r, used)) = parse_response(buf) {
+            buf.drain(..used);
+            if r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                *conn = None;
+            }
+            return Ok(r);
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before a response"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+// ---- Helpers for the chaos and hostile-input suites ---------------------------------
+
+/// Raises this process's soft RLIMIT_NOFILE towards `want` (never above the hard limit)
+/// and returns the soft limit now in force. Daemons started afterwards inherit it, so
+/// a test that opens a thousand sockets does not run out on a host whose default soft
+/// limit is 1024.
+pub fn raise_nofile_limit(want: u64) -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < want {
+            let raised = libc::rlimit { rlim_cur: want.min(lim.rlim_max), rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = raised.rlim_cur;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Open descriptors of `pid` (entries of /proc/<pid>/fd).
+pub fn fd_count(pid: i32) -> Option<usize> {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|d| d.count())
+}
+
+/// The highest open descriptor number of `pid`.
+pub fn max_fd(pid: i32) -> Option<i32> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    dir.flatten().filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok()).max()
+}
+
+/// A field of /proc/<pid>/status in kB (e.g. "VmRSS", "VmHWM").
+pub fn status_kib(pid: i32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.split(':').next() == Some(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resident set size of `pid` in KiB.
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// Threads of `pid`.
+pub fn thread_count(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find(|l| l.starts_with("Threads:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU time (user + system) `pid` has used, in seconds.
+pub fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state(0) ppid(1) ... utime is field 14 of the whole line = index 11 here.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((utime + stime) as f64 / hz)
+}
+
+/// Sends a signal with kill(2) directly (no `kill` process: cheap enough to call in a
+/// loop, and the result tells whether the target existed).
+pub fn signal(pid: i32, sig: i32) -> bool {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+impl Webd {
+    /// Descendants of the daemon that are zombies (exited, not yet reaped).
+    pub fn zombies(&self) -> Vec<Proc> {
+        let all = all_processes();
+        all.values().filter(|p| p.state == 'Z' && descends_from(&all, p.pid, self.pid)).cloned().collect()
+    }
+
+    /// `status` over the control socket directly (no webctl process: cheap enough to
+    /// poll). None when the daemon does not answer within `timeout`.
+    pub fn status_direct(&self, timeout: Duration) -> Option<serde_json::Value> {
+        use std::io::BufRead;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.control_socket).ok()?;
+        s.set_read_timeout(Some(timeout)).ok()?;
+        s.set_write_timeout(Some(timeout)).ok()?;
+        s.write_all(b"{\"cmd\":\"status\"}\n").ok()?;
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+        (v["ok"] == true).then(|| v["status"].clone())
+    }
+}
+
+/// Scrapes /metrics without panicking (for background probes): None on any error.
+pub fn try_scrape(admin_port: u16, timeout: Duration) -> Option<Vec<Sample>> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let (r, _) = parse_response(&buf)?;
+    (r.status == 200).then(|| parse_metrics(&String::from_utf8_lossy(&r.body)))
+}
+
+/// `webd_heartbeats_missed_total` per role (listener, manager, worker).
+pub fn missed_heartbeats(samples: &[Sample]) -> HashMap<String, f64> {
+    samples
+        .iter()
+        .filter(|s| s.name == "webd_heartbeats_missed_total")
+        .filter_map(|s| s.label("role").map(|r| (r.to_string(), s.value)))
+        .collect()
+}
+
+/// The largest heartbeat ages seen by a background probe, per role, in milliseconds.
+#[derive(Debug, Clone, Default)]
+pub struct HeartbeatFigures {
+    pub max_age_ms: std::collections::BTreeMap<String, f64>,
+    pub samples: u64,
+    pub failed_samples: u64,
+}
+
+impl HeartbeatFigures {
+    /// `listener 105 / manager 98 / worker 120` (ms), for summaries.
+    pub fn brief(&self) -> String {
+        let parts: Vec<String> = ["listener", "manager", "worker"]
+            .iter()
+            .map(|r| match self.max_age_ms.get(*r) {
+                Some(ms) => format!("{r} {ms:.0}"),
+                None => format!("{r} -"),
+            })
+            .collect();
+        parts.join(" / ")
+    }
+}
+
+/// Samples `webd_heartbeat_age_seconds{role}` from /metrics every `period` on a thread
+/// of its own, keeping the largest value per role, until `finish`.
+pub struct HeartbeatProbe {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<HeartbeatFigures>>,
+}
+
+impl HeartbeatProbe {
+    pub fn start(admin_port: u16, period: Duration) -> HeartbeatProbe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut figures = HeartbeatFigures::default();
+            let started = Instant::now();
+            // Bounded: a probe never outlives 15 minutes even if `finish` is never called.
+            while !flag.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(900) {
+                match try_scrape(admin_port, Duration::from_secs(2)) {
+                    Some(samples) => {
+                        figures.samples += 1;
+                        for s in samples.iter().filter(|s| s.name == "webd_heartbeat_age_seconds") {
+                            if let Some(role) = s.label("role") {
+                                let ms = s.value * 1000.0;
+                                let max = figures.max_age_ms.entry(role.to_string()).or_insert(0.0);
+                                *max = max.max(ms);
+                            }
+                        }
+                    }
+                    None => figures.failed_samples += 1,
+                }
+                std::thread::sleep(period);
+            }
+            figures
+        });
+        HeartbeatProbe { stop, handle: Some(handle) }
+    }
+
+    pub fn finish(mut self) -> HeartbeatFigures {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().and_then(|h| h.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for HeartbeatProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Deterministic xorshift64* generator: the suites need randomness without a crate,
+/// and a printed seed makes a run reproducible.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    /// A seed from `WEBD_TEST_SEED` if set, else from the clock.
+    pub fn seed_from_env() -> u64 {
+        std::env::var("WEBD_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+        })
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `lo..hi` (hi exclusive, hi > lo).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo).max(1)
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&self.next_u64().to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+}

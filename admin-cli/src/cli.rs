@@ -16,6 +16,8 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// real (e.g. the new listener has sent its first heartbeat), which can take a
 /// worker's grace period and more.
 const ACTION_TIMEOUT: Duration = Duration::from_secs(35);
+/// An upgrade waits for a whole new tree to become ready (the daemon gives up after 30 s).
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(65);
 
 /// Control a running webd daemon through its control socket.
 #[derive(Parser, Debug)]
@@ -58,6 +60,13 @@ pub enum Command {
     },
     /// Gracefully stop the daemon, like SIGTERM.
     Stop,
+    /// Replace the running daemon with a new binary without dropping a connection; rolls
+    /// back (exit 1 with the reason) if the new daemon does not become ready.
+    Upgrade {
+        /// The new executable (default: the path the daemon was started from).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<std::path::PathBuf>,
+    },
     /// Print a shell completion script to stdout.
     Completions {
         /// Shell to generate completions for.
@@ -100,6 +109,12 @@ impl Command {
             Command::Resume => Request::Resume,
             Command::Scale { workers } => Request::Scale { workers: *workers },
             Command::Stop => Request::Stop,
+            Command::Upgrade { binary } => Request::Upgrade {
+                // The daemon resolves the path; make a relative one mean "from here".
+                binary: binary
+                    .as_ref()
+                    .map(|b| std::path::absolute(b).unwrap_or_else(|_| b.clone()).to_string_lossy().into_owned()),
+            },
             Command::Completions { .. } => return None,
         };
         Some(request)
@@ -112,6 +127,7 @@ impl Cli {
         match (self.timeout, request) {
             (Some(secs), _) => Duration::from_secs(secs),
             (None, Request::Status) => STATUS_TIMEOUT,
+            (None, Request::Upgrade { .. }) => UPGRADE_TIMEOUT,
             (None, _) => ACTION_TIMEOUT,
         }
     }

@@ -28,6 +28,12 @@ pub enum Request {
         workers: u32,
     },
     Stop,
+    /// Replace the daemon binary without dropping a connection: a new daemon started
+    /// from `binary` (default: the running executable's path) takes over the sockets.
+    Upgrade {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<String>,
+    },
 }
 
 /// What `restart` acts on.
@@ -147,6 +153,11 @@ mod tests {
             ),
             (r#"{"cmd":"scale","workers":2}"#, Request::Scale { workers: 2 }),
             (r#"{"cmd":"drain"}"#, Request::Drain),
+            (r#"{"cmd":"upgrade"}"#, Request::Upgrade { binary: None }),
+            (
+                r#"{"cmd":"upgrade","binary":"/usr/local/bin/webd"}"#,
+                Request::Upgrade { binary: Some("/usr/local/bin/webd".into()) },
+            ),
         ];
         for (line, want) in cases {
             let got: Request = serde_json::from_str(line).expect(line);

@@ -78,8 +78,15 @@ pub const DRAINING: MetricDef =
 pub const BUILD_INFO: MetricDef =
     def("webd_build_info", GAUGE, &["version"], "Always 1; the version label names the running webd build.");
 
+pub const UPGRADES: MetricDef = def(
+    "webd_upgrades_total",
+    COUNTER,
+    &[],
+    "Zero-downtime binary upgrades this daemon descends from (carried from daemon to daemon).",
+);
+
 /// Every `webd_*` metric, in exposition order.
-pub const ALL: [MetricDef; 14] = [
+pub const ALL: [MetricDef; 15] = [
     HEARTBEAT_LATENCY,
     HEARTBEAT_AGE,
     HEARTBEATS_MISSED,
@@ -94,6 +101,7 @@ pub const ALL: [MetricDef; 14] = [
     HTTP_RESPONSE_BYTES,
     DRAINING,
     BUILD_INFO,
+    UPGRADES,
 ];
 
 /// Roles always exported, so `min(webd_process_up)` sees a role that never came up.
@@ -165,7 +173,10 @@ fn snapshot(o: &Observed) -> Observed {
         connections_accepted: o.connections_accepted,
         connections_active: o.connections_active,
         http: o.http.clone(),
-        ..Observed::default()
+        upgrades: o.upgrades,
+        // Everything but the status document, which metrics do not use.
+        status: None,
+        not_ready: None,
     }
 }
 
@@ -179,6 +190,7 @@ pub fn families(o: &Observed) -> Vec<MetricFamily> {
     out.extend(traffic_families(o));
     out.push(Family::new(&DRAINING).gauge(&[], bool_value(o.draining)).finish());
     out.push(Family::new(&BUILD_INFO).gauge(&[crate::VERSION], 1.0).finish());
+    out.push(Family::new(&UPGRADES).counter(&[], o.upgrades).finish());
     out
 }
 

@@ -32,7 +32,6 @@ pub use server::Limits;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
-use std::thread::JoinHandle;
 
 /// Connections the kernel queues for the admin thread before refusing them.
 const BACKLOG: i32 = 1024;
@@ -40,14 +39,43 @@ const BACKLOG: i32 = 1024;
 /// Binds `addr` now (so "address in use" is reported at start) and serves the admin
 /// endpoint on a thread of its own, with the default [`Limits`] (the connection cap
 /// lowered to a quarter of `RLIMIT_NOFILE` if that is smaller).
-pub fn spawn(addr: SocketAddr, observed: SharedObserved) -> io::Result<JoinHandle<()>> {
+pub fn spawn(addr: SocketAddr, observed: SharedObserved) -> io::Result<AdminHandle> {
     let listener = bind(addr).map_err(|e| io::Error::new(e.kind(), format!("admin endpoint {addr}: {e}")))?;
+    start(listener, addr, observed)
+}
+
+/// Serves on a listening socket handed over by the daemon this one replaces (binary
+/// upgrade): the port never closes.
+pub fn spawn_inherited(listener: std::net::TcpListener, observed: SharedObserved) -> io::Result<AdminHandle> {
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    start(listener, addr, observed)
+}
+
+/// A running admin endpoint: its socket (for a binary upgrade to hand over) and a way
+/// to stop accepting on it.
+pub struct AdminHandle {
+    pub socket: std::net::TcpListener,
+    stop: server::StopSwitch,
+}
+
+impl AdminHandle {
+    /// Stops accepting and closes this process's copy of the socket; a new daemon that
+    /// holds another copy keeps serving on it.
+    pub fn stop(&self) {
+        self.stop.stop();
+    }
+}
+
+fn start(listener: std::net::TcpListener, addr: SocketAddr, observed: SharedObserved) -> io::Result<AdminHandle> {
+    let socket = listener.try_clone()?;
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "admin endpoint bound to a non-loopback address: metrics and status are visible to the network");
     }
     let limits = Limits { max_connections: connection_budget(Limits::default().max_connections), ..Limits::default() };
     tracing::info!(addr = %listener.local_addr().unwrap_or(addr), max_connections = limits.max_connections, "admin endpoint listening");
-    serve(listener, observed, limits)
+    let stop = serve(listener, observed, limits)?;
+    Ok(AdminHandle { socket, stop })
 }
 
 /// Admin connections use the daemon's descriptors: keep them to a quarter of its
@@ -64,10 +92,12 @@ fn connection_budget(max: usize) -> usize {
 }
 
 /// Serves on an already bound, non-blocking listener from a new thread.
-fn serve(listener: std::net::TcpListener, observed: SharedObserved, limits: Limits) -> io::Result<JoinHandle<()>> {
+fn serve(listener: std::net::TcpListener, observed: SharedObserved, limits: Limits) -> io::Result<server::StopSwitch> {
     let endpoints = routes::Endpoints::new(observed).map_err(io::Error::other)?;
     let server = server::Server::new(listener, endpoints, limits)?;
-    std::thread::Builder::new().name("webd-admin".into()).spawn(move || server.run())
+    let stop = server.stop_switch();
+    std::thread::Builder::new().name("webd-admin".into()).spawn(move || server.run())?;
+    Ok(stop)
 }
 
 /// A non-blocking, close-on-exec listening socket with a deep backlog.

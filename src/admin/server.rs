@@ -68,6 +68,26 @@ const ACCEPT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 const READ_CHUNK: usize = 4096;
 
 const LISTENER: Token = Token(0);
+/// Wakes the loop to notice a stop request.
+const WAKER: Token = Token(usize::MAX);
+
+/// Stops a running server from another thread.
+#[derive(Clone)]
+pub struct StopSwitch {
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    waker: std::sync::Arc<mio::Waker>,
+}
+
+impl StopSwitch {
+    pub fn stop(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::Release);
+        let _ = self.waker.wake();
+    }
+
+    fn stopped(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
 
 /// The admin server: listener, connections and the handlers they reach.
 pub struct Server {
@@ -86,6 +106,7 @@ pub struct Server {
     next_sweep: Instant,
     /// Connections that used up their turn with requests still buffered.
     unfinished: Vec<usize>,
+    stop: StopSwitch,
 }
 
 impl Server {
@@ -95,7 +116,12 @@ impl Server {
         let mut listener = TcpListener::from_std(listener);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let next_sweep = Instant::now() + limits.idle_timeout;
+        let stop = StopSwitch {
+            flag: std::sync::Arc::default(),
+            waker: std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKER)?),
+        };
         Ok(Server {
+            stop,
             poll,
             listener,
             endpoints,
@@ -109,10 +135,15 @@ impl Server {
         })
     }
 
-    /// Serves until the process exits.
+    /// A handle that makes [`Server::run`] return.
+    pub fn stop_switch(&self) -> StopSwitch {
+        self.stop.clone()
+    }
+
+    /// Serves until the process exits or the stop switch is used.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(256);
-        loop {
+        while !self.stop.stopped() {
             let timeout = self.poll_timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -148,6 +179,7 @@ impl Server {
                 self.accept_all(now);
             }
             LISTENER => {} // resume_accepting retries when the pause ends
+            WAKER => {}
             Token(t) => self.drive(t - 1, now),
         }
     }

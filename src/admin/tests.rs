@@ -86,6 +86,7 @@ fn synthetic() -> Observed {
             // Per-bucket counts over DURATION_BUCKETS (14 bounds) plus the overflow.
             duration: histogram(&[5, 10, 20, 30, 15, 10, 5, 2, 1, 0, 0, 0, 0, 0, 1], 1.75),
         },
+        upgrades: 2,
     }
 }
 

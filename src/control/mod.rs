@@ -13,7 +13,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use webd_proto::{Request, Response, MAX_REQUEST_BYTES};
@@ -63,14 +63,33 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the control socket on a thread of its own.
-pub fn spawn(listener: UnixListener, observed: SharedObserved, handle: LoopHandle) -> io::Result<()> {
+/// Serves the control socket on a thread of its own until `stop` is set (a binary
+/// upgrade hands the socket to the new daemon; clients already connected are still
+/// answered).
+/// Returns the count of clients being served, so the daemon can let replies finish
+/// before it exits.
+pub fn spawn(
+    listener: UnixListener,
+    observed: SharedObserved,
+    handle: LoopHandle,
+    stop: Arc<AtomicBool>,
+) -> io::Result<Arc<AtomicUsize>> {
     let allowed_uid = nix::unistd::geteuid().as_raw();
+    listener.set_nonblocking(true)?;
+    let active = Arc::new(AtomicUsize::new(0));
+    let clients = Arc::clone(&active);
     std::thread::Builder::new().name("control".into()).spawn(move || {
-        let active = Arc::new(AtomicUsize::new(0));
-        for stream in listener.incoming() {
-            match stream {
-                Ok(stream) => admit(stream, &active, allowed_uid, &observed, &handle),
+        while !stop.load(Ordering::Acquire) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(false).is_ok() {
+                        admit(stream, &active, allowed_uid, &observed, &handle);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Wake at least every 100 ms to notice `stop`.
+                    let _ = crate::ipc::wait_readable(std::os::fd::AsFd::as_fd(&listener), Duration::from_millis(100));
+                }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "control accept failed");
@@ -78,8 +97,9 @@ pub fn spawn(listener: UnixListener, observed: SharedObserved, handle: LoopHandl
                 }
             }
         }
+        tracing::info!("control socket handed over");
     })?;
-    Ok(())
+    Ok(clients)
 }
 
 fn admit(mut stream: UnixStream, active: &Arc<AtomicUsize>, uid: u32, observed: &SharedObserved, handle: &LoopHandle) {

@@ -79,6 +79,7 @@ impl Daemon {
                 self.forward_to_manager(Message::RestartWorkers { id }, "restart worker", reply)
             }
             Request::Scale { workers } => self.forward_to_manager(Message::Scale { workers }, "scale", reply),
+            Request::Upgrade { binary } => self.start_upgrade(binary, Some(reply.clone())),
         }
     }
 

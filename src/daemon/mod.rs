@@ -7,11 +7,13 @@
 //! once, and restarts back off as `supervise` defines.
 
 mod commands;
+mod planes;
 mod publish;
 mod reload;
 mod roles;
 mod sockets;
 mod systemd;
+mod upgrade;
 
 use crate::config::Config;
 use crate::control::{self, CommandRequest, LoopHandle};
@@ -35,6 +37,7 @@ const MANAGER: Token = Token(2);
 const LISTENER_INCOMING: Token = Token(3);
 const MANAGER_INCOMING: Token = Token(4);
 const COMMANDS: Token = Token(5);
+const UPGRADE: Token = Token(6);
 
 /// The daemon's overall state, as status shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,10 +110,25 @@ struct Daemon {
     /// Monotonic worker-role supervision figures from the managers' reports.
     pool_totals: Accumulator,
     systemd: systemd::Systemd,
+    planes: planes::Planes,
+    upgrade: upgrade::Upgrade,
+    /// A successor owns the control socket now: leave its file alone at exit.
+    handed_over: bool,
+    /// Totals inherited from the daemon we replaced (binary upgrade).
+    carried: crate::observe::CarriedTotals,
+    /// Our command line, for starting a successor.
+    argv0: String,
+    args: Vec<std::ffi::OsString>,
+    /// In a graceful stop, the manager's shutdown deadline, sent once the listener is gone.
+    manager_stop_pending: Option<u64>,
 }
 
 /// Runs the daemon until a graceful stop completes.
 pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
+    let mut successor_channel = None;
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().map(|a| a.to_string_lossy().into_owned()).unwrap_or_else(|| "webd".into());
+    let args: Vec<std::ffi::OsString> = argv.collect();
     let credentials = match &config.user {
         Some(name) => {
             anyhow::ensure!(nix::unistd::geteuid().is_root(), "--user {name} needs webd to start as root");
@@ -119,7 +137,22 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
         None => None,
     };
     let access_log = open_access_log(&config)?;
-    let listen = sockets::bind_all(&config.listen)?;
+    let handoff = upgrade::receive_handoff()?;
+    let (listen, inherited_control, inherited_admin, carried) = match handoff {
+        Some((_, fds, _)) if fds.listen.len() != config.listen.len() => anyhow::bail!(
+            "the old daemon handed over {} listening sockets but this configuration listens on {}",
+            fds.listen.len(),
+            config.listen.len()
+        ),
+        Some((handoff, fds, channel)) => {
+            tracing::info!(upgrades = handoff.totals.upgrades, "upgrade: took the sockets from the old daemon");
+            let control = fds.control.map(std::os::unix::net::UnixListener::from);
+            let admin = fds.admin.map(std::net::TcpListener::from);
+            successor_channel = Some(channel);
+            (fds.listen, control, admin, handoff.totals)
+        }
+        None => (sockets::bind_all(&config.listen)?, None, None, Default::default()),
+    };
     let connections = sys::seqpacket_pair().context("connection channel")?;
     let (lifeline_read, lifeline_write) = sys::process::lifeline().context("lifeline pipe")?;
     sys::process::become_subreaper().context("PR_SET_CHILD_SUBREAPER")?;
@@ -129,16 +162,27 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
     let poll = Poll::new().context("epoll")?;
     poll.registry().register(&mut SourceFd(&signals_fd(&signals)), SIGNALS, Interest::READABLE)?;
     // Everything that can fail at start is bound before any child exists, so a refusal
-    // leaves no half-started tree.
-    let control_listener = control::bind(&config.control_socket)?;
+    // leaves no half-started tree. A successor serves the sockets it was handed only
+    // once the old daemon lets go of them.
+    let control_listener = match inherited_control {
+        Some(control) => control,
+        None => control::bind(&config.control_socket)?,
+    };
     let observed = SharedObserved::default();
-    if let Some(addr) = config.admin {
-        crate::admin::spawn(addr, observed.clone()).context("admin endpoint")?;
-    }
     let (command_tx, command_rx) = mpsc::channel();
     let waker = Arc::new(mio::Waker::new(poll.registry(), COMMANDS).context("waker")?);
-    control::spawn(control_listener, observed.clone(), LoopHandle { commands: command_tx, waker })
-        .context("control socket thread")?;
+    let handle = LoopHandle { commands: command_tx, waker };
+    let mut planes = planes::Planes::new(control_listener, inherited_admin, config.admin, handle);
+    let upgrade = match successor_channel {
+        Some(channel) => {
+            poll.registry().register(&mut SourceFd(&channel.raw_fd()), UPGRADE, Interest::READABLE)?;
+            upgrade::Upgrade::Successor { channel, ready_sent: false }
+        }
+        None => {
+            planes.start(&observed)?;
+            upgrade::Upgrade::Idle
+        }
+    };
     let now = Instant::now();
     tracing::info!(
         pid = std::process::id(),
@@ -175,9 +219,19 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
         worker_totals: Accumulator::default(),
         pool_totals: Accumulator::default(),
         systemd: systemd::Systemd::from_env(now),
+        planes,
+        upgrade,
+        handed_over: false,
+        carried: Default::default(),
+        argv0,
+        args,
+        manager_stop_pending: None,
     };
+    daemon.continue_from(carried);
     let result = daemon.run_loop();
-    let _ = std::fs::remove_file(&daemon.inherit.config.control_socket);
+    if !daemon.handed_over {
+        let _ = std::fs::remove_file(&daemon.inherit.config.control_socket);
+    }
     result
 }
 
@@ -193,12 +247,17 @@ impl Daemon {
             let now = Instant::now();
             self.start_due_roles(now);
             if self.state == State::Stopping && self.stop_finished(now) {
+                self.publish(Instant::now());
+                self.send_final_totals();
+                self.planes.let_replies_finish(Duration::from_millis(500));
                 tracing::info!(uptime_s = self.started.elapsed().as_secs(), "webd stopped");
                 return Ok(());
             }
             if self.publish(now) {
                 self.systemd.ready();
+                self.announce_ready();
             }
+            self.stop_manager_after_listener();
             self.systemd.tick(now);
             let wake = self.next_wakeup(now);
             match self.poll.poll(&mut events, Some(wake)) {
@@ -223,6 +282,7 @@ impl Daemon {
                         self.manager.drain_incoming(self.poll.registry(), drain, kill_after, &mut role_events);
                     }
                     COMMANDS => self.take_commands(),
+                    UPGRADE => self.upgrade_readable(),
                     _ => {}
                 }
             }
@@ -236,6 +296,7 @@ impl Daemon {
             }
             self.listener.kill_overdue_retirees(now);
             self.manager.kill_overdue_retirees(now);
+            self.check_upgrade_deadline(now);
         }
     }
 
@@ -246,7 +307,7 @@ impl Daemon {
                 at = at.min(t);
             }
         }
-        for t in self.stop_deadline.into_iter().chain(self.systemd.next_deadline()) {
+        for t in self.stop_deadline.into_iter().chain(self.systemd.next_deadline()).chain(self.upgrade_deadline()) {
             at = at.min(t);
         }
         at.saturating_duration_since(now).max(Duration::from_millis(1))
@@ -271,7 +332,11 @@ impl Daemon {
                 Event::Stop => self.begin_stop("signal"),
                 Event::Reload => self.reload(),
                 Event::ReopenLogs => self.reopen_access_log(),
-                Event::Upgrade => tracing::warn!("SIGUSR2: binary upgrade is not supported yet"),
+                Event::Upgrade => {
+                    if let Some(refused) = self.start_upgrade(None, None) {
+                        tracing::error!(reason = ?refused.error, "SIGUSR2: upgrade not started");
+                    }
+                }
             }
         }
     }
@@ -318,6 +383,7 @@ impl Daemon {
             let registry = self.poll.registry();
             if !self.listener.on_exit(pid, exit, stopping, registry, now, role_events)
                 && !self.manager.on_exit(pid, exit, stopping, registry, now, role_events)
+                && !self.upgrade_child_exited(pid, exit)
             {
                 log_orphan_exit(pid, exit);
             }
@@ -337,19 +403,42 @@ impl Daemon {
 
     /// Graceful stop: children finish in-flight work within the grace period.
     pub(crate) fn begin_stop(&mut self, why: &str) {
+        let grace = self.inherit.config.grace();
+        self.begin_stop_with(why, grace);
+    }
+
+    /// Graceful stop giving workers `finish_within` for their connections. The listener
+    /// stops first; the manager is told once the listener is gone, so it can hand every
+    /// connection still queued to a worker before it retires them.
+    pub(crate) fn begin_stop_with(&mut self, why: &str, finish_within: Duration) {
         if self.state == State::Stopping {
             return;
         }
-        tracing::info!(why, grace_ms = self.inherit.config.grace_ms, "graceful stop");
+        tracing::info!(why, finish_within_ms = finish_within.as_millis() as u64, "graceful stop");
         self.systemd.stopping();
         self.state = State::Stopping;
         let now = Instant::now();
-        self.stop_deadline = Some(now + self.inherit.config.grace());
-        let deadline_ms = self.inherit.config.grace_ms;
-        for role in [&mut self.listener, &mut self.manager] {
-            role.slot.start_due = None;
-            role.send(&Message::Shutdown { deadline_ms });
+        self.stop_deadline = Some(now + finish_within + self.inherit.config.grace());
+        let deadline_ms = finish_within.as_millis() as u64;
+        self.listener.slot.start_due = None;
+        self.manager.slot.start_due = None;
+        self.listener.send(&Message::Shutdown { deadline_ms });
+        self.manager_stop_pending = Some(deadline_ms);
+    }
+
+    fn stop_manager_after_listener(&mut self) {
+        if self.listener.has_processes() {
+            return;
         }
+        if let Some(deadline_ms) = self.manager_stop_pending.take() {
+            self.manager.send(&Message::Shutdown { deadline_ms });
+        }
+    }
+
+    /// Counts what the daemon we replaced had counted as a base under our own totals
+    /// (replaced by fresher figures as the old daemon sends them).
+    fn continue_from(&mut self, carried: crate::observe::CarriedTotals) {
+        self.carried = carried;
     }
 
     /// True once every child is gone; past the grace deadline, kills what is left.

@@ -23,8 +23,8 @@ impl Daemon {
             not_ready,
             draining: self.state == State::Draining,
             roles: [
-                ("listener", role_figures(&mut self.listener, now)),
-                ("manager", role_figures(&mut self.manager, now)),
+                ("listener", role_figures(&mut self.listener, now, self.carried.restarts[0])),
+                ("manager", role_figures(&mut self.manager, now, self.carried.restarts[1])),
                 ("worker", self.worker_figures(&workers)),
             ]
             .into_iter()
@@ -38,32 +38,44 @@ impl Daemon {
                 .filter(|w| w.state != "draining")
                 .map(|w| (w.id, w.utilization))
                 .collect(),
-            connections_accepted: self.listener_totals.accepted,
+            connections_accepted: self.carried.connections_accepted + self.listener_totals.accepted,
             connections_active: workers.iter().map(|w| w.counters.active).sum(),
-            http: HttpTotals {
-                requests_by_code: sorted(self.worker_totals.requests_by_code.iter().map(|(c, n)| (*c, *n)).collect()),
-                response_bytes: self.worker_totals.response_bytes,
-                duration: self.worker_totals.duration.clone(),
-            },
+            upgrades: self.carried.upgrades,
+            http: self.http_totals(),
         };
         *self.observed.lock() = observed;
         ready
     }
 
+    /// Folds every report into the monotonic totals. Reports are cumulative per process
+    /// and keyed by the pid inside them, so folding one twice adds nothing; a pid is
+    /// forgotten only once no report mentions it any more.
     fn fold_reports(&mut self) {
-        if let (Some(pid), Some(hb)) = (self.listener.slot.pid, self.listener.last.as_ref()) {
-            self.listener_totals.fold(pid.as_raw() as u32, &hb.counters);
-            self.listener_totals.retain_pids(|p| p == pid.as_raw() as u32);
+        self.listener.read_retiring_reports();
+        self.manager.read_retiring_reports();
+        let listeners = self.listener.last.iter().chain(&self.listener.retiring_reports);
+        for hb in listeners {
+            self.listener_totals.fold(hb.pid, &hb.counters);
         }
-        if let (Some(pid), Some(hb)) = (self.manager.slot.pid, self.manager.last.as_ref()) {
-            self.pool_totals.fold(pid.as_raw() as u32, &hb.counters);
-            self.pool_totals.retain_pids(|p| p == pid.as_raw() as u32);
+        let managers: Vec<&crate::ipc::Heartbeat> =
+            self.manager.last.iter().chain(&self.manager.retiring_reports).collect();
+        for hb in &managers {
+            self.pool_totals.fold(hb.pid, &hb.counters);
             for w in hb.workers.iter().filter(|w| w.pid != 0) {
                 self.worker_totals.fold(w.pid, &w.counters);
             }
-            let live: Vec<u32> = hb.workers.iter().map(|w| w.pid).collect();
-            self.worker_totals.retain_pids(|p| live.contains(&p));
         }
+        let live_workers: Vec<u32> = managers.iter().flat_map(|hb| hb.workers.iter().map(|w| w.pid)).collect();
+        let live_managers: Vec<u32> = managers.iter().map(|hb| hb.pid).collect();
+        self.worker_totals.retain_pids(|p| live_workers.contains(&p));
+        self.pool_totals.retain_pids(|p| live_managers.contains(&p));
+        let live_listeners: Vec<u32> =
+            self.listener.last.iter().chain(&self.listener.retiring_reports).map(|hb| hb.pid).collect();
+        self.listener_totals.retain_pids(|p| live_listeners.contains(&p));
+        // Exited processes' final reports are folded now; drop them.
+        let (listener_gone, manager_gone) = (self.listener.exited_pids(), self.manager.exited_pids());
+        self.listener.retiring_reports.retain(|hb| !listener_gone.contains(&hb.pid));
+        self.manager.retiring_reports.retain(|hb| !manager_gone.contains(&hb.pid));
     }
 
     fn worker_reports(&self) -> Vec<WorkerReport> {
@@ -94,10 +106,10 @@ impl Daemon {
                 })
                 .collect(),
             connections: ConnectionStatus {
-                accepted: self.listener_totals.accepted,
+                accepted: self.carried.connections_accepted + self.listener_totals.accepted,
                 active: workers.iter().map(|w| w.counters.active).sum(),
             },
-            requests_total: self.worker_totals.requests_by_code.values().sum(),
+            requests_total: self.http_totals().requests_by_code.iter().map(|(_, n)| n).sum(),
         }
     }
 
@@ -127,18 +139,44 @@ impl Daemon {
             up: workers.iter().any(|w| w.state == "idle" || w.state == "busy"),
             heartbeat_age_seconds: live.map(|w| w.heartbeat_age_ms / 1000.0).fold(0.0, f64::max),
             heartbeats_missed: self.pool_totals.missed_heartbeats,
-            restarts: self.pool_totals.restarts,
+            restarts: add3(self.pool_totals.restarts, self.carried.restarts[2]),
             heartbeat_latency: self.pool_totals.latency.clone(),
+        }
+    }
+
+    /// HTTP totals of our workers on top of those carried from the daemon we replaced.
+    pub(super) fn http_totals(&self) -> HttpTotals {
+        let mut by_code = self.worker_totals.requests_by_code.clone();
+        for (code, n) in &self.carried.requests_by_code {
+            *by_code.entry(*code).or_default() += n;
+        }
+        let mut duration = self.worker_totals.duration.clone();
+        if duration.counts.len() == self.carried.duration_counts.len() {
+            for (total, carried) in duration.counts.iter_mut().zip(&self.carried.duration_counts) {
+                *total += carried;
+            }
+        } else if duration.count() == 0 {
+            duration.counts = self.carried.duration_counts.clone();
+        }
+        duration.sum += self.carried.duration_sum;
+        HttpTotals {
+            requests_by_code: sorted(by_code.into_iter().collect()),
+            response_bytes: self.carried.response_bytes + self.worker_totals.response_bytes,
+            duration,
         }
     }
 }
 
-fn role_figures(role: &mut RoleProcess, now: Instant) -> RoleFigures {
+fn add3(a: [u64; 3], b: [u64; 3]) -> [u64; 3] {
+    [a[0] + b[0], a[1] + b[1], a[2] + b[2]]
+}
+
+fn role_figures(role: &mut RoleProcess, now: Instant, carried_restarts: [u64; 3]) -> RoleFigures {
     RoleFigures {
         up: role.slot.is_up(),
         heartbeat_age_seconds: role.slot.heartbeat_age(now).as_secs_f64(),
         heartbeats_missed: role.slot.missed_total,
-        restarts: role.slot.restarts_by_reason,
+        restarts: add3(role.slot.restarts_by_reason, carried_restarts),
         heartbeat_latency: role.latency.clone(),
     }
 }

@@ -40,6 +40,9 @@ pub struct RoleProcess {
     /// The current process's latest heartbeat.
     pub last: Option<Heartbeat>,
     pub retiring: Vec<Retiring<Channel>>,
+    /// Latest heartbeat of each retiring (or just exited) process, so what it did while
+    /// draining is counted.
+    pub retiring_reports: Vec<Heartbeat>,
     pub latency: Histogram,
 }
 
@@ -54,6 +57,7 @@ impl RoleProcess {
             incoming: None,
             last: None,
             retiring: Vec::new(),
+            retiring_reports: Vec::new(),
             latency: Histogram::with_buckets(LATENCY_BUCKETS.len()),
         }
     }
@@ -102,6 +106,8 @@ impl RoleProcess {
             die_with_parent: true,
             env: &env,
             credentials: inherit.credentials.as_ref(),
+            args: &[],
+            keep_notify_socket: false,
         })?;
         let mut channel = Channel::new(ours);
         let (kinds, fds) = bootstrap_fds(self.role, inherit);
@@ -267,13 +273,16 @@ impl RoleProcess {
             return true;
         }
         if let Some(i) = self.retiring.iter().position(|r| r.pid == pid) {
-            self.retiring.swap_remove(i);
+            let mut retired = self.retiring.swap_remove(i);
+            latest_report(&mut retired.channel, &mut self.retiring_reports);
             tracing::info!(role = %self.role, %pid, %exit, "retired process exited");
             return true;
         }
         if self.slot.pid != Some(pid) {
             return false;
         }
+        // Its last heartbeat may still be queued: read it before the channel goes.
+        self.drain_messages(&mut Vec::new());
         if let Some(channel) = self.channel.take() {
             let _ = registry.deregister(&mut SourceFd(&channel.raw_fd()));
         }
@@ -295,6 +304,22 @@ impl RoleProcess {
                 "backoff: more than 5 restarts in 10 s");
         } else {
             tracing::info!(role = %self.role, reason = reason.as_str(), restarts, retry_ms = delay.as_millis() as u64, "restart scheduled");
+        }
+    }
+
+    /// Pids of reports whose process is neither current nor retiring any more.
+    pub fn exited_pids(&self) -> Vec<u32> {
+        let live = |pid: u32| {
+            self.slot.pid.is_some_and(|p| p.as_raw() as u32 == pid)
+                || self.retiring.iter().any(|r| r.pid.as_raw() as u32 == pid)
+        };
+        self.retiring_reports.iter().map(|hb| hb.pid).filter(|p| !live(*p)).collect()
+    }
+
+    /// Reads what retiring processes reported since the last call.
+    pub fn read_retiring_reports(&mut self) {
+        for r in &mut self.retiring {
+            latest_report(&mut r.channel, &mut self.retiring_reports);
         }
     }
 
@@ -372,5 +397,18 @@ fn is_ready(role: Role, hb: &Heartbeat) -> bool {
     match role {
         Role::Manager => !hb.workers.is_empty() && hb.workers.iter().all(|w| w.state == "idle" || w.state == "busy"),
         _ => true,
+    }
+}
+
+/// Reads every queued message on `channel`, keeping the newest heartbeat per pid.
+fn latest_report(channel: &mut Channel, reports: &mut Vec<Heartbeat>) {
+    let mut fds = Vec::new();
+    while let Ok(Recv::Message(msg)) = channel.recv(&mut fds) {
+        if let Message::Heartbeat(hb) = msg {
+            match reports.iter_mut().find(|r| r.pid == hb.pid) {
+                Some(r) => *r = hb,
+                None => reports.push(hb),
+            }
+        }
     }
 }

@@ -40,6 +40,11 @@ impl Systemd {
         }
     }
 
+    /// A binary upgrade moved the service to a new daemon: systemd must watch it now.
+    pub fn main_pid(&self, pid: u32) {
+        send(&[NotifyState::MainPid(pid)]);
+    }
+
     pub fn stopping(&self) {
         send(&[NotifyState::Stopping]);
     }

@@ -62,7 +62,10 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
             // The daemon's status must show the result before it answers the command.
             heartbeat.force(now);
         }
-        heartbeat.tick(now, &mut control, &pool.counters(), &pool.reports(now));
+        if heartbeat.until_due(now).is_zero() {
+            heartbeat.tick(now, &mut control, &pool.counters(), &pool.reports(now));
+            pool.clear_exited();
+        }
         for msg in pool.outbox.drain(..) {
             if let Err(e) = control.send(&msg, &[]) {
                 tracing::warn!(error = %e, "cannot report to the daemon");
@@ -70,6 +73,9 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         }
         if let Some(deadline) = shutdown_deadline {
             if pool.is_empty() {
+                // A last report, so the daemon counts everything the workers served.
+                heartbeat.force(now);
+                heartbeat.tick(now, &mut control, &pool.counters(), &pool.reports(now));
                 tracing::info!("manager stopped");
                 return Ok(());
             }

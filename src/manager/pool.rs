@@ -58,11 +58,11 @@ enum WorkerOp {
 /// Longest a worker command may take.
 const OP_TIMEOUT: Duration = Duration::from_secs(50);
 
-/// A worker taken out of service, with its last figures (still reported while it drains).
+/// A worker taken out of service; its heartbeats are still read, so the figures of
+/// what it serves while draining are reported too.
 struct Retiree {
     id: u32,
-    worker_end: OwnedFd,
-    counters: Counters,
+    current: Current,
 }
 
 pub struct WorkerPool {
@@ -71,7 +71,7 @@ pub struct WorkerPool {
     lifeline: OwnedFd,
     connections: Channel,
     slots: Vec<WorkerSlot>,
-    retiring: Vec<Retiring<(Channel, Retiree)>>,
+    retiring: Vec<Retiring<Retiree>>,
     /// Connections received but not yet delivered (every worker busy or starting).
     pending: Vec<OwnedFd>,
     /// The listener→manager channel has data we have not read.
@@ -85,6 +85,9 @@ pub struct WorkerPool {
     pub outbox: Vec<Message>,
     /// The access log file every worker appends to.
     access_log: Option<OwnedFd>,
+    /// Workers that exited since the last heartbeat: reported once more with their final
+    /// figures, so the daemon counts everything they served.
+    exited: Vec<WorkerReport>,
     /// A reload that arrived while a command was in progress, and one ready to run.
     pending_reload: Option<Config>,
     reload_after_op: Option<Config>,
@@ -116,6 +119,7 @@ impl WorkerPool {
             pending_reload: None,
             reload_after_op: None,
             access_log: None,
+            exited: Vec::new(),
             missed_total: 0,
             restarts: [0; 3],
             latency: Histogram::with_buckets(LATENCY_BUCKETS.len()),
@@ -166,6 +170,8 @@ impl WorkerPool {
             env: &env,
             // Workers inherit the manager's (already dropped) identity.
             credentials: None,
+            args: &[],
+            keep_notify_socket: false,
         })?;
         let mut channel = Channel::new(ours);
         let mut kinds = vec![FdKind::Lifeline];
@@ -277,8 +283,22 @@ impl WorkerPool {
             .map(|(i, _, _)| i)
     }
 
+    /// Reads the heartbeats of a draining worker.
+    fn absorb_heartbeats(current: &mut Current) {
+        let mut fds = Vec::new();
+        while let Ok(Recv::Message(msg)) = current.channel.recv(&mut fds) {
+            if let Message::Heartbeat(hb) = msg {
+                current.absorb(hb.sent_ns, hb.counters);
+            }
+        }
+    }
+
     /// Reads the messages on the channel with poll token `token`.
     pub fn drain_messages(&mut self, token: usize, registry: &Registry, now: Instant) {
+        if let Some(r) = self.retiring.iter_mut().find(|r| r.channel.current.token == token) {
+            Self::absorb_heartbeats(&mut r.channel.current);
+            return;
+        }
         let Some(index) = self.slots.iter().position(|ws| {
             ws.current.as_ref().is_some_and(|c| c.token == token)
                 || ws.incoming.as_ref().is_some_and(|(_, c)| c.token == token)
@@ -357,15 +377,13 @@ impl WorkerPool {
 
     /// Takes the slot's process out of service: it finishes what it has (its queued
     /// connections included) and exits by `deadline`, or is killed `grace` after it.
-    fn retire(&mut self, index: usize, reason: Reason, deadline: Duration, registry: &Registry, now: Instant) {
+    fn retire(&mut self, index: usize, reason: Reason, deadline: Duration, _registry: &Registry, now: Instant) {
         let ws = &mut self.slots[index];
-        let (Some(pid), Some(current)) = (ws.slot.pid, ws.current.take()) else { return };
-        let Current { mut channel, worker_end, counters, .. } = current;
-        let _ = registry.deregister(&mut SourceFd(&channel.raw_fd()));
-        let _ = channel.send(&Message::Shutdown { deadline_ms: deadline.as_millis() as u64 }, &[]);
+        let (Some(pid), Some(mut current)) = (ws.slot.pid, ws.current.take()) else { return };
+        let _ = current.channel.send(&Message::Shutdown { deadline_ms: deadline.as_millis() as u64 }, &[]);
         let kill_at = now + deadline + self.config.grace();
-        let retiree = Retiree { id: ws.id, worker_end, counters };
-        self.retiring.push(Retiring { name: format!("worker {}", ws.id), pid, kill_at, channel: (channel, retiree) });
+        let retiree = Retiree { id: ws.id, current };
+        self.retiring.push(Retiring { name: format!("worker {}", ws.id), pid, kill_at, channel: retiree });
         let delay = ws.slot.vacate(reason, now);
         if ws.wanted && !self.shutting_down {
             self.restarts[reason_index(reason)] += 1;
@@ -379,8 +397,19 @@ impl WorkerPool {
         for (pid, exit) in sys::process::reap_exited() {
             if let Some(i) = self.retiring.iter().position(|r| r.pid == pid) {
                 let retired = self.retiring.swap_remove(i);
-                tracing::info!(worker = retired.channel.1.id, %pid, %exit, "retired worker exited");
-                self.recover_queued(&retired.channel.1.worker_end);
+                let mut retiree = retired.channel;
+                tracing::info!(worker = retiree.id, %pid, %exit, "retired worker exited");
+                // Its last heartbeat (sent as it exits) may still be queued.
+                Self::absorb_heartbeats(&mut retiree.current);
+                self.exited.push(WorkerReport {
+                    id: retiree.id,
+                    pid: pid.as_raw() as u32,
+                    state: "draining".into(),
+                    counters: retiree.current.counters.clone(),
+                    ..Default::default()
+                });
+                let _ = registry.deregister(&mut SourceFd(&retiree.current.channel.raw_fd()));
+                self.recover_queued(&retiree.current.worker_end);
                 continue;
             }
             if let Some(ws) = self.slots.iter_mut().find(|ws| ws.incoming.as_ref().is_some_and(|(p, _)| *p == pid)) {
@@ -438,7 +467,7 @@ impl WorkerPool {
 
     pub fn kill_overdue(&mut self, now: Instant) {
         for r in self.retiring.iter_mut().filter(|r| now >= r.kill_at) {
-            tracing::warn!(worker = r.channel.1.id, pid = %r.pid, "worker did not exit in time: SIGKILL");
+            tracing::warn!(worker = r.channel.id, pid = %r.pid, "worker did not exit in time: SIGKILL");
             sys::process::signal(r.pid, Signal::SIGKILL);
             r.kill_at = now + Duration::from_secs(3600);
         }
@@ -455,6 +484,11 @@ impl WorkerPool {
         if self.shutting_down {
             return;
         }
+        // Hand every connection already queued to us to a worker first: at a full stop
+        // (the listener is gone) nobody else would ever take them. In a manager restart the
+        // new manager shares the queue and takes the rest.
+        self.connections_ready = true;
+        self.dispatch();
         self.shutting_down = true;
         let now = Instant::now();
         for index in 0..self.slots.len() {
@@ -656,6 +690,11 @@ impl WorkerPool {
         }
     }
 
+    /// Forgets the exited workers once a heartbeat has reported them.
+    pub fn clear_exited(&mut self) {
+        self.exited.clear();
+    }
+
     /// One report per worker process, current and draining.
     pub fn reports(&mut self, now: Instant) -> Vec<WorkerReport> {
         let mut out = Vec::with_capacity(self.slots.len() + self.retiring.len());
@@ -670,17 +709,15 @@ impl WorkerPool {
             };
             out.push(report(ws.id, ws.slot.pid, state, &ws.slot, now, utilization, counters));
         }
+        out.extend(self.exited.iter().cloned());
         for r in &self.retiring {
-            let retiree = &r.channel.1;
-            let mut rep = WorkerReport {
-                id: retiree.id,
+            out.push(WorkerReport {
+                id: r.channel.id,
                 pid: r.pid.as_raw() as u32,
                 state: "draining".into(),
-                counters: retiree.counters.clone(),
+                counters: r.channel.current.counters.clone(),
                 ..Default::default()
-            };
-            rep.counters.active = retiree.counters.active;
-            out.push(rep);
+            });
         }
         out
     }

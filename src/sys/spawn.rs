@@ -52,6 +52,10 @@ pub struct SpawnSpec<'a> {
     pub env: &'a [(&'a str, String)],
     /// Drop to this identity before exec (setgroups, setgid, setuid, in that order).
     pub credentials: Option<&'a Credentials>,
+    /// Arguments after argv[0] (roles take none; an upgraded daemon takes ours).
+    pub args: &'a [std::ffi::OsString],
+    /// Keep systemd's NOTIFY_SOCKET (a new daemon in an upgrade becomes the main PID).
+    pub keep_notify_socket: bool,
 }
 
 /// Forks and execs `spec.exe`; returns the child's pid.
@@ -62,12 +66,15 @@ pub fn spawn(spec: SpawnSpec<'_>) -> io::Result<Pid> {
     let creds = spec.credentials.cloned();
     let mut cmd = Command::new(spec.exe);
     cmd.arg0(spec.argv0)
+        .args(spec.args)
         .env(CHANNEL_FD_ENV, channel_raw.to_string())
-        // systemd's notify socket belongs to the daemon alone.
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
+        // The watchdog is tied to our pid; a successor daemon sets up its own.
         .env_remove("WATCHDOG_PID")
         .envs(spec.env.iter().map(|(k, v)| (*k, v.as_str())));
+    if !spec.keep_notify_socket {
+        // systemd's notify socket belongs to the daemon alone.
+        cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC");
+    }
     // SAFETY: the hook runs in the forked child before exec and calls only
     // async-signal-safe syscalls (fcntl, prctl, getppid, _exit); it allocates nothing
     // and touches no lock.

@@ -168,7 +168,11 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         }
         if let Some(at) = worker.shutdown_at {
             if worker.conns.len() == 0 || now >= at {
-                let requests = worker.shared.stats.counters.requests;
+                // A last heartbeat, so the figures of the final requests are counted.
+                heartbeat.force(now);
+                let counters = worker.counters(now);
+                heartbeat.tick(now, &mut worker.control, &counters, &[]);
+                let requests = counters.requests;
                 tracing::info!(worker = id, open = worker.conns.len(), requests, "worker exiting");
                 return Ok(());
             }

@@ -1,0 +1,327 @@
+//! Zero-downtime binary upgrade (`webctl upgrade`, SIGUSR2).
+//!
+//! The running daemon starts the new executable with our command line and a channel,
+//! and hands it (SCM_RIGHTS) the listening sockets, the control socket and the admin
+//! socket, plus the counters to continue from. The new daemon starts its own tree on the
+//! same listening sockets (both trees accept meanwhile: the port never closes) and says
+//! `Ready` once its listener, manager and a worker are up. We then stop accepting on the
+//! control and admin sockets and send `TakeOver`; the new daemon serves them from then
+//! on (same sockets, so no gap), systemd is told the new MAINPID, and our tree drains and
+//! exits. If the new daemon exits or is not ready in time, we kill it and go on serving:
+//! the upgrade fails with the reason and nothing else changed.
+
+use super::{Daemon, State, UPGRADE};
+use crate::ipc::{Channel, FdKind, Handoff, Message, Recv};
+use crate::observe::CarriedTotals;
+use crate::sys::{self, process::Exit, spawn, Pid};
+use anyhow::Context;
+use mio::unix::SourceFd;
+use mio::Interest;
+use nix::sys::signal::Signal;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::mpsc::SyncSender;
+use std::time::{Duration, Instant};
+use webd_proto::Response;
+
+/// Longest a new daemon may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where an upgrade stands, seen from this daemon.
+pub enum Upgrade {
+    Idle,
+    /// We started a successor and wait for it to be ready.
+    Starting {
+        pid: Pid,
+        channel: Channel,
+        deadline: Instant,
+        reply: Option<SyncSender<Response>>,
+    },
+    /// We are the successor: say `Ready` once up, then wait for `TakeOver`.
+    Successor {
+        channel: Channel,
+        ready_sent: bool,
+    },
+    /// We handed everything to a successor and are draining out; our final totals go
+    /// to it over `channel` just before we exit.
+    HandedOver {
+        channel: Channel,
+    },
+    /// We are the successor and took over; the old daemon may still send its final totals.
+    TookOver {
+        channel: Channel,
+    },
+}
+
+impl Daemon {
+    /// Starts an upgrade to `binary` (default: our own executable). Returns a response
+    /// now when it cannot start; otherwise `reply` is answered when it ends.
+    pub(super) fn start_upgrade(
+        &mut self,
+        binary: Option<String>,
+        reply: Option<SyncSender<Response>>,
+    ) -> Option<Response> {
+        if !matches!(self.upgrade, Upgrade::Idle) {
+            return Some(Response::error("upgrade: another upgrade is in progress"));
+        }
+        if self.state != State::Running {
+            return Some(Response::error(format!("upgrade: the daemon is {}", self.state.as_str())));
+        }
+        let exe = binary.map(std::path::PathBuf::from).unwrap_or_else(|| self.inherit.exe.clone());
+        match self.spawn_successor(&exe) {
+            Ok((pid, channel)) => {
+                tracing::info!(%pid, binary = %exe.display(), "upgrade: new daemon started");
+                self.upgrade = Upgrade::Starting { pid, channel, deadline: Instant::now() + READY_TIMEOUT, reply };
+                None
+            }
+            Err(e) => Some(Response::error(format!("upgrade: {e:#}"))),
+        }
+    }
+
+    fn spawn_successor(&mut self, exe: &std::path::Path) -> anyhow::Result<(Pid, Channel)> {
+        let meta = std::fs::metadata(exe).with_context(|| format!("new binary {}", exe.display()))?;
+        anyhow::ensure!(meta.is_file(), "new binary {} is not a file", exe.display());
+        let (ours, theirs) = sys::seqpacket_pair()?;
+        let pid = spawn::spawn(spawn::SpawnSpec {
+            exe,
+            argv0: &self.argv0,
+            channel: theirs,
+            // It must outlive us: it is the daemon from now on.
+            die_with_parent: false,
+            env: &[],
+            credentials: None,
+            args: &self.args,
+            keep_notify_socket: true,
+        })?;
+        let mut channel = Channel::new(ours);
+        let totals = self.carried_totals();
+        let (kinds, fds) = self.handoff_fds();
+        let handoff = Handoff { fds: kinds, totals };
+        if let Err(e) = channel.send(&Message::Handoff(Box::new(handoff)), &fds) {
+            // Most likely it already exited: its exit status is the useful reason.
+            let reason = match wait_for_exit(pid, Duration::from_secs(1)) {
+                Some(exit) => format!("the new daemon exited ({exit}) before it was ready"),
+                None => format!("handing the sockets to the new daemon (pid {pid}): {e}"),
+            };
+            anyhow::bail!(reason);
+        }
+        self.poll.registry().register(&mut SourceFd(&channel.raw_fd()), UPGRADE, Interest::READABLE)?;
+        Ok((pid, channel))
+    }
+
+    fn handoff_fds(&self) -> (Vec<FdKind>, Vec<BorrowedFd<'_>>) {
+        let mut kinds = Vec::new();
+        let mut fds = Vec::new();
+        for fd in &self.inherit.listen {
+            kinds.push(FdKind::ListenSocket);
+            fds.push(fd.as_fd());
+        }
+        kinds.push(FdKind::ControlSocket);
+        fds.push(self.planes.control.as_fd());
+        if let Some(admin) = &self.planes.admin {
+            kinds.push(FdKind::AdminSocket);
+            fds.push(admin.socket.as_fd());
+        }
+        (kinds, fds)
+    }
+
+    /// Messages on the upgrade channel, on either side.
+    pub(super) fn upgrade_readable(&mut self) {
+        let mut fds = Vec::new();
+        loop {
+            let channel = match &mut self.upgrade {
+                Upgrade::Starting { channel, .. } | Upgrade::Successor { channel, .. } => channel,
+                Upgrade::TookOver { channel } => channel,
+                _ => return,
+            };
+            match channel.recv(&mut fds) {
+                Ok(Recv::Message(Message::Ready)) => self.hand_over(),
+                Ok(Recv::Message(Message::Handoff(handoff))) => {
+                    // The old daemon's latest (or final) figures replace the base.
+                    let upgrades = self.carried.upgrades;
+                    let requests: u64 = handoff.totals.requests_by_code.iter().map(|(_, n)| n).sum();
+                    tracing::info!(
+                        requests,
+                        accepted = handoff.totals.connections_accepted,
+                        "upgrade: totals from the old daemon"
+                    );
+                    self.carried = handoff.totals;
+                    self.carried.upgrades = upgrades;
+                }
+                Ok(Recv::Message(Message::TakeOver)) => {
+                    tracing::info!("upgrade: the old daemon handed over; serving control and admin");
+                    self.take_over();
+                }
+                Ok(Recv::Message(other)) => tracing::debug!(?other, "upgrade channel: unexpected message"),
+                Ok(Recv::Empty) => return,
+                Ok(Recv::Closed) | Err(_) => {
+                    match std::mem::replace(&mut self.upgrade, Upgrade::Idle) {
+                        Upgrade::Successor { channel, .. } => {
+                            // The old daemon is gone: everything is ours now.
+                            tracing::warn!("upgrade: the old daemon went away; taking over");
+                            self.upgrade = Upgrade::Successor { channel, ready_sent: true };
+                            self.take_over();
+                        }
+                        Upgrade::TookOver { channel } => {
+                            let _ = self.poll.registry().deregister(&mut SourceFd(&channel.raw_fd()));
+                        }
+                        // On the old side the successor's exit is handled when it is reaped.
+                        other => self.upgrade = other,
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Old side: the successor is ready. Stop accepting on the control and admin sockets,
+    /// tell it to take over, and drain our own tree out.
+    fn hand_over(&mut self) {
+        let Upgrade::Starting { pid, mut channel, reply, .. } = std::mem::replace(&mut self.upgrade, Upgrade::Idle)
+        else {
+            return;
+        };
+        self.planes.stop();
+        let totals = Handoff { fds: Vec::new(), totals: self.carried_totals() };
+        if let Err(e) =
+            channel.send(&Message::Handoff(Box::new(totals)), &[]).and_then(|()| channel.send(&Message::TakeOver, &[]))
+        {
+            tracing::warn!(error = %e, "upgrade: cannot tell the new daemon to take over");
+        }
+        self.upgrade = Upgrade::HandedOver { channel };
+        self.systemd.main_pid(pid.as_raw() as u32);
+        tracing::info!(new_pid = %pid, "upgrade: handed over; draining the old tree");
+        if let Some(reply) = reply {
+            let _ = reply.try_send(Response::ok(format!("upgraded: new daemon pid {pid}")));
+        }
+        self.handed_over = true;
+        let drain = self.inherit.config.drain_timeout();
+        self.begin_stop_with("binary upgrade", drain);
+    }
+
+    /// New side: our tree is up; tell the old daemon once.
+    pub(super) fn announce_ready(&mut self) {
+        if let Upgrade::Successor { channel, ready_sent } = &mut self.upgrade {
+            if !*ready_sent {
+                *ready_sent = true;
+                tracing::info!("upgrade: ready; asking the old daemon to hand over");
+                if channel.send(&Message::Ready, &[]).is_err() {
+                    self.take_over();
+                }
+            }
+        }
+    }
+
+    /// Old side, just before exiting: our exact final totals, so the successor's counters
+    /// include what we served while draining.
+    pub(super) fn send_final_totals(&mut self) {
+        let totals = self.carried_totals();
+        if let Upgrade::HandedOver { channel } = &mut self.upgrade {
+            let _ = channel.send(&Message::Handoff(Box::new(Handoff { fds: Vec::new(), totals })), &[]);
+        }
+    }
+
+    /// New side: serve the control and admin sockets we were handed.
+    fn take_over(&mut self) {
+        if let Upgrade::Successor { channel, .. } = std::mem::replace(&mut self.upgrade, Upgrade::Idle) {
+            // Keep listening: the old daemon sends its final totals before it exits.
+            self.upgrade = Upgrade::TookOver { channel };
+        }
+        if let Err(e) = self.planes.start(&self.observed) {
+            tracing::error!(error = %format!("{e:#}"), "upgrade: cannot serve the handed-over control/admin sockets");
+        }
+    }
+
+    /// Old side: the successor exited before it was ready.
+    pub(super) fn upgrade_child_exited(&mut self, pid: Pid, exit: Exit) -> bool {
+        match &self.upgrade {
+            Upgrade::Starting { pid: p, .. } if *p == pid => {
+                self.roll_back(format!("the new daemon exited ({exit}) before it was ready"));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Old side: give up on a successor that is not ready in time.
+    pub(super) fn check_upgrade_deadline(&mut self, now: Instant) {
+        if let Upgrade::Starting { deadline, .. } = &self.upgrade {
+            if now >= *deadline {
+                self.roll_back(format!("the new daemon was not ready within {} s", READY_TIMEOUT.as_secs()));
+            }
+        }
+    }
+
+    pub(super) fn upgrade_deadline(&self) -> Option<Instant> {
+        match &self.upgrade {
+            Upgrade::Starting { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    fn roll_back(&mut self, reason: String) {
+        let Upgrade::Starting { pid, channel, reply, .. } = std::mem::replace(&mut self.upgrade, Upgrade::Idle) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut SourceFd(&channel.raw_fd()));
+        // Its own children follow it (parent-death signal, lifeline).
+        sys::process::signal(pid, Signal::SIGKILL);
+        tracing::error!(%reason, "upgrade failed; the running tree keeps serving");
+        if let Some(reply) = reply {
+            let _ = reply.try_send(Response::error(format!("upgrade rolled back: {reason}")));
+        }
+    }
+
+    /// The counters a successor continues from.
+    /// Everything counted so far, ours on top of what we inherited.
+    fn carried_totals(&mut self) -> CarriedTotals {
+        let http = self.http_totals();
+        let add = |a: [u64; 3], b: [u64; 3]| [a[0] + b[0], a[1] + b[1], a[2] + b[2]];
+        CarriedTotals {
+            upgrades: self.carried.upgrades + 1,
+            connections_accepted: self.carried.connections_accepted + self.listener_totals.accepted,
+            requests_by_code: http.requests_by_code,
+            response_bytes: http.response_bytes,
+            duration_counts: http.duration.counts,
+            duration_sum: http.duration.sum,
+            restarts: [
+                add(self.listener.slot.restarts_by_reason, self.carried.restarts[0]),
+                add(self.manager.slot.restarts_by_reason, self.carried.restarts[1]),
+                add(self.pool_totals.restarts, self.carried.restarts[2]),
+            ],
+        }
+    }
+}
+
+/// Waits up to `timeout` for `pid` to exit and reaps it; kills it if it does not.
+fn wait_for_exit(pid: Pid, timeout: Duration) -> Option<Exit> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = Instant::now() + timeout;
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Some(Exit::Code(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Some(Exit::Signal(sig)),
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                sys::process::signal(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                return None;
+            }
+        }
+    }
+}
+
+/// New side, at start: the handoff from the daemon we replace, if we are a successor.
+pub fn receive_handoff() -> anyhow::Result<Option<(Handoff, crate::ipc::BootstrapFds, Channel)>> {
+    if std::env::var_os(spawn::CHANNEL_FD_ENV).is_none() {
+        return Ok(None);
+    }
+    let mut channel = Channel::new(spawn::take_inherited_channel().context("upgrade channel")?);
+    let mut fds = Vec::new();
+    match channel.recv_blocking(&mut fds, Duration::from_secs(10)).context("receiving the handoff")? {
+        Message::Handoff(handoff) => {
+            let sorted = crate::ipc::sort_fds(&handoff.fds, fds)?;
+            Ok(Some((*handoff, sorted, channel)))
+        }
+        other => anyhow::bail!("expected a handoff from the old daemon, got {other:?}"),
+    }
+}

@@ -1,0 +1,940 @@
+//! Hostile input: what a web server meets on the internet and from confused local
+//! tools. Each scenario runs against a real tree with the admin endpoint on and, for
+//! the whole attack:
+//!
+//! - a normal client (the canary) requesting a page every 50 ms, each of which must be
+//!   served correctly;
+//! - a probe reading `webd_heartbeat_age_seconds{role}` every 100 ms, so the largest
+//!   heartbeat age during the attack is known;
+//!
+//! and afterwards checks that no worker, listener, manager or daemon was replaced,
+//! that no heartbeat was missed (`webd_heartbeats_missed_total` unchanged), that the
+//! workers' memory stayed bounded (peak RSS, from VmHWM, within 64 MiB of before) and
+//! that the daemon's descriptors and threads came back to their number before.
+//! Each prints a markdown summary row (`--nocapture`) for docs/RELIABILITY.md.
+//!
+//! Bounded: every attack lasts at most a few seconds and a fixed number of
+//! connections; every client socket has timeouts. Only 127.0.0.1 is ever contacted.
+
+use crate::util::*;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const INDEX: &[u8] = b"<h1>webd</h1>\n";
+const TEN_MIB: usize = 10 << 20;
+/// Peak worker RSS allowed above its RSS before the attack.
+const WORKER_RSS_BOUND_KIB: u64 = 64 * 1024;
+/// Daemon RSS growth allowed across an attack on the daemon's own endpoints.
+const DAEMON_RSS_BOUND_KIB: u64 = 8 * 1024;
+/// Slowest a canary request may be answered during an attack.
+const CANARY_MAX_LATENCY: Duration = Duration::from_secs(3);
+
+// ---- harness --------------------------------------------------------------------------
+
+/// A normal client: GET /index.html on a new connection every 50 ms.
+struct Canary {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<CanaryReport>>,
+}
+
+#[derive(Default, Debug)]
+struct CanaryReport {
+    ok: u64,
+    failures: Vec<String>,
+    max_latency: Duration,
+}
+
+impl Canary {
+    fn start(addr: SocketAddr) -> Canary {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut report = CanaryReport::default();
+            let started = Instant::now();
+            while !flag.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120) {
+                let t = Instant::now();
+                match get(addr, "/index.html") {
+                    Ok(r) if r.status == 200 && r.body == INDEX => report.ok += 1,
+                    Ok(r) => {
+                        report.failures.push(format!("status {} body {:?}", r.status, String::from_utf8_lossy(&r.body)))
+                    }
+                    Err(e) => report.failures.push(format!("{e} after {:?}", t.elapsed())),
+                }
+                report.max_latency = report.max_latency.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            report
+        });
+        Canary { stop, handle: Some(handle) }
+    }
+
+    fn finish(mut self) -> CanaryReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().and_then(|h| h.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What is compared before and after an attack.
+#[derive(Debug, Clone)]
+struct Figures {
+    daemon_fds: usize,
+    daemon_rss: u64,
+    daemon_threads: u64,
+    listener: Option<i32>,
+    manager: Option<i32>,
+    /// (pid, VmRSS KiB, VmHWM KiB) of each worker.
+    workers: Vec<(i32, u64, u64)>,
+}
+
+fn figures(webd: &Webd) -> Figures {
+    let mut pids = webd.worker_pids();
+    pids.sort();
+    Figures {
+        daemon_fds: fd_count(webd.pid).unwrap_or(0),
+        daemon_rss: rss_kib(webd.pid).unwrap_or(0),
+        daemon_threads: thread_count(webd.pid).unwrap_or(0),
+        listener: webd.pid_of("webd: listener"),
+        manager: webd.pid_of("webd: manager"),
+        workers: pids.into_iter().map(|p| (p, rss_kib(p).unwrap_or(0), status_kib(p, "VmHWM").unwrap_or(0))).collect(),
+    }
+}
+
+/// One attack in progress: baseline taken, canary and heartbeat probe running.
+struct Attack<'a> {
+    name: &'static str,
+    webd: &'a Webd,
+    admin: u16,
+    before: Figures,
+    missed_before: HashMap<String, f64>,
+    probe: HeartbeatProbe,
+    canary: Canary,
+    started: Instant,
+}
+
+/// What an attack's end found, for scenario-specific checks and the summary.
+struct Outcome {
+    heartbeats: HeartbeatFigures,
+    canary: CanaryReport,
+    after: Figures,
+}
+
+/// Starts a daemon with the admin endpoint for an attack.
+fn start(workers: u32, args: &[&str]) -> (Webd, u16) {
+    raise_nofile_limit(8192);
+    let args = args.iter().map(|a| a.to_string()).collect();
+    start_with_admin(Options { workers, args, ..Default::default() })
+}
+
+impl<'a> Attack<'a> {
+    fn begin(name: &'static str, webd: &'a Webd, admin: u16) -> Attack<'a> {
+        // Warm the daemon's admin and control paths so their first allocations are
+        // part of the baseline.
+        for _ in 0..3 {
+            let _ = try_scrape(admin, Duration::from_secs(5));
+            let _ = webd.status_direct(Duration::from_secs(5));
+        }
+        let missed_before = missed_heartbeats(&scrape(admin));
+        let before = figures(webd);
+        assert!(!before.workers.is_empty(), "no worker to watch");
+        Attack {
+            name,
+            webd,
+            admin,
+            before,
+            missed_before,
+            probe: HeartbeatProbe::start(admin, Duration::from_millis(100)),
+            canary: Canary::start(webd.addr()),
+            started: Instant::now(),
+        }
+    }
+
+    /// Ends the attack: checks that nothing crashed, no heartbeat was missed, every
+    /// canary request was served, memory stayed bounded; prints the summary row.
+    /// `load` describes what was held, `lost` what the attack cost legitimate clients.
+    fn end(self, load: &str, lost: &str) -> Outcome {
+        let took = self.started.elapsed();
+        let canary = self.canary.finish();
+        let heartbeats = self.probe.finish();
+        let webd = self.webd;
+        // Descriptors the attack made the daemon hold (control, admin) are released
+        // once our sockets are closed and its threads notice.
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while (fd_count(webd.pid) != Some(self.before.daemon_fds)
+            || thread_count(webd.pid) != Some(self.before.daemon_threads))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let after = figures(webd);
+        let missed_after = missed_heartbeats(&scrape(self.admin));
+        let missed: Vec<String> = missed_after
+            .iter()
+            .filter(|(role, n)| **n > self.missed_before.get(*role).copied().unwrap_or(0.0))
+            .map(|(role, n)| format!("{role} +{}", n - self.missed_before.get(role).copied().unwrap_or(0.0)))
+            .collect();
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let largest =
+            |f: &Figures, i: usize| f.workers.iter().map(|w| if i == 1 { w.1 } else { w.2 }).max().unwrap_or(0);
+        eprintln!(
+            "| {} | {} | {} ok, {} failed, slowest {} ms | {} | {} | {:.1} → {:.1} → {:.1} MiB | {} → {} | {:.1} → {:.1} MiB | {} |",
+            self.name,
+            load,
+            canary.ok,
+            canary.failures.len(),
+            canary.max_latency.as_millis(),
+            heartbeats.brief(),
+            if missed.is_empty() { "0".to_string() } else { missed.join(", ") },
+            mib(largest(&self.before, 1)),
+            mib(largest(&after, 2)),
+            mib(largest(&after, 1)),
+            self.before.daemon_fds,
+            after.daemon_fds,
+            mib(self.before.daemon_rss),
+            mib(after.daemon_rss),
+            lost
+        );
+        eprintln!(
+            "({} took {:.1} s; heartbeat samples {} ok / {} failed)",
+            self.name,
+            took.as_secs_f64(),
+            heartbeats.samples,
+            heartbeats.failed_samples
+        );
+
+        assert!(alive(webd.pid), "{}: the daemon died", self.name);
+        assert_eq!(after.listener, self.before.listener, "{}: the listener was replaced", self.name);
+        assert_eq!(after.manager, self.before.manager, "{}: the manager was replaced", self.name);
+        let pids = |f: &Figures| f.workers.iter().map(|w| w.0).collect::<Vec<_>>();
+        assert_eq!(pids(&after), pids(&self.before), "{}: a worker was replaced (crash or hang)", self.name);
+        assert!(missed.is_empty(), "{}: heartbeats missed during the attack: {missed:?}", self.name);
+        assert!(
+            canary.failures.is_empty(),
+            "{}: normal requests failed during the attack: {:?}",
+            self.name,
+            canary.failures
+        );
+        assert!(canary.ok >= 3, "{}: only {} normal requests completed during the attack", self.name, canary.ok);
+        assert!(
+            canary.max_latency < CANARY_MAX_LATENCY,
+            "{}: a normal request took {:?} during the attack",
+            self.name,
+            canary.max_latency
+        );
+        for (w, a) in self.before.workers.iter().zip(&after.workers) {
+            assert!(
+                a.2 < w.1 + WORKER_RSS_BOUND_KIB,
+                "{}: worker {} peaked at {} KiB RSS (was {} KiB)",
+                self.name,
+                w.0,
+                a.2,
+                w.1
+            );
+        }
+        assert_eq!(after.daemon_fds, self.before.daemon_fds, "{}: daemon fd count changed", self.name);
+        assert_eq!(after.daemon_threads, self.before.daemon_threads, "{}: daemon thread count changed", self.name);
+        assert!(
+            after.daemon_rss < self.before.daemon_rss + DAEMON_RSS_BOUND_KIB,
+            "{}: daemon RSS grew from {} to {} KiB",
+            self.name,
+            self.before.daemon_rss,
+            after.daemon_rss
+        );
+        // And a request after the attack is served at once.
+        let r = get(webd.addr(), "/index.html").expect("GET after the attack");
+        assert_eq!((r.status, r.body.as_slice()), (200, INDEX), "{}: response after the attack", self.name);
+        Outcome { heartbeats, canary, after }
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+    s.set_write_timeout(Some(Duration::from_secs(5))).expect("write timeout");
+    s
+}
+
+/// A client whose receive buffer cannot grow, so the server's sends block on it.
+fn connect_small_rcvbuf(addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    socket.connect_timeout(&addr.into(), Duration::from_secs(5)).expect("connect");
+    let s = TcpStream::from(socket);
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+    s.set_write_timeout(Some(Duration::from_secs(5))).expect("write timeout");
+    s
+}
+
+/// How a connection ended when read to the end.
+#[derive(Debug, Default, Clone)]
+struct Ending {
+    bytes: Vec<u8>,
+    /// EOF (orderly close) rather than a reset.
+    eof: bool,
+    /// The server neither closed nor sent anything for `timeout`.
+    timed_out: bool,
+    took: Duration,
+}
+
+/// Reads until the server closes, for at most `limit`.
+fn read_to_close(s: &mut TcpStream, limit: Duration) -> Ending {
+    let started = Instant::now();
+    let mut end = Ending::default();
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => {
+                end.eof = true;
+                break;
+            }
+            Ok(n) => end.bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if started.elapsed() >= limit {
+                    end.timed_out = true;
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    end.took = started.elapsed();
+    end
+}
+
+fn status_of(bytes: &[u8]) -> Option<u16> {
+    let line = bytes.split(|b| *b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    line.strip_prefix("HTTP/1.")?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn write_file(webd: &Webd, name: &str, bytes: &[u8]) {
+    std::fs::write(webd.root.join(name), bytes).expect("write file");
+}
+
+/// Sum of `active_connections` over the workers in status.
+fn active_connections(webd: &Webd) -> u64 {
+    webd.status_direct(Duration::from_secs(2))
+        .and_then(|s| {
+            s["workers"].as_array().map(|ws| ws.iter().filter_map(|w| w["active_connections"].as_u64()).sum())
+        })
+        .unwrap_or(0)
+}
+
+// ---- hostile HTTP ----------------------------------------------------------------------
+
+#[test]
+fn a_thousand_slowloris_connections_starve_nobody_and_are_cut_at_the_header_timeout() {
+    let (webd, admin) = start(2, &["--header-timeout", "2500"]);
+    let attack = Attack::begin("1,000 slowloris connections", &webd, admin);
+    let mut conns: Vec<Option<TcpStream>> = (0..1000)
+        .map(|_| {
+            let mut s = connect(webd.addr());
+            s.set_write_timeout(Some(Duration::from_millis(100))).expect("timeout");
+            s.write_all(b"GET /index.html HTTP/1.1\r\nHost: slow\r\nX-Slow: ").expect("partial head");
+            Some(s)
+        })
+        .collect();
+    let opened = Instant::now();
+    wait_until(Duration::from_secs(5), "the workers to hold the slowloris connections", || {
+        active_connections(&webd) >= 1000
+    });
+    // One byte per connection every 100 ms: each keeps "making progress".
+    let mut cut = Vec::new();
+    while opened.elapsed() < Duration::from_millis(4000) {
+        for (i, slot) in conns.iter_mut().enumerate() {
+            if let Some(s) = slot {
+                if s.write_all(b"a").is_err() {
+                    cut.push(opened.elapsed());
+                    *slot = None;
+                    let _ = i;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Past the header timeout: the server must have dropped the rest too (a write may
+    // still succeed into a closed socket once; a read sees the close).
+    let mut still_open = 0;
+    for s in conns.iter_mut().flatten() {
+        let end = read_to_close(s, Duration::from_millis(50));
+        if end.timed_out {
+            still_open += 1;
+        }
+    }
+    drop(conns);
+    let outcome = attack.end("1,000 connections trickling a header byte each per 100 ms for 4 s", "nothing");
+    let _ = outcome;
+    eprintln!(
+        "slowloris: {} of 1000 seen cut while trickling (first after {:?}), {still_open} still open at 4 s (header timeout 2.5 s)",
+        cut.len(),
+        cut.first()
+    );
+    assert_eq!(still_open, 0, "slowloris connections outlived the header timeout");
+}
+
+#[test]
+fn header_floods_are_refused_with_431_and_cost_no_memory() {
+    let (webd, admin) = start(2, &[]);
+    let attack = Attack::begin("header floods", &webd, admin);
+    let lines: Vec<u8> = (0..4000).flat_map(|i| format!("X-Flood-{i}: {}\r\n", "v".repeat(8)).into_bytes()).collect();
+    let tiny: Vec<u8> = b"a: b\r\n".repeat(10_000);
+    let one_line: Vec<u8> = std::iter::once(&b"X-Huge: "[..])
+        .chain(std::iter::repeat_n(&b"h"[..], 256 * 1024))
+        .flatten()
+        .copied()
+        .collect();
+    let shapes: [(&str, &[u8]); 3] =
+        [("64+ KiB of header lines", &lines), ("10,000 tiny headers", &tiny), ("one 256 KiB header line", &one_line)];
+    let tallies: Vec<Mutex<HashMap<String, u64>>> = (0..3).map(|_| Mutex::new(HashMap::new())).collect();
+    let until = Instant::now() + Duration::from_secs(3);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (shapes, tallies, addr) = (&shapes, &tallies, webd.addr());
+            s.spawn(move || {
+                let mut n = t;
+                while Instant::now() < until {
+                    let (_, body) = shapes[n % 3];
+                    let mut c = connect(addr);
+                    let _ = c.write_all(b"GET /index.html HTTP/1.1\r\nHost: flood\r\n");
+                    let _ = c.write_all(body); // the server may stop reading (and close) first
+                    let end = read_to_close(&mut c, Duration::from_secs(5));
+                    let what = match (status_of(&end.bytes), end.timed_out) {
+                        (_, true) => "hung".to_string(),
+                        (Some(code), _) => code.to_string(),
+                        (None, _) if end.eof => "closed".to_string(),
+                        (None, _) => "reset".to_string(),
+                    };
+                    *tallies[n % 3].lock().unwrap().entry(what).or_default() += 1;
+                    n += 1;
+                }
+            });
+        }
+    });
+    let results: Vec<(&str, HashMap<String, u64>)> =
+        shapes.iter().zip(&tallies).map(|((name, _), t)| (*name, t.lock().unwrap().clone())).collect();
+    let total: u64 = results.iter().flat_map(|(_, t)| t.values()).sum();
+    attack.end(
+        &format!("4 clients, {total} flood connections in 3 s (64 KiB lines / 10,000 headers / 256 KiB line)"),
+        "nothing",
+    );
+    eprintln!("header floods: {results:?}");
+    for (name, tally) in &results {
+        assert!(!tally.contains_key("hung"), "{name}: a flood connection was neither answered nor closed: {tally:?}");
+        assert!(!tally.contains_key("200"), "{name}: a flood was served as a request: {tally:?}");
+        let answered = tally.get("431").copied().unwrap_or(0);
+        assert!(answered > 0, "{name}: never answered 431: {tally:?}");
+    }
+}
+
+#[test]
+fn ten_thousand_pipelined_requests_on_one_connection_are_answered_in_order() {
+    let (webd, admin) = start(2, &[]);
+    write_file(&webd, "a.txt", b"response A\n");
+    write_file(&webd, "b.txt", b"response B, longer\n");
+    let attack = Attack::begin("10,000 pipelined requests", &webd, admin);
+    const N: usize = 10_000;
+    let mut stream = connect(webd.addr());
+    stream.set_write_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let started = Instant::now();
+    let write = std::thread::spawn(move || {
+        let mut all = Vec::with_capacity(N * 40);
+        for i in 0..N {
+            let path = if i % 2 == 0 { "/a.txt" } else { "/b.txt" };
+            let close = if i == N - 1 { "Connection: close\r\n" } else { "" };
+            all.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: p\r\n{close}\r\n").as_bytes());
+        }
+        writer.write_all(&all).map(|_| all.len())
+    });
+    // Read nothing for a second: the server must stop reading rather than buffer
+    // 10,000 responses.
+    std::thread::sleep(Duration::from_secs(1));
+    let end = read_to_close(&mut stream, Duration::from_secs(30));
+    let written = write.join().expect("writer").expect("write the pipeline");
+    let took = started.elapsed();
+    let mut at = 0;
+    let mut answered = 0;
+    while let Some((r, used)) = parse_response(&end.bytes[at..]) {
+        let want: &[u8] = if answered % 2 == 0 { b"response A\n" } else { b"response B, longer\n" };
+        assert_eq!((r.status, r.body.as_slice()), (200, want), "response {answered} out of order or wrong");
+        at += used;
+        answered += 1;
+    }
+    let outcome = attack.end(
+        &format!("{N} GETs ({} KiB) written at once on one connection, read after 1 s", written / 1024),
+        "nothing",
+    );
+    eprintln!(
+        "pipelining: {answered} responses ({} KiB) in {:?}; worker peak RSS {} KiB",
+        end.bytes.len() / 1024,
+        took,
+        outcome.after.workers.iter().map(|w| w.2).max().unwrap_or(0)
+    );
+    assert_eq!(
+        answered, N,
+        "only {answered} of {N} pipelined requests answered; eof {} timed out {}",
+        end.eof, end.timed_out
+    );
+    assert_eq!(at, end.bytes.len(), "bytes after the last response");
+}
+
+#[test]
+fn random_bytes_never_crash_a_worker_and_always_end_in_an_answer_or_a_close() {
+    let (webd, admin) = start(2, &["--header-timeout", "1000"]);
+    let seed = Rng::seed_from_env();
+    eprintln!("random bytes: seed {seed} (WEBD_TEST_SEED={seed} replays it)");
+    let attack = Attack::begin("random bytes", &webd, admin);
+    let outcomes: Mutex<HashMap<String, u64>> = Mutex::new(HashMap::new());
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (outcomes, addr) = (&outcomes, webd.addr());
+            s.spawn(move || {
+                let mut rng = Rng::new(seed ^ (t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                for _ in 0..75 {
+                    let len = rng.range(1, 16 * 1024) as usize;
+                    let mut payload = match rng.range(0, 4) {
+                        0 => rng.bytes(len),
+                        1 => [&b"GET /"[..], &rng.bytes(len)].concat(),
+                        2 => [&b"GET /index.html HTTP/1.1\r\nHost: r\r\n"[..], &rng.bytes(len)].concat(),
+                        _ => [&b"GET /index.html HTTP/1.1\r\nHost: r\r\n\r\n"[..], &rng.bytes(len)].concat(),
+                    };
+                    // End any head, so the server never has to wait for the timeout.
+                    payload.extend_from_slice(b"\r\n\r\n");
+                    let mut c = connect(addr);
+                    let _ = c.write_all(&payload);
+                    let end = read_to_close(&mut c, Duration::from_secs(5));
+                    let what = match (status_of(&end.bytes), end.timed_out) {
+                        (_, true) => "hung".to_string(),
+                        (Some(code), _) => code.to_string(),
+                        (None, _) if end.bytes.is_empty() && end.eof => "closed".to_string(),
+                        (None, _) if end.bytes.is_empty() => "reset".to_string(),
+                        (None, _) => format!(
+                            "garbage answer {:?}",
+                            String::from_utf8_lossy(&end.bytes[..end.bytes.len().min(40)])
+                        ),
+                    };
+                    *outcomes.lock().unwrap().entry(what).or_default() += 1;
+                }
+            });
+        }
+    });
+    let outcomes = outcomes.into_inner().unwrap();
+    attack.end("300 connections of 1 B–16 KiB random bytes (4 shapes)", "nothing");
+    eprintln!("random bytes: outcomes {outcomes:?}");
+    assert!(!outcomes.contains_key("hung"), "a connection was neither answered nor closed: {outcomes:?}");
+    assert!(!outcomes.keys().any(|k| k.starts_with("garbage")), "a non-HTTP answer: {outcomes:?}");
+}
+
+#[test]
+fn half_closed_clients_get_their_whole_response_or_a_prompt_close() {
+    let (webd, admin) = start(2, &[]);
+    let big: Vec<u8> = Rng::new(7).bytes(1 << 20);
+    write_file(&webd, "big.bin", &big);
+    write_file(&webd, "ten.bin", &Rng::new(8).bytes(TEN_MIB));
+    let attack = Attack::begin("half-closed sockets", &webd, admin);
+    let mut findings = Vec::new();
+    // (a) request, then FIN: the whole response, then the server's FIN.
+    for (path, want) in [("/index.html", INDEX), ("/big.bin", big.as_slice())] {
+        for _ in 0..25 {
+            let mut c = connect(webd.addr());
+            c.write_all(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes()).expect("write");
+            c.shutdown(Shutdown::Write).expect("shutdown write");
+            let end = read_to_close(&mut c, Duration::from_secs(5));
+            let r = parse_response(&end.bytes).map(|(r, _)| r);
+            assert!(
+                r.as_ref().is_some_and(|r| r.status == 200 && r.body == want) && end.eof,
+                "{path} with the client's write side shut: {} bytes, eof {}, timed out {}",
+                end.bytes.len(),
+                end.eof,
+                end.timed_out
+            );
+        }
+    }
+    // (b) FIN with nothing sent, and (c) FIN in the middle of a head: closed at once
+    // (not at the 10 s header timeout), at most with an error answer.
+    for (what, sent) in [("nothing", &b""[..]), ("half a head", &b"GET /index.html HTTP/1.1\r\nHo"[..])] {
+        let mut slowest = Duration::ZERO;
+        for _ in 0..25 {
+            let mut c = connect(webd.addr());
+            c.write_all(sent).expect("write");
+            c.shutdown(Shutdown::Write).expect("shutdown write");
+            let end = read_to_close(&mut c, Duration::from_secs(5));
+            assert!(!end.timed_out, "{what} then FIN: still open after 5 s");
+            assert!(
+                end.bytes.is_empty() || status_of(&end.bytes).is_some_and(|s| s >= 400),
+                "{what} then FIN: {:?}",
+                String::from_utf8_lossy(&end.bytes)
+            );
+            slowest = slowest.max(end.took);
+        }
+        findings.push(format!("{what} then FIN: closed within {} ms", slowest.as_millis()));
+        assert!(slowest < Duration::from_secs(2), "{what} then FIN: closed only after {slowest:?}");
+    }
+    // (d) a client that shuts its read side and goes away in the middle of a 10 MiB
+    // sendfile: the worker's send fails, it must not crash.
+    for _ in 0..20 {
+        let mut c = connect_small_rcvbuf(webd.addr());
+        c.write_all(b"GET /ten.bin HTTP/1.1\r\nHost: h\r\n\r\n").expect("write");
+        let mut first = [0u8; 4096];
+        let _ = c.read(&mut first);
+        let _ = c.shutdown(Shutdown::Read);
+        // Closing with unread data in the receive buffer sends RST.
+        drop(c);
+    }
+    attack
+        .end("25+25 requests then FIN (14 B and 1 MiB), 25 FIN only, 25 FIN mid-head, 20 resets mid-10 MiB", "nothing");
+    eprintln!("half-closed: {findings:?}");
+}
+
+#[test]
+fn clients_that_never_read_a_10_mib_response_pin_no_memory_and_are_cut_after_the_keepalive_timeout() {
+    let (webd, admin) = start(2, &["--keepalive-timeout", "1500"]);
+    let content = Rng::new(11).bytes(TEN_MIB);
+    write_file(&webd, "ten.bin", &content);
+    let attack = Attack::begin("never-reading clients", &webd, admin);
+    let mut stalled: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = connect_small_rcvbuf(webd.addr());
+            s.write_all(b"GET /ten.bin HTTP/1.1\r\nHost: stall\r\n\r\n").expect("write");
+            s
+        })
+        .collect();
+    // Nothing is read for 3.5 s: twice the keep-alive timeout without progress.
+    let started = Instant::now();
+    wait_until(Duration::from_secs(5), "the stalled downloads to be in the workers", || {
+        active_connections(&webd) >= 20
+    });
+    std::thread::sleep(Duration::from_millis(3500).saturating_sub(started.elapsed()));
+    // Now read: what the kernel buffered arrives, then the server's close.
+    let mut received = Vec::new();
+    for s in &mut stalled {
+        let end = read_to_close(s, Duration::from_secs(10));
+        assert!(!end.timed_out, "a stalled download still open after 3.5 s + reading 10 s");
+        received.push(end.bytes.len());
+    }
+    let outcome = attack.end(
+        "20 clients with a 16 KiB receive buffer requesting 10 MiB and not reading for 3.5 s",
+        "nothing (the stalled downloads are cut by design)",
+    );
+    let max = received.iter().max().copied().unwrap_or(0);
+    eprintln!(
+        "never-reading: each got at most {} KiB of 10 MiB before the server closed; worker peak RSS {} KiB",
+        max / 1024,
+        outcome.after.workers.iter().map(|w| w.2).max().unwrap_or(0)
+    );
+    assert!(received.iter().all(|n| *n < TEN_MIB), "a stalled client got the whole file: the timeout never fired");
+}
+
+/// Starts a download of `path` (10 MiB) through a small receive buffer, reads its
+/// first 64 KiB, then lets `mutate` act on the file and reads the rest.
+fn download_while(webd: &Webd, name: &str, mutate: &dyn Fn(&std::path::Path)) -> Ending {
+    let mut c = connect_small_rcvbuf(webd.addr());
+    c.write_all(format!("GET /{name} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").as_bytes()).expect("write");
+    let mut head = vec![0u8; 64 * 1024];
+    c.read_exact(&mut head).expect("first 64 KiB");
+    mutate(&webd.root.join(name));
+    let mut end = read_to_close(&mut c, Duration::from_secs(15));
+    head.extend_from_slice(&end.bytes);
+    end.bytes = head;
+    end
+}
+
+#[test]
+fn a_file_truncated_while_being_sent_ends_the_response_short_and_closes() {
+    let (webd, admin) = start(2, &[]);
+    let attack = Attack::begin("file truncated mid-send", &webd, admin);
+    let mut shortest = usize::MAX;
+    for i in 0..4 {
+        let name = format!("shrinks{i}.bin");
+        let content = Rng::new(20 + i).bytes(TEN_MIB);
+        write_file(&webd, &name, &content);
+        let end = download_while(&webd, &name, &|path| {
+            let f = std::fs::OpenOptions::new().write(true).open(path).expect("open");
+            f.set_len(1024).expect("truncate to 1 KiB");
+        });
+        assert!(!end.timed_out, "download of a truncated file hung");
+        let head_len = end.bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+        let body = &end.bytes[head_len..];
+        assert!(body.len() < TEN_MIB, "the whole 10 MiB arrived although the file shrank to 1 KiB");
+        assert!(body == &content[..body.len()], "bytes sent before the truncation are not the file's");
+        shortest = shortest.min(body.len());
+        // The shrunk file is served as it is now.
+        let r = get(webd.addr(), &format!("/{name}")).expect("GET after truncation");
+        assert_eq!((r.status, r.body.as_slice()), (200, &content[..1024]));
+    }
+    attack.end(
+        "4 slow 10 MiB downloads whose file is truncated to 1 KiB mid-send",
+        "the rest of each truncated body (by design: closed early)",
+    );
+    eprintln!("truncated: shortest body {} KiB of 10 MiB", shortest / 1024);
+}
+
+#[test]
+fn a_file_deleted_while_being_sent_is_still_sent_whole() {
+    let (webd, admin) = start(2, &[]);
+    let attack = Attack::begin("file deleted mid-send", &webd, admin);
+    for i in 0..4 {
+        let name = format!("goes{i}.bin");
+        let content = Rng::new(40 + i).bytes(TEN_MIB);
+        write_file(&webd, &name, &content);
+        let end = download_while(&webd, &name, &|path| std::fs::remove_file(path).expect("delete"));
+        assert!(!end.timed_out && end.eof, "download of a deleted file: timed out {} eof {}", end.timed_out, end.eof);
+        let (r, used) = parse_response(&end.bytes).expect("a whole response");
+        assert_eq!(r.status, 200);
+        assert!(r.body == content, "the body of the deleted file differs ({} bytes)", r.body.len());
+        assert_eq!(used, end.bytes.len());
+        assert_eq!(get(webd.addr(), &format!("/{name}")).expect("GET after delete").status, 404);
+    }
+    attack.end("4 slow 10 MiB downloads whose file is deleted mid-send", "nothing (the open file is sent whole)");
+}
+
+// ---- hostile control plane -------------------------------------------------------------
+
+#[test]
+fn a_hundred_hostile_control_clients_do_not_slow_supervision() {
+    let (webd, admin) = start(2, &[]);
+    let attack = Attack::begin("100 hostile control clients", &webd, admin);
+    let until = Instant::now() + Duration::from_secs(3);
+    let replies = AtomicU64::new(0);
+    let legit_ok = AtomicU64::new(0);
+    let legit_refused = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for i in 0..100 {
+            let (sock, replies) = (&webd.control_socket, &replies);
+            s.spawn(move || {
+                let mut rng = Rng::new(i + 1);
+                while Instant::now() < until {
+                    let Ok(mut c) = UnixStream::connect(sock) else { continue };
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(6)));
+                    let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
+                    match i % 3 {
+                        // Garbage lines, answered one by one.
+                        0 => {
+                            for _ in 0..20 {
+                                let len = rng.range(1, 200) as usize;
+                                let mut line: Vec<u8> = rng.bytes(len);
+                                line.retain(|b| *b != b'\n');
+                                line.push(b'\n');
+                                if c.write_all(&line).is_err() {
+                                    break;
+                                }
+                                let mut buf = [0u8; 4096];
+                                match c.read(&mut buf) {
+                                    Ok(n) if n > 0 => {
+                                        replies.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    _ => break,
+                                }
+                            }
+                        }
+                        // A 4 MiB line without a newline.
+                        1 => {
+                            let _ = c.write_all(&vec![b'{'; 4 << 20]);
+                            let mut buf = [0u8; 4096];
+                            if c.read(&mut buf).is_ok_and(|n| n > 0) {
+                                replies.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        // Nothing at all: connect and hold until the end.
+                        _ => {
+                            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                        }
+                    }
+                }
+            });
+        }
+        // An operator's status requests during the attack.
+        s.spawn(|| {
+            while Instant::now() < until {
+                match webd.status_direct(Duration::from_secs(2)) {
+                    Some(_) => legit_ok.fetch_add(1, Ordering::Relaxed),
+                    None => legit_refused.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+    });
+    let outcome = attack.end(
+        "100 control clients for 3 s: garbage lines, 4 MiB lines, silent connections",
+        &format!(
+            "{} of {} operator status requests refused during the attack",
+            legit_refused.load(Ordering::Relaxed),
+            legit_ok.load(Ordering::Relaxed) + legit_refused.load(Ordering::Relaxed)
+        ),
+    );
+    let _ = outcome;
+    eprintln!("control flood: {} error replies to hostile clients", replies.load(Ordering::Relaxed));
+    assert_eq!(webd.status_json()["ok"], true, "webctl status after the attack");
+}
+
+#[test]
+fn a_thousand_admin_connections_do_not_slow_supervision() {
+    let (webd, admin) = start(2, &[]);
+    let attack = Attack::begin("1,000 admin connections", &webd, admin);
+    let addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let mut held: Vec<TcpStream> = Vec::with_capacity(1000);
+    for i in 0..1000 {
+        let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { continue };
+        let _ = c.set_write_timeout(Some(Duration::from_millis(200)));
+        match i % 3 {
+            0 => {}                                                                          // silent
+            1 => drop(c.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nX-Slow: ")),         // half a head
+            _ => drop(c.write_all(&b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n".repeat(50))), // never read
+        }
+        held.push(c);
+    }
+    let opened = held.len();
+    // Supervision and the endpoints themselves while the connections are held.
+    let mut served = 0;
+    let mut status_ok = 0;
+    let hold_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < hold_until {
+        if try_scrape(admin, Duration::from_secs(2)).is_some() {
+            served += 1;
+        }
+        if webd.status_direct(Duration::from_secs(2)).is_some() {
+            status_ok += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(held);
+    let outcome = attack.end(
+        &format!("{opened} admin connections held 3 s (silent / half a head / 50 pipelined scrapes never read)"),
+        "nothing",
+    );
+    eprintln!(
+        "admin flood: {served} scrapes and {status_ok} control status answers while held; probe {} ok / {} failed",
+        outcome.heartbeats.samples, outcome.heartbeats.failed_samples
+    );
+    assert!(served >= 5, "the admin endpoint served only {served} scrapes while 1,000 connections were held");
+    assert!(status_ok >= 5, "control status answered only {status_ok} times while the admin endpoint was flooded");
+}
+
+// ---- exhaustion ------------------------------------------------------------------------
+
+/// Sets `pid`'s soft RLIMIT_NOFILE (the hard limit is kept, so it can be raised again
+/// without privileges); returns the soft limit it had.
+fn set_nofile_soft(pid: i32, soft: u64) -> u64 {
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: prlimit reads `old` of another process of ours; pointers are valid.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "prlimit get: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit { rlim_cur: soft, rlim_max: old.rlim_max };
+    // SAFETY: as above; `new` is a valid rlimit.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit set: {}", std::io::Error::last_os_error());
+    old.rlim_cur
+}
+
+/// The lowest descriptor number `pid` does not use: with the soft limit set to it, no
+/// new descriptor can be created.
+fn lowest_free_fd(pid: i32) -> u64 {
+    let used: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect();
+    (0..).find(|n| !used.contains(n)).expect("a free number")
+}
+
+#[test]
+fn listener_out_of_descriptors_backs_off_without_spinning_keeps_serving_and_recovers() {
+    let (webd, admin) = start(1, &[]);
+    let attack = Attack::begin("listener EMFILE", &webd, admin);
+    let listener = webd.pid_of("webd: listener").expect("listener");
+    // A keep-alive connection opened before the exhaustion.
+    let mut held = connect(webd.addr());
+    let mut buf = Vec::new();
+    let mut keep_alive_request = |held: &mut TcpStream| {
+        held.write_all(b"GET /index.html HTTP/1.1\r\nHost: k\r\n\r\n").expect("write on the held connection");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some((r, used)) = parse_response(&buf) {
+                buf.drain(..used);
+                return r.status;
+            }
+            assert!(Instant::now() < deadline, "the held connection got no answer");
+            match held.read(&mut chunk) {
+                Ok(0) => panic!("the held connection was closed"),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("the held connection: {e}"),
+            }
+        }
+    };
+    assert_eq!(keep_alive_request(&mut held), 200);
+
+    let fds_before = fd_count(listener).expect("listener fds");
+    let limit = lowest_free_fd(listener);
+    let original = set_nofile_soft(listener, limit);
+    let exhausted_at = Instant::now();
+    let cpu_before = cpu_seconds(listener).expect("listener cpu");
+    // New connections during the exhaustion: the kernel completes them and queues them
+    // in the backlog; none may be refused or lost.
+    let pending: Vec<JoinHandle<(std::io::Result<Response>, Duration)>> = (0..20)
+        .map(|_| {
+            let addr = webd.addr();
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                (get(addr, "/index.html"), t.elapsed())
+            })
+        })
+        .collect();
+    let mut held_served = 0;
+    while exhausted_at.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(keep_alive_request(&mut held), 200, "the held connection during the exhaustion");
+        held_served += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let window = exhausted_at.elapsed();
+    let cpu = cpu_seconds(listener).expect("listener cpu") - cpu_before;
+    let served_during = pending.iter().filter(|h| h.is_finished()).count();
+    let log_says = webd.log_text().contains("out of file descriptors");
+    // Recovery.
+    set_nofile_soft(listener, original);
+    let restored_at = Instant::now();
+    let mut waited = Vec::new();
+    for h in pending {
+        let (result, took) = h.join().expect("client thread");
+        let r = result.expect("a request queued during the exhaustion");
+        assert_eq!((r.status, r.body.as_slice()), (200, INDEX));
+        waited.push(took);
+    }
+    let recovered_in = restored_at.elapsed();
+    assert_eq!(keep_alive_request(&mut held), 200);
+    drop(held);
+    let outcome = attack.end(
+        &format!(
+            "listener soft RLIMIT_NOFILE = {limit} (no free descriptor) for {:.1} s; 20 new connections + 1 keep-alive",
+            window.as_secs_f64()
+        ),
+        "nothing: the 20 connections waited in the backlog and were served on recovery",
+    );
+    let _ = outcome;
+    eprintln!(
+        "EMFILE: listener fds {fds_before}, limit {limit}; CPU {:.0} ms over {:.0} ms ({:.1} %); held connection served {held_served} times; \
+         {served_during} of 20 new connections served while exhausted; all 20 served {} ms after the limit was restored (slowest waited {} ms); log warns: {log_says}",
+        cpu * 1000.0,
+        window.as_secs_f64() * 1000.0,
+        100.0 * cpu / window.as_secs_f64(),
+        recovered_in.as_millis(),
+        waited.iter().max().map_or(0, |d| d.as_millis())
+    );
+    assert!(cpu < 0.3 * window.as_secs_f64(), "the listener spun: {cpu:.2} s of CPU in {window:?}");
+    assert!(log_says, "no 'out of file descriptors' warning in the log");
+    assert_eq!(served_during, 0, "connections were accepted although no descriptor was free (the limit did not bite)");
+    assert!(recovered_in < Duration::from_secs(2), "recovery took {recovered_in:?}");
+}
