@@ -153,11 +153,12 @@ impl Listener {
                     Ok(fd) => {
                         self.counters.accepted += 1;
                         self.batch.push(fd);
-                        if self.batch.len() == MAX_FDS_PER_MESSAGE {
-                            self.flush();
-                            if self.pause != Pause::None {
-                                return;
-                            }
+                        // Hand each connection over at once: between accept and send it
+                        // exists only in this process, and a crash here would lose it.
+                        // Batching would save a few syscalls and multiply that window.
+                        self.flush();
+                        if self.pause != Pause::None {
+                            return;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
