@@ -143,3 +143,54 @@ fn a_role_failing_at_every_start_backs_off_and_recovers_when_fixed() {
         webd.pid_of("webd: listener").is_some() && get(webd.addr(), "/index.html").is_ok_and(|r| r.status == 200)
     });
 }
+
+#[test]
+fn connections_queued_to_a_dead_manager_are_served_by_the_next_one() {
+    let webd = Webd::start();
+    let manager = webd.pid_of("webd: manager").expect("manager");
+    // A stopped manager reads nothing: new connections pile up in the channel the
+    // daemon keeps open.
+    kill(manager, SIGSTOP);
+    let addr = webd.addr();
+    let clients: Vec<_> = (0..5).map(|_| std::thread::spawn(move || get(addr, "/index.html"))).collect();
+    wait_until(Duration::from_secs(5), "connections accepted by the listener", || {
+        let status = webd.status_json();
+        status["status"]["connections"]["accepted"].as_u64().unwrap_or(0) >= 6
+    });
+    kill(manager, SIGKILL);
+    for client in clients {
+        let r = client.join().expect("client thread").expect("queued request served by the next manager");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, BODY);
+    }
+}
+
+#[test]
+fn workers_of_a_dead_manager_finish_their_requests_then_exit() {
+    use std::io::{Read, Write};
+    let webd = Webd::start_with(Options { workers: 1, ..Default::default() });
+    let big: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(webd.root.join("big.bin"), &big).expect("write");
+    let old_worker = webd.pid_of("webd: worker 0").expect("worker");
+    // A slow download in progress in the worker.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(16 * 1024).expect("rcvbuf");
+    sock.connect(&webd.addr().into()).expect("connect");
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("request");
+    let mut got = vec![0u8; 64 * 1024];
+    let mut received = s.read(&mut got).expect("first bytes");
+    got.truncate(received);
+
+    let manager = webd.pid_of("webd: manager").expect("manager");
+    kill(manager, SIGKILL);
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).expect("the rest of the body");
+    got.extend_from_slice(&rest);
+    received = got.len();
+    let (r, _) = parse_response(&got).expect("a whole response");
+    assert_eq!(r.status, 200);
+    assert!(r.body == big, "body differs ({received} bytes received)");
+    wait_until(Duration::from_secs(5), "the old worker to exit once done", || !exists(old_worker));
+}
