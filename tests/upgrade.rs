@@ -32,10 +32,13 @@ fn upgrade_under_load_replaces_every_process_without_a_failed_request() {
     wait_until(Duration::from_secs(5), "load to flow", || fresh.ok() > 20 && kept.ok() > 20);
 
     let out = webd.webctl(&["upgrade", "--binary", &new_binary.to_string_lossy()]);
+    // "upgraded: new daemon pid N": clean the successor up whatever happens next.
+    let announced: Option<i32> = out.stdout.rsplit(' ').next().and_then(|p| p.trim().parse().ok());
+    let _guard = announced.map(KillOnDrop);
     assert_eq!(out.code, Some(0), "upgrade failed: {}{}", out.stdout, out.stderr);
     let status = webd.status_json();
     let new_pid = status["status"]["pid"].as_i64().expect("pid") as i32;
-    let _guard = KillOnDrop(new_pid);
+    assert_eq!(announced, Some(new_pid), "webctl named another pid than status shows");
     assert_ne!(new_pid, webd.pid, "the daemon answering is still the old one");
 
     // Traffic goes on through the new tree; the old daemon drains and exits.
