@@ -357,19 +357,24 @@ pub fn parse_response(buf: &[u8]) -> Option<(Response, usize)> {
     Some((Response { status, headers, body }, head_end + body_len))
 }
 
-/// Clients that each open a new connection per request in a loop until stopped.
-pub struct Load {
+/// Client threads that each make requests in a loop until stopped, counting successes
+/// (status 200 with the expected body) and failures. Bounded: every thread stops after
+/// 60 s regardless.
+pub struct Clients {
     stop: Arc<AtomicBool>,
-    pub ok: Arc<AtomicU64>,
-    pub failed: Arc<AtomicU64>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
     errors: Arc<Mutex<Vec<String>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
-impl Load {
-    /// `clients` threads GETting `path` (expecting `expect` as body), each request on a
-    /// new connection. Bounded: every thread stops after 60 s regardless.
-    pub fn start(addr: SocketAddr, clients: usize, path: &str, expect: Vec<u8>) -> Load {
+/// One client's way of making a request; the state it keeps between requests (a kept
+/// connection, say) is its own.
+type Requester = Box<dyn FnMut() -> std::io::Result<Response> + Send>;
+
+impl Clients {
+    /// `clients` threads, each making requests with a requester from `make`.
+    pub fn start(clients: usize, expect: Vec<u8>, make: impl Fn() -> Requester) -> Clients {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
@@ -377,30 +382,27 @@ impl Load {
         let expect = Arc::new(expect);
         let threads = (0..clients)
             .map(|_| {
-                let (stop, ok, failed, errors) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
-                let (path, expect) = (path.to_string(), expect.clone());
+                let (stop, ok, failed, errors, expect) =
+                    (stop.clone(), ok.clone(), failed.clone(), errors.clone(), expect.clone());
+                let mut request = make();
                 std::thread::spawn(move || {
                     let started = Instant::now();
                     while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
-                        match get(addr, &path) {
+                        let error = match request() {
                             Ok(r) if r.status == 200 && r.body == *expect => {
                                 ok.fetch_add(1, Ordering::Relaxed);
+                                continue;
                             }
-                            Ok(r) => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                let mut e = errors.lock().unwrap_or_else(|e| e.into_inner());
-                                e.push(format!("status {} body {} bytes", r.status, r.body.len()));
-                            }
-                            Err(err) => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                errors.lock().unwrap_or_else(|e| e.into_inner()).push(err.to_string());
-                            }
-                        }
+                            Ok(r) => format!("status {} body {} bytes", r.status, r.body.len()),
+                            Err(e) => e.to_string(),
+                        };
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        errors.lock().unwrap_or_else(|e| e.into_inner()).push(error);
                     }
                 })
             })
             .collect();
-        Load { stop, ok, failed, errors, threads }
+        Clients { stop, ok, failed, errors, threads }
     }
 
     pub fn ok(&self) -> u64 {
@@ -418,9 +420,22 @@ impl Load {
     }
 }
 
-impl Drop for Load {
+impl Drop for Clients {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Clients that open a new connection per request.
+pub struct Load;
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize, path: &str, expect: Vec<u8>) -> Clients {
+        let path = path.to_string();
+        Clients::start(clients, expect, || {
+            let path = path.clone();
+            Box::new(move || get(addr, &path))
+        })
     }
 }
 
@@ -549,69 +564,23 @@ pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option
 }
 
 /// Clients that keep a connection open for many requests (HTTP/1.1 keep-alive), opening
-/// a new one only when the server says `Connection: close` or closes after a response.
-/// Every failed request is counted. Bounded: each thread stops after 60 s regardless.
-pub struct KeepAliveLoad {
-    stop: Arc<AtomicBool>,
-    pub ok: Arc<AtomicU64>,
-    pub failed: Arc<AtomicU64>,
-    errors: Arc<Mutex<Vec<String>>>,
-    threads: Vec<JoinHandle<()>>,
-}
+/// a new one only when the server says `Connection: close` or after a failure.
+pub struct KeepAliveLoad;
 
 impl KeepAliveLoad {
-    pub fn start(addr: SocketAddr, clients: usize, path: &str, expect: Vec<u8>) -> KeepAliveLoad {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let expect = Arc::new(expect);
-        let threads = (0..clients)
-            .map(|_| {
-                let (stop, ok, failed, errors) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
-                let (path, expect) = (path.to_string(), expect.clone());
-                std::thread::spawn(move || {
-                    let started = Instant::now();
-                    let mut conn: Option<(TcpStream, Vec<u8>)> = None;
-                    while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
-                        match keep_alive_get(&mut conn, addr, &path) {
-                            Ok(r) if r.status == 200 && r.body == *expect => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(r) => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                errors.lock().unwrap_or_else(|e| e.into_inner()).push(format!("status {}", r.status));
-                            }
-                            Err(e) => {
-                                conn = None;
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                errors.lock().unwrap_or_else(|e| e.into_inner()).push(e.to_string());
-                            }
-                        }
-                    }
-                })
+    pub fn start(addr: SocketAddr, clients: usize, path: &str, expect: Vec<u8>) -> Clients {
+        let path = path.to_string();
+        Clients::start(clients, expect, || {
+            let path = path.clone();
+            let mut conn: Option<(TcpStream, Vec<u8>)> = None;
+            Box::new(move || {
+                let result = keep_alive_get(&mut conn, addr, &path);
+                if result.is_err() {
+                    conn = None;
+                }
+                result
             })
-            .collect();
-        KeepAliveLoad { stop, ok, failed, errors, threads }
-    }
-
-    pub fn ok(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    pub fn finish(mut self) -> (u64, u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        let errors = self.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed), errors)
-    }
-}
-
-impl Drop for KeepAliveLoad {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        })
     }
 }
 
@@ -668,6 +637,21 @@ pub fn raise_nofile_limit(want: u64) -> u64 {
 /// Open descriptors of `pid` (entries of /proc/<pid>/fd).
 pub fn fd_count(pid: i32) -> Option<usize> {
     std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|d| d.count())
+}
+
+/// `pid`'s descriptor count once it holds still (the same in two reads 100 ms apart,
+/// within 3 s): a client that just closed may still be lingering in the daemon.
+pub fn stable_fd_count(pid: i32) -> Option<usize> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut last = fd_count(pid)?;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = fd_count(pid)?;
+        if now == last || Instant::now() >= deadline {
+            return Some(now);
+        }
+        last = now;
+    }
 }
 
 /// The highest open descriptor number of `pid`.
