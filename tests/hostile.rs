@@ -37,7 +37,20 @@ const CANARY_MAX_LATENCY: Duration = Duration::from_secs(3);
 
 // ---- harness --------------------------------------------------------------------------
 
-/// A normal client: GET /index.html on a new connection every 50 ms.
+/// How the normal client connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CanaryMode {
+    /// A new connection per request (what a new visitor does).
+    NewConnections,
+    /// One keep-alive connection, reopened only if the server closes it between
+    /// requests (what an existing visitor does).
+    KeepAlive,
+    /// None: the scenario's own clients are the normal ones (the attack is expected to
+    /// cost requests, and the test counts them itself).
+    Off,
+}
+
+/// A normal client: GET /index.html every 50 ms.
 struct Canary {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<CanaryReport>>,
@@ -51,15 +64,23 @@ struct CanaryReport {
 }
 
 impl Canary {
-    fn start(addr: SocketAddr) -> Canary {
+    fn start(addr: SocketAddr, mode: CanaryMode) -> Canary {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
             let mut report = CanaryReport::default();
             let started = Instant::now();
-            while !flag.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120) {
+            let mut conn: Option<(TcpStream, Vec<u8>)> = None;
+            while mode != CanaryMode::Off
+                && !flag.load(Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(120)
+            {
                 let t = Instant::now();
-                match get(addr, "/index.html") {
+                let result = match mode {
+                    CanaryMode::NewConnections => get(addr, "/index.html"),
+                    CanaryMode::KeepAlive | CanaryMode::Off => keep_alive_get(&mut conn, addr),
+                };
+                match result {
                     Ok(r) if r.status == 200 && r.body == INDEX => report.ok += 1,
                     Ok(r) => {
                         report.failures.push(format!("status {} body {:?}", r.status, String::from_utf8_lossy(&r.body)))
@@ -78,6 +99,55 @@ impl Canary {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().and_then(|h| h.join().ok()).unwrap_or_default()
     }
+}
+
+/// One GET on a kept-alive connection (opened if absent). A reused connection that the
+/// server closed before any response byte is reopened once, as client libraries do.
+fn keep_alive_get(conn: &mut Option<(TcpStream, Vec<u8>)>, addr: SocketAddr) -> std::io::Result<Response> {
+    for attempt in 0..2 {
+        let reused = conn.is_some();
+        if conn.is_none() {
+            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            *conn = Some((s, Vec::new()));
+        }
+        let (s, buf) = conn.as_mut().expect("open");
+        let result = (|| {
+            s.write_all(b"GET /index.html HTTP/1.1\r\nHost: canary\r\n\r\n")?;
+            let mut chunk = [0u8; 4096];
+            loop {
+                if let Some((r, used)) = parse_response(buf) {
+                    buf.drain(..used);
+                    return Ok(r);
+                }
+                match s.read(&mut chunk)? {
+                    0 => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("closed after {} bytes", buf.len()),
+                        ))
+                    }
+                    n => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })();
+        match result {
+            Ok(r) => {
+                if r.header("Connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                    *conn = None;
+                }
+                return Ok(r);
+            }
+            Err(e) => {
+                let nothing_received = conn.as_ref().is_some_and(|(_, b)| b.is_empty());
+                *conn = None;
+                if !(reused && nothing_received && attempt == 0 && e.kind() != std::io::ErrorKind::WouldBlock) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Err(std::io::Error::other("unreachable"))
 }
 
 impl Drop for Canary {
@@ -114,6 +184,7 @@ fn figures(webd: &Webd) -> Figures {
 /// One attack in progress: baseline taken, canary and heartbeat probe running.
 struct Attack<'a> {
     name: &'static str,
+    mode: CanaryMode,
     webd: &'a Webd,
     admin: u16,
     before: Figures,
@@ -126,7 +197,6 @@ struct Attack<'a> {
 /// What an attack's end found, for scenario-specific checks and the summary.
 struct Outcome {
     heartbeats: HeartbeatFigures,
-    canary: CanaryReport,
     after: Figures,
 }
 
@@ -139,6 +209,10 @@ fn start(workers: u32, args: &[&str]) -> (Webd, u16) {
 
 impl<'a> Attack<'a> {
     fn begin(name: &'static str, webd: &'a Webd, admin: u16) -> Attack<'a> {
+        Attack::begin_with(name, webd, admin, CanaryMode::NewConnections)
+    }
+
+    fn begin_with(name: &'static str, webd: &'a Webd, admin: u16, mode: CanaryMode) -> Attack<'a> {
         // Warm the daemon's admin and control paths so their first allocations are
         // part of the baseline.
         for _ in 0..3 {
@@ -146,16 +220,18 @@ impl<'a> Attack<'a> {
             let _ = webd.status_direct(Duration::from_secs(5));
         }
         let missed_before = missed_heartbeats(&scrape(admin));
+        stable_fd_count(webd.pid);
         let before = figures(webd);
         assert!(!before.workers.is_empty(), "no worker to watch");
         Attack {
             name,
+            mode,
             webd,
             admin,
             before,
             missed_before,
             probe: HeartbeatProbe::start(admin, Duration::from_millis(100)),
-            canary: Canary::start(webd.addr()),
+            canary: Canary::start(webd.addr(), mode),
             started: Instant::now(),
         }
     }
@@ -187,13 +263,21 @@ impl<'a> Attack<'a> {
         let mib = |kib: u64| kib as f64 / 1024.0;
         let largest =
             |f: &Figures, i: usize| f.workers.iter().map(|w| if i == 1 { w.1 } else { w.2 }).max().unwrap_or(0);
+        let served = match self.mode {
+            CanaryMode::Off => "(scenario's own clients)".to_string(),
+            mode => format!(
+                "{} ok, {} failed, slowest {} ms{}",
+                canary.ok,
+                canary.failures.len(),
+                canary.max_latency.as_millis(),
+                if mode == CanaryMode::KeepAlive { " (keep-alive)" } else { "" }
+            ),
+        };
         eprintln!(
-            "| {} | {} | {} ok, {} failed, slowest {} ms | {} | {} | {:.1} → {:.1} → {:.1} MiB | {} → {} | {:.1} → {:.1} MiB | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} → {:.1} → {:.1} MiB | {} → {} | {:.1} → {:.1} MiB | {} |",
             self.name,
             load,
-            canary.ok,
-            canary.failures.len(),
-            canary.max_latency.as_millis(),
+            served,
             heartbeats.brief(),
             if missed.is_empty() { "0".to_string() } else { missed.join(", ") },
             mib(largest(&self.before, 1)),
@@ -225,7 +309,13 @@ impl<'a> Attack<'a> {
             self.name,
             canary.failures
         );
-        assert!(canary.ok >= 3, "{}: only {} normal requests completed during the attack", self.name, canary.ok);
+        let canary_on = self.mode != CanaryMode::Off;
+        assert!(
+            canary.ok >= 3 || !canary_on,
+            "{}: only {} normal requests completed during the attack",
+            self.name,
+            canary.ok
+        );
         assert!(
             canary.max_latency < CANARY_MAX_LATENCY,
             "{}: a normal request took {:?} during the attack",
@@ -254,7 +344,7 @@ impl<'a> Attack<'a> {
         // And a request after the attack is served at once.
         let r = get(webd.addr(), "/index.html").expect("GET after the attack");
         assert_eq!((r.status, r.body.as_slice()), (200, INDEX), "{}: response after the attack", self.name);
-        Outcome { heartbeats, canary, after }
+        Outcome { heartbeats, after }
     }
 }
 
@@ -354,12 +444,11 @@ fn a_thousand_slowloris_connections_starve_nobody_and_are_cut_at_the_header_time
     // One byte per connection every 100 ms: each keeps "making progress".
     let mut cut = Vec::new();
     while opened.elapsed() < Duration::from_millis(4000) {
-        for (i, slot) in conns.iter_mut().enumerate() {
+        for slot in conns.iter_mut() {
             if let Some(s) = slot {
                 if s.write_all(b"a").is_err() {
                     cut.push(opened.elapsed());
                     *slot = None;
-                    let _ = i;
                 }
             }
         }
@@ -375,8 +464,7 @@ fn a_thousand_slowloris_connections_starve_nobody_and_are_cut_at_the_header_time
         }
     }
     drop(conns);
-    let outcome = attack.end("1,000 connections trickling a header byte each per 100 ms for 4 s", "nothing");
-    let _ = outcome;
+    attack.end("1,000 connections trickling a header byte each per 100 ms for 4 s (header timeout 2.5 s)", "nothing");
     eprintln!(
         "slowloris: {} of 1000 seen cut while trickling (first after {:?}), {still_open} still open at 4 s (header timeout 2.5 s)",
         cut.len(),
@@ -503,7 +591,11 @@ fn random_bytes_never_crash_a_worker_and_always_end_in_an_answer_or_a_close() {
             let (outcomes, addr) = (&outcomes, webd.addr());
             s.spawn(move || {
                 let mut rng = Rng::new(seed ^ (t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                for _ in 0..75 {
+                let until = Instant::now() + Duration::from_secs(2);
+                for _ in 0..2000 {
+                    if Instant::now() >= until {
+                        break;
+                    }
                     let len = rng.range(1, 16 * 1024) as usize;
                     let mut payload = match rng.range(0, 4) {
                         0 => rng.bytes(len),
@@ -532,7 +624,8 @@ fn random_bytes_never_crash_a_worker_and_always_end_in_an_answer_or_a_close() {
         }
     });
     let outcomes = outcomes.into_inner().unwrap();
-    attack.end("300 connections of 1 B–16 KiB random bytes (4 shapes)", "nothing");
+    let total: u64 = outcomes.values().sum();
+    attack.end(&format!("4 clients for 2 s: {total} connections of 1 B–16 KiB random bytes (4 shapes)"), "nothing");
     eprintln!("random bytes: outcomes {outcomes:?}");
     assert!(!outcomes.contains_key("hung"), "a connection was neither answered nor closed: {outcomes:?}");
     assert!(!outcomes.keys().any(|k| k.starts_with("garbage")), "a non-HTTP answer: {outcomes:?}");
@@ -545,58 +638,73 @@ fn half_closed_clients_get_their_whole_response_or_a_prompt_close() {
     write_file(&webd, "big.bin", &big);
     write_file(&webd, "ten.bin", &Rng::new(8).bytes(TEN_MIB));
     let attack = Attack::begin("half-closed sockets", &webd, admin);
-    let mut findings = Vec::new();
-    // (a) request, then FIN: the whole response, then the server's FIN.
-    for (path, want) in [("/index.html", INDEX), ("/big.bin", big.as_slice())] {
-        for _ in 0..25 {
-            let mut c = connect(webd.addr());
-            c.write_all(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes()).expect("write");
-            c.shutdown(Shutdown::Write).expect("shutdown write");
-            let end = read_to_close(&mut c, Duration::from_secs(5));
-            let r = parse_response(&end.bytes).map(|(r, _)| r);
-            assert!(
-                r.as_ref().is_some_and(|r| r.status == 200 && r.body == want) && end.eof,
-                "{path} with the client's write side shut: {} bytes, eof {}, timed out {}",
-                end.bytes.len(),
-                end.eof,
-                end.timed_out
-            );
+    let started = Instant::now();
+    let mut rounds = 0;
+    let mut slowest_close = [Duration::ZERO; 2];
+    // Rounds of every case for 2 s (at least one round), so the canary runs alongside.
+    while rounds == 0 || (started.elapsed() < Duration::from_secs(2) && rounds < 50) {
+        rounds += 1;
+        // (a) request, then FIN: the whole response, then the server's FIN.
+        for (path, want) in [("/index.html", INDEX), ("/big.bin", big.as_slice())] {
+            for _ in 0..5 {
+                let mut c = connect(webd.addr());
+                c.write_all(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes()).expect("write");
+                c.shutdown(Shutdown::Write).expect("shutdown write");
+                let end = read_to_close(&mut c, Duration::from_secs(5));
+                let r = parse_response(&end.bytes).map(|(r, _)| r);
+                assert!(
+                    r.as_ref().is_some_and(|r| r.status == 200 && r.body == want) && end.eof,
+                    "{path} with the client's write side shut: {} bytes, eof {}, timed out {}",
+                    end.bytes.len(),
+                    end.eof,
+                    end.timed_out
+                );
+            }
+        }
+        // (b) FIN with nothing sent, and (c) FIN in the middle of a head: closed at once
+        // (not at the 10 s header timeout), at most with an error answer.
+        for (i, (what, sent)) in
+            [("nothing", &b""[..]), ("half a head", &b"GET /index.html HTTP/1.1\r\nHo"[..])].into_iter().enumerate()
+        {
+            for _ in 0..5 {
+                let mut c = connect(webd.addr());
+                c.write_all(sent).expect("write");
+                c.shutdown(Shutdown::Write).expect("shutdown write");
+                let end = read_to_close(&mut c, Duration::from_secs(5));
+                assert!(!end.timed_out, "{what} then FIN: still open after 5 s");
+                assert!(
+                    end.bytes.is_empty() || status_of(&end.bytes).is_some_and(|s| s >= 400),
+                    "{what} then FIN: {:?}",
+                    String::from_utf8_lossy(&end.bytes)
+                );
+                slowest_close[i] = slowest_close[i].max(end.took);
+            }
+        }
+        // (d) a client that shuts its read side and goes away in the middle of a 10 MiB
+        // sendfile (RST): the worker's send fails; it must not crash.
+        for _ in 0..4 {
+            let mut c = connect_small_rcvbuf(webd.addr());
+            c.write_all(b"GET /ten.bin HTTP/1.1\r\nHost: h\r\n\r\n").expect("write");
+            let mut first = [0u8; 4096];
+            let _ = c.read(&mut first);
+            let _ = c.shutdown(Shutdown::Read);
+            drop(c); // unread data in the receive buffer: the close sends RST
         }
     }
-    // (b) FIN with nothing sent, and (c) FIN in the middle of a head: closed at once
-    // (not at the 10 s header timeout), at most with an error answer.
-    for (what, sent) in [("nothing", &b""[..]), ("half a head", &b"GET /index.html HTTP/1.1\r\nHo"[..])] {
-        let mut slowest = Duration::ZERO;
-        for _ in 0..25 {
-            let mut c = connect(webd.addr());
-            c.write_all(sent).expect("write");
-            c.shutdown(Shutdown::Write).expect("shutdown write");
-            let end = read_to_close(&mut c, Duration::from_secs(5));
-            assert!(!end.timed_out, "{what} then FIN: still open after 5 s");
-            assert!(
-                end.bytes.is_empty() || status_of(&end.bytes).is_some_and(|s| s >= 400),
-                "{what} then FIN: {:?}",
-                String::from_utf8_lossy(&end.bytes)
-            );
-            slowest = slowest.max(end.took);
-        }
-        findings.push(format!("{what} then FIN: closed within {} ms", slowest.as_millis()));
-        assert!(slowest < Duration::from_secs(2), "{what} then FIN: closed only after {slowest:?}");
+    attack.end(
+        &format!(
+            "{rounds} rounds of: 5+5 requests then FIN (14 B, 1 MiB), 5 FIN only, 5 FIN mid-head, 4 resets mid-10 MiB"
+        ),
+        "nothing",
+    );
+    eprintln!(
+        "half-closed: FIN-only closed within {} ms, FIN mid-head within {} ms",
+        slowest_close[0].as_millis(),
+        slowest_close[1].as_millis()
+    );
+    for (what, t) in ["FIN only", "FIN mid-head"].iter().zip(slowest_close) {
+        assert!(t < Duration::from_secs(2), "{what}: closed only after {t:?} (the header timeout, not the FIN)");
     }
-    // (d) a client that shuts its read side and goes away in the middle of a 10 MiB
-    // sendfile: the worker's send fails, it must not crash.
-    for _ in 0..20 {
-        let mut c = connect_small_rcvbuf(webd.addr());
-        c.write_all(b"GET /ten.bin HTTP/1.1\r\nHost: h\r\n\r\n").expect("write");
-        let mut first = [0u8; 4096];
-        let _ = c.read(&mut first);
-        let _ = c.shutdown(Shutdown::Read);
-        // Closing with unread data in the receive buffer sends RST.
-        drop(c);
-    }
-    attack
-        .end("25+25 requests then FIN (14 B and 1 MiB), 25 FIN only, 25 FIN mid-head, 20 resets mid-10 MiB", "nothing");
-    eprintln!("half-closed: {findings:?}");
 }
 
 #[test]
@@ -657,6 +765,7 @@ fn a_file_truncated_while_being_sent_ends_the_response_short_and_closes() {
     let (webd, admin) = start(2, &[]);
     let attack = Attack::begin("file truncated mid-send", &webd, admin);
     let mut shortest = usize::MAX;
+    let mut zero_tails: Vec<usize> = Vec::new();
     for i in 0..4 {
         let name = format!("shrinks{i}.bin");
         let content = Rng::new(20 + i).bytes(TEN_MIB);
@@ -669,7 +778,16 @@ fn a_file_truncated_while_being_sent_ends_the_response_short_and_closes() {
         let head_len = end.bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
         let body = &end.bytes[head_len..];
         assert!(body.len() < TEN_MIB, "the whole 10 MiB arrived although the file shrank to 1 KiB");
-        assert!(body == &content[..body.len()], "bytes sent before the truncation are not the file's");
+        // What the client read before the truncation is the file's. What was sent after
+        // it may not be: sendfile can splice the vanished pages as zeros before it sees
+        // the new size. The response is short of its Content-Length, so every client
+        // discards it; the server's part is to close, which it does.
+        let before = 64 * 1024 - head_len;
+        assert!(body[..before] == content[..before], "bytes read before the truncation are not the file's");
+        let differs = body.iter().zip(&content).position(|(a, b)| a != b);
+        if let Some(at) = differs {
+            zero_tails.push(body[at..].iter().filter(|b| **b == 0).count());
+        }
         shortest = shortest.min(body.len());
         // The shrunk file is served as it is now.
         let r = get(webd.addr(), &format!("/{name}")).expect("GET after truncation");
@@ -679,7 +797,12 @@ fn a_file_truncated_while_being_sent_ends_the_response_short_and_closes() {
         "4 slow 10 MiB downloads whose file is truncated to 1 KiB mid-send",
         "the rest of each truncated body (by design: closed early)",
     );
-    eprintln!("truncated: shortest body {} KiB of 10 MiB", shortest / 1024);
+    eprintln!(
+        "truncated: shortest body {} KiB of 10 MiB; {} of 4 bodies carried zeros after the truncation point ({:?} zero bytes)",
+        shortest / 1024,
+        zero_tails.len(),
+        zero_tails
+    );
 }
 
 #[test]
@@ -767,7 +890,7 @@ fn a_hundred_hostile_control_clients_do_not_slow_supervision() {
             }
         });
     });
-    let outcome = attack.end(
+    attack.end(
         "100 control clients for 3 s: garbage lines, 4 MiB lines, silent connections",
         &format!(
             "{} of {} operator status requests refused during the attack",
@@ -775,52 +898,117 @@ fn a_hundred_hostile_control_clients_do_not_slow_supervision() {
             legit_ok.load(Ordering::Relaxed) + legit_refused.load(Ordering::Relaxed)
         ),
     );
-    let _ = outcome;
     eprintln!("control flood: {} error replies to hostile clients", replies.load(Ordering::Relaxed));
     assert_eq!(webd.status_json()["ok"], true, "webctl status after the attack");
+}
+
+/// Opens `count` connections to the admin port, cycling through `shapes`: 0 silent,
+/// 1 half a request head, 2 one request never read, 3 fifty pipelined scrapes never read.
+fn flood_admin(admin: u16, count: usize, shapes: &[u8]) -> Vec<TcpStream> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { continue };
+        let _ = c.set_write_timeout(Some(Duration::from_millis(200)));
+        let _ = match shapes[i % shapes.len()] {
+            0 => Ok(()),
+            1 => c.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nX-Slow: "),
+            2 => c.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n"),
+            _ => c.write_all(&b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n".repeat(50)),
+        };
+        held.push(c);
+    }
+    held
+}
+
+/// For `hold`: a scrape every 200 ms (2 s timeout each) and, on a thread of its own, a
+/// control status request every 200 ms. Returns (scrapes answered, scrapes tried,
+/// status answers, slowest scrape).
+fn admin_and_control_while(webd: &Webd, admin: u16, hold: Duration) -> (u32, u32, u32, Duration) {
+    let until = Instant::now() + hold;
+    std::thread::scope(|s| {
+        let statuses = s.spawn(|| {
+            let mut answered = 0;
+            while Instant::now() < until {
+                if webd.status_direct(Duration::from_secs(2)).is_some() {
+                    answered += 1;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            answered
+        });
+        let (mut scrapes, mut attempts, mut slowest) = (0, 0, Duration::ZERO);
+        while Instant::now() < until {
+            let t = Instant::now();
+            attempts += 1;
+            if try_scrape(admin, Duration::from_secs(2)).is_some() {
+                scrapes += 1;
+            }
+            slowest = slowest.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        (scrapes, attempts, statuses.join().expect("status thread"), slowest)
+    })
 }
 
 #[test]
 fn a_thousand_admin_connections_do_not_slow_supervision() {
     let (webd, admin) = start(2, &[]);
     let attack = Attack::begin("1,000 admin connections", &webd, admin);
-    let addr = SocketAddr::from(([127, 0, 0, 1], admin));
-    let mut held: Vec<TcpStream> = Vec::with_capacity(1000);
-    for i in 0..1000 {
-        let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { continue };
-        let _ = c.set_write_timeout(Some(Duration::from_millis(200)));
-        match i % 3 {
-            0 => {}                                                                          // silent
-            1 => drop(c.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nX-Slow: ")),         // half a head
-            _ => drop(c.write_all(&b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n".repeat(50))), // never read
-        }
-        held.push(c);
-    }
+    let held = flood_admin(admin, 1000, &[0, 1, 2]);
     let opened = held.len();
-    // Supervision and the endpoints themselves while the connections are held.
-    let mut served = 0;
-    let mut status_ok = 0;
-    let hold_until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < hold_until {
-        if try_scrape(admin, Duration::from_secs(2)).is_some() {
-            served += 1;
-        }
-        if webd.status_direct(Duration::from_secs(2)).is_some() {
-            status_ok += 1;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (scrapes, attempts, statuses, slowest) = admin_and_control_while(&webd, admin, Duration::from_secs(3));
     drop(held);
     let outcome = attack.end(
-        &format!("{opened} admin connections held 3 s (silent / half a head / 50 pipelined scrapes never read)"),
-        "nothing",
+        &format!("{opened} admin connections held 3 s (silent / half a head / a scrape never read)"),
+        &format!("nothing; {scrapes} of {attempts} scrapes answered while held (slowest {} ms)", slowest.as_millis()),
     );
     eprintln!(
-        "admin flood: {served} scrapes and {status_ok} control status answers while held; probe {} ok / {} failed",
+        "admin flood: {scrapes}/{attempts} scrapes (slowest {slowest:?}) and {statuses} control status answers while held; probe {} ok / {} failed",
         outcome.heartbeats.samples, outcome.heartbeats.failed_samples
     );
-    assert!(served >= 5, "the admin endpoint served only {served} scrapes while 1,000 connections were held");
-    assert!(status_ok >= 5, "control status answered only {status_ok} times while the admin endpoint was flooded");
+    assert_eq!(scrapes, attempts, "scrapes failed while 1,000 admin connections were held");
+    assert!(statuses >= 5, "control status answered only {statuses} times while the admin endpoint was flooded");
+}
+
+/// 333 connections each pipelining 50 scrapes and never reading: 16,650 renders of
+/// /metrics queued ahead of Prometheus. Supervision is not slowed (a thread of its
+/// own), but a new scrape should still be answered within a couple of seconds (and
+/// must be within Prometheus's default 10 s scrape timeout).
+#[test]
+#[ignore = "bug: a pipelined /metrics flood locks the admin endpoint out for seconds (each connection gets up to 32 renders per turn before a new connection is served)"]
+fn a_pipelined_scrape_flood_does_not_lock_prometheus_out_of_the_admin_endpoint() {
+    let (webd, admin) = start(2, &[]);
+    let attack = Attack::begin("pipelined /metrics flood", &webd, admin);
+    let held = flood_admin(admin, 333, &[3]);
+    let opened = held.len();
+    let statuses = std::thread::scope(|s| {
+        let statuses = s.spawn(|| {
+            let until = Instant::now() + Duration::from_secs(3);
+            let mut answered = 0;
+            while Instant::now() < until {
+                answered += u32::from(webd.status_direct(Duration::from_secs(2)).is_some());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            answered
+        });
+        let t = Instant::now();
+        let scraped = try_scrape(admin, Duration::from_secs(12)).is_some();
+        let latency = t.elapsed();
+        (statuses.join().expect("status thread"), scraped, latency)
+    });
+    let (statuses, scraped, latency) = statuses;
+    drop(held);
+    attack.end(
+        &format!("{opened} admin connections pipelining 50 scrapes each, never read"),
+        &format!("a new scrape waited {} ms (answered: {scraped})", latency.as_millis()),
+    );
+    eprintln!(
+        "pipelined scrape flood: scrape answered {scraped} after {latency:?}; {statuses} control status answers in 3 s"
+    );
+    assert!(statuses >= 5, "control status answered only {statuses} times");
+    assert!(scraped, "no scrape answered within 12 s");
+    assert!(latency < Duration::from_secs(2), "a scrape waited {latency:?} behind the pipelined flood");
 }
 
 // ---- exhaustion ------------------------------------------------------------------------
@@ -853,7 +1041,9 @@ fn lowest_free_fd(pid: i32) -> u64 {
 #[test]
 fn listener_out_of_descriptors_backs_off_without_spinning_keeps_serving_and_recovers() {
     let (webd, admin) = start(1, &[]);
-    let attack = Attack::begin("listener EMFILE", &webd, admin);
+    // New connections wait in the backlog while the listener has no descriptor (that
+    // is the design); the canary is an existing keep-alive client, which must be served.
+    let attack = Attack::begin_with("listener EMFILE", &webd, admin, CanaryMode::KeepAlive);
     let listener = webd.pid_of("webd: listener").expect("listener");
     // A keep-alive connection opened before the exhaustion.
     let mut held = connect(webd.addr());
@@ -916,14 +1106,13 @@ fn listener_out_of_descriptors_backs_off_without_spinning_keeps_serving_and_reco
     let recovered_in = restored_at.elapsed();
     assert_eq!(keep_alive_request(&mut held), 200);
     drop(held);
-    let outcome = attack.end(
+    attack.end(
         &format!(
             "listener soft RLIMIT_NOFILE = {limit} (no free descriptor) for {:.1} s; 20 new connections + 1 keep-alive",
             window.as_secs_f64()
         ),
         "nothing: the 20 connections waited in the backlog and were served on recovery",
     );
-    let _ = outcome;
     eprintln!(
         "EMFILE: listener fds {fds_before}, limit {limit}; CPU {:.0} ms over {:.0} ms ({:.1} %); held connection served {held_served} times; \
          {served_during} of 20 new connections served while exhausted; all 20 served {} ms after the limit was restored (slowest waited {} ms); log warns: {log_says}",
@@ -937,4 +1126,127 @@ fn listener_out_of_descriptors_backs_off_without_spinning_keeps_serving_and_reco
     assert!(log_says, "no 'out of file descriptors' warning in the log");
     assert_eq!(served_during, 0, "connections were accepted although no descriptor was free (the limit did not bite)");
     assert!(recovered_in < Duration::from_secs(2), "recovery took {recovered_in:?}");
+}
+
+/// Socket descriptors `pid` holds.
+fn socket_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn outcome_of(e: &Ending) -> String {
+    match (status_of(&e.bytes), e.timed_out) {
+        (Some(code), _) => code.to_string(),
+        (None, true) => "no answer, still open".to_string(),
+        (None, false) => "closed without an answer".to_string(),
+    }
+}
+
+/// A worker whose descriptor table is full cannot receive the connections the manager
+/// passes it: recvmsg truncates the SCM_RIGHTS message (MSG_CTRUNC), the kernel closes
+/// the fds it could not install, and the ones it did install are in the worker's table.
+/// Every connection the server accepted must still get an answer (served, 500 or 503)
+/// or wait to be served; none may be closed unanswered or left open with nobody
+/// serving it, and no descriptor may leak.
+#[test]
+#[ignore = "bug: connections passed to a worker out of descriptors are closed unanswered or leaked open (recv_with_fds returns on nix's ENOBUFS before taking the installed fds)"]
+fn a_worker_out_of_descriptors_answers_every_connection_it_is_given() {
+    let (webd, admin) = start(1, &[]);
+    let attack = Attack::begin_with("worker EMFILE", &webd, admin, CanaryMode::Off);
+    let worker = webd.worker_pids()[0];
+    let sockets_before = socket_fds(worker);
+    // Room for 12 more descriptors: the held connections below, the file each request
+    // opens, and a few of the extra connections.
+    let limit = lowest_free_fd(worker) + 12;
+    let original = set_nofile_soft(worker, limit);
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut c = connect(webd.addr());
+        c.write_all(b"GET /index.html HTTP/1.1\r\nHost: held\r\n\r\n").expect("write");
+        let mut buf = [0u8; 1024];
+        let n = c.read(&mut buf).expect("a response on a held connection");
+        assert_eq!(status_of(&buf[..n]), Some(200));
+        held.push(c);
+    }
+    // Now more connections than the worker has descriptors for.
+    let extra: Vec<JoinHandle<Ending>> = (0..12)
+        .map(|_| {
+            let addr = webd.addr();
+            std::thread::spawn(move || {
+                let mut c = connect(addr);
+                c.write_all(b"GET /index.html HTTP/1.1\r\nHost: extra\r\nConnection: close\r\n\r\n").expect("write");
+                read_to_close(&mut c, Duration::from_secs(3))
+            })
+        })
+        .collect();
+    let endings: Vec<Ending> = extra.into_iter().map(|h| h.join().expect("client")).collect();
+    set_nofile_soft(worker, original);
+    drop(held);
+    let mut tally: HashMap<String, u64> = HashMap::new();
+    for e in &endings {
+        *tally.entry(outcome_of(e)).or_default() += 1;
+    }
+    // With every client gone, the worker holds its channel sockets only.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while socket_fds(worker) > sockets_before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let leaked = socket_fds(worker).saturating_sub(sockets_before);
+    let unanswered = tally.get("closed without an answer").copied().unwrap_or(0);
+    let hung = tally.get("no answer, still open").copied().unwrap_or(0);
+    attack.end(
+        &format!("worker soft RLIMIT_NOFILE {limit} (12 free): 8 held keep-alive + 12 new connections"),
+        &format!("{unanswered} of 12 closed unanswered, {hung} left open unanswered, {leaked} socket fd(s) leaked in the worker"),
+    );
+    eprintln!("worker EMFILE: outcomes {tally:?}; {leaked} socket descriptor(s) leaked");
+    assert_eq!(unanswered + hung, 0, "connections handed to a worker out of descriptors were not answered: {tally:?}");
+    assert_eq!(leaked, 0, "the worker leaked {leaked} connection descriptor(s)");
+    assert_eq!(get(webd.addr(), "/index.html").expect("GET after").status, 200);
+}
+
+/// The same for the manager: out of descriptors, it cannot take connections off the
+/// listener's channel. The listener in that state leaves them in the backlog (nothing
+/// lost, see above); the manager must likewise leave them queued in the channel (which
+/// the daemon holds) until it can take them.
+#[test]
+#[ignore = "bug: a manager out of descriptors drops whole batches of connections unanswered (\"receiving connections\" error, batch lost)"]
+fn a_manager_out_of_descriptors_loses_no_connection() {
+    let (webd, admin) = start(1, &[]);
+    let attack = Attack::begin_with("manager EMFILE", &webd, admin, CanaryMode::KeepAlive);
+    let manager = webd.pid_of("webd: manager").expect("manager");
+    let limit = lowest_free_fd(manager);
+    let original = set_nofile_soft(manager, limit);
+    let clients: Vec<JoinHandle<Ending>> = (0..10)
+        .map(|_| {
+            let addr = webd.addr();
+            std::thread::spawn(move || {
+                let mut c = connect(addr);
+                c.write_all(b"GET /index.html HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").expect("write");
+                read_to_close(&mut c, Duration::from_secs(5))
+            })
+        })
+        .collect();
+    // The manager stays without descriptors for a second, then recovers.
+    let exhausted = Instant::now();
+    while exhausted.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    set_nofile_soft(manager, original);
+    let endings: Vec<Ending> = clients.into_iter().map(|h| h.join().expect("client")).collect();
+    let mut tally: HashMap<String, u64> = HashMap::new();
+    for e in &endings {
+        *tally.entry(outcome_of(e)).or_default() += 1;
+    }
+    let served = tally.get("200").copied().unwrap_or(0);
+    attack.end(
+        &format!("manager soft RLIMIT_NOFILE {limit} (no free descriptor) for 1 s; 10 new connections"),
+        &format!("{} of 10 connections not served", 10 - served),
+    );
+    eprintln!("manager EMFILE: outcomes {tally:?}");
+    assert_eq!(served, 10, "connections arriving while the manager was out of descriptors were lost: {tally:?}");
 }
