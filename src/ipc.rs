@@ -255,6 +255,16 @@ impl Channel {
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+
+    /// Whether a message would be accepted now (the peer's queue is not full). Unix
+    /// seqpacket queues hold only `net.unix.max_dgram_qlen` messages (10 by default), so
+    /// callers check this before taking a connection into their hands.
+    pub fn has_room(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLOUT)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+            && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLOUT))
+    }
 }
 
 impl AsFd for Channel {

@@ -89,7 +89,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
                     tracing::warn!("daemon gone: listener exiting");
                     return Ok(());
                 }
-                CONNECTIONS if me.pause == Pause::Backpressure => me.flush(),
+                CONNECTIONS if me.pause == Pause::Backpressure => me.flush(), // room again
                 _ => {}
             }
         }
@@ -149,6 +149,12 @@ impl Listener {
         }
         for i in 0..self.listen.len() {
             loop {
+                // Accept only what the manager's queue can take at once: a connection
+                // we hold while waiting for room would die with us.
+                if !self.connections.has_room() {
+                    self.pause = Pause::Backpressure;
+                    return;
+                }
                 match crate::sys::net::accept(self.listen[i].as_fd()) {
                     Ok(fd) => {
                         self.counters.accepted += 1;

@@ -108,7 +108,12 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
                 }
                 SIGNALS if signals.pending().contains(&Event::Child) => pool.reap(poll.registry(), Instant::now()),
                 CONNECTIONS => pool.connections_readable(),
-                Token(t) if t >= FIRST_WORKER => pool.drain_messages(t, poll.registry(), Instant::now()),
+                Token(t) if t >= FIRST_WORKER => {
+                    pool.drain_messages(t, poll.registry(), Instant::now());
+                    if event.is_writable() {
+                        pool.dispatch();
+                    }
+                }
                 _ => {}
             }
         }

@@ -187,7 +187,8 @@ impl WorkerPool {
         }
         let token = self.next_token;
         self.next_token += 1;
-        registry.register(&mut SourceFd(&channel.raw_fd()), Token(token), Interest::READABLE)?;
+        // Writable: a worker that had no room for connections has room again.
+        registry.register(&mut SourceFd(&channel.raw_fd()), Token(token), Interest::READABLE | Interest::WRITABLE)?;
         let current = Current {
             token,
             channel,
@@ -214,6 +215,12 @@ impl WorkerPool {
         }
         self.deliver_pending();
         while self.pending.is_empty() && self.connections_ready && self.has_live_worker() {
+            // Take a connection only when a worker can take it at once: one we hold
+            // while waiting for room would die with us. A worker's channel becoming
+            // writable calls us again.
+            if !self.some_worker_has_room() {
+                return;
+            }
             self.received_fds.clear();
             match self.connections.recv(&mut self.received_fds) {
                 Ok(Recv::Message(Message::Connections { .. })) => {
@@ -231,33 +238,41 @@ impl WorkerPool {
         }
     }
 
+    fn some_worker_has_room(&self) -> bool {
+        self.slots
+            .iter()
+            .filter(|ws| ws.wanted && ws.slot.pid.is_some())
+            .filter_map(|ws| ws.current.as_ref())
+            .any(|c| c.channel.has_room())
+    }
+
     fn has_live_worker(&self) -> bool {
         self.slots.iter().any(|ws| ws.wanted && ws.current.is_some() && ws.slot.pid.is_some())
     }
 
-    /// Sends pending connections to the least-loaded workers, a batch per worker.
+    /// Sends pending connections to the least-loaded workers that have room, a batch per
+    /// worker; keeps them only if no worker can take them now.
     fn deliver_pending(&mut self) {
         while !self.pending.is_empty() {
-            let Some(index) = self.least_loaded() else { return };
             let take = self.pending.len().min(self.fair_share());
-            let batch: Vec<OwnedFd> = self.pending.drain(..take).collect();
-            let current = self.slots[index].current.as_mut().expect("least_loaded returns live slots");
-            let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|fd| fd.as_fd()).collect();
-            match current.channel.send(&Message::Connections { count: batch.len() as u32 }, &fds) {
-                Ok(()) => current.dispatched += batch.len() as u64,
-                Err(e) => {
-                    drop(fds);
-                    // Put them back in front and stop for now: the worker is full or
-                    // gone (its exit will be reaped and its queue recovered).
-                    let rest = std::mem::take(&mut self.pending);
-                    self.pending = batch;
-                    self.pending.extend(rest);
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        tracing::warn!(worker = self.slots[index].id, error = %e, "dispatch failed");
+            let mut delivered = false;
+            for index in self.by_load() {
+                let current = self.slots[index].current.as_mut().expect("by_load returns live slots");
+                let fds: Vec<BorrowedFd<'_>> = self.pending[..take].iter().map(|fd| fd.as_fd()).collect();
+                match current.channel.send(&Message::Connections { count: take as u32 }, &fds) {
+                    Ok(()) => {
+                        current.dispatched += take as u64;
+                        delivered = true;
+                        break;
                     }
-                    return;
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => tracing::warn!(worker = self.slots[index].id, error = %e, "dispatch failed"),
                 }
             }
+            if !delivered {
+                return; // every worker is full or gone; a writable worker calls us again
+            }
+            self.pending.drain(..take); // our copies close: the worker has the connections
         }
     }
 
@@ -268,19 +283,22 @@ impl WorkerPool {
         self.pending.len().div_ceil(live).clamp(1, MAX_FDS_PER_MESSAGE)
     }
 
-    /// The live, wanted worker with the fewest open plus in-flight connections;
-    /// workers that answered a heartbeat first.
-    fn least_loaded(&self) -> Option<usize> {
-        self.slots
+    /// Live, wanted workers, least loaded first (open plus in-flight connections);
+    /// workers that answered a heartbeat before those still starting.
+    fn by_load(&self) -> Vec<usize> {
+        let mut live: Vec<(usize, (bool, u64))> = self
+            .slots
             .iter()
             .enumerate()
             .filter(|(_, ws)| ws.wanted && ws.slot.pid.is_some())
             .filter_map(|(i, ws)| ws.current.as_ref().map(|c| (i, ws, c)))
-            .min_by_key(|(_, ws, c)| {
+            .map(|(i, ws, c)| {
                 let in_flight = c.dispatched.saturating_sub(c.counters.received);
-                (!ws.slot.is_up(), c.counters.active + in_flight)
+                (i, (!ws.slot.is_up(), c.counters.active + in_flight))
             })
-            .map(|(i, _, _)| i)
+            .collect();
+        live.sort_by_key(|(_, load)| *load);
+        live.into_iter().map(|(i, _)| i).collect()
     }
 
     /// Reads the heartbeats of a draining worker.
