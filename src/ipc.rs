@@ -225,8 +225,13 @@ impl Channel {
     /// Receives one message, appending its fds to `fds`.
     pub fn recv(&mut self, fds: &mut Vec<OwnedFd>) -> io::Result<Recv> {
         match sys::recv_with_fds(self.fd.as_fd(), &mut self.rx, fds) {
-            Ok(0) => Ok(Recv::Closed),
-            Ok(n) => match serde_json::from_slice(&self.rx[..n]) {
+            Ok(r) if r.len == 0 => Ok(Recv::Closed),
+            Ok(r) => match serde_json::from_slice(&self.rx[..r.len]) {
+                // The fds that arrived are kept and used; say loudly that some did not.
+                Ok(msg) if r.fds_lost => {
+                    tracing::error!(arrived = fds.len(), "passed descriptors lost: this process is out of descriptors");
+                    Ok(Recv::Message(msg))
+                }
                 Ok(msg) => Ok(Recv::Message(msg)),
                 Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad message: {e}"))),
             },
@@ -254,6 +259,46 @@ impl Channel {
 
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// How many fds the next queued message carries, without taking it (`None`: nothing
+    /// queued). A peek without a control buffer leaves the fds in the queue.
+    pub fn peek_fd_count(&mut self) -> io::Result<Option<usize>> {
+        let n = loop {
+            match nix::sys::socket::recv(
+                self.fd.as_raw_fd(),
+                &mut self.rx,
+                nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(n) => break n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if n == 0 {
+            return Ok(Some(0)); // the peer closed: receiving it costs nothing
+        }
+        Ok(Some(match serde_json::from_slice(&self.rx[..n]) {
+            Ok(Message::Connections { count }) => count as usize,
+            Ok(Message::Bootstrap(boot)) => boot.fds.len(),
+            Ok(Message::Handoff(h)) => h.fds.len(),
+            Ok(Message::ReopenLog) => 1,
+            _ => 0,
+        }))
+    }
+
+    /// Whether the next message's fds fit in `free` descriptors (keeping `room` for our
+    /// own work). Cheap when there is plenty of room; peeks at the message otherwise.
+    pub fn next_fits(&mut self, free: usize, room: usize) -> bool {
+        if free >= MAX_FDS_PER_MESSAGE + room {
+            return true;
+        }
+        match self.peek_fd_count() {
+            Ok(Some(n)) => n + room <= free,
+            Ok(None) => true, // nothing queued: a receive just finds it empty
+            Err(_) => false,
+        }
     }
 
     /// Whether a message would be accepted now (the peer's queue is not full). Unix

@@ -91,6 +91,8 @@ pub struct WorkerPool {
     /// A reload that arrived while a command was in progress, and one ready to run.
     pending_reload: Option<Config>,
     reload_after_op: Option<Config>,
+    /// Descriptor headroom, re-measured at each heartbeat check.
+    fds: crate::sys::process::FdBudget,
     /// Pool-wide supervision figures, monotonic over this manager's life.
     missed_total: u64,
     restarts: [u64; 3],
@@ -114,6 +116,7 @@ impl WorkerPool {
             shutting_down: false,
             received_fds: Vec::with_capacity(MAX_FDS_PER_MESSAGE),
             next_token: FIRST_WORKER,
+            fds: crate::sys::process::FdBudget::measure(),
             op: None,
             outbox: Vec::new(),
             pending_reload: None,
@@ -218,7 +221,8 @@ impl WorkerPool {
             // Take a connection only when a worker can take it at once: one we hold
             // while waiting for room would die with us. A worker's channel becoming
             // writable calls us again.
-            if !self.some_worker_has_room() {
+            let free = self.fds.free(self.pending.len());
+            if !self.some_worker_has_room() || !self.connections.next_fits(free, crate::sys::process::WORKING_ROOM) {
                 return;
             }
             self.received_fds.clear();
@@ -374,6 +378,10 @@ impl WorkerPool {
 
     /// The 200 ms heartbeat check of every worker.
     pub fn check(&mut self, registry: &Registry, now: Instant) {
+        // Out of descriptors, intake waits (connections stay queued in the kernel);
+        // re-measure and carry on when there is room again.
+        self.fds = crate::sys::process::FdBudget::measure();
+        self.connections_ready = true;
         let timeout = self.config.heartbeat_timeout();
         for index in 0..self.slots.len() {
             let ws = &mut self.slots[index];
@@ -470,7 +478,7 @@ impl WorkerPool {
         loop {
             let mut fds = Vec::new();
             match sys::recv_with_fds(worker_end.as_fd(), &mut channel_view, &mut fds) {
-                Ok(0) => break,
+                Ok(r) if r.len == 0 => break,
                 Ok(_) => {
                     recovered += fds.len();
                     self.pending.extend(fds);

@@ -6,10 +6,8 @@
 //! fd carries CLOEXEC, and a truncated control message is an error after the fds that
 //! did arrive are closed.
 
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-};
-use std::io::{self, IoSlice, IoSliceMut};
+use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Most fds one message may carry (the kernel's SCM_MAX_FD is 253).
@@ -39,42 +37,60 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>])
     }
 }
 
-/// Receives one message into `buf`, appending any passed fds to `fds` (with CLOEXEC).
-/// Returns the message length; `Ok(0)` means the peer closed. Never blocks.
-pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
-    let mut cmsg_buf = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = loop {
-        match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg_buf),
-            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-        ) {
-            Ok(msg) => break msg,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
+/// One received message: its length (0: the peer closed) and whether passed fds were
+/// lost (`MSG_CTRUNC`: the receiver is out of descriptors or the control buffer was too
+/// small).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    pub len: usize,
+    pub fds_lost: bool,
+}
+
+/// Receives one message into `buf`, appending every fd the kernel installed to `fds`
+/// (with CLOEXEC) — also when some were lost, so none leaks. Never blocks.
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<Received> {
+    // Room for MAX_FDS_PER_MESSAGE fds: CMSG_SPACE(64 * 4) = 272 bytes, 8-byte aligned.
+    let mut control = [0u64; 40];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: an all-zero msghdr is a valid empty header; every pointer set below
+    // outlives the recvmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let n = loop {
+        // SAFETY: `msg` points at live buffers of the sizes it states.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
         }
     };
-    let first_new = fds.len();
-    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(raw) = cmsg {
-            for fd in raw {
-                // SAFETY: the kernel just installed `fd` in our table for this message;
-                // nothing else owns it, so taking ownership here is the only reference.
-                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: the kernel filled `msg_control` with well-formed cmsg headers up to
+    // `msg_controllen`; CMSG_FIRSTHDR/CMSG_NXTHDR stay within it, and each SCM_RIGHTS
+    // payload holds `(cmsg_len - CMSG_LEN(0)) / 4` descriptors just installed for us,
+    // which nothing else owns.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
             }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        fds.truncate(first_new); // closes the ones that did arrive
-        return Err(io::Error::other("control message truncated: passed fds were lost"));
-    }
-    if msg.flags.contains(MsgFlags::MSG_TRUNC) {
-        fds.truncate(first_new);
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
         return Err(io::Error::other("message larger than the receive buffer"));
     }
-    Ok(msg.bytes)
+    Ok(Received { len: n, fds_lost: msg.msg_flags & libc::MSG_CTRUNC != 0 })
 }
 
 /// A fixed-capacity list of raw fds so a send allocates nothing.
@@ -121,8 +137,9 @@ mod tests {
         send_with_fds(a.as_fd(), b"hello", &[x.as_fd(), y.as_fd()]).expect("send");
         let mut buf = [0u8; 64];
         let mut fds = Vec::new();
-        let n = recv_with_fds(b.as_fd(), &mut buf, &mut fds).expect("recv");
-        assert_eq!(&buf[..n], b"hello");
+        let got = recv_with_fds(b.as_fd(), &mut buf, &mut fds).expect("recv");
+        assert_eq!(&buf[..got.len], b"hello");
+        assert!(!got.fds_lost);
         assert_eq!(fds.len(), 2);
         assert!(fds.iter().all(|fd| cloexec(fd.as_fd())));
     }
@@ -135,21 +152,38 @@ mod tests {
         let err = recv_with_fds(b.as_fd(), &mut buf, &mut fds).expect_err("nothing queued");
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         drop(a);
-        assert_eq!(recv_with_fds(b.as_fd(), &mut buf, &mut fds).expect("eof"), 0);
+        assert_eq!(recv_with_fds(b.as_fd(), &mut buf, &mut fds).expect("eof").len, 0);
     }
 
     #[test]
-    fn too_many_fds_is_an_error_not_a_silent_loss() {
+    fn fds_lost_to_exhaustion_are_reported_and_those_installed_are_kept() {
         let (a, b) = seqpacket_pair().expect("pair");
-        let pairs: Vec<_> = (0..MAX_FDS_PER_MESSAGE / 2).map(|_| seqpacket_pair().expect("pair")).collect();
+        let pairs: Vec<_> = (0..4).map(|_| seqpacket_pair().expect("pair")).collect();
         let fds: Vec<BorrowedFd<'_>> = pairs.iter().flat_map(|(p, q)| [p.as_fd(), q.as_fd()]).collect();
         send_with_fds(a.as_fd(), b"x", &fds).expect("send");
-        // Receive with a deliberately small control buffer to provoke MSG_CTRUNC.
-        let mut cmsg_buf = nix::cmsg_space!([RawFd; 2]);
-        let mut data = [0u8; 4];
-        let mut iov = [IoSliceMut::new(&mut data)];
-        let msg =
-            recvmsg::<()>(b.as_raw_fd(), &mut iov, Some(&mut cmsg_buf), MsgFlags::MSG_CMSG_CLOEXEC).expect("recvmsg");
-        assert!(msg.flags.contains(MsgFlags::MSG_CTRUNC), "kernel reports the truncation we check for");
+        // Receive in a child process whose descriptor limit leaves room for only a few.
+        // SAFETY: the child only calls async-signal-safe syscalls (setrlimit, recvmsg,
+        // _exit) plus a read_dir of /proc before them; the test harness thread that
+        // forks holds no lock the child needs.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => {
+                let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(64) as u64;
+                let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, open + 2, open + 2);
+                let mut buf = [0u8; 8];
+                let mut got = Vec::new();
+                let code = match recv_with_fds(b.as_fd(), &mut buf, &mut got) {
+                    Ok(r) if r.fds_lost && !got.is_empty() && got.len() < 8 => 0,
+                    _ => 1,
+                };
+                // SAFETY: _exit ends the forked child without running the parent's
+                // destructors or test harness.
+                unsafe { libc::_exit(code) };
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                let status = nix::sys::wait::waitpid(child, None).expect("wait");
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0), "loss not reported or fds not kept");
+            }
+            Err(e) => panic!("fork: {e}"),
+        }
     }
 }

@@ -90,3 +90,52 @@ pub fn ignore_operator_signals() {
         }
     }
 }
+
+/// How many more descriptors this process may open, measured now and then.
+///
+/// A process that receives passed fds without room for them loses them (the kernel
+/// closes them and reports MSG_CTRUNC), so receivers check the budget first and leave
+/// connections queued in the kernel while they are short.
+/// Borrows a descriptor number only to probe it with fcntl.
+fn unsafe_fd(fd: u32) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: used only for an F_GETFD probe, harmless on any number; a closed one
+    // yields EBADF.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd as i32) }
+}
+
+pub struct FdBudget {
+    /// Open descriptor numbers, sorted (the limit bounds numbers, not a count).
+    open: Vec<u32>,
+}
+
+/// Descriptors a receiver keeps for its own work (the file of the request it serves).
+pub const WORKING_ROOM: usize = 1;
+
+impl FdBudget {
+    /// Lists the open descriptors (a directory read: done now and then, not per fd).
+    pub fn measure() -> FdBudget {
+        let open = match std::fs::read_dir("/proc/self/fd") {
+            Ok(dir) => {
+                let mut fds: Vec<u32> =
+                    dir.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok())).collect();
+                fds.sort_unstable();
+                // The listing includes its own directory descriptor, closed by now.
+                fds.retain(|fd| nix::fcntl::fcntl(unsafe_fd(*fd), nix::fcntl::FcntlArg::F_GETFD).is_ok());
+                fds
+            }
+            // Listing needs a descriptor itself: if none is free, there is no room.
+            Err(_) => (0..=u16::MAX as u32).collect(),
+        };
+        FdBudget { open }
+    }
+
+    /// Descriptor numbers still free below the current limit (read live: an operator may
+    /// lower it with prlimit) if `extra` more than at the last listing are open.
+    pub fn free(&self, extra: usize) -> usize {
+        let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
+            .unwrap_or(1024);
+        let used_below = self.open.partition_point(|fd| (*fd as usize) < limit);
+        limit.saturating_sub(used_below.saturating_add(extra))
+    }
+}

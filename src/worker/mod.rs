@@ -118,6 +118,11 @@ struct Worker {
     shutdown_at: Option<Instant>,
     /// Set by drain: idle keep-alive connections are closed from this instant on.
     drain_idle_at: Option<Instant>,
+    /// Descriptor headroom at the last sweep, and the connections open then.
+    fds: crate::sys::process::FdBudget,
+    conns_at_measure: usize,
+    /// Intake paused for lack of descriptors: connections wait in our channel.
+    intake_paused: bool,
     drain_timeout: Duration,
 }
 
@@ -154,6 +159,9 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         },
         max_connections: config.max_connections as usize,
         shutdown_at: None,
+        fds: crate::sys::process::FdBudget::measure(),
+        conns_at_measure: 0,
+        intake_paused: false,
         drain_idle_at: if boot.draining { Some(Instant::now() + config.drain_timeout()) } else { None },
         drain_timeout: config.drain_timeout(),
     };
@@ -198,6 +206,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         if now >= next_sweep {
             next_sweep = now + SWEEP_INTERVAL;
             worker.sweep(now);
+            worker.remeasure_fds(poll.registry(), now);
         }
         if let Some(log) = worker.shared.access_log.as_mut() {
             log.flush(); // one write per pass for every line it produced
@@ -215,6 +224,23 @@ impl Worker {
     fn handle_control(&mut self, registry: &Registry, now: Instant) {
         let mut fds: Vec<OwnedFd> = Vec::new();
         loop {
+            // Each connection holds its socket (files are opened per request, and an
+            // EMFILE there is a 500); a message whose fds do not fit waits in the channel
+            // rather than losing them.
+            let growth = self.conns.len().saturating_sub(self.conns_at_measure);
+            let free = self.fds.free(growth);
+            if !self.control.next_fits(free, crate::sys::process::WORKING_ROOM) {
+                if !self.intake_paused {
+                    tracing::warn!(
+                        worker = self.id,
+                        open = self.conns.len(),
+                        free,
+                        "out of descriptors: pausing intake"
+                    );
+                }
+                self.intake_paused = true;
+                return;
+            }
             fds.clear();
             match self.control.recv(&mut fds) {
                 Ok(Recv::Message(Message::Connections { .. })) => {
@@ -256,6 +282,17 @@ impl Worker {
                     return;
                 }
             }
+        }
+    }
+
+    /// Re-reads the descriptor headroom; resumes a paused intake when there is room.
+    fn remeasure_fds(&mut self, registry: &Registry, now: Instant) {
+        self.fds = crate::sys::process::FdBudget::measure();
+        self.conns_at_measure = self.conns.len();
+        if self.intake_paused {
+            self.intake_paused = false;
+            tracing::info!(worker = self.id, "descriptors available again: resuming intake");
+            self.handle_control(registry, now);
         }
     }
 
