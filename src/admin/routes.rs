@@ -7,15 +7,21 @@ use super::http::Response;
 use super::metrics::{Exporter, CONTENT_TYPE};
 use crate::observe::SharedObserved;
 
+/// How long a rendered exposition is reused. Prometheus scrapes once a second at most;
+/// a client pipelining scrapes (or hundreds of them) then costs copies, not renders.
+const METRICS_REUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The handlers and the state they read.
 pub struct Endpoints {
     observed: SharedObserved,
     exporter: Exporter,
+    /// The last rendered exposition and when it was rendered (one server thread).
+    rendered: std::cell::RefCell<Option<(std::time::Instant, Vec<u8>)>>,
 }
 
 impl Endpoints {
     pub fn new(observed: SharedObserved) -> prometheus::Result<Endpoints> {
-        Ok(Endpoints { exporter: Exporter::new(observed.clone())?, observed })
+        Ok(Endpoints { exporter: Exporter::new(observed.clone())?, observed, rendered: Default::default() })
     }
 
     /// The response to `method path`; an unknown path is 404 whatever the method, a
@@ -35,8 +41,17 @@ impl Endpoints {
     }
 
     fn metrics(&self) -> Response {
+        let now = std::time::Instant::now();
+        if let Some((at, body)) = self.rendered.borrow().as_ref() {
+            if now.duration_since(*at) < METRICS_REUSE {
+                return Response::new(200, CONTENT_TYPE, body.clone());
+            }
+        }
         match self.exporter.render() {
-            Ok(body) => Response::new(200, CONTENT_TYPE, body),
+            Ok(body) => {
+                *self.rendered.borrow_mut() = Some((now, body.clone()));
+                Response::new(200, CONTENT_TYPE, body)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode metrics");
                 Response::text(500, format!("cannot encode metrics: {e}\n"))
