@@ -80,6 +80,8 @@ pub struct Observed {
     pub http: HttpTotals,
     /// Binary upgrades this tree descends from.
     pub upgrades: u64,
+    /// Bumped by every publication: readers may reuse what they derived from the same one.
+    pub generation: u64,
 }
 
 /// Counters a new daemon continues from after a binary upgrade (see the README for

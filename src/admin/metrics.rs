@@ -174,6 +174,7 @@ fn snapshot(o: &Observed) -> Observed {
         connections_active: o.connections_active,
         http: o.http.clone(),
         upgrades: o.upgrades,
+        generation: o.generation,
         // Everything but the status document, which metrics do not use.
         status: None,
         not_ready: None,

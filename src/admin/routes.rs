@@ -7,16 +7,14 @@ use super::http::Response;
 use super::metrics::{Exporter, CONTENT_TYPE};
 use crate::observe::SharedObserved;
 
-/// How long a rendered exposition is reused. Prometheus scrapes once a second at most;
-/// a client pipelining scrapes (or hundreds of them) then costs copies, not renders.
-const METRICS_REUSE: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// The handlers and the state they read.
 pub struct Endpoints {
     observed: SharedObserved,
     exporter: Exporter,
-    /// The last rendered exposition and when it was rendered (one server thread).
-    rendered: std::cell::RefCell<Option<(std::time::Instant, Vec<u8>)>>,
+    /// The last rendered exposition and the publication it shows (one server thread):
+    /// reused until the daemon publishes again, so a client pipelining scrapes (or
+    /// hundreds of them) costs copies, not renders, and never sees stale figures.
+    rendered: std::cell::RefCell<Option<(u64, Vec<u8>)>>,
 }
 
 impl Endpoints {
@@ -41,15 +39,15 @@ impl Endpoints {
     }
 
     fn metrics(&self) -> Response {
-        let now = std::time::Instant::now();
-        if let Some((at, body)) = self.rendered.borrow().as_ref() {
-            if now.duration_since(*at) < METRICS_REUSE {
+        let generation = self.observed.lock().generation;
+        if let Some((seen, body)) = self.rendered.borrow().as_ref() {
+            if *seen == generation && generation != 0 {
                 return Response::new(200, CONTENT_TYPE, body.clone());
             }
         }
         match self.exporter.render() {
             Ok(body) => {
-                *self.rendered.borrow_mut() = Some((now, body.clone()));
+                *self.rendered.borrow_mut() = Some((generation, body.clone()));
                 Response::new(200, CONTENT_TYPE, body)
             }
             Err(e) => {

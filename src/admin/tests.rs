@@ -87,6 +87,7 @@ fn synthetic() -> Observed {
             duration: histogram(&[5, 10, 20, 30, 15, 10, 5, 2, 1, 0, 0, 0, 0, 0, 1], 1.75),
         },
         upgrades: 2,
+        generation: 1,
     }
 }
 
@@ -480,6 +481,7 @@ fn metric_values_are_the_observed_figures() {
         let mut o = observed.lock();
         o.connections_accepted = 500;
         o.draining = true;
+        o.generation += 1; // as the daemon does on every publication
     }
     let (_, samples) = scrape(addr);
     assert_eq!(value_of(&samples, "webd_connections_accepted_total", &[]), Some(500.0));

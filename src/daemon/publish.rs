@@ -42,8 +42,11 @@ impl Daemon {
             connections_active: workers.iter().map(|w| w.counters.active).sum(),
             upgrades: self.carried.upgrades,
             http: self.http_totals(),
+            generation: 0,
         };
-        *self.observed.lock() = observed;
+        let mut shared = self.observed.lock();
+        let generation = shared.generation + 1;
+        *shared = Observed { generation, ..observed };
         ready
     }
 

@@ -167,8 +167,19 @@ mod tests {
         // forks holds no lock the child needs.
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Child) => {
-                let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(64) as u64;
-                let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, open + 2, open + 2);
+                // The limit bounds descriptor numbers: leave exactly three free ones.
+                let used: Vec<u64> = std::fs::read_dir("/proc/self/fd")
+                    .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+                    .unwrap_or_default();
+                let mut free = 0;
+                let limit = (0u64..).find(|n| {
+                    if !used.contains(n) {
+                        free += 1;
+                    }
+                    free == 3
+                });
+                let limit = limit.unwrap_or(64) + 1;
+                let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit);
                 let mut buf = [0u8; 8];
                 let mut got = Vec::new();
                 let code = match recv_with_fds(b.as_fd(), &mut buf, &mut got) {
