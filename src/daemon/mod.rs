@@ -139,10 +139,10 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
     let access_log = open_access_log(&config)?;
     let handoff = upgrade::receive_handoff()?;
     let (listen, inherited_control, inherited_admin, carried) = match handoff {
-        Some((_, fds, _)) if fds.listen.len() != config.listen.len() => anyhow::bail!(
-            "the old daemon handed over {} listening sockets but this configuration listens on {}",
-            fds.listen.len(),
-            config.listen.len()
+        Some((_, fds, _)) if !sockets::serve_addresses(&fds.listen, &config.listen) => anyhow::bail!(
+            "the old daemon's listening sockets are not the addresses this configuration listens on ({:?}): \
+             changing listen needs a restart",
+            config.listen
         ),
         Some((handoff, fds, channel)) => {
             tracing::info!(upgrades = handoff.totals.upgrades, "upgrade: took the sockets from the old daemon");

@@ -29,3 +29,16 @@ fn bind(addr: SocketAddr) -> std::io::Result<OwnedFd> {
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
+
+/// Whether `sockets` are bound to exactly `addrs` (a successor in a binary upgrade must
+/// not serve addresses its configuration no longer names).
+pub fn serve_addresses(sockets: &[OwnedFd], addrs: &[SocketAddr]) -> bool {
+    let mut bound: Vec<SocketAddr> = sockets
+        .iter()
+        .filter_map(|fd| socket2::SockRef::from(fd).local_addr().ok().and_then(|a| a.as_socket()))
+        .collect();
+    let mut wanted = addrs.to_vec();
+    bound.sort();
+    wanted.sort();
+    bound == wanted
+}
