@@ -46,8 +46,10 @@ fn restart_under_load(target: &[&str], replaced: &dyn Fn(&Webd) -> Vec<i32>) {
     let mut args = vec!["restart"];
     args.extend_from_slice(target);
     webd.ctl_ok(&args);
+    // The command answers once the replacement serves; the old processes then drain out.
+    wait_until(Duration::from_secs(10), "the old processes gone", || before.iter().all(|p| !alive(*p)));
     let after = replaced(&webd);
-    assert!(after.iter().all(|p| !before.contains(p)), "{target:?}: {before:?} -> {after:?}");
+    assert!(!after.is_empty() && after.iter().all(|p| !before.contains(p)), "{target:?}: {before:?} -> {after:?}");
     let ok_then = load.ok();
     wait_until(Duration::from_secs(10), "requests after the restart", || load.ok() > ok_then + 50);
     let (ok, failed, errors) = load.finish();

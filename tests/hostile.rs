@@ -1091,7 +1091,13 @@ fn listener_out_of_descriptors_backs_off_without_spinning_keeps_serving_and_reco
     let window = exhausted_at.elapsed();
     let cpu = cpu_seconds(listener).expect("listener cpu") - cpu_before;
     let served_during = pending.iter().filter(|h| h.is_finished()).count();
-    let log_says = webd.log_text().contains("out of file descriptors");
+    // The warning is written by another process: allow it a moment to reach the log.
+    let log_deadline = Instant::now() + Duration::from_secs(2);
+    let mut log_says = webd.log_text().contains("out of file descriptors");
+    while !log_says && Instant::now() < log_deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        log_says = webd.log_text().contains("out of file descriptors");
+    }
     // Recovery.
     set_nofile_soft(listener, original);
     let restored_at = Instant::now();
