@@ -480,6 +480,13 @@ fn inject(webd: &Webd, kind: FaultKind, until: Instant, seed: u64, stop: &Atomic
 
 /// The fault a failure at `at` is attributed to: the most recent one that started
 /// before it and ended at most `ATTRIBUTION_WINDOW` before it.
+/// How soon after a kill a failure must come to be the connection that was in the killed
+/// process's hands, and how many of those one CI-length run may see per role (the
+/// 10-minute soak measured about 1 in 200 listener kills and 3 in 100 manager kills in
+/// this unoptimised test build).
+const IN_FLIGHT_WINDOW: Duration = Duration::from_millis(5);
+const MAX_IN_FLIGHT_LOSSES: usize = 2;
+
 fn attribute(faults: &[Fault], incident: &Incident) -> Option<usize> {
     faults
         .iter()
@@ -789,8 +796,32 @@ fn run_chaos(kind: FaultKind) {
     assert!(total >= 200, "only {total} requests in {secs:.0} s: the load did not flow");
     assert!(faults.len() as f64 >= duration.as_secs_f64() * 0.8 - 1.0, "only {} faults injected", faults.len());
     for role in [Role::Listener, Role::Manager] {
-        let lost = failed_by.get(&Some(role)).map_or(0, |v| v.len());
-        assert_eq!(lost, 0, "{lost} request(s) failed because of a {} {}", role.name(), kind.name());
+        let lost: Vec<&&Incident> = failed_by.get(&Some(role)).map(|v| v.iter().collect()).unwrap_or_default();
+        // One connection can still die with a killed listener or manager: the one in its
+        // hands in the microseconds between accept4/recvmsg and the next sendmsg (no
+        // process that accepts can close that window; docs/RELIABILITY.md measures it).
+        // That loss has a signature: a new connection, not one byte received, failing
+        // within a few ms of the kill. Anything else (a connection held while the next hop
+        // was full, a queue dropped) is a bug, and so is more than a couple per run.
+        let in_flight = |f: &Incident| {
+            f.how == "new connection"
+                && f.received == 0
+                && attribute(&faults, f)
+                    .is_some_and(|i| f.at.saturating_duration_since(faults[i].at) <= IN_FLIGHT_WINDOW)
+        };
+        let other: Vec<String> = lost
+            .iter()
+            .filter(|f| !in_flight(f))
+            .map(|f| format!("{} {} {} after {} bytes", f.how, f.path, f.kind, f.received))
+            .collect();
+        assert!(other.is_empty(), "requests lost to a {} {} other than in flight: {other:?}", role.name(), kind.name());
+        assert!(
+            lost.len() <= MAX_IN_FLIGHT_LOSSES,
+            "{} connections lost in flight to {} {}s (at most {MAX_IN_FLIGHT_LOSSES} expected)",
+            lost.len(),
+            role.name(),
+            kind.name()
+        );
     }
     let unattributed = failed_by.get(&None).map_or(0, |v| v.len());
     assert_eq!(unattributed, 0, "{unattributed} request(s) failed with no fault in the second before");

@@ -219,22 +219,24 @@ impl WorkerPool {
         self.deliver_pending();
         while self.pending.is_empty() && self.connections_ready && self.has_live_worker() {
             // Take a connection only when a worker can take it at once: one we hold
-            // while waiting for room would die with us. A worker's channel becoming
-            // writable calls us again.
+            // while waiting for room would die with us. The worker is chosen before the
+            // receive, so between receive and send there is only the send. A worker's
+            // channel becoming writable calls us again.
             let free = self.fds.free(self.pending.len());
-            if !self.some_worker_has_room() || !self.connections.next_fits(free, crate::sys::process::WORKING_ROOM) {
+            let Some(target) = self.by_load().into_iter().find(|&i| self.has_room(i)) else { return };
+            if !self.connections.next_fits(free, crate::sys::process::WORKING_ROOM) {
                 return;
             }
             self.received_fds.clear();
             match self.connections.recv(&mut self.received_fds) {
                 Ok(Recv::Message(Message::Connections { .. })) => {
                     self.pending.append(&mut self.received_fds);
+                    self.deliver_to(target);
                     self.deliver_pending();
                 }
                 Ok(Recv::Message(other)) => tracing::warn!(?other, "unexpected message on connection channel"),
                 Ok(Recv::Empty) | Ok(Recv::Closed) => self.connections_ready = false,
                 Err(e) => {
-                    // A lost batch cannot be recovered; log and keep going.
                     tracing::error!(error = %e, "receiving connections");
                     self.pending.append(&mut self.received_fds);
                 }
@@ -242,12 +244,20 @@ impl WorkerPool {
         }
     }
 
-    fn some_worker_has_room(&self) -> bool {
-        self.slots
-            .iter()
-            .filter(|ws| ws.wanted && ws.slot.pid.is_some())
-            .filter_map(|ws| ws.current.as_ref())
-            .any(|c| c.channel.has_room())
+    fn has_room(&self, index: usize) -> bool {
+        self.slots[index].current.as_ref().is_some_and(|c| c.channel.has_room())
+    }
+
+    /// Sends every pending connection to worker `index` in one message, if it takes them.
+    fn deliver_to(&mut self, index: usize) {
+        let Some(current) = self.slots[index].current.as_mut() else { return };
+        let count = self.pending.len().min(MAX_FDS_PER_MESSAGE);
+        let fds: Vec<BorrowedFd<'_>> = self.pending[..count].iter().map(|fd| fd.as_fd()).collect();
+        if current.channel.send(&Message::Connections { count: count as u32 }, &fds).is_ok() {
+            current.dispatched += count as u64;
+            drop(fds);
+            self.pending.drain(..count);
+        }
     }
 
     fn has_live_worker(&self) -> bool {
