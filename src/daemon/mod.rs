@@ -156,6 +156,7 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
     let connections = sys::seqpacket_pair().context("connection channel")?;
     let (lifeline_read, lifeline_write) = sys::process::lifeline().context("lifeline pipe")?;
     sys::process::become_subreaper().context("PR_SET_CHILD_SUBREAPER")?;
+    let fd_limit = sys::process::raise_fd_limit();
     let signals = Signals::install(&[Event::Stop, Event::Reload, Event::Child, Event::ReopenLogs, Event::Upgrade])
         .context("signal handlers")?;
     let exe = std::env::current_exe().context("locating our own executable")?;
@@ -189,6 +190,7 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
         listen = ?config.listen,
         root = %config.root.display(),
         workers = config.workers,
+        fd_limit,
         version = crate::VERSION,
         "webd starting"
     );

@@ -55,6 +55,24 @@ pub fn signal(pid: Pid, sig: Signal) {
     }
 }
 
+/// Raises the soft descriptor limit to the hard one (children inherit it): a shell's
+/// default of 1024 would cap a server meant to hold thousands of connections. Returns
+/// the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the descriptor limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
 /// Makes orphaned descendants (workers of a crashed manager) our children, so we reap
 /// them and none is left a zombie.
 pub fn become_subreaper() -> io::Result<()> {
