@@ -223,7 +223,7 @@ impl WorkerPool {
             // receive, so between receive and send there is only the send. A worker's
             // channel becoming writable calls us again.
             let free = self.fds.free(self.pending.len());
-            let Some(target) = self.by_load().into_iter().find(|&i| self.has_room(i)) else { return };
+            let Some(target) = self.pick_target() else { return };
             if !self.connections.next_fits(free, crate::sys::process::WORKING_ROOM) {
                 return;
             }
@@ -242,6 +242,19 @@ impl WorkerPool {
                 }
             }
         }
+    }
+
+    /// The least-loaded worker with room; no allocation unless that one is full.
+    fn pick_target(&self) -> Option<usize> {
+        let live = self.slots.iter().enumerate().filter(|(_, ws)| ws.wanted && ws.slot.pid.is_some());
+        let least = live
+            .filter_map(|(i, ws)| ws.current.as_ref().map(|c| (i, load_of(ws, c))))
+            .min_by_key(|(_, load)| *load)
+            .map(|(i, _)| i)?;
+        if self.has_room(least) {
+            return Some(least);
+        }
+        self.by_load().into_iter().find(|&i| self.has_room(i))
     }
 
     fn has_room(&self, index: usize) -> bool {
@@ -306,10 +319,7 @@ impl WorkerPool {
             .enumerate()
             .filter(|(_, ws)| ws.wanted && ws.slot.pid.is_some())
             .filter_map(|(i, ws)| ws.current.as_ref().map(|c| (i, ws, c)))
-            .map(|(i, ws, c)| {
-                let in_flight = c.dispatched.saturating_sub(c.counters.received);
-                (i, (!ws.slot.is_up(), c.counters.active + in_flight))
-            })
+            .map(|(i, ws, c)| (i, load_of(ws, c)))
             .collect();
         live.sort_by_key(|(_, load)| *load);
         live.into_iter().map(|(i, _)| i).collect()
@@ -778,6 +788,13 @@ impl Current {
         self.prev_busy_ns = counters.busy_ns;
         self.counters = counters;
     }
+}
+
+/// A worker's load for dispatch: workers that answered a heartbeat before those still
+/// starting, then open plus in-flight connections.
+fn load_of(ws: &WorkerSlot, c: &Current) -> (bool, u64) {
+    let in_flight = c.dispatched.saturating_sub(c.counters.received);
+    (!ws.slot.is_up(), c.counters.active + in_flight)
 }
 
 fn done(ok: bool, detail: &str) -> Message {
