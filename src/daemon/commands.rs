@@ -132,10 +132,7 @@ impl Daemon {
                     let role = if self.listener.slot.pid == Some(pid) { Role::Listener } else { Role::Manager };
                     (Awaiting::Replacement(role), Response::ok(format!("{role} restarted (new pid {pid})")))
                 }
-                RoleEvent::ReplacementFailed { reason } => {
-                    let role = if reason.contains("listener") { Role::Listener } else { Role::Manager };
-                    (Awaiting::Replacement(role), Response::error(reason))
-                }
+                RoleEvent::ReplacementFailed { role, reason } => (Awaiting::Replacement(role), Response::error(reason)),
                 RoleEvent::Done { ok: true, detail } => (Awaiting::ManagerDone, Response::ok(detail)),
                 RoleEvent::Done { ok: false, detail } => (Awaiting::ManagerDone, Response::error(detail)),
             };

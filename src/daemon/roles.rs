@@ -25,7 +25,7 @@ pub enum RoleEvent {
     /// A graceful replacement is up and has taken over; the old process is retiring.
     Replaced { pid: Pid },
     /// A graceful replacement died before it was up.
-    ReplacementFailed { reason: String },
+    ReplacementFailed { role: Role, reason: String },
     /// The manager finished (or failed) a worker command.
     Done { ok: bool, detail: String },
 }
@@ -268,6 +268,7 @@ impl RoleProcess {
             }
             tracing::error!(role = %self.role, %pid, %exit, "replacement died before it was up");
             events.push(RoleEvent::ReplacementFailed {
+                role: self.role,
                 reason: format!("new {} exited ({exit}) before it was up", self.role),
             });
             return true;
