@@ -6,7 +6,7 @@
 //! copy what they need. Counters are accumulated from per-process deltas, so they never
 //! go down when a child restarts.
 
-use crate::ipc::{Counters, Role, DURATION_BUCKETS};
+use crate::ipc::{Counters, DURATION_BUCKETS};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -153,11 +153,6 @@ fn fold_histogram(into: &mut Histogram, bounds: usize, now: &[u64], before: &[u6
     for (i, n) in now.iter().enumerate().take(into.counts.len()) {
         into.counts[i] += n.saturating_sub(before.get(i).copied().unwrap_or(0));
     }
-}
-
-/// The role names as metrics label them.
-pub fn role_label(role: Role) -> &'static str {
-    role.as_str()
 }
 
 #[cfg(test)]

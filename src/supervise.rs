@@ -55,7 +55,6 @@ pub enum Check {
 pub struct Slot {
     pub name: String,
     pub pid: Option<Pid>,
-    started_at: Instant,
     last_heartbeat: Instant,
     got_heartbeat: bool,
     misses: u32,
@@ -73,7 +72,6 @@ impl Slot {
         Slot {
             name: name.into(),
             pid: None,
-            started_at: now,
             last_heartbeat: now,
             got_heartbeat: false,
             misses: 0,
@@ -92,7 +90,6 @@ impl Slot {
     /// A new process now occupies the slot; its heartbeat age counts from its start.
     pub fn spawned(&mut self, pid: Pid, now: Instant) {
         self.pid = Some(pid);
-        self.started_at = now;
         self.last_heartbeat = now;
         self.got_heartbeat = false;
         self.misses = 0;
@@ -177,6 +174,24 @@ impl Slot {
         self.recent_restarts.len() > BACKOFF_BURST && !self.is_up()
     }
 
+    /// Logs a restart just scheduled by `vacate`, as a backoff warning once the slot is
+    /// failing repeatedly.
+    pub fn log_restart(&mut self, reason: Reason, delay: Duration, now: Instant) {
+        let backoff = self.in_backoff(now);
+        let (name, restarts, retry_ms) = (self.name.as_str(), self.restarts(), delay.as_millis() as u64);
+        if backoff {
+            tracing::warn!(
+                process = name,
+                reason = reason.as_str(),
+                restarts,
+                retry_ms,
+                "backoff: more than 5 restarts in 10 s"
+            );
+        } else {
+            tracing::info!(process = name, reason = reason.as_str(), restarts, retry_ms, "restart scheduled");
+        }
+    }
+
     /// `running`, `starting`, `backoff` or `stopped`, as status and metrics show it.
     pub fn state(&mut self, now: Instant) -> &'static str {
         if self.in_backoff(now) {
@@ -189,18 +204,12 @@ impl Slot {
             "stopped"
         }
     }
-
-    /// How long the current process has been running.
-    pub fn uptime(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.started_at)
-    }
 }
 
 /// A process taken out of its slot that is being stopped: it got a shutdown message
 /// and is killed if still alive at `kill_at`.
 #[derive(Debug)]
 pub struct Retiring<C> {
-    pub name: String,
     pub pid: Pid,
     pub kill_at: Instant,
     /// Kept open so the process drains instead of taking EOF as "supervisor gone".

@@ -255,10 +255,6 @@ impl Daemon {
                 tracing::info!(uptime_s = self.started.elapsed().as_secs(), "webd stopped");
                 return Ok(());
             }
-            if self.publish(now) {
-                self.systemd.ready();
-                self.announce_ready();
-            }
             self.stop_manager_after_listener();
             self.systemd.tick(now);
             let wake = self.next_wakeup(now);
@@ -288,9 +284,6 @@ impl Daemon {
                     _ => {}
                 }
             }
-            // Status must show a command's effect before its reply goes out.
-            self.publish(Instant::now());
-            self.settle_replies(role_events);
             let now = Instant::now();
             if now >= self.next_check {
                 self.next_check = now + CHECK_INTERVAL;
@@ -299,6 +292,13 @@ impl Daemon {
             self.listener.kill_overdue_retirees(now);
             self.manager.kill_overdue_retirees(now);
             self.check_upgrade_deadline(now);
+            // Once per pass, after everything that changed state: status must show a
+            // command's effect before its reply goes out.
+            if self.publish(now) {
+                self.systemd.ready();
+                self.announce_ready();
+            }
+            self.settle_replies(role_events);
         }
     }
 

@@ -246,10 +246,10 @@ impl RoleProcess {
         if let Some(mut channel) = self.channel.take() {
             let _ = registry.deregister(&mut SourceFd(&channel.raw_fd()));
             let _ = channel.send(&Message::Shutdown { deadline_ms: deadline.as_millis() as u64 }, &[]);
-            self.retiring.push(Retiring { name: self.role.to_string(), pid, kill_at: now + kill_after, channel });
+            self.retiring.push(Retiring { pid, kill_at: now + kill_after, channel });
         }
         let delay = self.slot.vacate(reason, now);
-        self.log_restart(reason, delay, now);
+        self.slot.log_restart(reason, delay, now);
     }
 
     /// Handles the exit of `pid` if it is ours; returns whether it was.
@@ -294,18 +294,8 @@ impl RoleProcess {
         }
         tracing::error!(role = %self.role, %pid, %exit, "crashed");
         let delay = self.slot.vacate(Reason::Crash, now);
-        self.log_restart(Reason::Crash, delay, now);
+        self.slot.log_restart(Reason::Crash, delay, now);
         true
-    }
-
-    fn log_restart(&mut self, reason: Reason, delay: Duration, now: Instant) {
-        let restarts = self.slot.restarts();
-        if self.slot.in_backoff(now) {
-            tracing::warn!(role = %self.role, reason = reason.as_str(), restarts, retry_ms = delay.as_millis() as u64,
-                "backoff: more than 5 restarts in 10 s");
-        } else {
-            tracing::info!(role = %self.role, reason = reason.as_str(), restarts, retry_ms = delay.as_millis() as u64, "restart scheduled");
-        }
     }
 
     /// Pids of reports whose process is neither current nor retiring any more.
@@ -347,7 +337,6 @@ impl RoleProcess {
             let _ = registry.deregister(&mut SourceFd(&incoming.channel.raw_fd()));
             sys::process::signal(incoming.pid, Signal::SIGKILL);
             self.retiring.push(Retiring {
-                name: self.role.to_string(),
                 pid: incoming.pid,
                 kill_at: Instant::now() + Duration::from_secs(3600),
                 channel: incoming.channel,

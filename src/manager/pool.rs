@@ -429,11 +429,11 @@ impl WorkerPool {
         let _ = current.channel.send(&Message::Shutdown { deadline_ms: deadline.as_millis() as u64 }, &[]);
         let kill_at = now + deadline + self.config.grace();
         let retiree = Retiree { id: ws.id, current };
-        self.retiring.push(Retiring { name: format!("worker {}", ws.id), pid, kill_at, channel: retiree });
+        self.retiring.push(Retiring { pid, kill_at, channel: retiree });
         let delay = ws.slot.vacate(reason, now);
         if ws.wanted && !self.shutting_down {
             self.restarts[reason_index(reason)] += 1;
-            log_restart(ws, reason, delay, now);
+            ws.slot.log_restart(reason, delay, now);
         }
     }
 
@@ -485,7 +485,7 @@ impl WorkerPool {
             let delay = ws.slot.vacate(Reason::Crash, now);
             if ws.wanted && !self.shutting_down {
                 self.restarts[reason_index(Reason::Crash)] += 1;
-                log_restart(ws, Reason::Crash, delay, now);
+                ws.slot.log_restart(Reason::Crash, delay, now);
             }
             self.recover_queued(&current.worker_end);
         }
@@ -827,26 +827,5 @@ fn report(
         heartbeat_latency_ms: slot.latency_ns as f64 / 1e6,
         utilization,
         counters,
-    }
-}
-
-fn log_restart(ws: &mut WorkerSlot, reason: Reason, delay: Duration, now: Instant) {
-    let restarts = ws.slot.restarts();
-    if ws.slot.in_backoff(now) {
-        tracing::warn!(
-            worker = ws.id,
-            reason = reason.as_str(),
-            restarts,
-            retry_ms = delay.as_millis() as u64,
-            "worker backoff: more than 5 restarts in 10 s"
-        );
-    } else {
-        tracing::info!(
-            worker = ws.id,
-            reason = reason.as_str(),
-            restarts,
-            retry_ms = delay.as_millis() as u64,
-            "worker restart scheduled"
-        );
     }
 }

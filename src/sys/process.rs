@@ -86,14 +86,6 @@ pub fn lifeline() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK).map_err(io::Error::from)
 }
 
-/// Sets the thread name shown by `top` and `ps -o comm` (15 bytes at most).
-pub fn set_thread_name(name: &str) {
-    let short: String = name.chars().take(15).collect();
-    if let Ok(cname) = std::ffi::CString::new(short) {
-        let _ = nix::sys::prctl::set_name(&cname);
-    }
-}
-
 /// In a child role: ignore the signals an operator means for the daemon (SIGINT from a
 /// terminal's Ctrl-C reaches the whole process group; `systemctl kill` without
 /// `--kill-whom=main` reaches the whole unit). The daemon acts on them and tells its
@@ -114,13 +106,6 @@ pub fn ignore_operator_signals() {
 /// A process that receives passed fds without room for them loses them (the kernel
 /// closes them and reports MSG_CTRUNC), so receivers check the budget first and leave
 /// connections queued in the kernel while they are short.
-/// Borrows a descriptor number only to probe it with fcntl.
-fn unsafe_fd(fd: u32) -> std::os::fd::BorrowedFd<'static> {
-    // SAFETY: used only for an F_GETFD probe, harmless on any number; a closed one
-    // yields EBADF.
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd as i32) }
-}
-
 pub struct FdBudget {
     /// Open descriptor numbers, sorted (the limit bounds numbers, not a count).
     open: Vec<u32>,
@@ -138,7 +123,9 @@ impl FdBudget {
                     dir.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok())).collect();
                 fds.sort_unstable();
                 // The listing includes its own directory descriptor, closed by now.
-                fds.retain(|fd| nix::fcntl::fcntl(unsafe_fd(*fd), nix::fcntl::FcntlArg::F_GETFD).is_ok());
+                fds.retain(|fd| {
+                    nix::fcntl::fcntl(super::borrow_for_probe(*fd as i32), nix::fcntl::FcntlArg::F_GETFD).is_ok()
+                });
                 fds
             }
             // Listing needs a descriptor itself: if none is free, there is no room.

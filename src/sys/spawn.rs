@@ -116,13 +116,6 @@ pub fn spawn(spec: SpawnSpec<'_>) -> io::Result<Pid> {
     Ok(pid)
 }
 
-/// Borrows a raw fd number only to probe it with fcntl.
-fn unsafe_borrow(raw: i32) -> std::os::fd::BorrowedFd<'static> {
-    // SAFETY: used only for one F_GETFD probe, which is harmless on any number; a
-    // closed number yields EBADF, which the caller turns into an error.
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) }
-}
-
 /// In a child: takes ownership of the control channel named by `WEBD_CHANNEL_FD`,
 /// re-marks it CLOEXEC so it does not leak into our own children, and clears the
 /// variable.
@@ -132,7 +125,7 @@ pub fn take_inherited_channel() -> io::Result<OwnedFd> {
         .map_err(|_| io::Error::other(format!("{CHANNEL_FD_ENV} is not set: roles are started by webd itself")))?
         .parse()
         .map_err(|_| io::Error::other(format!("{CHANNEL_FD_ENV} is not an fd number")))?;
-    if nix::fcntl::fcntl(unsafe_borrow(raw), nix::fcntl::FcntlArg::F_GETFD).is_err() {
+    if nix::fcntl::fcntl(super::borrow_for_probe(raw), nix::fcntl::FcntlArg::F_GETFD).is_err() {
         return Err(io::Error::other(format!("inherited fd {raw} is not open")));
     }
     // SAFETY: the fd is open (checked above) and was inherited across exec for us alone
