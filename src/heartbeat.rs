@@ -2,6 +2,7 @@
 
 use crate::ipc::{Channel, Counters, Heartbeat, Message, Role, WorkerReport};
 use crate::sys::monotonic_ns;
+use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
 /// Sends a status message every interval.
@@ -29,10 +30,11 @@ impl Heartbeater {
     }
 
     /// Sends a heartbeat if one is due. A full channel (supervisor not reading) drops
-    /// this one: the supervisor will see the gap, which is the truth.
-    pub fn tick(&mut self, now: Instant, channel: &mut Channel, counters: &Counters, workers: &[WorkerReport]) {
+    /// this one: the supervisor will see the gap, which is the truth. Returns false when
+    /// the supervisor is gone (its end of the channel is closed).
+    pub fn tick(&mut self, now: Instant, channel: &mut Channel, counters: &Counters, workers: &[WorkerReport]) -> bool {
         if now < self.next_at {
-            return;
+            return true;
         }
         self.next_at = now + self.interval;
         self.seq += 1;
@@ -44,9 +46,14 @@ impl Heartbeater {
             counters: counters.clone(),
             workers: workers.to_vec(),
         };
-        if let Err(e) = channel.send(&Message::Heartbeat(hb), &[]) {
-            if e.kind() != std::io::ErrorKind::WouldBlock {
-                tracing::debug!(error = %e, "heartbeat not sent");
+        match channel.send(&Message::Heartbeat(hb), &[]) {
+            Ok(()) => true,
+            Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => false,
+            Err(e) => {
+                if e.kind() != ErrorKind::WouldBlock {
+                    tracing::debug!(error = %e, "heartbeat not sent");
+                }
+                true
             }
         }
     }

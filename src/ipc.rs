@@ -236,6 +236,9 @@ impl Channel {
                 Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad message: {e}"))),
             },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Recv::Empty),
+            // The peer died with messages of ours unread: the kernel says so once, then
+            // reports end-of-file. Either way it is gone.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(Recv::Closed),
             Err(e) => Err(e),
         }
     }
@@ -273,6 +276,7 @@ impl Channel {
                 Ok(n) => break n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+                Err(nix::errno::Errno::ECONNRESET) => return Ok(Some(0)), // the peer died
                 Err(e) => return Err(e.into()),
             }
         };
@@ -400,5 +404,21 @@ mod tests {
         assert!(matches!(rx.recv(&mut fds), Ok(Recv::Empty)));
         drop(tx);
         assert!(matches!(rx.recv(&mut fds), Ok(Recv::Closed)));
+    }
+
+    /// A peer that dies with our messages unread makes the kernel report ECONNRESET
+    /// once, then end-of-file. Both mean "gone": with edge-triggered polling there is no
+    /// second event to learn it from.
+    #[test]
+    fn a_peer_dying_with_unread_messages_reads_as_closed() {
+        let (a, b) = sys::seqpacket_pair().expect("pair");
+        let mut ours = Channel::new(a);
+        let peer = Channel::new(b);
+        ours.send(&Message::Drain, &[]).expect("send");
+        drop(peer);
+        let mut fds = Vec::new();
+        assert!(matches!(ours.peek_fd_count(), Ok(Some(0))));
+        assert!(matches!(ours.recv(&mut fds), Ok(Recv::Closed)));
+        assert!(matches!(ours.recv(&mut fds), Ok(Recv::Closed)));
     }
 }

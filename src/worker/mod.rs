@@ -116,6 +116,8 @@ struct Worker {
     max_connections: usize,
     /// Set by shutdown: exit when no connection is left, or at this instant.
     shutdown_at: Option<Instant>,
+    /// Our manager's end of the channel is closed.
+    manager_gone: bool,
     /// Set by drain: idle keep-alive connections are closed from this instant on.
     drain_idle_at: Option<Instant>,
     /// Descriptor headroom at the last sweep, and the connections open then.
@@ -159,6 +161,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         },
         max_connections: config.max_connections as usize,
         shutdown_at: None,
+        manager_gone: false,
         fds: crate::sys::process::FdBudget::measure(),
         conns_at_measure: 0,
         intake_paused: false,
@@ -172,14 +175,18 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         let now = Instant::now();
         if heartbeat.until_due(now).is_zero() {
             let counters = worker.counters(now);
-            heartbeat.tick(now, &mut worker.control, &counters, &[]);
+            if !heartbeat.tick(now, &mut worker.control, &counters, &[]) {
+                // Take what is still queued to us before giving up on the manager.
+                worker.handle_control(poll.registry(), now);
+                worker.manager_gone(poll.registry(), now);
+            }
         }
         if let Some(at) = worker.shutdown_at {
             if worker.conns.len() == 0 || now >= at {
                 // A last heartbeat, so the figures of the final requests are counted.
                 heartbeat.force(now);
                 let counters = worker.counters(now);
-                heartbeat.tick(now, &mut worker.control, &counters, &[]);
+                let _ = heartbeat.tick(now, &mut worker.control, &counters, &[]);
                 let requests = counters.requests;
                 tracing::info!(worker = id, open = worker.conns.len(), requests, "worker exiting");
                 return Ok(());
@@ -268,20 +275,27 @@ impl Worker {
                 }
                 Ok(Recv::Message(other)) => tracing::debug!(worker = self.id, ?other, "worker ignores message"),
                 Ok(Recv::Empty) => return,
-                Ok(Recv::Closed) => {
-                    // Our manager is gone: finish what we have, take nothing new.
-                    if self.shutdown_at.is_none() {
-                        tracing::warn!(worker = self.id, open = self.conns.len(), "manager gone: draining");
-                        self.begin_shutdown(self.drain_timeout, now);
-                    }
-                    let _ = registry.deregister(&mut SourceFd(&self.control.raw_fd()));
-                    return;
+                Ok(Recv::Closed) => return self.manager_gone(registry, now),
+                // The message was consumed; read on, or a close behind it is never seen
+                // (the channel is edge-triggered).
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    tracing::warn!(worker = self.id, error = %e, "bad control message")
                 }
                 Err(e) => {
-                    tracing::warn!(worker = self.id, error = %e, "bad control message");
-                    return;
+                    tracing::warn!(worker = self.id, error = %e, "control channel failed: treating the manager as gone");
+                    return self.manager_gone(registry, now);
                 }
             }
+        }
+    }
+
+    /// Our manager is gone: finish what we have, take nothing new, then exit.
+    fn manager_gone(&mut self, registry: &Registry, now: Instant) {
+        if !self.manager_gone {
+            self.manager_gone = true;
+            tracing::warn!(worker = self.id, open = self.conns.len(), "manager gone: draining");
+            self.begin_shutdown(self.drain_timeout, now);
+            let _ = registry.deregister(&mut SourceFd(&self.control.raw_fd()));
         }
     }
 
