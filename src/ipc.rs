@@ -224,7 +224,14 @@ impl Channel {
 
     /// Receives one message, appending its fds to `fds`.
     pub fn recv(&mut self, fds: &mut Vec<OwnedFd>) -> io::Result<Recv> {
-        match sys::recv_with_fds(self.fd.as_fd(), &mut self.rx, fds) {
+        let mut received = sys::recv_with_fds(self.fd.as_fd(), &mut self.rx, fds);
+        if received.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset) {
+            // The peer died with messages of ours unread. The kernel reports that once,
+            // before the messages the peer had sent us: read on, they are still queued
+            // (and end-of-file follows them).
+            received = sys::recv_with_fds(self.fd.as_fd(), &mut self.rx, fds);
+        }
+        match received {
             Ok(r) if r.len == 0 => Ok(Recv::Closed),
             Ok(r) => match serde_json::from_slice(&self.rx[..r.len]) {
                 // The fds that arrived are kept and used; say loudly that some did not.
@@ -236,9 +243,6 @@ impl Channel {
                 Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad message: {e}"))),
             },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Recv::Empty),
-            // The peer died with messages of ours unread: the kernel says so once, then
-            // reports end-of-file. Either way it is gone.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(Recv::Closed),
             Err(e) => Err(e),
         }
     }
@@ -267,6 +271,7 @@ impl Channel {
     /// How many fds the next queued message carries, without taking it (`None`: nothing
     /// queued). A peek without a control buffer leaves the fds in the queue.
     pub fn peek_fd_count(&mut self) -> io::Result<Option<usize>> {
+        let mut resets = 0;
         let n = loop {
             match nix::sys::socket::recv(
                 self.fd.as_raw_fd(),
@@ -276,7 +281,8 @@ impl Channel {
                 Ok(n) => break n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => return Ok(None),
-                Err(nix::errno::Errno::ECONNRESET) => return Ok(Some(0)), // the peer died
+                // Reported once when the peer died with our messages unread (see `recv`).
+                Err(nix::errno::Errno::ECONNRESET) if resets == 0 => resets += 1,
                 Err(e) => return Err(e.into()),
             }
         };
@@ -407,16 +413,22 @@ mod tests {
     }
 
     /// A peer that dies with our messages unread makes the kernel report ECONNRESET
-    /// once, then end-of-file. Both mean "gone": with edge-triggered polling there is no
-    /// second event to learn it from.
+    /// once, ahead of the messages it had sent us. Those must still be read (they may
+    /// carry connections), then the close: with edge-triggered polling there is no
+    /// second event to learn of it from.
     #[test]
-    fn a_peer_dying_with_unread_messages_reads_as_closed() {
+    fn a_peer_dying_with_unread_messages_still_delivers_its_own_then_reads_as_closed() {
         let (a, b) = sys::seqpacket_pair().expect("pair");
+        let (x, _y) = sys::seqpacket_pair().expect("pair");
         let mut ours = Channel::new(a);
-        let peer = Channel::new(b);
+        let mut peer = Channel::new(b);
         ours.send(&Message::Drain, &[]).expect("send");
+        peer.send(&Message::Connections { count: 1 }, &[x.as_fd()]).expect("send");
         drop(peer);
         let mut fds = Vec::new();
+        assert!(matches!(ours.peek_fd_count(), Ok(Some(1))));
+        assert!(matches!(ours.recv(&mut fds), Ok(Recv::Message(Message::Connections { count: 1 }))));
+        assert_eq!(fds.len(), 1);
         assert!(matches!(ours.peek_fd_count(), Ok(Some(0))));
         assert!(matches!(ours.recv(&mut fds), Ok(Recv::Closed)));
         assert!(matches!(ours.recv(&mut fds), Ok(Recv::Closed)));
