@@ -5,9 +5,15 @@
 //! a binary format), with fds riding along as SCM_RIGHTS. Control channels
 //! (daemon↔listener, daemon↔manager, manager↔worker) are made fresh for each process a
 //! supervisor starts, so an old and a new process never read each other's messages
-//! during an overlapping restart. The connection channel (listener→manager) is made
-//! once by the daemon, which holds both ends forever: connections queued in it survive
-//! any crash of either side.
+//! during an overlapping restart.
+//!
+//! Connections travel on *lanes*: one channel per worker slot, listener → worker, made
+//! once by the daemon, which holds both ends forever. The listener sends each accepted
+//! connection straight into a worker's lane, so no connection ever sits in the manager,
+//! and one queued in a lane survives a crash of the listener, the manager or the worker
+//! (the slot's next worker reads the same lane). The manager only steers: over the
+//! steering channel (manager → listener, also kept by the daemon) it tells the listener
+//! which lanes have a worker and how loaded each is.
 
 use crate::config::Config;
 use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE};
@@ -61,6 +67,11 @@ pub enum Message {
     Resume,
     /// `count` connection fds are attached to this message.
     Connections { count: u32 },
+    /// Daemon → listener and manager: the lanes of slots `first..`, one fd each (the
+    /// listener gets the sending ends, the manager the receiving ends).
+    Lanes { first: u32 },
+    /// Manager → listener: which lanes to use and how loaded each is, by slot id.
+    Steer { lanes: Vec<LaneState> },
     /// Daemon → manager: grow or shrink the worker pool.
     Scale { workers: u32 },
     /// Daemon → manager: rolling restart of every worker, or of one.
@@ -78,6 +89,8 @@ pub enum Message {
     /// Old daemon → new daemon: I stopped accepting on the control and admin sockets;
     /// they are yours.
     TakeOver,
+    /// Manager → daemon: a drain or resume has been passed on to every worker.
+    Applied,
     /// Manager → daemon: a command finished (`ok`) or failed with a reason.
     Done { ok: bool, detail: String },
 }
@@ -94,14 +107,25 @@ pub struct Bootstrap {
     pub draining: bool,
 }
 
+/// One lane as the manager steers it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneState {
+    /// A worker serves (or is about to serve) this lane.
+    pub open: bool,
+    /// Its worker's open connections at its last heartbeat.
+    pub load: u32,
+}
+
 /// What a bootstrap fd is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FdKind {
     /// A bound, listening TCP socket.
     ListenSocket,
-    /// The listener→manager connection channel (listener: send end, manager: receive end).
-    Connections,
+    /// The steering channel (manager: send end, listener: receive end).
+    Steering,
+    /// A worker's lane (receiving end).
+    Lane,
     /// Read end of the daemon's lifeline pipe: EOF means the daemon is gone.
     Lifeline,
     /// The access log file, opened O_APPEND by the daemon.
@@ -143,7 +167,7 @@ pub struct Heartbeat {
 pub struct Counters {
     /// Listener: connections accepted.
     pub accepted: u64,
-    /// Worker: connections received from the manager.
+    /// Worker: connections received (from its lane, or moved to it by the manager).
     pub received: u64,
     /// Worker: connections open now.
     pub active: u64,
@@ -293,6 +317,7 @@ impl Channel {
             Ok(Message::Connections { count }) => count as usize,
             Ok(Message::Bootstrap(boot)) => boot.fds.len(),
             Ok(Message::Handoff(h)) => h.fds.len(),
+            Ok(Message::Lanes { .. }) => MAX_FDS_PER_MESSAGE,
             Ok(Message::ReopenLog) => 1,
             _ => 0,
         }))
@@ -361,7 +386,8 @@ pub fn receive_bootstrap(channel: &mut Channel) -> io::Result<(Bootstrap, Bootst
 #[derive(Default)]
 pub struct BootstrapFds {
     pub listen: Vec<OwnedFd>,
-    pub connections: Option<OwnedFd>,
+    pub steering: Option<OwnedFd>,
+    pub lane: Option<OwnedFd>,
     pub lifeline: Option<OwnedFd>,
     pub access_log: Option<OwnedFd>,
     pub control: Option<OwnedFd>,
@@ -377,7 +403,8 @@ pub fn sort_fds(kinds: &[FdKind], fds: Vec<OwnedFd>) -> io::Result<BootstrapFds>
     for (kind, fd) in kinds.iter().zip(fds) {
         match kind {
             FdKind::ListenSocket => sorted.listen.push(fd),
-            FdKind::Connections => sorted.connections = Some(fd),
+            FdKind::Steering => sorted.steering = Some(fd),
+            FdKind::Lane => sorted.lane = Some(fd),
             FdKind::Lifeline => sorted.lifeline = Some(fd),
             FdKind::AccessLog => sorted.access_log = Some(fd),
             FdKind::ControlSocket => sorted.control = Some(fd),

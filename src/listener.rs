@@ -1,24 +1,27 @@
-//! The listener role: accepts TCP connections on the sockets the daemon bound and hands
-//! them to the manager over the connection channel, up to 64 fds per message.
+//! The listener role: accepts TCP connections on the sockets the daemon bound and sends
+//! each one straight into a worker's lane, the one the manager's steering says is least
+//! loaded.
 //!
 //! It never owns the port: the daemon does, so while a listener restarts the kernel
-//! keeps queueing connections in the backlog. When the manager is slow (channel full)
-//! or fds run out (EMFILE/ENFILE), it pauses accepting instead of spinning.
+//! keeps queueing connections in the backlog. It accepts only when a lane has room, so
+//! it never holds a connection waiting for one; when every lane is full or fds run out
+//! (EMFILE/ENFILE), it pauses accepting instead of spinning.
 
 use crate::heartbeat::Heartbeater;
-use crate::ipc::{self, Channel, Counters, Message, Recv, Role};
-use crate::sys::fdpass::MAX_FDS_PER_MESSAGE;
+use crate::ipc::{self, Channel, Counters, LaneState, Message, Recv, Role};
 use anyhow::Context;
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Registry, Token};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 const CONTROL: Token = Token(0);
 const LIFELINE: Token = Token(1);
-const CONNECTIONS: Token = Token(2);
+const STEERING: Token = Token(2);
 const FIRST_LISTEN: usize = 16;
+/// Lane tokens are `FIRST_LANE + slot id`.
+const FIRST_LANE: usize = 1024;
 /// How long accepting pauses after EMFILE/ENFILE.
 const FD_EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
 
@@ -30,24 +33,41 @@ enum Pause {
     Drained,
     /// Out of file descriptors until the instant given.
     FdExhaustion(Instant),
-    /// The manager's queue is full; wait for the channel to be writable.
+    /// No open lane has room; wait for one to become writable or for new steering.
     Backpressure,
+}
+
+/// A worker slot's lane as this listener sees it.
+struct Lane {
+    channel: Channel,
+    state: LaneState,
+    /// Connections sent since the last steering, added to its reported load.
+    sent: u32,
+}
+
+impl Lane {
+    fn load(&self) -> u32 {
+        self.state.load.saturating_add(self.sent)
+    }
 }
 
 struct Listener {
     control: Channel,
-    connections: Channel,
+    steering: Channel,
+    lanes: Vec<Option<Lane>>,
+    /// Until the manager steers, lanes of slots below this are open.
+    configured_workers: u32,
     listen: Vec<OwnedFd>,
-    batch: Vec<OwnedFd>,
     pause: Pause,
     counters: Counters,
     stopping: bool,
     warned_exhaustion_at: Option<Instant>,
+    warned_no_lane_at: Option<Instant>,
 }
 
 pub fn run(mut control: Channel) -> anyhow::Result<()> {
     let (boot, fds) = ipc::receive_bootstrap(&mut control).context("listener bootstrap")?;
-    let connections = fds.connections.context("bootstrap without a connection channel")?;
+    let steering = fds.steering.context("bootstrap without a steering channel")?;
     let lifeline = fds.lifeline.context("bootstrap without a lifeline")?;
     anyhow::ensure!(!fds.listen.is_empty(), "bootstrap without listening sockets");
     tracing::info!(pid = std::process::id(), sockets = fds.listen.len(), "listener started");
@@ -56,20 +76,24 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
     let registry = poll.registry();
     registry.register(&mut SourceFd(&control.raw_fd()), CONTROL, Interest::READABLE)?;
     registry.register(&mut SourceFd(&lifeline.as_raw_fd()), LIFELINE, Interest::READABLE)?;
+    registry.register(&mut SourceFd(&steering.as_raw_fd()), STEERING, Interest::READABLE)?;
     for (i, fd) in fds.listen.iter().enumerate() {
         registry.register(&mut SourceFd(&fd.as_raw_fd()), Token(FIRST_LISTEN + i), Interest::READABLE)?;
     }
     let mut me = Listener {
         control,
-        connections: Channel::new(connections),
+        steering: Channel::new(steering),
+        lanes: Vec::new(),
+        configured_workers: boot.config.workers,
         listen: fds.listen,
-        batch: Vec::with_capacity(MAX_FDS_PER_MESSAGE),
         pause: if boot.draining { Pause::Drained } else { Pause::None },
         counters: Counters::default(),
         stopping: false,
         warned_exhaustion_at: None,
+        warned_no_lane_at: None,
     };
-    poll.registry().register(&mut SourceFd(&me.connections.raw_fd()), CONNECTIONS, Interest::WRITABLE)?;
+    // The daemon sends the lanes right after the bootstrap.
+    me.handle_control(poll.registry())?;
     let mut heartbeat = Heartbeater::new(Role::Listener, boot.config.heartbeat_interval());
     let mut events = Events::with_capacity(64);
     me.accept_all();
@@ -84,17 +108,18 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         }
         for event in events.iter() {
             match event.token() {
-                CONTROL => me.handle_control()?,
+                CONTROL => me.handle_control(poll.registry())?,
+                STEERING => me.read_steering(),
                 LIFELINE => {
                     tracing::warn!("daemon gone: listener exiting");
                     return Ok(());
                 }
-                CONNECTIONS if me.pause == Pause::Backpressure => me.flush(), // room again
+                // A lane has room again; the accept below finds it.
+                Token(t) if t >= FIRST_LANE && me.pause == Pause::Backpressure => me.pause = Pause::None,
                 _ => {}
             }
         }
         if me.stopping {
-            me.flush();
             tracing::info!(accepted = me.counters.accepted, "listener stopped");
             return Ok(());
         }
@@ -110,9 +135,10 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
 }
 
 impl Listener {
-    fn handle_control(&mut self) -> anyhow::Result<()> {
+    fn handle_control(&mut self, registry: &Registry) -> anyhow::Result<()> {
         let mut fds = Vec::new();
         loop {
+            fds.clear();
             match self.control.recv(&mut fds).context("control channel")? {
                 Recv::Empty => return Ok(()),
                 Recv::Closed => {
@@ -121,10 +147,8 @@ impl Listener {
                     return Ok(());
                 }
                 Recv::Message(Message::Shutdown { .. }) => self.stopping = true,
-                Recv::Message(Message::Drain) => {
-                    self.flush();
-                    self.pause = Pause::Drained;
-                }
+                Recv::Message(Message::Drain) => self.pause = Pause::Drained,
+                Recv::Message(Message::Lanes { first }) => self.add_lanes(first, &mut fds, registry),
                 Recv::Message(Message::Resume) => {
                     if self.pause == Pause::Drained {
                         self.pause = Pause::None;
@@ -142,35 +166,87 @@ impl Listener {
         }
     }
 
-    /// Accepts until every socket would block, a batch at a time.
+    /// Takes the sending ends of lanes `first..` from the daemon.
+    fn add_lanes(&mut self, first: u32, fds: &mut Vec<OwnedFd>, registry: &Registry) {
+        for (i, fd) in fds.drain(..).enumerate() {
+            let id = first as usize + i;
+            let token = Token(FIRST_LANE + id);
+            // Writable: a full lane with room again resumes accepting.
+            if let Err(e) = registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::WRITABLE) {
+                tracing::error!(lane = id, error = %e, "cannot watch a lane; not using it");
+                continue;
+            }
+            if self.lanes.len() <= id {
+                self.lanes.resize_with(id + 1, || None);
+            }
+            let open = (id as u32) < self.configured_workers;
+            self.lanes[id] = Some(Lane { channel: Channel::new(fd), state: LaneState { open, load: 0 }, sent: 0 });
+        }
+        if self.pause == Pause::Backpressure {
+            self.pause = Pause::None;
+        }
+    }
+
+    /// Applies the manager's newest steering.
+    fn read_steering(&mut self) {
+        let mut fds = Vec::new();
+        let mut newest = None;
+        loop {
+            match self.steering.recv(&mut fds) {
+                Ok(Recv::Message(Message::Steer { lanes })) => newest = Some(lanes),
+                Ok(Recv::Message(other)) => tracing::debug!(?other, "unexpected message on the steering channel"),
+                Ok(Recv::Empty) | Ok(Recv::Closed) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad steering message");
+                    break;
+                }
+            }
+        }
+        let Some(states) = newest else { return };
+        for (id, lane) in self.lanes.iter_mut().enumerate() {
+            if let Some(lane) = lane {
+                lane.state = states.get(id).copied().unwrap_or_default();
+                lane.sent = 0;
+            }
+        }
+        if self.pause == Pause::Backpressure {
+            self.pause = Pause::None;
+        }
+    }
+
+    /// The open lane with the least load that has room now. The least-loaded lane
+    /// almost always has room, so this costs one poll per connection.
+    fn pick_lane(&self) -> Option<usize> {
+        let open =
+            || self.lanes.iter().enumerate().filter_map(|(i, l)| l.as_ref().filter(|l| l.state.open).map(|l| (i, l)));
+        let (least, lane) = open().min_by_key(|(_, l)| l.load())?;
+        if lane.channel.has_room() {
+            return Some(least);
+        }
+        open().filter(|(i, l)| *i != least && l.channel.has_room()).min_by_key(|(_, l)| l.load()).map(|(i, _)| i)
+    }
+
+    /// Accepts until every socket would block or no lane has room.
     fn accept_all(&mut self) {
         if self.pause != Pause::None || self.stopping {
             return;
         }
         for i in 0..self.listen.len() {
             loop {
-                // Accept only what the manager's queue can take at once: a connection
-                // we hold while waiting for room would die with us.
-                if !self.connections.has_room() {
-                    self.pause = Pause::Backpressure;
+                // Accept only what a lane can take at once: a connection we hold while
+                // waiting for room would die with us.
+                let Some(lane) = self.pick_lane() else {
+                    self.on_no_lane();
                     return;
-                }
+                };
                 match crate::sys::net::accept(self.listen[i].as_fd()) {
                     Ok(fd) => {
                         self.counters.accepted += 1;
-                        self.batch.push(fd);
-                        // Hand each connection over at once: between accept and send it
-                        // exists only in this process, and a crash here would lose it.
-                        // Batching would save a few syscalls and multiply that window.
-                        self.flush();
-                        if self.pause != Pause::None {
-                            return;
-                        }
+                        self.send(lane, fd);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if is_fd_exhaustion(&e) => {
                         self.on_fd_exhaustion(&e);
-                        self.flush();
                         return;
                     }
                     // The client gave up before we accepted (ECONNABORTED) or a
@@ -182,7 +258,34 @@ impl Listener {
                 }
             }
         }
-        self.flush();
+    }
+
+    /// Hands a connection to a worker's lane at once: between accept and send it exists
+    /// only in this process.
+    fn send(&mut self, index: usize, fd: OwnedFd) {
+        let Some(lane) = self.lanes.get_mut(index).and_then(Option::as_mut) else { return };
+        match lane.channel.send(&Message::Connections { count: 1 }, &[fd.as_fd()]) {
+            Ok(()) => lane.sent = lane.sent.saturating_add(1),
+            Err(e) => {
+                // Cannot happen while the lane had room (the daemon holds its other end).
+                // Try the other lanes rather than drop the connection.
+                tracing::error!(lane = index, error = %e, "cannot hand a connection to its lane");
+                lane.state.open = false;
+                if let Some(other) = self.pick_lane() {
+                    self.send(other, fd);
+                }
+            }
+        }
+    }
+
+    fn on_no_lane(&mut self) {
+        self.pause = Pause::Backpressure;
+        let now = Instant::now();
+        let any_open = self.lanes.iter().flatten().any(|l| l.state.open);
+        if !any_open && self.warned_no_lane_at.is_none_or(|t| now.duration_since(t) > Duration::from_secs(5)) {
+            self.warned_no_lane_at = Some(now);
+            tracing::warn!("no worker lane is open: not accepting until the manager steers");
+        }
     }
 
     fn on_fd_exhaustion(&mut self, e: &io::Error) {
@@ -191,34 +294,6 @@ impl Listener {
         if self.warned_exhaustion_at.is_none_or(|t| now.duration_since(t) > Duration::from_secs(5)) {
             self.warned_exhaustion_at = Some(now);
             tracing::warn!(error = %e, pause_ms = FD_EXHAUSTION_PAUSE.as_millis() as u64, "out of file descriptors: pausing accept");
-        }
-    }
-
-    /// Sends the pending batch to the manager; on a full channel keeps it and pauses.
-    fn flush(&mut self) {
-        if self.batch.is_empty() {
-            if self.pause == Pause::Backpressure {
-                self.pause = Pause::None;
-            }
-            return;
-        }
-        let count = self.batch.len() as u32;
-        let fds: Vec<_> = self.batch.iter().map(|fd| fd.as_fd()).collect();
-        match self.connections.send(&Message::Connections { count }, &fds) {
-            Ok(()) => {
-                drop(fds);
-                self.batch.clear(); // our copies close; the connections live in the queue
-                if self.pause == Pause::Backpressure {
-                    self.pause = Pause::None;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.pause = Pause::Backpressure,
-            Err(e) => {
-                // Should not happen: the daemon holds the receiving end forever. Keep
-                // the batch and retry after a pause rather than drop connections.
-                tracing::error!(error = %e, "cannot hand connections to the manager");
-                self.pause = Pause::FdExhaustion(Instant::now() + FD_EXHAUSTION_PAUSE);
-            }
         }
     }
 }

@@ -16,6 +16,8 @@ pub enum Awaiting {
     Replacement(Role),
     /// The manager's `Done` for a worker command.
     ManagerDone,
+    /// The manager's word that a drain or resume reached every worker.
+    Applied,
 }
 
 pub struct PendingReply {
@@ -56,14 +58,8 @@ impl Daemon {
                 self.begin_stop("control command");
                 Some(Response::ok("stopping"))
             }
-            Request::Drain => {
-                self.set_draining(true);
-                Some(Response::ok("draining"))
-            }
-            Request::Resume => {
-                self.set_draining(false);
-                Some(Response::ok("resumed"))
-            }
+            Request::Drain => self.set_draining(true, reply),
+            Request::Resume => self.set_draining(false, reply),
             Request::Restart { target: RestartTarget::Listener, .. } => {
                 let result = self.listener.replace(&self.inherit, self.poll.registry(), draining);
                 self.await_or_fail(result, Awaiting::Replacement(Role::Listener), "restart listener", reply)
@@ -78,7 +74,18 @@ impl Daemon {
             Request::Restart { target: RestartTarget::Worker, id } => {
                 self.forward_to_manager(Message::RestartWorkers { id }, "restart worker", reply)
             }
-            Request::Scale { workers } => self.forward_to_manager(Message::Scale { workers }, "scale", reply),
+            Request::Scale { workers } => match self.ensure_lanes(workers) {
+                Ok(()) => {
+                    let answer = self.forward_to_manager(Message::Scale { workers }, "scale", reply);
+                    if answer.is_none() {
+                        // Forwarded: the next manager (after a crash or restart) starts
+                        // this many workers too.
+                        self.inherit.config.workers = workers;
+                    }
+                    answer
+                }
+                Err(e) => Some(Response::error(format!("scale: {e:#}"))),
+            },
             Request::Upgrade { binary } => self.start_upgrade(binary, Some(reply.clone())),
         }
     }
@@ -116,12 +123,20 @@ impl Daemon {
         self.await_or_fail(Ok(()), Awaiting::ManagerDone, what, reply)
     }
 
-    fn set_draining(&mut self, draining: bool) {
+    /// Drains or resumes; answers once the workers' channels carry it, so the next
+    /// response on any keep-alive connection already follows it.
+    fn set_draining(&mut self, draining: bool, reply: &SyncSender<Response>) -> Option<Response> {
         self.state = if draining { State::Draining } else { State::Running };
         let msg = if draining { Message::Drain } else { Message::Resume };
         self.listener.send(&msg);
         self.manager.send(&msg);
         tracing::info!(draining, "drain state changed");
+        let what = if draining { "draining" } else { "resumed" };
+        if !self.manager.slot.is_up() {
+            // Its next workers start in the new state.
+            return Some(Response::ok(what));
+        }
+        self.await_or_fail(Ok(()), Awaiting::Applied, what, reply)
     }
 
     /// Answers the replies that `events` complete, and those past their deadline.
@@ -135,6 +150,10 @@ impl Daemon {
                 RoleEvent::ReplacementFailed { role, reason } => (Awaiting::Replacement(role), Response::error(reason)),
                 RoleEvent::Done { ok: true, detail } => (Awaiting::ManagerDone, Response::ok(detail)),
                 RoleEvent::Done { ok: false, detail } => (Awaiting::ManagerDone, Response::error(detail)),
+                RoleEvent::Applied => {
+                    let what = self.pending.iter().find(|p| p.awaiting == Awaiting::Applied).map(|p| p.what.clone());
+                    (Awaiting::Applied, Response::ok(what.unwrap_or_default()))
+                }
             };
             self.answer(awaiting, response);
         }

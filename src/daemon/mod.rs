@@ -62,8 +62,11 @@ pub struct Inheritance {
     pub config: Config,
     pub exe: std::path::PathBuf,
     pub listen: Vec<OwnedFd>,
-    /// Listener→manager connection channel: (listener's end, manager's end).
-    pub connections: (OwnedFd, OwnedFd),
+    /// Steering channel: (listener's receiving end, manager's sending end).
+    pub steering: (OwnedFd, OwnedFd),
+    /// One lane per worker slot id: (listener's sending end, worker's receiving end).
+    /// Only ever grows, so every slot a pool may use has one.
+    pub lanes: Vec<(OwnedFd, OwnedFd)>,
     pub lifeline_read: OwnedFd,
     /// Held, never written: its close at our exit is the children's signal.
     pub _lifeline_write: OwnedFd,
@@ -153,7 +156,9 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
         }
         None => (sockets::bind_all(&config.listen)?, None, None, Default::default()),
     };
-    let connections = sys::seqpacket_pair().context("connection channel")?;
+    let steering = sys::seqpacket_pair().context("steering channel")?;
+    let mut lanes = Vec::new();
+    grow_lanes(&mut lanes, config.workers).context("worker lanes")?;
     let (lifeline_read, lifeline_write) = sys::process::lifeline().context("lifeline pipe")?;
     sys::process::become_subreaper().context("PR_SET_CHILD_SUBREAPER")?;
     let fd_limit = sys::process::raise_fd_limit();
@@ -201,7 +206,8 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
             config,
             exe,
             listen,
-            connections,
+            steering,
+            lanes,
             lifeline_read,
             _lifeline_write: lifeline_write,
             credentials,
@@ -361,7 +367,22 @@ impl Daemon {
             self.reopen_access_log();
         }
         tracing::info!(workers = config.workers, root = %config.root.display(), "SIGHUP: configuration reloaded; rolling worker restart");
+        if let Err(e) = self.ensure_lanes(config.workers) {
+            tracing::error!(error = %format!("{e:#}"), "SIGHUP: cannot make lanes for the new workers; keeping the pool size");
+            return;
+        }
         self.manager.send(&Message::Reconfigure(Box::new(config)));
+    }
+
+    /// Makes sure slots `0..workers` have lanes; new ones go to the listener and manager.
+    pub(super) fn ensure_lanes(&mut self, workers: u32) -> anyhow::Result<()> {
+        let first = self.inherit.lanes.len();
+        grow_lanes(&mut self.inherit.lanes, workers)?;
+        if self.inherit.lanes.len() > first {
+            self.listener.send_lanes(&self.inherit.lanes, first);
+            self.manager.send_lanes(&self.inherit.lanes, first);
+        }
+        Ok(())
     }
 
     /// SIGUSR1 (logrotate) or a reload naming another file: open the access log anew
@@ -470,4 +491,12 @@ impl Daemon {
 fn log_orphan_exit(pid: Pid, exit: Exit) {
     // Workers of a dead manager are reparented to us (we are a subreaper).
     tracing::info!(%pid, %exit, "reaped orphaned worker");
+}
+
+/// Adds lanes until there is one per slot id below `workers`.
+fn grow_lanes(lanes: &mut Vec<(OwnedFd, OwnedFd)>, workers: u32) -> anyhow::Result<()> {
+    while lanes.len() < workers as usize {
+        lanes.push(sys::seqpacket_pair().with_context(|| format!("lane for worker {}", lanes.len()))?);
+    }
+    Ok(())
 }

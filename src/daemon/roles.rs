@@ -6,7 +6,7 @@ use super::Inheritance;
 use crate::ipc::{Bootstrap, Channel, FdKind, Heartbeat, Message, Recv, Role};
 use crate::observe::{Histogram, LATENCY_BUCKETS};
 use crate::supervise::{Check, Reason, Retiring, Slot};
-use crate::sys::{self, process::Exit, spawn, Pid};
+use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, process::Exit, spawn, Pid};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::sys::signal::Signal;
@@ -28,6 +28,8 @@ pub enum RoleEvent {
     ReplacementFailed { role: Role, reason: String },
     /// The manager finished (or failed) a worker command.
     Done { ok: bool, detail: String },
+    /// The manager passed a drain or resume on to its workers.
+    Applied,
 }
 
 pub struct RoleProcess {
@@ -112,7 +114,10 @@ impl RoleProcess {
         let mut channel = Channel::new(ours);
         let (kinds, fds) = bootstrap_fds(self.role, inherit);
         let boot = Bootstrap { config: inherit.config.clone(), worker_id: None, fds: kinds, draining };
-        if let Err(e) = channel.send(&Message::Bootstrap(Box::new(boot)), &fds) {
+        let sent = channel
+            .send(&Message::Bootstrap(Box::new(boot)), &fds)
+            .and_then(|()| send_lanes(&mut channel, self.role, &inherit.lanes, 0));
+        if let Err(e) = sent {
             sys::process::signal(pid, Signal::SIGKILL);
             anyhow::bail!("sending bootstrap to {} (pid {pid}): {e}", self.role);
         }
@@ -125,6 +130,17 @@ impl RoleProcess {
         if let Some(channel) = self.channel.as_mut() {
             if let Err(e) = channel.send(msg, &[]) {
                 tracing::warn!(role = %self.role, error = %e, "message not delivered");
+            }
+        }
+    }
+
+    /// Sends lanes `first..` to the current process and its replacement, if any.
+    pub fn send_lanes(&mut self, lanes: &[(OwnedFd, OwnedFd)], first: usize) {
+        let role = self.role;
+        let channels = self.channel.iter_mut().chain(self.incoming.iter_mut().map(|i| &mut i.channel));
+        for channel in channels {
+            if let Err(e) = send_lanes(channel, role, lanes, first) {
+                tracing::error!(%role, error = %e, "cannot hand new lanes over");
             }
         }
     }
@@ -154,6 +170,7 @@ impl RoleProcess {
                     self.last = Some(hb);
                 }
                 Ok(Recv::Message(Message::Done { ok, detail })) => events.push(RoleEvent::Done { ok, detail }),
+                Ok(Recv::Message(Message::Applied)) => events.push(RoleEvent::Applied),
                 Ok(Recv::Message(other)) => tracing::debug!(role = %self.role, ?other, "unexpected message"),
                 Ok(Recv::Empty) | Ok(Recv::Closed) => return, // exits arrive by SIGCHLD
                 Err(e) => {
@@ -367,10 +384,10 @@ fn bootstrap_fds(role: Role, inherit: &Inheritance) -> (Vec<FdKind>, Vec<Borrowe
             fds.push(fd.as_fd());
         }
     }
-    kinds.push(FdKind::Connections);
+    kinds.push(FdKind::Steering);
     fds.push(match role {
-        Role::Listener => inherit.connections.0.as_fd(),
-        _ => inherit.connections.1.as_fd(),
+        Role::Listener => inherit.steering.0.as_fd(),
+        _ => inherit.steering.1.as_fd(),
     });
     kinds.push(FdKind::Lifeline);
     fds.push(inherit.lifeline_read.as_fd());
@@ -379,6 +396,19 @@ fn bootstrap_fds(role: Role, inherit: &Inheritance) -> (Vec<FdKind>, Vec<Borrowe
         fds.push(log.as_fd());
     }
     (kinds, fds)
+}
+
+/// Sends the lanes of slots `first..`: the listener gets the sending ends, the manager
+/// the receiving ends (for its workers).
+fn send_lanes(channel: &mut Channel, role: Role, lanes: &[(OwnedFd, OwnedFd)], first: usize) -> std::io::Result<()> {
+    let mut at = first;
+    for chunk in lanes[first.min(lanes.len())..].chunks(MAX_FDS_PER_MESSAGE) {
+        let fds: Vec<BorrowedFd<'_>> =
+            chunk.iter().map(|(tx, rx)| if role == Role::Listener { tx.as_fd() } else { rx.as_fd() }).collect();
+        channel.send(&Message::Lanes { first: at as u32 }, &fds)?;
+        at += chunk.len();
+    }
+    Ok(())
 }
 
 /// A replacement is ready to take over: the listener at its first heartbeat, the

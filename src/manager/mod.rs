@@ -1,11 +1,10 @@
 //! The manager role: owns the worker pool and steers connections.
 //!
-//! It reads connection fds from the listener→manager channel and forwards each at once
-//! to the live worker with the least load; it supervises its workers with the same
-//! heartbeat and restart rules the daemon applies to it (`supervise`), and reports
-//! their figures to the daemon in its own heartbeat. It reads connections only while
-//! some worker can take them, so otherwise they stay queued in the kernel, where the
-//! daemon's copy of the channel keeps them safe across a manager crash.
+//! Connections do not pass through it: the listener sends each one into a worker's lane
+//! (see `ipc`), and the manager tells the listener which lanes have a live worker and
+//! how loaded each is. So a manager crash or hang loses and delays no connection. It
+//! supervises its workers with the same heartbeat and restart rules the daemon applies
+//! to it (`supervise`), and reports their figures to the daemon in its own heartbeat.
 
 mod pool;
 
@@ -23,14 +22,13 @@ use std::time::{Duration, Instant};
 
 const CONTROL: Token = Token(0);
 const LIFELINE: Token = Token(1);
-const CONNECTIONS: Token = Token(2);
-const SIGNALS: Token = Token(3);
+const SIGNALS: Token = Token(2);
 /// Worker channel tokens are `FIRST_WORKER + slot index`.
 pub(crate) const FIRST_WORKER: usize = 16;
 
 pub fn run(mut control: Channel) -> anyhow::Result<()> {
     let (boot, fds) = ipc::receive_bootstrap(&mut control).context("manager bootstrap")?;
-    let connections = Channel::new(fds.connections.context("bootstrap without a connection channel")?);
+    let steering = Channel::new(fds.steering.context("bootstrap without a steering channel")?);
     let lifeline = fds.lifeline.context("bootstrap without a lifeline")?;
     // Only SIGCHLD: stop requests come from the daemon over the channel, and operator
     // signals are ignored in children (see `ignore_operator_signals`).
@@ -43,11 +41,12 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
     let registry = poll.registry();
     registry.register(&mut SourceFd(&control.raw_fd()), CONTROL, Interest::READABLE)?;
     registry.register(&mut SourceFd(&lifeline.as_raw_fd()), LIFELINE, Interest::READABLE)?;
-    registry.register(&mut SourceFd(&connections.raw_fd()), CONNECTIONS, Interest::READABLE)?;
     registry.register(&mut SourceFd(&signals.as_fd().as_raw_fd()), SIGNALS, Interest::READABLE)?;
 
-    let mut pool = WorkerPool::new(config.clone(), exe, lifeline, connections, boot.draining);
+    let mut pool = WorkerPool::new(config.clone(), exe, lifeline, steering, boot.draining);
     pool.set_access_log(fds.access_log);
+    // The daemon sends the lanes right after the bootstrap; workers start once they are here.
+    handle_control(&mut control, &mut pool, poll.registry());
     let mut heartbeat = Heartbeater::new(Role::Manager, config.heartbeat_interval());
     let mut events = Events::with_capacity(256);
     let mut next_check = Instant::now() + CHECK_INTERVAL;
@@ -55,7 +54,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
     loop {
         let now = Instant::now();
         pool.start_due(poll.registry(), now);
-        pool.dispatch();
+        pool.steer();
         pool.advance_op(poll.registry(), now);
         pool.run_deferred_reload(poll.registry());
         if !pool.outbox.is_empty() {
@@ -107,11 +106,10 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 SIGNALS if signals.pending().contains(&Event::Child) => pool.reap(poll.registry(), Instant::now()),
-                CONNECTIONS => pool.connections_readable(),
                 Token(t) if t >= FIRST_WORKER => {
                     pool.drain_messages(t, poll.registry(), Instant::now());
                     if event.is_writable() {
-                        pool.dispatch();
+                        pool.rescue_strays();
                     }
                 }
                 _ => {}
@@ -121,6 +119,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         if now >= next_check {
             next_check = now + CHECK_INTERVAL;
             pool.check(poll.registry(), now);
+            pool.rescue_strays();
         }
         pool.kill_overdue(now);
     }
@@ -131,6 +130,7 @@ fn handle_control(control: &mut Channel, pool: &mut WorkerPool, registry: &mio::
     let mut fds = Vec::new();
     let mut deadline = None;
     loop {
+        fds.clear();
         match control.recv(&mut fds) {
             Ok(Recv::Empty) => return deadline,
             Ok(Recv::Closed) | Err(_) => {
@@ -139,14 +139,18 @@ fn handle_control(control: &mut Channel, pool: &mut WorkerPool, registry: &mio::
                 return Some(Instant::now());
             }
             Ok(Recv::Message(Message::ReopenLog)) => pool.set_access_log(fds.pop()),
+            Ok(Recv::Message(Message::Lanes { first })) => pool.add_lanes(first, std::mem::take(&mut fds)),
             Ok(Recv::Message(msg)) => match msg {
                 Message::Shutdown { deadline_ms } => {
                     let grace = Duration::from_millis(deadline_ms);
                     pool.shutdown(grace, registry);
                     deadline = Some(Instant::now() + grace);
                 }
-                Message::Drain => pool.set_draining(true),
-                Message::Resume => pool.set_draining(false),
+                Message::Drain | Message::Resume => {
+                    pool.set_draining(matches!(msg, Message::Drain));
+                    // Queued to every worker ahead of anything the operator does next.
+                    pool.outbox.push(Message::Applied);
+                }
                 Message::Scale { workers } => pool.scale(workers, registry),
                 Message::RestartWorkers { id } => pool.restart(id, registry),
                 Message::Reconfigure(config) => pool.reconfigure(*config, registry),

@@ -1,13 +1,17 @@
-//! The worker pool: one slot per worker id, each with its own channel; dispatch to the
-//! least-loaded live worker; crash, hang and retirement handling.
+//! The worker pool: one slot per worker id, each with its own control channel and lane;
+//! steering the listener toward the least-loaded live worker; crash, hang and
+//! retirement handling.
 //!
-//! The manager keeps a duplicate of each worker's channel end. When a worker dies,
-//! connections still queued to it are read back from that duplicate and given to
-//! another worker, so a worker crash loses only the requests it was serving.
+//! Connections never pass through here on their normal path: the listener sends them
+//! into the workers' lanes. A connection stranded in a lane that no worker reads (its
+//! worker crashed or was scaled away before the listener heard) is moved to a live
+//! worker's control channel, and so is one still queued to a dead worker's control
+//! channel (read back from the duplicate of its end that we keep). A worker crash thus
+//! loses only the requests it was serving.
 
 use super::FIRST_WORKER;
 use crate::config::Config;
-use crate::ipc::{Bootstrap, Channel, Counters, FdKind, Message, Recv, WorkerReport};
+use crate::ipc::{Bootstrap, Channel, Counters, FdKind, LaneState, Message, Recv, WorkerReport};
 use crate::observe::{Histogram, LATENCY_BUCKETS};
 use crate::supervise::{Check, Reason, Retiring, Slot};
 use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, process::Exit, spawn, Pid};
@@ -27,8 +31,6 @@ struct Current {
     channel: Channel,
     /// Duplicate of the worker's end: queued connections can be recovered after a crash.
     worker_end: OwnedFd,
-    /// Connections sent to this process.
-    dispatched: u64,
     /// Its latest reported figures.
     counters: Counters,
     /// For utilization: busy time and clock at the previous heartbeat.
@@ -69,16 +71,18 @@ pub struct WorkerPool {
     config: Config,
     exe: PathBuf,
     lifeline: OwnedFd,
-    connections: Channel,
+    /// Receiving ends of the lanes, by slot id (from the daemon).
+    lanes: Vec<Option<Channel>>,
+    /// To the listener: which lanes to use.
+    steering: Channel,
+    /// The lanes' state changed (or it is time to repeat it for a new listener).
+    steer_due: bool,
     slots: Vec<WorkerSlot>,
     retiring: Vec<Retiring<Retiree>>,
-    /// Connections received but not yet delivered (every worker busy or starting).
+    /// Stranded connections taken but not yet delivered (every worker full or starting).
     pending: Vec<OwnedFd>,
-    /// The listener→manager channel has data we have not read.
-    connections_ready: bool,
     draining: bool,
     shutting_down: bool,
-    received_fds: Vec<OwnedFd>,
     next_token: usize,
     op: Option<WorkerOp>,
     /// Messages for the daemon (command results).
@@ -100,21 +104,21 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    pub fn new(config: Config, exe: PathBuf, lifeline: OwnedFd, connections: Channel, draining: bool) -> WorkerPool {
+    pub fn new(config: Config, exe: PathBuf, lifeline: OwnedFd, steering: Channel, draining: bool) -> WorkerPool {
         let now = Instant::now();
         let slots = (0..config.workers).map(|id| WorkerSlot::new(id, now)).collect();
         WorkerPool {
             config,
             exe,
             lifeline,
-            connections,
+            lanes: Vec::new(),
+            steering,
+            steer_due: true,
             slots,
             retiring: Vec::new(),
             pending: Vec::new(),
-            connections_ready: true,
             draining,
             shutting_down: false,
-            received_fds: Vec::with_capacity(MAX_FDS_PER_MESSAGE),
             next_token: FIRST_WORKER,
             fds: crate::sys::process::FdBudget::measure(),
             op: None,
@@ -135,7 +139,9 @@ impl WorkerPool {
             return;
         }
         for i in 0..self.slots.len() {
-            let due = self.slots[i].wanted && self.slots[i].slot.start_due.is_some_and(|t| t <= now);
+            // A slot starts once the daemon has sent its lane.
+            let has_lane = self.lanes.get(self.slots[i].id as usize).is_some_and(Option::is_some);
+            let due = has_lane && self.slots[i].wanted && self.slots[i].slot.start_due.is_some_and(|t| t <= now);
             if due {
                 self.start(i, registry, now);
             }
@@ -149,6 +155,7 @@ impl WorkerPool {
                 let ws = &mut self.slots[index];
                 ws.slot.spawned(pid, now);
                 ws.current = Some(current);
+                self.steer_due = true;
                 tracing::info!(worker = id, %pid, "worker spawned");
             }
             Err(e) => {
@@ -177,8 +184,10 @@ impl WorkerPool {
             keep_notify_socket: false,
         })?;
         let mut channel = Channel::new(ours);
-        let mut kinds = vec![FdKind::Lifeline];
-        let mut fds = vec![self.lifeline.as_fd()];
+        let lane = self.lanes.get(id as usize).and_then(Option::as_ref);
+        let lane = lane.ok_or_else(|| anyhow::anyhow!("no lane for worker {id} yet"))?;
+        let mut kinds = vec![FdKind::Lifeline, FdKind::Lane];
+        let mut fds = vec![self.lifeline.as_fd(), lane.as_fd()];
         if let Some(log) = &self.access_log {
             kinds.push(FdKind::AccessLog);
             fds.push(log.as_fd());
@@ -196,7 +205,6 @@ impl WorkerPool {
             token,
             channel,
             worker_end,
-            dispatched: 0,
             counters: Counters::default(),
             prev_busy_ns: 0,
             prev_sent_ns: 0,
@@ -205,79 +213,94 @@ impl WorkerPool {
         Ok((pid, current))
     }
 
-    pub fn connections_readable(&mut self) {
-        self.connections_ready = true;
-        self.dispatch();
+    /// Takes the receiving ends of lanes `first..` from the daemon.
+    pub fn add_lanes(&mut self, first: u32, fds: Vec<OwnedFd>) {
+        for (i, fd) in fds.into_iter().enumerate() {
+            let id = first as usize + i;
+            if self.lanes.len() <= id {
+                self.lanes.resize_with(id + 1, || None);
+            }
+            self.lanes[id] = Some(Channel::new(fd));
+        }
+        self.steer_due = true;
     }
 
-    /// Moves connections from the listener channel to workers, as long as some worker
-    /// can take them.
-    pub fn dispatch(&mut self) {
-        if self.shutting_down {
+    /// Tells the listener which lanes have a worker and how loaded each is, when that
+    /// changed or is due again. A listener that is down misses nothing lasting: this is
+    /// repeated at every check.
+    pub fn steer(&mut self) {
+        // A manager on its way out says nothing: its successor steers the same listener.
+        if !self.steer_due || self.shutting_down {
             return;
         }
+        self.steer_due = false;
+        let mut lanes = vec![LaneState::default(); self.lanes.len()];
+        for ws in self.slots.iter().filter(|ws| ws.wanted) {
+            if let (Some(state), Some(current)) = (lanes.get_mut(ws.id as usize), ws.current.as_ref()) {
+                *state = LaneState { open: true, load: current.counters.active.min(u32::MAX as u64) as u32 };
+            }
+        }
+        match self.steering.send(&Message::Steer { lanes }, &[]) {
+            Ok(()) => {}
+            // The listener is not reading (restarting): it gets the next one.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => tracing::warn!(error = %e, "cannot steer the listener"),
+        }
+    }
+
+    /// Delivers stranded connections we hold, then takes those stranded in lanes no
+    /// worker reads, one message at a time while a live worker has room for them.
+    pub fn rescue_strays(&mut self) {
         self.deliver_pending();
-        while self.pending.is_empty() && self.connections_ready && self.has_live_worker() {
-            // Take a connection only when a worker can take it at once: one we hold
-            // while waiting for room would die with us. The worker is chosen before the
-            // receive, so between receive and send there is only the send. A worker's
-            // channel becoming writable calls us again.
-            let free = self.fds.free(self.pending.len());
-            let Some(target) = self.pick_target() else { return };
-            if !self.connections.next_fits(free, crate::sys::process::WORKING_ROOM) {
-                return;
+        if self.shutting_down || !self.pending.is_empty() || !self.has_live_worker() {
+            return;
+        }
+        let mut fds = Vec::new();
+        for id in 0..self.lanes.len() {
+            if self.lane_has_reader(id) {
+                continue;
             }
-            self.received_fds.clear();
-            match self.connections.recv(&mut self.received_fds) {
-                Ok(Recv::Message(Message::Connections { .. })) => {
-                    self.pending.append(&mut self.received_fds);
-                    self.deliver_to(target);
-                    self.deliver_pending();
+            loop {
+                let free = self.fds.free(self.pending.len());
+                let Some(lane) = self.lanes[id].as_mut() else { break };
+                if !lane.next_fits(free, crate::sys::process::WORKING_ROOM) {
+                    return;
                 }
-                Ok(Recv::Message(other)) => tracing::warn!(?other, "unexpected message on connection channel"),
-                Ok(Recv::Empty) | Ok(Recv::Closed) => self.connections_ready = false,
-                Err(e) => {
-                    tracing::error!(error = %e, "receiving connections");
-                    self.pending.append(&mut self.received_fds);
+                fds.clear();
+                match lane.recv(&mut fds) {
+                    Ok(Recv::Message(Message::Connections { .. })) => {
+                        tracing::info!(
+                            lane = id,
+                            connections = fds.len(),
+                            "moving connections from a lane no worker reads"
+                        );
+                        self.pending.append(&mut fds);
+                        self.deliver_pending();
+                        if !self.pending.is_empty() {
+                            return; // every worker is full; a writable one calls us again
+                        }
+                    }
+                    Ok(Recv::Message(_)) => {}
+                    Ok(Recv::Empty) | Ok(Recv::Closed) => break,
+                    Err(e) => {
+                        tracing::warn!(lane = id, error = %e, "reading a stranded lane");
+                        break;
+                    }
                 }
             }
         }
     }
 
-    /// The least-loaded worker with room; no allocation unless that one is full.
-    fn pick_target(&self) -> Option<usize> {
-        let live = self.slots.iter().enumerate().filter(|(_, ws)| ws.wanted && ws.slot.pid.is_some());
-        let least = live
-            .filter_map(|(i, ws)| ws.current.as_ref().map(|c| (i, load_of(ws, c))))
-            .min_by_key(|(_, load)| *load)
-            .map(|(i, _)| i)?;
-        if self.has_room(least) {
-            return Some(least);
-        }
-        self.by_load().into_iter().find(|&i| self.has_room(i))
-    }
-
-    fn has_room(&self, index: usize) -> bool {
-        self.slots[index].current.as_ref().is_some_and(|c| c.channel.has_room())
-    }
-
-    /// Sends every pending connection to worker `index` in one message, if it takes them.
-    fn deliver_to(&mut self, index: usize) {
-        let Some(current) = self.slots[index].current.as_mut() else { return };
-        let count = self.pending.len().min(MAX_FDS_PER_MESSAGE);
-        let fds: Vec<BorrowedFd<'_>> = self.pending[..count].iter().map(|fd| fd.as_fd()).collect();
-        if current.channel.send(&Message::Connections { count: count as u32 }, &fds).is_ok() {
-            current.dispatched += count as u64;
-            drop(fds);
-            self.pending.drain(..count);
-        }
+    /// Whether a worker process of slot `id` reads its lane (or is about to).
+    fn lane_has_reader(&self, id: usize) -> bool {
+        self.slots.iter().any(|ws| ws.id as usize == id && (ws.current.is_some() || ws.incoming.is_some()))
     }
 
     fn has_live_worker(&self) -> bool {
         self.slots.iter().any(|ws| ws.wanted && ws.current.is_some() && ws.slot.pid.is_some())
     }
 
-    /// Sends pending connections to the least-loaded workers that have room, a batch per
+    /// Sends held connections to the least-loaded workers that have room, a batch per
     /// worker; keeps them only if no worker can take them now.
     fn deliver_pending(&mut self) {
         while !self.pending.is_empty() {
@@ -288,7 +311,6 @@ impl WorkerPool {
                 let fds: Vec<BorrowedFd<'_>> = self.pending[..take].iter().map(|fd| fd.as_fd()).collect();
                 match current.channel.send(&Message::Connections { count: take as u32 }, &fds) {
                     Ok(()) => {
-                        current.dispatched += take as u64;
                         delivered = true;
                         break;
                     }
@@ -310,16 +332,15 @@ impl WorkerPool {
         self.pending.len().div_ceil(live).clamp(1, MAX_FDS_PER_MESSAGE)
     }
 
-    /// Live, wanted workers, least loaded first (open plus in-flight connections);
-    /// workers that answered a heartbeat before those still starting.
+    /// Live, wanted workers, least loaded first; workers that answered a heartbeat
+    /// before those still starting.
     fn by_load(&self) -> Vec<usize> {
         let mut live: Vec<(usize, (bool, u64))> = self
             .slots
             .iter()
             .enumerate()
             .filter(|(_, ws)| ws.wanted && ws.slot.pid.is_some())
-            .filter_map(|(i, ws)| ws.current.as_ref().map(|c| (i, ws, c)))
-            .map(|(i, ws, c)| (i, load_of(ws, c)))
+            .filter_map(|(i, ws)| ws.current.as_ref().map(|c| (i, (!ws.slot.is_up(), c.counters.active))))
             .collect();
         live.sort_by_key(|(_, load)| *load);
         live.into_iter().map(|(i, _)| i).collect()
@@ -398,10 +419,10 @@ impl WorkerPool {
 
     /// The 200 ms heartbeat check of every worker.
     pub fn check(&mut self, registry: &Registry, now: Instant) {
-        // Out of descriptors, intake waits (connections stay queued in the kernel);
+        // Out of descriptors, rescue waits (connections stay queued in the kernel);
         // re-measure and carry on when there is room again.
         self.fds = crate::sys::process::FdBudget::measure();
-        self.connections_ready = true;
+        self.steer_due = true;
         let timeout = self.config.heartbeat_timeout();
         for index in 0..self.slots.len() {
             let ws = &mut self.slots[index];
@@ -431,6 +452,7 @@ impl WorkerPool {
         let retiree = Retiree { id: ws.id, current };
         self.retiring.push(Retiring { pid, kill_at, channel: retiree });
         let delay = ws.slot.vacate(reason, now);
+        self.steer_due = true;
         if ws.wanted && !self.shutting_down {
             self.restarts[reason_index(reason)] += 1;
             ws.slot.log_restart(reason, delay, now);
@@ -474,7 +496,8 @@ impl WorkerPool {
             self.on_crash(index, pid, exit, registry, now);
         }
         self.slots.retain(|ws| ws.wanted || ws.slot.pid.is_some());
-        self.dispatch();
+        self.steer_due = true;
+        self.rescue_strays();
     }
 
     fn on_crash(&mut self, index: usize, pid: Pid, exit: Exit, registry: &Registry, now: Instant) {
@@ -530,19 +553,18 @@ impl WorkerPool {
         if self.shutting_down {
             return;
         }
-        // Hand every connection already queued to us to a worker first: at a full stop
-        // (the listener is gone) nobody else would ever take them. In a manager restart the
-        // new manager shares the queue and takes the rest.
-        self.connections_ready = true;
-        self.dispatch();
+        // Workers take what is queued in their lanes as they begin to retire; in a
+        // manager restart the new manager's workers read the same lanes on.
+        self.deliver_pending();
         self.shutting_down = true;
+        self.steer_due = true;
         let now = Instant::now();
         for index in 0..self.slots.len() {
             self.slots[index].wanted = false;
             self.retire(index, Reason::Manual, deadline, registry, now);
         }
-        // Received connections cannot be put back in the shared queue; with every
-        // worker retiring there is no one left to serve them.
+        // Held connections cannot be put back in a lane; with every worker retiring
+        // there is no one left to serve them.
         if !self.pending.is_empty() {
             tracing::warn!(connections = self.pending.len(), "closing undelivered connections at shutdown");
             self.pending.clear();
@@ -788,13 +810,6 @@ impl Current {
         self.prev_busy_ns = counters.busy_ns;
         self.counters = counters;
     }
-}
-
-/// A worker's load for dispatch: workers that answered a heartbeat before those still
-/// starting, then open plus in-flight connections.
-fn load_of(ws: &WorkerSlot, c: &Current) -> (bool, u64) {
-    let in_flight = c.dispatched.saturating_sub(c.counters.received);
-    (!ws.slot.is_up(), c.counters.active + in_flight)
 }
 
 fn done(ok: bool, detail: &str) -> Message {

@@ -1,4 +1,5 @@
-//! The worker role: serves HTTP/1.1 on the connections the manager hands it.
+//! The worker role: serves HTTP/1.1 on the connections the listener sends into its lane
+//! (and the few the manager moves to it from a dead worker's lane).
 //!
 //! One edge-triggered epoll loop holds thousands of connections; each is a small state
 //! machine in [`conn`]. Request parsing, path resolution and response heads live in
@@ -25,7 +26,8 @@ use std::time::{Duration, Instant};
 
 const CONTROL: Token = Token(0);
 const LIFELINE: Token = Token(1);
-const FIRST_CONN: usize = 2;
+const LANE: Token = Token(2);
+const FIRST_CONN: usize = 3;
 /// How often idle and slow connections are checked against their deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -111,6 +113,11 @@ impl Stats {
 struct Worker {
     id: u32,
     control: Channel,
+    /// This slot's lane; shared with the slot's next worker, so it is read only until
+    /// this one starts to retire.
+    lane: Option<Channel>,
+    /// Reused buffer for received connection fds.
+    intake: Vec<OwnedFd>,
     conns: Slab,
     shared: Shared,
     max_connections: usize,
@@ -131,6 +138,7 @@ struct Worker {
 pub fn run(mut control: Channel) -> anyhow::Result<()> {
     let (boot, fds) = ipc::receive_bootstrap(&mut control).context("worker bootstrap")?;
     let lifeline = fds.lifeline.context("bootstrap without a lifeline")?;
+    let lane = fds.lane.map(Channel::new);
     let id = boot.worker_id.unwrap_or(0);
     let config = boot.config;
     let access_log = match (fds.access_log, config.access_log.as_deref()) {
@@ -144,9 +152,14 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
     let mut poll = Poll::new().context("epoll")?;
     poll.registry().register(&mut SourceFd(&control.raw_fd()), CONTROL, Interest::READABLE)?;
     poll.registry().register(&mut SourceFd(&lifeline.as_raw_fd()), LIFELINE, Interest::READABLE)?;
+    if let Some(lane) = &lane {
+        poll.registry().register(&mut SourceFd(&lane.raw_fd()), LANE, Interest::READABLE)?;
+    }
     let mut worker = Worker {
         id,
         control,
+        lane,
+        intake: Vec::with_capacity(crate::sys::fdpass::MAX_FDS_PER_MESSAGE),
         conns: Slab::default(),
         shared: Shared {
             root,
@@ -171,6 +184,8 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
     let mut heartbeat = Heartbeater::new(Role::Worker, config.heartbeat_interval());
     let mut events = Events::with_capacity(1024);
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+    // Connections may have queued in the lane before we started.
+    worker.read_lane(poll.registry(), Instant::now());
     loop {
         let now = Instant::now();
         if heartbeat.until_due(now).is_zero() {
@@ -200,9 +215,14 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         }
         let now = Instant::now();
         worker.shared.date.refresh();
+        // Control first: a drain queued before a request arrived applies to its answer.
+        if events.iter().any(|e| e.token() == CONTROL) {
+            worker.handle_control(poll.registry(), now);
+        }
         for event in events.iter() {
             match event.token() {
-                CONTROL => worker.handle_control(poll.registry(), now),
+                CONTROL => {}
+                LANE => worker.read_lane(poll.registry(), now),
                 LIFELINE => {
                     tracing::warn!(worker = id, "daemon gone: worker exiting");
                     return Ok(());
@@ -231,21 +251,7 @@ impl Worker {
     fn handle_control(&mut self, registry: &Registry, now: Instant) {
         let mut fds: Vec<OwnedFd> = Vec::new();
         loop {
-            // Each connection holds its socket (files are opened per request, and an
-            // EMFILE there is a 500); a message whose fds do not fit waits in the channel
-            // rather than losing them.
-            let growth = self.conns.len().saturating_sub(self.conns_at_measure);
-            let free = self.fds.free(growth);
-            if !self.control.next_fits(free, crate::sys::process::WORKING_ROOM) {
-                if !self.intake_paused {
-                    tracing::warn!(
-                        worker = self.id,
-                        open = self.conns.len(),
-                        free,
-                        "out of descriptors: pausing intake"
-                    );
-                }
-                self.intake_paused = true;
+            if !self.room_for_next(Intake::Control) {
                 return;
             }
             fds.clear();
@@ -256,7 +262,7 @@ impl Worker {
                     }
                 }
                 Ok(Recv::Message(Message::Shutdown { deadline_ms })) => {
-                    self.begin_shutdown(Duration::from_millis(deadline_ms), now)
+                    self.begin_shutdown(Duration::from_millis(deadline_ms), now, registry)
                 }
                 Ok(Recv::Message(Message::ReopenLog)) => {
                     if let (Some(fd), Some(log)) = (fds.pop(), self.shared.access_log.as_mut()) {
@@ -289,12 +295,65 @@ impl Worker {
         }
     }
 
+    /// Takes the connections queued in our lane, as long as their fds fit.
+    fn read_lane(&mut self, registry: &Registry, now: Instant) {
+        // A retiring worker leaves its lane to the slot's next worker.
+        if self.shutdown_at.is_some() || self.lane.is_none() {
+            return;
+        }
+        let mut fds = std::mem::take(&mut self.intake);
+        loop {
+            if !self.room_for_next(Intake::Lane) {
+                break;
+            }
+            let Some(lane) = self.lane.as_mut() else { break };
+            fds.clear();
+            match lane.recv(&mut fds) {
+                Ok(Recv::Message(Message::Connections { .. })) => {
+                    for fd in fds.drain(..) {
+                        self.accept(fd, registry, now);
+                    }
+                }
+                Ok(Recv::Message(other)) => tracing::debug!(worker = self.id, ?other, "unexpected message in lane"),
+                Ok(Recv::Empty) | Ok(Recv::Closed) => break,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    tracing::warn!(worker = self.id, error = %e, "bad lane message")
+                }
+                Err(e) => {
+                    tracing::error!(worker = self.id, error = %e, "cannot read the lane");
+                    break;
+                }
+            }
+        }
+        self.intake = fds;
+    }
+
+    /// Whether the next message on `from` fits in our descriptors. Each connection holds
+    /// its socket (files are opened per request, and an EMFILE there is a 500); a message
+    /// whose fds do not fit waits in its channel rather than losing them.
+    fn room_for_next(&mut self, from: Intake) -> bool {
+        let growth = self.conns.len().saturating_sub(self.conns_at_measure);
+        let free = self.fds.free(growth);
+        let channel = match from {
+            Intake::Control => Some(&mut self.control),
+            Intake::Lane => self.lane.as_mut(),
+        };
+        if channel.is_none_or(|c| c.next_fits(free, crate::sys::process::WORKING_ROOM)) {
+            return true;
+        }
+        if !self.intake_paused {
+            tracing::warn!(worker = self.id, open = self.conns.len(), free, "out of descriptors: pausing intake");
+        }
+        self.intake_paused = true;
+        false
+    }
+
     /// Our manager is gone: finish what we have, take nothing new, then exit.
     fn manager_gone(&mut self, registry: &Registry, now: Instant) {
         if !self.manager_gone {
             self.manager_gone = true;
             tracing::warn!(worker = self.id, open = self.conns.len(), "manager gone: draining");
-            self.begin_shutdown(self.drain_timeout, now);
+            self.begin_shutdown(self.drain_timeout, now, registry);
             let _ = registry.deregister(&mut SourceFd(&self.control.raw_fd()));
         }
     }
@@ -307,11 +366,15 @@ impl Worker {
             self.intake_paused = false;
             tracing::info!(worker = self.id, "descriptors available again: resuming intake");
             self.handle_control(registry, now);
+            self.read_lane(registry, now);
         }
     }
 
     /// Stop taking work: responses close their connections; idle ones close at `deadline`.
-    fn begin_shutdown(&mut self, deadline: Duration, now: Instant) {
+    fn begin_shutdown(&mut self, deadline: Duration, now: Instant, registry: &Registry) {
+        // What is queued in our lane now was meant for us; take it before retiring (at a
+        // full stop no other worker would). Later arrivals wait for the slot's next worker.
+        self.read_lane(registry, now);
         self.shared.force_close = true;
         let at = now + deadline;
         self.shutdown_at = Some(self.shutdown_at.map_or(at, |t| t.min(at)));
@@ -373,6 +436,13 @@ impl Worker {
             self.close(index, now);
         }
     }
+}
+
+/// Where connection fds come from.
+#[derive(Clone, Copy)]
+enum Intake {
+    Control,
+    Lane,
 }
 
 /// Connections by token index, reusing freed indices.
