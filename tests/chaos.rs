@@ -481,11 +481,12 @@ fn inject(webd: &Webd, kind: FaultKind, until: Instant, seed: u64, stop: &Atomic
 /// The fault a failure at `at` is attributed to: the most recent one that started
 /// before it and ended at most `ATTRIBUTION_WINDOW` before it.
 /// How soon after a kill a failure must come to be the connection that was in the killed
-/// process's hands, and how many of those one CI-length run may see per role (the
-/// 10-minute soak measured about 1 in 200 listener kills and 3 in 100 manager kills in
-/// this unoptimised test build).
+/// listener's hands, and how many of those one CI-length run may see (the 10-minute soak
+/// measured about 1 in 200 listener kills in this unoptimised test build). The manager
+/// holds no connection on their way (they travel listener → worker lane), so none may
+/// be lost to it.
 const IN_FLIGHT_WINDOW: Duration = Duration::from_millis(5);
-const MAX_IN_FLIGHT_LOSSES: usize = 2;
+const MAX_IN_FLIGHT_LOSSES_LISTENER: usize = 2;
 
 fn attribute(faults: &[Fault], incident: &Incident) -> Option<usize> {
     faults
@@ -797,12 +798,13 @@ fn run_chaos(kind: FaultKind) {
     assert!(faults.len() as f64 >= duration.as_secs_f64() * 0.8 - 1.0, "only {} faults injected", faults.len());
     for role in [Role::Listener, Role::Manager] {
         let lost: Vec<&&Incident> = failed_by.get(&Some(role)).map(|v| v.iter().collect()).unwrap_or_default();
-        // One connection can still die with a killed listener or manager: the one in its
-        // hands in the microseconds between accept4/recvmsg and the next sendmsg (no
-        // process that accepts can close that window; docs/RELIABILITY.md measures it).
-        // That loss has a signature: a new connection, not one byte received, failing
-        // within a few ms of the kill. Anything else (a connection held while the next hop
-        // was full, a queue dropped) is a bug, and so is more than a couple per run.
+        // One connection can still die with a killed listener: the one in its hands in
+        // the microseconds between accept4 and sendmsg (no process that accepts can close
+        // that window; docs/RELIABILITY.md measures it). That loss has a signature: a new
+        // connection, not one byte received, failing within a few ms of the kill.
+        // Anything else (a connection held while a lane was full, a queue dropped) is a
+        // bug, and so is more than a couple per run, or any loss to the manager.
+        let allowed = if role == Role::Listener { MAX_IN_FLIGHT_LOSSES_LISTENER } else { 0 };
         let in_flight = |f: &Incident| {
             f.how == "new connection"
                 && f.received == 0
@@ -816,8 +818,8 @@ fn run_chaos(kind: FaultKind) {
             .collect();
         assert!(other.is_empty(), "requests lost to a {} {} other than in flight: {other:?}", role.name(), kind.name());
         assert!(
-            lost.len() <= MAX_IN_FLIGHT_LOSSES,
-            "{} connections lost in flight to {} {}s (at most {MAX_IN_FLIGHT_LOSSES} expected)",
+            lost.len() <= allowed,
+            "{} connections lost in flight to {} {}s (at most {allowed} expected)",
             lost.len(),
             role.name(),
             kind.name()
@@ -926,20 +928,26 @@ fn start_for_windows() -> Webd {
 }
 
 #[test]
-fn a_listener_killed_while_the_manager_is_stalled_loses_no_connection() {
+fn a_listener_killed_while_every_lane_is_full_loses_no_connection() {
     let webd = start_for_windows();
     let listener = webd.pid_of("webd: listener").expect("listener");
-    let manager = webd.pid_of("webd: manager").expect("manager");
+    let workers = webd.worker_pids();
     let baseline = stable_fd_count(listener).expect("listener fds");
-    signal(manager, SIGSTOP);
+    // Stopped workers read nothing: their lanes fill, and the listener must then leave
+    // connections in the kernel backlog rather than hold them.
+    for w in &workers {
+        signal(*w, SIGSTOP);
+    }
     let conns = open_requests(webd.addr(), 300);
     let held = most_held(listener, baseline);
     signal(listener, SIGKILL);
-    signal(manager, SIGCONT);
+    for w in &workers {
+        signal(*w, SIGCONT);
+    }
     let opened = conns.len();
     let (served, failed) = answers(conns);
-    eprintln!("listener window: manager stopped, {opened} connections, listener held at most {held}; {served} served");
-    assert_eq!(held, 0, "the listener held connections while the manager could not take them");
+    eprintln!("listener window: workers stopped, {opened} connections, listener held at most {held}; {served} served");
+    assert_eq!(held, 0, "the listener held connections while no lane could take them");
     assert!(
         failed.is_empty(),
         "{} of {opened} lost with the listener: {:?}",

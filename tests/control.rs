@@ -97,6 +97,32 @@ fn restart_worker_n_replaces_exactly_that_worker_and_scale_resizes() {
     assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
 }
 
+#[test]
+fn scaling_beyond_the_starting_pool_serves_on_every_new_worker_and_survives_a_manager_restart() {
+    let webd = Webd::start_with(Options { workers: 1, ..Default::default() });
+    // Slots 1..4 get lanes made on the fly; each new worker must actually serve.
+    webd.ctl_ok(&["scale", "4"]);
+    wait_until(Duration::from_secs(5), "4 worker processes", || webd.worker_pids().len() == 4);
+    let served_by_all = || {
+        let status = webd.status_json();
+        let workers = status["status"]["workers"].as_array().cloned().unwrap_or_default();
+        workers.len() == 4 && workers.iter().all(|w| w["requests"].as_u64().unwrap_or(0) > 0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !served_by_all() {
+        assert!(std::time::Instant::now() < deadline, "not every new worker served: {}", webd.status_json());
+        for _ in 0..20 {
+            assert_eq!(get(webd.addr(), "/index.html").expect("GET").status, 200);
+        }
+    }
+    // The size is the daemon's too: a new manager starts 4 workers, not the initial 1.
+    webd.ctl_ok(&["restart", "manager"]);
+    wait_until(Duration::from_secs(5), "4 workers under the new manager", || {
+        serving_workers(&webd) == 4 && webd.worker_pids().len() == 4
+    });
+    assert_eq!(get(webd.addr(), "/index.html").expect("GET").status, 200);
+}
+
 /// Workers in status that are not draining away.
 fn serving_workers(webd: &Webd) -> usize {
     let status = webd.status_json();

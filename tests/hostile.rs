@@ -1213,10 +1213,9 @@ fn a_worker_out_of_descriptors_answers_every_connection_it_is_given() {
     assert_eq!(get(webd.addr(), "/index.html").expect("GET after").status, 200);
 }
 
-/// The same for the manager: out of descriptors, it cannot take connections off the
-/// listener's channel. The listener in that state leaves them in the backlog (nothing
-/// lost, see above); the manager must likewise leave them queued in the channel (which
-/// the daemon holds) until it can take them.
+/// The same for the manager: out of descriptors, it cannot start or steer workers with
+/// new fds, but connections do not pass through it (listener → worker lane), so none
+/// may be lost or held up while it is starved.
 #[test]
 fn a_manager_out_of_descriptors_loses_no_connection() {
     let (webd, admin) = start(1, &[]);
