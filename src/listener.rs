@@ -63,6 +63,9 @@ struct Listener {
     stopping: bool,
     warned_exhaustion_at: Option<Instant>,
     warned_no_lane_at: Option<Instant>,
+    /// Lanes are watched for room only while every lane is full: otherwise each
+    /// connection a worker takes would wake us for nothing.
+    watching_lanes: bool,
 }
 
 pub fn run(mut control: Channel) -> anyhow::Result<()> {
@@ -91,12 +94,13 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         stopping: false,
         warned_exhaustion_at: None,
         warned_no_lane_at: None,
+        watching_lanes: false,
     };
     // The daemon sends the lanes right after the bootstrap.
     me.handle_control(poll.registry())?;
     let mut heartbeat = Heartbeater::new(Role::Listener, boot.config.heartbeat_interval());
     let mut events = Events::with_capacity(64);
-    me.accept_all();
+    me.accept_all(poll.registry());
     loop {
         let now = Instant::now();
         heartbeat.tick(now, &mut me.control, &me.counters, &[]);
@@ -109,13 +113,13 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         for event in events.iter() {
             match event.token() {
                 CONTROL => me.handle_control(poll.registry())?,
-                STEERING => me.read_steering(),
+                STEERING => me.read_steering(poll.registry()),
                 LIFELINE => {
                     tracing::warn!("daemon gone: listener exiting");
                     return Ok(());
                 }
                 // A lane has room again; the accept below finds it.
-                Token(t) if t >= FIRST_LANE && me.pause == Pause::Backpressure => me.pause = Pause::None,
+                Token(t) if t >= FIRST_LANE => me.unpause_backpressure(poll.registry()),
                 _ => {}
             }
         }
@@ -130,7 +134,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         }
         // Accept after every wake-up: edge-triggered readiness may have fired while
         // paused, and an extra accept4 returning EAGAIN is cheap.
-        me.accept_all();
+        me.accept_all(poll.registry());
     }
 }
 
@@ -170,25 +174,47 @@ impl Listener {
     fn add_lanes(&mut self, first: u32, fds: &mut Vec<OwnedFd>, registry: &Registry) {
         for (i, fd) in fds.drain(..).enumerate() {
             let id = first as usize + i;
-            let token = Token(FIRST_LANE + id);
-            // Writable: a full lane with room again resumes accepting.
-            if let Err(e) = registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::WRITABLE) {
-                tracing::error!(lane = id, error = %e, "cannot watch a lane; not using it");
-                continue;
-            }
             if self.lanes.len() <= id {
                 self.lanes.resize_with(id + 1, || None);
             }
             let open = (id as u32) < self.configured_workers;
             self.lanes[id] = Some(Lane { channel: Channel::new(fd), state: LaneState { open, load: 0 }, sent: 0 });
         }
+        self.unpause_backpressure(registry);
+    }
+
+    /// Lanes or their steering changed, or one has room: try accepting again.
+    fn unpause_backpressure(&mut self, registry: &Registry) {
         if self.pause == Pause::Backpressure {
             self.pause = Pause::None;
+        }
+        if self.watching_lanes {
+            self.watching_lanes = false;
+            for lane in self.lanes.iter().flatten() {
+                let _ = registry.deregister(&mut SourceFd(&lane.channel.raw_fd()));
+            }
+        }
+    }
+
+    /// Every lane is full: wake when one has room. Registering reports a lane that got
+    /// room since we looked, so none is missed.
+    fn watch_lanes(&mut self, registry: &Registry) {
+        if self.watching_lanes {
+            return;
+        }
+        self.watching_lanes = true;
+        for (id, lane) in self.lanes.iter().enumerate() {
+            if let Some(lane) = lane {
+                let token = Token(FIRST_LANE + id);
+                if let Err(e) = registry.register(&mut SourceFd(&lane.channel.raw_fd()), token, Interest::WRITABLE) {
+                    tracing::error!(lane = id, error = %e, "cannot watch a lane for room");
+                }
+            }
         }
     }
 
     /// Applies the manager's newest steering.
-    fn read_steering(&mut self) {
+    fn read_steering(&mut self, registry: &Registry) {
         let mut fds = Vec::new();
         let mut newest = None;
         loop {
@@ -209,9 +235,7 @@ impl Listener {
                 lane.sent = 0;
             }
         }
-        if self.pause == Pause::Backpressure {
-            self.pause = Pause::None;
-        }
+        self.unpause_backpressure(registry);
     }
 
     /// The open lane with the least load that has room now. The least-loaded lane
@@ -227,7 +251,7 @@ impl Listener {
     }
 
     /// Accepts until every socket would block or no lane has room.
-    fn accept_all(&mut self) {
+    fn accept_all(&mut self, registry: &Registry) {
         if self.pause != Pause::None || self.stopping {
             return;
         }
@@ -236,7 +260,7 @@ impl Listener {
                 // Accept only what a lane can take at once: a connection we hold while
                 // waiting for room would die with us.
                 let Some(lane) = self.pick_lane() else {
-                    self.on_no_lane();
+                    self.on_no_lane(registry);
                     return;
                 };
                 match crate::sys::net::accept(self.listen[i].as_fd()) {
@@ -278,11 +302,15 @@ impl Listener {
         }
     }
 
-    fn on_no_lane(&mut self) {
+    fn on_no_lane(&mut self, registry: &Registry) {
         self.pause = Pause::Backpressure;
+        if self.lanes.iter().flatten().any(|l| l.state.open) {
+            self.watch_lanes(registry); // all full: wait for room
+            return;
+        }
+        // None open: wait for the manager's steering.
         let now = Instant::now();
-        let any_open = self.lanes.iter().flatten().any(|l| l.state.open);
-        if !any_open && self.warned_no_lane_at.is_none_or(|t| now.duration_since(t) > Duration::from_secs(5)) {
+        if self.warned_no_lane_at.is_none_or(|t| now.duration_since(t) > Duration::from_secs(5)) {
             self.warned_no_lane_at = Some(now);
             tracing::warn!("no worker lane is open: not accepting until the manager steers");
         }
