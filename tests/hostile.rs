@@ -975,6 +975,43 @@ fn a_thousand_admin_connections_do_not_slow_supervision() {
 /// /metrics queued ahead of Prometheus. Supervision is not slowed (a thread of its
 /// own), but a new scrape should still be answered within a couple of seconds (and
 /// must be within Prometheus's default 10 s scrape timeout).
+/// Beyond the admin endpoint's cap (1,024 open connections) each new connection evicts
+/// the oldest, so a flood can never lock a scraper out: the first connections of the
+/// flood are closed by the server, and scrapes made afterwards are all answered.
+#[test]
+fn admin_connections_beyond_the_cap_evict_the_oldest_and_scrapes_still_succeed() {
+    let (webd, admin) = start(1, &[]);
+    let attack = Attack::begin("1,500 admin connections", &webd, admin);
+    let mut held = flood_admin(admin, 1500, &[0]);
+    let opened = held.len();
+    let (scrapes, attempts, _, slowest) = admin_and_control_while(&webd, admin, Duration::from_secs(1));
+    // The oldest silent connections were evicted: the server closed them.
+    let evicted = held
+        .iter_mut()
+        .take(100)
+        .map(|c| {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            match c.read(&mut [0u8; 1]) {
+                Ok(0) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                Ok(_) => false,
+            }
+        })
+        .filter(|closed| *closed)
+        .count();
+    drop(held);
+    attack.end(
+        &format!("{opened} silent admin connections (cap 1,024)"),
+        &format!(
+            "nothing; {scrapes} of {attempts} scrapes answered (slowest {} ms); {evicted} of the 100 oldest evicted",
+            slowest.as_millis()
+        ),
+    );
+    assert!(opened > 1024, "only {opened} connections opened: the cap was not reached");
+    assert_eq!(scrapes, attempts, "scrapes failed beyond the admin connection cap");
+    assert_eq!(evicted, 100, "the oldest connections were not evicted at the cap");
+}
+
 #[test]
 fn a_pipelined_scrape_flood_does_not_lock_prometheus_out_of_the_admin_endpoint() {
     let (webd, admin) = start(2, &[]);
