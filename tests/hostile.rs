@@ -1074,6 +1074,28 @@ fn lowest_free_fd(pid: i32) -> u64 {
     (0..).find(|n| !used.contains(n)).expect("a free number")
 }
 
+/// A worker that cannot open the requested file (no descriptor left) answers 500 and
+/// closes, rather than hanging or crashing, and serves normally once it has room again.
+#[test]
+fn a_worker_that_cannot_open_a_file_for_lack_of_descriptors_answers_500_and_recovers() {
+    let (webd, _admin) = start(1, &[]);
+    let worker = webd.worker_pids()[0];
+    let mut c = connect(webd.addr());
+    c.write_all(b"GET /index.html HTTP/1.1\r\nHost: e\r\n\r\n").expect("write");
+    let mut buf = [0u8; 1024];
+    let n = c.read(&mut buf).expect("first response");
+    assert_eq!(status_of(&buf[..n]), Some(200));
+    // Not one descriptor left: the next request's file cannot be opened.
+    let original = set_nofile_soft(worker, lowest_free_fd(worker));
+    c.write_all(b"GET /index.html HTTP/1.1\r\nHost: e\r\n\r\n").expect("write");
+    let ending = read_to_close(&mut c, Duration::from_secs(5));
+    set_nofile_soft(worker, original);
+    assert_eq!(outcome_of(&ending), "500", "a request whose file cannot be opened: {ending:?}");
+    let r = get(webd.addr(), "/index.html").expect("GET after");
+    assert_eq!(r.status, 200);
+    assert_eq!(webd.worker_pids(), vec![worker], "the worker was replaced");
+}
+
 #[test]
 fn listener_out_of_descriptors_backs_off_without_spinning_keeps_serving_and_recovers() {
     let (webd, admin) = start(1, &[]);
@@ -1189,7 +1211,7 @@ fn outcome_of(e: &Ending) -> String {
     }
 }
 
-/// A worker whose descriptor table is full cannot receive the connections the manager
+/// A worker whose descriptor table is full cannot receive the connections the listener
 /// passes it: recvmsg truncates the SCM_RIGHTS message (MSG_CTRUNC), the kernel closes
 /// the fds it could not install, and the ones it did install are in the worker's table.
 /// Every connection the server accepted must still get an answer (served, 500 or 503)
