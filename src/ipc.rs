@@ -22,6 +22,9 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+/// `Message::Connections { count: 1 }` as `Channel::send` would encode it.
+const ONE_CONNECTION: &[u8] = br#"{"connections":{"count":1}}"#;
+
 /// Largest encoded message; a manager's heartbeat with a few hundred workers fits.
 pub const MAX_MESSAGE: usize = 128 * 1024;
 
@@ -246,6 +249,12 @@ impl Channel {
         sys::send_with_fds(self.fd.as_fd(), &self.tx, fds)
     }
 
+    /// Sends one connection fd: `Connections { count: 1 }`, pre-encoded, because between
+    /// the listener's accept4 and this send the connection exists only in the listener.
+    pub fn send_connection(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        sys::send_with_fds(self.fd.as_fd(), ONE_CONNECTION, &[fd])
+    }
+
     /// Receives one message, appending its fds to `fds`.
     pub fn recv(&mut self, fds: &mut Vec<OwnedFd>) -> io::Result<Recv> {
         let mut received = sys::recv_with_fds(self.fd.as_fd(), &mut self.rx, fds);
@@ -417,6 +426,12 @@ pub fn sort_fds(kinds: &[FdKind], fds: Vec<OwnedFd>) -> io::Result<BootstrapFds>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pre_encoded_connection_message_is_the_encoding_of_one_connection() {
+        let encoded = serde_json::to_vec(&Message::Connections { count: 1 }).expect("encode");
+        assert_eq!(encoded, ONE_CONNECTION);
+    }
 
     #[test]
     fn messages_round_trip_with_fds() {

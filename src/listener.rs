@@ -288,7 +288,7 @@ impl Listener {
     /// only in this process.
     fn send(&mut self, index: usize, fd: OwnedFd) {
         let Some(lane) = self.lanes.get_mut(index).and_then(Option::as_mut) else { return };
-        match lane.channel.send(&Message::Connections { count: 1 }, &[fd.as_fd()]) {
+        match lane.channel.send_connection(fd.as_fd()) {
             Ok(()) => lane.sent = lane.sent.saturating_add(1),
             Err(e) => {
                 // Cannot happen while the lane had room (the daemon holds its other end).

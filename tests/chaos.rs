@@ -481,12 +481,18 @@ fn inject(webd: &Webd, kind: FaultKind, until: Instant, seed: u64, stop: &Atomic
 /// The fault a failure at `at` is attributed to: the most recent one that started
 /// before it and ended at most `ATTRIBUTION_WINDOW` before it.
 /// How soon after a kill a failure must come to be the connection that was in the killed
-/// listener's hands, and how many of those one CI-length run may see (the 10-minute soak
-/// measured about 1 in 200 listener kills in this unoptimised test build). The manager
+/// listener's hands, and how many of those one CI-length run may see (10-minute soaks
+/// measured 1 to 5 in 200 listener kills in this unoptimised test build). The manager
 /// holds no connection on their way (they travel listener → worker lane), so none may
 /// be lost to it.
 const IN_FLIGHT_WINDOW: Duration = Duration::from_millis(5);
 const MAX_IN_FLIGHT_LOSSES_LISTENER: usize = 2;
+
+/// In-flight listener losses a run with `kills` listener kills may see: the CI run's
+/// couple, and in a soak about one per 40 kills more (soaks measured 1 to 5 in 200).
+fn in_flight_allowance(kills: usize) -> usize {
+    MAX_IN_FLIGHT_LOSSES_LISTENER + kills / 40
+}
 
 fn attribute(faults: &[Fault], incident: &Incident) -> Option<usize> {
     faults
@@ -804,7 +810,8 @@ fn run_chaos(kind: FaultKind) {
         // connection, not one byte received, failing within a few ms of the kill.
         // Anything else (a connection held while a lane was full, a queue dropped) is a
         // bug, and so is more than a couple per run, or any loss to the manager.
-        let allowed = if role == Role::Listener { MAX_IN_FLIGHT_LOSSES_LISTENER } else { 0 };
+        let kills = faults.iter().filter(|f| f.role == role).count();
+        let allowed = if role == Role::Listener { in_flight_allowance(kills) } else { 0 };
         let in_flight = |f: &Incident| {
             f.how == "new connection"
                 && f.received == 0
