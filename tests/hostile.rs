@@ -1085,7 +1085,9 @@ fn a_worker_that_cannot_open_a_file_for_lack_of_descriptors_answers_500_and_reco
     let mut buf = [0u8; 1024];
     let n = c.read(&mut buf).expect("first response");
     assert_eq!(status_of(&buf[..n]), Some(200));
-    // Not one descriptor left: the next request's file cannot be opened.
+    // Not one descriptor left (measured once the first request's file is closed): the
+    // next request's file cannot be opened.
+    stable_fd_count(worker).expect("worker fds");
     let original = set_nofile_soft(worker, lowest_free_fd(worker));
     c.write_all(b"GET /index.html HTTP/1.1\r\nHost: e\r\n\r\n").expect("write");
     let ending = read_to_close(&mut c, Duration::from_secs(5));
@@ -1125,7 +1127,9 @@ fn listener_out_of_descriptors_backs_off_without_spinning_keeps_serving_and_reco
     };
     assert_eq!(keep_alive_request(&mut held), 200);
 
-    let fds_before = fd_count(listener).expect("listener fds");
+    // The listener closes its copy of the held connection just after handing it on,
+    // possibly after the worker has already answered: measure once it settled.
+    let fds_before = stable_fd_count(listener).expect("listener fds");
     let limit = lowest_free_fd(listener);
     let original = set_nofile_soft(listener, limit);
     let exhausted_at = Instant::now();
@@ -1222,6 +1226,7 @@ fn a_worker_out_of_descriptors_answers_every_connection_it_is_given() {
     let (webd, admin) = start(1, &[]);
     let attack = Attack::begin_with("worker EMFILE", &webd, admin, CanaryMode::Off);
     let worker = webd.worker_pids()[0];
+    stable_fd_count(worker).expect("worker fds");
     let sockets_before = socket_fds(worker);
     // Room for 12 more descriptors: the held connections below, the file each request
     // opens, and a few of the extra connections.
