@@ -243,6 +243,25 @@ fn a_second_daemon_on_the_same_socket_refuses_to_start() {
     assert_eq!(webd.status_json()["ok"], true, "first daemon disturbed");
 }
 
+/// A drain is in force as soon as the daemon has it (readiness, the listener, any new
+/// workers); a stopped manager that cannot confirm it must not make `webctl drain` fail
+/// (it runs in Kubernetes preStop hooks).
+#[test]
+fn drain_and_resume_with_a_stopped_manager_still_take_effect_and_answer_ok() {
+    let webd = Webd::start();
+    let manager = webd.pid_of("webd: manager").expect("manager");
+    kill(manager, SIGSTOP);
+    let out = webd.ctl_ok(&["drain"]);
+    assert!(out.contains("draining"), "{out}");
+    assert_eq!(webd.status_json()["status"]["state"], "draining");
+    kill(manager, SIGCONT);
+    webd.ctl_ok(&["resume"]);
+    assert_eq!(webd.status_json()["status"]["state"], "running");
+    wait_until(Duration::from_secs(10), "serving again after resume", || {
+        get(webd.addr(), "/index.html").is_ok_and(|r| r.status == 200)
+    });
+}
+
 #[test]
 fn drain_answers_with_connection_close_and_closes_idle_keep_alive_at_the_drain_timeout() {
     use std::io::{Read, Write};

@@ -6,7 +6,10 @@ use super::{Daemon, State};
 use crate::control::{CommandRequest, COMMAND_TIMEOUT};
 use crate::ipc::{Message, Role};
 use std::sync::mpsc::SyncSender;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Longest a drain or resume waits for the manager to confirm its workers have it.
+const APPLIED_TIMEOUT: Duration = Duration::from_secs(2);
 use webd_proto::{Request, Response, RestartTarget};
 
 /// What a pending reply waits for.
@@ -99,10 +102,13 @@ impl Daemon {
     ) -> Option<Response> {
         match started {
             Ok(()) => {
+                // A drain or resume is in force once sent (readiness, the listener, new
+                // workers); the manager's word only confirms it, so it is not waited for long.
+                let timeout = if awaiting == Awaiting::Applied { APPLIED_TIMEOUT } else { COMMAND_TIMEOUT };
                 self.pending.push(PendingReply {
                     awaiting,
                     reply: reply.clone(),
-                    deadline: Instant::now() + COMMAND_TIMEOUT,
+                    deadline: Instant::now() + timeout,
                     what: what.to_string(),
                 });
                 None
@@ -169,7 +175,13 @@ impl Daemon {
                     _ => self.manager.abandon_incoming(registry),
                 }
             }
-            let _ = p.reply.try_send(Response::error(format!("{}: timed out", p.what)));
+            let response = match p.awaiting {
+                Awaiting::Applied => {
+                    Response::ok(format!("{} (the manager has not confirmed its workers got it yet)", p.what))
+                }
+                _ => Response::error(format!("{}: timed out", p.what)),
+            };
+            let _ = p.reply.try_send(response);
         }
     }
 
