@@ -1,9 +1,9 @@
 //! webd: a self-healing, multi-process static web server.
 //!
 //! Process roles, one module each: [`daemon`] (supervisor, owner of every channel and
-//! listening socket), [`listener`] (accepts TCP), [`manager`] (worker pool and
-//! dispatch), [`worker`] (HTTP). They talk through [`ipc`] messages over seqpacket
-//! channels; [`sys`] holds the only `unsafe` code (fd passing, fork+exec).
+//! listening socket), [`listener`] (accepts TCP, sends each connection into a worker's
+//! lane), [`manager`] (worker pool and steering), [`worker`] (HTTP). They talk through
+//! [`ipc`] messages over seqpacket channels; [`sys`] holds the only `unsafe` code (fd passing, fork+exec).
 #![deny(unsafe_code)]
 
 pub mod admin;

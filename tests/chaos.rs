@@ -874,12 +874,12 @@ fn sigstop_of_a_random_child_fails_no_request_outside_the_stopped_worker() {
 // ---- the hand-over windows, forced ---------------------------------------------------
 //
 // A connection is lost if the process holding it alone dies: the listener between
-// accept and its send to the manager, the manager between receiving it and sending it to
-// a worker. Both therefore take a connection only when the next hop has room for it at
-// once, so a stalled downstream process leaves connections in the kernel (backlog or
-// channel), never in their hands. These tests stall the downstream process, open many
-// connections, check the holder keeps none, kill it, and require every connection to be
-// answered.
+// accept and its send into a worker's lane (the manager never holds one; it only moves
+// connections stranded in a lane no worker reads). The listener therefore accepts only
+// when a lane has room at once, so stalled workers leave connections in the kernel
+// (backlog or lane), never in its hands. These tests stall the workers, open many
+// connections, check the listener (or manager) keeps none, kill it, and require every
+// connection to be answered.
 
 /// Opens `n` connections, each sending a request.
 fn open_requests(addr: SocketAddr, n: usize) -> Vec<TcpStream> {

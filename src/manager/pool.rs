@@ -315,7 +315,9 @@ impl WorkerPool {
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => tracing::warn!(worker = self.slots[index].id, error = %e, "dispatch failed"),
+                    Err(e) => {
+                        tracing::warn!(worker = self.slots[index].id, error = %e, "cannot move a stranded connection to a worker")
+                    }
                 }
             }
             if !delivered {
