@@ -79,6 +79,67 @@ fn every_spec_metric_is_exported_and_counters_survive_restarts() {
     assert!(after >= before, "requests_total went down: {before} -> {after}");
 }
 
+/// Counters must be exact, not only monotonic: every restart that replaces a process
+/// (graceful or crash, each role) must neither lose nor count twice what it served.
+#[test]
+fn request_and_connection_counters_are_exact_across_every_kind_of_restart() {
+    let (webd, admin) = start_with_admin(Options::default());
+    let mut made = 0u64;
+    let mut requests = |n: u64| {
+        for _ in 0..n {
+            assert_eq!(get(webd.addr(), "/index.html").expect("GET").status, 200);
+        }
+        made += n;
+        made
+    };
+    let counted = || {
+        let s = scrape(admin);
+        let requests = metric(&s, "webd_http_requests_total", &[("code", "200")]).unwrap_or(0.0) as u64;
+        let accepted = metric(&s, "webd_connections_accepted_total", &[]).unwrap_or(0.0) as u64;
+        (requests, accepted)
+    };
+    let expect_exact = |total: u64, after: &str| {
+        // Figures travel in heartbeats: wait for them to arrive, then for a little longer
+        // to see that nothing is counted twice.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while counted() != (total, total) {
+            assert!(std::time::Instant::now() < deadline, "after {after}: counted {:?}, made {total}", counted());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for _ in 0..6 {
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(counted(), (total, total), "requests and connections counted after {after}");
+        }
+    };
+    // The harness's own readiness requests: settled once three samples agree.
+    let mut samples = vec![counted()];
+    while samples.len() < 3 || samples[samples.len() - 3..].iter().any(|c| *c != samples[samples.len() - 1]) {
+        assert!(samples.len() < 100, "the counters never settled: {samples:?}");
+        std::thread::sleep(Duration::from_millis(100));
+        samples.push(counted());
+    }
+    let (base, base_accepted) = samples[samples.len() - 1];
+    assert_eq!(base, base_accepted, "the harness's requests each had a connection");
+    let total = base + requests(40);
+    expect_exact(total, "the first requests");
+    for (cmd, what) in [
+        (&["restart", "manager"][..], "a manager restart"),
+        (&["restart", "listener"][..], "a listener restart"),
+        (&["restart", "workers"][..], "a rolling worker restart"),
+    ] {
+        webd.ctl_ok(cmd);
+        let total = base + requests(20);
+        expect_exact(total, what);
+    }
+    let manager = webd.pid_of("webd: manager").expect("manager");
+    kill(manager, SIGKILL);
+    wait_until(Duration::from_secs(10), "a new manager with its workers", || {
+        webd.pid_of("webd: manager").is_some_and(|p| p != manager) && webd.worker_pids().len() == 2
+    });
+    let total = base + requests(20);
+    expect_exact(total, "a manager crash");
+}
+
 #[test]
 fn promtool_accepts_the_live_output() {
     let Ok(status) = std::process::Command::new("promtool").arg("--version").output() else {

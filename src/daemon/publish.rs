@@ -56,18 +56,19 @@ impl Daemon {
     fn fold_reports(&mut self) {
         self.listener.read_retiring_reports();
         self.manager.read_retiring_reports();
-        let listeners = self.listener.last.iter().chain(&self.listener.retiring_reports);
-        for hb in listeners {
+        // Every heartbeat in the order received: an exited worker's final figures are in
+        // one manager heartbeat only, which a newer one may already have followed.
+        for hb in self.listener.unfolded.drain(..) {
             self.listener_totals.fold(hb.pid, &hb.counters);
         }
-        let managers: Vec<&crate::ipc::Heartbeat> =
-            self.manager.last.iter().chain(&self.manager.retiring_reports).collect();
-        for hb in &managers {
+        for hb in self.manager.unfolded.drain(..) {
             self.pool_totals.fold(hb.pid, &hb.counters);
             for w in hb.workers.iter().filter(|w| w.pid != 0) {
                 self.worker_totals.fold(w.pid, &w.counters);
             }
         }
+        let managers: Vec<&crate::ipc::Heartbeat> =
+            self.manager.last.iter().chain(&self.manager.retiring_reports).collect();
         let live_workers: Vec<u32> = managers.iter().flat_map(|hb| hb.workers.iter().map(|w| w.pid)).collect();
         let live_managers: Vec<u32> = managers.iter().map(|hb| hb.pid).collect();
         self.worker_totals.retain_pids(|p| live_workers.contains(&p));

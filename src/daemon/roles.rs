@@ -45,6 +45,9 @@ pub struct RoleProcess {
     /// Latest heartbeat of each retiring (or just exited) process, so what it did while
     /// draining is counted.
     pub retiring_reports: Vec<Heartbeat>,
+    /// Every heartbeat received since the daemon last folded them into its totals. Not
+    /// just the latest: a manager reports a worker that exited in one heartbeat only.
+    pub unfolded: Vec<Heartbeat>,
     pub latency: Histogram,
 }
 
@@ -60,6 +63,7 @@ impl RoleProcess {
             last: None,
             retiring: Vec::new(),
             retiring_reports: Vec::new(),
+            unfolded: Vec::new(),
             latency: Histogram::with_buckets(LATENCY_BUCKETS.len()),
         }
     }
@@ -167,6 +171,7 @@ impl RoleProcess {
                         tracing::info!(role = %self.role, pid = hb.pid, "up (first heartbeat)");
                     }
                     self.latency.observe(&LATENCY_BUCKETS, self.slot.latency_ns as f64 / 1e9);
+                    self.unfolded.push(hb.clone());
                     self.last = Some(hb);
                 }
                 Ok(Recv::Message(Message::Done { ok, detail })) => events.push(RoleEvent::Done { ok, detail }),
@@ -228,6 +233,7 @@ impl RoleProcess {
         self.slot.spawned(incoming.pid, now);
         self.slot.heartbeat(hb.sent_ns, sys::monotonic_ns(), now);
         self.channel = Some(incoming.channel);
+        self.unfolded.push(hb.clone());
         self.last = Some(hb);
         tracing::info!(role = %self.role, pid = %incoming.pid, "replacement took over");
         events.push(RoleEvent::Replaced { pid: incoming.pid });
@@ -260,6 +266,11 @@ impl RoleProcess {
         now: Instant,
     ) {
         let Some(pid) = self.slot.pid else { return };
+        // Its figures stay known (and its workers' pids live) until it exits: otherwise
+        // the next fold would forget them and count its next report again from zero.
+        if let Some(hb) = self.last.clone() {
+            upsert_report(&mut self.retiring_reports, hb);
+        }
         if let Some(mut channel) = self.channel.take() {
             let _ = registry.deregister(&mut SourceFd(&channel.raw_fd()));
             let _ = channel.send(&Message::Shutdown { deadline_ms: deadline.as_millis() as u64 }, &[]);
@@ -292,7 +303,7 @@ impl RoleProcess {
         }
         if let Some(i) = self.retiring.iter().position(|r| r.pid == pid) {
             let mut retired = self.retiring.swap_remove(i);
-            latest_report(&mut retired.channel, &mut self.retiring_reports);
+            latest_report(&mut retired.channel, &mut self.retiring_reports, &mut self.unfolded);
             tracing::info!(role = %self.role, %pid, %exit, "retired process exited");
             return true;
         }
@@ -327,7 +338,7 @@ impl RoleProcess {
     /// Reads what retiring processes reported since the last call.
     pub fn read_retiring_reports(&mut self) {
         for r in &mut self.retiring {
-            latest_report(&mut r.channel, &mut self.retiring_reports);
+            latest_report(&mut r.channel, &mut self.retiring_reports, &mut self.unfolded);
         }
     }
 
@@ -420,15 +431,22 @@ fn is_ready(role: Role, hb: &Heartbeat) -> bool {
     }
 }
 
-/// Reads every queued message on `channel`, keeping the newest heartbeat per pid.
-fn latest_report(channel: &mut Channel, reports: &mut Vec<Heartbeat>) {
+/// Reads every queued message on `channel`, keeping the newest heartbeat per pid in
+/// `reports` and every one in `unfolded`.
+fn latest_report(channel: &mut Channel, reports: &mut Vec<Heartbeat>, unfolded: &mut Vec<Heartbeat>) {
     let mut fds = Vec::new();
     while let Ok(Recv::Message(msg)) = channel.recv(&mut fds) {
         if let Message::Heartbeat(hb) = msg {
-            match reports.iter_mut().find(|r| r.pid == hb.pid) {
-                Some(r) => *r = hb,
-                None => reports.push(hb),
-            }
+            unfolded.push(hb.clone());
+            upsert_report(reports, hb);
         }
+    }
+}
+
+/// Replaces the report of `hb`'s pid in `reports`, or adds it.
+fn upsert_report(reports: &mut Vec<Heartbeat>, hb: Heartbeat) {
+    match reports.iter_mut().find(|r| r.pid == hb.pid) {
+        Some(r) => *r = hb,
+        None => reports.push(hb),
     }
 }
