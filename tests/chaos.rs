@@ -934,58 +934,41 @@ fn start_for_windows() -> Webd {
     webd
 }
 
-#[test]
-fn a_listener_killed_while_every_lane_is_full_loses_no_connection() {
+/// Stops every worker, so their lanes fill and connections must wait in the kernel
+/// backlog; opens 300; checks the process named `argv0` keeps none of them; kills it;
+/// continues the workers; every connection must be answered.
+fn kill_while_every_worker_is_stalled(argv0: &str, role: &str) {
     let webd = start_for_windows();
-    let listener = webd.pid_of("webd: listener").expect("listener");
+    let victim = webd.pid_of(argv0).expect(role);
     let workers = webd.worker_pids();
-    let baseline = stable_fd_count(listener).expect("listener fds");
-    // Stopped workers read nothing: their lanes fill, and the listener must then leave
-    // connections in the kernel backlog rather than hold them.
+    let baseline = stable_fd_count(victim).expect("fds");
     for w in &workers {
         signal(*w, SIGSTOP);
     }
     let conns = open_requests(webd.addr(), 300);
-    let held = most_held(listener, baseline);
-    signal(listener, SIGKILL);
+    let held = most_held(victim, baseline);
+    signal(victim, SIGKILL);
     for w in &workers {
         signal(*w, SIGCONT);
     }
     let opened = conns.len();
     let (served, failed) = answers(conns);
-    eprintln!("listener window: workers stopped, {opened} connections, listener held at most {held}; {served} served");
-    assert_eq!(held, 0, "the listener held connections while no lane could take them");
+    eprintln!("{role} window: workers stopped, {opened} connections, {role} held at most {held}; {served} served");
+    assert_eq!(held, 0, "the {role} held connections while no worker could take them");
     assert!(
         failed.is_empty(),
-        "{} of {opened} lost with the listener: {:?}",
+        "{} of {opened} lost with the {role}: {:?}",
         failed.len(),
         &failed[..failed.len().min(5)]
     );
 }
 
 #[test]
+fn a_listener_killed_while_every_lane_is_full_loses_no_connection() {
+    kill_while_every_worker_is_stalled("webd: listener", "listener");
+}
+
+#[test]
 fn a_manager_killed_while_every_worker_is_stalled_loses_no_connection() {
-    let webd = start_for_windows();
-    let manager = webd.pid_of("webd: manager").expect("manager");
-    let workers = webd.worker_pids();
-    let baseline = stable_fd_count(manager).expect("manager fds");
-    for w in &workers {
-        signal(*w, SIGSTOP);
-    }
-    let conns = open_requests(webd.addr(), 300);
-    let held = most_held(manager, baseline);
-    signal(manager, SIGKILL);
-    for w in &workers {
-        signal(*w, SIGCONT);
-    }
-    let opened = conns.len();
-    let (served, failed) = answers(conns);
-    eprintln!("manager window: workers stopped, {opened} connections, manager held at most {held}; {served} served");
-    assert_eq!(held, 0, "the manager held connections while no worker could take them");
-    assert!(
-        failed.is_empty(),
-        "{} of {opened} lost with the manager: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    kill_while_every_worker_is_stalled("webd: manager", "manager");
 }

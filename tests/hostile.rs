@@ -1207,6 +1207,20 @@ fn socket_fds(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
+/// `n` clients, each on a thread: one `Connection: close` GET, read until the server
+/// closes or `timeout` passes.
+fn close_requests(addr: SocketAddr, n: usize, timeout: Duration) -> Vec<JoinHandle<Ending>> {
+    (0..n)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = connect(addr);
+                c.write_all(b"GET /index.html HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").expect("write");
+                read_to_close(&mut c, timeout)
+            })
+        })
+        .collect()
+}
+
 fn outcome_of(e: &Ending) -> String {
     match (status_of(&e.bytes), e.timed_out) {
         (Some(code), _) => code.to_string(),
@@ -1242,16 +1256,7 @@ fn a_worker_out_of_descriptors_answers_every_connection_it_is_given() {
         held.push(c);
     }
     // Now more connections than the worker has descriptors for.
-    let extra: Vec<JoinHandle<Ending>> = (0..12)
-        .map(|_| {
-            let addr = webd.addr();
-            std::thread::spawn(move || {
-                let mut c = connect(addr);
-                c.write_all(b"GET /index.html HTTP/1.1\r\nHost: extra\r\nConnection: close\r\n\r\n").expect("write");
-                read_to_close(&mut c, Duration::from_secs(3))
-            })
-        })
-        .collect();
+    let extra = close_requests(webd.addr(), 12, Duration::from_secs(3));
     let endings: Vec<Ending> = extra.into_iter().map(|h| h.join().expect("client")).collect();
     set_nofile_soft(worker, original);
     drop(held);
@@ -1290,16 +1295,7 @@ fn a_manager_out_of_descriptors_loses_no_connection() {
     let manager = webd.pid_of("webd: manager").expect("manager");
     let limit = lowest_free_fd(manager);
     let original = set_nofile_soft(manager, limit);
-    let clients: Vec<JoinHandle<Ending>> = (0..10)
-        .map(|_| {
-            let addr = webd.addr();
-            std::thread::spawn(move || {
-                let mut c = connect(addr);
-                c.write_all(b"GET /index.html HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").expect("write");
-                read_to_close(&mut c, Duration::from_secs(5))
-            })
-        })
-        .collect();
+    let clients = close_requests(webd.addr(), 10, Duration::from_secs(5));
     // The manager stays without descriptors for a second, then recovers.
     let exhausted = Instant::now();
     while exhausted.elapsed() < Duration::from_secs(1) {
