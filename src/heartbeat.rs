@@ -29,22 +29,29 @@ impl Heartbeater {
         self.next_at = now;
     }
 
-    /// Sends a heartbeat if one is due. A full channel (supervisor not reading) drops
+    /// Sends a heartbeat if one is due, with the figures `figures` builds (called only
+    /// then, and moved into the message). A full channel (supervisor not reading) drops
     /// this one: the supervisor will see the gap, which is the truth. Returns false when
     /// the supervisor is gone (its end of the channel is closed).
-    pub fn tick(&mut self, now: Instant, channel: &mut Channel, counters: &Counters, workers: &[WorkerReport]) -> bool {
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        channel: &mut Channel,
+        figures: impl FnOnce() -> (Counters, Vec<WorkerReport>),
+    ) -> bool {
         if now < self.next_at {
             return true;
         }
         self.next_at = now + self.interval;
         self.seq += 1;
+        let (counters, workers) = figures();
         let hb = Heartbeat {
             role: Some(self.role),
             pid: self.pid,
             seq: self.seq,
             sent_ns: monotonic_ns(),
-            counters: counters.clone(),
-            workers: workers.to_vec(),
+            counters,
+            workers,
         };
         match channel.send(&Message::Heartbeat(hb), &[]) {
             Ok(()) => true,

@@ -103,7 +103,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
     me.accept_all(poll.registry());
     loop {
         let now = Instant::now();
-        heartbeat.tick(now, &mut me.control, &me.counters, &[]);
+        heartbeat.tick(now, &mut me.control, || (me.counters.clone(), Vec::new()));
         let timeout = heartbeat.until_due(now).min(me.pause_left(now));
         match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
@@ -269,7 +269,7 @@ impl Listener {
                         self.send(lane, fd);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if is_fd_exhaustion(&e) => {
+                    Err(e) if crate::sys::net::is_fd_exhaustion(&e) => {
                         self.on_fd_exhaustion(&e);
                         return;
                     }
@@ -324,8 +324,4 @@ impl Listener {
             tracing::warn!(error = %e, pause_ms = FD_EXHAUSTION_PAUSE.as_millis() as u64, "out of file descriptors: pausing accept");
         }
     }
-}
-
-fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }

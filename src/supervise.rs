@@ -28,7 +28,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Reason::Crash => "crash",
             Reason::Hang => "hang",
@@ -37,6 +37,11 @@ impl Reason {
     }
 
     pub const ALL: [Reason; 3] = [Reason::Crash, Reason::Hang, Reason::Manual];
+
+    /// Position in `ALL`, the order of every per-reason array.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// What a heartbeat check found.
@@ -147,8 +152,7 @@ impl Slot {
 
     /// Counts a restart; returns how long to wait before the next start.
     fn record_restart(&mut self, reason: Reason, now: Instant) -> Duration {
-        let idx = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
-        self.restarts_by_reason[idx] += 1;
+        self.restarts_by_reason[reason.index()] += 1;
         self.prune(now);
         self.recent_restarts.push_back(now);
         if reason == Reason::Manual {
@@ -214,6 +218,26 @@ pub struct Retiring<C> {
     pub kill_at: Instant,
     /// Kept open so the process drains instead of taking EOF as "supervisor gone".
     pub channel: C,
+}
+
+/// `kill_at` of a process already sent SIGKILL: its exit arrives by SIGCHLD.
+const KILLED: Duration = Duration::from_secs(3600);
+
+impl<C> Retiring<C> {
+    /// A process SIGKILLed already, kept until it is reaped.
+    pub fn killed(pid: Pid, channel: C, now: Instant) -> Retiring<C> {
+        Retiring { pid, kill_at: now + KILLED, channel }
+    }
+
+    /// SIGKILLs the process if its time is up; true when it did.
+    pub fn kill_if_overdue(&mut self, now: Instant) -> bool {
+        if now < self.kill_at {
+            return false;
+        }
+        crate::sys::process::signal(self.pid, nix::sys::signal::Signal::SIGKILL);
+        self.kill_at = now + KILLED;
+        true
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@
 //! The `prometheus` crate's registry checks the declarations and its text encoder writes
 //! format 0.0.4.
 
-use crate::ipc::DURATION_BUCKETS;
+use crate::ipc::{Role, DURATION_BUCKETS};
 use crate::observe::{self, Observed, RoleFigures, SharedObserved, LATENCY_BUCKETS};
+use crate::supervise::Reason;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -105,9 +106,9 @@ pub const ALL: [MetricDef; 15] = [
 ];
 
 /// Roles always exported, so `min(webd_process_up)` sees a role that never came up.
-pub const ROLES: [&str; 3] = ["listener", "manager", "worker"];
-/// `reason` label values, in the order of `RoleFigures::restarts`.
-pub const RESTART_REASONS: [&str; 3] = ["crash", "hang", "manual"];
+pub const ROLES: [&str; 3] = [Role::Listener.as_str(), Role::Manager.as_str(), Role::Worker.as_str()];
+/// `reason` label values, in the order of `RoleFigures::restarts` (`Reason::ALL`).
+pub const RESTART_REASONS: [&str; 3] = [Reason::ALL[0].as_str(), Reason::ALL[1].as_str(), Reason::ALL[2].as_str()];
 /// Worker states always exported (0 when no worker is in the state).
 pub const WORKER_STATES: [&str; 4] = ["idle", "busy", "draining", "starting"];
 

@@ -215,7 +215,7 @@ impl Server {
         if failures.logged_at.is_none_or(|at| now.duration_since(at) >= ACCEPT_FAILURE_LOG_INTERVAL) {
             failures.logged_at = Some(now);
             let (count, pause_ms) = (failures.count, self.limits.accept_pause.as_millis() as u64);
-            if is_resource_exhaustion(e) {
+            if crate::sys::net::is_fd_exhaustion(e) {
                 tracing::warn!(error = %e, pause_ms, failures = count, open = self.conns.open,
                     "admin endpoint: out of descriptors or memory; pausing accept");
             } else {
@@ -295,7 +295,6 @@ impl Server {
         }
         let earliest = self.conns.iter().map(|(_, c)| c.deadline).min();
         self.next_sweep = earliest.unwrap_or(now + self.limits.idle_timeout);
-        self.conns.compact_order();
     }
 }
 
@@ -309,11 +308,6 @@ struct AcceptFailures {
 fn is_transient(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset)
         || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
-}
-
-/// `accept` errors that mean the process or system is out of descriptors or memory.
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
 /// What a connection waits for after a turn.

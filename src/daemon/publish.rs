@@ -7,15 +7,19 @@ use crate::observe::{HttpTotals, Observed, RoleFigures};
 use std::time::Instant;
 use webd_proto::{ConnectionStatus, ProcessStatus, Status, WorkerStatus};
 
-const WORKER_STATES: [&str; 4] = ["idle", "busy", "draining", "starting"];
-
 impl Daemon {
     /// Folds the latest reports into totals and publishes status and figures; returns
     /// whether the tree is ready to serve.
     pub(super) fn publish(&mut self, now: Instant) -> bool {
         self.fold_reports();
         let workers = self.worker_reports();
-        let status = self.status(now, &workers);
+        let http = self.http_totals();
+        let connections = ConnectionStatus {
+            accepted: self.carried.connections_accepted + self.listener_totals.accepted,
+            active: workers.iter().map(|w| w.counters.active).sum(),
+        };
+        let requests_total = http.requests_by_code.iter().map(|(_, n)| n).sum();
+        let status = self.status(now, &workers, connections.clone(), requests_total);
         let not_ready = self.not_ready(&workers);
         let ready = not_ready.is_none();
         let observed = Observed {
@@ -29,7 +33,7 @@ impl Daemon {
             ]
             .into_iter()
             .collect(),
-            workers_by_state: WORKER_STATES
+            workers_by_state: crate::admin::metrics::WORKER_STATES
                 .iter()
                 .map(|s| (s.to_string(), workers.iter().filter(|w| w.state == *s).count() as u64))
                 .collect(),
@@ -38,10 +42,10 @@ impl Daemon {
                 .filter(|w| w.state != "draining")
                 .map(|w| (w.id, w.utilization))
                 .collect(),
-            connections_accepted: self.carried.connections_accepted + self.listener_totals.accepted,
-            connections_active: workers.iter().map(|w| w.counters.active).sum(),
+            connections_accepted: connections.accepted,
+            connections_active: connections.active,
             upgrades: self.carried.upgrades,
-            http: self.http_totals(),
+            http,
             generation: 0,
         };
         let mut shared = self.observed.lock();
@@ -89,7 +93,13 @@ impl Daemon {
         self.manager.last.as_ref().map(|hb| hb.workers.clone()).unwrap_or_default()
     }
 
-    fn status(&mut self, now: Instant, workers: &[WorkerReport]) -> Status {
+    fn status(
+        &mut self,
+        now: Instant,
+        workers: &[WorkerReport],
+        connections: ConnectionStatus,
+        requests_total: u64,
+    ) -> Status {
         Status {
             version: crate::VERSION.to_string(),
             pid: std::process::id(),
@@ -109,11 +119,8 @@ impl Daemon {
                     utilization: w.utilization,
                 })
                 .collect(),
-            connections: ConnectionStatus {
-                accepted: self.carried.connections_accepted + self.listener_totals.accepted,
-                active: workers.iter().map(|w| w.counters.active).sum(),
-            },
-            requests_total: self.http_totals().requests_by_code.iter().map(|(_, n)| n).sum(),
+            connections,
+            requests_total,
         }
     }
 

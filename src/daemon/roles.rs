@@ -343,10 +343,10 @@ impl RoleProcess {
     }
 
     pub fn kill_overdue_retirees(&mut self, now: Instant) {
-        for r in self.retiring.iter_mut().filter(|r| now >= r.kill_at) {
-            tracing::warn!(role = %self.role, pid = %r.pid, "grace period over: SIGKILL");
-            sys::process::signal(r.pid, Signal::SIGKILL);
-            r.kill_at = now + Duration::from_secs(3600); // reaped by SIGCHLD
+        for r in &mut self.retiring {
+            if r.kill_if_overdue(now) {
+                tracing::warn!(role = %self.role, pid = %r.pid, "grace period over: SIGKILL");
+            }
         }
     }
 
@@ -364,11 +364,7 @@ impl RoleProcess {
         if let Some(incoming) = self.incoming.take() {
             let _ = registry.deregister(&mut SourceFd(&incoming.channel.raw_fd()));
             sys::process::signal(incoming.pid, Signal::SIGKILL);
-            self.retiring.push(Retiring {
-                pid: incoming.pid,
-                kill_at: Instant::now() + Duration::from_secs(3600),
-                channel: incoming.channel,
-            });
+            self.retiring.push(Retiring::killed(incoming.pid, incoming.channel, Instant::now()));
         }
     }
 

@@ -62,7 +62,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
             heartbeat.force(now);
         }
         if heartbeat.until_due(now).is_zero() {
-            heartbeat.tick(now, &mut control, &pool.counters(), &pool.reports(now));
+            heartbeat.tick(now, &mut control, || (pool.counters(), pool.reports(now)));
             pool.clear_exited();
         }
         for msg in pool.outbox.drain(..) {
@@ -74,7 +74,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
             if pool.is_empty() {
                 // A last report, so the daemon counts everything the workers served.
                 heartbeat.force(now);
-                heartbeat.tick(now, &mut control, &pool.counters(), &pool.reports(now));
+                heartbeat.tick(now, &mut control, || (pool.counters(), pool.reports(now)));
                 tracing::info!("manager stopped");
                 return Ok(());
             }
@@ -107,9 +107,11 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
                 }
                 SIGNALS if signals.pending().contains(&Event::Child) => pool.reap(poll.registry(), Instant::now()),
                 Token(t) if t >= FIRST_WORKER => {
-                    pool.drain_messages(t, poll.registry(), Instant::now());
+                    pool.drain_messages(t, Instant::now());
+                    // Room at a worker only matters for connections we hold; stranded
+                    // lanes are looked at every check (a heartbeat also wakes us here).
                     if event.is_writable() {
-                        pool.rescue_strays();
+                        pool.deliver_pending();
                     }
                 }
                 _ => {}
@@ -118,7 +120,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         let now = Instant::now();
         if now >= next_check {
             next_check = now + CHECK_INTERVAL;
-            pool.check(poll.registry(), now);
+            pool.check(now);
             pool.rescue_strays();
         }
         pool.kill_overdue(now);
@@ -135,7 +137,7 @@ fn handle_control(control: &mut Channel, pool: &mut WorkerPool, registry: &mio::
             Ok(Recv::Empty) => return deadline,
             Ok(Recv::Closed) | Err(_) => {
                 tracing::warn!("control channel closed: manager shutting down");
-                pool.shutdown(Duration::from_millis(0), registry);
+                pool.shutdown(Duration::from_millis(0));
                 return Some(Instant::now());
             }
             Ok(Recv::Message(Message::ReopenLog)) => pool.set_access_log(fds.pop()),
@@ -143,7 +145,7 @@ fn handle_control(control: &mut Channel, pool: &mut WorkerPool, registry: &mio::
             Ok(Recv::Message(msg)) => match msg {
                 Message::Shutdown { deadline_ms } => {
                     let grace = Duration::from_millis(deadline_ms);
-                    pool.shutdown(grace, registry);
+                    pool.shutdown(grace);
                     deadline = Some(Instant::now() + grace);
                 }
                 Message::Drain | Message::Resume => {

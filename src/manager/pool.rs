@@ -30,7 +30,7 @@ struct Current {
     token: usize,
     channel: Channel,
     /// Duplicate of the worker's end: queued connections can be recovered after a crash.
-    worker_end: OwnedFd,
+    worker_end: Channel,
     /// Its latest reported figures.
     counters: Counters,
     /// For utilization: busy time and clock at the previous heartbeat.
@@ -65,6 +65,19 @@ const OP_TIMEOUT: Duration = Duration::from_secs(50);
 struct Retiree {
     id: u32,
     current: Current,
+}
+
+impl Retiree {
+    /// Its report while it drains, and the final one once it exited.
+    fn report(&self, pid: Pid) -> WorkerReport {
+        WorkerReport {
+            id: self.id,
+            pid: pid.as_raw() as u32,
+            state: "draining".into(),
+            counters: self.current.counters.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 pub struct WorkerPool {
@@ -167,7 +180,7 @@ impl WorkerPool {
 
     fn spawn(&mut self, id: u32, registry: &Registry) -> anyhow::Result<(Pid, Current)> {
         let (ours, theirs) = sys::seqpacket_pair()?;
-        let worker_end = theirs.try_clone()?;
+        let worker_end = Channel::new(theirs.try_clone()?);
         let argv0 = format!("{}worker {id}", crate::ROLE_PREFIX);
         let env = [(crate::logging::LOG_FORMAT_ENV, crate::logging::format_env_value(self.config.log_format))];
         let pid = spawn::spawn(spawn::SpawnSpec {
@@ -255,13 +268,14 @@ impl WorkerPool {
         if self.shutting_down || !self.pending.is_empty() || !self.has_live_worker() {
             return;
         }
+        let limit = crate::sys::process::FdBudget::current_limit();
         let mut fds = Vec::new();
         for id in 0..self.lanes.len() {
             if self.lane_has_reader(id) {
                 continue;
             }
             loop {
-                let free = self.fds.free(self.pending.len());
+                let free = self.fds.free(limit, self.pending.len());
                 let Some(lane) = self.lanes[id].as_mut() else { break };
                 if !lane.next_fits(free, crate::sys::process::WORKING_ROOM) {
                     return;
@@ -302,7 +316,7 @@ impl WorkerPool {
 
     /// Sends held connections to the least-loaded workers that have room, a batch per
     /// worker; keeps them only if no worker can take them now.
-    fn deliver_pending(&mut self) {
+    pub fn deliver_pending(&mut self) {
         while !self.pending.is_empty() {
             let take = self.pending.len().min(self.fair_share());
             let mut delivered = false;
@@ -359,7 +373,7 @@ impl WorkerPool {
     }
 
     /// Reads the messages on the channel with poll token `token`.
-    pub fn drain_messages(&mut self, token: usize, registry: &Registry, now: Instant) {
+    pub fn drain_messages(&mut self, token: usize, now: Instant) {
         if let Some(r) = self.retiring.iter_mut().find(|r| r.channel.current.token == token) {
             Self::absorb_heartbeats(&mut r.channel.current);
             return;
@@ -400,15 +414,15 @@ impl WorkerPool {
             }
         }
         if first_heartbeat {
-            self.promote(index, registry, now);
+            self.promote(index, now);
         }
     }
 
     /// A rolling restart's new worker is up: the old one drains, the new one serves.
-    fn promote(&mut self, index: usize, registry: &Registry, now: Instant) {
+    fn promote(&mut self, index: usize, now: Instant) {
         let Some((pid, current)) = self.slots[index].incoming.take() else { return };
         let drain = self.config.drain_timeout();
-        self.retire(index, Reason::Manual, drain, registry, now);
+        self.retire(index, Reason::Manual, drain, now);
         let ws = &mut self.slots[index];
         ws.slot.spawned(pid, now);
         ws.slot.heartbeat(current.prev_sent_ns, sys::monotonic_ns(), now);
@@ -420,7 +434,7 @@ impl WorkerPool {
     }
 
     /// The 200 ms heartbeat check of every worker.
-    pub fn check(&mut self, registry: &Registry, now: Instant) {
+    pub fn check(&mut self, now: Instant) {
         // Out of descriptors, rescue waits (connections stay queued in the kernel);
         // re-measure and carry on when there is room again.
         self.fds = crate::sys::process::FdBudget::measure();
@@ -438,7 +452,7 @@ impl WorkerPool {
                 Check::Hung => {
                     self.missed_total += 1;
                     tracing::error!(worker = ws.id, pid = ?ws.slot.pid, age_ms, "worker hung: 3 missed heartbeats; restarting");
-                    self.retire(index, Reason::Hang, self.config.grace(), registry, now);
+                    self.retire(index, Reason::Hang, self.config.grace(), now);
                 }
             }
         }
@@ -446,17 +460,24 @@ impl WorkerPool {
 
     /// Takes the slot's process out of service: it finishes what it has (its queued
     /// connections included) and exits by `deadline`, or is killed `grace` after it.
-    fn retire(&mut self, index: usize, reason: Reason, deadline: Duration, _registry: &Registry, now: Instant) {
+    fn retire(&mut self, index: usize, reason: Reason, deadline: Duration, now: Instant) {
         let ws = &mut self.slots[index];
         let (Some(pid), Some(mut current)) = (ws.slot.pid, ws.current.take()) else { return };
         let _ = current.channel.send(&Message::Shutdown { deadline_ms: deadline.as_millis() as u64 }, &[]);
         let kill_at = now + deadline + self.config.grace();
         let retiree = Retiree { id: ws.id, current };
         self.retiring.push(Retiring { pid, kill_at, channel: retiree });
+        self.vacate(index, reason, now);
+    }
+
+    /// Empties slot `index` (its next start backs off as `Slot` says) and counts and
+    /// logs the restart, unless the slot is going away.
+    fn vacate(&mut self, index: usize, reason: Reason, now: Instant) {
+        let ws = &mut self.slots[index];
         let delay = ws.slot.vacate(reason, now);
         self.steer_due = true;
         if ws.wanted && !self.shutting_down {
-            self.restarts[reason_index(reason)] += 1;
+            self.restarts[reason.index()] += 1;
             ws.slot.log_restart(reason, delay, now);
         }
     }
@@ -471,15 +492,9 @@ impl WorkerPool {
                 tracing::info!(worker = retiree.id, %pid, %exit, "retired worker exited");
                 // Its last heartbeat (sent as it exits) may still be queued.
                 Self::absorb_heartbeats(&mut retiree.current);
-                self.exited.push(WorkerReport {
-                    id: retiree.id,
-                    pid: pid.as_raw() as u32,
-                    state: "draining".into(),
-                    counters: retiree.current.counters.clone(),
-                    ..Default::default()
-                });
+                self.exited.push(retiree.report(pid));
                 let _ = registry.deregister(&mut SourceFd(&retiree.current.channel.raw_fd()));
-                self.recover_queued(&retiree.current.worker_end);
+                self.recover_queued(&mut retiree.current.worker_end);
                 continue;
             }
             if let Some(ws) = self.slots.iter_mut().find(|ws| ws.incoming.as_ref().is_some_and(|(p, _)| *p == pid)) {
@@ -504,20 +519,16 @@ impl WorkerPool {
 
     fn on_crash(&mut self, index: usize, pid: Pid, exit: Exit, registry: &Registry, now: Instant) {
         let ws = &mut self.slots[index];
-        if let Some(current) = ws.current.take() {
+        if let Some(mut current) = ws.current.take() {
             let _ = registry.deregister(&mut SourceFd(&current.channel.raw_fd()));
             tracing::error!(worker = ws.id, %pid, %exit, "worker crashed");
-            let delay = ws.slot.vacate(Reason::Crash, now);
-            if ws.wanted && !self.shutting_down {
-                self.restarts[reason_index(Reason::Crash)] += 1;
-                ws.slot.log_restart(Reason::Crash, delay, now);
-            }
-            self.recover_queued(&current.worker_end);
+            self.vacate(index, Reason::Crash, now);
+            self.recover_queued(&mut current.worker_end);
         }
     }
 
     /// Reads back connections that were sent to a worker that never took them.
-    fn recover_queued(&mut self, worker_end: &OwnedFd) {
+    fn recover_queued(&mut self, worker_end: &mut Channel) {
         let mut channel_view = [0u8; 4096];
         let mut recovered = 0;
         loop {
@@ -537,10 +548,10 @@ impl WorkerPool {
     }
 
     pub fn kill_overdue(&mut self, now: Instant) {
-        for r in self.retiring.iter_mut().filter(|r| now >= r.kill_at) {
-            tracing::warn!(worker = r.channel.id, pid = %r.pid, "worker did not exit in time: SIGKILL");
-            sys::process::signal(r.pid, Signal::SIGKILL);
-            r.kill_at = now + Duration::from_secs(3600);
+        for r in &mut self.retiring {
+            if r.kill_if_overdue(now) {
+                tracing::warn!(worker = r.channel.id, pid = %r.pid, "worker did not exit in time: SIGKILL");
+            }
         }
     }
 
@@ -551,7 +562,7 @@ impl WorkerPool {
 
     /// Stops taking connections (leaving them queued for the next manager) and asks every
     /// worker to finish within `deadline`.
-    pub fn shutdown(&mut self, deadline: Duration, registry: &Registry) {
+    pub fn shutdown(&mut self, deadline: Duration) {
         if self.shutting_down {
             return;
         }
@@ -563,7 +574,7 @@ impl WorkerPool {
         let now = Instant::now();
         for index in 0..self.slots.len() {
             self.slots[index].wanted = false;
-            self.retire(index, Reason::Manual, deadline, registry, now);
+            self.retire(index, Reason::Manual, deadline, now);
         }
         // Held connections cannot be put back in a lane; with every worker retiring
         // there is no one left to serve them.
@@ -589,9 +600,7 @@ impl WorkerPool {
     /// A (re)opened access log: new workers get it, running ones are told to switch.
     pub fn set_access_log(&mut self, log: Option<OwnedFd>) {
         let Some(log) = log else { return };
-        let currents =
-            self.slots.iter_mut().flat_map(|ws| ws.current.iter_mut().chain(ws.incoming.iter_mut().map(|(_, c)| c)));
-        for current in currents {
+        for current in self.serving_mut() {
             if let Err(e) = current.channel.send(&Message::ReopenLog, &[log.as_fd()]) {
                 tracing::warn!(error = %e, "cannot hand the reopened access log to a worker");
             }
@@ -602,14 +611,14 @@ impl WorkerPool {
     pub fn set_draining(&mut self, draining: bool) {
         self.draining = draining;
         let msg = if draining { Message::Drain } else { Message::Resume };
-        let incoming = self.slots.iter_mut().filter_map(|ws| ws.incoming.as_mut().map(|(_, c)| c));
-        let currents: Vec<&mut Current> = incoming.collect();
-        for current in currents {
+        for current in self.serving_mut() {
             let _ = current.channel.send(&msg, &[]);
         }
-        for current in self.slots.iter_mut().filter_map(|ws| ws.current.as_mut()) {
-            let _ = current.channel.send(&msg, &[]);
-        }
+    }
+
+    /// Every worker process that serves or is about to: current and incoming.
+    fn serving_mut(&mut self) -> impl Iterator<Item = &mut Current> {
+        self.slots.iter_mut().flat_map(|ws| ws.current.iter_mut().chain(ws.incoming.iter_mut().map(|(_, c)| c)))
     }
 
     /// Grows or shrinks the pool to ids `0..workers`; removed workers drain. Answers
@@ -623,7 +632,7 @@ impl WorkerPool {
         for index in 0..self.slots.len() {
             if self.slots[index].id >= workers && self.slots[index].wanted {
                 self.slots[index].wanted = false;
-                self.retire(index, Reason::Manual, self.config.drain_timeout(), registry, now);
+                self.retire(index, Reason::Manual, self.config.drain_timeout(), now);
             }
         }
         self.slots.retain(|ws| ws.wanted || ws.slot.pid.is_some());
@@ -780,15 +789,7 @@ impl WorkerPool {
             out.push(report(ws.id, ws.slot.pid, state, &ws.slot, now, utilization, counters));
         }
         out.extend(self.exited.iter().cloned());
-        for r in &self.retiring {
-            out.push(WorkerReport {
-                id: r.channel.id,
-                pid: r.pid.as_raw() as u32,
-                state: "draining".into(),
-                counters: r.channel.current.counters.clone(),
-                ..Default::default()
-            });
-        }
+        out.extend(self.retiring.iter().map(|r| r.channel.report(r.pid)));
         out
     }
 }
@@ -816,10 +817,6 @@ impl Current {
 
 fn done(ok: bool, detail: &str) -> Message {
     Message::Done { ok, detail: detail.to_string() }
-}
-
-fn reason_index(reason: Reason) -> usize {
-    Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
 }
 
 fn report(

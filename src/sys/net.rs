@@ -27,3 +27,9 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
         }
     }
 }
+
+/// `accept` errors that mean the process or system is out of descriptors or memory:
+/// back off instead of retrying at once.
+pub fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}

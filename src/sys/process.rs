@@ -134,12 +134,17 @@ impl FdBudget {
         FdBudget { open }
     }
 
-    /// Descriptor numbers still free below the current limit (read live: an operator may
-    /// lower it with prlimit) if `extra` more than at the last listing are open.
-    pub fn free(&self, extra: usize) -> usize {
-        let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    /// The soft descriptor limit now (read live: an operator may lower it with prlimit).
+    /// Read it once per batch of receives and pass it to `free`.
+    pub fn current_limit() -> usize {
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map(|(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
-            .unwrap_or(1024);
+            .unwrap_or(1024)
+    }
+
+    /// Descriptor numbers still free below `limit` if `extra` more than at the last
+    /// listing are open.
+    pub fn free(&self, limit: usize, extra: usize) -> usize {
         let used_below = self.open.partition_point(|fd| (*fd as usize) < limit);
         limit.saturating_sub(used_below.saturating_add(extra))
     }

@@ -21,6 +21,8 @@ const INLINE_BODY_MAX: u64 = 16 * 1024;
 /// Stop producing pipelined responses once this much output is waiting.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 const READ_BUF_INITIAL: usize = 4 * 1024;
+/// Room for a response head plus a small inline body without growing the buffer.
+const WRITE_BUF_INITIAL: usize = 4 * 1024;
 /// Largest sendfile call, so one big download does not monopolise the loop.
 const SENDFILE_CHUNK: usize = 1 << 20;
 /// After an error response, how long and how much unread input we drain before closing.
@@ -85,7 +87,7 @@ impl Conn {
             rbuf: vec![0; READ_BUF_INITIAL],
             rstart: 0,
             rend: 0,
-            wbuf: Vec::new(),
+            wbuf: Vec::with_capacity(WRITE_BUF_INITIAL),
             wpos: 0,
             body: None,
             discard: 0,

@@ -80,19 +80,17 @@ impl Stats {
         let bucket = DURATION_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(DURATION_BUCKETS.len());
         c.duration_buckets[bucket] += 1;
         c.duration_sum_ns += took.as_nanos() as u64;
-        self.in_progress = self.in_progress.saturating_sub(1);
-        if self.in_progress == 0 {
-            if let Some(since) = self.busy_since.take() {
-                c.busy_ns += now.saturating_duration_since(since).as_nanos() as u64;
-            }
-        }
+        self.requests_ended(1, now);
     }
 
     /// A connection closed with requests still in progress.
     pub fn requests_abandoned(&mut self, count: u32, now: Instant) {
-        for _ in 0..count {
-            self.in_progress = self.in_progress.saturating_sub(1);
-        }
+        self.requests_ended(count, now);
+    }
+
+    /// `count` requests are no longer in progress; a busy stretch ends with the last.
+    fn requests_ended(&mut self, count: u32, now: Instant) {
+        self.in_progress = self.in_progress.saturating_sub(count);
         if self.in_progress == 0 {
             if let Some(since) = self.busy_since.take() {
                 self.counters.busy_ns += now.saturating_duration_since(since).as_nanos() as u64;
@@ -190,7 +188,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         let now = Instant::now();
         if heartbeat.until_due(now).is_zero() {
             let counters = worker.counters(now);
-            if !heartbeat.tick(now, &mut worker.control, &counters, &[]) {
+            if !heartbeat.tick(now, &mut worker.control, || (counters, Vec::new())) {
                 // Take what is still queued to us before giving up on the manager.
                 worker.handle_control(poll.registry(), now);
                 worker.manager_gone(poll.registry(), now);
@@ -201,8 +199,8 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
                 // A last heartbeat, so the figures of the final requests are counted.
                 heartbeat.force(now);
                 let counters = worker.counters(now);
-                let _ = heartbeat.tick(now, &mut worker.control, &counters, &[]);
                 let requests = counters.requests;
+                let _ = heartbeat.tick(now, &mut worker.control, || (counters, Vec::new()));
                 tracing::info!(worker = id, open = worker.conns.len(), requests, "worker exiting");
                 return Ok(());
             }
@@ -250,8 +248,9 @@ impl Worker {
 
     fn handle_control(&mut self, registry: &Registry, now: Instant) {
         let mut fds: Vec<OwnedFd> = Vec::new();
+        let limit = crate::sys::process::FdBudget::current_limit();
         loop {
-            if !self.room_for_next(Intake::Control) {
+            if !self.room_for_next(Intake::Control, limit) {
                 return;
             }
             fds.clear();
@@ -302,8 +301,9 @@ impl Worker {
             return;
         }
         let mut fds = std::mem::take(&mut self.intake);
+        let limit = crate::sys::process::FdBudget::current_limit();
         loop {
-            if !self.room_for_next(Intake::Lane) {
+            if !self.room_for_next(Intake::Lane, limit) {
                 break;
             }
             let Some(lane) = self.lane.as_mut() else { break };
@@ -331,9 +331,9 @@ impl Worker {
     /// Whether the next message on `from` fits in our descriptors. Each connection holds
     /// its socket (files are opened per request, and an EMFILE there is a 500); a message
     /// whose fds do not fit waits in its channel rather than losing them.
-    fn room_for_next(&mut self, from: Intake) -> bool {
+    fn room_for_next(&mut self, from: Intake, limit: usize) -> bool {
         let growth = self.conns.len().saturating_sub(self.conns_at_measure);
-        let free = self.fds.free(growth);
+        let free = self.fds.free(limit, growth);
         let channel = match from {
             Intake::Control => Some(&mut self.control),
             Intake::Lane => self.lane.as_mut(),

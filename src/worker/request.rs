@@ -299,7 +299,7 @@ impl<'a> HeaderFields<'a> {
     fn absorb_content_length(&mut self, value: &[u8]) -> Result<(), ErrorKind> {
         let mut any = false;
         for element in comma_list(value) {
-            let length = parse_content_length(element).ok_or(ErrorKind::BadRequest)?;
+            let length = parse_decimal(element).ok_or(ErrorKind::BadRequest)?;
             match self.content_length {
                 Some(seen) if seen != length => return Err(ErrorKind::BadRequest),
                 _ => self.content_length = Some(length),
@@ -363,13 +363,14 @@ fn comma_list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|element| !element.is_empty())
 }
 
-/// Digits only (no sign, no spaces inside). A value too large for u64 saturates, which
-/// is far past any `max_body` and so becomes 413 rather than 400.
-fn parse_content_length(digits: &[u8]) -> Option<u64> {
+/// A decimal number: digits only (no sign, no spaces inside). A value too large for u64
+/// saturates (for a Content-Length that is far past any `max_body`, so 413 rather than
+/// 400; for a byte position, past any file's end).
+pub(super) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    Some(digits.iter().fold(0u64, |length, &digit| length.saturating_mul(10).saturating_add(u64::from(digit - b'0'))))
+    Some(digits.iter().fold(0u64, |value, &digit| value.saturating_mul(10).saturating_add(u64::from(digit - b'0'))))
 }
 
 #[cfg(test)]

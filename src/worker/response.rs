@@ -25,7 +25,7 @@ use std::os::unix::fs::MetadataExt;
 
 use super::date::{format_http_date, parse_http_date, DateCache, HTTP_DATE_LEN};
 use super::path::{resolve, Resolved, Root};
-use super::request::{ErrorKind, Method, Request};
+use super::request::{parse_decimal, ErrorKind, Method, Request};
 
 /// Server header value.
 const SERVER: &[u8] = b"webd";
@@ -402,7 +402,8 @@ fn parse_single_byte_range(value: &[u8], file_len: u64) -> RangeRequest {
         return RangeRequest::Whole;
     };
     let (first, last) = (spec[..dash].trim_ascii(), spec[dash + 1..].trim_ascii());
-    match (parse_position(first), parse_position(last)) {
+    // Positions past u64 saturate: past any file's end anyway.
+    match (parse_decimal(first), parse_decimal(last)) {
         (None, Some(suffix_len)) if first.is_empty() => suffix_range(suffix_len, file_len),
         (Some(first), None) if last.is_empty() => bounded_range(first, u64::MAX, file_len),
         (Some(first), Some(last)) if first <= last => bounded_range(first, last, file_len),
@@ -424,14 +425,6 @@ fn bounded_range(first: u64, last: u64, file_len: u64) -> RangeRequest {
         return RangeRequest::NotSatisfiable;
     }
     RangeRequest::Part(ByteRange { first, last: last.min(file_len - 1) })
-}
-
-/// Digits only; values past u64 saturate (they are past any file's end anyway).
-fn parse_position(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(digits.iter().fold(0u64, |value, &digit| value.saturating_mul(10).saturating_add(u64::from(digit - b'0'))))
 }
 
 fn push_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
