@@ -529,19 +529,7 @@ impl WorkerPool {
 
     /// Reads back connections that were sent to a worker that never took them.
     fn recover_queued(&mut self, worker_end: &mut Channel) {
-        let mut channel_view = [0u8; 4096];
-        let mut recovered = 0;
-        loop {
-            let mut fds = Vec::new();
-            match sys::recv_with_fds(worker_end.as_fd(), &mut channel_view, &mut fds) {
-                Ok(r) if r.len == 0 => break,
-                Ok(_) => {
-                    recovered += fds.len();
-                    self.pending.extend(fds);
-                }
-                Err(_) => break,
-            }
-        }
+        let recovered = take_queued_connections(worker_end, &mut self.pending);
         if recovered > 0 {
             tracing::info!(connections = recovered, "recovered connections queued to a dead worker");
         }
@@ -815,6 +803,24 @@ impl Current {
     }
 }
 
+/// Reads every message queued in `channel`, appending the fds of `Connections` messages
+/// to `into`; returns how many. Only those carry connections: the fds of any other
+/// message (a reopened access log, an unread bootstrap) are closed, never handed on.
+fn take_queued_connections(channel: &mut Channel, into: &mut Vec<OwnedFd>) -> usize {
+    let before = into.len();
+    let mut fds = Vec::new();
+    loop {
+        fds.clear();
+        match channel.recv(&mut fds) {
+            Ok(Recv::Message(Message::Connections { .. })) => into.append(&mut fds),
+            Ok(Recv::Message(_)) => {}
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
+            Ok(Recv::Empty) | Ok(Recv::Closed) | Err(_) => break,
+        }
+    }
+    into.len() - before
+}
+
 fn done(ok: bool, detail: &str) -> Message {
     Message::Done { ok, detail: detail.to_string() }
 }
@@ -841,5 +847,26 @@ fn report(
         heartbeat_latency_ms: slot.latency_ns as f64 / 1e6,
         utilization,
         counters,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dead worker's queue may hold more than connections; only those are recovered.
+    #[test]
+    fn only_connection_fds_are_recovered_from_a_dead_workers_queue() {
+        let (ours, theirs) = sys::seqpacket_pair().expect("pair");
+        let (conn, _peer) = sys::seqpacket_pair().expect("pair");
+        let (log, _log_peer) = sys::seqpacket_pair().expect("pair");
+        let mut manager = Channel::new(ours);
+        manager.send(&Message::ReopenLog, &[log.as_fd()]).expect("send");
+        manager.send(&Message::Connections { count: 1 }, &[conn.as_fd()]).expect("send");
+        manager.send(&Message::Drain, &[]).expect("send");
+        let mut worker_end = Channel::new(theirs);
+        let mut recovered = Vec::new();
+        assert_eq!(take_queued_connections(&mut worker_end, &mut recovered), 1);
+        assert_eq!(recovered.len(), 1);
     }
 }
