@@ -20,3 +20,30 @@ pub fn exit_if_injected(role: Role) {
         std::process::exit(FAULT_EXIT_CODE);
     }
 }
+
+/// Where a listener stops itself (SIGSTOP), so that a test can kill it holding a
+/// connection: a fault-file line `listener-stop-after-accept` (accepted, not yet sent)
+/// or `listener-stop-after-send` (sent, its own copy not yet closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerStop {
+    AfterAccept,
+    AfterSend,
+}
+
+/// The listener's injected stop, read once as it starts.
+pub fn listener_stop() -> Option<ListenerStop> {
+    let text = std::fs::read_to_string(std::env::var_os("WEBD_FAULT_FILE")?).ok()?;
+    text.lines().find_map(|line| match line.trim() {
+        "listener-stop-after-accept" => Some(ListenerStop::AfterAccept),
+        "listener-stop-after-send" => Some(ListenerStop::AfterSend),
+        _ => None,
+    })
+}
+
+/// Stops this process if `at` is the injected stop.
+pub fn stop_if(injected: Option<ListenerStop>, at: ListenerStop) {
+    if injected == Some(at) {
+        tracing::warn!(?at, "injected fault: stopping");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
+}

@@ -12,11 +12,17 @@ pub struct Heartbeater {
     seq: u64,
     interval: Duration,
     next_at: Instant,
+    keeper_pid: Option<u32>,
 }
 
 impl Heartbeater {
     pub fn new(role: Role, interval: Duration) -> Heartbeater {
-        Heartbeater { role, pid: std::process::id(), seq: 0, interval, next_at: Instant::now() }
+        Heartbeater { role, pid: std::process::id(), seq: 0, interval, next_at: Instant::now(), keeper_pid: None }
+    }
+
+    /// The listener's keeper, reported with every heartbeat from now on.
+    pub fn set_keeper_pid(&mut self, pid: Option<u32>) {
+        self.keeper_pid = pid;
     }
 
     /// Time until the next heartbeat is due (zero when overdue).
@@ -52,6 +58,7 @@ impl Heartbeater {
             sent_ns: monotonic_ns(),
             counters,
             workers,
+            keeper_pid: self.keeper_pid,
         };
         match channel.send(&Message::Heartbeat(hb), &[]) {
             Ok(()) => true,

@@ -160,6 +160,9 @@ pub struct Heartbeat {
     /// Manager only: one report per worker slot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<WorkerReport>,
+    /// Listener only: the pid of its keeper (`listener::keeper`), if one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keeper_pid: Option<u32>,
 }
 
 /// Cumulative figures of one process (or of all workers, in a manager's heartbeat).

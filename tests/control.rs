@@ -4,8 +4,6 @@
 use crate::util::*;
 use std::time::Duration;
 
-const BODY: &[u8] = b"<h1>webd</h1>\n";
-
 fn pid_set(webd: &Webd) -> Vec<i32> {
     let mut pids: Vec<i32> = webd.tree().into_iter().map(|p| p.pid).collect();
     pids.sort();
@@ -24,6 +22,9 @@ fn status_matches_the_process_table() {
         let p = s["processes"].as_array().expect("processes").iter().find(|p| p["role"] == role).expect(role);
         assert_eq!(p["pid"].as_i64(), webd.pid_of(&format!("webd: {role}")).map(i64::from), "{role}");
         assert_eq!(p["state"], "running");
+        if role == "listener" {
+            assert_eq!(p["keeper_pid"].as_i64(), webd.pid_of("webd: keeper").map(i64::from), "keeper");
+        }
     }
     let workers = s["workers"].as_array().expect("workers");
     assert_eq!(workers.len(), 3);

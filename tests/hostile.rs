@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const INDEX: &[u8] = b"<h1>webd</h1>\n";
 const TEN_MIB: usize = 10 << 20;
 /// Peak worker RSS allowed above its RSS before the attack.
 const WORKER_RSS_BOUND_KIB: u64 = 64 * 1024;
@@ -81,7 +80,7 @@ impl Canary {
                     CanaryMode::KeepAlive | CanaryMode::Off => keep_alive_get(&mut conn, addr),
                 };
                 match result {
-                    Ok(r) if r.status == 200 && r.body == INDEX => report.ok += 1,
+                    Ok(r) if r.status == 200 && r.body == BODY => report.ok += 1,
                     Ok(r) => {
                         report.failures.push(format!("status {} body {:?}", r.status, String::from_utf8_lossy(&r.body)))
                     }
@@ -343,7 +342,7 @@ impl<'a> Attack<'a> {
         );
         // And a request after the attack is served at once.
         let r = get(webd.addr(), "/index.html").expect("GET after the attack");
-        assert_eq!((r.status, r.body.as_slice()), (200, INDEX), "{}: response after the attack", self.name);
+        assert_eq!((r.status, r.body.as_slice()), (200, BODY), "{}: response after the attack", self.name);
         Outcome { heartbeats, after }
     }
 }
@@ -645,7 +644,7 @@ fn half_closed_clients_get_their_whole_response_or_a_prompt_close() {
     while rounds == 0 || (started.elapsed() < Duration::from_secs(2) && rounds < 50) {
         rounds += 1;
         // (a) request, then FIN: the whole response, then the server's FIN.
-        for (path, want) in [("/index.html", INDEX), ("/big.bin", big.as_slice())] {
+        for (path, want) in [("/index.html", BODY), ("/big.bin", big.as_slice())] {
             for _ in 0..5 {
                 let mut c = connect(webd.addr());
                 c.write_all(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes()).expect("write");
@@ -1168,7 +1167,7 @@ fn listener_out_of_descriptors_backs_off_without_spinning_keeps_serving_and_reco
     for h in pending {
         let (result, took) = h.join().expect("client thread");
         let r = result.expect("a request queued during the exhaustion");
-        assert_eq!((r.status, r.body.as_slice()), (200, INDEX));
+        assert_eq!((r.status, r.body.as_slice()), (200, BODY));
         waited.push(took);
     }
     let recovered_in = restored_at.elapsed();

@@ -8,7 +8,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const INDEX: &[u8] = b"<h1>webd</h1>\n";
 /// Client read/write timeout: a server that does not answer (or close) in this time fails.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A fixed modification time (2020-09-13), so validators do not depend on the clock.
@@ -217,7 +216,7 @@ fn directories_serve_index_html_redirect_without_slash_and_never_list() {
     write_file(&webd, "empty/listing-marker-7f3a.txt", b"x");
 
     let root = get(webd.addr(), "/").expect("GET /");
-    assert_eq!((root.status, root.body.as_slice()), (200, INDEX));
+    assert_eq!((root.status, root.body.as_slice()), (200, BODY));
     assert_eq!(media_type(&root), "text/html");
     let sub = get(webd.addr(), "/sub/").expect("GET /sub/");
     assert_eq!((sub.status, sub.body.as_slice()), (200, &b"<h1>sub</h1>\n"[..]));
@@ -320,7 +319,7 @@ fn keep_alive_answers_many_requests_on_one_connection_until_connection_close() {
         stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).expect("write");
         let r = next_response(&mut stream, &mut buf);
         assert_eq!(r.status, 200, "request {i}");
-        assert_eq!(r.body, if i % 2 == 0 { &b"aaa\n"[..] } else { INDEX }, "request {i}");
+        assert_eq!(r.body, if i % 2 == 0 { &b"aaa\n"[..] } else { BODY }, "request {i}");
         assert_ne!(r.header("Connection"), Some("close"), "request {i} closed a keep-alive connection");
     }
     stream.write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("write");
@@ -334,7 +333,7 @@ fn keep_alive_answers_many_requests_on_one_connection_until_connection_close() {
 fn http10_without_host_is_served_and_closed_unless_keep_alive_is_asked() {
     let webd = start(1, &[]);
     let r = exchange(webd.addr(), b"GET / HTTP/1.0\r\n\r\n"); // exchange asserts the close
-    assert_eq!((r.status, r.body.as_slice()), (200, INDEX));
+    assert_eq!((r.status, r.body.as_slice()), (200, BODY));
 
     let mut stream = connect(webd.addr());
     let mut buf = Vec::new();
@@ -345,7 +344,7 @@ fn http10_without_host_is_served_and_closed_unless_keep_alive_is_asked() {
     stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").expect("write second request");
     let rest = read_until_closed(&mut stream);
     let (second, _) = parse_response(&rest).unwrap_or_else(|| panic!("second response: {}", lossy(&rest)));
-    assert_eq!((second.status, second.body.as_slice()), (200, INDEX));
+    assert_eq!((second.status, second.body.as_slice()), (200, BODY));
 }
 
 #[test]
@@ -435,7 +434,7 @@ fn paths_escaping_the_root_are_refused_and_never_leak_the_secret() {
 
     // Dot segments and symlinks that stay inside the root still work.
     let inside = get(webd.addr(), "/sub/../index.html").expect("GET");
-    assert_eq!((inside.status, inside.body.as_slice()), (200, INDEX));
+    assert_eq!((inside.status, inside.body.as_slice()), (200, BODY));
     let alias = get(webd.addr(), "/alias.html").expect("GET");
     assert_eq!((alias.status, alias.body.as_slice()), (200, &b"<h1>sub</h1>\n"[..]));
     assert_workers_unchanged(&webd, &before);
@@ -495,7 +494,7 @@ fn other_methods_are_405_with_allow_and_the_connection_stays_usable() {
     // The POST body was skipped, not taken for the next request.
     stream.write_all(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
     let r = next_response(&mut stream, &mut buf);
-    assert_eq!((r.status, r.body.as_slice()), (200, INDEX));
+    assert_eq!((r.status, r.body.as_slice()), (200, BODY));
     assert_workers_unchanged(&webd, &before);
 }
 
@@ -515,7 +514,7 @@ fn three_hundred_clients_stalled_mid_headers_do_not_delay_a_normal_request() {
     let started = Instant::now();
     let r = exchange(webd.addr(), b"GET /index.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     eprintln!("GET with 300 stalled clients took {:?}", started.elapsed());
-    assert_eq!((r.status, r.body.as_slice()), (200, INDEX));
+    assert_eq!((r.status, r.body.as_slice()), (200, BODY));
     drop(stalled);
     assert_workers_unchanged(&webd, &before);
 }
@@ -630,7 +629,7 @@ fn a_client_that_does_not_read_a_large_response_does_not_block_others() {
     slow.read_exact(&mut first).expect("first byte of the big response");
     for _ in 0..3 {
         let r = exchange(webd.addr(), b"GET /index.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-        assert_eq!((r.status, r.body.as_slice()), (200, INDEX));
+        assert_eq!((r.status, r.body.as_slice()), (200, BODY));
     }
     // The slow reader then gets its whole response intact.
     let mut all = first.to_vec();

@@ -3,8 +3,6 @@
 use crate::util::*;
 use std::time::Duration;
 
-const BODY: &[u8] = b"<h1>webd</h1>\n";
-
 fn config_with(workers: u32, extra: &str) -> String {
     format!(
         "listen = [\"127.0.0.1:{{port}}\"]\nroot = \"{{root}}\"\nworkers = {workers}\nadmin = \"off\"\n\

@@ -4,8 +4,6 @@
 use crate::util::*;
 use std::time::{Duration, Instant};
 
-const BODY: &[u8] = b"<h1>webd</h1>\n";
-
 #[test]
 fn get_returns_the_files_exact_bytes_and_ps_shows_every_role() {
     let webd = Webd::start_with(Options { workers: 3, ..Default::default() });
@@ -196,4 +194,25 @@ fn workers_of_a_dead_manager_finish_their_requests_then_exit() {
     assert_eq!(r.status, 200);
     assert!(r.body == big, "body differs ({received} bytes received)");
     wait_until(Duration::from_secs(5), "the old worker to exit once done", || !exists(old_worker));
+}
+
+#[test]
+fn a_killed_keeper_is_replaced_by_its_listener_and_status_follows() {
+    let webd = Webd::start();
+    let listener = webd.pid_of("webd: listener").expect("listener");
+    let keeper = webd.pid_of("webd: keeper").expect("keeper");
+    assert_eq!(read_proc(keeper).map(|p| p.ppid), Some(listener), "the keeper is the listener's child");
+    kill(keeper, SIGKILL);
+    let next = wait_for(Duration::from_secs(5), "a new keeper reported in status", || {
+        let status = webd.status_json();
+        let listener_status =
+            status["status"]["processes"].as_array()?.iter().find(|p| p["role"] == "listener")?.clone();
+        let reported = listener_status["keeper_pid"].as_i64()? as i32;
+        (reported != keeper && webd.pid_of("webd: keeper") == Some(reported)).then_some(reported)
+    });
+    assert_eq!(read_proc(next).map(|p| p.ppid), Some(listener));
+    assert!(!exists(keeper), "the killed keeper was not reaped");
+    assert_eq!(webd.pid_of("webd: listener"), Some(listener), "the listener must be unaffected");
+    let r = get(webd.addr(), "/index.html").expect("GET");
+    assert_eq!((r.status, r.body.as_slice()), (200, BODY));
 }

@@ -3,8 +3,6 @@
 use crate::util::*;
 use std::time::Duration;
 
-const BODY: &[u8] = b"<h1>webd</h1>\n";
-
 /// Kills a daemon tree that is no longer the harness's child (a successor).
 struct KillOnDrop(i32);
 

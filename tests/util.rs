@@ -96,6 +96,9 @@ pub const SIGTERM: i32 = 15;
 pub const SIGSTOP: i32 = 19;
 pub const SIGCONT: i32 = 18;
 
+/// The body of `/index.html` in every tree `Webd` starts.
+pub const BODY: &[u8] = b"<h1>webd</h1>\n";
+
 /// Options for starting a daemon.
 pub struct Options {
     pub workers: u32,
@@ -146,7 +149,7 @@ impl Webd {
         let dir = tempfile::Builder::new().prefix("webd-test-").tempdir().expect("tempdir");
         let root = dir.path().join("root");
         std::fs::create_dir(&root).expect("root dir");
-        std::fs::write(root.join("index.html"), b"<h1>webd</h1>\n").expect("index");
+        std::fs::write(root.join("index.html"), BODY).expect("index");
         let port = free_port();
         let control_socket = dir.path().join("ctl").join("webd.sock");
         let log = dir.path().join("webd.log");

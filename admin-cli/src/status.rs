@@ -28,6 +28,9 @@ pub fn render(status: &Status) -> String {
     ]);
     for process in &status.processes {
         table.row(process_row(process));
+        if let Some(keeper) = process.keeper_pid {
+            table.row(keeper_row(keeper));
+        }
     }
     for worker in &status.workers {
         table.row(worker_row(worker));
@@ -62,6 +65,12 @@ fn process_row(process: &ProcessStatus) -> Vec<String> {
         "-".to_owned(),
         "-".to_owned(),
     ]
+}
+
+/// The listener's keeper: no heartbeat of its own (the listener reports it).
+fn keeper_row(keeper_pid: u32) -> Vec<String> {
+    let dash = || "-".to_owned();
+    vec!["keeper".to_owned(), dash(), pid(keeper_pid), "running".to_owned(), dash(), dash(), dash(), dash()]
 }
 
 fn worker_row(worker: &WorkerStatus) -> Vec<String> {
@@ -178,6 +187,7 @@ mod tests {
             restarts,
             heartbeat_age_ms: age,
             heartbeat_latency_ms: 0.2,
+            keeper_pid: None,
         };
         let worker = |id, pid, state: &str, restarts, conns, requests| WorkerStatus {
             id,
@@ -194,7 +204,10 @@ mod tests {
             uptime_seconds: 3725.4,
             state: "running".to_owned(),
             listen: vec!["127.0.0.1:8080".to_owned(), "[::1]:8080".to_owned()],
-            processes: vec![process("listener", 4243, "running", 0, 12.3), process("manager", 0, "backoff", 7, 1500.0)],
+            processes: vec![
+                ProcessStatus { keeper_pid: Some(4244), ..process("listener", 4243, "running", 0, 12.3) },
+                process("manager", 0, "backoff", 7, 1500.0),
+            ],
             workers: vec![
                 worker(0, 4250, "busy", 0, 3, 10234),
                 worker(1, 4251, "idle", 2, 0, 7),
@@ -213,6 +226,7 @@ connections 1520 accepted, 3 active; requests 10241
 
 ROLE      ID   PID  STATE     RESTARTS  HB AGE  CONNS  REQUESTS
 listener   -  4243  running          0    12ms      -         -
+keeper     -  4244  running          -       -      -         -
 manager    -     -  backoff          7       -      -         -
 worker     0  4250  busy             0       -      3     10234
 worker     1  4251  idle             2       -      0         7

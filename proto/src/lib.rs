@@ -98,6 +98,10 @@ pub struct ProcessStatus {
     pub restarts: u64,
     pub heartbeat_age_ms: f64,
     pub heartbeat_latency_ms: f64,
+    /// Listener only: its keeper, the child that sends on a connection the listener
+    /// held when it died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keeper_pid: Option<u32>,
 }
 
 /// One worker slot of the manager's pool.

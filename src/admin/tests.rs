@@ -50,6 +50,7 @@ fn status() -> webd_proto::Status {
             restarts: 1,
             heartbeat_age_ms: 40.0,
             heartbeat_latency_ms: 0.05,
+            keeper_pid: Some(4244),
         }],
         workers: vec![webd_proto::WorkerStatus {
             id: 0,

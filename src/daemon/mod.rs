@@ -489,8 +489,9 @@ impl Daemon {
 }
 
 fn log_orphan_exit(pid: Pid, exit: Exit) {
-    // Workers of a dead manager are reparented to us (we are a subreaper).
-    tracing::info!(%pid, %exit, "reaped orphaned worker");
+    // Workers of a dead manager and the listener's keeper are reparented to us (we
+    // are a subreaper).
+    tracing::info!(%pid, %exit, "reaped an orphaned process");
 }
 
 /// Adds lanes until there is one per slot id below `workers`.

@@ -200,6 +200,11 @@ fn process_status(role: &mut RoleProcess, now: Instant) -> ProcessStatus {
         restarts: role.slot.restarts(),
         heartbeat_age_ms: role.slot.heartbeat_age(now).as_secs_f64() * 1000.0,
         heartbeat_latency_ms: role.slot.latency_ns as f64 / 1e6,
+        keeper_pid: role
+            .last
+            .as_ref()
+            .filter(|hb| role.slot.pid.is_some_and(|p| p.as_raw() as u32 == hb.pid))
+            .and_then(|hb| hb.keeper_pid),
     }
 }
 

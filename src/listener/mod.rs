@@ -5,15 +5,20 @@
 //! It never owns the port: the daemon does, so while a listener restarts the kernel
 //! keeps queueing connections in the backlog. It accepts only when a lane has room, so
 //! it never holds a connection waiting for one; when every lane is full or fds run out
-//! (EMFILE/ENFILE), it pauses accepting instead of spinning.
+//! (EMFILE/ENFILE), it pauses accepting instead of spinning. Between `accept4` and the
+//! send a connection exists only in our descriptor table, which a [`keeper`] child shares:
+//! if we die in that window, the keeper sends the connection on.
 
+mod keeper;
+
+use crate::fault::{self, ListenerStop};
 use crate::heartbeat::Heartbeater;
 use crate::ipc::{self, Channel, Counters, LaneState, Message, Recv, Role};
 use anyhow::Context;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 const CONTROL: Token = Token(0);
@@ -24,6 +29,8 @@ const FIRST_LISTEN: usize = 16;
 const FIRST_LANE: usize = 1024;
 /// How long accepting pauses after EMFILE/ENFILE.
 const FD_EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
+/// How often the listener makes sure its keeper lives.
+const KEEPER_CHECK: Duration = Duration::from_millis(200);
 
 /// Why accepting is paused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +73,9 @@ struct Listener {
     /// Lanes are watched for room only while every lane is full: otherwise each
     /// connection a worker takes would wake us for nothing.
     watching_lanes: bool,
+    keeper: keeper::Keeper,
+    /// A test's injected stop (`fault`); `None` in production.
+    stop_at: Option<ListenerStop>,
 }
 
 pub fn run(mut control: Channel) -> anyhow::Result<()> {
@@ -74,6 +84,8 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
     let lifeline = fds.lifeline.context("bootstrap without a lifeline")?;
     anyhow::ensure!(!fds.listen.is_empty(), "bootstrap without listening sockets");
     tracing::info!(pid = std::process::id(), sockets = fds.listen.len(), "listener started");
+    // First, while we have one thread.
+    let keeper = keeper::Keeper::start();
 
     let mut poll = Poll::new().context("epoll")?;
     let registry = poll.registry();
@@ -95,16 +107,25 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         warned_exhaustion_at: None,
         warned_no_lane_at: None,
         watching_lanes: false,
+        keeper,
+        stop_at: fault::listener_stop(),
     };
     // The daemon sends the lanes right after the bootstrap.
     me.handle_control(poll.registry())?;
     let mut heartbeat = Heartbeater::new(Role::Listener, boot.config.heartbeat_interval());
+    heartbeat.set_keeper_pid(me.keeper.pid());
     let mut events = Events::with_capacity(64);
     me.accept_all(poll.registry());
+    let mut keeper_checked = Instant::now();
     loop {
         let now = Instant::now();
+        if now.duration_since(keeper_checked) >= KEEPER_CHECK {
+            keeper_checked = now;
+            me.keeper.check();
+            heartbeat.set_keeper_pid(me.keeper.pid());
+        }
         heartbeat.tick(now, &mut me.control, || (me.counters.clone(), Vec::new()));
-        let timeout = heartbeat.until_due(now).min(me.pause_left(now));
+        let timeout = heartbeat.until_due(now).min(me.pause_left(now)).min(KEEPER_CHECK);
         match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -263,9 +284,11 @@ impl Listener {
                     self.on_no_lane(registry);
                     return;
                 };
+                self.keeper.before_accept(self.lane_fd(lane));
                 match crate::sys::net::accept(self.listen[i].as_fd()) {
                     Ok(fd) => {
                         self.counters.accepted += 1;
+                        fault::stop_if(self.stop_at, ListenerStop::AfterAccept);
                         self.send(lane, fd);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -284,18 +307,30 @@ impl Listener {
         }
     }
 
+    fn lane_fd(&self, index: usize) -> RawFd {
+        self.lanes.get(index).and_then(Option::as_ref).map_or(-1, |l| l.channel.raw_fd())
+    }
+
     /// Hands a connection to a worker's lane at once: between accept and send it exists
-    /// only in this process.
+    /// only in this process's descriptor table (and the keeper's, which shares it).
     fn send(&mut self, index: usize, fd: OwnedFd) {
         let Some(lane) = self.lanes.get_mut(index).and_then(Option::as_mut) else { return };
+        self.keeper.sending(fd.as_raw_fd());
         match lane.channel.send_connection(fd.as_fd()) {
-            Ok(()) => lane.sent = lane.sent.saturating_add(1),
+            Ok(()) => {
+                lane.sent = lane.sent.saturating_add(1);
+                fault::stop_if(self.stop_at, ListenerStop::AfterSend);
+                drop(fd);
+                self.keeper.not_sending();
+            }
             Err(e) => {
+                self.keeper.not_sending();
                 // Cannot happen while the lane had room (the daemon holds its other end).
                 // Try the other lanes rather than drop the connection.
                 tracing::error!(lane = index, error = %e, "cannot hand a connection to its lane");
                 lane.state.open = false;
                 if let Some(other) = self.pick_lane() {
+                    self.keeper.before_accept(self.lane_fd(other));
                     self.send(other, fd);
                 }
             }

@@ -1,0 +1,151 @@
+//! The listener's keeper: a child sharing the listener's descriptor table, so that a
+//! connection the listener accepted but had not yet sent into a lane outlives the
+//! listener, whatever kills it, and is sent on.
+//!
+//! Per connection the listener stores two words in a page it shares with the keeper: the
+//! lane it will send into (before `accept4`) and the connection it is sending (just
+//! before `sendmsg`, cleared once it has closed its copy). When the listener dies, the
+//! keeper takes every accepted connection left in the table except the one being sent
+//! (the kernel has queued that one already, unless the listener died in the few
+//! instructions before the syscall) and sends them into that lane.
+
+use crate::ipc::Channel;
+use crate::sys::shared_table::{self, Forked, SharedWords};
+use anyhow::Context;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Shared word: the lane the next connection goes to.
+const LANE: usize = 0;
+/// Shared word: the connection being sent, or -1.
+const SENDING: usize = 1;
+/// How long the keeper waits for room in the lane before giving a connection up.
+const ROOM_WAIT: Duration = Duration::from_secs(2);
+/// What `ps` shows for the keeper (not `webd: listener`, which names the listener alone).
+const TITLE: &str = "webd: keeper";
+
+pub struct Keeper {
+    words: Option<SharedWords>,
+    pid: Option<Pid>,
+}
+
+impl Keeper {
+    /// Forks the keeper; call while the listener has a single thread. Without a keeper the
+    /// listener still serves, but a connection it holds when it dies is lost; `check`
+    /// tries again.
+    pub fn start() -> Keeper {
+        let words =
+            SharedWords::new(2).inspect_err(|e| tracing::error!(error = %e, "no page to share with a keeper")).ok();
+        let mut keeper = Keeper { words, pid: None };
+        keeper.spawn();
+        keeper
+    }
+
+    fn spawn(&mut self) {
+        let Some(words) = &self.words else { return };
+        let listener = nix::unistd::getpid();
+        match shared_table::fork_sharing_descriptors() {
+            Ok(Forked::Child) => run(listener, words),
+            Ok(Forked::Parent(pid)) => {
+                tracing::debug!(%pid, "keeper started");
+                self.pid = Some(pid);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start a keeper: a connection held at a crash would be lost"),
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.pid.map(|p| p.as_raw() as u32)
+    }
+
+    /// Reaps a keeper that exited (someone killed it) and starts another.
+    pub fn check(&mut self) {
+        if let Some(pid) = self.pid {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => {
+                    tracing::warn!(%pid, "keeper exited: starting another");
+                }
+                Err(e) => tracing::warn!(%pid, error = %e, "keeper gone: starting another"),
+                Ok(_) => return, // alive, stopped or continued
+            }
+            self.pid = None;
+        }
+        self.spawn();
+    }
+
+    /// The next accepted connection goes to the lane at `fd`.
+    pub fn before_accept(&self, lane: RawFd) {
+        self.store(LANE, lane);
+    }
+
+    /// The connection at `fd` is about to be sent: from here the kernel may hold it.
+    pub fn sending(&self, fd: RawFd) {
+        self.store(SENDING, fd);
+    }
+
+    /// The connection being sent is no longer in our table, or was not sent after all.
+    pub fn not_sending(&self) {
+        self.store(SENDING, -1);
+    }
+
+    fn store(&self, word: usize, value: RawFd) {
+        if let Some(words) = &self.words {
+            words.word(word).store(value, Ordering::Release);
+        }
+    }
+}
+
+/// The keeper's whole life: wait for the listener to die, send on what it held, exit.
+fn run(listener: Pid, words: &SharedWords) -> ! {
+    if let Err(e) = shared_table::retitle(TITLE) {
+        tracing::warn!(error = %e, "keeper keeps the listener's title");
+    }
+    if let Err(e) = shared_table::wait_for_parent_exit(listener) {
+        tracing::error!(error = %e, "keeper cannot watch the listener");
+        shared_table::exit_now(1);
+    }
+    match rescue(words) {
+        Ok(0) => shared_table::exit_now(0),
+        Ok(sent) => {
+            tracing::warn!(%listener, connections = sent, "the listener died holding connections: the keeper sent them on");
+            shared_table::exit_now(0)
+        }
+        Err(e) => {
+            tracing::error!(%listener, error = %format!("{e:#}"), "keeper could not send on the listener's connections");
+            shared_table::exit_now(1)
+        }
+    }
+}
+
+/// Sends every connection the dead listener left in the table into its chosen lane.
+fn rescue(words: &SharedWords) -> anyhow::Result<usize> {
+    let lane = words.word(LANE).load(Ordering::Acquire);
+    let sending = words.word(SENDING).load(Ordering::Acquire);
+    let held = shared_table::orphaned_connections(sending).context("listing the listener's descriptors")?;
+    if held.is_empty() {
+        return Ok(0);
+    }
+    let lane = shared_table::orphaned_seqpacket(lane).with_context(|| format!("no lane at fd {lane}"))?;
+    let mut lane = Channel::new(lane);
+    for fd in &held {
+        send_when_room(&mut lane, fd.as_fd()).context("sending into the lane")?;
+    }
+    Ok(held.len())
+}
+
+/// The lane had room when the listener chose it, but workers may be slow to read.
+fn send_when_room(lane: &mut Channel, fd: BorrowedFd<'_>) -> io::Result<()> {
+    let deadline = Instant::now() + ROOM_WAIT;
+    loop {
+        match lane.send_connection(fd) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            result => return result,
+        }
+    }
+}

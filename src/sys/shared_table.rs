@@ -1,0 +1,182 @@
+//! A child that shares its parent's descriptor table, and what it needs to take over
+//! the descriptors its parent left behind.
+//!
+//! The listener holds each connection it accepts, alone, until it has sent it into a
+//! lane. A child forked with `CLONE_FILES` keeps that table alive when the listener dies,
+//! even by SIGKILL (the kernel closes a table only when its last user is gone), so the
+//! child can find the connection and send it on. A page mapped `MAP_SHARED` before the
+//! fork tells it which connection had already been handed to the kernel.
+
+use std::io;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicI32;
+
+/// Integers in memory shared with every child forked after they were made: what one
+/// process stores, the others read, even after it died.
+pub struct SharedWords {
+    base: NonNull<AtomicI32>,
+    len: usize,
+}
+
+impl SharedWords {
+    /// `len` words, each starting at -1 (no descriptor).
+    pub fn new(len: usize) -> io::Result<SharedWords> {
+        use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+        let bytes = NonZeroUsize::new(len.max(1) * std::mem::size_of::<AtomicI32>())
+            .ok_or_else(|| io::Error::other("empty"))?;
+        // SAFETY: a fresh anonymous mapping at an address the kernel chooses: it overlaps
+        // no memory Rust knows about.
+        let base =
+            unsafe { mmap_anonymous(None, bytes, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED) }
+                .map_err(|e| io::Error::other(format!("mmap of a shared page: {e}")))?;
+        let words = SharedWords { base: base.cast(), len };
+        for i in 0..len {
+            words.word(i).store(-1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(words)
+    }
+
+    pub fn word(&self, i: usize) -> &AtomicI32 {
+        assert!(i < self.len, "shared word {i} of {}", self.len);
+        // SAFETY: in bounds of a mapping that lives as long as `self`; the page is aligned
+        // and zero-filled, a valid `AtomicI32`; it is only ever accessed atomically.
+        unsafe { &*self.base.as_ptr().add(i) }
+    }
+}
+
+impl Drop for SharedWords {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `new` made; no reference from `word`
+        // outlives `self`.
+        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len.max(1) * std::mem::size_of::<AtomicI32>()) };
+    }
+}
+
+/// Who we are after `fork_sharing_descriptors`.
+pub enum Forked {
+    Parent(nix::unistd::Pid),
+    Child,
+}
+
+/// Forks a child that shares our descriptor table but not our memory: a descriptor
+/// either opens or closes is opened or closed for both, and the table outlives whichever
+/// dies first. Refused unless this process has a single thread (the child gets only the
+/// calling one, and a lock another thread held would stay locked forever).
+pub fn fork_sharing_descriptors() -> io::Result<Forked> {
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .map_err(|e| io::Error::new(e.kind(), format!("/proc/self/task: {e}")))?;
+    if threads != 1 {
+        return Err(io::Error::other(format!("cannot fork a table-sharing child from {threads} threads")));
+    }
+    let flags = (libc::CLONE_FILES | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: clone with a null stack behaves as fork: the child runs on a copy-on-write
+    // copy of our memory and returns 0 here. We have one thread (checked above), so the
+    // child inherits no lock held by a thread it lacks.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(nix::unistd::Pid::from_raw(pid as i32))),
+    }
+}
+
+/// Blocks until process `pid`, our parent, has exited. Returns at once if it already has.
+pub fn wait_for_parent_exit(pid: nix::unistd::Pid) -> io::Result<()> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if raw < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ESRCH) { Ok(()) } else { Err(e) };
+    }
+    // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+    // The pid may already name another process if ours died and was reaped before the
+    // open: a reparented child knows its parent is gone.
+    if nix::unistd::getppid() != pid {
+        return Ok(());
+    }
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) if fds[0].revents().is_some_and(|r| !r.is_empty()) => return Ok(()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Accepted TCP connections (inet or inet6 stream sockets that are not listening) open in
+/// our descriptor table, apart from `except`. Only for a child whose table-sharing
+/// parent has died: it takes ownership of them, and nothing else in it may use them.
+pub fn orphaned_connections(except: RawFd) -> io::Result<Vec<OwnedFd>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else { continue };
+        if fd == except || !is_accepted_tcp(super::borrow_for_probe(fd)) {
+            continue;
+        }
+        // SAFETY: the descriptor is open (it answered getsockopt as a socket) and its
+        // owner, the parent, is dead; this child takes it over and uses it alone.
+        found.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    Ok(found)
+}
+
+/// A seqpacket socket our dead table-sharing parent left at `fd` (a lane it was sending
+/// into), taken over by this child; `None` if `fd` is not one.
+pub fn orphaned_seqpacket(fd: RawFd) -> Option<OwnedFd> {
+    use nix::sys::socket::{getsockopt, sockopt::SockType as SoType, SockType};
+    if fd < 0 || getsockopt(&super::borrow_for_probe(fd), SoType).ok()? != SockType::SeqPacket {
+        return None;
+    }
+    // SAFETY: as for `orphaned_connections`: open, and its owner is dead.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn is_accepted_tcp(fd: BorrowedFd<'_>) -> bool {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage};
+    let stream = matches!(getsockopt(&fd, sockopt::SockType), Ok(SockType::Stream));
+    let listening = getsockopt(&fd, sockopt::AcceptConn).unwrap_or(true);
+    let inet = getsockname::<SockaddrStorage>(fd.as_raw_fd())
+        .ok()
+        .and_then(|a| a.family())
+        .is_some_and(|f| matches!(f, AddressFamily::Inet | AddressFamily::Inet6));
+    stream && !listening && inet
+}
+
+/// Rewrites what `ps` shows as our command line, within argv's original length, so a
+/// child forked (not exec'd) from a role is not taken for that role.
+pub fn retitle(title: &str) -> io::Result<()> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields 48 and 49 of proc(5), arg_start and arg_end; the text after the command
+    // name's closing parenthesis starts at field 3.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<usize>().ok());
+    let (Some(start), Some(end)) = (field(48), field(49)) else {
+        return Err(io::Error::other("no argument range in /proc/self/stat"));
+    };
+    let room = end.saturating_sub(start);
+    if room == 0 {
+        return Err(io::Error::other("empty argument range"));
+    }
+    let n = title.len().min(room - 1);
+    // SAFETY: [arg_start, arg_end) holds our own argv strings, in our writable stack
+    // mapping; nothing holds a Rust reference into it. The last byte stays NUL.
+    unsafe {
+        std::ptr::write_bytes(start as *mut u8, 0, room);
+        std::ptr::copy_nonoverlapping(title.as_ptr(), start as *mut u8, n);
+    }
+    Ok(())
+}
+
+/// Ends this process at once: no destructors, no atexit handlers (a forked child must
+/// not flush or free what its parent owns).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes an int and never returns.
+    unsafe { libc::_exit(code) }
+}
