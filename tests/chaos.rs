@@ -723,6 +723,13 @@ fn run_chaos(kind: FaultKind) {
         missed_before,
         missed_after
     );
+    let kept: usize = webd
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("the keeper sent them on"))
+        .filter_map(|l| l.split("connections=").nth(1)?.split_whitespace().next()?.parse::<usize>().ok())
+        .sum();
+    eprintln!("Connections a dying listener held and its keeper sent on: {kept}.");
     if faults.len() <= 40 {
         for f in &faults {
             let what = match kind {
