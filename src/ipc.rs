@@ -255,7 +255,13 @@ impl Channel {
     /// Sends one connection fd: `Connections { count: 1 }`, pre-encoded, because between
     /// the listener's accept4 and this send the connection exists only in the listener.
     pub fn send_connection(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        sys::send_with_fds(self.fd.as_fd(), ONE_CONNECTION, &[fd])
+        self.send_connection_announced(fd, || {})
+    }
+
+    /// As `send_connection`, calling `announce` right before the syscall (see
+    /// `sys::send_with_fds_announced`).
+    pub fn send_connection_announced(&mut self, fd: BorrowedFd<'_>, announce: impl FnOnce()) -> io::Result<()> {
+        sys::send_with_fds_announced(self.fd.as_fd(), ONE_CONNECTION, &[fd], announce)
     }
 
     /// Receives one message, appending its fds to `fds`.

@@ -315,8 +315,10 @@ impl Listener {
     /// only in this process's descriptor table (and the keeper's, which shares it).
     fn send(&mut self, index: usize, fd: OwnedFd) {
         let Some(lane) = self.lanes.get_mut(index).and_then(Option::as_mut) else { return };
-        self.keeper.sending(fd.as_raw_fd());
-        match lane.channel.send_connection(fd.as_fd()) {
+        let (keeper, raw) = (&self.keeper, fd.as_raw_fd());
+        // Told at the last instant before the syscall: the shorter the time the keeper
+        // believes a connection queued that is not, the rarer a kill there loses it.
+        match lane.channel.send_connection_announced(fd.as_fd(), || keeper.sending(raw)) {
             Ok(()) => {
                 lane.sent = lane.sent.saturating_add(1);
                 fault::stop_if(self.stop_at, ListenerStop::AfterSend);

@@ -1,13 +1,13 @@
 //! Unix seqpacket socketpairs and SCM_RIGHTS fd passing.
 //!
-//! We use nix `sendmsg`/`recvmsg` directly rather than the `sendfd` crate: `sendfd`
+//! We call `sendmsg`/`recvmsg` ourselves rather than use the `sendfd` crate: `sendfd`
 //! receives without `MSG_CMSG_CLOEXEC` (fds would leak into every later exec) and
 //! silently drops fds beyond its buffer (no `MSG_CTRUNC` check). Here every received
 //! fd carries CLOEXEC, and a truncated control message is an error after the fds that
 //! did arrive are closed.
 
-use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
-use std::io::{self, IoSlice};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Most fds one message may carry (the kernel's SCM_MAX_FD is 253).
@@ -22,17 +22,64 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Sends one message with `fds` attached. Never blocks: a full peer gives `WouldBlock`.
 pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    debug_assert!(fds.len() <= MAX_FDS_PER_MESSAGE);
-    let raw: smallvec_fds::Fds = fds.iter().map(|fd| fd.as_raw_fd()).collect();
-    let iov = [IoSlice::new(bytes)];
-    let cmsg = [ControlMessage::ScmRights(raw.as_slice())];
-    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
+    send_with_fds_announced(sock, bytes, fds, || {})
+}
+
+/// As [`send_with_fds`], calling `announce` once the message is built, right before the
+/// syscall. Nothing but libc's wrapper then lies between `announce` and the kernel taking
+/// its references to the fds (a SIGKILL is acted on only when the syscall returns): the
+/// listener's keeper relies on that to know which connection was already queued.
+pub fn send_with_fds_announced(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    announce: impl FnOnce(),
+) -> io::Result<()> {
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(io::Error::other(format!("{} fds in one message (at most {MAX_FDS_PER_MESSAGE})", fds.len())));
+    }
+    // Built by hand, on the stack: nix's sendmsg allocates its control buffer per call.
+    // Room for MAX_FDS_PER_MESSAGE fds: CMSG_SPACE(64 * 4) = 272 bytes, 8-byte aligned.
+    let mut control = [0u64; 40];
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr().cast_mut().cast(), iov_len: bytes.len() };
+    // SAFETY: an all-zero msghdr is a valid empty header; every pointer set below
+    // outlives the sendmsg call, and the kernel only reads through `msg_iov`.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let payload = (fds.len() * std::mem::size_of::<RawFd>()) as u32;
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE only computes a size.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as _;
+        // SAFETY: `control` is 8-byte aligned and larger than CMSG_SPACE(payload) (the
+        // count is checked above), so the one header and its data fit inside it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
+            let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+            for (i, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(data.add(i), fd.as_raw_fd());
+            }
+        }
+    }
+    announce();
     loop {
-        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL, None) {
-            Ok(n) if n == bytes.len() => return Ok(()),
-            Ok(n) => return Err(io::Error::other(format!("short seqpacket send: {n} of {} bytes", bytes.len()))),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
+        // SAFETY: `msg` points at live buffers of the sizes it states.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            let n = n as usize;
+            return if n == bytes.len() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!("short seqpacket send: {n} of {} bytes", bytes.len())))
+            };
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
         }
     }
 }
@@ -93,33 +140,6 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd
     Ok(Received { len: n, fds_lost: msg.msg_flags & libc::MSG_CTRUNC != 0 })
 }
 
-/// A fixed-capacity list of raw fds so a send allocates nothing.
-mod smallvec_fds {
-    use super::{RawFd, MAX_FDS_PER_MESSAGE};
-
-    pub struct Fds {
-        fds: [RawFd; MAX_FDS_PER_MESSAGE],
-        len: usize,
-    }
-
-    impl Fds {
-        pub fn as_slice(&self) -> &[RawFd] {
-            &self.fds[..self.len]
-        }
-    }
-
-    impl FromIterator<RawFd> for Fds {
-        fn from_iter<I: IntoIterator<Item = RawFd>>(iter: I) -> Self {
-            let mut out = Fds { fds: [-1; MAX_FDS_PER_MESSAGE], len: 0 };
-            for fd in iter.into_iter().take(MAX_FDS_PER_MESSAGE) {
-                out.fds[out.len] = fd;
-                out.len += 1;
-            }
-            out
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +162,29 @@ mod tests {
         assert!(!got.fds_lost);
         assert_eq!(fds.len(), 2);
         assert!(fds.iter().all(|fd| cloexec(fd.as_fd())));
+    }
+
+    #[test]
+    fn announce_runs_once_before_the_message_is_queued_and_not_for_a_refused_one() {
+        let (a, b) = seqpacket_pair().expect("pair");
+        let (x, _y) = seqpacket_pair().expect("pair");
+        let mut buf = [0u8; 16];
+        let mut fds = Vec::new();
+        let mut announced = 0;
+        send_with_fds_announced(a.as_fd(), b"one", &[x.as_fd()], || {
+            // Nothing is queued yet when the caller is told.
+            let queued = recv_with_fds(b.as_fd(), &mut [0u8; 16], &mut Vec::new());
+            assert_eq!(queued.map_err(|e| e.kind()).err(), Some(io::ErrorKind::WouldBlock));
+            announced += 1;
+        })
+        .expect("send");
+        assert_eq!(announced, 1);
+        assert_eq!(recv_with_fds(b.as_fd(), &mut buf, &mut fds).expect("recv").len, 3);
+        assert_eq!(fds.len(), 1);
+
+        let too_many = vec![x.as_fd(); MAX_FDS_PER_MESSAGE + 1];
+        let refused = send_with_fds_announced(a.as_fd(), b"x", &too_many, || announced += 1);
+        assert!(refused.is_err() && announced == 1, "an oversized message was sent or announced");
     }
 
     #[test]
