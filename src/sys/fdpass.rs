@@ -13,6 +13,34 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 /// Most fds one message may carry (the kernel's SCM_MAX_FD is 253).
 pub const MAX_FDS_PER_MESSAGE: usize = 64;
 
+/// Words of a control buffer with room for MAX_FDS_PER_MESSAGE fds: CMSG_SPACE(64 * 4)
+/// = 272 bytes, 8-byte aligned as cmsg headers require. On the stack: nix's `sendmsg`
+/// would allocate one per call.
+const CONTROL_WORDS: usize = 40;
+
+/// A message header naming one buffer and no control data yet.
+fn header(iov: &mut libc::iovec) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg
+}
+
+/// Runs a send/receive syscall until it is not interrupted; its byte count or the error.
+fn retrying_eintr(mut syscall: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let n = syscall();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// A connected AF_UNIX SOCK_SEQPACKET pair, both ends CLOEXEC: message boundaries are
 /// kept and a closed peer shows as EOF, which plain datagram pairs cannot tell.
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -38,15 +66,10 @@ pub fn send_with_fds_announced(
     if fds.len() > MAX_FDS_PER_MESSAGE {
         return Err(io::Error::other(format!("{} fds in one message (at most {MAX_FDS_PER_MESSAGE})", fds.len())));
     }
-    // Built by hand, on the stack: nix's sendmsg allocates its control buffer per call.
-    // Room for MAX_FDS_PER_MESSAGE fds: CMSG_SPACE(64 * 4) = 272 bytes, 8-byte aligned.
-    let mut control = [0u64; 40];
+    let mut control = [0u64; CONTROL_WORDS];
+    // The kernel only reads through `msg_iov` on a send.
     let mut iov = libc::iovec { iov_base: bytes.as_ptr().cast_mut().cast(), iov_len: bytes.len() };
-    // SAFETY: an all-zero msghdr is a valid empty header; every pointer set below
-    // outlives the sendmsg call, and the kernel only reads through `msg_iov`.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+    let mut msg = header(&mut iov);
     if !fds.is_empty() {
         let payload = (fds.len() * std::mem::size_of::<RawFd>()) as u32;
         msg.msg_control = control.as_mut_ptr().cast();
@@ -66,22 +89,13 @@ pub fn send_with_fds_announced(
         }
     }
     announce();
-    loop {
-        // SAFETY: `msg` points at live buffers of the sizes it states.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            let n = n as usize;
-            return if n == bytes.len() {
-                Ok(())
-            } else {
-                Err(io::Error::other(format!("short seqpacket send: {n} of {} bytes", bytes.len())))
-            };
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
+    // SAFETY: `msg` points at live buffers of the sizes it states.
+    let n =
+        retrying_eintr(|| unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) })?;
+    if n != bytes.len() {
+        return Err(io::Error::other(format!("short seqpacket send: {n} of {} bytes", bytes.len())));
     }
+    Ok(())
 }
 
 /// One received message: its length (0: the peer closed) and whether passed fds were
@@ -96,27 +110,15 @@ pub struct Received {
 /// Receives one message into `buf`, appending every fd the kernel installed to `fds`
 /// (with CLOEXEC) — also when some were lost, so none leaks. Never blocks.
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<Received> {
-    // Room for MAX_FDS_PER_MESSAGE fds: CMSG_SPACE(64 * 4) = 272 bytes, 8-byte aligned.
-    let mut control = [0u64; 40];
+    let mut control = [0u64; CONTROL_WORDS];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    // SAFETY: an all-zero msghdr is a valid empty header; every pointer set below
-    // outlives the recvmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+    let mut msg = header(&mut iov);
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    let n = loop {
-        // SAFETY: `msg` points at live buffers of the sizes it states.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    };
+    // SAFETY: `msg` points at live buffers of the sizes it states.
+    let n = retrying_eintr(|| unsafe {
+        libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT)
+    })?;
     // SAFETY: the kernel filled `msg_control` with well-formed cmsg headers up to
     // `msg_controllen`; CMSG_FIRSTHDR/CMSG_NXTHDR stay within it, and each SCM_RIGHTS
     // payload holds `(cmsg_len - CMSG_LEN(0)) / 4` descriptors just installed for us,
