@@ -88,8 +88,10 @@ for b in blocks:
         if key not in b:
             print(f"  {name}: missing {key[:-1]}"); ok = False
     m = re.search(r'runbook_url:\s*"?([^"\n]+)', b)
-    if m and m.group(1) != f"docs/runbook.md#{name.lower()}":
-        print(f"  {name}: runbook_url {m.group(1)!r} != docs/runbook.md#{name.lower()}"); ok = False
+    # Absolute, so it opens from Alertmanager and Grafana; the base is the deployment's.
+    anchor = f"/docs/runbook.md#{name.lower()}"
+    if m and not (m.group(1).startswith("https://") and m.group(1).endswith(anchor)):
+        print(f"  {name}: runbook_url {m.group(1)!r} is not an absolute URL ending in {anchor}"); ok = False
     m = re.search(r"severity:\s*(\S+)", b)
     if m and m.group(1) not in ("critical", "warning", "info"):
         print(f"  {name}: unexpected severity {m.group(1)}"); ok = False

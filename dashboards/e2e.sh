@@ -87,7 +87,11 @@ for round in 1 2 3; do
   done
   case $round in
     1) "$WEBCTL_BIN" --control-socket "$TMP/webd.sock" restart listener ;;
-    2) kill -9 "$(pgrep -f '^webd: worker 0' | head -n 1)" ;;
+    2) # Our own daemon's worker 0, from its status: never a process found by name,
+       # which could be another webd's on a shared machine.
+       worker0=$("$WEBCTL_BIN" --control-socket "$TMP/webd.sock" --json status |
+         python3 -c 'import json,sys; print(next(w["pid"] for w in json.load(sys.stdin)["status"]["workers"] if w["id"] == 0))')
+       kill -9 "$worker0" ;;
   esac
   sleep 1.5 # let a few scrapes see this round
 done

@@ -13,11 +13,11 @@ use std::time::Duration;
 /// Every setting can also come from `--config FILE` (TOML, the same keys in
 /// snake_case); a flag given on the command line wins over the file.
 #[derive(Parser, Debug, Clone, Default, Deserialize)]
-#[command(name = "webd", version, about)]
+#[command(name = "webd", version, about, after_help = AFTER_HELP)]
 #[serde(deny_unknown_fields)]
 pub struct Cli {
     /// TCP address to serve HTTP on (repeatable) [default: 127.0.0.1:8080].
-    #[arg(long = "listen", value_name = "ADDR")]
+    #[arg(long = "listen", value_name = "ADDR", value_parser = parse_listen)]
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
     /// Document root [default: .].
@@ -69,6 +69,29 @@ pub struct Cli {
     /// Most connections one worker holds at once [default: 16384].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: Option<u32>,
+}
+
+const AFTER_HELP: &str = "\
+Signals (to the daemon; its children leave them to it):
+  SIGTERM, SIGINT  graceful stop      SIGHUP  reload the config file, rolling worker restart
+  SIGUSR1          reopen logs        SIGUSR2 binary upgrade
+Logging: RUST_LOG sets the level and filters (e.g. RUST_LOG=debug, RUST_LOG=webd=info).
+Exit codes: 0 clean stop, 1 runtime error (address in use, unreadable root),
+  2 usage or configuration error.
+Reference (flags, config keys, control protocol, metrics): docs/reference.md";
+
+/// `--listen` takes a numeric IP and a port: a host name would resolve to addresses
+/// nobody chose, and a bare IP leaves the port to guess.
+fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if value.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!("{value:?} has no port: give IP:PORT, e.g. {value}:8080"));
+    }
+    Err(format!(
+        "{value:?} is not IP:PORT (an IP address and a port, e.g. 127.0.0.1:8080; host names are not accepted)"
+    ))
 }
 
 // Allowed ranges, shared by the flag parser and the config-file check.
@@ -138,7 +161,14 @@ impl Config {
     fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
         let listen = if cli.listen.is_empty() { vec![SocketAddr::from(([127, 0, 0, 1], 8080))] } else { cli.listen };
         let root = resolve_root(cli.root.as_deref().unwrap_or(std::path::Path::new(".")))?;
-        let admin = parse_admin(cli.admin.as_deref().unwrap_or("127.0.0.1:9180"))?;
+        let admin = match cli.admin.as_deref() {
+            Some(admin) => parse_admin(admin).map_err(|e| ConfigError::Usage(format!("--admin {e}")))?,
+            None => parse_admin("127.0.0.1:9180").map_err(ConfigError::Usage)?,
+        };
+        check_addresses(&listen, admin)?;
+        if let Some(name) = &cli.user {
+            check_user(name)?;
+        }
         let access_log = match cli.access_log.as_deref() {
             None | Some("off") | Some("") => None,
             Some(other) => Some(other.to_string()),
@@ -211,12 +241,53 @@ impl Cli {
     }
 }
 
+/// Each address once, and the admin endpoint on none of them: said as such rather than
+/// as the "Address already in use" the second bind would report.
+fn check_addresses(listen: &[SocketAddr], admin: Option<SocketAddr>) -> Result<(), ConfigError> {
+    for (i, addr) in listen.iter().enumerate() {
+        if listen[..i].contains(addr) {
+            return Err(ConfigError::Usage(format!("listen address {addr} is given twice")));
+        }
+    }
+    match admin {
+        Some(admin) if listen.contains(&admin) => {
+            Err(ConfigError::Usage(format!("admin address {admin} is also a listen address")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `--user` must name an existing user: found now, it is a configuration error (2),
+/// not a failure after the sockets are bound.
+fn check_user(name: &str) -> Result<(), ConfigError> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(ConfigError::Usage(format!("user {name:?}: no such user"))),
+        Err(e) => Err(ConfigError::Usage(format!("user {name:?}: cannot look it up: {e}"))),
+    }
+}
+
 /// Reads and checks a TOML config file; every error names the file (and the key).
+/// Relative paths in it are relative to the file's own directory.
 fn read_file(path: &std::path::Path) -> Result<Cli, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::Usage(format!("config file {}: {e}", path.display())))?;
-    let file: Cli = toml::from_str(&text)
-        .map_err(|e| ConfigError::Usage(format!("config file {}: {}", path.display(), one_line(&e.to_string()))))?;
+    let mut file: Cli = toml::from_str(&text)
+        .map_err(|e| ConfigError::Usage(format!("config file {}: {}", path.display(), toml_error(&text, &e))))?;
+    let in_file = |message: String| ConfigError::Usage(format!("config file {}: {message}", path.display()));
+    if file.listen.is_empty() && names_key(&text, "listen") {
+        return Err(in_file("listen = [] names no address: give at least one IP:PORT, or leave the key out".into()));
+    }
+    if let Some(admin) = &file.admin {
+        parse_admin(admin).map_err(|e| in_file(format!("admin = {e}")))?;
+    }
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    file.root = file.root.map(|p| dir.join(p));
+    file.control_socket = file.control_socket.map(|p| dir.join(p));
+    file.access_log = file.access_log.map(|log| match log.as_str() {
+        "-" | "off" | "" => log,
+        _ => dir.join(&log).to_string_lossy().into_owned(),
+    });
     let checks: [(&str, Option<u64>, (u64, u64)); 6] = [
         ("heartbeat_interval", file.heartbeat_interval, HEARTBEAT_INTERVAL),
         ("heartbeat_timeout", file.heartbeat_timeout, HEARTBEAT_TIMEOUT),
@@ -245,9 +316,26 @@ fn read_file(path: &std::path::Path) -> Result<Cli, ConfigError> {
     Ok(file)
 }
 
-/// toml's errors span several lines (a source excerpt); keep the message on one.
-fn one_line(message: &str) -> String {
-    message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+/// True when the TOML document sets `key` at its top level.
+fn names_key(text: &str, key: &str) -> bool {
+    text.parse::<toml::Table>().is_ok_and(|table| table.contains_key(key))
+}
+
+/// toml's message with the line and column it points at, on one line (its source
+/// excerpt, which spans several, is left out).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before.len() - start + 1;
+            let source = text[start..].lines().next().unwrap_or_default().trim();
+            format!("line {line}, column {column} ({source}): {message}")
+        }
+        None => message.to_string(),
+    }
 }
 
 fn resolve_root(root: &std::path::Path) -> Result<PathBuf, ConfigError> {
@@ -263,11 +351,11 @@ fn resolve_root(root: &std::path::Path) -> Result<PathBuf, ConfigError> {
     Ok(canonical)
 }
 
-fn parse_admin(admin: &str) -> Result<Option<SocketAddr>, ConfigError> {
+fn parse_admin(admin: &str) -> Result<Option<SocketAddr>, String> {
     if admin == "off" {
         return Ok(None);
     }
-    admin.parse().map(Some).map_err(|_| ConfigError::Usage(format!("--admin {admin:?}: expected ADDR:PORT or off")))
+    admin.parse().map(Some).map_err(|_| format!("{admin:?}: expected IP:PORT or off"))
 }
 
 fn default_workers() -> u32 {

@@ -3,10 +3,10 @@
 //! The handler (installed by signal-hook) only sets a flag and writes a byte to a
 //! socket that the loop polls; the loop then asks which signals are pending.
 //!
-//! Daemon: SIGTERM/SIGINT = graceful stop, SIGHUP = rolling worker restart,
+//! Daemon: SIGTERM/SIGINT/SIGQUIT = graceful stop, SIGHUP = rolling worker restart,
 //! SIGCHLD = reap children. Manager: SIGCHLD = reap workers.
 
-use signal_hook::consts::signal::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::consts::signal::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -16,7 +16,7 @@ use std::sync::Arc;
 /// The signals a webd process reacts to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// SIGTERM or SIGINT: graceful stop.
+    /// SIGTERM, SIGINT or SIGQUIT: graceful stop.
     Stop,
     /// SIGHUP: reload (rolling worker restart).
     Reload,
@@ -28,9 +28,10 @@ pub enum Event {
     Upgrade,
 }
 
-const MAP: [(i32, Event); 6] = [
+const MAP: [(i32, Event); 7] = [
     (SIGTERM, Event::Stop),
     (SIGINT, Event::Stop),
+    (SIGQUIT, Event::Stop),
     (SIGHUP, Event::Reload),
     (SIGCHLD, Event::Child),
     (SIGUSR1, Event::ReopenLogs),

@@ -154,10 +154,12 @@ impl Slot {
     fn record_restart(&mut self, reason: Reason, now: Instant) -> Duration {
         self.restarts_by_reason[reason.index()] += 1;
         self.prune(now);
-        self.recent_restarts.push_back(now);
         if reason == Reason::Manual {
-            return Duration::ZERO; // an operator's restart is not a failure
+            // An operator's restart is not a failure: it neither feeds the backoff nor
+            // forgives the failures before it.
+            return Duration::ZERO;
         }
+        self.recent_restarts.push_back(now);
         let failures = self.recent_restarts.len() as u32;
         BACKOFF_FIRST.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(BACKOFF_MAX)
     }
@@ -183,7 +185,9 @@ impl Slot {
     pub fn log_restart(&mut self, reason: Reason, delay: Duration, now: Instant) {
         let backoff = self.in_backoff(now);
         let (name, restarts, retry_ms) = (self.name.as_str(), self.restarts(), delay.as_millis() as u64);
-        if backoff {
+        if reason == Reason::Manual {
+            tracing::info!(process = name, restarts, "restarting on request");
+        } else if backoff {
             tracing::warn!(
                 process = name,
                 reason = reason.as_str(),
@@ -286,5 +290,24 @@ mod tests {
         slot.spawned(Pid::from_raw(5), t0);
         assert_eq!(slot.vacate(Reason::Manual, t0), Duration::ZERO);
         assert_eq!(slot.restarts_by_reason, [0, 0, 1]);
+    }
+
+    #[test]
+    fn manual_restarts_neither_feed_nor_reset_the_backoff() {
+        let t0 = Instant::now();
+        let mut slot = Slot::new("manager", t0);
+        for i in 0..7 {
+            slot.spawned(Pid::from_raw(10 + i), t0);
+            assert_eq!(slot.vacate(Reason::Manual, t0), Duration::ZERO);
+        }
+        slot.spawned(Pid::from_raw(20), t0);
+        assert_eq!(slot.vacate(Reason::Crash, t0).as_millis(), 100, "first failure after manual restarts");
+        assert_ne!(slot.state(t0), "backoff");
+        slot.spawned(Pid::from_raw(21), t0);
+        assert_eq!(slot.vacate(Reason::Crash, t0).as_millis(), 200);
+        slot.spawned(Pid::from_raw(22), t0);
+        assert_eq!(slot.vacate(Reason::Manual, t0), Duration::ZERO);
+        slot.spawned(Pid::from_raw(23), t0);
+        assert_eq!(slot.vacate(Reason::Crash, t0).as_millis(), 400, "a manual restart forgives nothing");
     }
 }

@@ -3,6 +3,7 @@
 //! - `chaos`: random SIGKILL/SIGSTOP of listener, manager and workers under load; every
 //!   failed request attributed to its fault (`WEBD_SOAK_SECS` for long runs)
 //! - `control`: webctl and the control socket against the real daemon
+//! - `defects`: defects an operator met in the first hour, each with its test
 //! - `tree`: the supervised process tree (spawn, crash, hang, backoff, stop, orphans)
 //! - `metrics`: /metrics, /readyz, /status against the real daemon
 //! - `ops`: config file, SIGHUP, systemd notify, --user, access log
@@ -14,6 +15,7 @@
 
 mod chaos;
 mod control;
+mod defects;
 mod hostile;
 mod http;
 mod metrics;

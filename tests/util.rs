@@ -86,9 +86,15 @@ pub fn exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Sends `sig` to `pid` with kill(2) (never by spawning `kill`, which a machine may
+/// lack). A process already gone is fine; any other failure fails the test.
 pub fn kill(pid: i32, sig: i32) {
-    // std has no kill(2) wrapper; `kill` the command is always there.
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    use nix::errno::Errno;
+    let signal = nix::sys::signal::Signal::try_from(sig).unwrap_or_else(|e| panic!("signal {sig}: {e}"));
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => panic!("kill -{sig} {pid}: {e}"),
+    }
 }
 
 pub const SIGKILL: i32 = 9;
@@ -110,11 +116,14 @@ pub struct Options {
     /// A TOML config written to `<dir>/webd.toml` and passed with `--config`; `{port}`,
     /// `{root}`, `{socket}` and `{dir}` are replaced by this daemon's values.
     pub config_toml: Option<String>,
+    /// Start the daemon as the leader of a process group of its own (its pid is the
+    /// group id), so a test can signal the whole group as `timeout` or `tini -g` do.
+    pub own_group: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { workers: 2, args: Vec::new(), env: Vec::new(), only_args: false, config_toml: None }
+        Options { workers: 2, args: Vec::new(), env: Vec::new(), only_args: false, config_toml: None, own_group: false }
     }
 }
 
@@ -184,6 +193,9 @@ impl Webd {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log fd"))
             .stderr(log_file);
+        if opts.own_group {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        }
         let child = cmd.spawn().expect("spawn webd");
         let pid = child.id() as i32;
         Webd {
@@ -286,13 +298,14 @@ fn descends_from(all: &HashMap<i32, Proc>, mut pid: i32, ancestor: i32) -> bool 
 impl Drop for Webd {
     fn drop(&mut self) {
         let _ = self.tree();
-        kill(self.pid, SIGKILL);
+        // `signal`, not `kill`: a failure here must not panic inside a drop.
+        signal(self.pid, SIGKILL);
         if let Some(mut child) = self.child.take() {
             let _ = child.wait();
         }
         for pid in self.seen_pids() {
             if alive(pid) {
-                kill(pid, SIGKILL);
+                signal(pid, SIGKILL);
             }
         }
         if std::thread::panicking() {
@@ -689,16 +702,15 @@ pub fn cpu_seconds(pid: i32) -> Option<f64> {
     // After ')': state(0) ppid(1) ... utime is field 14 of the whole line = index 11 here.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100).max(1) as f64;
     Some((utime + stime) as f64 / hz)
 }
 
 /// Sends a signal with kill(2) directly (no `kill` process: cheap enough to call in a
 /// loop, and the result tells whether the target existed).
 pub fn signal(pid: i32, sig: i32) -> bool {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { libc::kill(pid, sig) == 0 }
+    let Ok(signal) = nix::sys::signal::Signal::try_from(sig) else { return false };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).is_ok()
 }
 
 impl Webd {

@@ -57,6 +57,7 @@ pub fn spawn_inherited(listener: std::net::TcpListener, observed: SharedObserved
 pub struct AdminHandle {
     pub socket: std::net::TcpListener,
     stop: server::StopSwitch,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl AdminHandle {
@@ -64,6 +65,13 @@ impl AdminHandle {
     /// holds another copy keeps serving on it.
     pub fn stop(&self) {
         self.stop.stop();
+    }
+
+    /// Stops serving and returns once the port is closed in this process (the serving
+    /// thread has dropped its socket, and so has this handle).
+    pub fn close(self) {
+        self.stop.stop();
+        let _ = self.thread.join();
     }
 }
 
@@ -74,8 +82,8 @@ fn start(listener: std::net::TcpListener, addr: SocketAddr, observed: SharedObse
     }
     let limits = Limits { max_connections: connection_budget(Limits::default().max_connections), ..Limits::default() };
     tracing::info!(addr = %listener.local_addr().unwrap_or(addr), max_connections = limits.max_connections, "admin endpoint listening");
-    let stop = serve(listener, observed, limits)?;
-    Ok(AdminHandle { socket, stop })
+    let (stop, thread) = serve(listener, observed, limits)?;
+    Ok(AdminHandle { socket, stop, thread })
 }
 
 /// Admin connections use the daemon's descriptors: keep them to a quarter of its
@@ -92,12 +100,16 @@ fn connection_budget(max: usize) -> usize {
 }
 
 /// Serves on an already bound, non-blocking listener from a new thread.
-fn serve(listener: std::net::TcpListener, observed: SharedObserved, limits: Limits) -> io::Result<server::StopSwitch> {
+fn serve(
+    listener: std::net::TcpListener,
+    observed: SharedObserved,
+    limits: Limits,
+) -> io::Result<(server::StopSwitch, std::thread::JoinHandle<()>)> {
     let endpoints = routes::Endpoints::new(observed).map_err(io::Error::other)?;
     let server = server::Server::new(listener, endpoints, limits)?;
     let stop = server.stop_switch();
-    std::thread::Builder::new().name("webd-admin".into()).spawn(move || server.run())?;
-    Ok(stop)
+    let thread = std::thread::Builder::new().name("webd-admin".into()).spawn(move || server.run())?;
+    Ok((stop, thread))
 }
 
 /// A non-blocking, close-on-exec listening socket with a deep backlog.

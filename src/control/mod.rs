@@ -50,17 +50,40 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
                 .with_context(|| format!("creating control socket directory {}", dir.display()))?;
         }
     }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            anyhow::bail!("another webd is already running on control socket {}", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing stale control socket {}", path.display()))?;
-        tracing::info!(path = %path.display(), "replaced stale control socket");
-    }
+    remove_stale_socket(path)?;
     let listener = UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod 0600 {}", path.display()))?;
     Ok(listener)
+}
+
+/// Removes what a crashed daemon left at `path`, which must be a socket no daemon
+/// answers on. Anything else (a regular file, a directory, a live daemon) is refused
+/// and left untouched: a mistyped path must never cost an operator a file.
+fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("control socket {}", path.display())),
+    };
+    if !meta.file_type().is_socket() {
+        anyhow::bail!("control socket {} exists and is not a socket", path.display());
+    }
+    if UnixStream::connect(path).is_ok() {
+        anyhow::bail!("another webd is already running on control socket {}", path.display());
+    }
+    std::fs::remove_file(path).with_context(|| format!("removing stale control socket {}", path.display()))?;
+    tracing::info!(path = %path.display(), "replaced stale control socket");
+    Ok(())
+}
+
+/// Removes the control socket at exit, only if a socket is still what the path names.
+pub fn remove_own_socket(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Serves the control socket on a thread of its own until `stop` is set (a binary

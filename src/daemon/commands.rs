@@ -52,6 +52,10 @@ impl Daemon {
     /// Starts a command; returns its response now, or `None` when it is answered later.
     fn start_command(&mut self, request: Request, reply: &SyncSender<Response>) -> Option<Response> {
         if self.state == State::Stopping {
+            if request == Request::Stop {
+                self.stop_replies.push(reply.clone());
+                return None;
+            }
             return Some(Response::error("daemon is stopping"));
         }
         let draining = self.state == State::Draining;
@@ -59,7 +63,9 @@ impl Daemon {
             Request::Status => Some(Response::error("status is served by the control thread")),
             Request::Stop => {
                 self.begin_stop("control command");
-                Some(Response::ok("stopping"))
+                // Answered once the sockets are released (see `release_sockets`).
+                self.stop_replies.push(reply.clone());
+                None
             }
             Request::Drain => self.set_draining(true, reply),
             Request::Resume => self.set_draining(false, reply),
@@ -68,6 +74,13 @@ impl Daemon {
                 self.await_or_fail(result, Awaiting::Replacement(Role::Listener), "restart listener", reply)
             }
             Request::Restart { target: RestartTarget::Manager, .. } => {
+                if self.worker_command_pending() {
+                    // Its manager would be retired mid-way; the pool's next size would
+                    // depend on which of the two got there first.
+                    return Some(Response::error(
+                        "restart manager: a worker command is in progress; retry when it is answered",
+                    ));
+                }
                 let result = self.manager.replace(&self.inherit, self.poll.registry(), draining);
                 self.await_or_fail(result, Awaiting::Replacement(Role::Manager), "restart manager", reply)
             }
@@ -119,14 +132,25 @@ impl Daemon {
 
     /// Worker commands are the manager's to carry out; one at a time.
     fn forward_to_manager(&mut self, msg: Message, what: &str, reply: &SyncSender<Response>) -> Option<Response> {
-        if self.pending.iter().any(|p| p.awaiting == Awaiting::ManagerDone) {
+        if self.worker_command_pending() {
             return Some(Response::error(format!("{what}: another worker command is in progress")));
+        }
+        if self.manager.replacing() {
+            // The current manager is about to retire and its successor was bootstrapped
+            // with the pool as it was: sent to either, the command could be lost.
+            return Some(Response::error(format!(
+                "{what}: a manager restart is in progress; retry when it is answered"
+            )));
         }
         if !self.manager.slot.is_up() {
             return Some(Response::error(format!("{what}: the manager is not running")));
         }
         self.manager.send(&msg);
         self.await_or_fail(Ok(()), Awaiting::ManagerDone, what, reply)
+    }
+
+    fn worker_command_pending(&self) -> bool {
+        self.pending.iter().any(|p| p.awaiting == Awaiting::ManagerDone)
     }
 
     /// Drains or resumes; answers once the workers' channels carry it, so the next

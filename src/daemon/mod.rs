@@ -117,6 +117,8 @@ struct Daemon {
     upgrade: upgrade::Upgrade,
     /// A successor owns the control socket now: leave its file alone at exit.
     handed_over: bool,
+    /// `webctl stop` clients, answered once the sockets are released.
+    stop_replies: Vec<std::sync::mpsc::SyncSender<webd_proto::Response>>,
     /// Totals inherited from the daemon we replaced (binary upgrade).
     carried: crate::observe::CarriedTotals,
     /// Our command line, for starting a successor.
@@ -230,6 +232,7 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
         planes,
         upgrade,
         handed_over: false,
+        stop_replies: Vec::new(),
         carried: Default::default(),
         argv0,
         args,
@@ -238,7 +241,7 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
     daemon.continue_from(carried);
     let result = daemon.run_loop();
     if !daemon.handed_over {
-        let _ = std::fs::remove_file(&daemon.inherit.config.control_socket);
+        control::remove_own_socket(&daemon.inherit.config.control_socket);
     }
     result
 }
@@ -257,6 +260,10 @@ impl Daemon {
             if self.state == State::Stopping && self.stop_finished(now) {
                 self.publish(Instant::now());
                 self.send_final_totals();
+                self.release_sockets();
+                for reply in self.stop_replies.drain(..) {
+                    let _ = reply.try_send(webd_proto::Response::ok("stopped"));
+                }
                 self.planes.let_replies_finish(Duration::from_millis(500));
                 tracing::info!(uptime_s = self.started.elapsed().as_secs(), "webd stopped");
                 return Ok(());
@@ -447,6 +454,18 @@ impl Daemon {
         self.manager.slot.start_due = None;
         self.listener.send(&Message::Shutdown { deadline_ms });
         self.manager_stop_pending = Some(deadline_ms);
+    }
+
+    /// Closes the listening sockets, the admin endpoint and the control socket's path
+    /// before `stop` is answered, so `webctl stop && webd …` can bind them at once.
+    fn release_sockets(&mut self) {
+        self.inherit.listen.clear();
+        if self.handed_over {
+            self.planes.stop();
+        } else {
+            self.planes.close();
+            control::remove_own_socket(&self.inherit.config.control_socket);
+        }
     }
 
     fn stop_manager_after_listener(&mut self) {

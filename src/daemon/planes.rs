@@ -57,7 +57,7 @@ impl Planes {
             (Some(socket), _) => {
                 Some(crate::admin::spawn_inherited(socket, observed.clone()).context("admin endpoint")?)
             }
-            (None, Some(addr)) => Some(crate::admin::spawn(addr, observed.clone()).context("admin endpoint")?),
+            (None, Some(addr)) => Some(crate::admin::spawn(addr, observed.clone())?),
             (None, None) => None,
         };
         Ok(())
@@ -69,6 +69,15 @@ impl Planes {
         let deadline = std::time::Instant::now() + within;
         while self.control_clients.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Stops serving both and closes the admin port (a graceful stop releasing what it
+    /// bound before it answers `stop`).
+    pub fn close(&mut self) {
+        self.control_stop.store(true, Ordering::Release);
+        if let Some(admin) = self.admin.take() {
+            admin.close();
         }
     }
 

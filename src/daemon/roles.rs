@@ -355,6 +355,11 @@ impl RoleProcess {
         self.slot.start_due.into_iter().chain(self.retiring.iter().map(|r| r.kill_at))
     }
 
+    /// True while a graceful replacement is starting beside the current process.
+    pub fn replacing(&self) -> bool {
+        self.incoming.is_some()
+    }
+
     pub fn has_processes(&self) -> bool {
         self.slot.pid.is_some() || !self.retiring.is_empty() || self.incoming.is_some()
     }

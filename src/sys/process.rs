@@ -87,12 +87,16 @@ pub fn lifeline() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// In a child role: ignore the signals an operator means for the daemon (SIGINT from a
-/// terminal's Ctrl-C reaches the whole process group; `systemctl kill` without
+/// terminal's Ctrl-C reaches the whole process group, and so does the SIGTERM of
+/// `timeout`, supervisord's `stopasgroup` or `tini -g`; `systemctl kill` without
 /// `--kill-whom=main` reaches the whole unit). The daemon acts on them and tells its
-/// children what to do over their channels. Inherited by the workers across exec.
+/// children what to do over their channels, so a stop sent to the group is as graceful
+/// as one sent to the daemon. Inherited by the workers across exec.
 pub fn ignore_operator_signals() {
     use nix::sys::signal::{signal, SigHandler, Signal};
-    for sig in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2] {
+    const OPERATOR_SIGNALS: [Signal; 6] =
+        [Signal::SIGINT, Signal::SIGTERM, Signal::SIGQUIT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2];
+    for sig in OPERATOR_SIGNALS {
         // SAFETY: installing SIG_IGN runs no handler code, so nothing here can violate
         // async-signal safety; it is done at start-up of a child before any thread.
         if let Err(e) = unsafe { signal(sig, SigHandler::SigIgn) } {
