@@ -41,6 +41,12 @@ fn main() -> ExitCode {
         Ok(reply) => reply,
         Err(err) => {
             eprintln!("webctl: {err}");
+            if cli.json {
+                // Scripts reading stdout get an answer of the daemon's shape too.
+                let line = serde_json::json!({ "ok": false, "error": err.to_string() });
+                let _ = writeln!(stdout, "{line}");
+                let _ = stdout.flush();
+            }
             return ExitCode::from(err.exit_code());
         }
     };

@@ -213,6 +213,17 @@ fn a_socket_nobody_listens_on_exits_3() {
 }
 
 #[test]
+fn json_prints_an_error_object_when_the_daemon_is_unreachable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("absent.sock");
+    let socket = socket.to_str().expect("UTF-8 path");
+    let run = webctl(&["--json", "--control-socket", socket, "status"]).expect_code(3);
+    let answer: serde_json::Value = serde_json::from_str(&run.stdout).expect("a JSON object on stdout");
+    assert_eq!(answer["ok"], false);
+    assert!(answer["error"].as_str().is_some_and(|e| e.contains(socket)), "{answer}");
+}
+
+#[test]
 fn the_default_socket_honours_webd_control_socket() {
     let daemon = FakeDaemon::start(Answer::Line(r#"{"ok":true,"message":"resumed"}"#));
     let run = webctl_with_env(&["resume"], Some(&daemon.path)).expect_code(0);
@@ -262,6 +273,8 @@ fn usage_errors_exit_2_without_touching_the_socket() {
         &["frobnicate"],
         &["restart", "worker"],
         &["scale", "-1"],
+        &["scale", "0"],
+        &["scale", "257"],
         &["scale", "--", "-1"],
         &["restart", "everything"],
         &["--json"],
