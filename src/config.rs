@@ -12,7 +12,7 @@ use std::time::Duration;
 ///
 /// Every setting can also come from `--config FILE` (TOML, the same keys in
 /// snake_case); a flag given on the command line wins over the file.
-#[derive(Parser, Debug, Clone, Default, Deserialize)]
+#[derive(Parser, Debug, Clone, Default, PartialEq, Deserialize)]
 #[command(name = "webd", version, about, after_help = AFTER_HELP)]
 #[serde(deny_unknown_fields)]
 pub struct Cli {
@@ -150,11 +150,21 @@ impl Config {
     /// Reads the config file named by `--config` (if any), lets the flags win over it,
     /// checks the result and resolves defaults.
     pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
-        let merged = match &cli.config {
-            Some(path) => cli.clone().over(read_file(path)?),
-            None => cli.clone(),
+        Config::load_noting_overrides(cli).map(|(config, _)| config)
+    }
+
+    /// Like `load`, also naming the keys the file sets that a flag overrides with
+    /// another value (a reload says so: editing them in the file has no effect).
+    pub fn load_noting_overrides(cli: &Cli) -> Result<(Config, Vec<&'static str>), ConfigError> {
+        let (merged, overridden) = match &cli.config {
+            Some(path) => {
+                let file = read_file(path)?;
+                let overridden = cli.overrides(&file);
+                (cli.clone().over(file), overridden)
+            }
+            None => (cli.clone(), Vec::new()),
         };
-        Config::from_cli(merged)
+        Ok((Config::from_cli(merged)?, overridden))
     }
 
     /// Checks merged settings and resolves defaults.
@@ -218,6 +228,34 @@ impl Config {
 }
 
 impl Cli {
+    /// The keys both set, to different values.
+    fn overrides(&self, file: &Cli) -> Vec<&'static str> {
+        fn differs<T: PartialEq>(flag: &Option<T>, file: &Option<T>) -> bool {
+            matches!((flag, file), (Some(a), Some(b)) if a != b)
+        }
+        let listen = !self.listen.is_empty() && !file.listen.is_empty() && self.listen != file.listen;
+        [
+            ("listen", listen),
+            ("root", differs(&self.root, &file.root)),
+            ("workers", differs(&self.workers, &file.workers)),
+            ("admin", differs(&self.admin, &file.admin)),
+            ("control_socket", differs(&self.control_socket, &file.control_socket)),
+            ("access_log", differs(&self.access_log, &file.access_log)),
+            ("log_format", differs(&self.log_format, &file.log_format)),
+            ("heartbeat_interval", differs(&self.heartbeat_interval, &file.heartbeat_interval)),
+            ("heartbeat_timeout", differs(&self.heartbeat_timeout, &file.heartbeat_timeout)),
+            ("grace", differs(&self.grace, &file.grace)),
+            ("drain_timeout", differs(&self.drain_timeout, &file.drain_timeout)),
+            ("user", differs(&self.user, &file.user)),
+            ("header_timeout", differs(&self.header_timeout, &file.header_timeout)),
+            ("keepalive_timeout", differs(&self.keepalive_timeout, &file.keepalive_timeout)),
+            ("max_connections", differs(&self.max_connections, &file.max_connections)),
+        ]
+        .into_iter()
+        .filter_map(|(key, differs)| differs.then_some(key))
+        .collect()
+    }
+
     /// These flags, with every setting they leave unset taken from `file`.
     fn over(self, file: Cli) -> Cli {
         Cli {

@@ -300,3 +300,18 @@ fn toml_errors_keep_their_line() {
     assert!(err.contains("line 2"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn a_reload_names_file_values_a_flag_overrides() {
+    let webd = Webd::start_with(Options {
+        args: vec!["--grace".into(), "700".into()],
+        config_toml: Some("grace = 500\nheader_timeout = 5000\n".into()),
+        ..Default::default()
+    });
+    kill(webd.pid, SIGHUP);
+    wait_until(Duration::from_secs(10), "the reload's override warning", || {
+        let log = webd.log_text();
+        log.lines().any(|l| l.contains("overridden by a command-line flag") && l.contains("grace"))
+    });
+    assert!(!webd.log_text().lines().any(|l| l.contains("overridden") && l.contains("header_timeout")));
+}

@@ -99,6 +99,7 @@ pub fn kill(pid: i32, sig: i32) {
 
 pub const SIGKILL: i32 = 9;
 pub const SIGTERM: i32 = 15;
+pub const SIGHUP: i32 = 1;
 pub const SIGSTOP: i32 = 19;
 pub const SIGCONT: i32 = 18;
 

@@ -360,8 +360,13 @@ impl Daemon {
     /// root, timeouts, access log) with a rolling worker restart. A configuration that
     /// does not load is refused and the running one kept.
     fn reload(&mut self) {
-        let new = match Config::load(&self.cli) {
-            Ok(new) => new,
+        let new = match Config::load_noting_overrides(&self.cli) {
+            Ok((new, overridden)) => {
+                for key in overridden {
+                    tracing::warn!(key, "SIGHUP: the file's value is overridden by a command-line flag");
+                }
+                new
+            }
             Err(e) => {
                 tracing::error!(error = %e, "SIGHUP: configuration refused; keeping the running one");
                 return;
@@ -510,7 +515,7 @@ impl Daemon {
 fn log_orphan_exit(pid: Pid, exit: Exit) {
     // Workers of a dead manager and the listener's keeper are reparented to us (we
     // are a subreaper).
-    tracing::info!(%pid, %exit, "reaped an orphaned process");
+    tracing::info!(pid = pid.as_raw(), %exit, "reaped an orphaned process");
 }
 
 /// Adds lanes until there is one per slot id below `workers`.

@@ -75,7 +75,7 @@ impl RoleProcess {
                 self.slot.spawned(pid, now);
                 self.channel = Some(channel);
                 self.last = None;
-                tracing::info!(role = %self.role, %pid, "spawned");
+                tracing::info!(role = %self.role, pid = pid.as_raw(), "spawned");
             }
             Err(e) => {
                 let delay = self.slot.vacate(Reason::Crash, now);
@@ -90,7 +90,7 @@ impl RoleProcess {
         anyhow::ensure!(self.incoming.is_none(), "a restart of the {} is already in progress", self.role);
         anyhow::ensure!(self.slot.is_up(), "the {} is not running", self.role);
         let (pid, channel) = self.spawn(inherit, registry, draining, self.incoming_token)?;
-        tracing::info!(role = %self.role, %pid, "spawned replacement");
+        tracing::info!(role = %self.role, pid = pid.as_raw(), "spawned replacement");
         self.incoming = Some(Incoming { pid, channel });
         Ok(())
     }
@@ -235,7 +235,7 @@ impl RoleProcess {
         self.channel = Some(incoming.channel);
         self.unfolded.push(hb.clone());
         self.last = Some(hb);
-        tracing::info!(role = %self.role, pid = %incoming.pid, "replacement took over");
+        tracing::info!(role = %self.role, pid = incoming.pid.as_raw(), "replacement took over");
         events.push(RoleEvent::Replaced { pid: incoming.pid });
     }
 
@@ -245,10 +245,10 @@ impl RoleProcess {
         match self.slot.check(now, timeout) {
             Check::Healthy | Check::Vacant => {}
             Check::Missed(n) => {
-                tracing::warn!(role = %self.role, pid = ?self.slot.pid, age_ms, missed = n, "missed heartbeat")
+                tracing::warn!(role = %self.role, pid = self.slot.pid.map_or(0, |p| p.as_raw()), age_ms, missed = n, "missed heartbeat")
             }
             Check::Hung => {
-                tracing::error!(role = %self.role, pid = ?self.slot.pid, age_ms, "hung: 3 missed heartbeats; restarting");
+                tracing::error!(role = %self.role, pid = self.slot.pid.map_or(0, |p| p.as_raw()), age_ms, "hung: 3 missed heartbeats; restarting");
                 self.retire_current(Reason::Hang, grace, grace, registry, now);
             }
         }
@@ -294,7 +294,7 @@ impl RoleProcess {
             if let Some(incoming) = self.incoming.take() {
                 let _ = registry.deregister(&mut SourceFd(&incoming.channel.raw_fd()));
             }
-            tracing::error!(role = %self.role, %pid, %exit, "replacement died before it was up");
+            tracing::error!(role = %self.role, pid = pid.as_raw(), %exit, "replacement died before it was up");
             events.push(RoleEvent::ReplacementFailed {
                 role: self.role,
                 reason: format!("new {} exited ({exit}) before it was up", self.role),
@@ -304,7 +304,7 @@ impl RoleProcess {
         if let Some(i) = self.retiring.iter().position(|r| r.pid == pid) {
             let mut retired = self.retiring.swap_remove(i);
             latest_report(&mut retired.channel, &mut self.retiring_reports, &mut self.unfolded);
-            tracing::info!(role = %self.role, %pid, %exit, "retired process exited");
+            tracing::info!(role = %self.role, pid = pid.as_raw(), %exit, "retired process exited");
             return true;
         }
         if self.slot.pid != Some(pid) {
@@ -317,10 +317,10 @@ impl RoleProcess {
         }
         if stopping {
             self.slot.pid = None;
-            tracing::info!(role = %self.role, %pid, %exit, "exited");
+            tracing::info!(role = %self.role, pid = pid.as_raw(), %exit, "exited");
             return true;
         }
-        tracing::error!(role = %self.role, %pid, %exit, "crashed");
+        tracing::error!(role = %self.role, pid = pid.as_raw(), %exit, "crashed");
         let delay = self.slot.vacate(Reason::Crash, now);
         self.slot.log_restart(Reason::Crash, delay, now);
         true
@@ -345,7 +345,7 @@ impl RoleProcess {
     pub fn kill_overdue_retirees(&mut self, now: Instant) {
         for r in &mut self.retiring {
             if r.kill_if_overdue(now) {
-                tracing::warn!(role = %self.role, pid = %r.pid, "grace period over: SIGKILL");
+                tracing::warn!(role = %self.role, pid = r.pid.as_raw(), "grace period over: SIGKILL");
             }
         }
     }

@@ -69,7 +69,7 @@ impl Daemon {
         let exe = binary.map(std::path::PathBuf::from).unwrap_or_else(|| self.inherit.exe.clone());
         match self.spawn_successor(&exe) {
             Ok((pid, channel)) => {
-                tracing::info!(%pid, binary = %exe.display(), "upgrade: new daemon started");
+                tracing::info!(pid = pid.as_raw(), binary = %exe.display(), "upgrade: new daemon started");
                 self.upgrade = Upgrade::Starting { pid, channel, deadline: Instant::now() + READY_TIMEOUT, reply };
                 None
             }
@@ -189,7 +189,7 @@ impl Daemon {
         }
         self.upgrade = Upgrade::HandedOver { channel };
         self.systemd.main_pid(pid.as_raw() as u32);
-        tracing::info!(new_pid = %pid, "upgrade: handed over; draining the old tree");
+        tracing::info!(new_pid = pid.as_raw(), "upgrade: handed over; draining the old tree");
         if let Some(reply) = reply {
             let _ = reply.try_send(Response::ok(format!("upgraded: new daemon pid {pid}")));
         }

@@ -51,7 +51,7 @@ impl Keeper {
         match shared_table::fork_sharing_descriptors() {
             Ok(Forked::Child) => run(listener, words),
             Ok(Forked::Parent(pid)) => {
-                tracing::debug!(%pid, "keeper started");
+                tracing::debug!(pid = pid.as_raw(), "keeper started");
                 self.pid = Some(pid);
             }
             Err(e) => tracing::error!(error = %e, "cannot start a keeper: a connection held at a crash would be lost"),
@@ -67,9 +67,9 @@ impl Keeper {
         if let Some(pid) = self.pid {
             match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => {
-                    tracing::warn!(%pid, "keeper exited: starting another");
+                    tracing::warn!(pid = pid.as_raw(), "keeper exited: starting another");
                 }
-                Err(e) => tracing::warn!(%pid, error = %e, "keeper gone: starting another"),
+                Err(e) => tracing::warn!(pid = pid.as_raw(), error = %e, "keeper gone: starting another"),
                 Ok(_) => return, // alive, stopped or continued
             }
             self.pid = None;

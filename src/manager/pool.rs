@@ -169,7 +169,7 @@ impl WorkerPool {
                 ws.slot.spawned(pid, now);
                 ws.current = Some(current);
                 self.steer_due = true;
-                tracing::info!(worker = id, %pid, "worker spawned");
+                tracing::info!(worker = id, pid = pid.as_raw(), "worker spawned");
             }
             Err(e) => {
                 let delay = self.slots[index].slot.vacate(Reason::Crash, now);
@@ -427,7 +427,7 @@ impl WorkerPool {
         ws.slot.spawned(pid, now);
         ws.slot.heartbeat(current.prev_sent_ns, sys::monotonic_ns(), now);
         ws.current = Some(current);
-        tracing::info!(worker = ws.id, %pid, "replacement worker took over");
+        tracing::info!(worker = ws.id, pid = pid.as_raw(), "replacement worker took over");
         if let Some(WorkerOp::Rolling { replaced, .. }) = self.op.as_mut() {
             *replaced += 1;
         }
@@ -447,11 +447,22 @@ impl WorkerPool {
                 Check::Healthy | Check::Vacant => {}
                 Check::Missed(n) => {
                     self.missed_total += 1;
-                    tracing::warn!(worker = ws.id, pid = ?ws.slot.pid, age_ms, missed = n, "worker missed heartbeat")
+                    tracing::warn!(
+                        worker = ws.id,
+                        pid = ws.slot.pid.map_or(0, |p| p.as_raw()),
+                        age_ms,
+                        missed = n,
+                        "worker missed heartbeat"
+                    )
                 }
                 Check::Hung => {
                     self.missed_total += 1;
-                    tracing::error!(worker = ws.id, pid = ?ws.slot.pid, age_ms, "worker hung: 3 missed heartbeats; restarting");
+                    tracing::error!(
+                        worker = ws.id,
+                        pid = ws.slot.pid.map_or(0, |p| p.as_raw()),
+                        age_ms,
+                        "worker hung: 3 missed heartbeats; restarting"
+                    );
                     self.retire(index, Reason::Hang, self.config.grace(), now);
                 }
             }
@@ -489,7 +500,7 @@ impl WorkerPool {
             if let Some(i) = self.retiring.iter().position(|r| r.pid == pid) {
                 let retired = self.retiring.swap_remove(i);
                 let mut retiree = retired.channel;
-                tracing::info!(worker = retiree.id, %pid, %exit, "retired worker exited");
+                tracing::info!(worker = retiree.id, pid = pid.as_raw(), %exit, "retired worker exited");
                 // Its last heartbeat (sent as it exits) may still be queued.
                 Self::absorb_heartbeats(&mut retiree.current);
                 self.exited.push(retiree.report(pid));
@@ -502,12 +513,12 @@ impl WorkerPool {
                     let _ = registry.deregister(&mut SourceFd(&c.channel.raw_fd()));
                 }
                 let detail = format!("replacement for worker {} exited ({exit}) before it was up", ws.id);
-                tracing::error!(worker = ws.id, %pid, %exit, "replacement worker died");
+                tracing::error!(worker = ws.id, pid = pid.as_raw(), %exit, "replacement worker died");
                 self.finish_op(false, detail);
                 continue;
             }
             let Some(index) = self.slots.iter().position(|ws| ws.slot.pid == Some(pid)) else {
-                tracing::debug!(%pid, %exit, "reaped unknown child");
+                tracing::debug!(pid = pid.as_raw(), %exit, "reaped unknown child");
                 continue;
             };
             self.on_crash(index, pid, exit, registry, now);
@@ -521,7 +532,7 @@ impl WorkerPool {
         let ws = &mut self.slots[index];
         if let Some(mut current) = ws.current.take() {
             let _ = registry.deregister(&mut SourceFd(&current.channel.raw_fd()));
-            tracing::error!(worker = ws.id, %pid, %exit, "worker crashed");
+            tracing::error!(worker = ws.id, pid = pid.as_raw(), %exit, "worker crashed");
             self.vacate(index, Reason::Crash, now);
             self.recover_queued(&mut current.worker_end);
         }
@@ -538,7 +549,7 @@ impl WorkerPool {
     pub fn kill_overdue(&mut self, now: Instant) {
         for r in &mut self.retiring {
             if r.kill_if_overdue(now) {
-                tracing::warn!(worker = r.channel.id, pid = %r.pid, "worker did not exit in time: SIGKILL");
+                tracing::warn!(worker = r.channel.id, pid = r.pid.as_raw(), "worker did not exit in time: SIGKILL");
             }
         }
     }
@@ -687,7 +698,7 @@ impl WorkerPool {
             WorkerOp::ScaleUp { ids, workers, .. } => {
                 let up = |id: &u32| self.slots.iter().any(|ws| ws.id == *id && ws.slot.is_up());
                 if ids.iter().all(up) {
-                    let detail = format!("scaled to {workers} workers");
+                    let detail = format!("scaled to {}", workers_phrase(*workers as usize));
                     self.finish_op(true, detail);
                 }
             }
@@ -696,7 +707,7 @@ impl WorkerPool {
                     return; // the current replacement is still coming up
                 }
                 let Some(id) = queue.pop_front() else {
-                    let detail = format!("restarted {replaced} worker(s)");
+                    let detail = format!("restarted {}", workers_phrase(*replaced as usize));
                     self.finish_op(true, detail);
                     return;
                 };
@@ -713,7 +724,7 @@ impl WorkerPool {
         }
         match self.spawn(id, registry) {
             Ok((pid, current)) => {
-                tracing::info!(worker = id, %pid, "replacement worker spawned");
+                tracing::info!(worker = id, pid = pid.as_raw(), "replacement worker spawned");
                 self.slots[index].incoming = Some((pid, current));
             }
             Err(e) => self.finish_op(false, format!("cannot start a replacement for worker {id}: {e:#}")),
@@ -868,5 +879,14 @@ mod tests {
         let mut recovered = Vec::new();
         assert_eq!(take_queued_connections(&mut worker_end, &mut recovered), 1);
         assert_eq!(recovered.len(), 1);
+    }
+}
+
+/// "1 worker", "3 workers".
+fn workers_phrase(n: usize) -> String {
+    if n == 1 {
+        "1 worker".to_string()
+    } else {
+        format!("{n} workers")
     }
 }

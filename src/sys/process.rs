@@ -51,7 +51,7 @@ pub fn reap_exited() -> Vec<(Pid, Exit)> {
 pub fn signal(pid: Pid, sig: Signal) {
     match nix::sys::signal::kill(pid, sig) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => tracing::warn!(%pid, ?sig, error = %e, "kill failed"),
+        Err(e) => tracing::warn!(pid = pid.as_raw(), ?sig, error = %e, "kill failed"),
     }
 }
 
