@@ -861,6 +861,15 @@ fn report(
     }
 }
 
+/// "1 worker", "3 workers".
+fn workers_phrase(n: usize) -> String {
+    if n == 1 {
+        "1 worker".to_string()
+    } else {
+        format!("{n} workers")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -879,14 +888,5 @@ mod tests {
         let mut recovered = Vec::new();
         assert_eq!(take_queued_connections(&mut worker_end, &mut recovered), 1);
         assert_eq!(recovered.len(), 1);
-    }
-}
-
-/// "1 worker", "3 workers".
-fn workers_phrase(n: usize) -> String {
-    if n == 1 {
-        "1 worker".to_string()
-    } else {
-        format!("{n} workers")
     }
 }
