@@ -5,6 +5,10 @@
 //! at once, as a process that fails at every start would. Deleting the file (or the
 //! line) removes the fault for the next start. The variable is passed down to children
 //! through the environment like any other; production never sets it.
+//!
+//! Other lines inject other faults: `listener-stop-after-accept` and
+//! `listener-stop-after-send` (below), and `<role>-channel-full` (heartbeats dropped as
+//! if the channel to the supervisor were full, while the line is there).
 
 use crate::ipc::Role;
 
@@ -46,4 +50,18 @@ pub fn stop_if(injected: Option<ListenerStop>, at: ListenerStop) {
         tracing::warn!(?at, "injected fault: stopping");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
     }
+}
+
+/// The fault file, if tests set one (read once per process; production never does).
+pub fn file() -> Option<std::path::PathBuf> {
+    std::env::var_os("WEBD_FAULT_FILE").map(std::path::PathBuf::from)
+}
+
+/// True while the fault file has a line `<role>-channel-full`: that role's heartbeats
+/// are dropped as if its supervisor had stopped reading. Read at each heartbeat, so a
+/// test can turn it on and off in a running tree.
+pub fn channel_full(file: Option<&std::path::Path>, role: Role) -> bool {
+    let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) else { return false };
+    let wanted = format!("{}-channel-full", role.as_str());
+    text.lines().any(|line| line.trim() == wanted)
 }

@@ -5,6 +5,23 @@ use crate::sys::monotonic_ns;
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
+/// How long a process about to exit retries its last heartbeat on a full channel.
+pub const FINAL_REPORT_WITHIN: Duration = Duration::from_secs(1);
+
+/// What became of a heartbeat `tick` was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Not due yet: nothing was sent.
+    NotDue,
+    /// Queued on the channel: the supervisor will read it.
+    Sent,
+    /// Not queued (the channel is full: the supervisor is not reading). Figures that
+    /// are reported only once must be kept for the next heartbeat.
+    Dropped,
+    /// The supervisor is gone (its end of the channel is closed).
+    PeerGone,
+}
+
 /// Sends a status message every interval.
 pub struct Heartbeater {
     role: Role,
@@ -13,11 +30,24 @@ pub struct Heartbeater {
     interval: Duration,
     next_at: Instant,
     keeper_pid: Option<u32>,
+    /// Test-only fault: while this file says so, heartbeats are dropped as if the
+    /// channel were full (`None` unless `WEBD_FAULT_FILE` is set).
+    fault_file: Option<std::path::PathBuf>,
+    dropping: bool,
 }
 
 impl Heartbeater {
     pub fn new(role: Role, interval: Duration) -> Heartbeater {
-        Heartbeater { role, pid: std::process::id(), seq: 0, interval, next_at: Instant::now(), keeper_pid: None }
+        Heartbeater {
+            role,
+            pid: std::process::id(),
+            seq: 0,
+            interval,
+            next_at: Instant::now(),
+            keeper_pid: None,
+            fault_file: crate::fault::file(),
+            dropping: false,
+        }
     }
 
     /// The listener's keeper, reported with every heartbeat from now on.
@@ -37,16 +67,16 @@ impl Heartbeater {
 
     /// Sends a heartbeat if one is due, with the figures `figures` builds (called only
     /// then, and moved into the message). A full channel (supervisor not reading) drops
-    /// this one: the supervisor will see the gap, which is the truth. Returns false when
-    /// the supervisor is gone (its end of the channel is closed).
+    /// this one: the supervisor will see the gap, which is the truth, and the caller
+    /// learns it (`Dropped`) so that it keeps what it reports only once.
     pub fn tick(
         &mut self,
         now: Instant,
         channel: &mut Channel,
         figures: impl FnOnce() -> (Counters, Vec<WorkerReport>),
-    ) -> bool {
+    ) -> Delivery {
         if now < self.next_at {
-            return true;
+            return Delivery::NotDue;
         }
         self.next_at = now + self.interval;
         self.seq += 1;
@@ -60,15 +90,82 @@ impl Heartbeater {
             workers,
             keeper_pid: self.keeper_pid,
         };
-        match channel.send(&Message::Heartbeat(hb), &[]) {
-            Ok(()) => true,
-            Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => false,
+        let result = if crate::fault::channel_full(self.fault_file.as_deref(), self.role) {
+            Err(ErrorKind::WouldBlock.into())
+        } else {
+            channel.send(&Message::Heartbeat(hb), &[])
+        };
+        let delivery = match result {
+            Ok(()) => Delivery::Sent,
+            Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => Delivery::PeerGone,
             Err(e) => {
                 if e.kind() != ErrorKind::WouldBlock {
                     tracing::debug!(error = %e, "heartbeat not sent");
                 }
-                true
+                Delivery::Dropped
             }
+        };
+        self.note_drops(delivery);
+        delivery
+    }
+
+    /// Logs the start and the end of a run of dropped heartbeats (not each one).
+    fn note_drops(&mut self, delivery: Delivery) {
+        match (self.dropping, delivery) {
+            (false, Delivery::Dropped) => {
+                self.dropping = true;
+                tracing::debug!(role = %self.role, "heartbeats dropped: the channel to the supervisor is full");
+            }
+            (true, Delivery::Sent) => {
+                self.dropping = false;
+                tracing::debug!(role = %self.role, "heartbeats delivered again");
+            }
+            _ => {}
         }
+    }
+
+    /// A last heartbeat before exit: sent now, and retried for up to `within` while the
+    /// channel is full, so the figures of the final requests are counted.
+    pub fn send_final(
+        &mut self,
+        channel: &mut Channel,
+        within: Duration,
+        mut figures: impl FnMut() -> (Counters, Vec<WorkerReport>),
+    ) -> Delivery {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = Instant::now();
+            self.force(now);
+            let delivery = self.tick(now, channel, &mut figures);
+            if delivery != Delivery::Dropped || now >= deadline {
+                return delivery;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_channel_is_reported_as_dropped_and_a_closed_one_as_gone() {
+        let (ours, theirs) = crate::sys::seqpacket_pair().expect("socketpair");
+        let mut channel = Channel::new(ours);
+        let mut beat = Heartbeater::new(Role::Manager, Duration::ZERO);
+        let mut sent = 0;
+        let first_drop = loop {
+            match beat.tick(Instant::now(), &mut channel, || (Counters::default(), Vec::new())) {
+                Delivery::Sent => sent += 1,
+                other => break other,
+            }
+            assert!(sent < 1_000_000, "the channel never filled");
+        };
+        assert!(sent > 0);
+        assert_eq!(first_drop, Delivery::Dropped, "a full channel is not a delivery");
+        drop(theirs);
+        let gone = beat.tick(Instant::now(), &mut channel, || (Counters::default(), Vec::new()));
+        assert_eq!(gone, Delivery::PeerGone);
     }
 }

@@ -204,3 +204,48 @@ fn admin_idle_connections_do_not_stop_readiness_or_supervision() {
     drop(idle);
     assert!(webd.log_text().matches("missed heartbeat").count() == 0, "a heartbeat was missed");
 }
+
+/// The manager reports a retired worker's final figures once; a heartbeat dropped on
+/// a full channel must not take them along (it used to: the report was cleared as if
+/// delivered, and the last interval of every worker retired meanwhile was lost).
+#[test]
+fn counters_are_exact_after_retiring_workers_while_the_managers_channel_is_full() {
+    let fault = tempfile::NamedTempFile::new().expect("fault file");
+    let (webd, admin) = start_with_admin(Options {
+        env: vec![
+            ("WEBD_FAULT_FILE".into(), fault.path().to_string_lossy().into_owned()),
+            ("RUST_LOG".into(), "info,webd::manager=debug".into()),
+        ],
+        // Dropped heartbeats must not make the daemon call the manager hung meanwhile.
+        args: vec!["--heartbeat-timeout".into(), "60000".into()],
+        ..Default::default()
+    });
+    let counted = || metric(&scrape(admin), "webd_http_requests_total", &[("code", "200")]).unwrap_or(0.0) as u64;
+    let mut samples = vec![counted()];
+    while samples.len() < 3 || samples[samples.len() - 3..].iter().any(|c| *c != samples[samples.len() - 1]) {
+        assert!(samples.len() < 100, "the counters never settled: {samples:?}");
+        std::thread::sleep(Duration::from_millis(100));
+        samples.push(counted());
+    }
+    let base = samples[samples.len() - 1];
+    std::fs::write(fault.path(), "manager-channel-full\n").expect("inject");
+    for _ in 0..30 {
+        assert_eq!(get(webd.addr(), "/index.html").expect("GET").status, 200);
+    }
+    let old_workers = webd.worker_pids();
+    webd.ctl_ok(&["restart", "workers"]);
+    wait_until(Duration::from_secs(20), "the retired workers gone", || old_workers.iter().all(|pid| !alive(*pid)));
+    wait_until(Duration::from_secs(10), "a dropped heartbeat carrying the exited workers", || {
+        webd.log_text().contains("exited workers kept for the next heartbeat")
+    });
+    std::fs::write(fault.path(), "").expect("clear the fault");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counted() != base + 30 {
+        assert!(std::time::Instant::now() < deadline, "counted {}, made {}", counted(), base + 30);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(counted(), base + 30, "counted once");
+    }
+}

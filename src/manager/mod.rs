@@ -8,7 +8,7 @@
 
 mod pool;
 
-use crate::heartbeat::Heartbeater;
+use crate::heartbeat::{Delivery, Heartbeater, FINAL_REPORT_WITHIN};
 use crate::ipc::{self, Channel, Message, Recv, Role};
 use crate::signals::{Event, Signals};
 use crate::supervise::CHECK_INTERVAL;
@@ -62,8 +62,14 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
             heartbeat.force(now);
         }
         if heartbeat.until_due(now).is_zero() {
-            heartbeat.tick(now, &mut control, || (pool.counters(), pool.reports(now)));
-            pool.clear_exited();
+            match heartbeat.tick(now, &mut control, || (pool.counters(), pool.reports(now))) {
+                Delivery::Sent => pool.clear_exited(),
+                // Only once delivered: a dropped heartbeat's exited workers go in the next.
+                Delivery::Dropped if pool.has_exited() => {
+                    tracing::debug!("heartbeat dropped: exited workers kept for the next heartbeat")
+                }
+                _ => {}
+            }
         }
         for msg in pool.outbox.drain(..) {
             if let Err(e) = control.send(&msg, &[]) {
@@ -73,8 +79,8 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         if let Some(deadline) = shutdown_deadline {
             if pool.is_empty() {
                 // A last report, so the daemon counts everything the workers served.
-                heartbeat.force(now);
-                heartbeat.tick(now, &mut control, || (pool.counters(), pool.reports(now)));
+                let _ = heartbeat
+                    .send_final(&mut control, FINAL_REPORT_WITHIN, || (pool.counters(), pool.reports(Instant::now())));
                 tracing::info!("manager stopped");
                 return Ok(());
             }

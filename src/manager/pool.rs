@@ -768,6 +768,11 @@ impl WorkerPool {
         }
     }
 
+    /// True while exited workers wait to be reported.
+    pub fn has_exited(&self) -> bool {
+        !self.exited.is_empty()
+    }
+
     /// Forgets the exited workers once a heartbeat has reported them.
     pub fn clear_exited(&mut self) {
         self.exited.clear();

@@ -14,7 +14,7 @@ pub mod path;
 pub mod request;
 pub mod response;
 
-use crate::heartbeat::Heartbeater;
+use crate::heartbeat::{Delivery, Heartbeater, FINAL_REPORT_WITHIN};
 use crate::ipc::{self, Channel, Counters, Message, Recv, Role, DURATION_BUCKETS};
 use anyhow::Context;
 use conn::{Conn, Outcome};
@@ -188,7 +188,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         let now = Instant::now();
         if heartbeat.until_due(now).is_zero() {
             let counters = worker.counters(now);
-            if !heartbeat.tick(now, &mut worker.control, || (counters, Vec::new())) {
+            if heartbeat.tick(now, &mut worker.control, || (counters, Vec::new())) == Delivery::PeerGone {
                 // Take what is still queued to us before giving up on the manager.
                 worker.handle_control(poll.registry(), now);
                 worker.manager_gone(poll.registry(), now);
@@ -197,10 +197,10 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         if let Some(at) = worker.shutdown_at {
             if worker.conns.len() == 0 || now >= at {
                 // A last heartbeat, so the figures of the final requests are counted.
-                heartbeat.force(now);
                 let counters = worker.counters(now);
                 let requests = counters.requests;
-                let _ = heartbeat.tick(now, &mut worker.control, || (counters, Vec::new()));
+                let _ =
+                    heartbeat.send_final(&mut worker.control, FINAL_REPORT_WITHIN, || (counters.clone(), Vec::new()));
                 tracing::info!(worker = id, open = worker.conns.len(), requests, "worker exiting");
                 return Ok(());
             }
