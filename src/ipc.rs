@@ -204,8 +204,7 @@ pub struct Counters {
 pub struct WorkerReport {
     pub id: u32,
     pub pid: u32,
-    /// `idle`, `busy`, `draining` or `starting`.
-    pub state: String,
+    pub state: webd_proto::WorkerState,
     pub restarts: u64,
     pub restarts_crash: u64,
     pub restarts_hang: u64,

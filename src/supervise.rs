@@ -9,6 +9,7 @@
 use crate::sys::Pid;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+use webd_proto::ProcessState;
 
 /// How often supervisors check heartbeats.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(200);
@@ -200,16 +201,16 @@ impl Slot {
         }
     }
 
-    /// `running`, `starting`, `backoff` or `stopped`, as status and metrics show it.
-    pub fn state(&mut self, now: Instant) -> &'static str {
+    /// The slot's state as status and metrics show it.
+    pub fn state(&mut self, now: Instant) -> ProcessState {
         if self.in_backoff(now) {
-            "backoff"
+            ProcessState::Backoff
         } else if self.is_up() {
-            "running"
+            ProcessState::Running
         } else if self.pid.is_some() || self.start_due.is_some() {
-            "starting"
+            ProcessState::Starting
         } else {
-            "stopped"
+            ProcessState::Stopped
         }
     }
 }
@@ -274,7 +275,7 @@ mod tests {
         }
         assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         assert!(slot.in_backoff(t0 + Duration::from_millis(100)));
-        assert_eq!(slot.state(t0 + Duration::from_millis(100)), "backoff");
+        assert_eq!(slot.state(t0 + Duration::from_millis(100)), ProcessState::Backoff);
         // After a quiet window the count starts over.
         let later = t0 + Duration::from_secs(30);
         assert!(!slot.in_backoff(later));
@@ -302,7 +303,7 @@ mod tests {
         }
         slot.spawned(Pid::from_raw(20), t0);
         assert_eq!(slot.vacate(Reason::Crash, t0).as_millis(), 100, "first failure after manual restarts");
-        assert_ne!(slot.state(t0), "backoff");
+        assert_ne!(slot.state(t0), ProcessState::Backoff);
         slot.spawned(Pid::from_raw(21), t0);
         assert_eq!(slot.vacate(Reason::Crash, t0).as_millis(), 200);
         slot.spawned(Pid::from_raw(22), t0);

@@ -59,7 +59,7 @@ fn process_row(process: &ProcessStatus) -> Vec<String> {
         process.role.clone(),
         "-".to_owned(),
         pid(process.pid),
-        process.state.clone(),
+        process.state.to_string(),
         process.restarts.to_string(),
         if running { age(process.heartbeat_age_ms) } else { "-".to_owned() },
         "-".to_owned(),
@@ -78,7 +78,7 @@ fn worker_row(worker: &WorkerStatus) -> Vec<String> {
         "worker".to_owned(),
         worker.id.to_string(),
         pid(worker.pid),
-        worker.state.clone(),
+        worker.state.to_string(),
         worker.restarts.to_string(),
         "-".to_owned(),
         worker.active_connections.to_string(),
@@ -177,22 +177,22 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use webd_proto::ConnectionStatus;
+    use webd_proto::{ConnectionStatus, ProcessState, WorkerState};
 
     fn sample() -> Status {
-        let process = |role: &str, pid, state: &str, restarts, age| ProcessStatus {
+        let process = |role: &str, pid, state, restarts, age| ProcessStatus {
             role: role.to_owned(),
             pid,
-            state: state.to_owned(),
+            state,
             restarts,
             heartbeat_age_ms: age,
             heartbeat_latency_ms: 0.2,
             keeper_pid: None,
         };
-        let worker = |id, pid, state: &str, restarts, conns, requests| WorkerStatus {
+        let worker = |id, pid, state, restarts, conns, requests| WorkerStatus {
             id,
             pid,
-            state: state.to_owned(),
+            state,
             restarts,
             active_connections: conns,
             requests,
@@ -202,16 +202,16 @@ mod tests {
             version: "0.1.0".to_owned(),
             pid: 4242,
             uptime_seconds: 3725.4,
-            state: "running".to_owned(),
+            state: webd_proto::DaemonState::Running,
             listen: vec!["127.0.0.1:8080".to_owned(), "[::1]:8080".to_owned()],
             processes: vec![
-                ProcessStatus { keeper_pid: Some(4244), ..process("listener", 4243, "running", 0, 12.3) },
-                process("manager", 0, "backoff", 7, 1500.0),
+                ProcessStatus { keeper_pid: Some(4244), ..process("listener", 4243, ProcessState::Running, 0, 12.3) },
+                process("manager", 0, ProcessState::Backoff, 7, 1500.0),
             ],
             workers: vec![
-                worker(0, 4250, "busy", 0, 3, 10234),
-                worker(1, 4251, "idle", 2, 0, 7),
-                worker(10, 0, "starting", 12, 0, 0),
+                worker(0, 4250, WorkerState::Busy, 0, 3, 10234),
+                worker(1, 4251, WorkerState::Idle, 2, 0, 7),
+                worker(10, 0, WorkerState::Starting, 12, 0, 0),
             ],
             connections: ConnectionStatus { accepted: 1520, active: 3 },
             requests_total: 10241,

@@ -72,14 +72,74 @@ impl Response {
     }
 }
 
+/// Defines a state enum with its wire form (snake_case, as the status document and the
+/// metric labels spell it) and the list of every value.
+macro_rules! states {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl $name {
+            /// Every value, in the order metrics list them.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The wire form.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+states! {
+    /// The daemon as a whole.
+    DaemonState { Running => "running", Draining => "draining", Stopping => "stopping" }
+}
+
+states! {
+    /// A supervised role (listener or manager).
+    ProcessState { Running => "running", Starting => "starting", Backoff => "backoff", Stopped => "stopped" }
+}
+
+states! {
+    /// One worker slot.
+    WorkerState { Idle => "idle", Busy => "busy", Draining => "draining", Starting => "starting" }
+}
+
+impl WorkerState {
+    /// Serving requests (not starting, not draining).
+    pub fn is_serving(self) -> bool {
+        matches!(self, WorkerState::Idle | WorkerState::Busy)
+    }
+}
+
+// Not derived: `states!` derives the same traits for every state enum.
+#[allow(clippy::derivable_impls)]
+impl Default for WorkerState {
+    fn default() -> Self {
+        WorkerState::Starting
+    }
+}
+
 /// The status document of SPEC.md section 3 (also admin `GET /status`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
     pub pid: u32,
     pub uptime_seconds: f64,
-    /// `running`, `draining` or `stopping`.
-    pub state: String,
+    pub state: DaemonState,
     pub listen: Vec<String>,
     pub processes: Vec<ProcessStatus>,
     pub workers: Vec<WorkerStatus>,
@@ -93,8 +153,7 @@ pub struct ProcessStatus {
     pub role: String,
     /// 0 while no process runs for the role.
     pub pid: u32,
-    /// `running`, `starting`, `backoff` or `stopped`.
-    pub state: String,
+    pub state: ProcessState,
     pub restarts: u64,
     pub heartbeat_age_ms: f64,
     pub heartbeat_latency_ms: f64,
@@ -109,8 +168,7 @@ pub struct ProcessStatus {
 pub struct WorkerStatus {
     pub id: u32,
     pub pid: u32,
-    /// `idle`, `busy`, `draining` or `starting`.
-    pub state: String,
+    pub state: WorkerState,
     pub restarts: u64,
     pub active_connections: u64,
     pub requests: u64,

@@ -110,7 +110,12 @@ pub const ROLES: [&str; 3] = [Role::Listener.as_str(), Role::Manager.as_str(), R
 /// `reason` label values, in the order of `RoleFigures::restarts` (`Reason::ALL`).
 pub const RESTART_REASONS: [&str; 3] = [Reason::ALL[0].as_str(), Reason::ALL[1].as_str(), Reason::ALL[2].as_str()];
 /// Worker states always exported (0 when no worker is in the state).
-pub const WORKER_STATES: [&str; 4] = ["idle", "busy", "draining", "starting"];
+pub const WORKER_STATES: [&str; 4] = [
+    webd_proto::WorkerState::Idle.as_str(),
+    webd_proto::WorkerState::Busy.as_str(),
+    webd_proto::WorkerState::Draining.as_str(),
+    webd_proto::WorkerState::Starting.as_str(),
+];
 
 /// Renders the whole scrape: the `webd_*` families and the process collector's.
 pub struct Exporter {

@@ -41,12 +41,12 @@ fn status() -> webd_proto::Status {
         version: crate::VERSION.to_string(),
         pid: 4242,
         uptime_seconds: 12.5,
-        state: "running".into(),
+        state: webd_proto::DaemonState::Running,
         listen: vec!["127.0.0.1:8080".into()],
         processes: vec![webd_proto::ProcessStatus {
             role: "listener".into(),
             pid: 4243,
-            state: "running".into(),
+            state: webd_proto::ProcessState::Running,
             restarts: 1,
             heartbeat_age_ms: 40.0,
             heartbeat_latency_ms: 0.05,
@@ -55,7 +55,7 @@ fn status() -> webd_proto::Status {
         workers: vec![webd_proto::WorkerStatus {
             id: 0,
             pid: 4245,
-            state: "busy".into(),
+            state: webd_proto::WorkerState::Busy,
             restarts: 0,
             active_connections: 3,
             requests: 99,

@@ -40,22 +40,7 @@ const COMMANDS: Token = Token(5);
 const UPGRADE: Token = Token(6);
 
 /// The daemon's overall state, as status shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Running,
-    Draining,
-    Stopping,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Running => "running",
-            State::Draining => "draining",
-            State::Stopping => "stopping",
-        }
-    }
-}
+pub use webd_proto::DaemonState as State;
 
 /// Everything a child is started with that the daemon keeps for its whole life.
 pub struct Inheritance {

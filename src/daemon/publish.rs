@@ -5,6 +5,7 @@ use super::{Daemon, State};
 use crate::ipc::WorkerReport;
 use crate::observe::{HttpTotals, Observed, RoleFigures};
 use std::time::Instant;
+use webd_proto::WorkerState;
 use webd_proto::{ConnectionStatus, ProcessStatus, Status, WorkerStatus};
 
 impl Daemon {
@@ -33,13 +34,13 @@ impl Daemon {
             ]
             .into_iter()
             .collect(),
-            workers_by_state: crate::admin::metrics::WORKER_STATES
+            workers_by_state: WorkerState::ALL
                 .iter()
                 .map(|s| (s.to_string(), workers.iter().filter(|w| w.state == *s).count() as u64))
                 .collect(),
             worker_utilization: workers
                 .iter()
-                .filter(|w| w.state != "draining")
+                .filter(|w| w.state != WorkerState::Draining)
                 .map(|w| (w.id, w.utilization))
                 .collect(),
             connections_accepted: connections.accepted,
@@ -104,7 +105,7 @@ impl Daemon {
             version: crate::VERSION.to_string(),
             pid: std::process::id(),
             uptime_seconds: now.saturating_duration_since(self.started).as_secs_f64(),
-            state: self.state.as_str().to_string(),
+            state: self.state,
             listen: self.inherit.config.listen.iter().map(|a| a.to_string()).collect(),
             processes: vec![process_status(&mut self.listener, now), process_status(&mut self.manager, now)],
             workers: workers
@@ -112,7 +113,7 @@ impl Daemon {
                 .map(|w| WorkerStatus {
                     id: w.id,
                     pid: w.pid,
-                    state: w.state.clone(),
+                    state: w.state,
                     restarts: w.restarts,
                     active_connections: w.counters.active,
                     requests: w.counters.requests,
@@ -138,16 +139,16 @@ impl Daemon {
         if !self.manager.slot.is_up() {
             return Some("manager is not running".into());
         }
-        if !workers.iter().any(|w| w.state == "idle" || w.state == "busy") {
+        if !workers.iter().any(|w| w.state.is_serving()) {
             return Some("no worker is running".into());
         }
         None
     }
 
     fn worker_figures(&self, workers: &[WorkerReport]) -> RoleFigures {
-        let live = workers.iter().filter(|w| w.state != "draining");
+        let live = workers.iter().filter(|w| w.state != WorkerState::Draining);
         RoleFigures {
-            up: workers.iter().any(|w| w.state == "idle" || w.state == "busy"),
+            up: workers.iter().any(|w| w.state.is_serving()),
             heartbeat_age_seconds: live.map(|w| w.heartbeat_age_ms / 1000.0).fold(0.0, f64::max),
             heartbeats_missed: self.pool_totals.missed_heartbeats,
             restarts: add3(self.pool_totals.restarts, self.carried.restarts[2]),
@@ -196,7 +197,7 @@ fn process_status(role: &mut RoleProcess, now: Instant) -> ProcessStatus {
     ProcessStatus {
         role: role.role.to_string(),
         pid: role.slot.pid.map(|p| p.as_raw() as u32).unwrap_or(0),
-        state: role.slot.state(now).to_string(),
+        state: role.slot.state(now),
         restarts: role.slot.restarts(),
         heartbeat_age_ms: role.slot.heartbeat_age(now).as_secs_f64() * 1000.0,
         heartbeat_latency_ms: role.slot.latency_ns as f64 / 1e6,

@@ -427,7 +427,7 @@ fn send_lanes(channel: &mut Channel, role: Role, lanes: &[(OwnedFd, OwnedFd)], f
 /// manager once every worker of its new pool is up.
 fn is_ready(role: Role, hb: &Heartbeat) -> bool {
     match role {
-        Role::Manager => !hb.workers.is_empty() && hb.workers.iter().all(|w| w.state == "idle" || w.state == "busy"),
+        Role::Manager => !hb.workers.is_empty() && hb.workers.iter().all(|w| w.state.is_serving()),
         _ => true,
     }
 }

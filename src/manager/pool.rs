@@ -23,6 +23,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use webd_proto::{ProcessState, WorkerState};
 
 /// The process currently serving in a slot.
 struct Current {
@@ -73,7 +74,7 @@ impl Retiree {
         WorkerReport {
             id: self.id,
             pid: pid.as_raw() as u32,
-            state: "draining".into(),
+            state: WorkerState::Draining,
             counters: self.current.counters.clone(),
             ..Default::default()
         }
@@ -786,9 +787,10 @@ impl WorkerPool {
             let (counters, utilization) =
                 ws.current.as_ref().map(|c| (c.counters.clone(), c.utilization)).unwrap_or_default();
             let state = match state {
-                "running" if utilization > 0.0 || counters.active > 0 => "busy",
-                "running" => "idle",
-                other => other,
+                ProcessState::Running if utilization > 0.0 || counters.active > 0 => WorkerState::Busy,
+                ProcessState::Running => WorkerState::Idle,
+                // A slot waiting for (or in) its next process is starting it.
+                ProcessState::Starting | ProcessState::Backoff | ProcessState::Stopped => WorkerState::Starting,
             };
             out.push(report(ws.id, ws.slot.pid, state, &ws.slot, now, utilization, counters));
         }
@@ -844,7 +846,7 @@ fn done(ok: bool, detail: &str) -> Message {
 fn report(
     id: u32,
     pid: Option<Pid>,
-    state: &str,
+    state: WorkerState,
     slot: &Slot,
     now: Instant,
     utilization: f64,
@@ -853,7 +855,7 @@ fn report(
     WorkerReport {
         id,
         pid: pid.map(|p| p.as_raw() as u32).unwrap_or(0),
-        state: state.to_string(),
+        state,
         restarts: slot.restarts(),
         restarts_crash: slot.restarts_by_reason[0],
         restarts_hang: slot.restarts_by_reason[1],
