@@ -184,9 +184,9 @@ fn another_uid_is_refused() {
     // The socket is 0600 inside a 0700 dir; open the dir so only SO_PEERCRED decides.
     let dir = webd.control_socket.parent().expect("dir").to_path_buf();
     let sock = webd.control_socket.clone();
-    let _ = std::process::Command::new("chmod").arg("0711").arg(webd.dir.path()).status();
-    let _ = std::process::Command::new("chmod").arg("0777").arg(&dir).status();
-    let _ = std::process::Command::new("chmod").arg("0666").arg(&sock).status();
+    chmod(webd.dir.path(), 0o711);
+    chmod(&dir, 0o777);
+    chmod(&sock, 0o666);
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
         .arg(webctl_path())

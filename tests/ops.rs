@@ -151,7 +151,7 @@ fn user_flag_runs_children_as_that_user_and_the_daemon_as_root() {
     }
     let webd = Webd::spawn(Options { args: vec!["--user".into(), "nobody".into()], ..Default::default() });
     // The temp dir is 0700: let nobody reach the document root.
-    let _ = std::process::Command::new("chmod").arg("0755").arg(webd.dir.path()).status();
+    chmod(webd.dir.path(), 0o755);
     webd.wait_ready();
     let nobody = 65534;
     assert_eq!(uid_of(webd.pid), Some(0));

@@ -79,7 +79,7 @@ fn upgrade_to_a_binary_that_exits_at_start_rolls_back() {
     let webd = Webd::start();
     let broken = webd.dir.path().join("webd-broken");
     std::fs::write(&broken, "#!/bin/sh\necho 'broken build' >&2\nexit 3\n").expect("write script");
-    let _ = std::process::Command::new("chmod").arg("+x").arg(&broken).status();
+    chmod(&broken, 0o755);
     let before: Vec<i32> = webd.tree().into_iter().map(|p| p.pid).collect();
 
     let out = webd.webctl(&["upgrade", "--binary", &broken.to_string_lossy()]);

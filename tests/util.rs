@@ -97,6 +97,13 @@ pub fn kill(pid: i32, sig: i32) {
     }
 }
 
+/// Sets a path's mode (no `chmod` process); a failure fails the test.
+pub fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
 pub const SIGKILL: i32 = 9;
 pub const SIGTERM: i32 = 15;
 pub const SIGHUP: i32 = 1;
