@@ -139,7 +139,7 @@ else:
     if inst.get("datasource", {}).get("uid") != "${datasource}":
         err("templating: instance variable must use ${datasource}")
 
-# Metric names allowed in queries: SPEC section 5, the process collector, histogram suffixes.
+# Metric names allowed in queries: docs/reference.md, Metrics, the process collector, histogram suffixes.
 hist = {"webd_heartbeat_latency_seconds", "webd_http_request_duration_seconds"}
 allowed = {"webd_heartbeat_age_seconds", "webd_heartbeats_missed_total", "webd_restarts_total",
            "webd_process_up", "webd_workers", "webd_worker_utilization_ratio",

@@ -1,4 +1,4 @@
-//! Command-line flags (SPEC.md section 2), validated into the `Config` every process
+//! Command-line flags (docs/reference.md), validated into the `Config` every process
 //! runs with. The daemon parses and checks; children receive the result in their
 //! bootstrap message, so they never parse flags themselves.
 

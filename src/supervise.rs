@@ -2,7 +2,7 @@
 //! manager (for its workers): heartbeat deadlines, hang detection, restart backoff.
 //!
 //! A `Slot` is one supervised position ("listener", "worker 3"); processes come and go
-//! in it. The rules (SPEC.md section 1): a check every 200 ms; a heartbeat older than
+//! in it. The rules (docs/reference.md): a check every 200 ms; a heartbeat older than
 //! the timeout is a miss; 3 consecutive misses = hung. Restarts back off 100 ms doubling
 //! to 5 s while a slot keeps failing; more than 5 restarts within 10 s is `backoff`.
 

@@ -21,7 +21,7 @@
 //! `WEBD_TEST_SEED=N` replays a run's choices (the seed is printed).
 //!
 //! ```sh
-//! CARGO_TARGET_DIR=/work/target-chaos cargo test --workspace --test integration chaos:: -- --nocapture
+//! CARGO_TARGET_DIR=/tmp/target-chaos cargo test --workspace --test integration chaos:: -- --nocapture
 //! WEBD_SOAK_SECS=600 cargo test --workspace --test integration chaos:: -- --nocapture --test-threads=1
 //! ```
 

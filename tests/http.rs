@@ -1,4 +1,4 @@
-//! The HTTP contract (SPEC §4) against the real binary: static files, conditional and
+//! The HTTP contract (docs/reference.md, HTTP) against the real binary: static files, conditional and
 //! range requests, keep-alive and pipelining, path escapes, error statuses, timeouts and
 //! slow clients. Requests are written raw so nothing normalises them on the way; every
 //! test that sends hostile input checks afterwards that no worker died.

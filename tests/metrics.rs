@@ -1,11 +1,11 @@
-//! Prometheus metrics from the real daemon: every SPEC name and label, restarts by
+//! Prometheus metrics from the real daemon: every documented name and label, restarts by
 //! reason, counters that never go down, and promtool's verdict on the live output.
 
 use crate::util::*;
 use std::time::Duration;
 
-/// SPEC.md section 5: name and the labels every series of it carries.
-const SPEC: [(&str, &[&str]); 14] = [
+/// docs/reference.md: name and the labels every series of it carries.
+const DOCUMENTED: [(&str, &[&str]); 14] = [
     ("webd_heartbeat_latency_seconds_bucket", &["role", "le"]),
     ("webd_heartbeat_age_seconds", &["role"]),
     ("webd_heartbeats_missed_total", &["role"]),
@@ -35,7 +35,7 @@ fn every_spec_metric_is_exported_and_counters_survive_restarts() {
         let missing = metric(&s, "webd_http_requests_total", &[("code", "404")]).unwrap_or(0.0) >= 1.0;
         (ok && missing).then_some(s)
     });
-    for (name, labels) in SPEC {
+    for (name, labels) in DOCUMENTED {
         let series: Vec<&Sample> = samples.iter().filter(|s| s.name == name).collect();
         assert!(!series.is_empty(), "{name} missing");
         for s in series {

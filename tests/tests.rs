@@ -9,7 +9,7 @@
 //! - `ops`: config file, SIGHUP, systemd notify, --user, access log
 //! - `startup`: bad flags and runtime errors at start
 //! - `upgrade`: zero-downtime binary upgrade and rollback
-//! - `http`: the HTTP contract (SPEC §4) against the real binary
+//! - `http`: the HTTP contract (docs/reference.md, HTTP) against the real binary
 //! - `hostile`: hostile HTTP, control and admin clients and fd exhaustion, with a normal
 //!   client served throughout and heartbeats measured
 

@@ -1,4 +1,4 @@
-//! The `webctl` command line (SPEC.md section 3): flags, subcommands, and the
+//! The `webctl` command line (docs/reference.md): flags, subcommands, and the
 //! control-protocol [`Request`] each subcommand sends.
 //!
 //! Every usage error (unknown command, missing or malformed argument) is a clap

@@ -1,6 +1,6 @@
 //! One request/response exchange over the daemon's control socket.
 //!
-//! Wire format (SPEC.md section 3): one JSON [`Request`] line out, one JSON
+//! Wire format (docs/reference.md): one JSON [`Request`] line out, one JSON
 //! [`Response`] line back, on a Unix stream socket. Every step is bounded by the
 //! caller's timeout: connect (via `SO_SNDTIMEO`, which Linux applies to a
 //! `connect(2)` waiting on a full accept backlog), the write, and the read.
@@ -46,7 +46,7 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The process exit code this error maps to (SPEC.md section 3).
+    /// The process exit code this error maps to (docs/reference.md).
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Unreachable { .. } => 3,

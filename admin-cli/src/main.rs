@@ -1,4 +1,4 @@
-//! `webctl`: command-line client for the webd control socket (SPEC.md section 3).
+//! `webctl`: command-line client for the webd control socket (docs/reference.md).
 //!
 //! Parses the command line ([`cli`]), sends one request over the control socket
 //! ([`client`]), prints the answer (a table for `status`, see [`status`]) and

@@ -1,5 +1,5 @@
 //! End-to-end tests of the `webctl` binary against a stand-in for the daemon's
-//! side of the control protocol (SPEC.md section 3): a Unix-socket server thread
+//! side of the control protocol (docs/reference.md): a Unix-socket server thread
 //! in a unique temp dir that records the request line and sends a scripted answer.
 //!
 //! They check the wire format of every command, `--json` passthrough, and the
@@ -107,7 +107,7 @@ fn webctl_with_env(args: &[&str], control_socket_env: Option<&Path>) -> Run {
     }
 }
 
-/// A status answer in the exact form SPEC.md section 3 documents.
+/// A status answer in the exact form docs/reference.md documents.
 const STATUS: &str = r#"{"ok":true,"status":{"version":"0.1.0","pid":4242,"uptime_seconds":3725.4,"state":"running","listen":["127.0.0.1:8080"],"processes":[{"role":"listener","pid":4243,"state":"running","restarts":0,"heartbeat_age_ms":12.3,"heartbeat_latency_ms":0.1},{"role":"manager","pid":4244,"state":"running","restarts":1,"heartbeat_age_ms":40.0,"heartbeat_latency_ms":0.2}],"workers":[{"id":0,"pid":4250,"state":"busy","restarts":0,"active_connections":3,"requests":10234,"utilization":0.4},{"id":1,"pid":4251,"state":"idle","restarts":2,"active_connections":0,"requests":7,"utilization":0.0}],"connections":{"accepted":1520,"active":3},"requests_total":10241}}"#;
 
 #[test]

@@ -1,6 +1,6 @@
 //! Control-socket protocol shared by `webd` and `webctl`.
 //!
-//! One JSON object per line each way (SPEC.md section 3). Requests are tagged by
+//! One JSON object per line each way (docs/reference.md). Requests are tagged by
 //! `cmd`; every response carries `ok` and either a payload or an `error` string.
 //! This crate has no runtime and no unsafe code: it is only the types and the
 //! path rule both sides must agree on.
@@ -133,7 +133,7 @@ impl Default for WorkerState {
     }
 }
 
-/// The status document of SPEC.md section 3 (also admin `GET /status`).
+/// The status document of docs/reference.md (also admin `GET /status`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
@@ -181,7 +181,7 @@ pub struct ConnectionStatus {
     pub active: u64,
 }
 
-/// The control socket path both binaries use when none is given (SPEC.md section 2):
+/// The control socket path both binaries use when none is given (docs/reference.md):
 /// `$WEBD_CONTROL_SOCKET`, else `/run/webd/webd.sock` for root, else
 /// `$XDG_RUNTIME_DIR/webd.sock`, else `/tmp/webd-<uid>/webd.sock`.
 pub fn default_control_socket(uid: u32) -> PathBuf {

@@ -1,4 +1,4 @@
-//! The Prometheus exporter: every `webd_*` metric of SPEC.md section 5, declared once
+//! The Prometheus exporter: every `webd_*` metric of docs/reference.md, declared once
 //! with its help text, plus the daemon's own `process_*` metrics.
 //!
 //! Nothing here counts anything. The daemon's supervision loop accumulates the figures

@@ -2,7 +2,7 @@
 //!
 //! Endpoints (GET and HEAD; any other method is 405 with `Allow: GET, HEAD`; any other
 //! path is 404):
-//! - `GET /metrics`: Prometheus text format 0.0.4, every metric of SPEC.md section 5
+//! - `GET /metrics`: Prometheus text format 0.0.4, every metric of docs/reference.md
 //!   plus the daemon's `process_*` metrics (see [`metrics`]);
 //! - `GET /status`: the status document of the control socket, as JSON (503 until the
 //!   daemon has published one);

@@ -426,7 +426,7 @@ fn metrics_expose_every_spec_name_and_label_set() {
         ("webd_build_info", "gauge", &["version"]),
     ];
     for ((name, kind, label_names), def) in spec.iter().zip(metrics::ALL.iter()) {
-        assert_eq!((*name, *label_names), (def.name, def.labels), "declaration matches SPEC section 5");
+        assert_eq!((*name, *label_names), (def.name, def.labels), "declaration matches docs/reference.md, Metrics");
         assert!(reply.body.contains(&format!("# HELP {name} ")), "help text of {name}");
         assert!(reply.body.contains(&format!("# TYPE {name} {kind}\n")), "type of {name}");
         for sample_name in expected_samples(def) {

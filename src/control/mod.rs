@@ -1,4 +1,4 @@
-//! The control socket: newline-delimited JSON requests from `webctl` (SPEC.md section 3).
+//! The control socket: newline-delimited JSON requests from `webctl` (docs/reference.md).
 //!
 //! Served on threads of its own, so a slow or hostile client never delays supervision:
 //! one accept thread, one short-lived thread per client (at most `MAX_CLIENTS` at once),

@@ -35,7 +35,9 @@ impl Daemon {
     pub(super) fn take_commands(&mut self) {
         let mut answered = Vec::new();
         while let Ok(CommandRequest { request, reply }) = self.commands.try_recv() {
-            tracing::info!(?request, "control command");
+            // The request as its wire form, not Rust's debug notation.
+            let line = serde_json::to_string(&request).unwrap_or_default();
+            tracing::info!(request = %line, "control command");
             if let Some(response) = self.start_command(request.clone(), &reply) {
                 answered.push((reply, response));
             }

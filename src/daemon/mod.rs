@@ -179,7 +179,7 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
     let now = Instant::now();
     tracing::info!(
         pid = std::process::id(),
-        listen = ?config.listen,
+        listen = %config.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "),
         root = %config.root.display(),
         workers = config.workers,
         fd_limit,
@@ -334,7 +334,10 @@ impl Daemon {
                 Event::ReopenLogs => self.reopen_access_log(),
                 Event::Upgrade => {
                     if let Some(refused) = self.start_upgrade(None, None) {
-                        tracing::error!(reason = ?refused.error, "SIGUSR2: upgrade not started");
+                        tracing::error!(
+                            reason = refused.error.as_deref().unwrap_or_default(),
+                            "SIGUSR2: upgrade not started"
+                        );
                     }
                 }
             }

@@ -51,7 +51,7 @@ pub fn reap_exited() -> Vec<(Pid, Exit)> {
 pub fn signal(pid: Pid, sig: Signal) {
     match nix::sys::signal::kill(pid, sig) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => tracing::warn!(pid = pid.as_raw(), ?sig, error = %e, "kill failed"),
+        Err(e) => tracing::warn!(pid = pid.as_raw(), sig = sig.as_str(), error = %e, "kill failed"),
     }
 }
 
@@ -100,7 +100,7 @@ pub fn ignore_operator_signals() {
         // SAFETY: installing SIG_IGN runs no handler code, so nothing here can violate
         // async-signal safety; it is done at start-up of a child before any thread.
         if let Err(e) = unsafe { signal(sig, SigHandler::SigIgn) } {
-            tracing::warn!(?sig, error = %e, "cannot ignore signal");
+            tracing::warn!(sig = sig.as_str(), error = %e, "cannot ignore signal");
         }
     }
 }
