@@ -191,8 +191,8 @@ pub struct Counters {
     pub duration_sum_ns: u64,
     /// Manager: worker heartbeats missed, over all its workers.
     pub missed_heartbeats: u64,
-    /// Manager: worker restarts by reason (crash, hang, manual).
-    pub restarts: [u64; 3],
+    /// Manager: worker restarts by reason.
+    pub restarts: crate::supervise::ByReason,
     /// Manager: worker heartbeat latencies per bucket of `observe::LATENCY_BUCKETS`
     /// (last entry: above every bound) and their sum in nanoseconds.
     pub latency_buckets: Vec<u64>,
@@ -206,9 +206,6 @@ pub struct WorkerReport {
     pub pid: u32,
     pub state: webd_proto::WorkerState,
     pub restarts: u64,
-    pub restarts_crash: u64,
-    pub restarts_hang: u64,
-    pub restarts_manual: u64,
     pub missed_heartbeats: u64,
     pub heartbeat_age_ms: f64,
     pub heartbeat_latency_ms: f64,

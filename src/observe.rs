@@ -7,6 +7,7 @@
 //! go down when a child restarts.
 
 use crate::ipc::{Counters, DURATION_BUCKETS};
+use crate::supervise::ByReason;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,8 +50,7 @@ pub struct RoleFigures {
     pub up: bool,
     pub heartbeat_age_seconds: f64,
     pub heartbeats_missed: u64,
-    /// Restarts by reason: crash, hang, manual.
-    pub restarts: [u64; 3],
+    pub restarts: ByReason,
     pub heartbeat_latency: Histogram,
 }
 
@@ -95,7 +95,7 @@ pub struct CarriedTotals {
     pub duration_counts: Vec<u64>,
     pub duration_sum: f64,
     /// Restarts by role (listener, manager, worker) and reason (crash, hang, manual).
-    pub restarts: [[u64; 3]; 3],
+    pub restarts: [ByReason; 3],
 }
 
 /// The handle both planes hold.
@@ -114,7 +114,7 @@ pub struct Accumulator {
     pub response_bytes: u64,
     pub duration: Histogram,
     pub missed_heartbeats: u64,
-    pub restarts: [u64; 3],
+    pub restarts: ByReason,
     pub latency: Histogram,
 }
 
@@ -133,9 +133,7 @@ impl Accumulator {
         fold_histogram(&mut self.latency, LATENCY_BUCKETS.len(), &counters.latency_buckets, &prev.latency_buckets);
         self.latency.sum += counters.latency_sum_ns.saturating_sub(prev.latency_sum_ns) as f64 / 1e9;
         self.missed_heartbeats += counters.missed_heartbeats.saturating_sub(prev.missed_heartbeats);
-        for (total, (now, before)) in self.restarts.iter_mut().zip(counters.restarts.iter().zip(prev.restarts)) {
-            *total += now.saturating_sub(before);
-        }
+        self.restarts += counters.restarts.growth_since(&prev.restarts);
         *prev = counters.clone();
     }
 

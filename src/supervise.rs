@@ -45,6 +45,69 @@ impl Reason {
     }
 }
 
+/// A count per restart reason (crash, hang, manual). On the wire (heartbeats, the
+/// upgrade's carried totals) it is the array `[crash, hang, manual]`, as before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "[u64; 3]", into = "[u64; 3]")]
+pub struct ByReason([u64; 3]);
+
+impl ByReason {
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Each reason with its count, in `Reason::ALL` order.
+    pub fn iter(&self) -> impl Iterator<Item = (Reason, u64)> + '_ {
+        Reason::ALL.into_iter().zip(self.0)
+    }
+
+    /// What grew since `before` (a process's counts only grow; never below zero).
+    pub fn growth_since(&self, before: &ByReason) -> ByReason {
+        ByReason(std::array::from_fn(|i| self.0[i].saturating_sub(before.0[i])))
+    }
+}
+
+impl From<[u64; 3]> for ByReason {
+    fn from(counts: [u64; 3]) -> Self {
+        ByReason(counts)
+    }
+}
+
+impl From<ByReason> for [u64; 3] {
+    fn from(counts: ByReason) -> Self {
+        counts.0
+    }
+}
+
+impl std::ops::Index<Reason> for ByReason {
+    type Output = u64;
+    fn index(&self, reason: Reason) -> &u64 {
+        &self.0[reason.index()]
+    }
+}
+
+impl std::ops::IndexMut<Reason> for ByReason {
+    fn index_mut(&mut self, reason: Reason) -> &mut u64 {
+        &mut self.0[reason.index()]
+    }
+}
+
+impl std::ops::AddAssign for ByReason {
+    fn add_assign(&mut self, other: ByReason) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine += theirs;
+        }
+    }
+}
+
+impl std::ops::Add for ByReason {
+    type Output = ByReason;
+    fn add(mut self, other: ByReason) -> ByReason {
+        self += other;
+        self
+    }
+}
+
 /// What a heartbeat check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
@@ -70,7 +133,7 @@ pub struct Slot {
     /// When the next process for this slot is due to start.
     pub start_due: Option<Instant>,
     recent_restarts: VecDeque<Instant>,
-    pub restarts_by_reason: [u64; 3],
+    pub restarts_by_reason: ByReason,
 }
 
 impl Slot {
@@ -85,12 +148,12 @@ impl Slot {
             latency_ns: 0,
             start_due: Some(now),
             recent_restarts: VecDeque::new(),
-            restarts_by_reason: [0; 3],
+            restarts_by_reason: ByReason::default(),
         }
     }
 
     pub fn restarts(&self) -> u64 {
-        self.restarts_by_reason.iter().sum()
+        self.restarts_by_reason.total()
     }
 
     /// A new process now occupies the slot; its heartbeat age counts from its start.
@@ -153,7 +216,7 @@ impl Slot {
 
     /// Counts a restart; returns how long to wait before the next start.
     fn record_restart(&mut self, reason: Reason, now: Instant) -> Duration {
-        self.restarts_by_reason[reason.index()] += 1;
+        self.restarts_by_reason[reason] += 1;
         self.prune(now);
         if reason == Reason::Manual {
             // An operator's restart is not a failure: it neither feeds the backoff nor
@@ -290,7 +353,7 @@ mod tests {
         let mut slot = Slot::new("worker 0", t0);
         slot.spawned(Pid::from_raw(5), t0);
         assert_eq!(slot.vacate(Reason::Manual, t0), Duration::ZERO);
-        assert_eq!(slot.restarts_by_reason, [0, 0, 1]);
+        assert_eq!(slot.restarts_by_reason, ByReason::from([0, 0, 1]));
     }
 
     #[test]

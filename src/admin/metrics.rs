@@ -223,8 +223,8 @@ fn role_families(roles: &[(&str, &RoleFigures)]) -> Vec<MetricFamily> {
         latency = latency.histogram(&[role], &r.heartbeat_latency, &LATENCY_BUCKETS);
         age = age.gauge(&[role], r.heartbeat_age_seconds);
         missed = missed.counter(&[role], r.heartbeats_missed);
-        for (reason, n) in RESTART_REASONS.into_iter().zip(r.restarts) {
-            restarts = restarts.counter(&[role, reason], n);
+        for (reason, n) in r.restarts.iter() {
+            restarts = restarts.counter(&[role, reason.as_str()], n);
         }
         up = up.gauge(&[role], bool_value(r.up));
     }

@@ -31,7 +31,7 @@ fn role(up: bool, seed: u64) -> RoleFigures {
         up,
         heartbeat_age_seconds: 0.05 * seed as f64,
         heartbeats_missed: seed,
-        restarts: [seed, seed * 2, 1],
+        restarts: [seed, seed * 2, 1].into(),
         heartbeat_latency: latency,
     }
 }

@@ -4,6 +4,7 @@ use super::roles::RoleProcess;
 use super::{Daemon, State};
 use crate::ipc::WorkerReport;
 use crate::observe::{HttpTotals, Observed, RoleFigures};
+use crate::supervise::ByReason;
 use std::time::Instant;
 use webd_proto::WorkerState;
 use webd_proto::{ConnectionStatus, ProcessStatus, Status, WorkerStatus};
@@ -151,7 +152,7 @@ impl Daemon {
             up: workers.iter().any(|w| w.state.is_serving()),
             heartbeat_age_seconds: live.map(|w| w.heartbeat_age_ms / 1000.0).fold(0.0, f64::max),
             heartbeats_missed: self.pool_totals.missed_heartbeats,
-            restarts: add3(self.pool_totals.restarts, self.carried.restarts[2]),
+            restarts: self.pool_totals.restarts + self.carried.restarts[2],
             heartbeat_latency: self.pool_totals.latency.clone(),
         }
     }
@@ -179,16 +180,12 @@ impl Daemon {
     }
 }
 
-fn add3(a: [u64; 3], b: [u64; 3]) -> [u64; 3] {
-    [a[0] + b[0], a[1] + b[1], a[2] + b[2]]
-}
-
-fn role_figures(role: &mut RoleProcess, now: Instant, carried_restarts: [u64; 3]) -> RoleFigures {
+fn role_figures(role: &mut RoleProcess, now: Instant, carried_restarts: ByReason) -> RoleFigures {
     RoleFigures {
         up: role.slot.is_up(),
         heartbeat_age_seconds: role.slot.heartbeat_age(now).as_secs_f64(),
         heartbeats_missed: role.slot.missed_total,
-        restarts: add3(role.slot.restarts_by_reason, carried_restarts),
+        restarts: role.slot.restarts_by_reason + carried_restarts,
         heartbeat_latency: role.latency.clone(),
     }
 }

@@ -275,7 +275,6 @@ impl Daemon {
     /// Everything counted so far, ours on top of what we inherited.
     fn carried_totals(&mut self) -> CarriedTotals {
         let http = self.http_totals();
-        let add = |a: [u64; 3], b: [u64; 3]| [a[0] + b[0], a[1] + b[1], a[2] + b[2]];
         CarriedTotals {
             upgrades: self.carried.upgrades + 1,
             connections_accepted: self.carried.connections_accepted + self.listener_totals.accepted,
@@ -284,9 +283,9 @@ impl Daemon {
             duration_counts: http.duration.counts,
             duration_sum: http.duration.sum,
             restarts: [
-                add(self.listener.slot.restarts_by_reason, self.carried.restarts[0]),
-                add(self.manager.slot.restarts_by_reason, self.carried.restarts[1]),
-                add(self.pool_totals.restarts, self.carried.restarts[2]),
+                self.listener.slot.restarts_by_reason + self.carried.restarts[0],
+                self.manager.slot.restarts_by_reason + self.carried.restarts[1],
+                self.pool_totals.restarts + self.carried.restarts[2],
             ],
         }
     }

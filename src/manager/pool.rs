@@ -13,7 +13,7 @@ use super::FIRST_WORKER;
 use crate::config::Config;
 use crate::ipc::{Bootstrap, Channel, Counters, FdKind, LaneState, Message, Recv, WorkerReport};
 use crate::observe::{Histogram, LATENCY_BUCKETS};
-use crate::supervise::{Check, Reason, Retiring, Slot};
+use crate::supervise::{ByReason, Check, Reason, Retiring, Slot};
 use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, process::Exit, spawn, Pid};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -113,7 +113,7 @@ pub struct WorkerPool {
     fds: crate::sys::process::FdBudget,
     /// Pool-wide supervision figures, monotonic over this manager's life.
     missed_total: u64,
-    restarts: [u64; 3],
+    restarts: ByReason,
     latency: Histogram,
 }
 
@@ -142,7 +142,7 @@ impl WorkerPool {
             access_log: None,
             exited: Vec::new(),
             missed_total: 0,
-            restarts: [0; 3],
+            restarts: ByReason::default(),
             latency: Histogram::with_buckets(LATENCY_BUCKETS.len()),
         }
     }
@@ -489,7 +489,7 @@ impl WorkerPool {
         let delay = ws.slot.vacate(reason, now);
         self.steer_due = true;
         if ws.wanted && !self.shutting_down {
-            self.restarts[reason.index()] += 1;
+            self.restarts[reason] += 1;
             ws.slot.log_restart(reason, delay, now);
         }
     }
@@ -857,9 +857,6 @@ fn report(
         pid: pid.map(|p| p.as_raw() as u32).unwrap_or(0),
         state,
         restarts: slot.restarts(),
-        restarts_crash: slot.restarts_by_reason[0],
-        restarts_hang: slot.restarts_by_reason[1],
-        restarts_manual: slot.restarts_by_reason[2],
         missed_heartbeats: slot.missed_total,
         heartbeat_age_ms: slot.heartbeat_age(now).as_secs_f64() * 1000.0,
         heartbeat_latency_ms: slot.latency_ns as f64 / 1e6,
