@@ -101,9 +101,9 @@ pub fn wait_for_parent_exit(pid: nix::unistd::Pid) -> io::Result<()> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     loop {
         let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::NONE) {
+        match super::retry_eintr(|| poll(&mut fds, PollTimeout::NONE)) {
             Ok(_) if fds[0].revents().is_some_and(|r| !r.is_empty()) => return Ok(()),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => continue,
             Err(e) => return Err(e.into()),
         }
     }
@@ -116,7 +116,7 @@ pub fn orphaned_connections(except: RawFd) -> io::Result<Vec<OwnedFd>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
         let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else { continue };
-        if fd == except || !is_accepted_tcp(super::borrow_for_probe(fd)) {
+        if fd == except || !super::probe_fd(fd, is_accepted_tcp) {
             continue;
         }
         // SAFETY: the descriptor is open (it answered getsockopt as a socket) and its
@@ -130,7 +130,7 @@ pub fn orphaned_connections(except: RawFd) -> io::Result<Vec<OwnedFd>> {
 /// into), taken over by this child; `None` if `fd` is not one.
 pub fn orphaned_seqpacket(fd: RawFd) -> Option<OwnedFd> {
     use nix::sys::socket::{getsockopt, sockopt::SockType as SoType, SockType};
-    if fd < 0 || getsockopt(&super::borrow_for_probe(fd), SoType).ok()? != SockType::SeqPacket {
+    if fd < 0 || super::probe_fd(fd, |fd| getsockopt(&fd, SoType)).ok()? != SockType::SeqPacket {
         return None;
     }
     // SAFETY: as for `orphaned_connections`: open, and its owner is dead.
