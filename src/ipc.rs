@@ -308,13 +308,14 @@ impl Channel {
     pub fn peek_fd_count(&mut self) -> io::Result<Option<usize>> {
         let mut resets = 0;
         let n = loop {
-            match nix::sys::socket::recv(
-                self.fd.as_raw_fd(),
-                &mut self.rx,
-                nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-            ) {
+            match crate::sys::retry_eintr(|| {
+                nix::sys::socket::recv(
+                    self.fd.as_raw_fd(),
+                    &mut self.rx,
+                    nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                )
+            }) {
                 Ok(n) => break n,
-                Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => return Ok(None),
                 // Reported once when the peer died with our messages unread (see `recv`).
                 Err(nix::errno::Errno::ECONNRESET) if resets == 0 => resets += 1,
@@ -367,12 +368,17 @@ impl AsFd for Channel {
 /// Blocks until `fd` is readable or `timeout` passes.
 pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let deadline = std::time::Instant::now() + Duration::from_millis(ms.into());
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    match poll(&mut fds, PollTimeout::from(ms)) {
-        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    crate::sys::retry_eintr(|| {
+        let polled = poll(&mut fds, PollTimeout::from(ms));
+        // A signal does not restart the wait: a retry gets what is left of it.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        ms = u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+        polled
+    })?;
+    Ok(())
 }
 
 /// Upper bounds in seconds of the request-duration histogram buckets (shared by the

@@ -10,7 +10,7 @@
 //! instructions before the syscall) and sends them into that lane.
 
 use crate::ipc::Channel;
-use crate::sys::shared_table::{self, Forked, SharedWords};
+use crate::sys::shared_table::{self, SharedWords};
 use anyhow::Context;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -48,9 +48,8 @@ impl Keeper {
     fn spawn(&mut self) {
         let Some(words) = &self.words else { return };
         let listener = nix::unistd::getpid();
-        match shared_table::fork_sharing_descriptors() {
-            Ok(Forked::Child) => run(listener, words),
-            Ok(Forked::Parent(pid)) => {
+        match shared_table::fork_sharing_files(|| run(listener, words)) {
+            Ok(pid) => {
                 tracing::debug!(pid = pid.as_raw(), "keeper started");
                 self.pid = Some(pid);
             }
@@ -99,24 +98,25 @@ impl Keeper {
     }
 }
 
-/// The keeper's whole life: wait for the listener to die, send on what it held, exit.
-fn run(listener: Pid, words: &SharedWords) -> ! {
+/// The keeper's whole life: wait for the listener to die, send on what it held. Returns
+/// the keeper's exit code.
+fn run(listener: Pid, words: &SharedWords) -> i32 {
     if let Err(e) = shared_table::retitle(TITLE) {
         tracing::warn!(error = %e, "keeper keeps the listener's title");
     }
     if let Err(e) = shared_table::wait_for_parent_exit(listener) {
         tracing::error!(error = %e, "keeper cannot watch the listener");
-        shared_table::exit_now(1);
+        return 1;
     }
     match rescue(words) {
-        Ok(0) => shared_table::exit_now(0),
+        Ok(0) => 0,
         Ok(sent) => {
             tracing::warn!(%listener, connections = sent, "the listener died holding connections: the keeper sent them on");
-            shared_table::exit_now(0)
+            0
         }
         Err(e) => {
             tracing::error!(%listener, error = %format!("{e:#}"), "keeper could not send on the listener's connections");
-            shared_table::exit_now(1)
+            1
         }
     }
 }

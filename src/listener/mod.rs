@@ -126,9 +126,11 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         }
         heartbeat.tick(now, &mut me.control, || (me.counters.clone(), Vec::new()));
         let timeout = heartbeat.until_due(now).min(me.pause_left(now)).min(KEEPER_CHECK);
-        match poll.poll(&mut events, Some(timeout)) {
+        // A signal (SIGCONT after a stop) does not restart the wait: a retry gets what
+        // is left of it, so an overdue heartbeat or keeper check is not put off.
+        let wake = Instant::now() + timeout;
+        match crate::sys::retry_eintr(|| poll.poll(&mut events, Some(wake.saturating_duration_since(Instant::now())))) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("epoll_wait"),
         }
         for event in events.iter() {

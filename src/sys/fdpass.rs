@@ -6,6 +6,7 @@
 //! fd carries CLOEXEC, and a truncated control message is an error after the fds that
 //! did arrive are closed.
 
+use nix::errno::Errno;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -25,20 +26,6 @@ fn header(iov: &mut libc::iovec) -> libc::msghdr {
     msg.msg_iov = iov;
     msg.msg_iovlen = 1;
     msg
-}
-
-/// Runs a send/receive syscall until it is not interrupted; its byte count or the error.
-fn retrying_eintr(mut syscall: impl FnMut() -> isize) -> io::Result<usize> {
-    loop {
-        let n = syscall();
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
 }
 
 /// A connected AF_UNIX SOCK_SEQPACKET pair, both ends CLOEXEC: message boundaries are
@@ -89,9 +76,10 @@ pub fn send_with_fds_announced(
         }
     }
     announce();
-    // SAFETY: `msg` points at live buffers of the sizes it states.
-    let n =
-        retrying_eintr(|| unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) })?;
+    let n = super::retry_eintr(|| {
+        // SAFETY: `msg` points at live buffers of the sizes it states.
+        Errno::result(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) })
+    })? as usize;
     if n != bytes.len() {
         return Err(io::Error::other(format!("short seqpacket send: {n} of {} bytes", bytes.len())));
     }
@@ -115,10 +103,10 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd
     let mut msg = header(&mut iov);
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: `msg` points at live buffers of the sizes it states.
-    let n = retrying_eintr(|| unsafe {
-        libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT)
-    })?;
+    let n = super::retry_eintr(|| {
+        // SAFETY: `msg` points at live buffers of the sizes it states.
+        Errno::result(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) })
+    })? as usize;
     // SAFETY: the kernel filled `msg_control` with well-formed cmsg headers up to
     // `msg_controllen`; CMSG_FIRSTHDR/CMSG_NXTHDR stay within it, and each SCM_RIGHTS
     // payload holds `(cmsg_len - CMSG_LEN(0)) / 4` descriptors just installed for us,

@@ -1,31 +1,26 @@
 //! accept4 with CLOEXEC|NONBLOCK, returning an owned fd.
 
+use nix::errno::Errno;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Accepts one connection; the fd is non-blocking (the worker's event loop needs it)
 /// and CLOEXEC (no exec may inherit it).
 pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    loop {
+    let fd = super::retry_eintr(|| {
         // SAFETY: accept4 with null address pointers is valid; the listener fd is
         // borrowed for the call's duration.
-        let fd = unsafe {
+        Errno::result(unsafe {
             libc::accept4(
                 listener.as_raw_fd(),
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
                 libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
             )
-        };
-        if fd >= 0 {
-            // SAFETY: accept4 returned a new descriptor that nothing else owns.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+        })
+    })?;
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `accept` errors that mean the process or system is out of descriptors or memory:

@@ -36,12 +36,11 @@ impl std::fmt::Display for Exit {
 pub fn reap_exited() -> Vec<(Pid, Exit)> {
     let mut out = Vec::new();
     loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        match super::retry_eintr(|| waitpid(None, Some(WaitPidFlag::WNOHANG))) {
             Ok(WaitStatus::Exited(pid, code)) => out.push((pid, Exit::Code(code))),
             Ok(WaitStatus::Signaled(pid, sig, _)) => out.push((pid, Exit::Signal(sig))),
             Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return out,
             Ok(_) => continue, // stopped/continued: not an exit
-            Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return out,
         }
     }
@@ -128,7 +127,7 @@ impl FdBudget {
                 fds.sort_unstable();
                 // The listing includes its own directory descriptor, closed by now.
                 fds.retain(|fd| {
-                    nix::fcntl::fcntl(super::borrow_for_probe(*fd as i32), nix::fcntl::FcntlArg::F_GETFD).is_ok()
+                    super::probe_fd(*fd as i32, |fd| nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok())
                 });
                 fds
             }

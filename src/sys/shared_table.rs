@@ -54,17 +54,22 @@ impl Drop for SharedWords {
     }
 }
 
-/// Who we are after `fork_sharing_descriptors`.
-pub enum Forked {
-    Parent(nix::unistd::Pid),
-    Child,
-}
+/// Exit code of a table-sharing child whose body panicked (Rust's own code for a panic).
+pub const PANIC_EXIT: i32 = 101;
 
-/// Forks a child that shares our descriptor table but not our memory: a descriptor
-/// either opens or closes is opened or closed for both, and the table outlives whichever
-/// dies first. Refused unless this process has a single thread (the child gets only the
-/// calling one, and a lock another thread held would stay locked forever).
-pub fn fork_sharing_descriptors() -> io::Result<Forked> {
+/// Forks a child that shares our descriptor table but not our memory, runs `body` in it
+/// and ends the child with the code `body` returns ([`PANIC_EXIT`] if it panics); returns
+/// the child's pid to the parent. A descriptor either opens or closes is opened or closed
+/// for both, and the table outlives whichever dies first.
+///
+/// The child never returns or unwinds into the caller's frames: the values they own are
+/// the parent's too (an `OwnedFd` dropped there would close the parent's descriptor), so
+/// it leaves by `_exit` with no destructor run but those of `body` itself. For the same
+/// reason `body` should borrow what it needs rather than own descriptors.
+///
+/// Refused unless this process has a single thread (the child gets only the calling one,
+/// and a lock another thread held would stay locked forever).
+pub fn fork_sharing_files(body: impl FnOnce() -> i32) -> io::Result<nix::unistd::Pid> {
     let threads = std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
         .map_err(|e| io::Error::new(e.kind(), format!("/proc/self/task: {e}")))?;
@@ -73,13 +78,24 @@ pub fn fork_sharing_descriptors() -> io::Result<Forked> {
     }
     let flags = (libc::CLONE_FILES | libc::SIGCHLD) as libc::c_ulong;
     // SAFETY: clone with a null stack behaves as fork: the child runs on a copy-on-write
-    // copy of our memory and returns 0 here. We have one thread (checked above), so the
-    // child inherits no lock held by a thread it lacks.
+    // copy of our memory and returns 0 here, where it runs `body` and `_exit`s without
+    // leaving this frame. We have one thread (checked above), so the child inherits no
+    // lock held by a thread it lacks.
     let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
     match pid {
         -1 => Err(io::Error::last_os_error()),
-        0 => Ok(Forked::Child),
-        pid => Ok(Forked::Parent(nix::unistd::Pid::from_raw(pid as i32))),
+        0 => {
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+                Ok(code) => code,
+                Err(payload) => {
+                    // Dropping the payload could panic again, and unwind past us.
+                    std::mem::forget(payload);
+                    PANIC_EXIT
+                }
+            };
+            exit_now(code)
+        }
+        pid => Ok(nix::unistd::Pid::from_raw(pid as i32)),
     }
 }
 
@@ -101,9 +117,9 @@ pub fn wait_for_parent_exit(pid: nix::unistd::Pid) -> io::Result<()> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     loop {
         let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::NONE) {
+        match super::retry_eintr(|| poll(&mut fds, PollTimeout::NONE)) {
             Ok(_) if fds[0].revents().is_some_and(|r| !r.is_empty()) => return Ok(()),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => continue,
             Err(e) => return Err(e.into()),
         }
     }
@@ -116,7 +132,7 @@ pub fn orphaned_connections(except: RawFd) -> io::Result<Vec<OwnedFd>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
         let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else { continue };
-        if fd == except || !is_accepted_tcp(super::borrow_for_probe(fd)) {
+        if fd == except || !super::probe_fd(fd, is_accepted_tcp) {
             continue;
         }
         // SAFETY: the descriptor is open (it answered getsockopt as a socket) and its
@@ -130,7 +146,7 @@ pub fn orphaned_connections(except: RawFd) -> io::Result<Vec<OwnedFd>> {
 /// into), taken over by this child; `None` if `fd` is not one.
 pub fn orphaned_seqpacket(fd: RawFd) -> Option<OwnedFd> {
     use nix::sys::socket::{getsockopt, sockopt::SockType as SoType, SockType};
-    if fd < 0 || getsockopt(&super::borrow_for_probe(fd), SoType).ok()? != SockType::SeqPacket {
+    if fd < 0 || super::probe_fd(fd, |fd| getsockopt(&fd, SoType)).ok()? != SockType::SeqPacket {
         return None;
     }
     // SAFETY: as for `orphaned_connections`: open, and its owner is dead.
@@ -176,7 +192,77 @@ pub fn retitle(title: &str) -> io::Result<()> {
 
 /// Ends this process at once: no destructors, no atexit handlers (a forked child must
 /// not flush or free what its parent owns).
-pub fn exit_now(code: i32) -> ! {
+fn exit_now(code: i32) -> ! {
     // SAFETY: _exit takes an int and never returns.
     unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::wait::{waitpid, WaitStatus};
+
+    /// What the table-sharing child's exit status was, or why the check failed (as an exit
+    /// code of the single-threaded process that ran it).
+    fn in_single_thread(check: impl FnOnce() -> i32) -> i32 {
+        // SAFETY: the child runs `check` alone on a copy of the test process and ends with
+        // `_exit`; what it uses (clone, waitpid, fcntl, a pipe) takes no lock another test
+        // thread could have held at the fork, apart from malloc's, which glibc resets in
+        // the child.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)).unwrap_or(90);
+                // SAFETY: ends the forked child without running the harness's destructors.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => match waitpid(child, None).expect("waitpid") {
+                WaitStatus::Exited(_, code) => code,
+                other => panic!("single-threaded check ended with {other:?}"),
+            },
+        }
+    }
+
+    /// Forks a table-sharing child running `body` from a frame that owns a descriptor, and
+    /// reports: 3 if the child came back into this frame, 4 if the descriptor was closed
+    /// (the child dropped it), else the child's exit code.
+    fn share_and_wait(body: fn() -> i32) -> i32 {
+        let (held, _other) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        let raw = held.as_raw_fd();
+        let me = nix::unistd::getpid();
+        let forked = fork_sharing_files(body);
+        if nix::unistd::getpid() != me {
+            return 3; // the child is running its caller's code
+        }
+        let Ok(pid) = forked else { return 5 };
+        let code = match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => code,
+            _ => return 6,
+        };
+        if nix::fcntl::fcntl(held.as_fd(), nix::fcntl::FcntlArg::F_GETFD).is_err() || held.as_raw_fd() != raw {
+            return 4;
+        }
+        code
+    }
+
+    #[test]
+    fn the_child_exits_with_what_its_body_returns() {
+        assert_eq!(in_single_thread(|| share_and_wait(|| 7)), 7);
+    }
+
+    #[test]
+    fn a_panicking_body_exits_with_the_panic_code_and_leaves_the_parent_fds_open() {
+        assert_eq!(in_single_thread(|| share_and_wait(|| panic!("body panics"))), PANIC_EXIT);
+    }
+
+    #[test]
+    fn refused_from_a_process_with_threads() {
+        let _second = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        assert!(fork_sharing_files(|| {
+            ran.store(true, std::sync::atomic::Ordering::SeqCst);
+            0
+        })
+        .is_err());
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+    }
 }

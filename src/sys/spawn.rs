@@ -125,7 +125,7 @@ pub fn take_inherited_channel() -> io::Result<OwnedFd> {
         .map_err(|_| io::Error::other(format!("{CHANNEL_FD_ENV} is not set: roles are started by webd itself")))?
         .parse()
         .map_err(|_| io::Error::other(format!("{CHANNEL_FD_ENV} is not an fd number")))?;
-    if nix::fcntl::fcntl(super::borrow_for_probe(raw), nix::fcntl::FcntlArg::F_GETFD).is_err() {
+    if super::probe_fd(raw, |fd| nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)).is_err() {
         return Err(io::Error::other(format!("inherited fd {raw} is not open")));
     }
     // SAFETY: the fd is open (checked above) and was inherited across exec for us alone

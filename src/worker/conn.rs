@@ -8,6 +8,7 @@
 use super::request::{self, Parsed};
 use super::response::{self, Body, Plan};
 use super::{Shared, Stats};
+use crate::sys::retry_eintr;
 use nix::sys::socket::{send, MsgFlags};
 use std::fs::File;
 use std::io::{self, Read};
@@ -140,7 +141,6 @@ impl Conn {
                     self.set_wait_deadline(shared, now);
                     return Outcome::Keep;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return Outcome::Close,
             }
         }
@@ -246,10 +246,9 @@ impl Conn {
             // More follows from the file: let the kernel merge it with the head.
             let flags =
                 if self.body.is_some() { MsgFlags::from_bits_retain(libc::MSG_MORE) } else { MsgFlags::empty() };
-            match send(self.sock.as_raw_fd(), &self.wbuf[self.wpos..], flags | MsgFlags::MSG_NOSIGNAL) {
+            match retry_eintr(|| send(self.sock.as_raw_fd(), &self.wbuf[self.wpos..], flags | MsgFlags::MSG_NOSIGNAL)) {
                 Ok(n) => self.wpos += n,
                 Err(nix::errno::Errno::EAGAIN) => return Ok(false),
-                Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -257,7 +256,9 @@ impl Conn {
         self.wpos = 0;
         while let Some(body) = self.body.as_mut() {
             let count = body.remaining.min(SENDFILE_CHUNK as u64) as usize;
-            match nix::sys::sendfile::sendfile64(self.sock.as_fd(), body.file.as_fd(), Some(&mut body.offset), count) {
+            match retry_eintr(|| {
+                nix::sys::sendfile::sendfile64(self.sock.as_fd(), body.file.as_fd(), Some(&mut body.offset), count)
+            }) {
                 // The file shrank under us: the promised length cannot be met.
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file truncated while sending")),
                 Ok(n) => {
@@ -267,7 +268,6 @@ impl Conn {
                     }
                 }
                 Err(nix::errno::Errno::EAGAIN) => return Ok(false),
-                Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -295,7 +295,7 @@ impl Conn {
     fn drain_input(&mut self, mut drained: usize) -> Outcome {
         let mut sink = [0u8; 4096];
         loop {
-            match (&self.sock).read(&mut sink) {
+            match retry_eintr(|| (&self.sock).read(&mut sink)) {
                 Ok(0) => return Outcome::Close,
                 Ok(n) => {
                     drained += n;
@@ -307,7 +307,6 @@ impl Conn {
                     self.lingering = Some(drained);
                     return Outcome::Keep;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return Outcome::Close,
             }
         }
@@ -331,7 +330,7 @@ impl Conn {
             }
             self.rbuf.resize(grown, 0);
         }
-        let n = (&self.sock).read(&mut self.rbuf[self.rend..])?;
+        let n = retry_eintr(|| (&self.sock).read(&mut self.rbuf[self.rend..]))?;
         self.rend += n;
         Ok(n)
     }

@@ -206,9 +206,11 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
             }
         }
         let timeout = heartbeat.until_due(now).min(next_sweep.saturating_duration_since(now));
-        match poll.poll(&mut events, Some(timeout.max(Duration::from_millis(1)))) {
+        // A signal (SIGCONT after a stop) does not restart the wait: a retry gets what
+        // is left of it.
+        let wake = Instant::now() + timeout.max(Duration::from_millis(1));
+        match crate::sys::retry_eintr(|| poll.poll(&mut events, Some(wake.saturating_duration_since(Instant::now())))) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e).context("epoll_wait"),
         }
         let now = Instant::now();
