@@ -20,6 +20,7 @@
 
 use super::http::{self, Head};
 use super::routes::Endpoints;
+use crate::sys::retry_eintr;
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -144,12 +145,13 @@ impl Server {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(256);
         while !self.stop.stopped() {
-            let timeout = self.poll_timeout(Instant::now());
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "admin endpoint: poll failed");
-                    std::thread::sleep(self.limits.accept_pause);
-                }
+            // A signal does not restart the wait: a retry gets what is left of it.
+            let wake = Instant::now() + self.poll_timeout(Instant::now());
+            let polled =
+                retry_eintr(|| self.poll.poll(&mut events, Some(wake.saturating_duration_since(Instant::now()))));
+            if let Err(e) = polled {
+                tracing::error!(error = %e, "admin endpoint: poll failed");
+                std::thread::sleep(self.limits.accept_pause);
                 continue;
             }
             let now = Instant::now();
@@ -188,7 +190,7 @@ impl Server {
     /// left non-empty is remembered in `accept_more`) or the turn is used up.
     fn accept_all(&mut self, now: Instant) {
         for _ in 0..ACCEPTS_PER_TURN {
-            match self.listener.accept() {
+            match retry_eintr(|| self.listener.accept()) {
                 Ok((stream, _peer)) => {
                     self.accept_recovered();
                     self.admit(stream, now);
@@ -306,7 +308,7 @@ struct AcceptFailures {
 
 /// `accept` errors that concern only the connection being accepted.
 fn is_transient(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset)
+    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset)
         || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
 }
 
@@ -376,7 +378,6 @@ impl Conn {
                 Ok(true) => {}
                 Ok(false) => return Step::Close, // EOF before a whole head
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Step::Close,
             }
         }
@@ -385,11 +386,10 @@ impl Conn {
     /// Writes pending output; `Ok(true)` once all of it is sent.
     fn flush(&mut self) -> io::Result<bool> {
         while self.written < self.output.len() {
-            match self.stream.write(&self.output[self.written..]) {
+            match retry_eintr(|| self.stream.write(&self.output[self.written..])) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
@@ -434,7 +434,7 @@ impl Conn {
         let mut chunk = [0u8; READ_CHUNK];
         // `input` holds less than `max_head` here: a full buffer was refused with 431.
         let room = max_head.saturating_sub(self.input.len()).clamp(1, READ_CHUNK);
-        let n = self.stream.read(&mut chunk[..room])?;
+        let n = retry_eintr(|| self.stream.read(&mut chunk[..room]))?;
         self.input.extend_from_slice(&chunk[..n]);
         Ok(n > 0)
     }
@@ -443,7 +443,7 @@ impl Conn {
     fn linger(&mut self) -> Step {
         let mut chunk = [0u8; READ_CHUNK];
         loop {
-            match self.stream.read(&mut chunk) {
+            match retry_eintr(|| self.stream.read(&mut chunk)) {
                 Ok(0) => return Step::Close,
                 Ok(n) => {
                     let dropped = self.lingering.unwrap_or(0) + n;
@@ -453,7 +453,6 @@ impl Conn {
                     self.lingering = Some(dropped);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Step::Close,
             }
         }

@@ -26,7 +26,6 @@ use anyhow::Context;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use roles::{RoleEvent, RoleProcess};
-use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -255,10 +254,12 @@ impl Daemon {
             }
             self.stop_manager_after_listener();
             self.systemd.tick(now);
-            let wake = self.next_wakeup(now);
-            match self.poll.poll(&mut events, Some(wake)) {
+            // A signal does not restart the wait: a retry gets what is left of it (a
+            // signal's own wake-up byte ends it at once).
+            let wake = Instant::now() + self.next_wakeup(now);
+            match sys::retry_eintr(|| self.poll.poll(&mut events, Some(wake.saturating_duration_since(Instant::now()))))
+            {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e).context("epoll_wait"),
             }
             let mut role_events = Vec::new();

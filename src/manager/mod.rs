@@ -16,7 +16,6 @@ use anyhow::Context;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use pool::WorkerPool;
-use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
@@ -94,9 +93,11 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         if let Some(t) = pool.next_deadline() {
             wake = wake.min(t.saturating_duration_since(now));
         }
-        match poll.poll(&mut events, Some(wake.max(Duration::from_millis(1)))) {
+        // A signal does not restart the wait: a retry gets what is left of it (a
+        // signal's own wake-up byte ends it at once).
+        let wake = Instant::now() + wake.max(Duration::from_millis(1));
+        match crate::sys::retry_eintr(|| poll.poll(&mut events, Some(wake.saturating_duration_since(Instant::now())))) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e).context("epoll_wait"),
         }
         for event in events.iter() {
