@@ -24,7 +24,7 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// Worker processes [default: number of CPUs].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(WORKERS.min as i64..=WORKERS.max as i64))]
     pub workers: Option<u32>,
     /// Admin HTTP endpoint address, or `off` [default: 127.0.0.1:9180].
     #[arg(long, value_name = "ADDR")]
@@ -44,30 +44,30 @@ pub struct Cli {
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
     /// Milliseconds between heartbeats of every child [default: 100].
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(HEARTBEAT_INTERVAL.0..=HEARTBEAT_INTERVAL.1))]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(HEARTBEAT_INTERVAL.min..=HEARTBEAT_INTERVAL.max))]
     pub heartbeat_interval: Option<u64>,
     /// Heartbeat age in milliseconds after which a check counts as missed (3 misses =
     /// hung) [default: 200].
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(HEARTBEAT_TIMEOUT.0..=HEARTBEAT_TIMEOUT.1))]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(HEARTBEAT_TIMEOUT.min..=HEARTBEAT_TIMEOUT.max))]
     pub heartbeat_timeout: Option<u64>,
     /// Milliseconds a stopping process gets before SIGKILL [default: 1000].
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(GRACE.0..=GRACE.1))]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(GRACE.min..=GRACE.max))]
     pub grace: Option<u64>,
     /// Longest a draining process waits for its connections before closing them, in
     /// milliseconds [default: 30000].
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(DRAIN_TIMEOUT.0..=DRAIN_TIMEOUT.1))]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(DRAIN_TIMEOUT.min..=DRAIN_TIMEOUT.max))]
     pub drain_timeout: Option<u64>,
     /// Drop privileges to this user for listener, manager and workers after binding.
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
     /// Milliseconds a client has to send a complete request head [default: 10000].
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(HEADER_TIMEOUT.0..=HEADER_TIMEOUT.1))]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(HEADER_TIMEOUT.min..=HEADER_TIMEOUT.max))]
     pub header_timeout: Option<u64>,
     /// Milliseconds an idle keep-alive connection is kept open [default: 75000].
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(KEEPALIVE_TIMEOUT.0..=KEEPALIVE_TIMEOUT.1))]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(KEEPALIVE_TIMEOUT.min..=KEEPALIVE_TIMEOUT.max))]
     pub keepalive_timeout: Option<u64>,
     /// Most connections one worker holds at once [default: 16384].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(MAX_CONNECTIONS.min as i64..=MAX_CONNECTIONS.max as i64))]
     pub max_connections: Option<u32>,
 }
 
@@ -94,13 +94,36 @@ fn parse_listen(value: &str) -> Result<SocketAddr, String> {
     ))
 }
 
-// Allowed ranges, shared by the flag parser and the config-file check.
-const HEARTBEAT_INTERVAL: (u64, u64) = (10, 60_000);
-const HEARTBEAT_TIMEOUT: (u64, u64) = (20, 600_000);
-const GRACE: (u64, u64) = (0, 600_000);
-const DRAIN_TIMEOUT: (u64, u64) = (0, 3_600_000);
-const HEADER_TIMEOUT: (u64, u64) = (100, 600_000);
-const KEEPALIVE_TIMEOUT: (u64, u64) = (100, 3_600_000);
+/// A numeric setting: its key (the flag is the same name in kebab-case) and the values
+/// it accepts. Each is defined once here; the flag parser and the config-file check
+/// both read it, so a flag and a file accept exactly the same values.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounded {
+    pub key: &'static str,
+    pub min: u64,
+    pub max: u64,
+}
+
+impl Bounded {
+    /// `Err` names the key and the range when `value` is outside it.
+    fn check(&self, value: Option<u64>) -> Result<(), String> {
+        match value {
+            Some(v) if !(self.min..=self.max).contains(&v) => {
+                Err(format!("{} = {v} is not in {}..={}", self.key, self.min, self.max))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+pub const WORKERS: Bounded = Bounded { key: "workers", min: 1, max: webd_proto::MAX_WORKERS as u64 };
+pub const MAX_CONNECTIONS: Bounded = Bounded { key: "max_connections", min: 1, max: 1_000_000 };
+const HEARTBEAT_INTERVAL: Bounded = Bounded { key: "heartbeat_interval", min: 10, max: 60_000 };
+const HEARTBEAT_TIMEOUT: Bounded = Bounded { key: "heartbeat_timeout", min: 20, max: 600_000 };
+const GRACE: Bounded = Bounded { key: "grace", min: 0, max: 600_000 };
+const DRAIN_TIMEOUT: Bounded = Bounded { key: "drain_timeout", min: 0, max: 3_600_000 };
+const HEADER_TIMEOUT: Bounded = Bounded { key: "header_timeout", min: 100, max: 600_000 };
+const KEEPALIVE_TIMEOUT: Bounded = Bounded { key: "keepalive_timeout", min: 100, max: 3_600_000 };
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -326,30 +349,18 @@ fn read_file(path: &std::path::Path) -> Result<Cli, ConfigError> {
         "-" | "off" | "" => log,
         _ => dir.join(&log).to_string_lossy().into_owned(),
     });
-    let checks: [(&str, Option<u64>, (u64, u64)); 6] = [
-        ("heartbeat_interval", file.heartbeat_interval, HEARTBEAT_INTERVAL),
-        ("heartbeat_timeout", file.heartbeat_timeout, HEARTBEAT_TIMEOUT),
-        ("grace", file.grace, GRACE),
-        ("drain_timeout", file.drain_timeout, DRAIN_TIMEOUT),
-        ("header_timeout", file.header_timeout, HEADER_TIMEOUT),
-        ("keepalive_timeout", file.keepalive_timeout, KEEPALIVE_TIMEOUT),
+    let checks = [
+        (WORKERS, file.workers.map(u64::from)),
+        (MAX_CONNECTIONS, file.max_connections.map(u64::from)),
+        (HEARTBEAT_INTERVAL, file.heartbeat_interval),
+        (HEARTBEAT_TIMEOUT, file.heartbeat_timeout),
+        (GRACE, file.grace),
+        (DRAIN_TIMEOUT, file.drain_timeout),
+        (HEADER_TIMEOUT, file.header_timeout),
+        (KEEPALIVE_TIMEOUT, file.keepalive_timeout),
     ];
-    for (key, value, (lo, hi)) in checks {
-        if let Some(v) = value.filter(|v| !(lo..=hi).contains(v)) {
-            return Err(ConfigError::Usage(format!(
-                "config file {}: {key} = {v} is not in {lo}..={hi}",
-                path.display()
-            )));
-        }
-    }
-    if let Some(w) = file.workers.filter(|w| !(1..=256).contains(w)) {
-        return Err(ConfigError::Usage(format!("config file {}: workers = {w} is not in 1..=256", path.display())));
-    }
-    if let Some(m) = file.max_connections.filter(|m| *m == 0) {
-        return Err(ConfigError::Usage(format!(
-            "config file {}: max_connections = {m} must be at least 1",
-            path.display()
-        )));
+    for (setting, value) in checks {
+        setting.check(value).map_err(in_file)?;
     }
     Ok(file)
 }

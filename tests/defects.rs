@@ -315,3 +315,18 @@ fn a_reload_names_file_values_a_flag_overrides() {
     });
     assert!(!webd.log_text().lines().any(|l| l.contains("overridden") && l.contains("header_timeout")));
 }
+
+/// A flag and a config file accept exactly the same values (max_connections above a
+/// million was refused as a flag and accepted in a file).
+#[test]
+fn flag_and_file_accept_the_same_values() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for (key, value) in [("max_connections", "1000001"), ("workers", "257"), ("grace", "600001")] {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let (flag_code, flag_err) = run_webd(&[&flag, value, "--listen", &listen_arg(), "--admin", "off"]);
+        let config = write_config(dir.path(), &format!("{key} = {value}\nadmin = \"off\"\n"));
+        let (file_code, file_err) = run_webd(&["--config", &config, "--listen", &listen_arg()]);
+        assert_eq!((flag_code, file_code), (Some(2), Some(2)), "{key} = {value}: {flag_err} / {file_err}");
+        assert!(file_err.contains(key) && file_err.contains(&config), "{file_err}");
+    }
+}

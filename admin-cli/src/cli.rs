@@ -55,7 +55,7 @@ pub enum Command {
     /// Grow or shrink the worker pool to N workers (removed workers are drained).
     Scale {
         /// Number of workers wanted.
-        #[arg(value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+        #[arg(value_name = "N", value_parser = clap::value_parser!(u32).range(1..=webd_proto::MAX_WORKERS as i64))]
         workers: u32,
     },
     /// Gracefully stop the daemon, like SIGTERM.

@@ -72,6 +72,9 @@ impl Response {
     }
 }
 
+/// The largest worker pool (flags, config file, `scale`).
+pub const MAX_WORKERS: u32 = 256;
+
 /// Defines a state enum with its wire form (snake_case, as the status document and the
 /// metric labels spell it) and the list of every value.
 macro_rules! states {

@@ -211,8 +211,8 @@ fn validate(request: &Request) -> Result<(), String> {
         Request::Restart { target, id: Some(_) } if *target != RestartTarget::Worker => {
             Err("only `restart worker` takes an id".into())
         }
-        Request::Scale { workers } if !(1..=256).contains(workers) => {
-            Err(format!("scale: workers must be between 1 and 256, not {workers}"))
+        Request::Scale { workers } if !(1..=webd_proto::MAX_WORKERS).contains(workers) => {
+            Err(format!("scale: workers must be between 1 and {}, not {workers}", webd_proto::MAX_WORKERS))
         }
         _ => Ok(()),
     }
