@@ -8,6 +8,7 @@
 //! Format (nginx/Apache "combined"):
 //! `ADDR - - [25/Nov/2026:02:20:00 +0000] "GET /x HTTP/1.1" 200 1234 "referer" "agent"`
 
+use super::date::CLF_DATE_LEN;
 use super::request::Request;
 use std::fs::File;
 use std::io::Write;
@@ -26,12 +27,12 @@ pub struct AccessLog {
     sink: Sink,
     buf: Vec<u8>,
     clf_second: u64,
-    clf_date: [u8; 26],
+    clf_date: [u8; CLF_DATE_LEN],
 }
 
 impl AccessLog {
     pub fn new(sink: Sink) -> AccessLog {
-        AccessLog { sink, buf: Vec::with_capacity(8 * 1024), clf_second: u64::MAX, clf_date: [b' '; 26] }
+        AccessLog { sink, buf: Vec::with_capacity(8 * 1024), clf_second: u64::MAX, clf_date: [b' '; CLF_DATE_LEN] }
     }
 
     /// Points the log at a reopened file (after logrotate), flushing first.
@@ -89,14 +90,7 @@ impl AccessLog {
             return;
         }
         self.clf_second = secs;
-        let http = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs));
-        // "Tue, 25 Nov 2026 02:20:00 GMT" -> "25/Nov/2026:02:20:00 +0000"
-        let p: Vec<&str> = http.split_whitespace().collect();
-        if let [_, day, month, year, time, _] = p.as_slice() {
-            let clf = format!("{day}/{month}/{year}:{time} +0000");
-            let n = clf.len().min(self.clf_date.len());
-            self.clf_date[..n].copy_from_slice(&clf.as_bytes()[..n]);
-        }
+        self.clf_date = super::date::format_clf_date(secs);
     }
 }
 

@@ -81,23 +81,65 @@ pub fn parse_http_date(value: &[u8]) -> Option<u64> {
 
 /// Formats Unix seconds as an IMF-fixdate; seconds past year 9999 show 9999-12-31 23:59:59.
 pub fn format_http_date(unix_secs: u64) -> [u8; HTTP_DATE_LEN] {
-    let secs = unix_secs.min(LAST_FORMATTABLE_SECOND);
-    let days = secs / 86_400;
-    let second_of_day = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    // 1970-01-01 was a Thursday (index 4 with Sunday = 0).
-    let weekday = ((days + 4) % 7) as usize;
-
+    let t = Civil::at(unix_secs);
     let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
-    out[0..3].copy_from_slice(WEEKDAYS[weekday]);
-    write_two_digits(&mut out[5..7], day);
-    out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
-    write_two_digits(&mut out[12..14], year / 100);
-    write_two_digits(&mut out[14..16], year % 100);
-    write_two_digits(&mut out[17..19], second_of_day / 3600);
-    write_two_digits(&mut out[20..22], second_of_day / 60 % 60);
-    write_two_digits(&mut out[23..25], second_of_day % 60);
+    out[0..3].copy_from_slice(WEEKDAYS[t.weekday]);
+    write_two_digits(&mut out[5..7], t.day);
+    out[8..11].copy_from_slice(MONTHS[t.month_index]);
+    write_four_digits(&mut out[12..16], t.year);
+    write_time(&mut out[17..25], t.second_of_day);
     out
+}
+
+/// Length of the access log's date, `25/Nov/2026:02:20:00 +0000`.
+pub const CLF_DATE_LEN: usize = 26;
+
+/// Formats Unix seconds as the Common Log Format date (UTC), with no allocation.
+pub fn format_clf_date(unix_secs: u64) -> [u8; CLF_DATE_LEN] {
+    let t = Civil::at(unix_secs);
+    let mut out = *b"01/Jan/1970:00:00:00 +0000";
+    write_two_digits(&mut out[0..2], t.day);
+    out[3..6].copy_from_slice(MONTHS[t.month_index]);
+    write_four_digits(&mut out[7..11], t.year);
+    write_time(&mut out[12..20], t.second_of_day);
+    out
+}
+
+/// A moment split into what both date formats print.
+struct Civil {
+    weekday: usize,
+    day: u64,
+    month_index: usize,
+    year: u64,
+    second_of_day: u64,
+}
+
+impl Civil {
+    fn at(unix_secs: u64) -> Civil {
+        let secs = unix_secs.min(LAST_FORMATTABLE_SECOND);
+        let days = secs / 86_400;
+        let (year, month, day) = civil_from_days(days);
+        // 1970-01-01 was a Thursday (index 4 with Sunday = 0).
+        Civil {
+            weekday: ((days + 4) % 7) as usize,
+            day,
+            month_index: (month - 1) as usize,
+            year,
+            second_of_day: secs % 86_400,
+        }
+    }
+}
+
+fn write_four_digits(out: &mut [u8], value: u64) {
+    write_two_digits(&mut out[0..2], value / 100);
+    write_two_digits(&mut out[2..4], value % 100);
+}
+
+/// `HH:MM:SS` into 8 bytes.
+fn write_time(out: &mut [u8], second_of_day: u64) {
+    write_two_digits(&mut out[0..2], second_of_day / 3600);
+    write_two_digits(&mut out[3..5], second_of_day / 60 % 60);
+    write_two_digits(&mut out[6..8], second_of_day % 60);
 }
 
 fn write_two_digits(out: &mut [u8], value: u64) {
@@ -129,6 +171,12 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn formats_the_access_log_date() {
+        assert_eq!(&format_clf_date(784_111_777), b"06/Nov/1994:08:49:37 +0000");
+        assert_eq!(&format_clf_date(0), b"01/Jan/1970:00:00:00 +0000");
     }
 
     #[test]
