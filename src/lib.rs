@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod fault;
 pub mod heartbeat;
+pub mod http1;
 pub mod ipc;
 pub mod listener;
 pub mod logging;

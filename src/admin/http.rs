@@ -109,7 +109,7 @@ impl Response {
             out,
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
             self.status,
-            reason(self.status),
+            crate::http1::reason_phrase(self.status),
             self.content_type,
             self.body.len()
         );
@@ -123,19 +123,6 @@ impl Response {
         if !head_only {
             out.extend_from_slice(&self.body);
         }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "",
     }
 }
 

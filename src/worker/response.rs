@@ -20,6 +20,7 @@
 //! - 400 and 500 close the connection (the client or the server is in a bad state); 403,
 //!   404, 405, 416 and 301 keep it if the request allowed that.
 
+use crate::http1::{error_page, reason_phrase};
 use std::fs::{File, Metadata};
 use std::os::unix::fs::MetadataExt;
 
@@ -476,46 +477,6 @@ impl Digits {
     fn as_bytes(&self) -> &[u8] {
         &self.buf[self.start..]
     }
-}
-
-/// One table for reason phrases and built-in pages, so the two cannot disagree.
-macro_rules! statuses {
-    ($($code:literal => $reason:literal,)*) => {
-        fn reason_phrase(status: u16) -> &'static str {
-            match status {
-                $($code => $reason,)*
-                _ => "",
-            }
-        }
-
-        fn error_page(status: u16) -> &'static [u8] {
-            match status {
-                $($code => concat!(
-                    "<html><head><title>", $code, " ", $reason, "</title></head>",
-                    "<body><h1>", $code, " ", $reason, "</h1></body></html>\n"
-                ).as_bytes(),)*
-                _ => b"",
-            }
-        }
-    };
-}
-
-statuses! {
-    200 => "OK",
-    206 => "Partial Content",
-    301 => "Moved Permanently",
-    304 => "Not Modified",
-    400 => "Bad Request",
-    403 => "Forbidden",
-    404 => "Not Found",
-    405 => "Method Not Allowed",
-    408 => "Request Timeout",
-    413 => "Content Too Large",
-    414 => "URI Too Long",
-    416 => "Range Not Satisfiable",
-    431 => "Request Header Fields Too Large",
-    500 => "Internal Server Error",
-    505 => "HTTP Version Not Supported",
 }
 
 #[cfg(test)]
