@@ -1,0 +1,313 @@
+//! Starting a real webd tree with a temp root and control socket, webctl, and
+//! cleanup of every process it started (printing its log when a test fails).
+
+#![allow(dead_code)]
+
+use super::*;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Options for starting a daemon.
+pub struct Options {
+    pub workers: u32,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Pass only `args` (the test supplies listen/root/socket itself, e.g. in a config
+    /// file); `port`, `root` and `control_socket` must then match what it supplies.
+    pub only_args: bool,
+    /// A TOML config written to `<dir>/webd.toml` and passed with `--config`; `{port}`,
+    /// `{root}`, `{socket}` and `{dir}` are replaced by this daemon's values.
+    pub config_toml: Option<String>,
+    /// Start the daemon as the leader of a process group of its own (its pid is the
+    /// group id), so a test can signal the whole group as `timeout` or `tini -g` do.
+    pub own_group: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { workers: 2, args: Vec::new(), env: Vec::new(), only_args: false, config_toml: None, own_group: false }
+    }
+}
+
+/// A running webd tree; killed (with all descendants) on drop.
+pub struct Webd {
+    pub child: Option<Child>,
+    pub pid: i32,
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub port: u16,
+    pub control_socket: PathBuf,
+    pub log: PathBuf,
+    pub workers: u32,
+    /// Every descendant seen so far, so cleanup finds even reparented ones.
+    seen: Mutex<Vec<i32>>,
+}
+
+impl Webd {
+    pub fn start() -> Webd {
+        Webd::start_with(Options::default())
+    }
+
+    /// Starts the daemon and waits until every role is up and HTTP answers.
+    pub fn start_with(opts: Options) -> Webd {
+        let webd = Webd::spawn(opts);
+        webd.wait_ready();
+        webd
+    }
+
+    /// Starts the daemon without waiting for it.
+    pub fn spawn(opts: Options) -> Webd {
+        let dir = tempfile::Builder::new().prefix("webd-test-").tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).expect("root dir");
+        std::fs::write(root.join("index.html"), BODY).expect("index");
+        let port = free_port();
+        let control_socket = dir.path().join("ctl").join("webd.sock");
+        let log = dir.path().join("webd.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(WEBD);
+        if !opts.only_args {
+            let defaults = [
+                ("--listen", format!("127.0.0.1:{port}")),
+                ("--root", root.to_string_lossy().into_owned()),
+                ("--workers", opts.workers.to_string()),
+                ("--admin", "off".to_string()),
+                ("--control-socket", control_socket.to_string_lossy().into_owned()),
+            ];
+            // A flag the test gives itself replaces the default.
+            for (flag, value) in defaults.iter().filter(|(f, _)| !opts.args.iter().any(|a| a == f)) {
+                cmd.arg(flag).arg(value);
+            }
+        }
+        if let Some(toml) = &opts.config_toml {
+            let path = dir.path().join("webd.toml");
+            let text = toml
+                .replace("{port}", &port.to_string())
+                .replace("{root}", &root.to_string_lossy())
+                .replace("{socket}", &control_socket.to_string_lossy())
+                .replace("{dir}", &dir.path().to_string_lossy());
+            std::fs::write(&path, text).expect("write config");
+            cmd.arg("--config").arg(&path);
+        }
+        cmd.args(&opts.args)
+            .env("RUST_LOG", "info")
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log fd"))
+            .stderr(log_file);
+        if opts.own_group {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        }
+        let child = cmd.spawn().expect("spawn webd");
+        let pid = child.id() as i32;
+        Webd {
+            child: Some(child),
+            pid,
+            dir,
+            root,
+            port,
+            control_socket,
+            log,
+            workers: opts.workers,
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn wait_ready(&self) {
+        let workers = self.workers as usize;
+        wait_until(Duration::from_secs(10), "listener, manager and all workers", || {
+            let tree = self.tree();
+            tree.iter().filter(|p| p.argv0 == "webd: listener").count() == 1
+                && tree.iter().filter(|p| p.argv0 == "webd: manager").count() == 1
+                && tree.iter().filter(|p| p.argv0.starts_with("webd: worker")).count() >= workers
+        });
+        wait_until(Duration::from_secs(10), "HTTP answer", || get(self.addr(), "/index.html").is_ok());
+    }
+
+    /// The daemon's live descendants.
+    pub fn tree(&self) -> Vec<Proc> {
+        let all = all_processes();
+        let mut out: Vec<Proc> =
+            all.values().filter(|p| p.state != 'Z' && descends_from(&all, p.pid, self.pid)).cloned().collect();
+        out.sort_by_key(|p| p.pid);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for p in &out {
+            if !seen.contains(&p.pid) {
+                seen.push(p.pid);
+            }
+        }
+        out
+    }
+
+    /// The pids with exactly this argv[0].
+    pub fn pids(&self, argv0: &str) -> Vec<i32> {
+        self.tree().into_iter().filter(|p| p.argv0 == argv0).map(|p| p.pid).collect()
+    }
+
+    /// The single live process with this argv[0].
+    pub fn pid_of(&self, argv0: &str) -> Option<i32> {
+        let pids = self.pids(argv0);
+        (pids.len() == 1).then(|| pids[0])
+    }
+
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.tree().into_iter().filter(|p| p.argv0.starts_with("webd: worker")).map(|p| p.pid).collect()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the daemon to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every pid ever seen in this tree.
+    pub fn seen_pids(&self) -> Vec<i32> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn descends_from(all: &HashMap<i32, Proc>, mut pid: i32, ancestor: i32) -> bool {
+    for _ in 0..64 {
+        let Some(p) = all.get(&pid) else { return false };
+        if p.ppid == ancestor {
+            return true;
+        }
+        if p.ppid <= 1 {
+            return false;
+        }
+        pid = p.ppid;
+    }
+    false
+}
+
+impl Drop for Webd {
+    fn drop(&mut self) {
+        let _ = self.tree();
+        // `signal`, not `kill`: a failure here must not panic inside a drop.
+        signal(self.pid, SIGKILL);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        for pid in self.seen_pids() {
+            if alive(pid) {
+                signal(pid, SIGKILL);
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("---- webd log ({}) ----\n{}", self.dir.path().display(), self.log_text());
+        }
+    }
+}
+
+/// The `webctl` binary, built beside `webd` by `cargo test --workspace`.
+pub fn webctl_path() -> PathBuf {
+    let path = Path::new(WEBD).with_file_name("webctl");
+    assert!(path.exists(), "{} missing: run the tests with `cargo test --workspace`", path.display());
+    path
+}
+
+/// Output of one `webctl` run.
+pub struct CtlOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Webd {
+    /// Runs `webctl --control-socket <ours> args...`.
+    pub fn webctl(&self, args: &[&str]) -> CtlOutput {
+        let out = Command::new(webctl_path())
+            .arg("--control-socket")
+            .arg(&self.control_socket)
+            .args(args)
+            .output()
+            .expect("run webctl");
+        CtlOutput {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs webctl and asserts it succeeded.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.webctl(args);
+        assert_eq!(out.code, Some(0), "webctl {args:?} failed: {}{}", out.stdout, out.stderr);
+        out.stdout
+    }
+
+    /// `webctl --json status`, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.ctl_ok(&["--json", "status"]);
+        serde_json::from_str(&out).expect("status JSON")
+    }
+
+    /// Sends one raw line to the control socket and reads one line back (None: closed).
+    pub fn control_raw(&self, line: &[u8]) -> Option<String> {
+        use std::io::BufRead;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.control_socket).expect("connect control socket");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        if s.write_all(line).is_err() {
+            return None;
+        }
+        let mut reply = String::new();
+        match std::io::BufReader::new(s).read_line(&mut reply) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(reply),
+        }
+    }
+}
+
+/// Starts a daemon with the admin endpoint on a free port; returns it and the port.
+pub fn start_with_admin(mut opts: Options) -> (Webd, u16) {
+    let admin = free_port();
+    opts.args.extend(["--admin".to_string(), format!("127.0.0.1:{admin}")]);
+    let webd = Webd::start_with(opts);
+    let addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    wait_until(Duration::from_secs(10), "/readyz 200", || get(addr, "/readyz").is_ok_and(|r| r.status == 200));
+    (webd, admin)
+}
+
+impl Webd {
+    /// Descendants of the daemon that are zombies (exited, not yet reaped).
+    pub fn zombies(&self) -> Vec<Proc> {
+        let all = all_processes();
+        all.values().filter(|p| p.state == 'Z' && descends_from(&all, p.pid, self.pid)).cloned().collect()
+    }
+
+    /// `status` over the control socket directly (no webctl process: cheap enough to
+    /// poll). None when the daemon does not answer within `timeout`.
+    pub fn status_direct(&self, timeout: Duration) -> Option<serde_json::Value> {
+        use std::io::BufRead;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.control_socket).ok()?;
+        s.set_read_timeout(Some(timeout)).ok()?;
+        s.set_write_timeout(Some(timeout)).ok()?;
+        s.write_all(b"{\"cmd\":\"status\"}\n").ok()?;
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+        (v["ok"] == true).then(|| v["status"].clone())
+    }
+}
