@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 
 /// Bodies up to this size are read into the write buffer (one send with the head).
 const INLINE_BODY_MAX: u64 = 16 * 1024;
+/// Most requests one connection has answered per turn of the worker's loop: a client
+/// that pipelines thousands cannot hold the worker (its heartbeats, its other
+/// connections) until every one is answered; it is driven again on the next turn.
+const REQUESTS_PER_TURN: u32 = 64;
 /// Stop producing pipelined responses once this much output is waiting.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 const READ_BUF_INITIAL: usize = 4 * 1024;
@@ -34,6 +38,9 @@ const LINGER_BYTES: usize = 64 * 1024;
 pub enum Outcome {
     Keep,
     Close,
+    /// Its turn's share is used up with more to do: drive it again next turn (epoll,
+    /// edge-triggered, would not report it again).
+    Again,
 }
 
 struct FileBody {
@@ -64,6 +71,8 @@ pub struct Conn {
     /// When the current (incomplete) request head started, for the header timeout.
     head_started: Option<Instant>,
     deadline: Instant,
+    /// Requests this connection may still have answered in the current turn.
+    turn_left: u32,
     /// The client's address, looked up only when the access log is on.
     peer: String,
     /// An error response was sent with input possibly unread: close gracefully.
@@ -96,6 +105,7 @@ impl Conn {
             unflushed: Vec::new(),
             head_started: Some(now),
             deadline: now + shared.header_timeout,
+            turn_left: REQUESTS_PER_TURN,
         }
     }
 
@@ -108,6 +118,7 @@ impl Conn {
         if let Some(drained) = self.lingering {
             return self.drain_input(drained);
         }
+        self.turn_left = REQUESTS_PER_TURN;
         loop {
             let needs_input = self.produce(shared, now);
             if self.has_output() {
@@ -131,6 +142,9 @@ impl Conn {
                 }
                 return Outcome::Close;
             }
+            if self.turn_left == 0 {
+                return Outcome::Again;
+            }
             if !needs_input {
                 continue;
             }
@@ -150,7 +164,7 @@ impl Conn {
     /// body is pending. Returns true when more input is needed to go on.
     fn produce(&mut self, shared: &mut Shared, now: Instant) -> bool {
         loop {
-            if self.close_after || self.body.is_some() || self.wbuf.len() >= WRITE_HIGH_WATER {
+            if self.close_after || self.body.is_some() || self.wbuf.len() >= WRITE_HIGH_WATER || self.turn_left == 0 {
                 return false;
             }
             if self.discard > 0 {
@@ -199,6 +213,7 @@ impl Conn {
                 }
             };
             self.head_started = None;
+            self.turn_left -= 1;
             let head_bytes = (self.wbuf.len() - head_start) as u64;
             self.start_response(plan, head_bytes, &mut shared.stats, now);
         }

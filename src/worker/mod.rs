@@ -131,6 +131,10 @@ struct Worker {
     /// Intake paused for lack of descriptors: connections wait in our channel.
     intake_paused: bool,
     drain_timeout: Duration,
+    /// Connections whose turn ended with more to do (`Outcome::Again`), and a spare
+    /// list to swap in while they are driven, so no turn allocates.
+    again: Vec<usize>,
+    again_spare: Vec<usize>,
 }
 
 pub fn run(mut control: Channel) -> anyhow::Result<()> {
@@ -178,6 +182,8 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         intake_paused: false,
         drain_idle_at: if boot.draining { Some(Instant::now() + config.drain_timeout()) } else { None },
         drain_timeout: config.drain_timeout(),
+        again: Vec::new(),
+        again_spare: Vec::new(),
     };
     let mut heartbeat = Heartbeater::new(Role::Worker, config.heartbeat_interval());
     let mut events = Events::with_capacity(1024);
@@ -205,10 +211,14 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
-        let timeout = heartbeat.until_due(now).min(next_sweep.saturating_duration_since(now));
+        let timeout = if worker.again.is_empty() {
+            heartbeat.until_due(now).min(next_sweep.saturating_duration_since(now)).max(Duration::from_millis(1))
+        } else {
+            Duration::ZERO // connections wait for their next turn: only look for events
+        };
         // A signal (SIGCONT after a stop) does not restart the wait: a retry gets what
         // is left of it.
-        let wake = Instant::now() + timeout.max(Duration::from_millis(1));
+        let wake = Instant::now() + timeout;
         match crate::sys::retry_eintr(|| poll.poll(&mut events, Some(wake.saturating_duration_since(Instant::now())))) {
             Ok(()) => {}
             Err(e) => return Err(e).context("epoll_wait"),
@@ -219,6 +229,9 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         if events.iter().any(|e| e.token() == CONTROL) {
             worker.handle_control(poll.registry(), now);
         }
+        // Last turn's unfinished connections first; those this turn's events leave
+        // unfinished wait for the next (after the heartbeat at the top of the loop).
+        worker.drive_again(now);
         for event in events.iter() {
             match event.token() {
                 CONTROL => {}
@@ -391,12 +404,16 @@ impl Worker {
         // The request has usually arrived while the fd travelled here: serve it before
         // touching epoll, so a `Connection: close` exchange costs no epoll_ctl at all.
         let mut conn = Conn::new(fd, &self.shared, now);
-        if conn.drive(&mut self.shared, now) == Outcome::Close {
+        let outcome = conn.drive(&mut self.shared, now);
+        if outcome == Outcome::Close {
             conn.finish(&mut self.shared.stats, now);
             return;
         }
         let raw = conn.raw_fd();
         let index = self.conns.insert(conn);
+        if outcome == Outcome::Again {
+            self.again.push(index);
+        }
         // Registering reports readiness that arrived since the last read: nothing is missed.
         if let Err(e) =
             registry.register(&mut SourceFd(&raw), Token(FIRST_CONN + index), Interest::READABLE | Interest::WRITABLE)
@@ -410,9 +427,22 @@ impl Worker {
 
     fn drive(&mut self, index: usize, now: Instant) {
         let Some(conn) = self.conns.get_mut(index) else { return };
-        if conn.drive(&mut self.shared, now) == Outcome::Close {
-            self.close(index, now);
+        match conn.drive(&mut self.shared, now) {
+            Outcome::Close => self.close(index, now),
+            Outcome::Again => self.again.push(index),
+            Outcome::Keep => {}
         }
+    }
+
+    /// Drives again every connection whose last turn ended with more to do. (A slot
+    /// closed and reused meanwhile is only driven once more: a read that would block.)
+    fn drive_again(&mut self, now: Instant) {
+        std::mem::swap(&mut self.again, &mut self.again_spare);
+        let mut turn = std::mem::take(&mut self.again_spare);
+        for index in turn.drain(..) {
+            self.drive(index, now);
+        }
+        self.again_spare = turn;
     }
 
     /// Closing the fd removes it from epoll; no epoll_ctl needed. (Should another copy
