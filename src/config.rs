@@ -180,11 +180,7 @@ impl Config {
     /// another value (a reload says so: editing them in the file has no effect).
     pub fn load_noting_overrides(cli: &Cli) -> Result<(Config, Vec<&'static str>), ConfigError> {
         let (merged, overridden) = match &cli.config {
-            Some(path) => {
-                let file = read_file(path)?;
-                let overridden = cli.overrides(&file);
-                (cli.clone().over(file), overridden)
-            }
+            Some(path) => cli.clone().over(read_file(path)?),
             None => (cli.clone(), Vec::new()),
         };
         Ok((Config::from_cli(merged)?, overridden))
@@ -251,54 +247,46 @@ impl Config {
 }
 
 impl Cli {
-    /// The keys both set, to different values.
-    fn overrides(&self, file: &Cli) -> Vec<&'static str> {
-        fn differs<T: PartialEq>(flag: &Option<T>, file: &Option<T>) -> bool {
-            matches!((flag, file), (Some(a), Some(b)) if a != b)
+    /// These flags, with every setting they leave unset taken from `file`, and the keys
+    /// both set to different values (the flag wins; a reload says so).
+    fn over(self, file: Cli) -> (Cli, Vec<&'static str>) {
+        let mut overridden = Vec::new();
+        let mut note = |key: &'static str, differs: bool| {
+            if differs {
+                overridden.push(key);
+            }
+        };
+        note("listen", !self.listen.is_empty() && !file.listen.is_empty() && self.listen != file.listen);
+        // Each setting named once: merged, and noted when the flag overrides the file.
+        macro_rules! merged {
+            ($($field:ident),+) => {
+                Cli {
+                    listen: if self.listen.is_empty() { file.listen } else { self.listen },
+                    config: self.config,
+                    $($field: {
+                        note(stringify!($field), matches!((&self.$field, &file.$field), (Some(a), Some(b)) if a != b));
+                        self.$field.or(file.$field)
+                    },)+
+                }
+            };
         }
-        let listen = !self.listen.is_empty() && !file.listen.is_empty() && self.listen != file.listen;
-        [
-            ("listen", listen),
-            ("root", differs(&self.root, &file.root)),
-            ("workers", differs(&self.workers, &file.workers)),
-            ("admin", differs(&self.admin, &file.admin)),
-            ("control_socket", differs(&self.control_socket, &file.control_socket)),
-            ("access_log", differs(&self.access_log, &file.access_log)),
-            ("log_format", differs(&self.log_format, &file.log_format)),
-            ("heartbeat_interval", differs(&self.heartbeat_interval, &file.heartbeat_interval)),
-            ("heartbeat_timeout", differs(&self.heartbeat_timeout, &file.heartbeat_timeout)),
-            ("grace", differs(&self.grace, &file.grace)),
-            ("drain_timeout", differs(&self.drain_timeout, &file.drain_timeout)),
-            ("user", differs(&self.user, &file.user)),
-            ("header_timeout", differs(&self.header_timeout, &file.header_timeout)),
-            ("keepalive_timeout", differs(&self.keepalive_timeout, &file.keepalive_timeout)),
-            ("max_connections", differs(&self.max_connections, &file.max_connections)),
-        ]
-        .into_iter()
-        .filter_map(|(key, differs)| differs.then_some(key))
-        .collect()
-    }
-
-    /// These flags, with every setting they leave unset taken from `file`.
-    fn over(self, file: Cli) -> Cli {
-        Cli {
-            listen: if self.listen.is_empty() { file.listen } else { self.listen },
-            root: self.root.or(file.root),
-            workers: self.workers.or(file.workers),
-            admin: self.admin.or(file.admin),
-            control_socket: self.control_socket.or(file.control_socket),
-            config: self.config,
-            access_log: self.access_log.or(file.access_log),
-            log_format: self.log_format.or(file.log_format),
-            heartbeat_interval: self.heartbeat_interval.or(file.heartbeat_interval),
-            heartbeat_timeout: self.heartbeat_timeout.or(file.heartbeat_timeout),
-            grace: self.grace.or(file.grace),
-            drain_timeout: self.drain_timeout.or(file.drain_timeout),
-            user: self.user.or(file.user),
-            header_timeout: self.header_timeout.or(file.header_timeout),
-            keepalive_timeout: self.keepalive_timeout.or(file.keepalive_timeout),
-            max_connections: self.max_connections.or(file.max_connections),
-        }
+        let cli = merged!(
+            root,
+            workers,
+            admin,
+            control_socket,
+            access_log,
+            log_format,
+            heartbeat_interval,
+            heartbeat_timeout,
+            grace,
+            drain_timeout,
+            user,
+            header_timeout,
+            keepalive_timeout,
+            max_connections
+        );
+        (cli, overridden)
     }
 }
 

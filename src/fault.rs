@@ -17,7 +17,7 @@ pub const FAULT_EXIT_CODE: i32 = 70;
 
 /// Exits the process if a fault is injected for `role`.
 pub fn exit_if_injected(role: Role) {
-    let Some(path) = std::env::var_os("WEBD_FAULT_FILE") else { return };
+    let Some(path) = file() else { return };
     let Ok(text) = std::fs::read_to_string(&path) else { return };
     if text.lines().any(|line| line.trim() == role.as_str()) {
         tracing::error!(role = %role, "injected fault: exiting at start");
@@ -36,7 +36,7 @@ pub enum ListenerStop {
 
 /// The listener's injected stop, read once as it starts.
 pub fn listener_stop() -> Option<ListenerStop> {
-    let text = std::fs::read_to_string(std::env::var_os("WEBD_FAULT_FILE")?).ok()?;
+    let text = std::fs::read_to_string(file()?).ok()?;
     text.lines().find_map(|line| match line.trim() {
         "listener-stop-after-accept" => Some(ListenerStop::AfterAccept),
         "listener-stop-after-send" => Some(ListenerStop::AfterSend),

@@ -5,41 +5,7 @@ use crate::util::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::time::{Duration, Instant};
-
-/// Runs webd expecting it to refuse at once; one that starts serving instead is killed
-/// at the deadline (its tree with it: PR_SET_PDEATHSIG) and fails the test.
-fn run_webd(args: &[&str]) -> (Option<i32>, String) {
-    let log = tempfile::NamedTempFile::new().expect("stderr file");
-    let mut child = Command::new(WEBD)
-        .args(args)
-        .env("WEBD_CONTROL_SOCKET", "/nonexistent/webd.sock")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log.reopen().expect("stderr fd"))
-        .spawn()
-        .expect("run webd");
-    let status = exit_within(&mut child, Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("webd {args:?} did not refuse: it was still running after 20 s"));
-    (status.code(), std::fs::read_to_string(log.path()).unwrap_or_default())
-}
-
-/// The child's exit status, or `None` (and the child killed) if it is still running
-/// after `limit`.
-fn exit_within(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use std::time::Duration;
 
 fn listen_arg() -> String {
     format!("127.0.0.1:{}", free_port())

@@ -1,12 +1,6 @@
 //! Bad input at start: a clear error, the right exit code, and no process left behind.
 
 use crate::util::*;
-use std::process::Command;
-
-fn run_webd(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(WEBD).args(args).env("WEBD_CONTROL_SOCKET", "/nonexistent/webd.sock").output().expect("run");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 fn no_children_of_pidless_runs() -> bool {
     // Children carry argv[0] "webd: ..." and would be reparented to init here.

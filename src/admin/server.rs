@@ -145,11 +145,8 @@ impl Server {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(256);
         while !self.stop.stopped() {
-            // A signal does not restart the wait: a retry gets what is left of it.
-            let wake = Instant::now() + self.poll_timeout(Instant::now());
-            let polled =
-                retry_eintr(|| self.poll.poll(&mut events, Some(wake.saturating_duration_since(Instant::now()))));
-            if let Err(e) = polled {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = crate::sys::poll_for(&mut self.poll, &mut events, timeout) {
                 tracing::error!(error = %e, "admin endpoint: poll failed");
                 std::thread::sleep(self.limits.accept_pause);
                 continue;

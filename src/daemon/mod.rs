@@ -254,14 +254,8 @@ impl Daemon {
             }
             self.stop_manager_after_listener();
             self.systemd.tick(now);
-            // A signal does not restart the wait: a retry gets what is left of it (a
-            // signal's own wake-up byte ends it at once).
-            let wake = Instant::now() + self.next_wakeup(now);
-            match sys::retry_eintr(|| self.poll.poll(&mut events, Some(wake.saturating_duration_since(Instant::now()))))
-            {
-                Ok(()) => {}
-                Err(e) => return Err(e).context("epoll_wait"),
-            }
+            let wake = self.next_wakeup(now);
+            sys::poll_for(&mut self.poll, &mut events, wake).context("epoll_wait")?;
             let mut role_events = Vec::new();
             for event in events.iter() {
                 match event.token() {

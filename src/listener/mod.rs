@@ -126,13 +126,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         }
         heartbeat.tick(now, &mut me.control, || (me.counters.clone(), Vec::new()));
         let timeout = heartbeat.until_due(now).min(me.pause_left(now)).min(KEEPER_CHECK);
-        // A signal (SIGCONT after a stop) does not restart the wait: a retry gets what
-        // is left of it, so an overdue heartbeat or keeper check is not put off.
-        let wake = Instant::now() + timeout;
-        match crate::sys::retry_eintr(|| poll.poll(&mut events, Some(wake.saturating_duration_since(Instant::now())))) {
-            Ok(()) => {}
-            Err(e) => return Err(e).context("epoll_wait"),
-        }
+        crate::sys::poll_for(&mut poll, &mut events, timeout).context("epoll_wait")?;
         for event in events.iter() {
             match event.token() {
                 CONTROL => me.handle_control(poll.registry())?,

@@ -93,13 +93,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         if let Some(t) = pool.next_deadline() {
             wake = wake.min(t.saturating_duration_since(now));
         }
-        // A signal does not restart the wait: a retry gets what is left of it (a
-        // signal's own wake-up byte ends it at once).
-        let wake = Instant::now() + wake.max(Duration::from_millis(1));
-        match crate::sys::retry_eintr(|| poll.poll(&mut events, Some(wake.saturating_duration_since(Instant::now())))) {
-            Ok(()) => {}
-            Err(e) => return Err(e).context("epoll_wait"),
-        }
+        crate::sys::poll_for(&mut poll, &mut events, wake.max(Duration::from_millis(1))).context("epoll_wait")?;
         for event in events.iter() {
             match event.token() {
                 CONTROL => {

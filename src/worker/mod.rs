@@ -216,13 +216,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
         } else {
             Duration::ZERO // connections wait for their next turn: only look for events
         };
-        // A signal (SIGCONT after a stop) does not restart the wait: a retry gets what
-        // is left of it.
-        let wake = Instant::now() + timeout;
-        match crate::sys::retry_eintr(|| poll.poll(&mut events, Some(wake.saturating_duration_since(Instant::now())))) {
-            Ok(()) => {}
-            Err(e) => return Err(e).context("epoll_wait"),
-        }
+        crate::sys::poll_for(&mut poll, &mut events, timeout).context("epoll_wait")?;
         let now = Instant::now();
         worker.shared.date.refresh();
         // Control first: a drain queued before a request arrived applies to its answer.
@@ -437,8 +431,7 @@ impl Worker {
     /// Drives again every connection whose last turn ended with more to do. (A slot
     /// closed and reused meanwhile is only driven once more: a read that would block.)
     fn drive_again(&mut self, now: Instant) {
-        std::mem::swap(&mut self.again, &mut self.again_spare);
-        let mut turn = std::mem::take(&mut self.again_spare);
+        let mut turn = std::mem::replace(&mut self.again, std::mem::take(&mut self.again_spare));
         for index in turn.drain(..) {
             self.drive(index, now);
         }

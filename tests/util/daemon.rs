@@ -311,3 +311,37 @@ impl Webd {
         (v["ok"] == true).then(|| v["status"].clone())
     }
 }
+
+/// Runs webd expecting it to refuse at once; one that starts serving instead is killed
+/// at the deadline (its tree with it: PR_SET_PDEATHSIG) and fails the test.
+pub fn run_webd(args: &[&str]) -> (Option<i32>, String) {
+    let log = tempfile::NamedTempFile::new().expect("stderr file");
+    let mut child = Command::new(WEBD)
+        .args(args)
+        .env("WEBD_CONTROL_SOCKET", "/nonexistent/webd.sock")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().expect("stderr fd"))
+        .spawn()
+        .expect("run webd");
+    let status = exit_within(&mut child, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("webd {args:?} did not refuse: it was still running after 20 s"));
+    (status.code(), std::fs::read_to_string(log.path()).unwrap_or_default())
+}
+
+/// The child's exit status, or `None` (and the child killed) if it is still running
+/// after `limit`.
+pub fn exit_within(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
