@@ -53,22 +53,20 @@ impl Daemon {
 
     /// Starts a command; returns its response now, or `None` when it is answered later.
     fn start_command(&mut self, request: Request, reply: &SyncSender<Response>) -> Option<Response> {
+        if request == Request::Stop {
+            // A stop already under way is joined (begin_stop does nothing more); every
+            // stop is answered once the sockets are released (see `release_sockets`).
+            self.begin_stop("control command");
+            self.stop_replies.push(reply.clone());
+            return None;
+        }
         if self.state == State::Stopping {
-            if request == Request::Stop {
-                self.stop_replies.push(reply.clone());
-                return None;
-            }
             return Some(Response::error("daemon is stopping"));
         }
         let draining = self.state == State::Draining;
         match request {
             Request::Status => Some(Response::error("status is served by the control thread")),
-            Request::Stop => {
-                self.begin_stop("control command");
-                // Answered once the sockets are released (see `release_sockets`).
-                self.stop_replies.push(reply.clone());
-                None
-            }
+            Request::Stop => None, // taken above
             Request::Drain => self.set_draining(true, reply),
             Request::Resume => self.set_draining(false, reply),
             Request::Restart { target: RestartTarget::Listener, .. } => {
