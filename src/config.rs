@@ -291,15 +291,17 @@ impl Cli {
 }
 
 /// Each address once, and the admin endpoint on none of them: said as such rather than
-/// as the "Address already in use" the second bind would report.
+/// as the "Address already in use" the second bind would report. Port 0 (the kernel
+/// picks a free port, a different one for each socket) clashes with nothing.
 fn check_addresses(listen: &[SocketAddr], admin: Option<SocketAddr>) -> Result<(), ConfigError> {
-    for (i, addr) in listen.iter().enumerate() {
-        if listen[..i].contains(addr) {
+    let named: Vec<&SocketAddr> = listen.iter().filter(|a| a.port() != 0).collect();
+    for (i, addr) in named.iter().enumerate() {
+        if named[..i].contains(addr) {
             return Err(ConfigError::Usage(format!("listen address {addr} is given twice")));
         }
     }
     match admin {
-        Some(admin) if listen.contains(&admin) => {
+        Some(admin) if admin.port() != 0 && listen.contains(&admin) => {
             Err(ConfigError::Usage(format!("admin address {admin} is also a listen address")))
         }
         _ => Ok(()),

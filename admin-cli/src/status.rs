@@ -204,6 +204,7 @@ mod tests {
             uptime_seconds: 3725.4,
             state: webd_proto::DaemonState::Running,
             listen: vec!["127.0.0.1:8080".to_owned(), "[::1]:8080".to_owned()],
+            admin: Some("127.0.0.1:9180".to_owned()),
             processes: vec![
                 ProcessStatus { keeper_pid: Some(4244), ..process("listener", 4243, ProcessState::Running, 0, 12.3) },
                 process("manager", 0, ProcessState::Backoff, 7, 1500.0),

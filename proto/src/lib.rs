@@ -143,7 +143,11 @@ pub struct Status {
     pub pid: u32,
     pub uptime_seconds: f64,
     pub state: DaemonState,
+    /// The HTTP addresses as bound: a configured port 0 shows the port the kernel chose.
     pub listen: Vec<String>,
+    /// The admin endpoint's address as bound; `null` when it is off.
+    #[serde(default)]
+    pub admin: Option<String>,
     pub processes: Vec<ProcessStatus>,
     pub workers: Vec<WorkerStatus>,
     pub connections: ConnectionStatus,

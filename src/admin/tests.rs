@@ -43,6 +43,7 @@ fn status() -> webd_proto::Status {
         uptime_seconds: 12.5,
         state: webd_proto::DaemonState::Running,
         listen: vec!["127.0.0.1:8080".into()],
+        admin: Some("127.0.0.1:9180".into()),
         processes: vec![webd_proto::ProcessStatus {
             role: "listener".into(),
             pid: 4243,

@@ -110,6 +110,9 @@ struct Daemon {
     args: Vec<std::ffi::OsString>,
     /// In a graceful stop, the manager's shutdown deadline, sent once the listener is gone.
     manager_stop_pending: Option<u64>,
+    /// The addresses the listening sockets are bound to (a configured port 0 resolved),
+    /// for status and the log: read once, and still known once a stop has closed them.
+    listen_bound: Vec<std::net::SocketAddr>,
 }
 
 /// Runs the daemon until a graceful stop completes.
@@ -176,9 +179,10 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
         }
     };
     let now = Instant::now();
+    let listen_bound = sockets::local_addrs(&listen);
     tracing::info!(
         pid = std::process::id(),
-        listen = %config.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "),
+        listen = %listen_bound.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "),
         root = %config.root.display(),
         workers = config.workers,
         fd_limit,
@@ -221,6 +225,7 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
         argv0,
         args,
         manager_stop_pending: None,
+        listen_bound,
     };
     daemon.continue_from(carried);
     let result = daemon.run_loop();

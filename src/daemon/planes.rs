@@ -16,6 +16,8 @@ pub struct Planes {
     control_stop: Arc<AtomicBool>,
     pub admin: Option<AdminHandle>,
     admin_addr: Option<SocketAddr>,
+    /// The admin socket's address as bound (a configured port 0 resolved), for status.
+    admin_bound: Option<SocketAddr>,
     handle: LoopHandle,
     /// Sockets handed over by the daemon we replace, served once it lets go.
     inherited_admin: Option<TcpListener>,
@@ -31,11 +33,13 @@ impl Planes {
         admin_addr: Option<SocketAddr>,
         handle: LoopHandle,
     ) -> Planes {
+        let admin_bound = inherited_admin.as_ref().and_then(|s| s.local_addr().ok());
         Planes {
             control,
             control_stop: Arc::default(),
             admin: None,
             admin_addr,
+            admin_bound,
             handle,
             inherited_admin,
             serving: false,
@@ -60,7 +64,15 @@ impl Planes {
             (None, Some(addr)) => Some(crate::admin::spawn(addr, observed.clone())?),
             (None, None) => None,
         };
+        if let Some(admin) = &self.admin {
+            self.admin_bound = admin.socket.local_addr().ok();
+        }
         Ok(())
+    }
+
+    /// The admin endpoint's address as bound, `None` when it is off.
+    pub fn admin_bound(&self) -> Option<SocketAddr> {
+        self.admin_bound
     }
 
     /// Gives replies in flight (e.g. the answer to `stop` or `upgrade`) a moment to reach

@@ -107,7 +107,8 @@ impl Daemon {
             pid: std::process::id(),
             uptime_seconds: now.saturating_duration_since(self.started).as_secs_f64(),
             state: self.state,
-            listen: self.inherit.config.listen.iter().map(|a| a.to_string()).collect(),
+            listen: self.listen_bound.iter().map(|a| a.to_string()).collect(),
+            admin: self.planes.admin_bound().map(|a| a.to_string()),
             processes: vec![process_status(&mut self.listener, now), process_status(&mut self.manager, now)],
             workers: workers
                 .iter()
