@@ -27,8 +27,7 @@
 
 use crate::util::*;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -181,95 +180,36 @@ struct File {
     body: Vec<u8>,
 }
 
-/// Why an exchange failed.
-struct ExchangeError {
-    kind: &'static str,
-    received: usize,
-    detail: String,
+/// The request for `file`, with `Connection: close` if `close`.
+fn request_for(file: &File, close: bool) -> String {
+    format!("GET {} HTTP/1.1\r\nHost: chaos\r\n{}\r\n", file.path, if close { "Connection: close\r\n" } else { "" })
 }
 
-/// A client connection with its read buffer.
-struct Conn {
-    stream: TcpStream,
-}
-
-impl Conn {
-    fn open(addr: SocketAddr) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_millis(500)))?;
-        stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-        stream.set_nodelay(true)?;
-        Ok(Conn { stream })
+/// A response is right when it has a Content-Length, status 200, the file's body and
+/// nothing after it; Ok(true) when the server said close.
+fn check(response: &Response, file: &File, conn: &KeepAlive) -> Result<bool, Failure> {
+    let fail = |detail: String| Err(Failure { kind: "bad response", received: conn.received(), detail });
+    if response.header("Content-Length").is_none() {
+        return fail(format!("status {} without Content-Length", response.status));
     }
-
-    /// Sends one GET and reads its response; Ok(true) when the server said close.
-    fn exchange(&mut self, file: &File, close: bool) -> Result<bool, ExchangeError> {
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: chaos\r\n{}\r\n",
-            file.path,
-            if close { "Connection: close\r\n" } else { "" }
-        );
-        if let Err(e) = self.stream.write_all(request.as_bytes()) {
-            return Err(ExchangeError { kind: io_kind(&e), received: 0, detail: format!("write: {e}") });
-        }
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        let mut buf = Vec::with_capacity(file.body.len() + 1024);
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            if let Some((response, used)) = parse_response(&buf) {
-                let fail = |kind, detail: String| Err(ExchangeError { kind, received: buf.len(), detail });
-                if response.header("Content-Length").is_none() {
-                    return fail("bad response", format!("status {} without Content-Length", response.status));
-                }
-                if response.status != 200 {
-                    return fail("bad response", format!("status {}", response.status));
-                }
-                if response.body != file.body {
-                    return fail(
-                        "bad response",
-                        format!("body of {} bytes differs from the file", response.body.len()),
-                    );
-                }
-                if used != buf.len() {
-                    return fail("bad response", format!("{} bytes after the response", buf.len() - used));
-                }
-                return Ok(response.header("Connection").is_some_and(|v| v.eq_ignore_ascii_case("close")));
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(ExchangeError { kind: "eof", received: buf.len(), detail: "closed".into() }),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    if Instant::now() >= deadline {
-                        return Err(ExchangeError {
-                            kind: "timeout",
-                            received: buf.len(),
-                            detail: format!("no whole response in {REQUEST_TIMEOUT:?}"),
-                        });
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ExchangeError { kind: io_kind(&e), received: buf.len(), detail: e.to_string() }),
-            }
-        }
+    if response.status != 200 {
+        return fail(format!("status {}", response.status));
     }
-}
-
-fn io_kind(e: &std::io::Error) -> &'static str {
-    match e.kind() {
-        std::io::ErrorKind::ConnectionReset => "reset",
-        std::io::ErrorKind::BrokenPipe => "broken pipe",
-        std::io::ErrorKind::ConnectionRefused => "refused",
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "timeout",
-        _ => "io error",
+    if response.body != file.body {
+        return fail(format!("body of {} bytes differs from the file", response.body.len()));
     }
+    if conn.extra() != 0 {
+        return fail(format!("{} bytes after the response", conn.extra()));
+    }
+    Ok(response.closes())
 }
 
 /// One request as a client library makes it: on `conn` if open (reused), else on a
 /// new connection; a reused connection that fails before any response byte is
 /// retried once on a new one.
-fn step(conn: &mut Option<Conn>, addr: SocketAddr, file: &'static File, close: bool, client: usize, t: &mut Tally) {
+fn step(conn: &mut KeepAlive, file: &'static File, close: bool, client: usize, t: &mut Tally) {
     let started = Instant::now();
-    let reused = conn.is_some();
+    let reused = conn.reused();
     let incident = |how, kind, received, detail| Incident {
         at: Instant::now(),
         started,
@@ -280,50 +220,30 @@ fn step(conn: &mut Option<Conn>, addr: SocketAddr, file: &'static File, close: b
         received,
         detail,
     };
-    if conn.is_none() {
-        match Conn::open(addr) {
-            Ok(c) => *conn = Some(c),
-            Err(e) => {
-                t.failures.push(incident("new connection", "connect", 0, e.to_string()));
-                return;
-            }
-        }
+    let (result, retried) = conn.exchange_retrying(request_for(file, close).as_bytes());
+    if let Some(first) = &retried {
+        t.retries.push(incident("reused connection", first.kind, 0, first.detail.clone()));
     }
-    let result = conn.as_mut().map(|c| c.exchange(file, close)).expect("connection open");
-    match result {
+    match result.and_then(|r| check(&r, file, conn)) {
         Ok(server_close) => {
             t.ok += 1;
             t.bytes += file.body.len() as u64;
             t.latency.record(started.elapsed());
-            if server_close && !close {
+            if server_close && !close && retried.is_none() {
                 t.server_closes += 1;
             }
-            if server_close || close {
-                *conn = None;
-            }
-        }
-        Err(e) if reused && e.received == 0 && e.kind != "timeout" => {
-            t.retries.push(incident("reused connection", e.kind, 0, e.detail));
-            *conn = None;
-            let retried = Conn::open(addr)
-                .map_err(|e| ExchangeError { kind: "connect", received: 0, detail: e.to_string() })
-                .and_then(|mut c| c.exchange(file, close).map(|server_close| (c, server_close)));
-            match retried {
-                Ok((c, server_close)) => {
-                    t.ok += 1;
-                    t.bytes += file.body.len() as u64;
-                    t.latency.record(started.elapsed());
-                    if !(server_close || close) {
-                        *conn = Some(c);
-                    }
-                }
-                Err(e) => t.failures.push(incident("retry", e.kind, e.received, e.detail)),
+            if close {
+                conn.close();
             }
         }
         Err(e) => {
-            let how = if reused { "reused connection" } else { "new connection" };
+            let how = match (retried.is_some(), reused) {
+                (true, _) => "retry",
+                (false, true) => "reused connection",
+                (false, false) => "new connection",
+            };
             t.failures.push(incident(how, e.kind, e.received, e.detail));
-            *conn = None;
+            conn.close();
         }
     }
 }
@@ -336,15 +256,15 @@ fn client(id: usize, addr: SocketAddr, files: &'static [File; 2], until: Instant
     while Instant::now() < until {
         if rng.range(0, 2) == 0 {
             let file = &files[rng.range(0, 2) as usize];
-            step(&mut None, addr, file, true, id, &mut t);
+            step(&mut KeepAlive::new(addr, REQUEST_TIMEOUT), file, true, id, &mut t);
         } else {
-            let mut conn = None;
+            let mut conn = KeepAlive::new(addr, REQUEST_TIMEOUT);
             for _ in 0..rng.range(2, 7) {
                 if Instant::now() >= until {
                     break;
                 }
                 let file = &files[rng.range(0, 2) as usize];
-                step(&mut conn, addr, file, false, id, &mut t);
+                step(&mut conn, file, false, id, &mut t);
             }
         }
     }
@@ -871,11 +791,11 @@ fn sigstop_of_a_random_child_fails_no_request_outside_the_stopped_worker() {
 // connection to be answered.
 
 /// Opens `n` connections, each sending a request.
-fn open_requests(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+fn open_requests(addr: SocketAddr, n: usize) -> Vec<Conn> {
     (0..n)
         .map(|_| {
-            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-            c.write_all(b"GET /1k.bin HTTP/1.1\r\nHost: held\r\nConnection: close\r\n\r\n").expect("write");
+            let mut c = connect(addr);
+            c.send(b"GET /1k.bin HTTP/1.1\r\nHost: held\r\nConnection: close\r\n\r\n").expect("write");
             c
         })
         .collect()
@@ -893,17 +813,18 @@ fn most_held(pid: i32, baseline: usize) -> usize {
 }
 
 /// Reads each connection's answer: (served with the right body, failed descriptions).
-fn answers(conns: Vec<TcpStream>) -> (usize, Vec<String>) {
+fn answers(conns: Vec<Conn>) -> (usize, Vec<String>) {
     let body = &files()[0].body;
     let mut served = 0;
     let mut failed = Vec::new();
     for mut c in conns {
-        c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        let mut buf = Vec::new();
-        match c.read_to_end(&mut buf) {
-            Ok(_) if parse_response(&buf).is_some_and(|(r, _)| r.status == 200 && r.body == *body) => served += 1,
-            Ok(_) => failed.push(format!("{} bytes then close", buf.len())),
-            Err(e) => failed.push(format!("{e} after {} bytes", buf.len())),
+        let end = c.read_to_close(Duration::from_secs(10));
+        let buf = &end.bytes;
+        match (end.eof, end.timed_out) {
+            (true, _) if parse_response(buf).is_some_and(|(r, _)| r.status == 200 && r.body == *body) => served += 1,
+            (true, _) => failed.push(format!("{} bytes then close", buf.len())),
+            (false, true) => failed.push(format!("timed out after {} bytes", buf.len())),
+            (false, false) => failed.push(format!("reset after {} bytes", buf.len())),
         }
     }
     (served, failed)
@@ -966,7 +887,7 @@ fn a_manager_killed_while_every_worker_is_stalled_loses_no_connection() {
 /// makes one request on a new connection and kills the listener once it has stopped
 /// holding it. Returns the tree, the connection and the killed listener's keeper, gone
 /// by then (it has done whatever it was going to do).
-fn kill_listener_stopped_at(point: &str, request: &str) -> (Webd, TcpStream, i32) {
+fn kill_listener_stopped_at(point: &str, request: &str) -> (Webd, Conn, i32) {
     let fault = tempfile::NamedTempFile::new().expect("fault file");
     let webd = Webd::start_with(Options {
         // The stopped listener is ours to kill, not the daemon's.
@@ -984,8 +905,8 @@ fn kill_listener_stopped_at(point: &str, request: &str) -> (Webd, TcpStream, i32
     let keeper = wait_for(Duration::from_secs(5), "the listener's keeper", || {
         all_processes().into_values().find(|p| p.ppid == listener && p.argv0 == "webd: keeper").map(|p| p.pid)
     });
-    let mut conn = TcpStream::connect(webd.addr()).expect("connect");
-    conn.write_all(request.as_bytes()).expect("send request");
+    let mut conn = connect(webd.addr());
+    conn.send(request.as_bytes()).expect("send request");
     wait_until(Duration::from_secs(5), "the listener to stop itself", || {
         read_proc(listener).is_some_and(|p| p.state == 'T')
     });
@@ -993,7 +914,6 @@ fn kill_listener_stopped_at(point: &str, request: &str) -> (Webd, TcpStream, i32
     std::fs::write(fault.path(), "").expect("remove fault");
     kill(listener, SIGKILL);
     wait_until(Duration::from_secs(5), "the keeper to finish", || !exists(keeper));
-    conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     (webd, conn, keeper)
 }
 
@@ -1001,13 +921,14 @@ fn kill_listener_stopped_at(point: &str, request: &str) -> (Webd, TcpStream, i32
 fn a_listener_killed_between_accept_and_send_loses_no_connection() {
     let request = "GET /index.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
     let (webd, mut conn, keeper) = kill_listener_stopped_at("listener-stop-after-accept", request);
-    let mut buf = Vec::new();
-    let read = conn.read_to_end(&mut buf);
-    let response = parse_response(&buf).map(|(r, _)| r);
+    let end = conn.read_to_close(Duration::from_secs(10));
+    let response = parse_response(&end.bytes).map(|(r, _)| r);
     assert!(
-        read.is_ok() && response.as_ref().is_some_and(|r| r.status == 200 && r.body == BODY),
-        "the connection the listener held died with it: {read:?}, {} bytes",
-        buf.len()
+        end.eof && response.as_ref().is_some_and(|r| r.status == 200 && r.body == BODY),
+        "the connection the listener held died with it: eof {}, timed out {}, {} bytes",
+        end.eof,
+        end.timed_out,
+        end.bytes.len()
     );
     let log = webd.log_text();
     let word = log.lines().find(|l| l.contains("the keeper sent them on"));
@@ -1023,23 +944,13 @@ fn a_listener_killed_after_sending_a_connection_does_not_hand_it_over_twice() {
     let log = webd.log_text();
     assert!(!log.contains("the keeper sent them on"), "keeper {keeper} sent a connection already sent:\n{log}");
     assert!(log.contains(&format!("pid={keeper} exit=exit code 0")), "keeper {keeper} failed:\n{log}");
-    let mut received = Vec::new();
     for n in 1..=3 {
-        let (response, used) = wait_for(Duration::from_secs(10), "a response", || {
-            let mut chunk = [0u8; 4096];
-            if let Some(parsed) = parse_response(&received) {
-                return Some(parsed);
-            }
-            match conn.read(&mut chunk) {
-                Ok(k) if k > 0 => received.extend_from_slice(&chunk[..k]),
-                _ => panic!("connection closed after {} bytes", received.len()),
-            }
-            None
-        });
+        let response = conn
+            .response(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("connection closed after {} bytes: {e}", e.received));
         assert_eq!((response.status, response.body.as_slice()), (200, BODY), "response {n}");
-        received.drain(..used);
         if n < 3 {
-            conn.write_all(request.as_bytes()).expect("next request on the same connection");
+            conn.send(request.as_bytes()).expect("next request on the same connection");
         }
     }
 }

@@ -228,19 +228,18 @@ fn webctl_exit_codes_for_unreachable_daemon_and_bad_arguments() {
 #[test]
 fn a_second_daemon_on_the_same_socket_refuses_to_start() {
     let webd = Webd::start();
-    let out = std::process::Command::new(WEBD)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--root")
-        .arg(&webd.root)
-        .arg("--admin")
-        .arg("off")
-        .arg("--control-socket")
-        .arg(&webd.control_socket)
-        .output()
-        .expect("second webd");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+    let (code, err) = run_webd(&[
+        "--listen",
+        LISTEN_ANY_PORT,
+        "--root",
+        &webd.root.to_string_lossy(),
+        "--admin",
+        "off",
+        "--control-socket",
+        &webd.control_socket.to_string_lossy(),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already running"));
     assert_eq!(webd.status_json()["ok"], true, "first daemon disturbed");
 }
 
@@ -265,31 +264,28 @@ fn drain_and_resume_with_a_stopped_manager_still_take_effect_and_answer_ok() {
 
 #[test]
 fn drain_answers_with_connection_close_and_closes_idle_keep_alive_at_the_drain_timeout() {
-    use std::io::{Read, Write};
     let webd = Webd::start_with(Options {
         args: vec!["--drain-timeout".into(), "400".into(), "--keepalive-timeout".into(), "60000".into()],
         ..Default::default()
     });
-    let mut busy = std::net::TcpStream::connect(webd.addr()).expect("connect");
-    let mut idle = std::net::TcpStream::connect(webd.addr()).expect("connect");
+    let limit = Duration::from_secs(10);
+    let mut busy = connect(webd.addr());
+    let mut idle = connect(webd.addr());
     for s in [&mut busy, &mut idle] {
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        s.write_all(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
-        let mut buf = [0u8; 4096];
-        let n = s.read(&mut buf).expect("first response");
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        s.send(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+        assert_eq!(s.response(limit).expect("first response").status, 200);
     }
     webd.ctl_ok(&["drain"]);
     // The next response on a keep-alive connection says close.
-    busy.write_all(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
-    let mut got = Vec::new();
-    busy.read_to_end(&mut got).expect("response then close");
-    let (r, _) = parse_response(&got).expect("response");
+    busy.send(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    let end = busy.read_to_close(limit);
+    assert!(end.eof, "response then close: timed out {}", end.timed_out);
+    let (r, _) = parse_response(&end.bytes).expect("response");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("connection"), Some("close"));
     // The idle one is closed at the drain timeout, long before the keep-alive timeout.
-    let mut buf = [0u8; 16];
-    assert_eq!(idle.read(&mut buf).expect("closed, not reset"), 0);
+    let end = idle.read_to_close(limit);
+    assert!(end.eof && end.bytes.is_empty(), "closed, not reset: {end:?}");
 }
 
 #[test]

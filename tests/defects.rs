@@ -2,14 +2,8 @@
 //! failed before its fix.
 
 use crate::util::*;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
-
-fn listen_arg() -> String {
-    format!("127.0.0.1:{}", free_port())
-}
 
 #[test]
 fn a_control_socket_path_naming_a_regular_file_is_refused_and_the_file_kept() {
@@ -19,7 +13,7 @@ fn a_control_socket_path_naming_a_regular_file_is_refused_and_the_file_kept() {
     let root = dir.path().to_string_lossy().into_owned();
     let socket = config.to_string_lossy().into_owned();
     let (code, err) =
-        run_webd(&["--root", &root, "--listen", &listen_arg(), "--admin", "off", "--control-socket", &socket]);
+        run_webd(&["--root", &root, "--listen", LISTEN_ANY_PORT, "--admin", "off", "--control-socket", &socket]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("exists and is not a socket") && err.contains(&socket), "{err}");
     assert_eq!(std::fs::read_to_string(&config).expect("the file is still there"), "workers = 1\n");
@@ -30,7 +24,7 @@ fn a_control_socket_path_naming_a_regular_file_is_refused_and_the_file_kept() {
         "--root",
         &root,
         "--listen",
-        &listen_arg(),
+        LISTEN_ANY_PORT,
         "--admin",
         "off",
         "--control-socket",
@@ -50,16 +44,14 @@ fn sigterm_to_the_whole_process_group_lets_a_large_download_finish() {
     });
     let size = 50 * 1024 * 1024;
     std::fs::write(webd.root.join("big.bin"), vec![7u8; size]).expect("write big file");
-    let mut stream = TcpStream::connect(webd.addr()).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    stream.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("send");
-    let mut received = vec![0u8; 1 << 20];
-    stream.read_exact(&mut received).expect("the first MiB");
+    let mut stream = connect(webd.addr());
+    stream.send(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("send");
+    stream.read_at_least(1 << 20, Duration::from_secs(30)).expect("the first MiB");
     let pgid = webd.pid;
     assert!(signal(-pgid, SIGTERM), "SIGTERM to process group {pgid}");
-    let mut rest = Vec::new();
-    stream.read_to_end(&mut rest).expect("read the rest");
-    received.extend_from_slice(&rest);
+    let end = stream.read_to_close(Duration::from_secs(30));
+    assert!(end.eof, "read the rest: timed out {} after {} bytes", end.timed_out, end.bytes.len());
+    let received = end.bytes;
     let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
     assert!(received.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&received[..head_end]));
     assert_eq!(received.len() - head_end, size, "the whole body arrived");
@@ -198,7 +190,7 @@ fn an_empty_listen_list_in_a_config_file_is_an_error_naming_key_and_file() {
 fn a_bad_admin_value_in_a_config_file_names_key_and_file() {
     let dir = tempfile::tempdir().expect("tmp");
     let config = write_config(dir.path(), "admin = \"bogus\"\n");
-    let (code, err) = run_webd(&["--config", &config, "--listen", &listen_arg()]);
+    let (code, err) = run_webd(&["--config", &config, "--listen", LISTEN_ANY_PORT]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("admin") && err.contains(&config) && err.contains("bogus"), "{err}");
     assert!(!err.contains("--admin"), "not a flag: {err}");
@@ -207,11 +199,7 @@ fn a_bad_admin_value_in_a_config_file_names_key_and_file() {
 #[test]
 fn webctl_stop_answers_once_the_ports_and_the_socket_path_are_free() {
     for _ in 0..2 {
-        let admin = free_port();
-        let mut webd = Webd::start_with(Options {
-            args: vec!["--admin".into(), format!("127.0.0.1:{admin}")],
-            ..Default::default()
-        });
+        let (mut webd, admin) = start_with_admin(Options::default());
         webd.ctl_ok(&["stop"]);
         // What `webctl stop && webd …` needs, the moment stop has answered.
         std::net::TcpListener::bind(webd.addr()).expect("the listen port is free");
@@ -223,8 +211,9 @@ fn webctl_stop_answers_once_the_ports_and_the_socket_path_are_free() {
 
 #[test]
 fn address_mistakes_are_named_as_such() {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
+    // A port held here: webd must refuse before binding it, never with "in use".
+    let held = std::net::TcpListener::bind(LISTEN_ANY_PORT).expect("bind");
+    let addr = held.local_addr().expect("bound address").to_string();
     let cases: [(&[&str], &str); 4] = [
         (&["--listen", &addr, "--listen", &addr, "--admin", "off"], "given twice"),
         (&["--listen", &addr, "--admin", &addr], "also a listen address"),
@@ -241,7 +230,7 @@ fn address_mistakes_are_named_as_such() {
 
 #[test]
 fn an_unknown_user_is_a_configuration_error() {
-    let (code, err) = run_webd(&["--listen", &listen_arg(), "--admin", "off", "--user", "no-such-user-webd"]);
+    let (code, err) = run_webd(&["--listen", LISTEN_ANY_PORT, "--admin", "off", "--user", "no-such-user-webd"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("no-such-user-webd"), "{err}");
 }
@@ -252,7 +241,7 @@ fn relative_paths_in_a_config_file_are_relative_to_its_directory() {
     let etc = dir.path().join("etc");
     std::fs::create_dir_all(etc.join("site")).expect("mkdir");
     let config = write_config(&etc, "root = \"missing-site\"\nadmin = \"off\"\n");
-    let (code, err) = run_webd(&["--config", &config, "--listen", &listen_arg()]);
+    let (code, err) = run_webd(&["--config", &config, "--listen", LISTEN_ANY_PORT]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&etc.join("missing-site").to_string_lossy().into_owned()), "the resolved path: {err}");
 }
@@ -289,9 +278,9 @@ fn flag_and_file_accept_the_same_values() {
     let dir = tempfile::tempdir().expect("tmp");
     for (key, value) in [("max_connections", "1000001"), ("workers", "257"), ("grace", "600001")] {
         let flag = format!("--{}", key.replace('_', "-"));
-        let (flag_code, flag_err) = run_webd(&[&flag, value, "--listen", &listen_arg(), "--admin", "off"]);
+        let (flag_code, flag_err) = run_webd(&[&flag, value, "--listen", LISTEN_ANY_PORT, "--admin", "off"]);
         let config = write_config(dir.path(), &format!("{key} = {value}\nadmin = \"off\"\n"));
-        let (file_code, file_err) = run_webd(&["--config", &config, "--listen", &listen_arg()]);
+        let (file_code, file_err) = run_webd(&["--config", &config, "--listen", LISTEN_ANY_PORT]);
         assert_eq!((flag_code, file_code), (Some(2), Some(2)), "{key} = {value}: {flag_err} / {file_err}");
         assert!(file_err.contains(key) && file_err.contains(&config), "{file_err}");
     }

@@ -19,7 +19,7 @@
 use crate::util::*;
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,7 +69,7 @@ impl Canary {
         let handle = std::thread::spawn(move || {
             let mut report = CanaryReport::default();
             let started = Instant::now();
-            let mut conn: Option<(TcpStream, Vec<u8>)> = None;
+            let mut conn = KeepAlive::new(addr, Duration::from_secs(5));
             while mode != CanaryMode::Off
                 && !flag.load(Ordering::Relaxed)
                 && started.elapsed() < Duration::from_secs(120)
@@ -77,7 +77,10 @@ impl Canary {
                 let t = Instant::now();
                 let result = match mode {
                     CanaryMode::NewConnections => get(addr, "/index.html"),
-                    CanaryMode::KeepAlive | CanaryMode::Off => keep_alive_get(&mut conn, addr),
+                    CanaryMode::KeepAlive | CanaryMode::Off => conn
+                        .exchange_retrying(b"GET /index.html HTTP/1.1\r\nHost: canary\r\n\r\n")
+                        .0
+                        .map_err(Into::into),
                 };
                 match result {
                     Ok(r) if r.status == 200 && r.body == BODY => report.ok += 1,
@@ -98,55 +101,6 @@ impl Canary {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().and_then(|h| h.join().ok()).unwrap_or_default()
     }
-}
-
-/// One GET on a kept-alive connection (opened if absent). A reused connection that the
-/// server closed before any response byte is reopened once, as client libraries do.
-fn keep_alive_get(conn: &mut Option<(TcpStream, Vec<u8>)>, addr: SocketAddr) -> std::io::Result<Response> {
-    for attempt in 0..2 {
-        let reused = conn.is_some();
-        if conn.is_none() {
-            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            *conn = Some((s, Vec::new()));
-        }
-        let (s, buf) = conn.as_mut().expect("open");
-        let result = (|| {
-            s.write_all(b"GET /index.html HTTP/1.1\r\nHost: canary\r\n\r\n")?;
-            let mut chunk = [0u8; 4096];
-            loop {
-                if let Some((r, used)) = parse_response(buf) {
-                    buf.drain(..used);
-                    return Ok(r);
-                }
-                match s.read(&mut chunk)? {
-                    0 => {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            format!("closed after {} bytes", buf.len()),
-                        ))
-                    }
-                    n => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-        })();
-        match result {
-            Ok(r) => {
-                if r.header("Connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
-                    *conn = None;
-                }
-                return Ok(r);
-            }
-            Err(e) => {
-                let nothing_received = conn.as_ref().is_some_and(|(_, b)| b.is_empty());
-                *conn = None;
-                if !(reused && nothing_received && attempt == 0 && e.kind() != std::io::ErrorKind::WouldBlock) {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Err(std::io::Error::other("unreachable"))
 }
 
 impl Drop for Canary {
@@ -347,68 +301,6 @@ impl<'a> Attack<'a> {
     }
 }
 
-fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
-    s.set_write_timeout(Some(Duration::from_secs(5))).expect("write timeout");
-    s
-}
-
-/// A client whose receive buffer cannot grow, so the server's sends block on it.
-fn connect_small_rcvbuf(addr: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
-    socket.connect_timeout(&addr.into(), Duration::from_secs(5)).expect("connect");
-    let s = TcpStream::from(socket);
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
-    s.set_write_timeout(Some(Duration::from_secs(5))).expect("write timeout");
-    s
-}
-
-/// How a connection ended when read to the end.
-#[derive(Debug, Default, Clone)]
-struct Ending {
-    bytes: Vec<u8>,
-    /// EOF (orderly close) rather than a reset.
-    eof: bool,
-    /// The server neither closed nor sent anything for `timeout`.
-    timed_out: bool,
-    took: Duration,
-}
-
-/// Reads until the server closes, for at most `limit`.
-fn read_to_close(s: &mut TcpStream, limit: Duration) -> Ending {
-    let started = Instant::now();
-    let mut end = Ending::default();
-    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) => {
-                end.eof = true;
-                break;
-            }
-            Ok(n) => end.bytes.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                if started.elapsed() >= limit {
-                    end.timed_out = true;
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    end.took = started.elapsed();
-    end
-}
-
-fn status_of(bytes: &[u8]) -> Option<u16> {
-    let line = bytes.split(|b| *b == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    line.strip_prefix("HTTP/1.")?.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn write_file(webd: &Webd, name: &str, bytes: &[u8]) {
     std::fs::write(webd.root.join(name), bytes).expect("write file");
 }
@@ -428,7 +320,7 @@ fn active_connections(webd: &Webd) -> u64 {
 fn a_thousand_slowloris_connections_starve_nobody_and_are_cut_at_the_header_timeout() {
     let (webd, admin) = start(2, &["--header-timeout", "2500"]);
     let attack = Attack::begin("1,000 slowloris connections", &webd, admin);
-    let mut conns: Vec<Option<TcpStream>> = (0..1000)
+    let mut conns: Vec<Option<Conn>> = (0..1000)
         .map(|_| {
             let mut s = connect(webd.addr());
             s.set_write_timeout(Some(Duration::from_millis(100))).expect("timeout");
@@ -457,7 +349,7 @@ fn a_thousand_slowloris_connections_starve_nobody_and_are_cut_at_the_header_time
     // still succeed into a closed socket once; a read sees the close).
     let mut still_open = 0;
     for s in conns.iter_mut().flatten() {
-        let end = read_to_close(s, Duration::from_millis(50));
+        let end = s.read_to_close(Duration::from_millis(50));
         if end.timed_out {
             still_open += 1;
         }
@@ -497,7 +389,7 @@ fn header_floods_are_refused_with_431_and_cost_no_memory() {
                     let mut c = connect(addr);
                     let _ = c.write_all(b"GET /index.html HTTP/1.1\r\nHost: flood\r\n");
                     let _ = c.write_all(body); // the server may stop reading (and close) first
-                    let end = read_to_close(&mut c, Duration::from_secs(5));
+                    let end = c.read_to_close(Duration::from_secs(5));
                     let what = match (status_of(&end.bytes), end.timed_out) {
                         (_, true) => "hung".to_string(),
                         (Some(code), _) => code.to_string(),
@@ -549,7 +441,7 @@ fn ten_thousand_pipelined_requests_on_one_connection_are_answered_in_order() {
     // Read nothing for a second: the server must stop reading rather than buffer
     // 10,000 responses.
     std::thread::sleep(Duration::from_secs(1));
-    let end = read_to_close(&mut stream, Duration::from_secs(30));
+    let end = stream.read_to_close(Duration::from_secs(30));
     let written = write.join().expect("writer").expect("write the pipeline");
     let took = started.elapsed();
     let mut at = 0;
@@ -606,7 +498,7 @@ fn random_bytes_never_crash_a_worker_and_always_end_in_an_answer_or_a_close() {
                     payload.extend_from_slice(b"\r\n\r\n");
                     let mut c = connect(addr);
                     let _ = c.write_all(&payload);
-                    let end = read_to_close(&mut c, Duration::from_secs(5));
+                    let end = c.read_to_close(Duration::from_secs(5));
                     let what = match (status_of(&end.bytes), end.timed_out) {
                         (_, true) => "hung".to_string(),
                         (Some(code), _) => code.to_string(),
@@ -649,7 +541,7 @@ fn half_closed_clients_get_their_whole_response_or_a_prompt_close() {
                 let mut c = connect(webd.addr());
                 c.write_all(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes()).expect("write");
                 c.shutdown(Shutdown::Write).expect("shutdown write");
-                let end = read_to_close(&mut c, Duration::from_secs(5));
+                let end = c.read_to_close(Duration::from_secs(5));
                 let r = parse_response(&end.bytes).map(|(r, _)| r);
                 assert!(
                     r.as_ref().is_some_and(|r| r.status == 200 && r.body == want) && end.eof,
@@ -669,7 +561,7 @@ fn half_closed_clients_get_their_whole_response_or_a_prompt_close() {
                 let mut c = connect(webd.addr());
                 c.write_all(sent).expect("write");
                 c.shutdown(Shutdown::Write).expect("shutdown write");
-                let end = read_to_close(&mut c, Duration::from_secs(5));
+                let end = c.read_to_close(Duration::from_secs(5));
                 assert!(!end.timed_out, "{what} then FIN: still open after 5 s");
                 assert!(
                     end.bytes.is_empty() || status_of(&end.bytes).is_some_and(|s| s >= 400),
@@ -684,8 +576,7 @@ fn half_closed_clients_get_their_whole_response_or_a_prompt_close() {
         for _ in 0..4 {
             let mut c = connect_small_rcvbuf(webd.addr());
             c.write_all(b"GET /ten.bin HTTP/1.1\r\nHost: h\r\n\r\n").expect("write");
-            let mut first = [0u8; 4096];
-            let _ = c.read(&mut first);
+            let _ = c.read_at_least(1, IO_TIMEOUT);
             let _ = c.shutdown(Shutdown::Read);
             drop(c); // unread data in the receive buffer: the close sends RST
         }
@@ -712,7 +603,7 @@ fn clients_that_never_read_a_10_mib_response_pin_no_memory_and_are_cut_after_the
     let content = Rng::new(11).bytes(TEN_MIB);
     write_file(&webd, "ten.bin", &content);
     let attack = Attack::begin("never-reading clients", &webd, admin);
-    let mut stalled: Vec<TcpStream> = (0..20)
+    let mut stalled: Vec<Conn> = (0..20)
         .map(|_| {
             let mut s = connect_small_rcvbuf(webd.addr());
             s.write_all(b"GET /ten.bin HTTP/1.1\r\nHost: stall\r\n\r\n").expect("write");
@@ -728,7 +619,7 @@ fn clients_that_never_read_a_10_mib_response_pin_no_memory_and_are_cut_after_the
     // Now read: what the kernel buffered arrives, then the server's close.
     let mut received = Vec::new();
     for s in &mut stalled {
-        let end = read_to_close(s, Duration::from_secs(10));
+        let end = s.read_to_close(Duration::from_secs(10));
         assert!(!end.timed_out, "a stalled download still open after 3.5 s + reading 10 s");
         received.push(end.bytes.len());
     }
@@ -750,13 +641,9 @@ fn clients_that_never_read_a_10_mib_response_pin_no_memory_and_are_cut_after_the
 fn download_while(webd: &Webd, name: &str, mutate: &dyn Fn(&std::path::Path)) -> Ending {
     let mut c = connect_small_rcvbuf(webd.addr());
     c.write_all(format!("GET /{name} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").as_bytes()).expect("write");
-    let mut head = vec![0u8; 64 * 1024];
-    c.read_exact(&mut head).expect("first 64 KiB");
+    c.read_at_least(64 * 1024, IO_TIMEOUT).expect("first 64 KiB");
     mutate(&webd.root.join(name));
-    let mut end = read_to_close(&mut c, Duration::from_secs(15));
-    head.extend_from_slice(&end.bytes);
-    end.bytes = head;
-    end
+    c.read_to_close(Duration::from_secs(15))
 }
 
 #[test]
@@ -903,11 +790,11 @@ fn a_hundred_hostile_control_clients_do_not_slow_supervision() {
 
 /// Opens `count` connections to the admin port, cycling through `shapes`: 0 silent,
 /// 1 half a request head, 2 one request never read, 3 fifty pipelined scrapes never read.
-fn flood_admin(admin: u16, count: usize, shapes: &[u8]) -> Vec<TcpStream> {
+fn flood_admin(admin: u16, count: usize, shapes: &[u8]) -> Vec<Conn> {
     let addr = SocketAddr::from(([127, 0, 0, 1], admin));
     let mut held = Vec::with_capacity(count);
     for i in 0..count {
-        let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { continue };
+        let Ok(mut c) = Conn::open_within(addr, Duration::from_secs(2)) else { continue };
         let _ = c.set_write_timeout(Some(Duration::from_millis(200)));
         let _ = match shapes[i % shapes.len()] {
             0 => Ok(()),
@@ -1080,16 +967,14 @@ fn a_worker_that_cannot_open_a_file_for_lack_of_descriptors_answers_500_and_reco
     let (webd, _admin) = start(1, &[]);
     let worker = webd.worker_pids()[0];
     let mut c = connect(webd.addr());
-    c.write_all(b"GET /index.html HTTP/1.1\r\nHost: e\r\n\r\n").expect("write");
-    let mut buf = [0u8; 1024];
-    let n = c.read(&mut buf).expect("first response");
-    assert_eq!(status_of(&buf[..n]), Some(200));
+    c.send(b"GET /index.html HTTP/1.1\r\nHost: e\r\n\r\n").expect("write");
+    assert_eq!(c.response(IO_TIMEOUT).expect("first response").status, 200);
     // Not one descriptor left (measured once the first request's file is closed): the
     // next request's file cannot be opened.
     stable_fd_count(worker).expect("worker fds");
     let original = set_nofile_soft(worker, lowest_free_fd(worker));
     c.write_all(b"GET /index.html HTTP/1.1\r\nHost: e\r\n\r\n").expect("write");
-    let ending = read_to_close(&mut c, Duration::from_secs(5));
+    let ending = c.read_to_close(Duration::from_secs(5));
     set_nofile_soft(worker, original);
     assert_eq!(outcome_of(&ending), "500", "a request whose file cannot be opened: {ending:?}");
     let r = get(webd.addr(), "/index.html").expect("GET after");
@@ -1106,23 +991,9 @@ fn listener_out_of_descriptors_backs_off_without_spinning_keeps_serving_and_reco
     let listener = webd.pid_of("webd: listener").expect("listener");
     // A keep-alive connection opened before the exhaustion.
     let mut held = connect(webd.addr());
-    let mut buf = Vec::new();
-    let mut keep_alive_request = |held: &mut TcpStream| {
-        held.write_all(b"GET /index.html HTTP/1.1\r\nHost: k\r\n\r\n").expect("write on the held connection");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some((r, used)) = parse_response(&buf) {
-                buf.drain(..used);
-                return r.status;
-            }
-            assert!(Instant::now() < deadline, "the held connection got no answer");
-            match held.read(&mut chunk) {
-                Ok(0) => panic!("the held connection was closed"),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) => panic!("the held connection: {e}"),
-            }
-        }
+    let keep_alive_request = |held: &mut Conn| {
+        held.send(b"GET /index.html HTTP/1.1\r\nHost: k\r\n\r\n").expect("write on the held connection");
+        held.response(IO_TIMEOUT).unwrap_or_else(|e| panic!("the held connection: {e}")).status
     };
     assert_eq!(keep_alive_request(&mut held), 200);
 
@@ -1214,7 +1085,7 @@ fn close_requests(addr: SocketAddr, n: usize, timeout: Duration) -> Vec<JoinHand
             std::thread::spawn(move || {
                 let mut c = connect(addr);
                 c.write_all(b"GET /index.html HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").expect("write");
-                read_to_close(&mut c, timeout)
+                c.read_to_close(timeout)
             })
         })
         .collect()
@@ -1248,10 +1119,8 @@ fn a_worker_out_of_descriptors_answers_every_connection_it_is_given() {
     let mut held = Vec::new();
     for _ in 0..8 {
         let mut c = connect(webd.addr());
-        c.write_all(b"GET /index.html HTTP/1.1\r\nHost: held\r\n\r\n").expect("write");
-        let mut buf = [0u8; 1024];
-        let n = c.read(&mut buf).expect("a response on a held connection");
-        assert_eq!(status_of(&buf[..n]), Some(200));
+        c.send(b"GET /index.html HTTP/1.1\r\nHost: held\r\n\r\n").expect("write");
+        assert_eq!(c.response(IO_TIMEOUT).expect("a response on a held connection").status, 200);
         held.push(c);
     }
     // Now more connections than the worker has descriptors for.

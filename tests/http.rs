@@ -5,11 +5,9 @@
 
 use crate::util::*;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Client read/write timeout: a server that does not answer (or close) in this time fails.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A fixed modification time (2020-09-13), so validators do not depend on the clock.
 const MTIME: u64 = 1_600_000_000;
 const TEN_MIB: usize = 10 << 20;
@@ -32,53 +30,32 @@ fn write_file(webd: &Webd, rel: &str, bytes: &[u8]) {
     file.set_modified(UNIX_EPOCH + Duration::from_secs(MTIME)).expect("set mtime");
 }
 
-fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
-    stream.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
-    stream
-}
-
-/// A client whose receive buffer cannot grow (loopback autotuning would otherwise take a
-/// whole 10 MiB response), so a server writing to it that is not read must block.
-fn connect_with_small_receive_buffer(addr: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
-    socket.connect_timeout(&addr.into(), IO_TIMEOUT).expect("connect");
-    let stream = TcpStream::from(socket);
-    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
-    stream.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
-    stream
-}
-
 fn lossy(bytes: &[u8]) -> String {
     let shown = &bytes[..bytes.len().min(600)];
     format!("{:?}{}", String::from_utf8_lossy(shown), if bytes.len() > 600 { "..." } else { "" })
 }
 
 /// Reads until the server closes (EOF or reset); panics if it keeps the connection open.
-fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    while Instant::now() < deadline {
-        match stream.read(&mut chunk) {
-            Ok(0) => return buf,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                panic!("server kept the connection open for {IO_TIMEOUT:?}; received so far: {}", lossy(&buf))
-            }
-            Err(_) => return buf, // reset after the response: what arrived is the answer
-        }
-    }
-    panic!("connection still streaming after 20 s; received {} bytes", buf.len())
+fn read_until_closed(conn: &mut Conn) -> Vec<u8> {
+    let end = conn.read_to_close(IO_TIMEOUT);
+    assert!(
+        !end.timed_out,
+        "server kept the connection open for {IO_TIMEOUT:?}; received so far: {}",
+        lossy(&end.bytes)
+    );
+    assert!(
+        end.took < Duration::from_secs(20),
+        "connection still streaming after 20 s; received {} bytes",
+        end.bytes.len()
+    );
+    end.bytes
 }
 
 /// Writes `raw` on a new connection and returns everything the server sends before closing.
 fn send_raw(addr: SocketAddr, raw: &[u8]) -> Vec<u8> {
-    let mut stream = connect(addr);
-    stream.write_all(raw).expect("write request");
-    read_until_closed(&mut stream)
+    let mut conn = connect(addr);
+    conn.send(raw).expect("write request");
+    read_until_closed(&mut conn)
 }
 
 /// `send_raw`, parsed as one response (framed by Content-Length) followed by nothing.
@@ -95,16 +72,6 @@ fn get_with(addr: SocketAddr, path: &str, headers: &str) -> Response {
     exchange(addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n").as_bytes())
 }
 
-/// Parses a response head only (HEAD and 304 answers carry no body); returns it and the head's length.
-fn parse_head(raw: &[u8]) -> Option<(Response, usize)> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let mut lines = std::str::from_utf8(&raw[..end]).ok()?.split("\r\n");
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
-    Some((Response { status, headers, body: Vec::new() }, end))
-}
-
 /// Sends a request that must be answered with a head and no body at all, then a close.
 fn exchange_bodiless(addr: SocketAddr, raw: &str) -> Response {
     let got = send_raw(addr, raw.as_bytes());
@@ -114,21 +81,9 @@ fn exchange_bodiless(addr: SocketAddr, raw: &str) -> Response {
 }
 
 /// Reads one Content-Length-framed response from a connection that stays open.
-fn next_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Response {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        if let Some((response, used)) = parse_response(buf) {
-            buf.drain(..used);
-            return response;
-        }
-        assert!(Instant::now() < deadline, "no whole response in 20 s: {}", lossy(buf));
-        match stream.read(&mut chunk) {
-            Ok(0) => panic!("connection closed before a whole response: {}", lossy(buf)),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => panic!("reading a response: {e}; received so far: {}", lossy(buf)),
-        }
-    }
+fn next_response(conn: &mut Conn) -> Response {
+    conn.response(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("no whole response: {e}; received so far: {}", lossy(conn.buffered())))
 }
 
 /// The media type without parameters (`text/html; charset=utf-8` → `text/html`).
@@ -313,11 +268,10 @@ fn keep_alive_answers_many_requests_on_one_connection_until_connection_close() {
     let webd = start(1, &[]);
     write_file(&webd, "a.txt", b"aaa\n");
     let mut stream = connect(webd.addr());
-    let mut buf = Vec::new();
     for i in 0..5 {
         let path = if i % 2 == 0 { "/a.txt" } else { "/index.html" };
         stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).expect("write");
-        let r = next_response(&mut stream, &mut buf);
+        let r = next_response(&mut stream);
         assert_eq!(r.status, 200, "request {i}");
         assert_eq!(r.body, if i % 2 == 0 { &b"aaa\n"[..] } else { BODY }, "request {i}");
         assert_ne!(r.header("Connection"), Some("close"), "request {i} closed a keep-alive connection");
@@ -336,9 +290,8 @@ fn http10_without_host_is_served_and_closed_unless_keep_alive_is_asked() {
     assert_eq!((r.status, r.body.as_slice()), (200, BODY));
 
     let mut stream = connect(webd.addr());
-    let mut buf = Vec::new();
     stream.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").expect("write");
-    let first = next_response(&mut stream, &mut buf);
+    let first = next_response(&mut stream);
     assert_eq!(first.status, 200);
     assert!(first.header("Connection").is_some_and(|v| v.eq_ignore_ascii_case("keep-alive")), "{first:?}");
     stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").expect("write second request");
@@ -478,7 +431,6 @@ fn other_methods_are_405_with_allow_and_the_connection_stays_usable() {
     let webd = start(1, &[]);
     let before = webd.worker_pids();
     let mut stream = connect(webd.addr());
-    let mut buf = Vec::new();
     for request in [
         &b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"[..],
         b"DELETE /index.html HTTP/1.1\r\nHost: t\r\n\r\n",
@@ -486,14 +438,14 @@ fn other_methods_are_405_with_allow_and_the_connection_stays_usable() {
         b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n",
     ] {
         stream.write_all(request).expect("write");
-        let r = next_response(&mut stream, &mut buf);
+        let r = next_response(&mut stream);
         assert_eq!(r.status, 405, "{}", lossy(request));
         let allow: Vec<&str> = r.header("Allow").unwrap_or("").split(',').map(str::trim).collect();
         assert!(allow.contains(&"GET") && allow.contains(&"HEAD"), "Allow: {:?}", r.header("Allow"));
     }
     // The POST body was skipped, not taken for the next request.
     stream.write_all(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
-    let r = next_response(&mut stream, &mut buf);
+    let r = next_response(&mut stream);
     assert_eq!((r.status, r.body.as_slice()), (200, BODY));
     assert_workers_unchanged(&webd, &before);
 }
@@ -504,7 +456,7 @@ fn other_methods_are_405_with_allow_and_the_connection_stays_usable() {
 fn three_hundred_clients_stalled_mid_headers_do_not_delay_a_normal_request() {
     let webd = start(1, &[]); // one worker: every stalled client lands where the normal one does
     let before = webd.worker_pids();
-    let stalled: Vec<TcpStream> = (0..300)
+    let stalled: Vec<Conn> = (0..300)
         .map(|_| {
             let mut s = connect(webd.addr());
             s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").expect("write partial head");
@@ -567,9 +519,8 @@ fn header_timeout_disconnects_silent_stalled_and_trickling_clients() {
 fn idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
     let webd = start(1, &["--keepalive-timeout", "300"]);
     let mut stream = connect(webd.addr());
-    let mut buf = Vec::new();
     stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
-    assert_eq!(next_response(&mut stream, &mut buf).status, 200);
+    assert_eq!(next_response(&mut stream).status, 200);
     let started = Instant::now();
     let rest = read_until_closed(&mut stream); // header timeout is 10 s: this is the idle one
     assert!(rest.is_empty(), "unexpected bytes on an idle connection: {}", lossy(&rest));
@@ -582,9 +533,8 @@ fn connections_beyond_max_connections_get_503_until_one_closes() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = connect(webd.addr());
-        let mut buf = Vec::new();
         s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
-        assert_eq!(next_response(&mut s, &mut buf).status, 200);
+        assert_eq!(next_response(&mut s).status, 200);
         held.push(s);
     }
     let mut extra = connect(webd.addr());
@@ -622,18 +572,16 @@ fn a_client_that_does_not_read_a_large_response_does_not_block_others() {
     let before = webd.worker_pids();
     let content = noise(TEN_MIB, 0x0123_4567_89ab_cdef);
     write_file(&webd, "big.bin", &content);
-    let mut slow = connect_with_small_receive_buffer(webd.addr());
+    let mut slow = connect_small_rcvbuf(webd.addr());
     slow.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("write");
     // The worker has started the response; at most a few MiB fit in the socket buffers.
-    let mut first = [0u8; 1];
-    slow.read_exact(&mut first).expect("first byte of the big response");
+    slow.read_at_least(1, IO_TIMEOUT).expect("first byte of the big response");
     for _ in 0..3 {
         let r = exchange(webd.addr(), b"GET /index.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
         assert_eq!((r.status, r.body.as_slice()), (200, BODY));
     }
     // The slow reader then gets its whole response intact.
-    let mut all = first.to_vec();
-    all.extend(read_until_closed(&mut slow));
+    let all = read_until_closed(&mut slow);
     let (r, _) = parse_response(&all).unwrap_or_else(|| panic!("big response: {} bytes", all.len()));
     assert_eq!(r.status, 200);
     assert_same_bytes(&r.body, &content, "10 MiB body read late");
@@ -644,15 +592,13 @@ fn a_client_that_does_not_read_a_large_response_does_not_block_others() {
 fn an_error_answer_to_a_request_with_unread_body_ends_in_a_clean_close_not_a_reset() {
     let webd = Webd::start();
     for _ in 0..3 {
-        let mut s = std::net::TcpStream::connect(webd.addr()).expect("connect");
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
-        std::io::Write::write_all(&mut s, b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
-            .expect("head");
+        let mut s = connect(webd.addr());
+        s.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n").expect("head");
         // The server may stop reading early; a failed write here is fine.
-        let _ = std::io::Write::write_all(&mut s, &vec![b'x'; 100_000]);
-        let mut got = Vec::new();
-        let read = std::io::Read::read_to_end(&mut s, &mut got);
-        assert!(read.is_ok(), "connection reset instead of a graceful close: {read:?}");
+        let _ = s.write_all(&vec![b'x'; 100_000]);
+        let end = s.read_to_close(IO_TIMEOUT);
+        let got = &end.bytes;
+        assert!(end.eof, "connection reset instead of a graceful close: timed out {}", end.timed_out);
         assert!(got.starts_with(b"HTTP/1.1 413"), "{:?}", String::from_utf8_lossy(&got[..got.len().min(40)]));
     }
 }

@@ -192,8 +192,7 @@ fn readyz_and_status_follow_drain() {
 fn admin_idle_connections_do_not_stop_readiness_or_supervision() {
     let (webd, admin) = start_with_admin(Options::default());
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
-    let idle: Vec<std::net::TcpStream> =
-        (0..500).filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()).collect();
+    let idle: Vec<Conn> = (0..500).filter_map(|_| Conn::open_within(addr, Duration::from_secs(2)).ok()).collect();
     assert!(idle.len() >= 450, "only {} idle connections opened", idle.len());
     let started = std::time::Instant::now();
     let r = get(addr, "/readyz").expect("readyz with 500 idle connections");

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 fn config_with(workers: u32, extra: &str) -> String {
     format!(
-        "listen = [\"127.0.0.1:{{port}}\"]\nroot = \"{{root}}\"\nworkers = {workers}\nadmin = \"off\"\n\
+        "listen = [\"{LISTEN_ANY_PORT}\"]\nroot = \"{{root}}\"\nworkers = {workers}\nadmin = \"off\"\n\
          control_socket = \"{{socket}}\"\naccess_log = \"{{dir}}/access.log\"\n{extra}"
     )
 }

@@ -117,8 +117,8 @@ fn sigterm_stops_every_child_within_grace() {
 fn sigkill_of_the_daemon_takes_every_child_down() {
     let mut webd = Webd::start();
     // A keep-alive connection held open in a worker must not keep it alive.
-    let mut held = std::net::TcpStream::connect(webd.addr()).expect("connect");
-    std::io::Write::write_all(&mut held, b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    let mut held = connect(webd.addr());
+    held.send(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
     let children: Vec<i32> = webd.tree().into_iter().map(|p| p.pid).collect();
     kill(webd.pid, SIGKILL);
     let _ = webd.wait_exit(Duration::from_secs(2));
@@ -169,28 +169,22 @@ fn a_stopped_then_killed_manager_delays_and_loses_no_connection() {
 
 #[test]
 fn workers_of_a_dead_manager_finish_their_requests_then_exit() {
-    use std::io::{Read, Write};
     let webd = Webd::start_with(Options { workers: 1, ..Default::default() });
     let big: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(webd.root.join("big.bin"), &big).expect("write");
     let old_worker = webd.pid_of("webd: worker 0").expect("worker");
     // A slow download in progress in the worker.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    sock.set_recv_buffer_size(16 * 1024).expect("rcvbuf");
-    sock.connect(&webd.addr().into()).expect("connect");
-    let mut s: std::net::TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("request");
-    let mut got = vec![0u8; 64 * 1024];
-    let mut received = s.read(&mut got).expect("first bytes");
-    got.truncate(received);
+    let limit = Duration::from_secs(20);
+    let mut s = connect_small_rcvbuf(webd.addr());
+    s.send(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("request");
+    s.read_at_least(1, limit).expect("first bytes");
 
     let manager = webd.pid_of("webd: manager").expect("manager");
     kill(manager, SIGKILL);
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest).expect("the rest of the body");
-    got.extend_from_slice(&rest);
-    received = got.len();
+    let end = s.read_to_close(limit);
+    assert!(end.eof, "the rest of the body: timed out {} after {} bytes", end.timed_out, end.bytes.len());
+    let got = end.bytes;
+    let received = got.len();
     let (r, _) = parse_response(&got).expect("a whole response");
     assert_eq!(r.status, 200);
     assert!(r.body == big, "body differs ({received} bytes received)");

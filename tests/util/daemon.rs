@@ -9,7 +9,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Options for starting a daemon.
@@ -18,10 +18,11 @@ pub struct Options {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     /// Pass only `args` (the test supplies listen/root/socket itself, e.g. in a config
-    /// file); `port`, `root` and `control_socket` must then match what it supplies.
+    /// file); `root` and `control_socket` must then match what it supplies, and it
+    /// listens on port 0 ([`LISTEN_ANY_PORT`]) to have `addr()` read back the port.
     pub only_args: bool,
-    /// A TOML config written to `<dir>/webd.toml` and passed with `--config`; `{port}`,
-    /// `{root}`, `{socket}` and `{dir}` are replaced by this daemon's values.
+    /// A TOML config written to `<dir>/webd.toml` and passed with `--config`; `{root}`,
+    /// `{socket}` and `{dir}` are replaced by this daemon's values.
     pub config_toml: Option<String>,
     /// Start the daemon as the leader of a process group of its own (its pid is the
     /// group id), so a test can signal the whole group as `timeout` or `tini -g` do.
@@ -40,12 +41,20 @@ pub struct Webd {
     pub pid: i32,
     pub dir: tempfile::TempDir,
     pub root: PathBuf,
-    pub port: u16,
     pub control_socket: PathBuf,
     pub log: PathBuf,
     pub workers: u32,
     /// Every descendant seen so far, so cleanup finds even reparented ones.
     seen: Mutex<Vec<i32>>,
+    /// The addresses the daemon bound, read back from its status once.
+    bound: OnceLock<Bound>,
+}
+
+/// Where a daemon started on port 0 listens.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
 }
 
 impl Webd {
@@ -66,14 +75,13 @@ impl Webd {
         let root = dir.path().join("root");
         std::fs::create_dir(&root).expect("root dir");
         std::fs::write(root.join("index.html"), BODY).expect("index");
-        let port = free_port();
         let control_socket = dir.path().join("ctl").join("webd.sock");
         let log = dir.path().join("webd.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(WEBD);
         if !opts.only_args {
             let defaults = [
-                ("--listen", format!("127.0.0.1:{port}")),
+                ("--listen", LISTEN_ANY_PORT.to_string()),
                 ("--root", root.to_string_lossy().into_owned()),
                 ("--workers", opts.workers.to_string()),
                 ("--admin", "off".to_string()),
@@ -87,7 +95,6 @@ impl Webd {
         if let Some(toml) = &opts.config_toml {
             let path = dir.path().join("webd.toml");
             let text = toml
-                .replace("{port}", &port.to_string())
                 .replace("{root}", &root.to_string_lossy())
                 .replace("{socket}", &control_socket.to_string_lossy())
                 .replace("{dir}", &dir.path().to_string_lossy());
@@ -110,16 +117,35 @@ impl Webd {
             pid,
             dir,
             root,
-            port,
             control_socket,
             log,
             workers: opts.workers,
             seen: Mutex::new(Vec::new()),
+            bound: OnceLock::new(),
         }
     }
 
+    /// The (first) HTTP address the daemon bound.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        self.bound().listen
+    }
+
+    /// The admin endpoint's address, None when it is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.bound().admin
+    }
+
+    /// The bound addresses from status (`listen`, `admin`): the daemon is given port 0,
+    /// so no two tests can race for a port between choosing and binding it.
+    fn bound(&self) -> &Bound {
+        self.bound.get_or_init(|| {
+            wait_for(Duration::from_secs(10), "the bound addresses in status", || {
+                let status = self.status_direct(Duration::from_secs(2))?;
+                let listen = status["listen"].get(0)?.as_str()?.parse().ok()?;
+                let admin = status["admin"].as_str().and_then(|a| a.parse().ok());
+                Some(Bound { listen, admin })
+            })
+        })
     }
 
     pub fn wait_ready(&self) {
@@ -280,14 +306,14 @@ impl Webd {
     }
 }
 
-/// Starts a daemon with the admin endpoint on a free port; returns it and the port.
+/// Starts a daemon with the admin endpoint on a port of the kernel's choosing (on
+/// 127.0.0.1); returns it and the port.
 pub fn start_with_admin(mut opts: Options) -> (Webd, u16) {
-    let admin = free_port();
-    opts.args.extend(["--admin".to_string(), format!("127.0.0.1:{admin}")]);
+    opts.args.extend(["--admin".to_string(), LISTEN_ANY_PORT.to_string()]);
     let webd = Webd::start_with(opts);
-    let addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let addr = webd.admin_addr().expect("status names the admin address");
     wait_until(Duration::from_secs(10), "/readyz 200", || get(addr, "/readyz").is_ok_and(|r| r.status == 200));
-    (webd, admin)
+    (webd, addr.port())
 }
 
 impl Webd {

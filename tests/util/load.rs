@@ -4,8 +4,7 @@
 #![allow(dead_code)]
 
 use super::*;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -99,45 +98,12 @@ pub struct KeepAliveLoad;
 
 impl KeepAliveLoad {
     pub fn start(addr: SocketAddr, clients: usize, path: &str, expect: Vec<u8>) -> Clients {
-        let path = path.to_string();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
         Clients::start(clients, expect, || {
-            let path = path.clone();
-            let mut conn: Option<(TcpStream, Vec<u8>)> = None;
-            Box::new(move || {
-                let result = keep_alive_get(&mut conn, addr, &path);
-                if result.is_err() {
-                    conn = None;
-                }
-                result
-            })
+            let request = request.clone();
+            let mut conn = KeepAlive::new(addr, Duration::from_secs(10));
+            Box::new(move || conn.exchange(request.as_bytes()).map_err(std::io::Error::from))
         })
-    }
-}
-
-/// One GET on the kept connection (opening one if needed); drops the connection when
-/// the response says close.
-fn keep_alive_get(conn: &mut Option<(TcpStream, Vec<u8>)>, addr: SocketAddr, path: &str) -> std::io::Result<Response> {
-    if conn.is_none() {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        *conn = Some((s, Vec::new()));
-    }
-    let (stream, buf) = conn.as_mut().expect("connection just opened");
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())?;
-    loop {
-        if let Some((r, used)) = parse_response(buf) {
-            buf.drain(..used);
-            if r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
-                *conn = None;
-            }
-            return Ok(r);
-        }
-        let mut chunk = [0u8; 16 * 1024];
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before a response"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -4,8 +4,7 @@
 
 use super::*;
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -69,12 +68,7 @@ pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option
 /// Scrapes /metrics without panicking (for background probes): None on any error.
 pub fn try_scrape(admin_port: u16, timeout: Duration) -> Option<Vec<Sample>> {
     let addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
-    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n").ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let (r, _) = parse_response(&buf)?;
+    let r = request_within(addr, b"GET /metrics HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n", timeout).ok()?;
     (r.status == 200).then(|| parse_metrics(&String::from_utf8_lossy(&r.body)))
 }
 

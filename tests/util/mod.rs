@@ -1,10 +1,9 @@
-//! Test harness: start the real `webd` binary on a free port with a temp document root
-//! and control socket, find its processes in /proc, talk HTTP, generate load, and
+//! Test harness: start the real `webd` binary on a port of the kernel's choosing with a
+//! temp document root and control socket, find its processes in /proc, talk HTTP, generate load, and
 //! clean everything up (printing the daemon's log) even when a test fails.
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 mod daemon;
@@ -42,10 +41,9 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
+/// A listen (or admin) address for which the kernel picks a free port as webd binds it:
+/// read back with `Webd::addr` / `Webd::admin_addr`, it is never raced for.
+pub const LISTEN_ANY_PORT: &str = "127.0.0.1:0";
 
 /// The body of `/index.html` in every tree `Webd` starts.
 pub const BODY: &[u8] = b"<h1>webd</h1>\n";
