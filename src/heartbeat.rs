@@ -1,6 +1,22 @@
 //! The child side of heartbeats: when the next one is due, and how it is stamped.
 
 use crate::ipc::{Channel, Counters, Heartbeat, Message, Role, WorkerReport};
+
+/// A channel a child reports on: its heartbeats, in whatever message type its
+/// supervisor reads (`Heartbeat` itself, or `FromManager`).
+pub trait ReportChannel {
+    fn send_heartbeat(&mut self, hb: Heartbeat) -> std::io::Result<()>;
+}
+
+impl<S, R: Message> ReportChannel for Channel<S, R>
+where
+    S: Message,
+    for<'a> S::Lending<'a>: From<Heartbeat>,
+{
+    fn send_heartbeat(&mut self, hb: Heartbeat) -> std::io::Result<()> {
+        self.send(&hb.into())
+    }
+}
 use crate::sys::monotonic_ns;
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
@@ -72,7 +88,7 @@ impl Heartbeater {
     pub fn tick(
         &mut self,
         now: Instant,
-        channel: &mut Channel,
+        channel: &mut impl ReportChannel,
         figures: impl FnOnce() -> (Counters, Vec<WorkerReport>),
     ) -> Delivery {
         if now < self.next_at {
@@ -82,7 +98,6 @@ impl Heartbeater {
         self.seq += 1;
         let (counters, workers) = figures();
         let hb = Heartbeat {
-            role: Some(self.role),
             pid: self.pid,
             seq: self.seq,
             sent_ns: monotonic_ns(),
@@ -93,7 +108,7 @@ impl Heartbeater {
         let result = if crate::fault::channel_full(self.fault_file.as_deref(), self.role) {
             Err(ErrorKind::WouldBlock.into())
         } else {
-            channel.send(&Message::Heartbeat(hb), &[])
+            channel.send_heartbeat(hb)
         };
         let delivery = match result {
             Ok(()) => Delivery::Sent,
@@ -128,7 +143,7 @@ impl Heartbeater {
     /// channel is full, so the figures of the final requests are counted.
     pub fn send_final(
         &mut self,
-        channel: &mut Channel,
+        channel: &mut impl ReportChannel,
         within: Duration,
         mut figures: impl FnMut() -> (Counters, Vec<WorkerReport>),
     ) -> Delivery {
@@ -152,7 +167,7 @@ mod tests {
     #[test]
     fn a_full_channel_is_reported_as_dropped_and_a_closed_one_as_gone() {
         let (ours, theirs) = crate::sys::seqpacket_pair().expect("socketpair");
-        let mut channel = Channel::new(ours);
+        let mut channel: Channel<Heartbeat, Heartbeat> = Channel::new(ours);
         let mut beat = Heartbeater::new(Role::Manager, Duration::ZERO);
         let mut sent = 0;
         let first_drop = loop {

@@ -62,7 +62,10 @@ fn run_child(role: &str) -> ExitCode {
     }
 }
 
-fn run_role(role: Role, body: fn(webd::ipc::Channel) -> anyhow::Result<()>) -> anyhow::Result<()> {
+fn run_role<S: webd::ipc::Message, R: webd::ipc::Message>(
+    role: Role,
+    body: fn(webd::ipc::Channel<S, R>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     webd::sys::process::ignore_operator_signals();
     webd::fault::exit_if_injected(role);
     let channel = webd::sys::spawn::take_inherited_channel()?;

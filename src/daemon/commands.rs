@@ -4,7 +4,7 @@
 use super::roles::RoleEvent;
 use super::{Daemon, State};
 use crate::control::{CommandRequest, COMMAND_TIMEOUT};
-use crate::ipc::{Message, Role};
+use crate::ipc::{Role, ToListener, ToManager};
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
@@ -70,7 +70,7 @@ impl Daemon {
             Request::Drain => self.set_draining(true, reply),
             Request::Resume => self.set_draining(false, reply),
             Request::Restart { target: RestartTarget::Listener, .. } => {
-                let result = self.listener.replace(&self.inherit, self.poll.registry(), draining);
+                let result = self.listener.replace(&self.inherit, self.poll.registry(), &mut self.tokens, draining);
                 self.await_or_fail(result, Awaiting::Replacement(Role::Listener), "restart listener", reply)
             }
             Request::Restart { target: RestartTarget::Manager, .. } => {
@@ -81,18 +81,18 @@ impl Daemon {
                         "restart manager: a worker command is in progress; retry when it is answered",
                     ));
                 }
-                let result = self.manager.replace(&self.inherit, self.poll.registry(), draining);
+                let result = self.manager.replace(&self.inherit, self.poll.registry(), &mut self.tokens, draining);
                 self.await_or_fail(result, Awaiting::Replacement(Role::Manager), "restart manager", reply)
             }
             Request::Restart { target: RestartTarget::Workers, .. } => {
-                self.forward_to_manager(Message::RestartWorkers { id: None }, "restart workers", reply)
+                self.forward_to_manager(ToManager::RestartWorkers { id: None }, "restart workers", reply)
             }
             Request::Restart { target: RestartTarget::Worker, id } => {
-                self.forward_to_manager(Message::RestartWorkers { id }, "restart worker", reply)
+                self.forward_to_manager(ToManager::RestartWorkers { id }, "restart worker", reply)
             }
             Request::Scale { workers } => match self.ensure_lanes(workers) {
                 Ok(()) => {
-                    let answer = self.forward_to_manager(Message::Scale { workers }, "scale", reply);
+                    let answer = self.forward_to_manager(ToManager::Scale { workers }, "scale", reply);
                     if answer.is_none() {
                         // Forwarded: the next manager (after a crash or restart) starts
                         // this many workers too.
@@ -131,18 +131,18 @@ impl Daemon {
     }
 
     /// Worker commands are the manager's to carry out; one at a time.
-    fn forward_to_manager(&mut self, msg: Message, what: &str, reply: &SyncSender<Response>) -> Option<Response> {
+    fn forward_to_manager(&mut self, msg: ToManager<'_>, what: &str, reply: &SyncSender<Response>) -> Option<Response> {
         if self.worker_command_pending() {
             return Some(Response::error(format!("{what}: another worker command is in progress")));
         }
-        if self.manager.replacing() {
+        if self.manager.sup.incoming.is_some() {
             // The current manager is about to retire and its successor was bootstrapped
             // with the pool as it was: sent to either, the command could be lost.
             return Some(Response::error(format!(
                 "{what}: a manager restart is in progress; retry when it is answered"
             )));
         }
-        if !self.manager.slot.is_up() {
+        if !self.manager.slot().is_up() {
             return Some(Response::error(format!("{what}: the manager is not running")));
         }
         self.manager.send(&msg);
@@ -157,12 +157,11 @@ impl Daemon {
     /// response on any keep-alive connection already follows it.
     fn set_draining(&mut self, draining: bool, reply: &SyncSender<Response>) -> Option<Response> {
         self.state = if draining { State::Draining } else { State::Running };
-        let msg = if draining { Message::Drain } else { Message::Resume };
-        self.listener.send(&msg);
-        self.manager.send(&msg);
+        self.listener.send(&if draining { ToListener::Drain } else { ToListener::Resume });
+        self.manager.send(&if draining { ToManager::Drain } else { ToManager::Resume });
         tracing::info!(draining, "drain state changed");
         let what = if draining { "draining" } else { "resumed" };
-        if !self.manager.slot.is_up() {
+        if !self.manager.slot().is_up() {
             // Its next workers start in the new state.
             return Some(Response::ok(what));
         }
@@ -174,7 +173,7 @@ impl Daemon {
         for event in events {
             let (awaiting, response) = match event {
                 RoleEvent::Replaced { pid } => {
-                    let role = if self.listener.slot.pid == Some(pid) { Role::Listener } else { Role::Manager };
+                    let role = if self.listener.slot().pid == Some(pid) { Role::Listener } else { Role::Manager };
                     (Awaiting::Replacement(role), Response::ok(format!("{role} restarted (new pid {pid})")))
                 }
                 RoleEvent::ReplacementFailed { role, reason } => (Awaiting::Replacement(role), Response::error(reason)),
@@ -195,8 +194,8 @@ impl Daemon {
             if let Awaiting::Replacement(role) = p.awaiting {
                 let registry = self.poll.registry();
                 match role {
-                    Role::Listener => self.listener.abandon_incoming(registry),
-                    _ => self.manager.abandon_incoming(registry),
+                    Role::Listener => self.listener.sup.abandon_incoming(registry),
+                    _ => self.manager.sup.abandon_incoming(registry),
                 }
             }
             let response = match p.awaiting {

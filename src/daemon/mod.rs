@@ -17,26 +17,24 @@ mod upgrade;
 
 use crate::config::Config;
 use crate::control::{self, CommandRequest, LoopHandle};
-use crate::ipc::{Message, Role};
+use crate::ipc::{Fd, ToListener, ToManager};
 use crate::observe::{Accumulator, SharedObserved};
 use crate::signals::{Event, Signals};
-use crate::supervise::CHECK_INTERVAL;
+use crate::supervise::{Tokens, CHECK_INTERVAL};
 use crate::sys::{self, process::Exit, Pid};
 use anyhow::Context;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use roles::{RoleEvent, RoleProcess};
+use roles::{RetireTimes, RoleEvent, RoleProcess};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 const SIGNALS: Token = Token(0);
-const LISTENER: Token = Token(1);
-const MANAGER: Token = Token(2);
-const LISTENER_INCOMING: Token = Token(3);
-const MANAGER_INCOMING: Token = Token(4);
-const COMMANDS: Token = Token(5);
-const UPGRADE: Token = Token(6);
+const COMMANDS: Token = Token(1);
+const UPGRADE: Token = Token(2);
+/// Children's channels get tokens from here up, each once (`Tokens`).
+const FIRST_CHILD: usize = 16;
 
 /// The daemon's overall state, as status shows it.
 pub use webd_proto::DaemonState as State;
@@ -79,8 +77,10 @@ struct Daemon {
     poll: Poll,
     signals: Signals,
     inherit: Inheritance,
-    listener: RoleProcess,
-    manager: RoleProcess,
+    listener: RoleProcess<roles::Listener>,
+    manager: RoleProcess<roles::Manager>,
+    /// Poll tokens for the children's channels.
+    tokens: Tokens,
     state: State,
     stop_deadline: Option<Instant>,
     next_check: Instant,
@@ -131,17 +131,17 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
     let access_log = open_access_log(&config)?;
     let handoff = upgrade::receive_handoff()?;
     let (listen, inherited_control, inherited_admin, carried) = match handoff {
-        Some((_, fds, _)) if !sockets::serve_addresses(&fds.listen, &config.listen) => anyhow::bail!(
+        Some(inherited) if !sockets::serve_addresses(&inherited.listen, &config.listen) => anyhow::bail!(
             "the old daemon's listening sockets are not the addresses this configuration listens on ({:?}): \
              changing listen needs a restart",
             config.listen
         ),
-        Some((handoff, fds, channel)) => {
-            tracing::info!(upgrades = handoff.totals.upgrades, "upgrade: took the sockets from the old daemon");
-            let control = fds.control.map(std::os::unix::net::UnixListener::from);
-            let admin = fds.admin.map(std::net::TcpListener::from);
-            successor_channel = Some(channel);
-            (fds.listen, control, admin, handoff.totals)
+        Some(inherited) => {
+            tracing::info!(upgrades = inherited.totals.upgrades, "upgrade: took the sockets from the old daemon");
+            let control = Some(std::os::unix::net::UnixListener::from(inherited.control));
+            let admin = inherited.admin.map(std::net::TcpListener::from);
+            successor_channel = Some(inherited.channel);
+            (inherited.listen, control, admin, inherited.totals)
         }
         None => (sockets::bind_all(&config.listen)?, None, None, Default::default()),
     };
@@ -203,8 +203,9 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
             credentials,
             access_log,
         },
-        listener: RoleProcess::new(Role::Listener, LISTENER, LISTENER_INCOMING, now),
-        manager: RoleProcess::new(Role::Manager, MANAGER, MANAGER_INCOMING, now),
+        listener: RoleProcess::new(now),
+        manager: RoleProcess::new(now),
+        tokens: Tokens::starting_at(FIRST_CHILD),
         state: State::Running,
         stop_deadline: None,
         next_check: now + CHECK_INTERVAL,
@@ -265,20 +266,19 @@ impl Daemon {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.handle_signals(&mut role_events),
-                    LISTENER => self.listener.drain_messages(&mut role_events),
-                    MANAGER => self.manager.drain_messages(&mut role_events),
-                    LISTENER_INCOMING => {
-                        let grace = self.inherit.config.grace();
-                        self.listener.drain_incoming(self.poll.registry(), grace, grace, &mut role_events);
-                    }
-                    MANAGER_INCOMING => {
-                        // The old manager's workers get the drain timeout to finish.
-                        let drain = self.inherit.config.drain_timeout();
-                        let kill_after = drain + self.inherit.config.grace();
-                        self.manager.drain_incoming(self.poll.registry(), drain, kill_after, &mut role_events);
-                    }
                     COMMANDS => self.take_commands(),
                     UPGRADE => self.upgrade_readable(),
+                    token if self.listener.owns(token) => {
+                        let grace = self.inherit.config.grace();
+                        let times = RetireTimes { deadline: grace, kill_after: grace };
+                        self.listener.readable(token, times, &mut role_events);
+                    }
+                    token if self.manager.owns(token) => {
+                        // The old manager's workers get the drain timeout to finish.
+                        let drain = self.inherit.config.drain_timeout();
+                        let times = RetireTimes { deadline: drain, kill_after: drain + self.inherit.config.grace() };
+                        self.manager.readable(token, times, &mut role_events);
+                    }
                     _ => {}
                 }
             }
@@ -287,8 +287,8 @@ impl Daemon {
                 self.next_check = now + CHECK_INTERVAL;
                 self.check_heartbeats(now);
             }
-            self.listener.kill_overdue_retirees(now);
-            self.manager.kill_overdue_retirees(now);
+            self.listener.sup.kill_overdue(now);
+            self.manager.sup.kill_overdue(now);
             self.check_upgrade_deadline(now);
             // Once per pass, after everything that changed state: status must show a
             // command's effect before its reply goes out.
@@ -302,10 +302,8 @@ impl Daemon {
 
     fn next_wakeup(&self, now: Instant) -> Duration {
         let mut at = self.next_check;
-        for role in [&self.listener, &self.manager] {
-            for t in role.deadlines() {
-                at = at.min(t);
-            }
+        for t in self.listener.sup.deadlines().chain(self.manager.sup.deadlines()) {
+            at = at.min(t);
         }
         for t in self.stop_deadline.into_iter().chain(self.systemd.next_deadline()).chain(self.upgrade_deadline()) {
             at = at.min(t);
@@ -318,10 +316,12 @@ impl Daemon {
             return;
         }
         let draining = self.state == State::Draining;
-        for role in [&mut self.listener, &mut self.manager] {
-            if role.slot.start_due.is_some_and(|due| due <= now) {
-                role.start(&self.inherit, self.poll.registry(), draining, now);
-            }
+        let due = |slot: &crate::supervise::Slot| slot.start_due.is_some_and(|due| due <= now);
+        if due(self.listener.slot()) {
+            self.listener.start(&self.inherit, self.poll.registry(), &mut self.tokens, draining, now);
+        }
+        if due(self.manager.slot()) {
+            self.manager.start(&self.inherit, self.poll.registry(), &mut self.tokens, draining, now);
         }
     }
 
@@ -371,7 +371,7 @@ impl Daemon {
             tracing::error!(error = %format!("{e:#}"), "SIGHUP: cannot make lanes for the new workers; keeping the pool size");
             return;
         }
-        self.manager.send(&Message::Reconfigure(Box::new(config)));
+        self.manager.send(&ToManager::Reconfigure(Box::new(config)));
     }
 
     /// Makes sure slots `0..workers` have lanes; new ones go to the listener and manager.
@@ -390,7 +390,7 @@ impl Daemon {
     fn reopen_access_log(&mut self) {
         match open_access_log(&self.inherit.config) {
             Ok(Some(fd)) => {
-                self.manager.send_with_fd(&Message::ReopenLog, &fd);
+                self.manager.send(&ToManager::ReopenLog(Fd::lend(&fd)));
                 self.inherit.access_log = Some(fd);
                 tracing::info!("access log reopened");
             }
@@ -419,9 +419,8 @@ impl Daemon {
         }
         let timeout = self.inherit.config.heartbeat_timeout();
         let grace = self.inherit.config.grace();
-        for role in [&mut self.listener, &mut self.manager] {
-            role.check(now, timeout, grace, self.poll.registry());
-        }
+        self.listener.check(now, timeout, grace);
+        self.manager.check(now, timeout, grace);
     }
 
     /// Graceful stop: children finish in-flight work within the grace period.
@@ -443,9 +442,9 @@ impl Daemon {
         let now = Instant::now();
         self.stop_deadline = Some(now + finish_within + self.inherit.config.grace());
         let deadline_ms = finish_within.as_millis() as u64;
-        self.listener.slot.start_due = None;
-        self.manager.slot.start_due = None;
-        self.listener.send(&Message::Shutdown { deadline_ms });
+        self.listener.sup.slot.start_due = None;
+        self.manager.sup.slot.start_due = None;
+        self.listener.send(&ToListener::Shutdown { deadline_ms });
         self.manager_stop_pending = Some(deadline_ms);
     }
 
@@ -462,11 +461,11 @@ impl Daemon {
     }
 
     fn stop_manager_after_listener(&mut self) {
-        if self.listener.has_processes() {
+        if self.listener.sup.has_processes() {
             return;
         }
         if let Some(deadline_ms) = self.manager_stop_pending.take() {
-            self.manager.send(&Message::Shutdown { deadline_ms });
+            self.manager.send(&ToManager::Shutdown { deadline_ms });
         }
     }
 
@@ -478,19 +477,18 @@ impl Daemon {
 
     /// True once every child is gone; past the grace deadline, kills what is left.
     fn stop_finished(&mut self, now: Instant) -> bool {
-        let alive = self.listener.has_processes() || self.manager.has_processes();
+        let alive = self.listener.sup.has_processes() || self.manager.sup.has_processes();
         if !alive {
             return true;
         }
         if self.stop_deadline.is_some_and(|t| now >= t) {
             tracing::warn!("grace period over: killing remaining children");
-            for role in [&mut self.listener, &mut self.manager] {
-                role.kill_all();
-            }
+            self.listener.kill_all();
+            self.manager.kill_all();
             // Workers of the manager are also killed by the lifeline closing when we
             // exit; wait briefly so they are reaped rather than left to init.
             let until = now + Duration::from_millis(500);
-            while (self.listener.has_processes() || self.manager.has_processes()) && Instant::now() < until {
+            while (self.listener.sup.has_processes() || self.manager.sup.has_processes()) && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(10));
                 self.reap_children(&mut Vec::new());
             }

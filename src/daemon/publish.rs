@@ -1,6 +1,6 @@
 //! Turning the daemon's view of its tree into the published status and figures.
 
-use super::roles::RoleProcess;
+use super::roles::{RoleKind, RoleProcess};
 use super::{Daemon, State};
 use crate::ipc::WorkerReport;
 use crate::observe::{HttpTotals, Observed, RoleFigures};
@@ -89,7 +89,7 @@ impl Daemon {
     }
 
     fn worker_reports(&self) -> Vec<WorkerReport> {
-        if self.manager.slot.pid.is_none() {
+        if self.manager.slot().pid.is_none() {
             return Vec::new();
         }
         self.manager.last.as_ref().map(|hb| hb.workers.clone()).unwrap_or_default()
@@ -135,10 +135,10 @@ impl Daemon {
             State::Draining => return Some("draining".into()),
             State::Running => {}
         }
-        if !self.listener.slot.is_up() {
+        if !self.listener.slot().is_up() {
             return Some("listener is not running".into());
         }
-        if !self.manager.slot.is_up() {
+        if !self.manager.slot().is_up() {
             return Some("manager is not running".into());
         }
         if !workers.iter().any(|w| w.state.is_serving()) {
@@ -181,28 +181,28 @@ impl Daemon {
     }
 }
 
-fn role_figures(role: &mut RoleProcess, now: Instant, carried_restarts: ByReason) -> RoleFigures {
+fn role_figures<K: RoleKind>(role: &mut RoleProcess<K>, now: Instant, carried_restarts: ByReason) -> RoleFigures {
     RoleFigures {
-        up: role.slot.is_up(),
-        heartbeat_age_seconds: role.slot.heartbeat_age(now).as_secs_f64(),
-        heartbeats_missed: role.slot.missed_total,
-        restarts: role.slot.restarts_by_reason + carried_restarts,
+        up: role.sup.slot.is_up(),
+        heartbeat_age_seconds: role.sup.slot.heartbeat_age(now).as_secs_f64(),
+        heartbeats_missed: role.sup.slot.missed_total,
+        restarts: role.sup.slot.restarts_by_reason + carried_restarts,
         heartbeat_latency: role.latency.clone(),
     }
 }
 
-fn process_status(role: &mut RoleProcess, now: Instant) -> ProcessStatus {
+fn process_status<K: RoleKind>(role: &mut RoleProcess<K>, now: Instant) -> ProcessStatus {
     ProcessStatus {
-        role: role.role.to_string(),
-        pid: role.slot.pid.map(|p| p.as_raw() as u32).unwrap_or(0),
-        state: role.slot.state(now),
-        restarts: role.slot.restarts(),
-        heartbeat_age_ms: role.slot.heartbeat_age(now).as_secs_f64() * 1000.0,
-        heartbeat_latency_ms: role.slot.latency_ns as f64 / 1e6,
+        role: K::ROLE.to_string(),
+        pid: role.sup.slot.pid.map(|p| p.as_raw() as u32).unwrap_or(0),
+        state: role.sup.slot.state(now),
+        restarts: role.sup.slot.restarts(),
+        heartbeat_age_ms: role.sup.slot.heartbeat_age(now).as_secs_f64() * 1000.0,
+        heartbeat_latency_ms: role.sup.slot.latency_ns as f64 / 1e6,
         keeper_pid: role
             .last
             .as_ref()
-            .filter(|hb| role.slot.pid.is_some_and(|p| p.as_raw() as u32 == hb.pid))
+            .filter(|hb| role.sup.slot.pid.is_some_and(|p| p.as_raw() as u32 == hb.pid))
             .and_then(|hb| hb.keeper_pid),
     }
 }

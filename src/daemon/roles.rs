@@ -1,23 +1,20 @@
-//! One supervised role of the daemon (listener or manager): starting a process in its
-//! slot with the bootstrap it needs, reading its heartbeats, and retiring or replacing
-//! it when it crashes or hangs.
+//! The daemon's two supervised roles, listener and manager: what each needs at start
+//! (its bootstrap and lanes), when a replacement is ready, and what the daemon keeps of
+//! their reports. The supervision itself is `supervise::Supervised`.
 
 use super::Inheritance;
-use crate::ipc::{Bootstrap, Channel, FdKind, Heartbeat, Message, Recv, Role};
+use crate::ipc::{
+    Channel, Fd, FromManager, Heartbeat, ListenerBootstrap, ManagerBootstrap, Message, Role, ToListener, ToManager,
+};
 use crate::observe::{Histogram, LATENCY_BUCKETS};
-use crate::supervise::{Check, Reason, Retiring, Slot};
+use crate::supervise::{Check, Child, Exited, Process, Reason, Supervised, Tokens, Which};
 use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, process::Exit, spawn, Pid};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::sys::signal::Signal;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::io;
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
-
-/// A replacement started by a graceful restart: it takes the slot once it is up.
-struct Incoming {
-    pid: Pid,
-    channel: Channel,
-}
 
 /// What reading a role's channels found, for the daemon to act on.
 #[derive(Debug)]
@@ -32,16 +29,145 @@ pub enum RoleEvent {
     Applied,
 }
 
-pub struct RoleProcess {
-    pub role: Role,
-    token: Token,
-    incoming_token: Token,
-    pub slot: Slot,
-    channel: Option<Channel>,
-    incoming: Option<Incoming>,
+/// What a role's report is to the daemon.
+pub enum Report {
+    Heartbeat(Heartbeat),
+    Event(RoleEvent),
+}
+
+/// What differs between the listener and the manager.
+pub trait RoleKind: Child<State = ()> {
+    const ROLE: Role;
+    /// Its bootstrap: settings and the descriptors it needs.
+    fn bootstrap(inherit: &Inheritance, draining: bool) -> <Self::Down as Message>::Lending<'_>;
+    /// Which end of a lane (listener → worker) it gets.
+    fn lane_end(lane: &(OwnedFd, OwnedFd)) -> &OwnedFd;
+    /// The message carrying the lanes of slots `first..`.
+    fn lanes(first: u32, lanes: Vec<Fd<'_>>) -> <Self::Down as Message>::Lending<'_>;
+    /// A replacement is ready to take over.
+    fn is_ready(hb: &Heartbeat) -> bool;
+    fn report(up: Self::Up) -> Report;
+
+    /// Sends a new process everything it needs before it can serve: its bootstrap,
+    /// then every lane.
+    fn send_bootstrap(
+        channel: &mut Channel<Self::Down, Self::Up>,
+        inherit: &Inheritance,
+        draining: bool,
+    ) -> io::Result<()> {
+        channel.send(&Self::bootstrap(inherit, draining))?;
+        Self::send_lanes(channel, &inherit.lanes, 0)
+    }
+
+    /// Sends the lanes of slots `first..`, at most `MAX_FDS_PER_MESSAGE` a message.
+    fn send_lanes(
+        channel: &mut Channel<Self::Down, Self::Up>,
+        lanes: &[(OwnedFd, OwnedFd)],
+        first: usize,
+    ) -> io::Result<()> {
+        let rest = &lanes[first.min(lanes.len())..];
+        for (i, chunk) in rest.chunks(MAX_FDS_PER_MESSAGE).enumerate() {
+            let at = (first + i * MAX_FDS_PER_MESSAGE) as u32;
+            channel.send(&Self::lanes(at, chunk.iter().map(|lane| Fd::lend(Self::lane_end(lane))).collect()))?;
+        }
+        Ok(())
+    }
+}
+
+pub struct Listener;
+pub struct Manager;
+
+impl Child for Listener {
+    type Down = ToListener<'static>;
+    type Up = Heartbeat;
+    type State = ();
+    fn shutdown<'a>(deadline: Duration) -> ToListener<'a> {
+        ToListener::Shutdown { deadline_ms: deadline.as_millis() as u64 }
+    }
+}
+
+impl RoleKind for Listener {
+    const ROLE: Role = Role::Listener;
+
+    fn bootstrap(inherit: &Inheritance, draining: bool) -> ToListener<'_> {
+        ToListener::Bootstrap(Box::new(ListenerBootstrap {
+            config: inherit.config.clone(),
+            draining,
+            listen: inherit.listen.iter().map(Fd::lend).collect(),
+            steering: Fd::lend(&inherit.steering.0),
+            lifeline: Fd::lend(&inherit.lifeline_read),
+        }))
+    }
+
+    /// The sending end.
+    fn lane_end(lane: &(OwnedFd, OwnedFd)) -> &OwnedFd {
+        &lane.0
+    }
+
+    fn lanes(first: u32, lanes: Vec<Fd<'_>>) -> ToListener<'_> {
+        ToListener::Lanes { first, lanes }
+    }
+
+    /// At its first heartbeat.
+    fn is_ready(_: &Heartbeat) -> bool {
+        true
+    }
+
+    fn report(hb: Heartbeat) -> Report {
+        Report::Heartbeat(hb)
+    }
+}
+
+impl Child for Manager {
+    type Down = ToManager<'static>;
+    type Up = FromManager;
+    type State = ();
+    fn shutdown<'a>(deadline: Duration) -> ToManager<'a> {
+        ToManager::Shutdown { deadline_ms: deadline.as_millis() as u64 }
+    }
+}
+
+impl RoleKind for Manager {
+    const ROLE: Role = Role::Manager;
+
+    fn bootstrap(inherit: &Inheritance, draining: bool) -> ToManager<'_> {
+        ToManager::Bootstrap(Box::new(ManagerBootstrap {
+            config: inherit.config.clone(),
+            draining,
+            steering: Fd::lend(&inherit.steering.1),
+            lifeline: Fd::lend(&inherit.lifeline_read),
+            access_log: inherit.access_log.as_ref().map(Fd::lend),
+        }))
+    }
+
+    /// The receiving end, for its workers.
+    fn lane_end(lane: &(OwnedFd, OwnedFd)) -> &OwnedFd {
+        &lane.1
+    }
+
+    fn lanes(first: u32, lanes: Vec<Fd<'_>>) -> ToManager<'_> {
+        ToManager::Lanes { first, lanes }
+    }
+
+    /// Once every worker of its new pool is up.
+    fn is_ready(hb: &Heartbeat) -> bool {
+        !hb.workers.is_empty() && hb.workers.iter().all(|w| w.state.is_serving())
+    }
+
+    fn report(up: FromManager) -> Report {
+        match up {
+            FromManager::Heartbeat(hb) => Report::Heartbeat(hb),
+            FromManager::Applied => Report::Event(RoleEvent::Applied),
+            FromManager::Done { ok, detail } => Report::Event(RoleEvent::Done { ok, detail }),
+        }
+    }
+}
+
+/// One role's slot and what the daemon keeps of its reports.
+pub struct RoleProcess<K: RoleKind> {
+    pub sup: Supervised<K>,
     /// The current process's latest heartbeat.
     pub last: Option<Heartbeat>,
-    pub retiring: Vec<Retiring<Channel>>,
     /// Latest heartbeat of each retiring (or just exited) process, so what it did while
     /// draining is counted.
     pub retiring_reports: Vec<Heartbeat>,
@@ -51,233 +177,155 @@ pub struct RoleProcess {
     pub latency: Histogram,
 }
 
-impl RoleProcess {
-    pub fn new(role: Role, token: Token, incoming_token: Token, now: Instant) -> RoleProcess {
+impl<K: RoleKind> RoleProcess<K> {
+    pub fn new(now: Instant) -> Self {
         RoleProcess {
-            role,
-            token,
-            incoming_token,
-            slot: Slot::new(role.as_str(), now),
-            channel: None,
-            incoming: None,
+            sup: Supervised::new(K::ROLE.as_str(), now),
             last: None,
-            retiring: Vec::new(),
             retiring_reports: Vec::new(),
             unfolded: Vec::new(),
             latency: Histogram::with_buckets(LATENCY_BUCKETS.len()),
         }
     }
 
+    pub fn slot(&self) -> &crate::supervise::Slot {
+        &self.sup.slot
+    }
+
     /// Starts a process in the slot; a failure counts as a crash and is retried.
-    pub fn start(&mut self, inherit: &Inheritance, registry: &Registry, draining: bool, now: Instant) {
-        match self.spawn(inherit, registry, draining, self.token) {
-            Ok((pid, channel)) => {
-                self.slot.spawned(pid, now);
-                self.channel = Some(channel);
-                self.last = None;
-                tracing::info!(role = %self.role, pid = pid.as_raw(), "spawned");
-            }
-            Err(e) => {
-                let delay = self.slot.vacate(Reason::Crash, now);
-                tracing::error!(role = %self.role, error = %format!("{e:#}"), retry_ms = delay.as_millis() as u64, "spawn failed");
-            }
-        }
+    pub fn start(
+        &mut self,
+        inherit: &Inheritance,
+        registry: &Registry,
+        tokens: &mut Tokens,
+        draining: bool,
+        now: Instant,
+    ) {
+        let spawned = spawn_role::<K>(inherit, registry, tokens.allocate(), draining);
+        self.sup.started(spawned, now);
+        self.last = None;
     }
 
     /// Graceful restart: starts a replacement beside the current process; it takes over
-    /// once up (for the manager: once its whole pool is up).
-    pub fn replace(&mut self, inherit: &Inheritance, registry: &Registry, draining: bool) -> anyhow::Result<()> {
-        anyhow::ensure!(self.incoming.is_none(), "a restart of the {} is already in progress", self.role);
-        anyhow::ensure!(self.slot.is_up(), "the {} is not running", self.role);
-        let (pid, channel) = self.spawn(inherit, registry, draining, self.incoming_token)?;
-        tracing::info!(role = %self.role, pid = pid.as_raw(), "spawned replacement");
-        self.incoming = Some(Incoming { pid, channel });
+    /// once ready.
+    pub fn replace(
+        &mut self,
+        inherit: &Inheritance,
+        registry: &Registry,
+        tokens: &mut Tokens,
+        draining: bool,
+    ) -> anyhow::Result<()> {
+        if let Some(why) = self.sup.cannot_replace() {
+            anyhow::bail!(why);
+        }
+        let process = spawn_role::<K>(inherit, registry, tokens.allocate(), draining)?;
+        self.sup.replace_with(process);
         Ok(())
     }
 
-    fn spawn(
-        &self,
-        inherit: &Inheritance,
-        registry: &Registry,
-        draining: bool,
-        token: Token,
-    ) -> anyhow::Result<(Pid, Channel)> {
-        let (ours, theirs) = sys::seqpacket_pair()?;
-        let argv0 = format!("{}{}", crate::ROLE_PREFIX, self.role);
-        let env = [(crate::logging::LOG_FORMAT_ENV, crate::logging::format_env_value(inherit.config.log_format))];
-        let pid = spawn::spawn(spawn::SpawnSpec {
-            exe: &inherit.exe,
-            argv0: &argv0,
-            channel: theirs,
-            die_with_parent: true,
-            env: &env,
-            credentials: inherit.credentials.as_ref(),
-            args: &[],
-            keep_notify_socket: false,
-        })?;
-        let mut channel = Channel::new(ours);
-        let (kinds, fds) = bootstrap_fds(self.role, inherit);
-        let boot = Bootstrap { config: inherit.config.clone(), worker_id: None, fds: kinds, draining };
-        let sent = channel
-            .send(&Message::Bootstrap(Box::new(boot)), &fds)
-            .and_then(|()| send_lanes(&mut channel, self.role, &inherit.lanes, 0));
-        if let Err(e) = sent {
-            sys::process::signal(pid, Signal::SIGKILL);
-            anyhow::bail!("sending bootstrap to {} (pid {pid}): {e}", self.role);
-        }
-        registry.register(&mut SourceFd(&channel.raw_fd()), token, Interest::READABLE)?;
-        Ok((pid, channel))
-    }
-
     /// Sends a message to the current process, if any.
-    pub fn send(&mut self, msg: &Message) {
-        if let Some(channel) = self.channel.as_mut() {
-            if let Err(e) = channel.send(msg, &[]) {
-                tracing::warn!(role = %self.role, error = %e, "message not delivered");
+    pub fn send(&mut self, msg: &<K::Down as Message>::Lending<'_>) {
+        if let Some(process) = self.sup.current.as_mut() {
+            if let Err(e) = process.channel.send(msg) {
+                tracing::warn!(role = %K::ROLE, error = %e, "message not delivered");
             }
         }
     }
 
     /// Sends lanes `first..` to the current process and its replacement, if any.
     pub fn send_lanes(&mut self, lanes: &[(OwnedFd, OwnedFd)], first: usize) {
-        let role = self.role;
-        let channels = self.channel.iter_mut().chain(self.incoming.iter_mut().map(|i| &mut i.channel));
-        for channel in channels {
-            if let Err(e) = send_lanes(channel, role, lanes, first) {
-                tracing::error!(%role, error = %e, "cannot hand new lanes over");
+        for process in self.sup.serving_mut() {
+            if let Err(e) = K::send_lanes(&mut process.channel, lanes, first) {
+                tracing::error!(role = %K::ROLE, error = %e, "cannot hand new lanes over");
             }
         }
     }
 
-    /// Sends a message with one fd attached to the current process, if any.
-    pub fn send_with_fd(&mut self, msg: &Message, fd: &OwnedFd) {
-        if let Some(channel) = self.channel.as_mut() {
-            if let Err(e) = channel.send(msg, &[fd.as_fd()]) {
-                tracing::warn!(role = %self.role, error = %e, "message not delivered");
+    /// True when `token` is one of this role's channels.
+    pub fn owns(&self, token: Token) -> bool {
+        self.sup.owner(token).is_some()
+    }
+
+    /// Reads what the process whose channel is `token` sent: the current one's reports,
+    /// a replacement's readiness (it is promoted), a retiree's last figures.
+    pub fn readable(&mut self, token: Token, deadlines: RetireTimes, events: &mut Vec<RoleEvent>) {
+        match self.sup.owner(token) {
+            Some(Which::Current) => self.read_current(events),
+            Some(Which::Incoming) => self.read_incoming(deadlines, events),
+            Some(Which::Retiring(_)) => self.read_retiring_reports(),
+            None => {}
+        }
+    }
+
+    fn read_current(&mut self, events: &mut Vec<RoleEvent>) {
+        let Some(process) = self.sup.current.as_mut() else { return };
+        let mut reports = Vec::new();
+        if let Err(e) = process.channel.drain(|up| reports.push(K::report(up))) {
+            tracing::warn!(role = %K::ROLE, error = %e, "reading the channel");
+        }
+        for report in reports {
+            match report {
+                Report::Heartbeat(hb) => self.heartbeat(hb),
+                Report::Event(event) => events.push(event),
             }
         }
     }
 
-    /// Reads every queued message from the current process.
-    pub fn drain_messages(&mut self, events: &mut Vec<RoleEvent>) {
-        let Some(channel) = self.channel.as_mut() else { return };
-        let mut fds = Vec::new();
-        loop {
-            match channel.recv(&mut fds) {
-                Ok(Recv::Message(Message::Heartbeat(hb))) => {
-                    let now = Instant::now();
-                    let received = sys::monotonic_ns();
-                    if self.slot.heartbeat(hb.sent_ns, received, now) {
-                        tracing::info!(role = %self.role, pid = hb.pid, "up (first heartbeat)");
-                    }
-                    self.latency.observe(&LATENCY_BUCKETS, self.slot.latency_ns as f64 / 1e9);
-                    self.unfolded.push(hb.clone());
-                    self.last = Some(hb);
-                }
-                Ok(Recv::Message(Message::Done { ok, detail })) => events.push(RoleEvent::Done { ok, detail }),
-                Ok(Recv::Message(Message::Applied)) => events.push(RoleEvent::Applied),
-                Ok(Recv::Message(other)) => tracing::debug!(role = %self.role, ?other, "unexpected message"),
-                Ok(Recv::Empty) | Ok(Recv::Closed) => return, // exits arrive by SIGCHLD
-                Err(e) => {
-                    tracing::warn!(role = %self.role, error = %e, "bad message from child");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Reads the replacement's messages; promotes it once it is up.
-    pub fn drain_incoming(
-        &mut self,
-        registry: &Registry,
-        retire_deadline: Duration,
-        kill_after: Duration,
-        events: &mut Vec<RoleEvent>,
-    ) {
-        let Some(incoming) = self.incoming.as_mut() else { return };
-        let mut fds = Vec::new();
-        let mut ready = None;
-        loop {
-            match incoming.channel.recv(&mut fds) {
-                Ok(Recv::Message(Message::Heartbeat(hb))) => {
-                    if is_ready(self.role, &hb) {
-                        ready = Some(hb);
-                    }
-                }
-                Ok(Recv::Message(_)) => {}
-                Ok(Recv::Empty) | Ok(Recv::Closed) | Err(_) => break,
-            }
-        }
-        if let Some(hb) = ready {
-            self.promote(hb, registry, retire_deadline, kill_after, events);
-        }
-    }
-
-    /// The replacement is up: the current process retires and the replacement takes
-    /// its slot and its token.
-    fn promote(
-        &mut self,
-        hb: Heartbeat,
-        registry: &Registry,
-        retire_deadline: Duration,
-        kill_after: Duration,
-        events: &mut Vec<RoleEvent>,
-    ) {
-        let Some(incoming) = self.incoming.take() else { return };
+    fn heartbeat(&mut self, hb: Heartbeat) {
         let now = Instant::now();
-        self.retire_current(Reason::Manual, retire_deadline, kill_after, registry, now);
-        let _ = registry.deregister(&mut SourceFd(&incoming.channel.raw_fd()));
-        if let Err(e) = registry.register(&mut SourceFd(&incoming.channel.raw_fd()), self.token, Interest::READABLE) {
-            tracing::error!(role = %self.role, error = %e, "cannot watch the replacement's channel");
+        if self.sup.slot.heartbeat(hb.sent_ns, sys::monotonic_ns(), now) {
+            tracing::info!(role = %K::ROLE, pid = hb.pid, "up (first heartbeat)");
         }
-        self.slot.spawned(incoming.pid, now);
-        self.slot.heartbeat(hb.sent_ns, sys::monotonic_ns(), now);
-        self.channel = Some(incoming.channel);
+        self.latency.observe(&LATENCY_BUCKETS, self.sup.slot.latency_ns as f64 / 1e9);
         self.unfolded.push(hb.clone());
         self.last = Some(hb);
-        tracing::info!(role = %self.role, pid = incoming.pid.as_raw(), "replacement took over");
-        events.push(RoleEvent::Replaced { pid: incoming.pid });
     }
 
-    /// The 200 ms heartbeat check.
-    pub fn check(&mut self, now: Instant, timeout: Duration, grace: Duration, registry: &Registry) {
-        let age_ms = self.slot.heartbeat_age(now).as_millis() as u64;
-        match self.slot.check(now, timeout) {
-            Check::Healthy | Check::Vacant => {}
-            Check::Missed(n) => {
-                tracing::warn!(role = %self.role, pid = self.slot.pid.map_or(0, |p| p.as_raw()), age_ms, missed = n, "missed heartbeat")
+    /// Promotes the replacement at its first report that says it is ready.
+    fn read_incoming(&mut self, times: RetireTimes, events: &mut Vec<RoleEvent>) {
+        let Some(process) = self.sup.incoming.as_mut() else { return };
+        let mut ready = None;
+        let _ = process.channel.drain(|up| {
+            if let Report::Heartbeat(hb) = K::report(up) {
+                if K::is_ready(&hb) {
+                    ready = Some(hb);
+                }
             }
-            Check::Hung => {
-                tracing::error!(role = %self.role, pid = self.slot.pid.map_or(0, |p| p.as_raw()), age_ms, "hung: 3 missed heartbeats; restarting");
-                self.retire_current(Reason::Hang, grace, grace, registry, now);
-            }
+        });
+        let Some(hb) = ready else { return };
+        let now = Instant::now();
+        self.keep_current_report();
+        if let Some(pid) = self.sup.promote(times.deadline, now + times.kill_after, hb.sent_ns, now) {
+            self.unfolded.push(hb.clone());
+            self.last = Some(hb);
+            events.push(RoleEvent::Replaced { pid });
         }
     }
 
-    /// Takes the current process out of the slot: it gets a shutdown message telling it
-    /// to finish by `deadline`, and SIGKILL `kill_after` from now; a replacement is
-    /// scheduled (with backoff) unless one is already taking over.
-    pub fn retire_current(
-        &mut self,
-        reason: Reason,
-        deadline: Duration,
-        kill_after: Duration,
-        registry: &Registry,
-        now: Instant,
-    ) {
-        let Some(pid) = self.slot.pid else { return };
-        // Its figures stay known (and its workers' pids live) until it exits: otherwise
-        // the next fold would forget them and count its next report again from zero.
-        if let Some(hb) = self.last.clone() {
+    /// The 200 ms heartbeat check; a hung process is retired and replaced.
+    pub fn check(&mut self, now: Instant, timeout: Duration, grace: Duration) {
+        if self.sup.check(now, timeout) == Check::Hung {
+            self.retire_current(Reason::Hang, grace, grace, now);
+        }
+    }
+
+    /// Takes the current process out of the slot: it is told to finish by `deadline`
+    /// and killed `kill_after` from now; a replacement is scheduled (with backoff)
+    /// unless one is already taking over.
+    pub fn retire_current(&mut self, reason: Reason, deadline: Duration, kill_after: Duration, now: Instant) {
+        self.keep_current_report();
+        if let Some(delay) = self.sup.retire(reason, deadline, now + kill_after, now) {
+            self.sup.slot.log_restart(reason, delay, now);
+        }
+    }
+
+    /// The current process's figures stay known (and its workers' pids live) until it
+    /// exits: otherwise the next fold would forget them and count its next report again
+    /// from zero.
+    fn keep_current_report(&mut self) {
+        if let (Some(hb), Some(_)) = (self.last.clone(), self.sup.current.as_ref()) {
             upsert_report(&mut self.retiring_reports, hb);
         }
-        if let Some(mut channel) = self.channel.take() {
-            let _ = registry.deregister(&mut SourceFd(&channel.raw_fd()));
-            let _ = channel.send(&Message::Shutdown { deadline_ms: deadline.as_millis() as u64 }, &[]);
-            self.retiring.push(Retiring { pid, kill_at: now + kill_after, channel });
-        }
-        let delay = self.slot.vacate(reason, now);
-        self.slot.log_restart(reason, delay, now);
     }
 
     /// Handles the exit of `pid` if it is ours; returns whether it was.
@@ -290,86 +338,39 @@ impl RoleProcess {
         now: Instant,
         events: &mut Vec<RoleEvent>,
     ) -> bool {
-        if self.incoming.as_ref().is_some_and(|i| i.pid == pid) {
-            if let Some(incoming) = self.incoming.take() {
-                let _ = registry.deregister(&mut SourceFd(&incoming.channel.raw_fd()));
-            }
-            tracing::error!(role = %self.role, pid = pid.as_raw(), %exit, "replacement died before it was up");
-            events.push(RoleEvent::ReplacementFailed {
-                role: self.role,
-                reason: format!("new {} exited ({exit}) before it was up", self.role),
-            });
-            return true;
-        }
-        if let Some(i) = self.retiring.iter().position(|r| r.pid == pid) {
-            let mut retired = self.retiring.swap_remove(i);
-            latest_report(&mut retired.channel, &mut self.retiring_reports, &mut self.unfolded);
-            tracing::info!(role = %self.role, pid = pid.as_raw(), %exit, "retired process exited");
-            return true;
-        }
-        if self.slot.pid != Some(pid) {
-            return false;
-        }
         // Its last heartbeat may still be queued: read it before the channel goes.
-        self.drain_messages(&mut Vec::new());
-        if let Some(channel) = self.channel.take() {
-            let _ = registry.deregister(&mut SourceFd(&channel.raw_fd()));
+        if self.sup.current.as_ref().is_some_and(|p| p.pid == pid) {
+            self.read_current(&mut Vec::new());
         }
-        if stopping {
-            self.slot.pid = None;
-            tracing::info!(role = %self.role, pid = pid.as_raw(), %exit, "exited");
-            return true;
+        match self.sup.on_exit(pid, stopping, registry, now) {
+            Exited::NotOurs => return false,
+            Exited::Incoming(_) => {
+                tracing::error!(role = %K::ROLE, pid = pid.as_raw(), %exit, "replacement died before it was up");
+                events.push(RoleEvent::ReplacementFailed {
+                    role: K::ROLE,
+                    reason: format!("new {} exited ({exit}) before it was up", K::ROLE),
+                });
+            }
+            Exited::Retired(mut process) => {
+                latest_report::<K>(&mut process.channel, &mut self.retiring_reports, &mut self.unfolded);
+                tracing::info!(role = %K::ROLE, pid = pid.as_raw(), %exit, "retired process exited");
+            }
+            Exited::Current(_) if stopping => tracing::info!(role = %K::ROLE, pid = pid.as_raw(), %exit, "exited"),
+            Exited::Current(_) => tracing::error!(role = %K::ROLE, pid = pid.as_raw(), %exit, "crashed"),
         }
-        tracing::error!(role = %self.role, pid = pid.as_raw(), %exit, "crashed");
-        let delay = self.slot.vacate(Reason::Crash, now);
-        self.slot.log_restart(Reason::Crash, delay, now);
         true
     }
 
     /// Pids of reports whose process is neither current nor retiring any more.
     pub fn exited_pids(&self) -> Vec<u32> {
-        let live = |pid: u32| {
-            self.slot.pid.is_some_and(|p| p.as_raw() as u32 == pid)
-                || self.retiring.iter().any(|r| r.pid.as_raw() as u32 == pid)
-        };
+        let live = |pid: u32| self.sup.pids().any(|p| p.as_raw() as u32 == pid);
         self.retiring_reports.iter().map(|hb| hb.pid).filter(|p| !live(*p)).collect()
     }
 
     /// Reads what retiring processes reported since the last call.
     pub fn read_retiring_reports(&mut self) {
-        for r in &mut self.retiring {
-            latest_report(&mut r.channel, &mut self.retiring_reports, &mut self.unfolded);
-        }
-    }
-
-    pub fn kill_overdue_retirees(&mut self, now: Instant) {
-        for r in &mut self.retiring {
-            if r.kill_if_overdue(now) {
-                tracing::warn!(role = %self.role, pid = r.pid.as_raw(), "grace period over: SIGKILL");
-            }
-        }
-    }
-
-    /// Instants at which this role needs attention.
-    pub fn deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
-        self.slot.start_due.into_iter().chain(self.retiring.iter().map(|r| r.kill_at))
-    }
-
-    /// True while a graceful replacement is starting beside the current process.
-    pub fn replacing(&self) -> bool {
-        self.incoming.is_some()
-    }
-
-    pub fn has_processes(&self) -> bool {
-        self.slot.pid.is_some() || !self.retiring.is_empty() || self.incoming.is_some()
-    }
-
-    /// Abandons a replacement that did not come up in time.
-    pub fn abandon_incoming(&mut self, registry: &Registry) {
-        if let Some(incoming) = self.incoming.take() {
-            let _ = registry.deregister(&mut SourceFd(&incoming.channel.raw_fd()));
-            sys::process::signal(incoming.pid, Signal::SIGKILL);
-            self.retiring.push(Retiring::killed(incoming.pid, incoming.channel, Instant::now()));
+        for r in &mut self.sup.retiring {
+            latest_report::<K>(&mut r.channel.channel, &mut self.retiring_reports, &mut self.unfolded);
         }
     }
 
@@ -379,69 +380,61 @@ impl RoleProcess {
         for pid in workers.filter(|p| *p > 0) {
             sys::process::signal(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
-        let incoming = self.incoming.iter().map(|i| &i.pid);
-        for pid in self.slot.pid.iter().chain(self.retiring.iter().map(|r| &r.pid)).chain(incoming) {
-            sys::process::signal(*pid, Signal::SIGKILL);
-        }
+        self.sup.kill_all();
     }
 }
 
-/// The fds a role gets in its bootstrap, and what each is.
-fn bootstrap_fds(role: Role, inherit: &Inheritance) -> (Vec<FdKind>, Vec<BorrowedFd<'_>>) {
-    let mut kinds = Vec::new();
-    let mut fds = Vec::new();
-    if role == Role::Listener {
-        for fd in &inherit.listen {
-            kinds.push(FdKind::ListenSocket);
-            fds.push(fd.as_fd());
-        }
-    }
-    kinds.push(FdKind::Steering);
-    fds.push(match role {
-        Role::Listener => inherit.steering.0.as_fd(),
-        _ => inherit.steering.1.as_fd(),
-    });
-    kinds.push(FdKind::Lifeline);
-    fds.push(inherit.lifeline_read.as_fd());
-    if let (Role::Manager, Some(log)) = (role, inherit.access_log.as_ref()) {
-        kinds.push(FdKind::AccessLog);
-        fds.push(log.as_fd());
-    }
-    (kinds, fds)
+/// How a process a replacement takes over from retires.
+#[derive(Debug, Clone, Copy)]
+pub struct RetireTimes {
+    /// It finishes what it has by then.
+    pub deadline: Duration,
+    /// It is killed this long after being told.
+    pub kill_after: Duration,
 }
 
-/// Sends the lanes of slots `first..`: the listener gets the sending ends, the manager
-/// the receiving ends (for its workers).
-fn send_lanes(channel: &mut Channel, role: Role, lanes: &[(OwnedFd, OwnedFd)], first: usize) -> std::io::Result<()> {
-    let mut at = first;
-    for chunk in lanes[first.min(lanes.len())..].chunks(MAX_FDS_PER_MESSAGE) {
-        let fds: Vec<BorrowedFd<'_>> =
-            chunk.iter().map(|(tx, rx)| if role == Role::Listener { tx.as_fd() } else { rx.as_fd() }).collect();
-        channel.send(&Message::Lanes { first: at as u32 }, &fds)?;
-        at += chunk.len();
+/// Spawns a process of role `K` with its bootstrap, its channel watched under `token`.
+fn spawn_role<K: RoleKind>(
+    inherit: &Inheritance,
+    registry: &Registry,
+    token: Token,
+    draining: bool,
+) -> anyhow::Result<Process<K>> {
+    let (ours, theirs) = sys::seqpacket_pair()?;
+    let argv0 = format!("{}{}", crate::ROLE_PREFIX, K::ROLE);
+    let env = [(crate::logging::LOG_FORMAT_ENV, crate::logging::format_env_value(inherit.config.log_format))];
+    let pid = spawn::spawn(spawn::SpawnSpec {
+        exe: &inherit.exe,
+        argv0: &argv0,
+        channel: theirs,
+        die_with_parent: true,
+        env: &env,
+        credentials: inherit.credentials.as_ref(),
+        args: &[],
+        keep_notify_socket: false,
+    })?;
+    let mut channel = Channel::new(ours);
+    if let Err(e) = K::send_bootstrap(&mut channel, inherit, draining) {
+        sys::process::signal(pid, Signal::SIGKILL);
+        anyhow::bail!("sending bootstrap to {} (pid {pid}): {e}", K::ROLE);
     }
-    Ok(())
-}
-
-/// A replacement is ready to take over: the listener at its first heartbeat, the
-/// manager once every worker of its new pool is up.
-fn is_ready(role: Role, hb: &Heartbeat) -> bool {
-    match role {
-        Role::Manager => !hb.workers.is_empty() && hb.workers.iter().all(|w| w.state.is_serving()),
-        _ => true,
-    }
+    registry.register(&mut SourceFd(&channel.raw_fd()), token, Interest::READABLE)?;
+    Ok(Process { pid, token, channel, state: () })
 }
 
 /// Reads every queued message on `channel`, keeping the newest heartbeat per pid in
 /// `reports` and every one in `unfolded`.
-fn latest_report(channel: &mut Channel, reports: &mut Vec<Heartbeat>, unfolded: &mut Vec<Heartbeat>) {
-    let mut fds = Vec::new();
-    while let Ok(Recv::Message(msg)) = channel.recv(&mut fds) {
-        if let Message::Heartbeat(hb) = msg {
+fn latest_report<K: RoleKind>(
+    channel: &mut Channel<K::Down, K::Up>,
+    reports: &mut Vec<Heartbeat>,
+    unfolded: &mut Vec<Heartbeat>,
+) {
+    let _ = channel.drain(|up| {
+        if let Report::Heartbeat(hb) = K::report(up) {
             unfolded.push(hb.clone());
             upsert_report(reports, hb);
         }
-    }
+    });
 }
 
 /// Replaces the report of `hb`'s pid in `reports`, or adds it.

@@ -11,14 +11,14 @@
 //! the upgrade fails with the reason and nothing else changed.
 
 use super::{Daemon, State, UPGRADE};
-use crate::ipc::{Channel, FdKind, Handoff, Message, Recv};
+use crate::ipc::{Fd, Handoff, PredecessorLink, Recv, SuccessorLink, ToPredecessor, ToSuccessor};
 use crate::observe::CarriedTotals;
 use crate::sys::{self, process::Exit, spawn, Pid};
 use anyhow::Context;
 use mio::unix::SourceFd;
 use mio::Interest;
 use nix::sys::signal::Signal;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::OwnedFd;
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 use webd_proto::Response;
@@ -32,23 +32,23 @@ pub enum Upgrade {
     /// We started a successor and wait for it to be ready.
     Starting {
         pid: Pid,
-        channel: Channel,
+        channel: SuccessorLink,
         deadline: Instant,
         reply: Option<SyncSender<Response>>,
     },
     /// We are the successor: say `Ready` once up, then wait for `TakeOver`.
     Successor {
-        channel: Channel,
+        channel: PredecessorLink,
         ready_sent: bool,
     },
     /// We handed everything to a successor and are draining out; our final totals go
     /// to it over `channel` just before we exit.
     HandedOver {
-        channel: Channel,
+        channel: SuccessorLink,
     },
     /// We are the successor and took over; the old daemon may still send its final totals.
     TookOver {
-        channel: Channel,
+        channel: PredecessorLink,
     },
 }
 
@@ -77,7 +77,7 @@ impl Daemon {
         }
     }
 
-    fn spawn_successor(&mut self, exe: &std::path::Path) -> anyhow::Result<(Pid, Channel)> {
+    fn spawn_successor(&mut self, exe: &std::path::Path) -> anyhow::Result<(Pid, SuccessorLink)> {
         let meta = std::fs::metadata(exe).with_context(|| format!("new binary {}", exe.display()))?;
         anyhow::ensure!(meta.is_file(), "new binary {} is not a file", exe.display());
         let (ours, theirs) = sys::seqpacket_pair()?;
@@ -92,11 +92,15 @@ impl Daemon {
             args: &self.args,
             keep_notify_socket: true,
         })?;
-        let mut channel = Channel::new(ours);
+        let mut channel = SuccessorLink::new(ours);
         let totals = self.carried_totals();
-        let (kinds, fds) = self.handoff_fds();
-        let handoff = Handoff { fds: kinds, totals };
-        if let Err(e) = channel.send(&Message::Handoff(Box::new(handoff)), &fds) {
+        let handoff = Handoff {
+            listen: self.inherit.listen.iter().map(Fd::lend).collect(),
+            control: Fd::lend(&self.planes.control),
+            admin: self.planes.admin.as_ref().map(|admin| Fd::lend(&admin.socket)),
+            totals,
+        };
+        if let Err(e) = channel.send(&ToSuccessor::Handoff(Box::new(handoff))) {
             // Most likely it already exited: its exit status is the useful reason.
             let reason = match wait_for_exit(pid, Duration::from_secs(1)) {
                 Some(exit) => format!("the new daemon exited ({exit}) before it was ready"),
@@ -108,50 +112,35 @@ impl Daemon {
         Ok((pid, channel))
     }
 
-    fn handoff_fds(&self) -> (Vec<FdKind>, Vec<BorrowedFd<'_>>) {
-        let mut kinds = Vec::new();
-        let mut fds = Vec::new();
-        for fd in &self.inherit.listen {
-            kinds.push(FdKind::ListenSocket);
-            fds.push(fd.as_fd());
-        }
-        kinds.push(FdKind::ControlSocket);
-        fds.push(self.planes.control.as_fd());
-        if let Some(admin) = &self.planes.admin {
-            kinds.push(FdKind::AdminSocket);
-            fds.push(admin.socket.as_fd());
-        }
-        (kinds, fds)
-    }
-
     /// Messages on the upgrade channel, on either side.
     pub(super) fn upgrade_readable(&mut self) {
-        let mut fds = Vec::new();
-        loop {
-            let channel = match &mut self.upgrade {
-                Upgrade::Starting { channel, .. } | Upgrade::Successor { channel, .. } => channel,
-                Upgrade::TookOver { channel } => channel,
-                _ => return,
-            };
-            match channel.recv(&mut fds) {
-                Ok(Recv::Message(Message::Ready)) => self.hand_over(),
-                Ok(Recv::Message(Message::Handoff(handoff))) => {
-                    // The old daemon's latest (or final) figures replace the base.
-                    let upgrades = self.carried.upgrades;
-                    let requests: u64 = handoff.totals.requests_by_code.iter().map(|(_, n)| n).sum();
-                    tracing::info!(
-                        requests,
-                        accepted = handoff.totals.connections_accepted,
-                        "upgrade: totals from the old daemon"
-                    );
-                    self.carried = handoff.totals;
-                    self.carried.upgrades = upgrades;
+        match &mut self.upgrade {
+            Upgrade::Starting { channel, .. } => {
+                let mut ready = false;
+                let _ = channel.drain(|ToPredecessor::Ready| ready = true);
+                if ready {
+                    self.hand_over();
                 }
-                Ok(Recv::Message(Message::TakeOver)) => {
+            }
+            Upgrade::Successor { .. } | Upgrade::TookOver { .. } => self.read_predecessor(),
+            Upgrade::Idle | Upgrade::HandedOver { .. } => {}
+        }
+    }
+
+    /// New side: the old daemon's totals and its `TakeOver`; its end closing means it
+    /// is gone.
+    fn read_predecessor(&mut self) {
+        loop {
+            let (Upgrade::Successor { channel, .. } | Upgrade::TookOver { channel }) = &mut self.upgrade else {
+                return;
+            };
+            match channel.recv() {
+                Ok(Recv::Message(ToSuccessor::Totals(totals))) => self.continue_from_predecessor(*totals),
+                Ok(Recv::Message(ToSuccessor::Handoff(_))) => tracing::warn!("upgrade: a second handoff ignored"),
+                Ok(Recv::Message(ToSuccessor::TakeOver)) => {
                     tracing::info!("upgrade: the old daemon handed over; serving control and admin");
                     self.take_over();
                 }
-                Ok(Recv::Message(other)) => tracing::debug!(?other, "upgrade channel: unexpected message"),
                 Ok(Recv::Empty) => return,
                 Ok(Recv::Closed) | Err(_) => {
                     match std::mem::replace(&mut self.upgrade, Upgrade::Idle) {
@@ -164,13 +153,21 @@ impl Daemon {
                         Upgrade::TookOver { channel } => {
                             let _ = self.poll.registry().deregister(&mut SourceFd(&channel.raw_fd()));
                         }
-                        // On the old side the successor's exit is handled when it is reaped.
                         other => self.upgrade = other,
                     }
                     return;
                 }
             }
         }
+    }
+
+    /// The old daemon's latest (or final) figures replace the base.
+    fn continue_from_predecessor(&mut self, totals: CarriedTotals) {
+        let upgrades = self.carried.upgrades;
+        let requests: u64 = totals.requests_by_code.iter().map(|(_, n)| n).sum();
+        tracing::info!(requests, accepted = totals.connections_accepted, "upgrade: totals from the old daemon");
+        self.carried = totals;
+        self.carried.upgrades = upgrades;
     }
 
     /// Old side: the successor is ready. Stop accepting on the control and admin sockets,
@@ -181,10 +178,8 @@ impl Daemon {
             return;
         };
         self.planes.stop();
-        let totals = Handoff { fds: Vec::new(), totals: self.carried_totals() };
-        if let Err(e) =
-            channel.send(&Message::Handoff(Box::new(totals)), &[]).and_then(|()| channel.send(&Message::TakeOver, &[]))
-        {
+        let totals = ToSuccessor::Totals(Box::new(self.carried_totals()));
+        if let Err(e) = channel.send(&totals).and_then(|()| channel.send(&ToSuccessor::TakeOver)) {
             tracing::warn!(error = %e, "upgrade: cannot tell the new daemon to take over");
         }
         self.upgrade = Upgrade::HandedOver { channel };
@@ -204,7 +199,7 @@ impl Daemon {
             if !*ready_sent {
                 *ready_sent = true;
                 tracing::info!("upgrade: ready; asking the old daemon to hand over");
-                if channel.send(&Message::Ready, &[]).is_err() {
+                if channel.send(&ToPredecessor::Ready).is_err() {
                     self.take_over();
                 }
             }
@@ -216,7 +211,7 @@ impl Daemon {
     pub(super) fn send_final_totals(&mut self) {
         let totals = self.carried_totals();
         if let Upgrade::HandedOver { channel } = &mut self.upgrade {
-            let _ = channel.send(&Message::Handoff(Box::new(Handoff { fds: Vec::new(), totals })), &[]);
+            let _ = channel.send(&ToSuccessor::Totals(Box::new(totals)));
         }
     }
 
@@ -283,8 +278,8 @@ impl Daemon {
             duration_counts: http.duration.counts,
             duration_sum: http.duration.sum,
             restarts: [
-                self.listener.slot.restarts_by_reason + self.carried.restarts[0],
-                self.manager.slot.restarts_by_reason + self.carried.restarts[1],
+                self.listener.slot().restarts_by_reason + self.carried.restarts[0],
+                self.manager.slot().restarts_by_reason + self.carried.restarts[1],
                 self.pool_totals.restarts + self.carried.restarts[2],
             ],
         }
@@ -309,18 +304,30 @@ fn wait_for_exit(pid: Pid, timeout: Duration) -> Option<Exit> {
     }
 }
 
+/// What a new daemon takes from the one it replaces.
+pub struct Inherited {
+    pub listen: Vec<OwnedFd>,
+    pub control: OwnedFd,
+    pub admin: Option<OwnedFd>,
+    pub totals: CarriedTotals,
+    pub channel: PredecessorLink,
+}
+
 /// New side, at start: the handoff from the daemon we replace, if we are a successor.
-pub fn receive_handoff() -> anyhow::Result<Option<(Handoff, crate::ipc::BootstrapFds, Channel)>> {
+pub fn receive_handoff() -> anyhow::Result<Option<Inherited>> {
     if std::env::var_os(spawn::CHANNEL_FD_ENV).is_none() {
         return Ok(None);
     }
-    let mut channel = Channel::new(spawn::take_inherited_channel().context("upgrade channel")?);
-    let mut fds = Vec::new();
-    match channel.recv_blocking(&mut fds, Duration::from_secs(10)).context("receiving the handoff")? {
-        Message::Handoff(handoff) => {
-            let sorted = crate::ipc::sort_fds(&handoff.fds, fds)?;
-            Ok(Some((*handoff, sorted, channel)))
-        }
+    let mut channel = PredecessorLink::new(spawn::take_inherited_channel().context("upgrade channel")?);
+    let handoff = match channel.recv_blocking(crate::ipc::BOOTSTRAP_WAIT).context("receiving the handoff")? {
+        ToSuccessor::Handoff(handoff) => *handoff,
         other => anyhow::bail!("expected a handoff from the old daemon, got {other:?}"),
-    }
+    };
+    Ok(Some(Inherited {
+        listen: handoff.listen.into_iter().map(Fd::into_owned).collect::<std::io::Result<_>>()?,
+        control: handoff.control.into_owned()?,
+        admin: handoff.admin.map(Fd::into_owned).transpose()?,
+        totals: handoff.totals,
+        channel,
+    }))
 }

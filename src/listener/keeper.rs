@@ -9,7 +9,7 @@
 //! (the kernel has queued that one already, unless the listener died in the few
 //! instructions before the syscall) and sends them into that lane.
 
-use crate::ipc::Channel;
+use crate::ipc::LaneSender;
 use crate::sys::shared_table::{self, SharedWords};
 use anyhow::Context;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -130,7 +130,7 @@ fn rescue(words: &SharedWords) -> anyhow::Result<usize> {
         return Ok(0);
     }
     let lane = shared_table::orphaned_seqpacket(lane).with_context(|| format!("no lane at fd {lane}"))?;
-    let mut lane = Channel::new(lane);
+    let mut lane = LaneSender::new(lane);
     for fd in &held {
         send_when_room(&mut lane, fd.as_fd()).context("sending into the lane")?;
     }
@@ -138,7 +138,7 @@ fn rescue(words: &SharedWords) -> anyhow::Result<usize> {
 }
 
 /// The lane had room when the listener chose it, but workers may be slow to read.
-fn send_when_room(lane: &mut Channel, fd: BorrowedFd<'_>) -> io::Result<()> {
+fn send_when_room(lane: &mut LaneSender, fd: BorrowedFd<'_>) -> io::Result<()> {
     let deadline = Instant::now() + ROOM_WAIT;
     loop {
         match lane.send_connection(fd) {

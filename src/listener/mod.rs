@@ -13,7 +13,7 @@ mod keeper;
 
 use crate::fault::{self, ListenerStop};
 use crate::heartbeat::Heartbeater;
-use crate::ipc::{self, Channel, Counters, LaneState, Message, Recv, Role};
+use crate::ipc::{self, Counters, LaneSender, LaneState, ListenerControl, Recv, Role, SteeringReader, ToListener};
 use anyhow::Context;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
@@ -46,7 +46,7 @@ enum Pause {
 
 /// A worker slot's lane as this listener sees it.
 struct Lane {
-    channel: Channel,
+    channel: LaneSender,
     state: LaneState,
     /// Connections sent since the last steering, added to its reported load.
     sent: u32,
@@ -59,8 +59,8 @@ impl Lane {
 }
 
 struct Listener {
-    control: Channel,
-    steering: Channel,
+    control: ListenerControl,
+    steering: SteeringReader,
     lanes: Vec<Option<Lane>>,
     /// Until the manager steers, lanes of slots below this are open.
     configured_workers: u32,
@@ -78,12 +78,16 @@ struct Listener {
     stop_at: Option<ListenerStop>,
 }
 
-pub fn run(mut control: Channel) -> anyhow::Result<()> {
-    let (boot, fds) = ipc::receive_bootstrap(&mut control).context("listener bootstrap")?;
-    let steering = fds.steering.context("bootstrap without a steering channel")?;
-    let lifeline = fds.lifeline.context("bootstrap without a lifeline")?;
-    anyhow::ensure!(!fds.listen.is_empty(), "bootstrap without listening sockets");
-    tracing::info!(pid = std::process::id(), sockets = fds.listen.len(), "listener started");
+pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
+    let boot = match control.recv_blocking(ipc::BOOTSTRAP_WAIT).context("listener bootstrap")? {
+        ToListener::Bootstrap(boot) => *boot,
+        other => anyhow::bail!("listener bootstrap: got {other:?} first"),
+    };
+    let steering = boot.steering.into_owned()?;
+    let lifeline = boot.lifeline.into_owned()?;
+    let listen = boot.listen.into_iter().map(ipc::Fd::into_owned).collect::<std::io::Result<Vec<_>>>()?;
+    anyhow::ensure!(!listen.is_empty(), "bootstrap without listening sockets");
+    tracing::info!(pid = std::process::id(), sockets = listen.len(), "listener started");
     // First, while we have one thread.
     let keeper = keeper::Keeper::start();
 
@@ -92,15 +96,15 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
     registry.register(&mut SourceFd(&control.raw_fd()), CONTROL, Interest::READABLE)?;
     registry.register(&mut SourceFd(&lifeline.as_raw_fd()), LIFELINE, Interest::READABLE)?;
     registry.register(&mut SourceFd(&steering.as_raw_fd()), STEERING, Interest::READABLE)?;
-    for (i, fd) in fds.listen.iter().enumerate() {
+    for (i, fd) in listen.iter().enumerate() {
         registry.register(&mut SourceFd(&fd.as_raw_fd()), Token(FIRST_LISTEN + i), Interest::READABLE)?;
     }
     let mut me = Listener {
         control,
-        steering: Channel::new(steering),
+        steering: SteeringReader::new(steering),
         lanes: Vec::new(),
         configured_workers: boot.config.workers,
-        listen: fds.listen,
+        listen,
         pause: if boot.draining { Pause::Drained } else { Pause::None },
         counters: Counters::default(),
         stopping: false,
@@ -157,25 +161,23 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
 
 impl Listener {
     fn handle_control(&mut self, registry: &Registry) -> anyhow::Result<()> {
-        let mut fds = Vec::new();
         loop {
-            fds.clear();
-            match self.control.recv(&mut fds).context("control channel")? {
+            match self.control.recv().context("control channel")? {
                 Recv::Empty => return Ok(()),
                 Recv::Closed => {
                     tracing::warn!("control channel closed: listener exiting");
                     self.stopping = true;
                     return Ok(());
                 }
-                Recv::Message(Message::Shutdown { .. }) => self.stopping = true,
-                Recv::Message(Message::Drain) => self.pause = Pause::Drained,
-                Recv::Message(Message::Lanes { first }) => self.add_lanes(first, &mut fds, registry),
-                Recv::Message(Message::Resume) => {
+                Recv::Message(ToListener::Shutdown { .. }) => self.stopping = true,
+                Recv::Message(ToListener::Drain) => self.pause = Pause::Drained,
+                Recv::Message(ToListener::Lanes { first, lanes }) => self.add_lanes(first, lanes, registry),
+                Recv::Message(ToListener::Resume) => {
                     if self.pause == Pause::Drained {
                         self.pause = Pause::None;
                     }
                 }
-                Recv::Message(other) => tracing::debug!(?other, "listener ignores message"),
+                Recv::Message(ToListener::Bootstrap(_)) => tracing::warn!("a second bootstrap: ignored"),
             }
         }
     }
@@ -188,14 +190,21 @@ impl Listener {
     }
 
     /// Takes the sending ends of lanes `first..` from the daemon.
-    fn add_lanes(&mut self, first: u32, fds: &mut Vec<OwnedFd>, registry: &Registry) {
-        for (i, fd) in fds.drain(..).enumerate() {
+    fn add_lanes(&mut self, first: u32, lanes: Vec<ipc::Fd<'_>>, registry: &Registry) {
+        for (i, fd) in lanes.into_iter().enumerate() {
             let id = first as usize + i;
+            let fd = match fd.into_owned() {
+                Ok(fd) => fd,
+                Err(e) => {
+                    tracing::error!(lane = id, error = %e, "cannot keep a lane");
+                    continue;
+                }
+            };
             if self.lanes.len() <= id {
                 self.lanes.resize_with(id + 1, || None);
             }
             let open = (id as u32) < self.configured_workers;
-            self.lanes[id] = Some(Lane { channel: Channel::new(fd), state: LaneState { open, load: 0 }, sent: 0 });
+            self.lanes[id] = Some(Lane { channel: LaneSender::new(fd), state: LaneState { open, load: 0 }, sent: 0 });
         }
         self.unpause_backpressure(registry);
     }
@@ -232,18 +241,9 @@ impl Listener {
 
     /// Applies the manager's newest steering.
     fn read_steering(&mut self, registry: &Registry) {
-        let mut fds = Vec::new();
         let mut newest = None;
-        loop {
-            match self.steering.recv(&mut fds) {
-                Ok(Recv::Message(Message::Steer { lanes })) => newest = Some(lanes),
-                Ok(Recv::Message(other)) => tracing::debug!(?other, "unexpected message on the steering channel"),
-                Ok(Recv::Empty) | Ok(Recv::Closed) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "bad steering message");
-                    break;
-                }
-            }
+        if let Err(e) = self.steering.drain(|steer| newest = Some(steer.lanes)) {
+            tracing::warn!(error = %e, "reading the steering channel");
         }
         let Some(states) = newest else { return };
         for (id, lane) in self.lanes.iter_mut().enumerate() {

@@ -9,7 +9,7 @@
 mod pool;
 
 use crate::heartbeat::{Delivery, Heartbeater, FINAL_REPORT_WITHIN};
-use crate::ipc::{self, Channel, Message, Recv, Role};
+use crate::ipc::{self, FromManager, ManagerControl, Recv, RecvError, Role, SteeringSender, ToManager};
 use crate::signals::{Event, Signals};
 use crate::supervise::CHECK_INTERVAL;
 use anyhow::Context;
@@ -25,10 +25,14 @@ const SIGNALS: Token = Token(2);
 /// Worker channel tokens are `FIRST_WORKER + slot index`.
 pub(crate) const FIRST_WORKER: usize = 16;
 
-pub fn run(mut control: Channel) -> anyhow::Result<()> {
-    let (boot, fds) = ipc::receive_bootstrap(&mut control).context("manager bootstrap")?;
-    let steering = Channel::new(fds.steering.context("bootstrap without a steering channel")?);
-    let lifeline = fds.lifeline.context("bootstrap without a lifeline")?;
+pub fn run(mut control: ManagerControl) -> anyhow::Result<()> {
+    let boot = match control.recv_blocking(ipc::BOOTSTRAP_WAIT).context("manager bootstrap")? {
+        ToManager::Bootstrap(boot) => *boot,
+        other => anyhow::bail!("manager bootstrap: got {other:?} first"),
+    };
+    let steering = SteeringSender::new(boot.steering.into_owned()?);
+    let lifeline = boot.lifeline.into_owned()?;
+    let access_log = boot.access_log.map(ipc::Fd::into_owned).transpose()?;
     // Only SIGCHLD: stop requests come from the daemon over the channel, and operator
     // signals are ignored in children (see `ignore_operator_signals`).
     let mut signals = Signals::install(&[Event::Child]).context("signal handlers")?;
@@ -43,7 +47,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
     registry.register(&mut SourceFd(&signals.as_fd().as_raw_fd()), SIGNALS, Interest::READABLE)?;
 
     let mut pool = WorkerPool::new(config.clone(), exe, lifeline, steering, boot.draining);
-    pool.set_access_log(fds.access_log);
+    pool.set_access_log(access_log);
     // The daemon sends the lanes right after the bootstrap; workers start once they are here.
     handle_control(&mut control, &mut pool, poll.registry());
     let mut heartbeat = Heartbeater::new(Role::Manager, config.heartbeat_interval());
@@ -71,7 +75,7 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
             }
         }
         for msg in pool.outbox.drain(..) {
-            if let Err(e) = control.send(&msg, &[]) {
+            if let Err(e) = control.send(&msg) {
                 tracing::warn!(error = %e, "cannot report to the daemon");
             }
         }
@@ -129,36 +133,42 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
 }
 
 /// Applies the daemon's messages; returns a deadline when told to shut down.
-fn handle_control(control: &mut Channel, pool: &mut WorkerPool, registry: &mio::Registry) -> Option<Instant> {
-    let mut fds = Vec::new();
+fn handle_control(control: &mut ManagerControl, pool: &mut WorkerPool, registry: &mio::Registry) -> Option<Instant> {
     let mut deadline = None;
     loop {
-        fds.clear();
-        match control.recv(&mut fds) {
+        let msg = match control.recv() {
+            Ok(Recv::Message(msg)) => msg,
             Ok(Recv::Empty) => return deadline,
-            Ok(Recv::Closed) | Err(_) => {
+            Err(RecvError::Protocol(e)) => {
+                tracing::warn!(error = %e, "bad message from the daemon skipped");
+                continue;
+            }
+            Ok(Recv::Closed) | Err(RecvError::Io(_)) => {
                 tracing::warn!("control channel closed: manager shutting down");
                 pool.shutdown(Duration::from_millis(0));
                 return Some(Instant::now());
             }
-            Ok(Recv::Message(Message::ReopenLog)) => pool.set_access_log(fds.pop()),
-            Ok(Recv::Message(Message::Lanes { first })) => pool.add_lanes(first, std::mem::take(&mut fds)),
-            Ok(Recv::Message(msg)) => match msg {
-                Message::Shutdown { deadline_ms } => {
-                    let grace = Duration::from_millis(deadline_ms);
-                    pool.shutdown(grace);
-                    deadline = Some(Instant::now() + grace);
-                }
-                Message::Drain | Message::Resume => {
-                    pool.set_draining(matches!(msg, Message::Drain));
-                    // Queued to every worker ahead of anything the operator does next.
-                    pool.outbox.push(Message::Applied);
-                }
-                Message::Scale { workers } => pool.scale(workers, registry),
-                Message::RestartWorkers { id } => pool.restart(id, registry),
-                Message::Reconfigure(config) => pool.reconfigure(*config, registry),
-                other => tracing::debug!(?other, "manager ignores message"),
+        };
+        match msg {
+            ToManager::ReopenLog(fd) => match fd.into_owned() {
+                Ok(fd) => pool.set_access_log(Some(fd)),
+                Err(e) => tracing::warn!(error = %e, "cannot take the reopened access log"),
             },
+            ToManager::Lanes { first, lanes } => pool.add_lanes(first, lanes),
+            ToManager::Shutdown { deadline_ms } => {
+                let grace = Duration::from_millis(deadline_ms);
+                pool.shutdown(grace);
+                deadline = Some(Instant::now() + grace);
+            }
+            ToManager::Drain | ToManager::Resume => {
+                pool.set_draining(matches!(msg, ToManager::Drain));
+                // Queued to every worker ahead of anything the operator does next.
+                pool.outbox.push(FromManager::Applied);
+            }
+            ToManager::Scale { workers } => pool.scale(workers, registry),
+            ToManager::RestartWorkers { id } => pool.restart(id, registry),
+            ToManager::Reconfigure(config) => pool.reconfigure(*config, registry),
+            ToManager::Bootstrap(_) => tracing::warn!("a second bootstrap: ignored"),
         }
     }
 }

@@ -11,7 +11,10 @@
 
 use super::FIRST_WORKER;
 use crate::config::Config;
-use crate::ipc::{Bootstrap, Channel, Counters, FdKind, LaneState, Message, Recv, WorkerReport};
+use crate::ipc::{
+    Connections, Counters, Fd, FromManager, LaneReader, LaneState, Recv, RecvError, Steer, SteeringSender, ToWorker,
+    WorkerBootstrap, WorkerControl, WorkerLink, WorkerReport,
+};
 use crate::observe::{Histogram, LATENCY_BUCKETS};
 use crate::supervise::{ByReason, Check, Reason, Retiring, Slot};
 use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, process::Exit, spawn, Pid};
@@ -20,7 +23,7 @@ use mio::{Interest, Registry, Token};
 use nix::sys::signal::Signal;
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use webd_proto::{ProcessState, WorkerState};
@@ -29,10 +32,15 @@ use webd_proto::{ProcessState, WorkerState};
 struct Current {
     /// Poll token of its channel, unique per process.
     token: usize,
-    channel: Channel,
+    channel: WorkerLink,
     /// Duplicate of the worker's end: queued connections can be recovered after a crash.
-    worker_end: Channel,
-    /// Its latest reported figures.
+    worker_end: WorkerControl,
+    reported: Reported,
+}
+
+/// What a worker last reported, and its utilization.
+#[derive(Default)]
+struct Reported {
     counters: Counters,
     /// For utilization: busy time and clock at the previous heartbeat.
     prev_busy_ns: u64,
@@ -75,7 +83,7 @@ impl Retiree {
             id: self.id,
             pid: pid.as_raw() as u32,
             state: WorkerState::Draining,
-            counters: self.current.counters.clone(),
+            counters: self.current.reported.counters.clone(),
             ..Default::default()
         }
     }
@@ -86,9 +94,9 @@ pub struct WorkerPool {
     exe: PathBuf,
     lifeline: OwnedFd,
     /// Receiving ends of the lanes, by slot id (from the daemon).
-    lanes: Vec<Option<Channel>>,
+    lanes: Vec<Option<LaneReader>>,
     /// To the listener: which lanes to use.
-    steering: Channel,
+    steering: SteeringSender,
     /// The lanes' state changed (or it is time to repeat it for a new listener).
     steer_due: bool,
     slots: Vec<WorkerSlot>,
@@ -100,7 +108,7 @@ pub struct WorkerPool {
     next_token: usize,
     op: Option<WorkerOp>,
     /// Messages for the daemon (command results).
-    pub outbox: Vec<Message>,
+    pub outbox: Vec<FromManager>,
     /// The access log file every worker appends to.
     access_log: Option<OwnedFd>,
     /// Workers that exited since the last heartbeat: reported once more with their final
@@ -118,7 +126,13 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    pub fn new(config: Config, exe: PathBuf, lifeline: OwnedFd, steering: Channel, draining: bool) -> WorkerPool {
+    pub fn new(
+        config: Config,
+        exe: PathBuf,
+        lifeline: OwnedFd,
+        steering: SteeringSender,
+        draining: bool,
+    ) -> WorkerPool {
         let now = Instant::now();
         let slots = (0..config.workers).map(|id| WorkerSlot::new(id, now)).collect();
         WorkerPool {
@@ -181,7 +195,7 @@ impl WorkerPool {
 
     fn spawn(&mut self, id: u32, registry: &Registry) -> anyhow::Result<(Pid, Current)> {
         let (ours, theirs) = sys::seqpacket_pair()?;
-        let worker_end = Channel::new(theirs.try_clone()?);
+        let worker_end = WorkerControl::new(theirs.try_clone()?);
         let argv0 = format!("{}worker {id}", crate::ROLE_PREFIX);
         let env = [(crate::logging::LOG_FORMAT_ENV, crate::logging::format_env_value(self.config.log_format))];
         let pid = spawn::spawn(spawn::SpawnSpec {
@@ -197,17 +211,18 @@ impl WorkerPool {
             args: &[],
             keep_notify_socket: false,
         })?;
-        let mut channel = Channel::new(ours);
+        let mut channel = WorkerLink::new(ours);
         let lane = self.lanes.get(id as usize).and_then(Option::as_ref);
         let lane = lane.ok_or_else(|| anyhow::anyhow!("no lane for worker {id} yet"))?;
-        let mut kinds = vec![FdKind::Lifeline, FdKind::Lane];
-        let mut fds = vec![self.lifeline.as_fd(), lane.as_fd()];
-        if let Some(log) = &self.access_log {
-            kinds.push(FdKind::AccessLog);
-            fds.push(log.as_fd());
-        }
-        let boot = Bootstrap { config: self.config.clone(), worker_id: Some(id), fds: kinds, draining: self.draining };
-        if let Err(e) = channel.send(&Message::Bootstrap(Box::new(boot)), &fds) {
+        let boot = WorkerBootstrap {
+            config: self.config.clone(),
+            draining: self.draining,
+            id,
+            lifeline: Fd::lend(&self.lifeline),
+            lane: Fd::lend(lane),
+            access_log: self.access_log.as_ref().map(Fd::lend),
+        };
+        if let Err(e) = channel.send(&ToWorker::Bootstrap(Box::new(boot))) {
             sys::process::signal(pid, Signal::SIGKILL);
             anyhow::bail!("sending bootstrap to worker {id} (pid {pid}): {e}");
         }
@@ -215,26 +230,21 @@ impl WorkerPool {
         self.next_token += 1;
         // Writable: a worker that had no room for connections has room again.
         registry.register(&mut SourceFd(&channel.raw_fd()), Token(token), Interest::READABLE | Interest::WRITABLE)?;
-        let current = Current {
-            token,
-            channel,
-            worker_end,
-            counters: Counters::default(),
-            prev_busy_ns: 0,
-            prev_sent_ns: 0,
-            utilization: 0.0,
-        };
+        let current = Current { token, channel, worker_end, reported: Reported::default() };
         Ok((pid, current))
     }
 
     /// Takes the receiving ends of lanes `first..` from the daemon.
-    pub fn add_lanes(&mut self, first: u32, fds: Vec<OwnedFd>) {
-        for (i, fd) in fds.into_iter().enumerate() {
+    pub fn add_lanes(&mut self, first: u32, lanes: Vec<Fd<'_>>) {
+        for (i, fd) in lanes.into_iter().enumerate() {
             let id = first as usize + i;
             if self.lanes.len() <= id {
                 self.lanes.resize_with(id + 1, || None);
             }
-            self.lanes[id] = Some(Channel::new(fd));
+            match fd.into_owned() {
+                Ok(fd) => self.lanes[id] = Some(LaneReader::new(fd)),
+                Err(e) => tracing::error!(lane = id, error = %e, "cannot keep a lane"),
+            }
         }
         self.steer_due = true;
     }
@@ -251,10 +261,10 @@ impl WorkerPool {
         let mut lanes = vec![LaneState::default(); self.lanes.len()];
         for ws in self.slots.iter().filter(|ws| ws.wanted) {
             if let (Some(state), Some(current)) = (lanes.get_mut(ws.id as usize), ws.current.as_ref()) {
-                *state = LaneState { open: true, load: current.counters.active.min(u32::MAX as u64) as u32 };
+                *state = LaneState { open: true, load: current.reported.counters.active.min(u32::MAX as u64) as u32 };
             }
         }
-        match self.steering.send(&Message::Steer { lanes }, &[]) {
+        match self.steering.send(&Steer { lanes }) {
             Ok(()) => {}
             // The listener is not reading (restarting): it gets the next one.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -270,7 +280,6 @@ impl WorkerPool {
             return;
         }
         let limit = crate::sys::process::FdBudget::current_limit();
-        let mut fds = Vec::new();
         for id in 0..self.lanes.len() {
             if self.lane_has_reader(id) {
                 continue;
@@ -281,21 +290,22 @@ impl WorkerPool {
                 if !lane.next_fits(free, crate::sys::process::WORKING_ROOM) {
                     return;
                 }
-                fds.clear();
-                match lane.recv(&mut fds) {
-                    Ok(Recv::Message(Message::Connections { .. })) => {
+                match lane.recv() {
+                    Ok(Recv::Message(conns)) => {
                         tracing::info!(
                             lane = id,
-                            connections = fds.len(),
+                            connections = conns.0.len(),
                             "moving connections from a lane no worker reads"
                         );
-                        self.pending.append(&mut fds);
+                        take_connections(conns, &mut self.pending);
                         self.deliver_pending();
                         if !self.pending.is_empty() {
                             return; // every worker is full; a writable one calls us again
                         }
                     }
-                    Ok(Recv::Message(_)) => {}
+                    Err(RecvError::Protocol(e)) => {
+                        tracing::warn!(lane = id, error = %e, "bad message in a stranded lane")
+                    }
                     Ok(Recv::Empty) | Ok(Recv::Closed) => break,
                     Err(e) => {
                         tracing::warn!(lane = id, error = %e, "reading a stranded lane");
@@ -323,8 +333,8 @@ impl WorkerPool {
             let mut delivered = false;
             for index in self.by_load() {
                 let current = self.slots[index].current.as_mut().expect("by_load returns live slots");
-                let fds: Vec<BorrowedFd<'_>> = self.pending[..take].iter().map(|fd| fd.as_fd()).collect();
-                match current.channel.send(&Message::Connections { count: take as u32 }, &fds) {
+                let conns = Connections(self.pending[..take].iter().map(Fd::lend).collect());
+                match current.channel.send(&ToWorker::Connections(conns)) {
                     Ok(()) => {
                         delivered = true;
                         break;
@@ -357,7 +367,7 @@ impl WorkerPool {
             .iter()
             .enumerate()
             .filter(|(_, ws)| ws.wanted && ws.slot.pid.is_some())
-            .filter_map(|(i, ws)| ws.current.as_ref().map(|c| (i, (!ws.slot.is_up(), c.counters.active))))
+            .filter_map(|(i, ws)| ws.current.as_ref().map(|c| (i, (!ws.slot.is_up(), c.reported.counters.active))))
             .collect();
         live.sort_by_key(|(_, load)| *load);
         live.into_iter().map(|(i, _)| i).collect()
@@ -365,12 +375,8 @@ impl WorkerPool {
 
     /// Reads the heartbeats of a draining worker.
     fn absorb_heartbeats(current: &mut Current) {
-        let mut fds = Vec::new();
-        while let Ok(Recv::Message(msg)) = current.channel.recv(&mut fds) {
-            if let Message::Heartbeat(hb) = msg {
-                current.absorb(hb.sent_ns, hb.counters);
-            }
-        }
+        let Current { channel, reported, .. } = current;
+        let _ = channel.drain(|hb| reported.absorb(hb.sent_ns, hb.counters));
     }
 
     /// Reads the messages on the channel with poll token `token`.
@@ -390,29 +396,22 @@ impl WorkerPool {
         let current = if is_current { ws.current.as_mut() } else { ws.incoming.as_mut().map(|(_, c)| c) };
         let Some(current) = current else { return };
         let mut first_heartbeat = false;
-        let mut fds = Vec::new();
-        loop {
-            match current.channel.recv(&mut fds) {
-                Ok(Recv::Message(Message::Heartbeat(hb))) => {
-                    let received = sys::monotonic_ns();
-                    if is_current {
-                        if ws.slot.heartbeat(hb.sent_ns, received, now) {
-                            tracing::info!(worker = ws.id, pid = hb.pid, "worker up");
-                        }
-                    } else {
-                        first_heartbeat = true;
-                    }
-                    let latency = received.saturating_sub(hb.sent_ns);
-                    self.latency.observe(&LATENCY_BUCKETS, latency as f64 / 1e9);
-                    current.absorb(hb.sent_ns, hb.counters);
+        let latency = &mut self.latency;
+        let Current { channel, reported, .. } = current;
+        let drained = channel.drain(|hb| {
+            let received = sys::monotonic_ns();
+            if is_current {
+                if ws.slot.heartbeat(hb.sent_ns, received, now) {
+                    tracing::info!(worker = ws.id, pid = hb.pid, "worker up");
                 }
-                Ok(Recv::Message(other)) => tracing::debug!(worker = ws.id, ?other, "unexpected message"),
-                Ok(Recv::Empty) | Ok(Recv::Closed) => break,
-                Err(e) => {
-                    tracing::warn!(worker = ws.id, error = %e, "bad message from worker");
-                    break;
-                }
+            } else {
+                first_heartbeat = true;
             }
+            latency.observe(&LATENCY_BUCKETS, received.saturating_sub(hb.sent_ns) as f64 / 1e9);
+            reported.absorb(hb.sent_ns, hb.counters);
+        });
+        if let Err(e) = drained {
+            tracing::warn!(worker = ws.id, error = %e, "reading a worker's channel");
         }
         if first_heartbeat {
             self.promote(index, now);
@@ -426,7 +425,7 @@ impl WorkerPool {
         self.retire(index, Reason::Manual, drain, now);
         let ws = &mut self.slots[index];
         ws.slot.spawned(pid, now);
-        ws.slot.heartbeat(current.prev_sent_ns, sys::monotonic_ns(), now);
+        ws.slot.heartbeat(current.reported.prev_sent_ns, sys::monotonic_ns(), now);
         ws.current = Some(current);
         tracing::info!(worker = ws.id, pid = pid.as_raw(), "replacement worker took over");
         if let Some(WorkerOp::Rolling { replaced, .. }) = self.op.as_mut() {
@@ -475,7 +474,7 @@ impl WorkerPool {
     fn retire(&mut self, index: usize, reason: Reason, deadline: Duration, now: Instant) {
         let ws = &mut self.slots[index];
         let (Some(pid), Some(mut current)) = (ws.slot.pid, ws.current.take()) else { return };
-        let _ = current.channel.send(&Message::Shutdown { deadline_ms: deadline.as_millis() as u64 }, &[]);
+        let _ = current.channel.send(&ToWorker::Shutdown { deadline_ms: deadline.as_millis() as u64 });
         let kill_at = now + deadline + self.config.grace();
         let retiree = Retiree { id: ws.id, current };
         self.retiring.push(Retiring { pid, kill_at, channel: retiree });
@@ -540,7 +539,7 @@ impl WorkerPool {
     }
 
     /// Reads back connections that were sent to a worker that never took them.
-    fn recover_queued(&mut self, worker_end: &mut Channel) {
+    fn recover_queued(&mut self, worker_end: &mut WorkerControl) {
         let recovered = take_queued_connections(worker_end, &mut self.pending);
         if recovered > 0 {
             tracing::info!(connections = recovered, "recovered connections queued to a dead worker");
@@ -601,7 +600,7 @@ impl WorkerPool {
     pub fn set_access_log(&mut self, log: Option<OwnedFd>) {
         let Some(log) = log else { return };
         for current in self.serving_mut() {
-            if let Err(e) = current.channel.send(&Message::ReopenLog, &[log.as_fd()]) {
+            if let Err(e) = current.channel.send(&ToWorker::ReopenLog(Fd::lend(&log))) {
                 tracing::warn!(error = %e, "cannot hand the reopened access log to a worker");
             }
         }
@@ -610,9 +609,9 @@ impl WorkerPool {
 
     pub fn set_draining(&mut self, draining: bool) {
         self.draining = draining;
-        let msg = if draining { Message::Drain } else { Message::Resume };
+        let msg = if draining { ToWorker::Drain } else { ToWorker::Resume };
         for current in self.serving_mut() {
-            let _ = current.channel.send(&msg, &[]);
+            let _ = current.channel.send(&msg);
         }
     }
 
@@ -682,7 +681,7 @@ impl WorkerPool {
         self.scale(workers, registry);
         // Scaling answered (or is waiting for new workers); the reload itself answers no one.
         self.op = None;
-        self.outbox.retain(|m| !matches!(m, Message::Done { .. }));
+        self.outbox.retain(|m| !matches!(m, FromManager::Done { .. }));
         let now = Instant::now();
         self.op = Some(WorkerOp::Rolling { queue: existing, replaced: 0, deadline: now + OP_TIMEOUT });
         self.advance_op(registry, now);
@@ -744,7 +743,7 @@ impl WorkerPool {
     fn finish_op(&mut self, ok: bool, detail: String) {
         if self.op.take().is_some() {
             tracing::info!(ok, %detail, "worker command finished");
-            self.outbox.push(Message::Done { ok, detail });
+            self.outbox.push(FromManager::Done { ok, detail });
         }
         if let Some(config) = self.pending_reload.take() {
             self.reload_after_op = Some(config);
@@ -785,7 +784,7 @@ impl WorkerPool {
         for ws in self.slots.iter_mut().filter(|ws| ws.wanted) {
             let state = ws.slot.state(now);
             let (counters, utilization) =
-                ws.current.as_ref().map(|c| (c.counters.clone(), c.utilization)).unwrap_or_default();
+                ws.current.as_ref().map(|c| (c.reported.counters.clone(), c.reported.utilization)).unwrap_or_default();
             let state = match state {
                 ProcessState::Running if utilization > 0.0 || counters.active > 0 => WorkerState::Busy,
                 ProcessState::Running => WorkerState::Idle,
@@ -806,7 +805,7 @@ impl WorkerSlot {
     }
 }
 
-impl Current {
+impl Reported {
     /// Takes a heartbeat's figures, updating utilization: the share of the interval
     /// since the previous heartbeat during which at least one request was in progress.
     fn absorb(&mut self, sent_ns: u64, counters: Counters) {
@@ -821,26 +820,34 @@ impl Current {
     }
 }
 
-/// Reads every message queued in `channel`, appending the fds of `Connections` messages
-/// to `into`; returns how many. Only those carry connections: the fds of any other
-/// message (a reopened access log, an unread bootstrap) are closed, never handed on.
-fn take_queued_connections(channel: &mut Channel, into: &mut Vec<OwnedFd>) -> usize {
+/// Reads every message queued to a worker that will never read it, keeping the
+/// connections in `into`; returns how many. Only those are handed on: the fds of any
+/// other message (a reopened access log, an unread bootstrap) are closed.
+fn take_queued_connections(channel: &mut WorkerControl, into: &mut Vec<OwnedFd>) -> usize {
     let before = into.len();
-    let mut fds = Vec::new();
-    loop {
-        fds.clear();
-        match channel.recv(&mut fds) {
-            Ok(Recv::Message(Message::Connections { .. })) => into.append(&mut fds),
-            Ok(Recv::Message(_)) => {}
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
-            Ok(Recv::Empty) | Ok(Recv::Closed) | Err(_) => break,
-        }
-    }
+    let _ = channel.drain(|msg| match msg {
+        ToWorker::Connections(conns) => take_connections(conns, into),
+        ToWorker::Bootstrap(_)
+        | ToWorker::Shutdown { .. }
+        | ToWorker::Drain
+        | ToWorker::Resume
+        | ToWorker::ReopenLog(_) => {}
+    });
     into.len() - before
 }
 
-fn done(ok: bool, detail: &str) -> Message {
-    Message::Done { ok, detail: detail.to_string() }
+/// Moves received connections into `into`.
+fn take_connections(conns: Connections<'_>, into: &mut Vec<OwnedFd>) {
+    for fd in conns.0 {
+        match fd.into_owned() {
+            Ok(fd) => into.push(fd),
+            Err(e) => tracing::warn!(error = %e, "cannot take a connection"),
+        }
+    }
+}
+
+fn done(ok: bool, detail: &str) -> FromManager {
+    FromManager::Done { ok, detail: detail.to_string() }
 }
 
 fn report(
@@ -857,7 +864,6 @@ fn report(
         pid: pid.map(|p| p.as_raw() as u32).unwrap_or(0),
         state,
         restarts: slot.restarts(),
-        missed_heartbeats: slot.missed_total,
         heartbeat_age_ms: slot.heartbeat_age(now).as_secs_f64() * 1000.0,
         heartbeat_latency_ms: slot.latency_ns as f64 / 1e6,
         utilization,
@@ -884,11 +890,11 @@ mod tests {
         let (ours, theirs) = sys::seqpacket_pair().expect("pair");
         let (conn, _peer) = sys::seqpacket_pair().expect("pair");
         let (log, _log_peer) = sys::seqpacket_pair().expect("pair");
-        let mut manager = Channel::new(ours);
-        manager.send(&Message::ReopenLog, &[log.as_fd()]).expect("send");
-        manager.send(&Message::Connections { count: 1 }, &[conn.as_fd()]).expect("send");
-        manager.send(&Message::Drain, &[]).expect("send");
-        let mut worker_end = Channel::new(theirs);
+        let mut manager = WorkerLink::new(ours);
+        manager.send(&ToWorker::ReopenLog(Fd::lend(&log))).expect("send");
+        manager.send(&ToWorker::Connections(Connections(vec![Fd::lend(&conn)]))).expect("send");
+        manager.send(&ToWorker::Drain).expect("send");
+        let mut worker_end = WorkerControl::new(theirs);
         let mut recovered = Vec::new();
         assert_eq!(take_queued_connections(&mut worker_end, &mut recovered), 1);
         assert_eq!(recovered.len(), 1);

@@ -50,6 +50,17 @@ pub fn send_with_fds_announced(
     fds: &[BorrowedFd<'_>],
     announce: impl FnOnce(),
 ) -> io::Result<()> {
+    match fds {
+        [] => send_with_raw_fds(sock, bytes, &[], announce),
+        [one] => send_with_raw_fds(sock, bytes, &[one.as_raw_fd()], announce),
+        many => send_with_raw_fds(sock, bytes, &many.iter().map(|fd| fd.as_raw_fd()).collect::<Vec<_>>(), announce),
+    }
+}
+
+/// As [`send_with_fds_announced`], with descriptors by number: for a caller whose types
+/// keep them open for the call (a message that borrows or owns them). A number that is
+/// not open fails the send (EBADF); the kernel checks every one.
+pub fn send_with_raw_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd], announce: impl FnOnce()) -> io::Result<()> {
     if fds.len() > MAX_FDS_PER_MESSAGE {
         return Err(io::Error::other(format!("{} fds in one message (at most {MAX_FDS_PER_MESSAGE})", fds.len())));
     }
@@ -58,7 +69,7 @@ pub fn send_with_fds_announced(
     let mut iov = libc::iovec { iov_base: bytes.as_ptr().cast_mut().cast(), iov_len: bytes.len() };
     let mut msg = header(&mut iov);
     if !fds.is_empty() {
-        let payload = (fds.len() * std::mem::size_of::<RawFd>()) as u32;
+        let payload = std::mem::size_of_val(fds) as u32;
         msg.msg_control = control.as_mut_ptr().cast();
         // SAFETY: CMSG_SPACE only computes a size.
         msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as _;
@@ -71,7 +82,7 @@ pub fn send_with_fds_announced(
             (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
             let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
             for (i, fd) in fds.iter().enumerate() {
-                std::ptr::write_unaligned(data.add(i), fd.as_raw_fd());
+                std::ptr::write_unaligned(data.add(i), *fd);
             }
         }
     }

@@ -15,12 +15,13 @@ pub mod request;
 pub mod response;
 
 use crate::heartbeat::{Delivery, Heartbeater, FINAL_REPORT_WITHIN};
-use crate::ipc::{self, Channel, Counters, Message, Recv, Role, DURATION_BUCKETS};
+use crate::ipc::{
+    self, Connections, Counters, LaneReader, Recv, RecvError, Role, ToWorker, WorkerControl, DURATION_BUCKETS,
+};
 use anyhow::Context;
 use conn::{Conn, Outcome};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
-use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -110,12 +111,10 @@ impl Stats {
 
 struct Worker {
     id: u32,
-    control: Channel,
+    control: WorkerControl,
     /// This slot's lane; shared with the slot's next worker, so it is read only until
     /// this one starts to retire.
-    lane: Option<Channel>,
-    /// Reused buffer for received connection fds.
-    intake: Vec<OwnedFd>,
+    lane: LaneReader,
     conns: Slab,
     shared: Shared,
     max_connections: usize,
@@ -137,13 +136,16 @@ struct Worker {
     again_spare: Vec<usize>,
 }
 
-pub fn run(mut control: Channel) -> anyhow::Result<()> {
-    let (boot, fds) = ipc::receive_bootstrap(&mut control).context("worker bootstrap")?;
-    let lifeline = fds.lifeline.context("bootstrap without a lifeline")?;
-    let lane = fds.lane.map(Channel::new);
-    let id = boot.worker_id.unwrap_or(0);
+pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
+    let boot = match control.recv_blocking(ipc::BOOTSTRAP_WAIT).context("worker bootstrap")? {
+        ToWorker::Bootstrap(boot) => *boot,
+        other => anyhow::bail!("worker bootstrap: got {other:?} first"),
+    };
+    let lifeline = boot.lifeline.into_owned()?;
+    let lane = LaneReader::new(boot.lane.into_owned()?);
+    let id = boot.id;
     let config = boot.config;
-    let access_log = match (fds.access_log, config.access_log.as_deref()) {
+    let access_log = match (boot.access_log.map(ipc::Fd::into_owned).transpose()?, config.access_log.as_deref()) {
         (Some(fd), _) => Some(access_log::AccessLog::new(access_log::Sink::File(fd.into()))),
         (None, Some("-")) => Some(access_log::AccessLog::new(access_log::Sink::Stderr)),
         _ => None,
@@ -154,14 +156,11 @@ pub fn run(mut control: Channel) -> anyhow::Result<()> {
     let mut poll = Poll::new().context("epoll")?;
     poll.registry().register(&mut SourceFd(&control.raw_fd()), CONTROL, Interest::READABLE)?;
     poll.registry().register(&mut SourceFd(&lifeline.as_raw_fd()), LIFELINE, Interest::READABLE)?;
-    if let Some(lane) = &lane {
-        poll.registry().register(&mut SourceFd(&lane.raw_fd()), LANE, Interest::READABLE)?;
-    }
+    poll.registry().register(&mut SourceFd(&lane.raw_fd()), LANE, Interest::READABLE)?;
     let mut worker = Worker {
         id,
         control,
         lane,
-        intake: Vec::with_capacity(crate::sys::fdpass::MAX_FDS_PER_MESSAGE),
         conns: Slab::default(),
         shared: Shared {
             root,
@@ -256,45 +255,43 @@ impl Worker {
     }
 
     fn handle_control(&mut self, registry: &Registry, now: Instant) {
-        let mut fds: Vec<OwnedFd> = Vec::new();
         let limit = crate::sys::process::FdBudget::current_limit();
         loop {
             if !self.room_for_next(Intake::Control, limit) {
                 return;
             }
-            fds.clear();
-            match self.control.recv(&mut fds) {
-                Ok(Recv::Message(Message::Connections { .. })) => {
-                    for fd in fds.drain(..) {
-                        self.accept(fd, registry, now);
-                    }
-                }
-                Ok(Recv::Message(Message::Shutdown { deadline_ms })) => {
+            match self.control.recv() {
+                Ok(Recv::Message(ToWorker::Connections(conns))) => self.accept_all(conns, registry, now),
+                Ok(Recv::Message(ToWorker::Shutdown { deadline_ms })) => {
                     self.begin_shutdown(Duration::from_millis(deadline_ms), now, registry)
                 }
-                Ok(Recv::Message(Message::ReopenLog)) => {
-                    if let (Some(fd), Some(log)) = (fds.pop(), self.shared.access_log.as_mut()) {
-                        log.replace(fd.into());
+                Ok(Recv::Message(ToWorker::ReopenLog(fd))) => {
+                    match (fd.into_owned(), self.shared.access_log.as_mut()) {
+                        (Ok(fd), Some(log)) => log.replace(fd.into()),
+                        (Err(e), _) => {
+                            tracing::warn!(worker = self.id, error = %e, "cannot take the reopened access log")
+                        }
+                        (Ok(_), None) => {}
                     }
                 }
-                Ok(Recv::Message(Message::Drain)) => {
+                Ok(Recv::Message(ToWorker::Drain)) => {
                     self.shared.force_close = true;
                     self.drain_idle_at.get_or_insert(now + self.drain_timeout);
                 }
-                Ok(Recv::Message(Message::Resume)) => {
+                Ok(Recv::Message(ToWorker::Resume)) => {
                     if self.shutdown_at.is_none() {
                         self.shared.force_close = false;
                         self.drain_idle_at = None;
                     }
                 }
-                Ok(Recv::Message(other)) => tracing::debug!(worker = self.id, ?other, "worker ignores message"),
+                Ok(Recv::Message(ToWorker::Bootstrap(_))) => {
+                    tracing::warn!(worker = self.id, "a second bootstrap: ignored")
+                }
                 Ok(Recv::Empty) => return,
                 Ok(Recv::Closed) => return self.manager_gone(registry, now),
                 // The message was consumed; read on, or a close behind it is never seen
                 // (the channel is edge-triggered).
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    tracing::warn!(worker = self.id, error = %e, "bad control message")
-                }
+                Err(RecvError::Protocol(e)) => tracing::warn!(worker = self.id, error = %e, "bad control message"),
                 Err(e) => {
                     tracing::warn!(worker = self.id, error = %e, "control channel failed: treating the manager as gone");
                     return self.manager_gone(registry, now);
@@ -306,35 +303,30 @@ impl Worker {
     /// Takes the connections queued in our lane, as long as their fds fit.
     fn read_lane(&mut self, registry: &Registry, now: Instant) {
         // A retiring worker leaves its lane to the slot's next worker.
-        if self.shutdown_at.is_some() || self.lane.is_none() {
+        if self.shutdown_at.is_some() {
             return;
         }
-        let mut fds = std::mem::take(&mut self.intake);
         let limit = crate::sys::process::FdBudget::current_limit();
-        loop {
-            if !self.room_for_next(Intake::Lane, limit) {
-                break;
-            }
-            let Some(lane) = self.lane.as_mut() else { break };
-            fds.clear();
-            match lane.recv(&mut fds) {
-                Ok(Recv::Message(Message::Connections { .. })) => {
-                    for fd in fds.drain(..) {
-                        self.accept(fd, registry, now);
-                    }
-                }
-                Ok(Recv::Message(other)) => tracing::debug!(worker = self.id, ?other, "unexpected message in lane"),
+        while self.room_for_next(Intake::Lane, limit) {
+            match self.lane.recv() {
+                Ok(Recv::Message(conns)) => self.accept_all(conns, registry, now),
                 Ok(Recv::Empty) | Ok(Recv::Closed) => break,
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    tracing::warn!(worker = self.id, error = %e, "bad lane message")
-                }
+                Err(RecvError::Protocol(e)) => tracing::warn!(worker = self.id, error = %e, "bad lane message"),
                 Err(e) => {
                     tracing::error!(worker = self.id, error = %e, "cannot read the lane");
                     break;
                 }
             }
         }
-        self.intake = fds;
+    }
+
+    fn accept_all(&mut self, conns: Connections<'_>, registry: &Registry, now: Instant) {
+        for fd in conns.0 {
+            match fd.into_owned() {
+                Ok(fd) => self.accept(fd, registry, now),
+                Err(e) => tracing::warn!(worker = self.id, error = %e, "cannot take a connection"),
+            }
+        }
     }
 
     /// Whether the next message on `from` fits in our descriptors. Each connection holds
@@ -343,11 +335,12 @@ impl Worker {
     fn room_for_next(&mut self, from: Intake, limit: usize) -> bool {
         let growth = self.conns.len().saturating_sub(self.conns_at_measure);
         let free = self.fds.free(limit, growth);
-        let channel = match from {
-            Intake::Control => Some(&mut self.control),
-            Intake::Lane => self.lane.as_mut(),
+        let room = crate::sys::process::WORKING_ROOM;
+        let fits = match from {
+            Intake::Control => self.control.next_fits(free, room),
+            Intake::Lane => self.lane.next_fits(free, room),
         };
-        if channel.is_none_or(|c| c.next_fits(free, crate::sys::process::WORKING_ROOM)) {
+        if fits {
             return true;
         }
         if !self.intake_paused {

@@ -6,6 +6,10 @@
 //! the timeout is a miss; 3 consecutive misses = hung. Restarts back off 100 ms doubling
 //! to 5 s while a slot keeps failing; more than 5 restarts within 10 s is `backoff`.
 
+mod supervised;
+
+pub use supervised::{Child, Exited, Process, Supervised, Tokens, Which};
+
 use crate::sys::Pid;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

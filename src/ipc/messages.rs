@@ -1,0 +1,270 @@
+//! What each channel carries, one type per channel and direction: a receiver matches
+//! only what its channel can bring, and a message owns the descriptors it carries.
+//!
+//! | channel | down (supervisor → child) | up (child → supervisor) |
+//! |---|---|---|
+//! | daemon ↔ listener | [`ToListener`] | [`Heartbeat`] |
+//! | daemon ↔ manager | [`ToManager`] | [`FromManager`] |
+//! | manager ↔ worker | [`ToWorker`] | [`Heartbeat`] |
+//! | lane (listener → worker) | [`Connections`] | – |
+//! | steering (manager → listener) | [`Steer`] | – |
+//! | upgrade (old ↔ new daemon) | [`ToSuccessor`] | [`ToPredecessor`] |
+
+use super::fd::Fd;
+use crate::config::Config;
+use serde::{Deserialize, Serialize};
+
+/// Daemon → listener.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToListener<'a> {
+    /// First message: settings and the listener's descriptors.
+    Bootstrap(Box<ListenerBootstrap<'a>>),
+    /// Stop accepting and exit (connections stay queued for the next listener).
+    Shutdown { deadline_ms: u64 },
+    /// Stop accepting.
+    Drain,
+    /// Undo `Drain`.
+    Resume,
+    /// The sending ends of the lanes of slots `first..`.
+    Lanes { first: u32, lanes: Vec<Fd<'a>> },
+}
+
+/// Daemon → manager.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToManager<'a> {
+    Bootstrap(Box<ManagerBootstrap<'a>>),
+    /// Retire every worker within `deadline_ms`, then exit.
+    Shutdown {
+        deadline_ms: u64,
+    },
+    /// Workers answer with `Connection: close`; answered with `Applied`.
+    Drain,
+    /// Undo `Drain`; answered with `Applied`.
+    Resume,
+    /// The receiving ends of the lanes of slots `first..` (for its workers).
+    Lanes {
+        first: u32,
+        lanes: Vec<Fd<'a>>,
+    },
+    /// Grow or shrink the worker pool; answered with `Done`.
+    Scale {
+        workers: u32,
+    },
+    /// Rolling restart of every worker, or of one; answered with `Done`.
+    RestartWorkers {
+        id: Option<u32>,
+    },
+    /// The access log was reopened (SIGUSR1): here is the new file.
+    ReopenLog(Fd<'a>),
+    /// A reloaded configuration: resize the pool and replace every worker, one at a
+    /// time, so all run with it.
+    Reconfigure(Box<Config>),
+}
+
+/// Manager → worker.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToWorker<'a> {
+    Bootstrap(Box<WorkerBootstrap<'a>>),
+    /// Finish what is in progress and exit; idle keep-alive connections are closed
+    /// when `deadline_ms` has passed, not before.
+    Shutdown {
+        deadline_ms: u64,
+    },
+    /// Answer with `Connection: close`.
+    Drain,
+    /// Undo `Drain`.
+    Resume,
+    /// Switch to this access log file.
+    ReopenLog(Fd<'a>),
+    /// Connections moved from a lane no worker reads.
+    Connections(Connections<'a>),
+}
+
+/// Manager → daemon.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FromManager {
+    Heartbeat(Heartbeat),
+    /// A drain or resume has been passed on to every worker.
+    Applied,
+    /// A worker command finished (`ok`) or failed with a reason.
+    Done {
+        ok: bool,
+        detail: String,
+    },
+}
+
+impl From<Heartbeat> for FromManager {
+    fn from(hb: Heartbeat) -> Self {
+        FromManager::Heartbeat(hb)
+    }
+}
+
+/// What a listener needs to run.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListenerBootstrap<'a> {
+    pub config: Config,
+    /// Start paused (the server is draining).
+    pub draining: bool,
+    /// Bound, listening TCP sockets, in `config.listen` order.
+    pub listen: Vec<Fd<'a>>,
+    /// Receiving end of the steering channel.
+    pub steering: Fd<'a>,
+    /// Read end of the daemon's lifeline pipe: EOF means the daemon is gone.
+    pub lifeline: Fd<'a>,
+}
+
+/// What a manager needs to run.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ManagerBootstrap<'a> {
+    pub config: Config,
+    pub draining: bool,
+    /// Sending end of the steering channel.
+    pub steering: Fd<'a>,
+    pub lifeline: Fd<'a>,
+    /// The access log, opened O_APPEND by the daemon, for its workers.
+    pub access_log: Option<Fd<'a>>,
+}
+
+/// What a worker needs to run.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkerBootstrap<'a> {
+    pub config: Config,
+    pub draining: bool,
+    /// Worker slot number.
+    pub id: u32,
+    pub lifeline: Fd<'a>,
+    /// Receiving end of its slot's lane.
+    pub lane: Fd<'a>,
+    pub access_log: Option<Fd<'a>>,
+}
+
+/// Connection descriptors, on a lane or moved to a worker.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct Connections<'a>(pub Vec<Fd<'a>>);
+
+/// Keeps the connections that arrived when some did not (a receiver out of
+/// descriptors, `MSG_CTRUNC`, which `Channel::recv` reports): each one is a client.
+impl<'de> Deserialize<'de> for Connections<'_> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let indices = Vec::<u64>::deserialize(d)?;
+        Ok(Connections(
+            indices.into_iter().filter_map(|i| super::fd::take_incoming(i as usize)).map(Fd::Owned).collect(),
+        ))
+    }
+}
+
+/// Manager → listener: which lanes to use and how loaded each is, by slot id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Steer {
+    pub lanes: Vec<LaneState>,
+}
+
+/// One lane as the manager steers it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneState {
+    /// A worker serves (or is about to serve) this lane.
+    pub open: bool,
+    /// Its worker's open connections at its last heartbeat.
+    pub load: u32,
+}
+
+/// Old daemon → new daemon in a binary upgrade.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToSuccessor<'a> {
+    /// First message: the sockets to serve and the totals to continue from.
+    Handoff(Box<Handoff<'a>>),
+    /// The latest (or, just before the old daemon exits, final) totals.
+    Totals(Box<crate::observe::CarriedTotals>),
+    /// I stopped accepting on the control and admin sockets; they are yours.
+    TakeOver,
+}
+
+/// New daemon → old daemon in a binary upgrade.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToPredecessor {
+    /// My tree is up and ready to serve.
+    Ready,
+}
+
+/// What an old daemon hands a new one.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Handoff<'a> {
+    /// The listening sockets, in the old daemon's `config.listen` order.
+    pub listen: Vec<Fd<'a>>,
+    /// The control Unix socket (listening).
+    pub control: Fd<'a>,
+    /// The admin HTTP socket (listening), when the endpoint is on.
+    pub admin: Option<Fd<'a>>,
+    /// Counters the new daemon continues from, so they do not reset.
+    pub totals: crate::observe::CarriedTotals,
+}
+
+/// A status report: liveness plus the figures the supervisor aggregates.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub pid: u32,
+    pub seq: u64,
+    /// CLOCK_MONOTONIC nanoseconds at send time.
+    pub sent_ns: u64,
+    pub counters: Counters,
+    /// Manager only: one report per worker process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerReport>,
+    /// Listener only: the pid of its keeper (`listener::keeper`), if one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keeper_pid: Option<u32>,
+}
+
+/// Cumulative figures of one process (or of all workers, in a manager's heartbeat).
+/// Counters only grow within one process's life; the daemon accumulates deltas across
+/// restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    /// Listener: connections accepted.
+    pub accepted: u64,
+    /// Worker: connections received (from its lane, or moved to it by the manager).
+    pub received: u64,
+    /// Worker: connections open now.
+    pub active: u64,
+    /// Worker: requests answered.
+    pub requests: u64,
+    /// Worker: response bytes written (head and body).
+    pub response_bytes: u64,
+    /// Worker: nanoseconds during which at least one request was in progress.
+    pub busy_ns: u64,
+    /// Worker: responses by status code, as `[code, count]` pairs.
+    pub codes: Vec<(u16, u64)>,
+    /// Worker: request durations histogram counts per bucket of `DURATION_BUCKETS`
+    /// (the last entry counts the rest), and their sum in nanoseconds.
+    pub duration_buckets: Vec<u64>,
+    pub duration_sum_ns: u64,
+    /// Manager: worker heartbeats missed, over all its workers.
+    pub missed_heartbeats: u64,
+    /// Manager: worker restarts by reason.
+    pub restarts: crate::supervise::ByReason,
+    /// Manager: worker heartbeat latencies per bucket of `observe::LATENCY_BUCKETS`
+    /// (last entry: above every bound) and their sum in nanoseconds.
+    pub latency_buckets: Vec<u64>,
+    pub latency_sum_ns: u64,
+}
+
+/// A worker process as the manager sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub id: u32,
+    pub pid: u32,
+    pub state: webd_proto::WorkerState,
+    pub restarts: u64,
+    pub heartbeat_age_ms: f64,
+    pub heartbeat_latency_ms: f64,
+    pub utilization: f64,
+    pub counters: Counters,
+}

@@ -1,0 +1,392 @@
+//! Messages between webd's processes and the channel that carries them.
+//!
+//! Every channel is an AF_UNIX seqpacket socket: one message per packet, JSON-encoded
+//! (one encoding for every role; heartbeats are ten a second, so readability wins over
+//! a binary format), with fds riding along as SCM_RIGHTS. Control channels
+//! (daemon↔listener, daemon↔manager, manager↔worker) are made fresh for each process a
+//! supervisor starts, so an old and a new process never read each other's messages
+//! during an overlapping restart.
+//!
+//! Connections travel on *lanes*: one channel per worker slot, listener → worker, made
+//! once by the daemon, which holds both ends forever. The listener sends each accepted
+//! connection straight into a worker's lane, so no connection ever sits in the manager,
+//! and one queued in a lane survives a crash of the listener, the manager or the worker
+//! (the slot's next worker reads the same lane). The manager only steers: over the
+//! steering channel (manager → listener, also kept by the daemon) it tells the listener
+//! which lanes have a worker and how loaded each is.
+
+mod fd;
+mod messages;
+
+pub use fd::Fd;
+pub use messages::*;
+
+use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// Largest encoded message; a manager's heartbeat with a few hundred workers fits.
+pub const MAX_MESSAGE: usize = 128 * 1024;
+
+/// `Connections` of one descriptor as `Channel::send` encodes it: the count byte, then
+/// the JSON naming descriptor #0.
+const ONE_CONNECTION: &[u8] = b"\x01[0]";
+
+/// The process roles below the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Listener,
+    Manager,
+    Worker,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Listener => "listener",
+            Role::Manager => "manager",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A message type of one channel direction. `Lending<'a>` is the same type with its
+/// descriptors lent for `'a`: what a sender that keeps them builds.
+pub trait Message: DeserializeOwned {
+    type Lending<'a>: Serialize;
+}
+
+/// What a channel direction that carries nothing receives: no message decodes as one.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Nothing {}
+
+macro_rules! messages {
+    (lending: $($lending:ident),+; plain: $($plain:ident),+) => {
+        $(impl Message for $lending<'static> { type Lending<'a> = $lending<'a>; })+
+        $(impl Message for $plain { type Lending<'a> = $plain; })+
+    };
+}
+messages!(
+    lending: ToListener, ToManager, ToWorker, Connections, ToSuccessor;
+    plain: Heartbeat, FromManager, Steer, ToPredecessor, Nothing
+);
+
+// Each channel's two ends, named by who holds them.
+/// The daemon's end of its channel to a listener.
+pub type ListenerLink = Channel<ToListener<'static>, Heartbeat>;
+/// The listener's end of its channel to the daemon.
+pub type ListenerControl = Channel<Heartbeat, ToListener<'static>>;
+/// The daemon's end of its channel to a manager.
+pub type ManagerLink = Channel<ToManager<'static>, FromManager>;
+/// The manager's end of its channel to the daemon.
+pub type ManagerControl = Channel<FromManager, ToManager<'static>>;
+/// The manager's end of its channel to a worker.
+pub type WorkerLink = Channel<ToWorker<'static>, Heartbeat>;
+/// The worker's end of its channel to the manager.
+pub type WorkerControl = Channel<Heartbeat, ToWorker<'static>>;
+/// The listener's end of a lane.
+pub type LaneSender = Channel<Connections<'static>, Nothing>;
+/// A worker's end of its lane (the manager also reads lanes no worker reads).
+pub type LaneReader = Channel<Nothing, Connections<'static>>;
+/// The manager's end of the steering channel.
+pub type SteeringSender = Channel<Steer, Nothing>;
+/// The listener's end of the steering channel.
+pub type SteeringReader = Channel<Nothing, Steer>;
+/// An old daemon's end of the upgrade channel.
+pub type SuccessorLink = Channel<ToSuccessor<'static>, ToPredecessor>;
+/// A new daemon's end of the upgrade channel.
+pub type PredecessorLink = Channel<ToPredecessor, ToSuccessor<'static>>;
+
+/// How long a new process waits for its bootstrap (or a new daemon for its handoff).
+pub const BOOTSTRAP_WAIT: Duration = Duration::from_secs(10);
+
+/// How a receive ended.
+#[derive(Debug)]
+pub enum Recv<R> {
+    Message(R),
+    /// Nothing queued now.
+    Empty,
+    /// The peer end is closed and the queue is drained.
+    Closed,
+}
+
+/// Where a `drain` stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Nothing more is queued now.
+    Empty,
+    /// The peer is gone; everything it sent has been read.
+    Closed,
+}
+
+/// Why a receive failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// A packet that is not a message of this channel (it was consumed; the next one
+    /// may be fine).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// One end of a seqpacket channel that sends `S` and receives `R`, with reusable
+/// buffers. A packet is one byte counting the attached descriptors (so a receiver can
+/// tell whether it has room for them before taking any), then the message as JSON.
+pub struct Channel<S, R> {
+    fd: OwnedFd,
+    rx: Box<[u8]>,
+    tx: Vec<u8>,
+    _types: PhantomData<fn(S) -> R>,
+}
+
+impl<S: Message, R: Message> Channel<S, R> {
+    pub fn new(fd: OwnedFd) -> Self {
+        Channel { fd, rx: vec![0u8; MAX_MESSAGE].into_boxed_slice(), tx: Vec::with_capacity(512), _types: PhantomData }
+    }
+
+    /// Sends `msg` with the descriptors it names. `WouldBlock` when the peer's queue is
+    /// full.
+    pub fn send(&mut self, msg: &S::Lending<'_>) -> io::Result<()> {
+        self.tx.clear();
+        self.tx.push(0); // the descriptor count, known once encoded
+        let fds = fd::encode(msg, &mut self.tx).map_err(io::Error::other)?;
+        self.tx[0] = u8::try_from(fds.len()).map_err(|_| io::Error::other("too many descriptors in one message"))?;
+        // `msg`, borrowed for this call, keeps every named descriptor open.
+        sys::send_with_raw_fds(self.fd.as_fd(), &self.tx, &fds, || {})
+    }
+
+    /// Receives one message.
+    pub fn recv(&mut self) -> Result<Recv<R>, RecvError> {
+        let mut fds = Vec::new();
+        let mut received = sys::recv_with_fds(self.fd.as_fd(), &mut self.rx, &mut fds);
+        if received.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset) {
+            // The peer died with messages of ours unread. The kernel reports that once,
+            // before the messages the peer had sent us: read on, they are still queued
+            // (and end-of-file follows them).
+            received = sys::recv_with_fds(self.fd.as_fd(), &mut self.rx, &mut fds);
+        }
+        let received = match received {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Recv::Empty),
+            Err(e) => return Err(e.into()),
+        };
+        if received.len == 0 {
+            return Ok(Recv::Closed);
+        }
+        if received.fds_lost {
+            tracing::error!(arrived = fds.len(), "passed descriptors lost: this process is out of descriptors");
+        }
+        let json = &self.rx[1..received.len];
+        fd::decode(json, fds).map(Recv::Message).map_err(RecvError::Protocol)
+    }
+
+    /// Receives every queued message, handing each to `each`; a packet that is not a
+    /// message of this channel is logged and skipped.
+    pub fn drain(&mut self, mut each: impl FnMut(R)) -> Result<Drained, RecvError> {
+        loop {
+            match self.recv() {
+                Ok(Recv::Message(msg)) => each(msg),
+                Ok(Recv::Empty) => return Ok(Drained::Empty),
+                Ok(Recv::Closed) => return Ok(Drained::Closed),
+                Err(RecvError::Protocol(e)) => tracing::warn!(error = %e, "bad message skipped"),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for one message (used only for a bootstrap or a handoff).
+    pub fn recv_blocking(&mut self, timeout: Duration) -> Result<R, RecvError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.recv()? {
+                Recv::Message(msg) => return Ok(msg),
+                Recv::Closed => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "channel closed").into()),
+                Recv::Empty => {}
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no message in time").into());
+            }
+            wait_readable(self.fd.as_fd(), left)?;
+        }
+    }
+
+    /// How many descriptors the next queued message carries, without taking it
+    /// (`None`: nothing queued; `Some(0)` also for a closed peer, whose end costs
+    /// nothing to receive). Reads only the count byte: a peek takes no descriptors.
+    pub fn next_fd_count(&mut self) -> io::Result<Option<usize>> {
+        use nix::sys::socket::{recv, MsgFlags};
+        let mut count = [0u8; 1];
+        let mut resets = 0;
+        loop {
+            match sys::retry_eintr(|| {
+                recv(self.fd.as_raw_fd(), &mut count, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT)
+            }) {
+                Ok(0) => return Ok(Some(0)),
+                Ok(_) => return Ok(Some(count[0] as usize)),
+                Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+                // Reported once when the peer died with our messages unread (see `recv`).
+                Err(nix::errno::Errno::ECONNRESET) if resets == 0 => resets += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Whether the next message's fds fit in `free` descriptors (keeping `room` for our
+    /// own work). Cheap when there is plenty of room; peeks at the message otherwise.
+    pub fn next_fits(&mut self, free: usize, room: usize) -> bool {
+        if free >= MAX_FDS_PER_MESSAGE + room {
+            return true;
+        }
+        match self.next_fd_count() {
+            Ok(Some(n)) => n + room <= free,
+            Ok(None) => true, // nothing queued: a receive just finds it empty
+            Err(_) => false,
+        }
+    }
+
+    /// Whether a message would be accepted now (the peer's queue is not full). Unix
+    /// seqpacket queues hold only `net.unix.max_dgram_qlen` messages (10 by default), so
+    /// callers check this before taking a connection into their hands.
+    pub fn has_room(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLOUT)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+            && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLOUT))
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl<R: Message> Channel<Connections<'static>, R> {
+    /// Sends one connection, pre-encoded: between the listener's accept4 and this send
+    /// the connection exists only in the listener, so nothing that can fail (or
+    /// allocate) comes before the syscall. `announce` runs right before it (see
+    /// `sys::send_with_fds_announced`).
+    pub fn send_connection_announced(&mut self, fd: BorrowedFd<'_>, announce: impl FnOnce()) -> io::Result<()> {
+        sys::send_with_fds_announced(self.fd.as_fd(), ONE_CONNECTION, &[fd], announce)
+    }
+
+    pub fn send_connection(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.send_connection_announced(fd, || {})
+    }
+}
+
+impl<S, R> AsFd for Channel<S, R> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Blocks until `fd` is readable or `timeout` passes.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let deadline = std::time::Instant::now() + Duration::from_millis(ms.into());
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    crate::sys::retry_eintr(|| {
+        let polled = poll(&mut fds, PollTimeout::from(ms));
+        // A signal does not restart the wait: a retry gets what is left of it.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        ms = u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+        polled
+    })?;
+    Ok(())
+}
+
+/// Upper bounds in seconds of the request-duration histogram buckets (shared by the
+/// workers that count and the daemon that exports).
+pub const DURATION_BUCKETS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Lane = LaneSender;
+
+    #[test]
+    fn the_pre_encoded_connection_message_is_the_encoding_of_one_connection() {
+        let (a, _b) = sys::seqpacket_pair().expect("pair");
+        let (x, _y) = sys::seqpacket_pair().expect("pair");
+        let mut lane = Lane::new(a);
+        lane.tx.clear();
+        lane.send(&Connections(vec![Fd::lend(&x)])).expect("send");
+        assert_eq!(lane.tx, ONE_CONNECTION);
+    }
+
+    #[test]
+    fn messages_round_trip_owning_their_fds() {
+        let (a, b) = sys::seqpacket_pair().expect("pair");
+        let (x, _y) = sys::seqpacket_pair().expect("pair");
+        let mut tx: Channel<ToWorker<'static>, Heartbeat> = Channel::new(a);
+        let mut rx: Channel<Heartbeat, ToWorker<'static>> = Channel::new(b);
+        tx.send(&ToWorker::Connections(Connections(vec![Fd::lend(&x), Fd::lend(&x)]))).expect("send");
+        tx.send(&ToWorker::ReopenLog(Fd::lend(&x))).expect("send");
+        tx.send(&ToWorker::Shutdown { deadline_ms: 7 }).expect("send");
+        rx.send(&Heartbeat { pid: 7, seq: 3, sent_ns: 11, ..Default::default() }).expect("send");
+        match rx.recv() {
+            Ok(Recv::Message(ToWorker::Connections(Connections(fds)))) => assert_eq!(fds.len(), 2),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(rx.recv(), Ok(Recv::Message(ToWorker::ReopenLog(Fd::Owned(_))))));
+        assert!(matches!(rx.recv(), Ok(Recv::Message(ToWorker::Shutdown { deadline_ms: 7 }))));
+        assert!(matches!(rx.recv(), Ok(Recv::Empty)));
+        match tx.recv() {
+            Ok(Recv::Message(hb)) => assert_eq!((hb.pid, hb.seq, hb.sent_ns), (7, 3, 11)),
+            other => panic!("unexpected {other:?}"),
+        }
+        drop(tx);
+        assert!(matches!(rx.recv(), Ok(Recv::Closed)));
+    }
+
+    #[test]
+    fn a_message_of_another_channel_or_with_unnamed_fds_is_a_protocol_error() {
+        let (a, b) = sys::seqpacket_pair().expect("pair");
+        let (x, _y) = sys::seqpacket_pair().expect("pair");
+        let mut steering: Channel<Steer, Nothing> = Channel::new(a.try_clone().expect("dup"));
+        let mut reader: LaneReader = Channel::new(b);
+        steering.send(&Steer::default()).expect("send");
+        assert!(matches!(reader.recv(), Err(RecvError::Protocol(_))));
+        // A packet carrying more descriptors than it names.
+        sys::send_with_fds(a.as_fd(), b"\x01[]", &[x.as_fd()]).expect("send");
+        assert!(matches!(reader.recv(), Err(RecvError::Protocol(_))));
+        let mut lane = Lane::new(a);
+        lane.send_connection(x.as_fd()).expect("send");
+        assert!(matches!(reader.recv(), Ok(Recv::Message(Connections(fds))) if fds.len() == 1));
+    }
+
+    /// A peer that dies with our messages unread makes the kernel report ECONNRESET
+    /// once, ahead of the messages it had sent us. Those must still be read (they may
+    /// carry connections), then the close: with edge-triggered polling there is no
+    /// second event to learn of it from.
+    #[test]
+    fn a_peer_dying_with_unread_messages_still_delivers_its_own_then_reads_as_closed() {
+        let (a, b) = sys::seqpacket_pair().expect("pair");
+        let (x, _y) = sys::seqpacket_pair().expect("pair");
+        let mut ours: Channel<Heartbeat, ToWorker<'static>> = Channel::new(a);
+        let mut peer: Channel<ToWorker<'static>, Heartbeat> = Channel::new(b);
+        ours.send(&Heartbeat::default()).expect("send");
+        peer.send(&ToWorker::Connections(Connections(vec![Fd::lend(&x)]))).expect("send");
+        drop(peer);
+        assert!(matches!(ours.next_fd_count(), Ok(Some(1))));
+        assert!(matches!(ours.recv(), Ok(Recv::Message(ToWorker::Connections(Connections(fds)))) if fds.len() == 1));
+        assert!(matches!(ours.next_fd_count(), Ok(Some(0))));
+        assert!(matches!(ours.recv(), Ok(Recv::Closed)));
+        assert!(matches!(ours.recv(), Ok(Recv::Closed)));
+    }
+}
