@@ -12,12 +12,12 @@
 use super::FIRST_WORKER;
 use crate::config::Config;
 use crate::ipc::{
-    Connections, Counters, Fd, FromManager, LaneReader, LaneState, Recv, RecvError, Steer, SteeringSender, ToWorker,
-    WorkerBootstrap, WorkerControl, WorkerLink, WorkerReport,
+    Connections, Counters, Fd, FromManager, Heartbeat, LaneReader, LaneState, Recv, RecvError, Steer, SteeringSender,
+    ToWorker, WorkerBootstrap, WorkerControl, WorkerLink, WorkerReport,
 };
 use crate::observe::{Histogram, LATENCY_BUCKETS};
-use crate::supervise::{ByReason, Check, Reason, Retiring, Slot};
-use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, process::Exit, spawn, Pid};
+use crate::supervise::{ByReason, Check, Child, Exited, Process, Reason, Slot, Supervised, Tokens, Which};
+use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, spawn};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::sys::signal::Signal;
@@ -28,11 +28,23 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use webd_proto::{ProcessState, WorkerState};
 
-/// The process currently serving in a slot.
-struct Current {
-    /// Poll token of its channel, unique per process.
-    token: usize,
-    channel: WorkerLink,
+/// The manager's plug-in for supervising workers.
+struct Worker;
+
+impl Child for Worker {
+    type Down = ToWorker<'static>;
+    type Up = Heartbeat;
+    type State = WorkerProcess;
+    fn shutdown<'a>(deadline: Duration) -> ToWorker<'a> {
+        ToWorker::Shutdown { deadline_ms: deadline.as_millis() as u64 }
+    }
+}
+
+/// One worker process.
+type Current = Process<Worker>;
+
+/// What the manager keeps of a worker process beside its channel.
+struct WorkerProcess {
     /// Duplicate of the worker's end: queued connections can be recovered after a crash.
     worker_end: WorkerControl,
     reported: Reported,
@@ -50,10 +62,8 @@ struct Reported {
 
 struct WorkerSlot {
     id: u32,
-    slot: Slot,
-    current: Option<Current>,
-    /// A replacement started by a rolling restart; it takes over once up.
-    incoming: Option<(Pid, Current)>,
+    /// Its processes: serving, replacing (rolling restart), retiring.
+    sup: Supervised<Worker>,
     /// False once the slot is scaled away: it starts nothing new.
     wanted: bool,
 }
@@ -69,23 +79,14 @@ enum WorkerOp {
 /// Longest a worker command may take.
 const OP_TIMEOUT: Duration = Duration::from_secs(50);
 
-/// A worker taken out of service; its heartbeats are still read, so the figures of
-/// what it serves while draining are reported too.
-struct Retiree {
-    id: u32,
-    current: Current,
-}
-
-impl Retiree {
-    /// Its report while it drains, and the final one once it exited.
-    fn report(&self, pid: Pid) -> WorkerReport {
-        WorkerReport {
-            id: self.id,
-            pid: pid.as_raw() as u32,
-            state: WorkerState::Draining,
-            counters: self.current.reported.counters.clone(),
-            ..Default::default()
-        }
+/// A retiring worker's report while it drains, and the final one once it exited.
+fn retiree_report(id: u32, retiree: &Current) -> WorkerReport {
+    WorkerReport {
+        id,
+        pid: retiree.pid.as_raw() as u32,
+        state: WorkerState::Draining,
+        counters: retiree.state.reported.counters.clone(),
+        ..Default::default()
     }
 }
 
@@ -100,12 +101,11 @@ pub struct WorkerPool {
     /// The lanes' state changed (or it is time to repeat it for a new listener).
     steer_due: bool,
     slots: Vec<WorkerSlot>,
-    retiring: Vec<Retiring<Retiree>>,
     /// Stranded connections taken but not yet delivered (every worker full or starting).
     pending: Vec<OwnedFd>,
     draining: bool,
     shutting_down: bool,
-    next_token: usize,
+    tokens: Tokens,
     op: Option<WorkerOp>,
     /// Messages for the daemon (command results).
     pub outbox: Vec<FromManager>,
@@ -143,11 +143,10 @@ impl WorkerPool {
             steering,
             steer_due: true,
             slots,
-            retiring: Vec::new(),
             pending: Vec::new(),
             draining,
             shutting_down: false,
-            next_token: FIRST_WORKER,
+            tokens: Tokens::starting_at(FIRST_WORKER),
             fds: crate::sys::process::FdBudget::measure(),
             op: None,
             outbox: Vec::new(),
@@ -169,7 +168,7 @@ impl WorkerPool {
         for i in 0..self.slots.len() {
             // A slot starts once the daemon has sent its lane.
             let has_lane = self.lanes.get(self.slots[i].id as usize).is_some_and(Option::is_some);
-            let due = has_lane && self.slots[i].wanted && self.slots[i].slot.start_due.is_some_and(|t| t <= now);
+            let due = has_lane && self.slots[i].wanted && self.slots[i].sup.slot.start_due.is_some_and(|t| t <= now);
             if due {
                 self.start(i, registry, now);
             }
@@ -177,23 +176,12 @@ impl WorkerPool {
     }
 
     fn start(&mut self, index: usize, registry: &Registry, now: Instant) {
-        let id = self.slots[index].id;
-        match self.spawn(id, registry) {
-            Ok((pid, current)) => {
-                let ws = &mut self.slots[index];
-                ws.slot.spawned(pid, now);
-                ws.current = Some(current);
-                self.steer_due = true;
-                tracing::info!(worker = id, pid = pid.as_raw(), "worker spawned");
-            }
-            Err(e) => {
-                let delay = self.slots[index].slot.vacate(Reason::Crash, now);
-                tracing::error!(worker = id, error = %format!("{e:#}"), retry_ms = delay.as_millis() as u64, "worker spawn failed");
-            }
-        }
+        let spawned = self.spawn(self.slots[index].id, registry);
+        self.slots[index].sup.started(spawned, now);
+        self.steer_due = true;
     }
 
-    fn spawn(&mut self, id: u32, registry: &Registry) -> anyhow::Result<(Pid, Current)> {
+    fn spawn(&mut self, id: u32, registry: &Registry) -> anyhow::Result<Current> {
         let (ours, theirs) = sys::seqpacket_pair()?;
         let worker_end = WorkerControl::new(theirs.try_clone()?);
         let argv0 = format!("{}worker {id}", crate::ROLE_PREFIX);
@@ -226,12 +214,10 @@ impl WorkerPool {
             sys::process::signal(pid, Signal::SIGKILL);
             anyhow::bail!("sending bootstrap to worker {id} (pid {pid}): {e}");
         }
-        let token = self.next_token;
-        self.next_token += 1;
+        let token = self.tokens.allocate();
         // Writable: a worker that had no room for connections has room again.
-        registry.register(&mut SourceFd(&channel.raw_fd()), Token(token), Interest::READABLE | Interest::WRITABLE)?;
-        let current = Current { token, channel, worker_end, reported: Reported::default() };
-        Ok((pid, current))
+        registry.register(&mut SourceFd(&channel.raw_fd()), token, Interest::READABLE | Interest::WRITABLE)?;
+        Ok(Process { pid, token, channel, state: WorkerProcess { worker_end, reported: Reported::default() } })
     }
 
     /// Takes the receiving ends of lanes `first..` from the daemon.
@@ -260,8 +246,9 @@ impl WorkerPool {
         self.steer_due = false;
         let mut lanes = vec![LaneState::default(); self.lanes.len()];
         for ws in self.slots.iter().filter(|ws| ws.wanted) {
-            if let (Some(state), Some(current)) = (lanes.get_mut(ws.id as usize), ws.current.as_ref()) {
-                *state = LaneState { open: true, load: current.reported.counters.active.min(u32::MAX as u64) as u32 };
+            if let (Some(state), Some(current)) = (lanes.get_mut(ws.id as usize), ws.sup.current.as_ref()) {
+                *state =
+                    LaneState { open: true, load: current.state.reported.counters.active.min(u32::MAX as u64) as u32 };
             }
         }
         match self.steering.send(&Steer { lanes }) {
@@ -318,11 +305,11 @@ impl WorkerPool {
 
     /// Whether a worker process of slot `id` reads its lane (or is about to).
     fn lane_has_reader(&self, id: usize) -> bool {
-        self.slots.iter().any(|ws| ws.id as usize == id && (ws.current.is_some() || ws.incoming.is_some()))
+        self.slots.iter().any(|ws| ws.id as usize == id && (ws.sup.current.is_some() || ws.sup.incoming.is_some()))
     }
 
     fn has_live_worker(&self) -> bool {
-        self.slots.iter().any(|ws| ws.wanted && ws.current.is_some() && ws.slot.pid.is_some())
+        self.slots.iter().any(|ws| ws.wanted && ws.sup.current.is_some() && ws.sup.slot.pid.is_some())
     }
 
     /// Sends held connections to the least-loaded workers that have room, a batch per
@@ -332,7 +319,7 @@ impl WorkerPool {
             let take = self.pending.len().min(self.fair_share());
             let mut delivered = false;
             for index in self.by_load() {
-                let current = self.slots[index].current.as_mut().expect("by_load returns live slots");
+                let Some(current) = self.slots[index].sup.current.as_mut() else { continue };
                 let conns = Connections(self.pending[..take].iter().map(Fd::lend).collect());
                 match current.channel.send(&ToWorker::Connections(conns)) {
                     Ok(()) => {
@@ -355,7 +342,7 @@ impl WorkerPool {
     /// How many connections one worker gets per message when several are waiting, so a
     /// burst spreads over the pool.
     fn fair_share(&self) -> usize {
-        let live = self.slots.iter().filter(|ws| ws.current.is_some()).count().max(1);
+        let live = self.slots.iter().filter(|ws| ws.sup.current.is_some()).count().max(1);
         self.pending.len().div_ceil(live).clamp(1, MAX_FDS_PER_MESSAGE)
     }
 
@@ -366,8 +353,10 @@ impl WorkerPool {
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, ws)| ws.wanted && ws.slot.pid.is_some())
-            .filter_map(|(i, ws)| ws.current.as_ref().map(|c| (i, (!ws.slot.is_up(), c.reported.counters.active))))
+            .filter(|(_, ws)| ws.wanted && ws.sup.slot.pid.is_some())
+            .filter_map(|(i, ws)| {
+                ws.sup.current.as_ref().map(|c| (i, (!ws.sup.slot.is_up(), c.state.reported.counters.active)))
+            })
             .collect();
         live.sort_by_key(|(_, load)| *load);
         live.into_iter().map(|(i, _)| i).collect()
@@ -375,43 +364,43 @@ impl WorkerPool {
 
     /// Reads the heartbeats of a draining worker.
     fn absorb_heartbeats(current: &mut Current) {
-        let Current { channel, reported, .. } = current;
-        let _ = channel.drain(|hb| reported.absorb(hb.sent_ns, hb.counters));
+        let Current { channel, state, .. } = current;
+        let _ = channel.drain(|hb| state.reported.absorb(hb.sent_ns, hb.counters));
     }
 
     /// Reads the messages on the channel with poll token `token`.
     pub fn drain_messages(&mut self, token: usize, now: Instant) {
-        if let Some(r) = self.retiring.iter_mut().find(|r| r.channel.current.token == token) {
-            Self::absorb_heartbeats(&mut r.channel.current);
-            return;
-        }
-        let Some(index) = self.slots.iter().position(|ws| {
-            ws.current.as_ref().is_some_and(|c| c.token == token)
-                || ws.incoming.as_ref().is_some_and(|(_, c)| c.token == token)
-        }) else {
+        let token = Token(token);
+        let Some((index, which)) =
+            self.slots.iter().enumerate().find_map(|(i, ws)| ws.sup.owner(token).map(|w| (i, w)))
+        else {
             return;
         };
         let ws = &mut self.slots[index];
-        let is_current = ws.current.as_ref().is_some_and(|c| c.token == token);
-        let current = if is_current { ws.current.as_mut() } else { ws.incoming.as_mut().map(|(_, c)| c) };
-        let Some(current) = current else { return };
+        let Some(process) = ws.sup.process_mut(which) else { return };
+        if let Which::Retiring(_) = which {
+            return Self::absorb_heartbeats(process);
+        }
         let mut first_heartbeat = false;
         let latency = &mut self.latency;
-        let Current { channel, reported, .. } = current;
+        let Current { channel, state, .. } = process;
+        let mut up_at = None;
         let drained = channel.drain(|hb| {
             let received = sys::monotonic_ns();
-            if is_current {
-                if ws.slot.heartbeat(hb.sent_ns, received, now) {
-                    tracing::info!(worker = ws.id, pid = hb.pid, "worker up");
-                }
-            } else {
-                first_heartbeat = true;
+            match which {
+                Which::Current => up_at = Some((hb.sent_ns, received, hb.pid)),
+                _ => first_heartbeat = true,
             }
             latency.observe(&LATENCY_BUCKETS, received.saturating_sub(hb.sent_ns) as f64 / 1e9);
-            reported.absorb(hb.sent_ns, hb.counters);
+            state.reported.absorb(hb.sent_ns, hb.counters);
         });
         if let Err(e) = drained {
             tracing::warn!(worker = ws.id, error = %e, "reading a worker's channel");
+        }
+        if let Some((sent, received, pid)) = up_at {
+            if ws.sup.slot.heartbeat(sent, received, now) {
+                tracing::info!(worker = ws.id, pid, "worker up");
+            }
         }
         if first_heartbeat {
             self.promote(index, now);
@@ -420,16 +409,15 @@ impl WorkerPool {
 
     /// A rolling restart's new worker is up: the old one drains, the new one serves.
     fn promote(&mut self, index: usize, now: Instant) {
-        let Some((pid, current)) = self.slots[index].incoming.take() else { return };
         let drain = self.config.drain_timeout();
-        self.retire(index, Reason::Manual, drain, now);
+        let kill_at = now + drain + self.config.grace();
         let ws = &mut self.slots[index];
-        ws.slot.spawned(pid, now);
-        ws.slot.heartbeat(current.reported.prev_sent_ns, sys::monotonic_ns(), now);
-        ws.current = Some(current);
-        tracing::info!(worker = ws.id, pid = pid.as_raw(), "replacement worker took over");
-        if let Some(WorkerOp::Rolling { replaced, .. }) = self.op.as_mut() {
-            *replaced += 1;
+        let Some(sent_ns) = ws.sup.incoming.as_ref().map(|p| p.state.reported.prev_sent_ns) else { return };
+        if ws.sup.promote(drain, kill_at, sent_ns, now).is_some() {
+            self.count_restart(index, Reason::Manual);
+            if let Some(WorkerOp::Rolling { replaced, .. }) = self.op.as_mut() {
+                *replaced += 1;
+            }
         }
     }
 
@@ -441,28 +429,11 @@ impl WorkerPool {
         self.steer_due = true;
         let timeout = self.config.heartbeat_timeout();
         for index in 0..self.slots.len() {
-            let ws = &mut self.slots[index];
-            let age_ms = ws.slot.heartbeat_age(now).as_millis() as u64;
-            match ws.slot.check(now, timeout) {
+            match self.slots[index].sup.check(now, timeout) {
                 Check::Healthy | Check::Vacant => {}
-                Check::Missed(n) => {
-                    self.missed_total += 1;
-                    tracing::warn!(
-                        worker = ws.id,
-                        pid = ws.slot.pid.map_or(0, |p| p.as_raw()),
-                        age_ms,
-                        missed = n,
-                        "worker missed heartbeat"
-                    )
-                }
+                Check::Missed(_) => self.missed_total += 1,
                 Check::Hung => {
                     self.missed_total += 1;
-                    tracing::error!(
-                        worker = ws.id,
-                        pid = ws.slot.pid.map_or(0, |p| p.as_raw()),
-                        age_ms,
-                        "worker hung: 3 missed heartbeats; restarting"
-                    );
                     self.retire(index, Reason::Hang, self.config.grace(), now);
                 }
             }
@@ -472,24 +443,20 @@ impl WorkerPool {
     /// Takes the slot's process out of service: it finishes what it has (its queued
     /// connections included) and exits by `deadline`, or is killed `grace` after it.
     fn retire(&mut self, index: usize, reason: Reason, deadline: Duration, now: Instant) {
-        let ws = &mut self.slots[index];
-        let (Some(pid), Some(mut current)) = (ws.slot.pid, ws.current.take()) else { return };
-        let _ = current.channel.send(&ToWorker::Shutdown { deadline_ms: deadline.as_millis() as u64 });
         let kill_at = now + deadline + self.config.grace();
-        let retiree = Retiree { id: ws.id, current };
-        self.retiring.push(Retiring { pid, kill_at, channel: retiree });
-        self.vacate(index, reason, now);
-    }
-
-    /// Empties slot `index` (its next start backs off as `Slot` says) and counts and
-    /// logs the restart, unless the slot is going away.
-    fn vacate(&mut self, index: usize, reason: Reason, now: Instant) {
         let ws = &mut self.slots[index];
-        let delay = ws.slot.vacate(reason, now);
+        let Some(delay) = ws.sup.retire(reason, deadline, kill_at, now) else { return };
         self.steer_due = true;
         if ws.wanted && !self.shutting_down {
+            ws.sup.slot.log_restart(reason, delay, now);
+            self.count_restart(index, reason);
+        }
+    }
+
+    /// Counts a restart in the pool's figures, unless the slot is going away.
+    fn count_restart(&mut self, index: usize, reason: Reason) {
+        if self.slots[index].wanted && !self.shutting_down {
             self.restarts[reason] += 1;
-            ws.slot.log_restart(reason, delay, now);
         }
     }
 
@@ -497,45 +464,40 @@ impl WorkerPool {
     /// to a dead worker go to another.
     pub fn reap(&mut self, registry: &Registry, now: Instant) {
         for (pid, exit) in sys::process::reap_exited() {
-            if let Some(i) = self.retiring.iter().position(|r| r.pid == pid) {
-                let retired = self.retiring.swap_remove(i);
-                let mut retiree = retired.channel;
-                tracing::info!(worker = retiree.id, pid = pid.as_raw(), %exit, "retired worker exited");
-                // Its last heartbeat (sent as it exits) may still be queued.
-                Self::absorb_heartbeats(&mut retiree.current);
-                self.exited.push(retiree.report(pid));
-                let _ = registry.deregister(&mut SourceFd(&retiree.current.channel.raw_fd()));
-                self.recover_queued(&mut retiree.current.worker_end);
-                continue;
-            }
-            if let Some(ws) = self.slots.iter_mut().find(|ws| ws.incoming.as_ref().is_some_and(|(p, _)| *p == pid)) {
-                if let Some((_, c)) = ws.incoming.take() {
-                    let _ = registry.deregister(&mut SourceFd(&c.channel.raw_fd()));
-                }
-                let detail = format!("replacement for worker {} exited ({exit}) before it was up", ws.id);
-                tracing::error!(worker = ws.id, pid = pid.as_raw(), %exit, "replacement worker died");
-                self.finish_op(false, detail);
-                continue;
-            }
-            let Some(index) = self.slots.iter().position(|ws| ws.slot.pid == Some(pid)) else {
+            let exited =
+                self.slots.iter_mut().enumerate().find_map(|(i, ws)| match ws.sup.on_exit(pid, false, registry, now) {
+                    Exited::NotOurs => None,
+                    exited => Some((i, exited)),
+                });
+            let Some((index, exited)) = exited else {
                 tracing::debug!(pid = pid.as_raw(), %exit, "reaped unknown child");
                 continue;
             };
-            self.on_crash(index, pid, exit, registry, now);
+            let id = self.slots[index].id;
+            match exited {
+                Exited::Retired(mut retiree) => {
+                    tracing::info!(worker = id, pid = pid.as_raw(), %exit, "retired worker exited");
+                    // Its last heartbeat (sent as it exits) may still be queued.
+                    Self::absorb_heartbeats(&mut retiree);
+                    self.exited.push(retiree_report(id, &retiree));
+                    self.recover_queued(&mut retiree.state.worker_end);
+                }
+                Exited::Incoming(_) => {
+                    tracing::error!(worker = id, pid = pid.as_raw(), %exit, "replacement worker died");
+                    self.finish_op(false, format!("replacement for worker {id} exited ({exit}) before it was up"));
+                }
+                Exited::Current(mut crashed) => {
+                    tracing::error!(worker = id, pid = pid.as_raw(), %exit, "worker crashed");
+                    self.steer_due = true;
+                    self.count_restart(index, Reason::Crash);
+                    self.recover_queued(&mut crashed.state.worker_end);
+                }
+                Exited::NotOurs => {}
+            }
         }
-        self.slots.retain(|ws| ws.wanted || ws.slot.pid.is_some());
+        self.slots.retain(|ws| ws.wanted || ws.sup.has_processes());
         self.steer_due = true;
         self.rescue_strays();
-    }
-
-    fn on_crash(&mut self, index: usize, pid: Pid, exit: Exit, registry: &Registry, now: Instant) {
-        let ws = &mut self.slots[index];
-        if let Some(mut current) = ws.current.take() {
-            let _ = registry.deregister(&mut SourceFd(&current.channel.raw_fd()));
-            tracing::error!(worker = ws.id, pid = pid.as_raw(), %exit, "worker crashed");
-            self.vacate(index, Reason::Crash, now);
-            self.recover_queued(&mut current.worker_end);
-        }
     }
 
     /// Reads back connections that were sent to a worker that never took them.
@@ -547,16 +509,15 @@ impl WorkerPool {
     }
 
     pub fn kill_overdue(&mut self, now: Instant) {
-        for r in &mut self.retiring {
-            if r.kill_if_overdue(now) {
-                tracing::warn!(worker = r.channel.id, pid = r.pid.as_raw(), "worker did not exit in time: SIGKILL");
-            }
+        for ws in &mut self.slots {
+            ws.sup.kill_overdue(now);
         }
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        let starts = self.slots.iter().filter(|ws| ws.wanted).filter_map(|ws| ws.slot.start_due);
-        starts.chain(self.retiring.iter().map(|r| r.kill_at)).min()
+        let starts = self.slots.iter().filter(|ws| ws.wanted).filter_map(|ws| ws.sup.slot.start_due);
+        let kills = self.slots.iter().flat_map(|ws| ws.sup.retiring.iter().map(|r| r.kill_at));
+        starts.chain(kills).min()
     }
 
     /// Stops taking connections (leaving them queued for the next manager) and asks every
@@ -584,15 +545,12 @@ impl WorkerPool {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.retiring.is_empty() && self.slots.iter().all(|ws| ws.slot.pid.is_none() && ws.incoming.is_none())
+        self.slots.iter().all(|ws| !ws.sup.has_processes())
     }
 
     pub fn kill_all(&mut self) {
-        let incoming = self.slots.iter().filter_map(|ws| ws.incoming.as_ref().map(|(p, _)| *p));
-        let pids =
-            self.slots.iter().filter_map(|ws| ws.slot.pid).chain(self.retiring.iter().map(|r| r.pid)).chain(incoming);
-        for pid in pids {
-            sys::process::signal(pid, Signal::SIGKILL);
+        for ws in &self.slots {
+            ws.sup.kill_all();
         }
     }
 
@@ -617,7 +575,7 @@ impl WorkerPool {
 
     /// Every worker process that serves or is about to: current and incoming.
     fn serving_mut(&mut self) -> impl Iterator<Item = &mut Current> {
-        self.slots.iter_mut().flat_map(|ws| ws.current.iter_mut().chain(ws.incoming.iter_mut().map(|(_, c)| c)))
+        self.slots.iter_mut().flat_map(|ws| ws.sup.serving_mut())
     }
 
     /// Grows or shrinks the pool to ids `0..workers`; removed workers drain. Answers
@@ -634,12 +592,21 @@ impl WorkerPool {
                 self.retire(index, Reason::Manual, self.config.drain_timeout(), now);
             }
         }
-        self.slots.retain(|ws| ws.wanted || ws.slot.pid.is_some());
+        self.slots.retain(|ws| ws.wanted || ws.sup.has_processes());
         let mut added = Vec::new();
         for id in 0..workers {
-            if !self.slots.iter().any(|ws| ws.id == id) {
-                self.slots.push(WorkerSlot::new(id, now));
-                added.push(id);
+            match self.slots.iter_mut().find(|ws| ws.id == id) {
+                Some(ws) if ws.wanted => {}
+                // Scaled away and still draining: wanted again, it starts a new worker.
+                Some(ws) => {
+                    ws.wanted = true;
+                    ws.sup.slot.start_due = Some(now);
+                    added.push(id);
+                }
+                None => {
+                    self.slots.push(WorkerSlot::new(id, now));
+                    added.push(id);
+                }
             }
         }
         self.slots.sort_by_key(|ws| ws.id);
@@ -696,14 +663,14 @@ impl WorkerPool {
                 self.finish_op(false, "timed out".into());
             }
             WorkerOp::ScaleUp { ids, workers, .. } => {
-                let up = |id: &u32| self.slots.iter().any(|ws| ws.id == *id && ws.slot.is_up());
+                let up = |id: &u32| self.slots.iter().any(|ws| ws.id == *id && ws.sup.slot.is_up());
                 if ids.iter().all(up) {
                     let detail = format!("scaled to {}", workers_phrase(*workers as usize));
                     self.finish_op(true, detail);
                 }
             }
             WorkerOp::Rolling { queue, replaced, .. } => {
-                if self.slots.iter().any(|ws| ws.incoming.is_some()) {
+                if self.slots.iter().any(|ws| ws.sup.incoming.is_some()) {
                     return; // the current replacement is still coming up
                 }
                 let Some(id) = queue.pop_front() else {
@@ -718,25 +685,19 @@ impl WorkerPool {
 
     fn start_replacement(&mut self, id: u32, registry: &Registry) {
         let Some(index) = self.slots.iter().position(|ws| ws.id == id && ws.wanted) else { return };
-        if !self.slots[index].slot.is_up() {
+        if self.slots[index].sup.cannot_replace().is_some() {
             // Not running (crashed, starting): its next start is a fresh process anyway.
             return;
         }
         match self.spawn(id, registry) {
-            Ok((pid, current)) => {
-                tracing::info!(worker = id, pid = pid.as_raw(), "replacement worker spawned");
-                self.slots[index].incoming = Some((pid, current));
-            }
+            Ok(process) => self.slots[index].sup.replace_with(process),
             Err(e) => self.finish_op(false, format!("cannot start a replacement for worker {id}: {e:#}")),
         }
     }
 
     fn abandon_incoming(&mut self, registry: &Registry) {
         for ws in &mut self.slots {
-            if let Some((pid, c)) = ws.incoming.take() {
-                let _ = registry.deregister(&mut SourceFd(&c.channel.raw_fd()));
-                sys::process::signal(pid, Signal::SIGKILL);
-            }
+            ws.sup.abandon_incoming(registry);
         }
     }
 
@@ -780,28 +741,34 @@ impl WorkerPool {
 
     /// One report per worker process, current and draining.
     pub fn reports(&mut self, now: Instant) -> Vec<WorkerReport> {
-        let mut out = Vec::with_capacity(self.slots.len() + self.retiring.len());
+        let mut out = Vec::with_capacity(self.slots.len() + self.exited.len());
         for ws in self.slots.iter_mut().filter(|ws| ws.wanted) {
-            let state = ws.slot.state(now);
-            let (counters, utilization) =
-                ws.current.as_ref().map(|c| (c.reported.counters.clone(), c.reported.utilization)).unwrap_or_default();
+            let state = ws.sup.slot.state(now);
+            let (counters, utilization) = ws
+                .sup
+                .current
+                .as_ref()
+                .map(|c| (c.state.reported.counters.clone(), c.state.reported.utilization))
+                .unwrap_or_default();
             let state = match state {
                 ProcessState::Running if utilization > 0.0 || counters.active > 0 => WorkerState::Busy,
                 ProcessState::Running => WorkerState::Idle,
                 // A slot waiting for (or in) its next process is starting it.
                 ProcessState::Starting | ProcessState::Backoff | ProcessState::Stopped => WorkerState::Starting,
             };
-            out.push(report(ws.id, ws.slot.pid, state, &ws.slot, now, utilization, counters));
+            out.push(report(ws.id, state, &ws.sup.slot, now, utilization, counters));
         }
         out.extend(self.exited.iter().cloned());
-        out.extend(self.retiring.iter().map(|r| r.channel.report(r.pid)));
+        for ws in &self.slots {
+            out.extend(ws.sup.retiring.iter().map(|r| retiree_report(ws.id, &r.channel)));
+        }
         out
     }
 }
 
 impl WorkerSlot {
     fn new(id: u32, now: Instant) -> WorkerSlot {
-        WorkerSlot { id, slot: Slot::new(format!("worker {id}"), now), current: None, incoming: None, wanted: true }
+        WorkerSlot { id, sup: Supervised::new(format!("worker {id}"), now), wanted: true }
     }
 }
 
@@ -852,7 +819,6 @@ fn done(ok: bool, detail: &str) -> FromManager {
 
 fn report(
     id: u32,
-    pid: Option<Pid>,
     state: WorkerState,
     slot: &Slot,
     now: Instant,
@@ -861,7 +827,7 @@ fn report(
 ) -> WorkerReport {
     WorkerReport {
         id,
-        pid: pid.map(|p| p.as_raw() as u32).unwrap_or(0),
+        pid: slot.pid.map(|p| p.as_raw() as u32).unwrap_or(0),
         state,
         restarts: slot.restarts(),
         heartbeat_age_ms: slot.heartbeat_age(now).as_secs_f64() * 1000.0,
