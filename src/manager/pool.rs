@@ -422,7 +422,7 @@ impl WorkerPool {
     /// A rolling restart's new worker is up: the old one drains, the new one serves.
     fn promote(&mut self, index: usize, now: Instant) {
         let Some((pid, current)) = self.slots[index].incoming.take() else { return };
-        let drain = self.config.drain_timeout();
+        let drain = self.config.drain_timeout.duration();
         self.retire(index, Reason::Manual, drain, now);
         let ws = &mut self.slots[index];
         ws.slot.spawned(pid, now);
@@ -440,7 +440,7 @@ impl WorkerPool {
         // re-measure and carry on when there is room again.
         self.fds = crate::sys::process::FdBudget::measure();
         self.steer_due = true;
-        let timeout = self.config.heartbeat_timeout();
+        let timeout = self.config.heartbeat_timeout.duration();
         for index in 0..self.slots.len() {
             let ws = &mut self.slots[index];
             let age_ms = ws.slot.heartbeat_age(now).as_millis() as u64;
@@ -464,7 +464,7 @@ impl WorkerPool {
                         age_ms,
                         "worker hung: 3 missed heartbeats; restarting"
                     );
-                    self.retire(index, Reason::Hang, self.config.grace(), now);
+                    self.retire(index, Reason::Hang, self.config.grace.duration(), now);
                 }
             }
         }
@@ -476,7 +476,7 @@ impl WorkerPool {
         let ws = &mut self.slots[index];
         let (Some(pid), Some(mut current)) = (ws.slot.pid, ws.current.take()) else { return };
         let _ = current.channel.send(&Message::Shutdown { deadline_ms: deadline.as_millis() as u64 }, &[]);
-        let kill_at = now + deadline + self.config.grace();
+        let kill_at = now + deadline + self.config.grace.duration();
         let retiree = Retiree { id: ws.id, current };
         self.retiring.push(Retiring { pid, kill_at, channel: retiree });
         self.vacate(index, reason, now);
@@ -632,7 +632,7 @@ impl WorkerPool {
         for index in 0..self.slots.len() {
             if self.slots[index].id >= workers && self.slots[index].wanted {
                 self.slots[index].wanted = false;
-                self.retire(index, Reason::Manual, self.config.drain_timeout(), now);
+                self.retire(index, Reason::Manual, self.config.drain_timeout.duration(), now);
             }
         }
         self.slots.retain(|ws| ws.wanted || ws.slot.pid.is_some());
