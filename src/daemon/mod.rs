@@ -15,7 +15,7 @@ mod sockets;
 mod systemd;
 mod upgrade;
 
-use crate::config::Config;
+use crate::config::{AccessLogTarget, Config};
 use crate::control::{self, CommandRequest, LoopHandle};
 use crate::ipc::{Fd, ToListener, ToManager};
 use crate::observe::{Accumulator, SharedObserved};
@@ -62,14 +62,14 @@ pub struct Inheritance {
 /// Opens the access log for appending; `-` (stderr) and off need no file.
 fn open_access_log(config: &Config) -> anyhow::Result<Option<OwnedFd>> {
     use std::os::unix::fs::OpenOptionsExt;
-    let Some(path) = config.access_log.as_deref().filter(|p| *p != "-") else { return Ok(None) };
+    let AccessLogTarget::File(path) = &config.access_log else { return Ok(None) };
     let file = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
-        .with_context(|| format!("cannot open access log {path}"))?;
+        .with_context(|| format!("cannot open access log {}", path.display()))?;
     Ok(Some(OwnedFd::from(file)))
 }
 
@@ -167,7 +167,7 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
     let (command_tx, command_rx) = mpsc::channel();
     let waker = Arc::new(mio::Waker::new(poll.registry(), COMMANDS).context("waker")?);
     let handle = LoopHandle { commands: command_tx, waker };
-    let mut planes = planes::Planes::new(control_listener, inherited_admin, config.admin, handle);
+    let mut planes = planes::Planes::new(control_listener, inherited_admin, config.admin.addr(), handle);
     let upgrade = match successor_channel {
         Some(channel) => {
             poll.registry().register(&mut SourceFd(&channel.raw_fd()), UPGRADE, Interest::READABLE)?;
@@ -269,14 +269,15 @@ impl Daemon {
                     COMMANDS => self.take_commands(),
                     UPGRADE => self.upgrade_readable(),
                     token if self.listener.owns(token) => {
-                        let grace = self.inherit.config.grace();
+                        let grace = self.inherit.config.grace.duration();
                         let times = RetireTimes { deadline: grace, kill_after: grace };
                         self.listener.readable(token, times, &mut role_events);
                     }
                     token if self.manager.owns(token) => {
                         // The old manager's workers get the drain timeout to finish.
-                        let drain = self.inherit.config.drain_timeout();
-                        let times = RetireTimes { deadline: drain, kill_after: drain + self.inherit.config.grace() };
+                        let drain = self.inherit.config.drain_timeout.duration();
+                        let times =
+                            RetireTimes { deadline: drain, kill_after: drain + self.inherit.config.grace.duration() };
                         self.manager.readable(token, times, &mut role_events);
                     }
                     _ => {}
@@ -417,15 +418,15 @@ impl Daemon {
         if self.state == State::Stopping {
             return;
         }
-        let timeout = self.inherit.config.heartbeat_timeout();
-        let grace = self.inherit.config.grace();
+        let timeout = self.inherit.config.heartbeat_timeout.duration();
+        let grace = self.inherit.config.grace.duration();
         self.listener.check(now, timeout, grace);
         self.manager.check(now, timeout, grace);
     }
 
     /// Graceful stop: children finish in-flight work within the grace period.
     pub(crate) fn begin_stop(&mut self, why: &str) {
-        let grace = self.inherit.config.grace();
+        let grace = self.inherit.config.grace.duration();
         self.begin_stop_with(why, grace);
     }
 
@@ -440,7 +441,7 @@ impl Daemon {
         self.systemd.stopping();
         self.state = State::Stopping;
         let now = Instant::now();
-        self.stop_deadline = Some(now + finish_within + self.inherit.config.grace());
+        self.stop_deadline = Some(now + finish_within + self.inherit.config.grace.duration());
         let deadline_ms = finish_within.as_millis() as u64;
         self.listener.sup.slot.start_due = None;
         self.manager.sup.slot.start_due = None;

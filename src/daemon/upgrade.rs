@@ -189,7 +189,7 @@ impl Daemon {
             let _ = reply.try_send(Response::ok(format!("upgraded: new daemon pid {pid}")));
         }
         self.handed_over = true;
-        let drain = self.inherit.config.drain_timeout();
+        let drain = self.inherit.config.drain_timeout.duration();
         self.begin_stop_with("binary upgrade", drain);
     }
 

@@ -116,7 +116,7 @@ pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
     };
     // The daemon sends the lanes right after the bootstrap.
     me.handle_control(poll.registry())?;
-    let mut heartbeat = Heartbeater::new(Role::Listener, boot.config.heartbeat_interval());
+    let mut heartbeat = Heartbeater::new(Role::Listener, boot.config.heartbeat_interval.duration());
     heartbeat.set_keeper_pid(me.keeper.pid());
     let mut events = Events::with_capacity(64);
     me.accept_all(poll.registry());

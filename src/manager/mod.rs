@@ -50,7 +50,7 @@ pub fn run(mut control: ManagerControl) -> anyhow::Result<()> {
     pool.set_access_log(access_log);
     // The daemon sends the lanes right after the bootstrap; workers start once they are here.
     handle_control(&mut control, &mut pool, poll.registry());
-    let mut heartbeat = Heartbeater::new(Role::Manager, config.heartbeat_interval());
+    let mut heartbeat = Heartbeater::new(Role::Manager, config.heartbeat_interval.duration());
     let mut events = Events::with_capacity(256);
     let mut next_check = Instant::now() + CHECK_INTERVAL;
     let mut shutdown_deadline: Option<Instant> = None;

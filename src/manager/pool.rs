@@ -409,8 +409,8 @@ impl WorkerPool {
 
     /// A rolling restart's new worker is up: the old one drains, the new one serves.
     fn promote(&mut self, index: usize, now: Instant) {
-        let drain = self.config.drain_timeout();
-        let kill_at = now + drain + self.config.grace();
+        let drain = self.config.drain_timeout.duration();
+        let kill_at = now + drain + self.config.grace.duration();
         let ws = &mut self.slots[index];
         let Some(sent_ns) = ws.sup.incoming.as_ref().map(|p| p.state.reported.prev_sent_ns) else { return };
         if ws.sup.promote(drain, kill_at, sent_ns, now).is_some() {
@@ -427,14 +427,14 @@ impl WorkerPool {
         // re-measure and carry on when there is room again.
         self.fds = crate::sys::process::FdBudget::measure();
         self.steer_due = true;
-        let timeout = self.config.heartbeat_timeout();
+        let timeout = self.config.heartbeat_timeout.duration();
         for index in 0..self.slots.len() {
             match self.slots[index].sup.check(now, timeout) {
                 Check::Healthy | Check::Vacant => {}
                 Check::Missed(_) => self.missed_total += 1,
                 Check::Hung => {
                     self.missed_total += 1;
-                    self.retire(index, Reason::Hang, self.config.grace(), now);
+                    self.retire(index, Reason::Hang, self.config.grace.duration(), now);
                 }
             }
         }
@@ -443,7 +443,7 @@ impl WorkerPool {
     /// Takes the slot's process out of service: it finishes what it has (its queued
     /// connections included) and exits by `deadline`, or is killed `grace` after it.
     fn retire(&mut self, index: usize, reason: Reason, deadline: Duration, now: Instant) {
-        let kill_at = now + deadline + self.config.grace();
+        let kill_at = now + deadline + self.config.grace.duration();
         let ws = &mut self.slots[index];
         let Some(delay) = ws.sup.retire(reason, deadline, kill_at, now) else { return };
         self.steer_due = true;
@@ -589,7 +589,7 @@ impl WorkerPool {
         for index in 0..self.slots.len() {
             if self.slots[index].id >= workers && self.slots[index].wanted {
                 self.slots[index].wanted = false;
-                self.retire(index, Reason::Manual, self.config.drain_timeout(), now);
+                self.retire(index, Reason::Manual, self.config.drain_timeout.duration(), now);
             }
         }
         self.slots.retain(|ws| ws.wanted || ws.sup.has_processes());

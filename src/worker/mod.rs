@@ -14,6 +14,7 @@ pub mod path;
 pub mod request;
 pub mod response;
 
+use crate::config::AccessLogTarget;
 use crate::heartbeat::{Delivery, Heartbeater, FINAL_REPORT_WITHIN};
 use crate::ipc::{
     self, Connections, Counters, LaneReader, Recv, RecvError, Role, ToWorker, WorkerControl, DURATION_BUCKETS,
@@ -145,9 +146,9 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
     let lane = LaneReader::new(boot.lane.into_owned()?);
     let id = boot.id;
     let config = boot.config;
-    let access_log = match (boot.access_log.map(ipc::Fd::into_owned).transpose()?, config.access_log.as_deref()) {
+    let access_log = match (boot.access_log.map(ipc::Fd::into_owned).transpose()?, &config.access_log) {
         (Some(fd), _) => Some(access_log::AccessLog::new(access_log::Sink::File(fd.into()))),
-        (None, Some("-")) => Some(access_log::AccessLog::new(access_log::Sink::Stderr)),
+        (None, AccessLogTarget::Stderr) => Some(access_log::AccessLog::new(access_log::Sink::Stderr)),
         _ => None,
     };
     let root = path::Root::open(&config.root).with_context(|| format!("document root {}", config.root.display()))?;
@@ -166,8 +167,8 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
             root,
             limits: request::Limits::default(),
             date: date::DateCache::new(),
-            header_timeout: Duration::from_millis(config.header_timeout_ms),
-            keepalive_timeout: Duration::from_millis(config.keepalive_timeout_ms),
+            header_timeout: config.header_timeout.duration(),
+            keepalive_timeout: config.keepalive_timeout.duration(),
             force_close: boot.draining,
             stats: Stats::default(),
             scratch: Vec::with_capacity(1024),
@@ -179,12 +180,12 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         fds: crate::sys::process::FdBudget::measure(),
         conns_at_measure: 0,
         intake_paused: false,
-        drain_idle_at: if boot.draining { Some(Instant::now() + config.drain_timeout()) } else { None },
-        drain_timeout: config.drain_timeout(),
+        drain_idle_at: if boot.draining { Some(Instant::now() + config.drain_timeout.duration()) } else { None },
+        drain_timeout: config.drain_timeout.duration(),
         again: Vec::new(),
         again_spare: Vec::new(),
     };
-    let mut heartbeat = Heartbeater::new(Role::Worker, config.heartbeat_interval());
+    let mut heartbeat = Heartbeater::new(Role::Worker, config.heartbeat_interval.duration());
     let mut events = Events::with_capacity(1024);
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
     // Connections may have queued in the lane before we started.

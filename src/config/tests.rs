@@ -1,0 +1,167 @@
+//! The settings table against the flags, the config file, the reload rule and
+//! docs/reference.md.
+
+use super::*;
+use clap::CommandFactory;
+use std::collections::BTreeSet;
+
+fn flag_accepts(setting: &Setting, value: &str) -> bool {
+    Cli::try_parse_from(["webd".to_string(), format!("--{}={value}", setting.flag())]).is_ok()
+}
+
+fn file_accepts(setting: &Setting, value: &str) -> bool {
+    file_settings(&format!("{} = {value}\n", setting.key), Path::new("/etc/webd/webd.toml")).is_ok()
+}
+
+#[test]
+fn every_default_given_as_a_flag_value_parses() {
+    let config = Config::with_defaults(Cli::default());
+    assert_eq!(config.listen, vec![SocketAddr::from(([127, 0, 0, 1], 8080))]);
+    assert_eq!(config.admin, Admin::At(SocketAddr::from(([127, 0, 0, 1], 9180))));
+    assert_eq!((config.grace, config.max_connections, config.user), (Millis(1000), 16_384, None));
+}
+
+#[test]
+fn flag_and_file_accept_the_same_range() {
+    let ranged: Vec<_> = SETTINGS.iter().filter(|s| s.range.is_some()).collect();
+    assert!(ranged.len() >= 8, "every numeric setting has a range");
+    for setting in ranged {
+        let range = setting.range.clone().expect("filtered");
+        let (min, max) = (i128::from(*range.start()), i128::from(*range.end()));
+        for (value, accepted) in [(min, true), (max, true), (min - 1, false), (max + 1, false)] {
+            let value = value.to_string();
+            assert_eq!(flag_accepts(setting, &value), accepted, "--{} {value}", setting.flag());
+            assert_eq!(file_accepts(setting, &value), accepted, "{} = {value}", setting.key);
+        }
+        let refused = file_settings(&format!("{} = {}\n", setting.key, max + 1), Path::new("/etc/webd/webd.toml"));
+        let message = refused.expect_err("out of range").to_string();
+        assert!(message.contains(setting.key) && message.contains("/etc/webd/webd.toml"), "{message}");
+    }
+}
+
+#[test]
+fn flag_and_file_accept_the_same_admin_values() {
+    let admin = SETTINGS.iter().find(|s| s.key == "admin").expect("admin is a setting");
+    for (value, accepted) in [("off", true), ("127.0.0.1:1", true), ("[::1]:1", true), ("bogus", false), ("", false)] {
+        assert_eq!(flag_accepts(admin, value), accepted, "--admin {value:?}");
+        assert_eq!(file_accepts(admin, &format!("{value:?}")), accepted, "admin = {value:?}");
+    }
+}
+
+/// Two flag values of every setting, different from each other.
+fn samples(setting: &Setting) -> [String; 2] {
+    if let Some(range) = &setting.range {
+        return [range.start().to_string(), range.end().to_string()];
+    }
+    let [a, b] = match setting.key {
+        "listen" => ["127.0.0.1:1", "127.0.0.1:2"],
+        "root" => ["/srv/a", "/srv/b"],
+        "admin" => ["off", "127.0.0.1:3"],
+        "control_socket" => ["/run/a.sock", "/run/b.sock"],
+        "access_log" => ["off", "-"],
+        "log_format" => ["text", "json"],
+        "user" => ["alice", "bob"],
+        other => panic!("no sample values for the setting {other}: add two here"),
+    };
+    [a.to_string(), b.to_string()]
+}
+
+fn config_with(pick: usize) -> Config {
+    let mut argv = vec!["webd".to_string()];
+    argv.extend(SETTINGS.iter().map(|s| format!("--{}={}", s.flag(), samples(s)[pick])));
+    Config::with_defaults(Cli::try_parse_from(argv).expect("the samples parse"))
+}
+
+fn by_key(config: &Config) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(config).expect("a Config serializes") {
+        serde_json::Value::Object(map) => map,
+        other => panic!("not an object: {other}"),
+    }
+}
+
+#[test]
+fn the_reload_rule_covers_every_setting() {
+    let (running, new) = (config_with(0), config_with(1));
+    let (running_keys, new_keys) = (by_key(&running), by_key(&new));
+    let keys: BTreeSet<_> = SETTINGS.iter().map(|s| s.key.to_string()).collect();
+    assert_eq!(running_keys.keys().cloned().collect::<BTreeSet<_>>(), keys, "every Config field is a setting");
+    let (reloaded, kept) = running.reloaded(new);
+    let reloaded = by_key(&reloaded);
+    for setting in SETTINGS {
+        let key = setting.key;
+        assert_ne!(running_keys[key], new_keys[key], "{key}: the samples differ");
+        let (wanted, warned) = match setting.reload {
+            Reload::Live => (&new_keys[key], false),
+            Reload::Fixed => (&running_keys[key], true),
+        };
+        assert_eq!(&reloaded[key], wanted, "{key} after a reload");
+        assert_eq!(kept.contains(&key), warned, "{key}: a reload warns about a fixed setting only");
+    }
+}
+
+#[test]
+fn what_a_reload_changes_live_is_what_it_always_did() {
+    let live: Vec<_> = SETTINGS.iter().filter(|s| s.reload == Reload::Live).map(|s| s.key).collect();
+    let wanted = [
+        "root",
+        "workers",
+        "access_log",
+        "grace",
+        "drain_timeout",
+        "header_timeout",
+        "keepalive_timeout",
+        "max_connections",
+    ];
+    assert_eq!(live, wanted);
+}
+
+#[test]
+fn help_shows_each_default() {
+    let help = Cli::command().render_long_help().to_string();
+    assert!(help.contains("Milliseconds between heartbeats of every child [default: 100]"), "{help}");
+    assert!(help.contains("Worker processes [default: number of CPUs]"), "{help}");
+    assert!(help.contains("missed (3 misses = hung) [default: 200]"), "{help}");
+    assert!(help.contains("workers after binding\n"), "--user has no default: {help}");
+}
+
+/// The rows of the markdown table under `heading` in docs/reference.md.
+fn reference_rows(heading: &str) -> Vec<&'static str> {
+    let reference = include_str!("../../docs/reference.md");
+    let section = reference.split(heading).nth(1).expect("the reference has the section");
+    section.lines().skip_while(|l| !l.starts_with('|')).take_while(|l| l.starts_with('|')).skip(2).collect()
+}
+
+#[test]
+fn the_reference_documents_every_setting_as_the_table_defines_it() {
+    let rows = reference_rows("## webd flags and config file");
+    for setting in SETTINGS {
+        let flag = format!("| `--{} ", setting.flag());
+        let row = rows.iter().find(|r| r.starts_with(&flag)).unwrap_or_else(|| panic!("no row for {flag}"));
+        assert!(row.contains(&format!("| `{}`", setting.key)), "{row}");
+        if let DefaultValue::Flag(value) = setting.default {
+            assert!(row.contains(&format!("| `{value}` |")), "default {value}: {row}");
+        }
+        if let Some(range) = &setting.range {
+            assert!(row.contains(&format!("| {}–{}", range.start(), range.end())), "range {range:?}: {row}");
+        }
+    }
+    let flags: BTreeSet<_> = SETTINGS.iter().map(|s| format!("--{}", s.flag())).collect();
+    for row in rows {
+        let documented = row.split('`').nth(1).and_then(|f| f.split(' ').next()).unwrap_or_default();
+        let known = flags.contains(documented) || ["--config", "-h", "-V"].contains(&documented);
+        assert!(known, "the reference documents a flag that is not a setting: {row}");
+    }
+}
+
+#[test]
+fn the_reference_sorts_settings_into_live_and_fixed_as_the_table_does() {
+    let rows = reference_rows("## Reload (SIGHUP)");
+    let cells: Vec<_> = rows[0].split('|').collect();
+    for setting in SETTINGS {
+        let column = match setting.reload {
+            Reload::Live => cells[1],
+            Reload::Fixed => cells[2],
+        };
+        assert!(column.contains(&format!("`{}`", setting.key)), "{} is {:?}: {column}", setting.key, setting.reload);
+    }
+}
