@@ -69,6 +69,10 @@ pub struct Cli {
     /// Most connections one worker holds at once [default: 16384].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(MAX_CONNECTIONS.min as i64..=MAX_CONNECTIONS.max as i64))]
     pub max_connections: Option<u32>,
+    /// Most header fields one request head may carry (Host included); more is 431
+    /// [default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(MAX_HEADER_FIELDS.min as i64..=MAX_HEADER_FIELDS.max as i64))]
+    pub max_header_fields: Option<u32>,
 }
 
 const AFTER_HELP: &str = "\
@@ -124,6 +128,8 @@ const GRACE: Bounded = Bounded { key: "grace", min: 0, max: 600_000 };
 const DRAIN_TIMEOUT: Bounded = Bounded { key: "drain_timeout", min: 0, max: 3_600_000 };
 const HEADER_TIMEOUT: Bounded = Bounded { key: "header_timeout", min: 100, max: 600_000 };
 const KEEPALIVE_TIMEOUT: Bounded = Bounded { key: "keepalive_timeout", min: 100, max: 3_600_000 };
+/// The top is the worker's on-stack header table (`request::HEADER_CAPACITY`).
+const MAX_HEADER_FIELDS: Bounded = Bounded { key: "max_header_fields", min: 1, max: 1024 };
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -158,6 +164,8 @@ pub struct Config {
     pub header_timeout_ms: u64,
     pub keepalive_timeout_ms: u64,
     pub max_connections: u32,
+    /// Most header fields in one request head.
+    pub max_header_fields: u32,
 }
 
 /// Why a configuration was refused: usage errors (exit 2) or runtime errors (exit 1).
@@ -226,6 +234,7 @@ impl Config {
             header_timeout_ms: cli.header_timeout.unwrap_or(10_000),
             keepalive_timeout_ms: cli.keepalive_timeout.unwrap_or(75_000),
             max_connections: cli.max_connections.unwrap_or(16_384),
+            max_header_fields: cli.max_header_fields.unwrap_or(100),
         })
     }
 
@@ -284,7 +293,8 @@ impl Cli {
             user,
             header_timeout,
             keepalive_timeout,
-            max_connections
+            max_connections,
+            max_header_fields
         );
         (cli, overridden)
     }
@@ -346,6 +356,7 @@ fn read_file(path: &std::path::Path) -> Result<Cli, ConfigError> {
         (DRAIN_TIMEOUT, file.drain_timeout),
         (HEADER_TIMEOUT, file.header_timeout),
         (KEEPALIVE_TIMEOUT, file.keepalive_timeout),
+        (MAX_HEADER_FIELDS, file.max_header_fields.map(u64::from)),
     ];
     for (setting, value) in checks {
         setting.check(value).map_err(in_file)?;

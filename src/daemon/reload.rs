@@ -1,7 +1,7 @@
 //! What a SIGHUP reload may change in a running tree.
 //!
 //! Workers pick up a new configuration when they are replaced, so everything a worker
-//! reads can change live: pool size, document root, HTTP timeouts, connection cap,
+//! reads can change live: pool size, document root, HTTP timeouts, connection and header-field caps,
 //! access log, drain and grace periods. The listening addresses, control socket, admin
 //! address, heartbeat settings, log format and user are fixed at start: changing them
 //! needs a restart, and a reload that asks for it says so in the log.
@@ -17,6 +17,7 @@ pub fn apply_live(running: &Config, new: Config) -> Config {
         header_timeout_ms: new.header_timeout_ms,
         keepalive_timeout_ms: new.keepalive_timeout_ms,
         max_connections: new.max_connections,
+        max_header_fields: new.max_header_fields,
         access_log: new.access_log,
         drain_timeout_ms: new.drain_timeout_ms,
         grace_ms: new.grace_ms,

@@ -4,8 +4,17 @@
 //! allocates nothing per request. Pipelined requests are answered in order, their
 //! responses batched into one write. Bodies up to `INLINE_BODY_MAX` are copied after
 //! the head so a small response is a single `send`; larger ones go out with sendfile.
+//!
+//! A request with a body is answered once the body has been read and discarded: only
+//! then is it known that a chunked body stays within the cap (413 otherwise). While it
+//! arrives, the head stays at the front of the read buffer and each piece of body is
+//! dropped as soon as it is read; the head is parsed again for the answer. A client that
+//! sent `Expect: 100-continue` gets `100 Continue` first, so it sends the body at all.
+//! The whole request, head and body, must arrive within the header timeout; one begun
+//! but not complete by then is answered `408` before the close.
 
-use super::request::{self, Parsed};
+use super::body::{BodySkipper, Skip};
+use super::request::{self, ErrorKind, Parsed, Request};
 use super::response::{self, Body, Plan};
 use super::{Shared, Stats};
 use crate::sys::retry_eintr;
@@ -49,6 +58,14 @@ struct FileBody {
     remaining: u64,
 }
 
+/// A request whose head sits at `rbuf[rstart..rstart + head_len]` while its body is read.
+struct PendingBody {
+    head_len: usize,
+    skipper: BodySkipper,
+    /// Bytes of the `100 Continue` sent for it, counted with its response.
+    interim_bytes: u64,
+}
+
 /// A response produced but not yet fully written, for the statistics.
 struct Unflushed {
     status: u16,
@@ -64,8 +81,8 @@ pub struct Conn {
     wbuf: Vec<u8>,
     wpos: usize,
     body: Option<FileBody>,
-    /// Request body bytes still to skip.
-    discard: u64,
+    /// The request whose body is being read, if any.
+    pending: Option<PendingBody>,
     close_after: bool,
     unflushed: Vec<Unflushed>,
     /// When the current (incomplete) request head started, for the header timeout.
@@ -100,7 +117,7 @@ impl Conn {
             wbuf: Vec::with_capacity(WRITE_BUF_INITIAL),
             wpos: 0,
             body: None,
-            discard: 0,
+            pending: None,
             close_after: false,
             unflushed: Vec::new(),
             head_started: Some(now),
@@ -137,7 +154,7 @@ impl Conn {
                 continue;
             }
             if self.close_after {
-                if self.linger_on_close || self.rstart < self.rend || self.discard > 0 {
+                if self.linger_on_close || self.rstart < self.rend || self.pending.is_some() {
                     return self.begin_linger(now);
                 }
                 return Outcome::Close;
@@ -167,56 +184,101 @@ impl Conn {
             if self.close_after || self.body.is_some() || self.wbuf.len() >= WRITE_HIGH_WATER || self.turn_left == 0 {
                 return false;
             }
-            if self.discard > 0 {
-                let skip = self.discard.min((self.rend - self.rstart) as u64);
-                self.rstart += skip as usize;
-                self.discard -= skip;
-                if self.discard > 0 {
-                    return true;
-                }
-            }
-            if self.rstart == self.rend {
-                return true;
-            }
-            let buf = &self.rbuf[self.rstart..self.rend];
             let head_start = self.wbuf.len();
-            let plan = match request::parse(buf, &shared.limits) {
-                Parsed::Complete { request, head_len } => {
-                    let plan = response::respond(
-                        &request,
-                        &shared.root,
-                        &shared.date,
-                        &mut shared.scratch,
-                        shared.force_close,
-                        &mut self.wbuf,
-                    );
-                    if let Some(log) = shared.access_log.as_mut() {
-                        log.record(&self.peer, Some(&request), plan.status, plan.body_len());
-                    }
-                    self.discard = request.content_length;
-                    self.rstart += head_len;
-                    plan
-                }
-                Parsed::Partial => {
-                    self.head_started.get_or_insert(now);
-                    return true;
-                }
-                Parsed::Invalid(kind) => {
-                    self.rstart = self.rend;
-                    self.linger_on_close = true;
-                    let mut plan = response::error_head(kind, &shared.date, &mut self.wbuf);
-                    plan.close = true;
-                    if let Some(log) = shared.access_log.as_mut() {
-                        log.record(&self.peer, None, plan.status, 0);
-                    }
-                    plan
-                }
+            let Some((plan, interim_bytes)) = self.next_request(shared, now) else {
+                return true;
             };
             self.head_started = None;
             self.turn_left -= 1;
-            let head_bytes = (self.wbuf.len() - head_start) as u64;
+            let head_bytes = (self.wbuf.len() - head_start) as u64 + interim_bytes;
             self.start_response(plan, head_bytes, &mut shared.stats, now);
         }
+    }
+
+    /// Answers the next request in the read buffer once it is complete, body included;
+    /// `None` when more input is needed first. With the plan come the bytes of an interim
+    /// `100 Continue` sent for it earlier, for its response's byte count.
+    fn next_request(&mut self, shared: &mut Shared, now: Instant) -> Option<(Plan, u64)> {
+        if self.pending.is_some() {
+            return self.read_pending_body(shared);
+        }
+        if self.rstart == self.rend {
+            return None;
+        }
+        let buf = &self.rbuf[self.rstart..self.rend];
+        match request::parse(buf, &shared.limits) {
+            Parsed::Complete { request, head_len } => {
+                let Some(mut skipper) = BodySkipper::new(request.body) else {
+                    let plan = answer(&request, shared, &self.peer, &mut self.wbuf);
+                    self.rstart += head_len;
+                    return Some((plan, 0));
+                };
+                match skipper.skip(&buf[head_len..], &shared.limits.body()) {
+                    Skip::Done { used } => {
+                        let plan = answer(&request, shared, &self.peer, &mut self.wbuf);
+                        self.rstart += head_len + used;
+                        Some((plan, 0))
+                    }
+                    Skip::More => {
+                        // RFC 9110 §10.1.1: no need for 100 once some body is here
+                        // uninvited, but a client may have sent a piece and be waiting.
+                        let mut interim_bytes = 0;
+                        if request.expect_continue {
+                            self.wbuf.extend_from_slice(response::CONTINUE);
+                            interim_bytes = response::CONTINUE.len() as u64;
+                        }
+                        self.rend = self.rstart + head_len; // the body read so far is skipped
+                        self.pending = Some(PendingBody { head_len, skipper, interim_bytes });
+                        self.head_started.get_or_insert(now);
+                        None
+                    }
+                    Skip::Invalid(kind) => Some((self.reject(kind, shared), 0)),
+                }
+            }
+            Parsed::Partial => {
+                self.head_started.get_or_insert(now);
+                None
+            }
+            Parsed::Invalid(kind) => Some((self.reject(kind, shared), 0)),
+        }
+    }
+
+    /// Skips what arrived of the pending request's body; answers the request (its head
+    /// parsed again) once the body is complete.
+    fn read_pending_body(&mut self, shared: &mut Shared) -> Option<(Plan, u64)> {
+        let pending = self.pending.as_mut()?;
+        let (head_len, interim_bytes) = (pending.head_len, pending.interim_bytes);
+        let body_start = self.rstart + head_len;
+        match pending.skipper.skip(&self.rbuf[body_start..self.rend], &shared.limits.body()) {
+            Skip::More => {
+                self.rend = body_start;
+                None
+            }
+            Skip::Done { used } => {
+                self.pending = None;
+                let plan = match request::parse(&self.rbuf[self.rstart..body_start], &shared.limits) {
+                    Parsed::Complete { request, .. } => answer(&request, shared, &self.peer, &mut self.wbuf),
+                    // The same bytes parsed before: cannot happen, and if it does, no guessing.
+                    Parsed::Partial | Parsed::Invalid(_) => self.reject(ErrorKind::BadRequest, shared),
+                };
+                self.rstart = body_start + used;
+                Some((plan, interim_bytes))
+            }
+            Skip::Invalid(kind) => Some((self.reject(kind, shared), interim_bytes)),
+        }
+    }
+
+    /// A request that cannot be answered normally: its error, then a (lingering) close.
+    fn reject(&mut self, kind: ErrorKind, shared: &mut Shared) -> Plan {
+        self.rstart = self.rend;
+        self.pending = None;
+        self.linger_on_close = true;
+        let mut plan = response::error_head(kind, &shared.date, &mut self.wbuf);
+        plan.close = true;
+        if let Some(log) = shared.access_log.as_mut() {
+            log.record(&self.peer, None, plan.status, 0);
+        }
+        plan
     }
 
     fn start_response(&mut self, plan: Plan, head_bytes: u64, stats: &mut Stats, now: Instant) {
@@ -364,6 +426,26 @@ impl Conn {
         now >= self.deadline
     }
 
+    /// The deadline has passed. A request begun but not complete (part of a head, or a
+    /// body still arriving) is answered `408` (RFC 9110 §15.5.9) before a lingering
+    /// close; a silent or idle connection, a slow reader or a lingering one is closed.
+    pub fn time_out(&mut self, shared: &mut Shared, now: Instant) -> Outcome {
+        let request_begun =
+            self.pending.is_some() || !request::skip_leading_empty_lines(&self.rbuf[self.rstart..self.rend]).is_empty();
+        if self.lingering.is_some() || self.has_output() || !request_begun {
+            return Outcome::Close;
+        }
+        let plan = self.reject(ErrorKind::RequestTimeout, shared);
+        let head_bytes = self.wbuf.len() as u64;
+        self.start_response(plan, head_bytes, &mut shared.stats, now);
+        // Nothing else was waiting to be sent, so the short head fits the socket at once.
+        match self.write_out() {
+            Ok(true) => self.flushed(&mut shared.stats, now),
+            Ok(false) | Err(_) => return Outcome::Close,
+        }
+        self.begin_linger(now)
+    }
+
     /// Between requests with nothing in flight: safe to close at a shutdown deadline.
     pub fn is_idle(&self) -> bool {
         self.lingering.is_some() || (self.rstart == self.rend && !self.has_output() && self.unflushed.is_empty())
@@ -375,6 +457,15 @@ impl Conn {
             stats.requests_abandoned(self.unflushed.len() as u32, now);
         }
     }
+}
+
+/// Answers a complete request (its body, if any, already read) into `wbuf`, and logs it.
+fn answer(request: &Request<'_>, shared: &mut Shared, peer: &str, wbuf: &mut Vec<u8>) -> Plan {
+    let plan = response::respond(request, &shared.root, &shared.date, &mut shared.scratch, shared.force_close, wbuf);
+    if let Some(log) = shared.access_log.as_mut() {
+        log.record(peer, Some(request), plan.status, plan.body_len());
+    }
+    plan
 }
 
 /// Answers a connection beyond the worker's cap with 503 and closes it.
