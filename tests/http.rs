@@ -416,6 +416,92 @@ fn single_byte_ranges_are_206_and_unsatisfiable_is_416() {
     assert_eq!((other.status, other.body.as_slice()), (200, content.as_slice()), "If-Range mismatch sends it all");
 }
 
+/// The parts of a `multipart/byteranges` body: each part's Content-Range and bytes.
+/// Panics on framing that does not follow RFC 9110 §14.6 and RFC 2046.
+fn multipart_parts(response: &Response) -> Vec<(String, Vec<u8>)> {
+    let content_type = response.header("Content-Type").expect("Content-Type");
+    let boundary = content_type.strip_prefix("multipart/byteranges; boundary=").expect("multipart/byteranges");
+    let delimiter = format!("--{boundary}");
+    let close = format!("\r\n--{boundary}--\r\n");
+    let body = response.body.as_slice();
+    assert!(
+        body.ends_with(close.as_bytes()),
+        "no closing delimiter: {}",
+        lossy(&body[body.len().saturating_sub(80)..])
+    );
+    let mut rest = body.strip_prefix(delimiter.as_bytes()).expect("body starts with a delimiter");
+    let mut parts = Vec::new();
+    loop {
+        let head_end = rest.windows(4).position(|w| w == b"\r\n\r\n").expect("part head end") + 4;
+        let head = std::str::from_utf8(&rest[..head_end]).expect("part head text");
+        let content_range =
+            head.lines().find_map(|line| line.strip_prefix("Content-Range: ")).expect("part Content-Range").to_string();
+        assert!(head.contains("\r\nContent-Type: "), "part without Content-Type: {head:?}");
+        let (first, last) = content_range
+            .strip_prefix("bytes ")
+            .and_then(|r| r.split_once('/'))
+            .and_then(|(span, _)| span.split_once('-'))
+            .map(|(a, b)| (a.parse::<usize>().expect("first"), b.parse::<usize>().expect("last")))
+            .expect("bytes a-b/len");
+        let data_end = head_end + last - first + 1;
+        parts.push((content_range, rest[head_end..data_end].to_vec()));
+        rest = &rest[data_end..];
+        if rest == close.as_bytes() {
+            return parts;
+        }
+        rest = rest.strip_prefix(format!("\r\n{delimiter}").as_bytes()).expect("a delimiter between parts");
+    }
+}
+
+#[test]
+fn several_ranges_are_206_multipart_byteranges_coalesced_and_at_most_sixteen() {
+    let webd = start(1, &[]);
+    let content: Vec<u8> = (0..100u8).map(|i| b'a' + i % 26).collect();
+    write_file(&webd, "letters.txt", &content);
+
+    let r = get_with(webd.addr(), "/letters.txt", "Range: bytes=0-4, 90-, 10-14, 3-7, -2\r\n");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("Content-Range"), None);
+    assert_eq!(r.header("Content-Length"), Some(r.body.len().to_string().as_str()));
+    let parts = multipart_parts(&r);
+    let want: Vec<(String, Vec<u8>)> = [(0, 7), (90, 99), (10, 14)]
+        .iter()
+        .map(|&(first, last)| (format!("bytes {first}-{last}/100"), content[first..=last].to_vec()))
+        .collect();
+    assert_eq!(parts, want, "overlapping ranges coalesce in the place of the first");
+
+    let sixteen: Vec<String> = (0..16).map(|i| format!("{0}-{0}", i * 3)).collect();
+    let r = get_with(webd.addr(), "/letters.txt", &format!("Range: bytes={}\r\n", sixteen.join(",")));
+    assert_eq!((r.status, multipart_parts(&r).len()), (206, 16));
+    let r = get_with(webd.addr(), "/letters.txt", &format!("Range: bytes={},60-60\r\n", sixteen.join(",")));
+    assert_eq!((r.status, r.body.as_slice()), (200, content.as_slice()), "17 parts: the whole file");
+    let r = get_with(webd.addr(), "/letters.txt", "Range: bytes=5-9,0-2,1-7\r\n");
+    assert_eq!((r.status, r.header("Content-Range")), (206, Some("bytes 0-9/100")), "all coalesced: one part");
+    let r = get_with(webd.addr(), "/letters.txt", "Range: bytes=200-300,500-\r\n");
+    assert_eq!(r.status, 416);
+
+    // Parts too large to inline go out with sendfile, their heads in between.
+    let big = noise(TEN_MIB, 77);
+    write_file(&webd, "big.bin", &big);
+    let r = get_with(webd.addr(), "/big.bin", "Range: bytes=100-3000099,-1000000,5000000-5000009\r\n");
+    assert_eq!(r.status, 206);
+    let parts = multipart_parts(&r);
+    let spans = [(100, 3_000_099), (TEN_MIB - 1_000_000, TEN_MIB - 1), (5_000_000, 5_000_009)];
+    assert_eq!(parts.len(), spans.len());
+    for ((content_range, bytes), (first, last)) in parts.iter().zip(spans) {
+        assert_eq!(content_range, &format!("bytes {first}-{last}/{TEN_MIB}"));
+        assert_same_bytes(bytes, &big[first..=last], content_range);
+    }
+    // On a kept-alive connection, the next response follows the closing delimiter.
+    let mut stream = connect(webd.addr());
+    let mut buf = Vec::new();
+    stream.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nRange: bytes=0-0,-1\r\n\r\nGET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    let r = next_response(&mut stream, &mut buf);
+    assert_eq!(multipart_parts(&r).len(), 2);
+    let r = next_response(&mut stream, &mut buf);
+    assert_eq!((r.status, r.body.as_slice()), (200, BODY));
+}
+
 // ---- Connections -------------------------------------------------------------------
 
 #[test]

@@ -15,7 +15,7 @@
 
 use super::body::{BodySkipper, Skip};
 use super::request::{self, ErrorKind, Parsed, Request};
-use super::response::{self, Body, Plan};
+use super::response::{self, Body, Multipart, Plan};
 use super::{Shared, Stats};
 use crate::sys::retry_eintr;
 use nix::sys::socket::{send, MsgFlags};
@@ -52,10 +52,32 @@ pub enum Outcome {
     Again,
 }
 
+/// The part of a response sent from a file: one span, or the parts of a multipart body.
 struct FileBody {
     file: File,
     offset: i64,
     remaining: u64,
+    /// For a multipart body: its layout, and which part is being sent.
+    multipart: Option<(Box<Multipart>, usize)>,
+}
+
+impl FileBody {
+    /// The current span is out: appends to `out` what follows it (the next part's head,
+    /// or the closing delimiter), and moves to the next span. False when the body is done.
+    fn next_part(&mut self, out: &mut Vec<u8>) -> bool {
+        let Some((multipart, index)) = self.multipart.as_mut() else {
+            return false;
+        };
+        *index += 1;
+        let Some(&part) = multipart.parts().get(*index) else {
+            multipart.push_close(out);
+            return false;
+        };
+        multipart.push_part_head(*index, out);
+        self.offset = part.first as i64;
+        self.remaining = part.len();
+        true
+    }
 }
 
 /// A request whose head sits at `rbuf[rstart..rstart + head_len]` while its body is read.
@@ -283,18 +305,26 @@ impl Conn {
 
     fn start_response(&mut self, plan: Plan, head_bytes: u64, stats: &mut Stats, now: Instant) {
         stats.request_started(now);
-        let mut body_bytes = 0;
-        if let Body::File { file, offset, len } = plan.body {
-            body_bytes = len;
-            if len <= INLINE_BODY_MAX {
-                if self.inline_body(&file, offset, len).is_err() {
-                    // The head promised a length we cannot deliver: the only honest
-                    // end is to close after what was sent.
-                    self.close_after = true;
-                }
-            } else {
-                self.body = Some(FileBody { file, offset: offset as i64, remaining: len });
+        let body_bytes = plan.body_len();
+        // A body the head promised but we cannot deliver: the only honest end is to
+        // close after what was sent.
+        let delivered = match plan.body {
+            Body::None => true,
+            Body::File { file, offset, len } if len <= INLINE_BODY_MAX => self.inline_body(&file, offset, len).is_ok(),
+            Body::File { file, offset, len } => {
+                self.body = Some(FileBody { file, offset: offset as i64, remaining: len, multipart: None });
+                true
             }
+            Body::Parts { file, multipart } if multipart.body_len() <= INLINE_BODY_MAX => {
+                self.inline_parts(&file, &multipart).is_ok()
+            }
+            Body::Parts { file, multipart } => {
+                self.start_parts(file, multipart);
+                true
+            }
+        };
+        if !delivered {
+            self.close_after = true;
         }
         if plan.close {
             self.close_after = true;
@@ -313,12 +343,59 @@ impl Conn {
         result
     }
 
+    /// A small multipart body, read whole into the write buffer.
+    fn inline_parts(&mut self, file: &File, multipart: &Multipart) -> io::Result<()> {
+        for (index, part) in multipart.parts().iter().enumerate() {
+            multipart.push_part_head(index, &mut self.wbuf);
+            self.inline_body(file, part.first, part.len())?;
+        }
+        multipart.push_close(&mut self.wbuf);
+        Ok(())
+    }
+
+    /// A large multipart body: the first part's head goes out with the response head, its
+    /// data and the rest with sendfile.
+    fn start_parts(&mut self, file: File, multipart: Box<Multipart>) {
+        let Some(&first) = multipart.parts().first() else { return };
+        multipart.push_part_head(0, &mut self.wbuf);
+        let multipart = Some((multipart, 0));
+        self.body = Some(FileBody { file, offset: first.first as i64, remaining: first.len(), multipart });
+    }
+
     fn has_output(&self) -> bool {
         self.wpos < self.wbuf.len() || self.body.is_some()
     }
 
-    /// Writes buffered output, then the file body. Ok(true) when all of it is out.
+    /// Writes buffered output, then the file body (a multipart body's part heads go
+    /// through the buffer between its spans). Ok(true) when all of it is out.
     fn write_out(&mut self) -> io::Result<bool> {
+        loop {
+            if !self.send_buffered()? {
+                return Ok(false);
+            }
+            let Some(body) = self.body.as_mut() else {
+                return Ok(true);
+            };
+            while body.remaining > 0 {
+                let count = body.remaining.min(SENDFILE_CHUNK as u64) as usize;
+                match retry_eintr(|| {
+                    nix::sys::sendfile::sendfile64(self.sock.as_fd(), body.file.as_fd(), Some(&mut body.offset), count)
+                }) {
+                    // The file shrank under us: the promised length cannot be met.
+                    Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file truncated while sending")),
+                    Ok(n) => body.remaining -= n as u64,
+                    Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !body.next_part(&mut self.wbuf) {
+                self.body = None;
+            }
+        }
+    }
+
+    /// Sends the write buffer. Ok(false) when the socket is full.
+    fn send_buffered(&mut self) -> io::Result<bool> {
         while self.wpos < self.wbuf.len() {
             // More follows from the file: let the kernel merge it with the head.
             let flags =
@@ -331,23 +408,6 @@ impl Conn {
         }
         self.wbuf.clear();
         self.wpos = 0;
-        while let Some(body) = self.body.as_mut() {
-            let count = body.remaining.min(SENDFILE_CHUNK as u64) as usize;
-            match retry_eintr(|| {
-                nix::sys::sendfile::sendfile64(self.sock.as_fd(), body.file.as_fd(), Some(&mut body.offset), count)
-            }) {
-                // The file shrank under us: the promised length cannot be met.
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file truncated while sending")),
-                Ok(n) => {
-                    body.remaining -= n as u64;
-                    if body.remaining == 0 {
-                        self.body = None;
-                    }
-                }
-                Err(nix::errno::Errno::EAGAIN) => return Ok(false),
-                Err(e) => return Err(e.into()),
-            }
-        }
         Ok(true)
     }
 

@@ -12,6 +12,7 @@ pub mod body;
 mod conn;
 pub mod date;
 pub mod path;
+pub mod range;
 pub mod request;
 pub mod response;
 

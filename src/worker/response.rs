@@ -17,9 +17,9 @@
 //!   `If-Modified-Since` (ignored if unparsable or in the future) matching is 304, with
 //!   `ETag` and `Last-Modified` and no `Content-Length`.
 //! - `Range` is honoured for GET only (RFC 9110 §14.2: HEAD must ignore it, so HEAD shows
-//!   the 200 headers). One `bytes=` range is 206 or 416; several ranges, other units or a
-//!   malformed spec are ignored and the whole file is sent with 200, as nginx does for
-//!   syntax it does not serve. `If-Range` needs the strong `ETag` or exactly the
+//!   the 200 headers); what it selects is [`super::range`]'s. One range is 206 with
+//!   `Content-Range`; several are 206 with a `multipart/byteranges` body ([`Multipart`]);
+//!   none satisfiable is 416. `If-Range` needs the strong `ETag` or exactly the
 //!   `Last-Modified` date; otherwise the whole file is sent.
 //! - The ETag is strong and honest (RFC 9110 §8.8.1): `"<inode>-<length>-<mtime ns>"` in
 //!   hex, so a rewrite of the same length within one second, or a file renamed over
@@ -33,7 +33,8 @@ use std::os::unix::fs::MetadataExt;
 
 use super::date::{format_http_date, parse_http_date, DateCache, HTTP_DATE_LEN};
 use super::path::{resolve, Resolved, Root};
-use super::request::{parse_decimal, ErrorKind, Method, Request};
+use super::range::{parse_ranges, ByteRange, RangeRequest, RangeSet};
+use super::request::{ErrorKind, Method, Request};
 
 /// The interim response to `Expect: 100-continue` (RFC 9110 §15.2.1).
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -56,8 +57,9 @@ pub struct Plan {
 impl Plan {
     /// Body bytes this response sends from a file (the access log's size field).
     pub fn body_len(&self) -> u64 {
-        match self.body {
-            Body::File { len, .. } => len,
+        match &self.body {
+            Body::File { len, .. } => *len,
+            Body::Parts { multipart, .. } => multipart.body_len(),
             Body::None => 0,
         }
     }
@@ -77,6 +79,123 @@ pub enum Body {
         /// Number of bytes to send; never 0.
         len: u64,
     },
+    /// A `multipart/byteranges` body of ranges of `file`. Boxed: rare, and this keeps
+    /// every connection's pending body small.
+    Parts {
+        /// The open file.
+        file: File,
+        /// The parts and the framing around them.
+        multipart: Box<Multipart>,
+    },
+}
+
+/// A `multipart/byteranges` body (RFC 9110 §14.6): each range of the file after a
+/// delimiter line and its own `Content-Type` and `Content-Range`, then a closing
+/// delimiter. The connection loop writes each part's head as it reaches the part; the
+/// body's length is known up front, for `Content-Length`.
+#[derive(Debug)]
+pub struct Multipart {
+    parts: RangeSet,
+    boundary: [u8; BOUNDARY_LEN],
+    content_type: &'static str,
+    file_len: u64,
+    body_len: u64,
+}
+
+/// `webd-` and 16 hex digits.
+const BOUNDARY_LEN: usize = 21;
+
+impl Multipart {
+    fn new(parts: RangeSet, etag: &ETag, content_type: &'static str, file_len: u64) -> Self {
+        let mut multipart = Multipart { parts, boundary: boundary_for(etag), content_type, file_len, body_len: 0 };
+        // Measured by writing it to a counter: the length cannot disagree with the bytes.
+        let mut length = Length(0);
+        for (index, part) in parts.as_slice().iter().enumerate() {
+            multipart.write_part_head(index, &mut length);
+            length.0 += part.len();
+        }
+        multipart.write_close(&mut length);
+        multipart.body_len = length.0;
+        multipart
+    }
+
+    /// The ranges, in the order they are sent.
+    pub fn parts(&self) -> &[ByteRange] {
+        self.parts.as_slice()
+    }
+
+    /// The whole body's length: part heads, data and the closing delimiter.
+    pub fn body_len(&self) -> u64 {
+        self.body_len
+    }
+
+    /// Appends what goes before part `index`'s data.
+    pub fn push_part_head(&self, index: usize, out: &mut Vec<u8>) {
+        self.write_part_head(index, out);
+    }
+
+    /// Appends what follows the last part's data.
+    pub fn push_close(&self, out: &mut Vec<u8>) {
+        self.write_close(out);
+    }
+
+    fn write_part_head(&self, index: usize, out: &mut impl Sink) {
+        let Some(range) = self.parts().get(index) else { return };
+        if index > 0 {
+            out.put(b"\r\n"); // the CRLF before a delimiter belongs to the delimiter
+        }
+        out.put(b"--");
+        out.put(&self.boundary);
+        out.put(b"\r\nContent-Type: ");
+        out.put(self.content_type.as_bytes());
+        out.put(b"\r\nContent-Range: bytes ");
+        out.put(Digits::decimal(range.first).as_bytes());
+        out.put(b"-");
+        out.put(Digits::decimal(range.last).as_bytes());
+        out.put(b"/");
+        out.put(Digits::decimal(self.file_len).as_bytes());
+        out.put(b"\r\n\r\n");
+    }
+
+    fn write_close(&self, out: &mut impl Sink) {
+        out.put(b"\r\n--");
+        out.put(&self.boundary);
+        out.put(b"--\r\n");
+    }
+}
+
+/// A boundary fixed for one version of the file (FNV-1a of its ETag): its content cannot
+/// contain the boundary unless made to, from its own inode and nanosecond mtime.
+fn boundary_for(etag: &ETag) -> [u8; BOUNDARY_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hash = etag
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    let mut boundary = *b"webd-0000000000000000";
+    for (i, digit) in boundary[5..].iter_mut().enumerate() {
+        *digit = HEX[((hash >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    boundary
+}
+
+/// Where multipart framing is written: the response buffer, or a counter of its length.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+struct Length(u64);
+
+impl Sink for Length {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len() as u64;
+    }
 }
 
 /// Decides the response to `req` and appends its whole head (status line, headers, blank
@@ -231,6 +350,27 @@ impl Reply<'_> {
         self.plan(206, self.file_body(file, range.first, range.len()))
     }
 
+    fn multipart_file(
+        &self,
+        file: File,
+        parts: RangeSet,
+        validators: &Validators,
+        content_type: &'static str,
+        head: &mut Vec<u8>,
+    ) -> Plan {
+        let multipart = Multipart::new(parts, &validators.etag, content_type, validators.len);
+        self.start(206, head);
+        head.extend_from_slice(b"Content-Type: multipart/byteranges; boundary=");
+        head.extend_from_slice(&multipart.boundary);
+        head.extend_from_slice(b"\r\n");
+        push_decimal_header(head, b"Content-Length", multipart.body_len);
+        validators.push_headers(head);
+        push_header(head, b"Accept-Ranges", b"bytes");
+        self.finish(head);
+        let body = if self.omit_body { Body::None } else { Body::Parts { file, multipart: Box::new(multipart) } };
+        self.plan(206, body)
+    }
+
     fn range_not_satisfiable(&self, file_len: u64, head: &mut Vec<u8>) -> Plan {
         self.error_with(416, head, |head| {
             head.extend_from_slice(b"Content-Range: bytes */");
@@ -258,7 +398,7 @@ fn serve_file(
     reply: &Reply<'_>,
     file: File,
     meta: &Metadata,
-    content_type: &str,
+    content_type: &'static str,
     head: &mut Vec<u8>,
 ) -> Plan {
     let validators = Validators::of(meta);
@@ -270,6 +410,7 @@ fn serve_file(
     match requested_range(req, &validators) {
         RangeRequest::Whole => reply.whole_file(file, &validators, content_type, head),
         RangeRequest::Part(range) => reply.partial_file(file, range, &validators, content_type, head),
+        RangeRequest::Parts(parts) => reply.multipart_file(file, parts, &validators, content_type, head),
         RangeRequest::NotSatisfiable => reply.range_not_satisfiable(validators.len, head),
     }
 }
@@ -420,29 +561,6 @@ fn quoted_len(text: &[u8]) -> Option<usize> {
     Some(closing + 2)
 }
 
-/// Inclusive byte positions within the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ByteRange {
-    first: u64,
-    last: u64,
-}
-
-impl ByteRange {
-    fn len(self) -> u64 {
-        self.last - self.first + 1
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RangeRequest {
-    /// No usable Range: send the whole file with 200.
-    Whole,
-    /// One satisfiable range: 206.
-    Part(ByteRange),
-    /// A valid range that selects nothing: 416.
-    NotSatisfiable,
-}
-
 fn requested_range(req: &Request<'_>, validators: &Validators) -> RangeRequest {
     let (Method::Get, Some(range)) = (req.method, req.range) else {
         return RangeRequest::Whole;
@@ -450,7 +568,7 @@ fn requested_range(req: &Request<'_>, validators: &Validators) -> RangeRequest {
     if req.if_range.is_some_and(|condition| !if_range_matches(condition, validators)) {
         return RangeRequest::Whole;
     }
-    parse_single_byte_range(range, validators.len)
+    parse_ranges(range, validators.len)
 }
 
 /// If-Range holds an entity tag (strong comparison: a weak tag never matches) or a date
@@ -464,46 +582,6 @@ fn if_range_matches(condition: &[u8], validators: &Validators) -> bool {
     } else {
         parse_http_date(condition) == Some(validators.mtime)
     }
-}
-
-/// `bytes=a-b`, `bytes=a-` or `bytes=-n` against a file of `file_len` bytes.
-fn parse_single_byte_range(value: &[u8], file_len: u64) -> RangeRequest {
-    let value = value.trim_ascii();
-    let Some(spec) =
-        value.get(..6).filter(|unit| unit.eq_ignore_ascii_case(b"bytes=")).map(|_| value[6..].trim_ascii())
-    else {
-        return RangeRequest::Whole;
-    };
-    if spec.contains(&b',') {
-        return RangeRequest::Whole; // Multiple ranges: we do not send multipart bodies.
-    }
-    let Some(dash) = spec.iter().position(|&b| b == b'-') else {
-        return RangeRequest::Whole;
-    };
-    let (first, last) = (spec[..dash].trim_ascii(), spec[dash + 1..].trim_ascii());
-    // Positions past u64 saturate: past any file's end anyway.
-    match (parse_decimal(first), parse_decimal(last)) {
-        (None, Some(suffix_len)) if first.is_empty() => suffix_range(suffix_len, file_len),
-        (Some(first), None) if last.is_empty() => bounded_range(first, u64::MAX, file_len),
-        (Some(first), Some(last)) if first <= last => bounded_range(first, last, file_len),
-        _ => RangeRequest::Whole,
-    }
-}
-
-/// `-n`: the last `n` bytes, or the whole file if it is shorter.
-fn suffix_range(suffix_len: u64, file_len: u64) -> RangeRequest {
-    if suffix_len == 0 || file_len == 0 {
-        return RangeRequest::NotSatisfiable;
-    }
-    RangeRequest::Part(ByteRange { first: file_len.saturating_sub(suffix_len), last: file_len - 1 })
-}
-
-/// `a-b` or `a-`: satisfiable if `a` is inside the file; `b` is clamped to its end.
-fn bounded_range(first: u64, last: u64, file_len: u64) -> RangeRequest {
-    if first >= file_len {
-        return RangeRequest::NotSatisfiable;
-    }
-    RangeRequest::Part(ByteRange { first, last: last.min(file_len - 1) })
 }
 
 fn push_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -610,8 +688,23 @@ mod tests {
         fn file_span(&self) -> Option<(u64, u64)> {
             match &self.plan.body {
                 Body::File { offset, len, .. } => Some((*offset, *len)),
-                Body::None => None,
+                Body::Parts { .. } | Body::None => None,
             }
+        }
+
+        /// A multipart body as the connection loop writes it: part heads, the file's
+        /// bytes, the closing delimiter.
+        fn multipart_body(&self) -> Option<Vec<u8>> {
+            let Body::Parts { file, multipart } = &self.plan.body else { return None };
+            let mut body = Vec::new();
+            for (index, part) in multipart.parts().iter().enumerate() {
+                multipart.push_part_head(index, &mut body);
+                let mut data = vec![0; part.len() as usize];
+                std::os::unix::fs::FileExt::read_exact_at(file, &mut data, part.first).expect("read part");
+                body.extend_from_slice(&data);
+            }
+            multipart.push_close(&mut body);
+            Some(body)
         }
     }
 
@@ -763,12 +856,59 @@ mod tests {
     fn multiple_or_malformed_ranges_send_the_whole_file() {
         let fixture = fixture();
         for range in
-            ["bytes=0-1,3-4", "bytes = 0-1", "bytes=5-2", "items=0-1", "bytes=", "bytes=-", "bytes=a-b", "bytes=1-2-3"]
+            ["bytes=0-1,5-2", "bytes = 0-1", "bytes=5-2", "items=0-1", "bytes=", "bytes=-", "bytes=a-b", "bytes=1-2-3"]
         {
             let sent = get(&fixture, "/a.txt", &format!("Range: {range}\r\n"));
             assert_eq!(sent.status, 200, "{range}");
             assert_eq!(sent.file_span(), Some((0, 10)), "{range}");
         }
+    }
+
+    #[test]
+    fn several_ranges_are_206_multipart_byteranges() {
+        let fixture = fixture();
+        let sent = get(&fixture, "/a.txt", "Range: bytes=0-1, 7-, 1-2\r\n");
+        assert_eq!(sent.status, 206);
+        let content_type = sent.header("Content-Type").expect("Content-Type");
+        let boundary = content_type.strip_prefix("multipart/byteranges; boundary=").expect("multipart type");
+        assert_eq!(sent.header("Content-Range"), None);
+        let body = sent.multipart_body().expect("a multipart body");
+        let length: usize = sent.header("Content-Length").expect("Content-Length").parse().expect("number");
+        assert_eq!(body.len(), length);
+        let want = format!(
+            "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Range: bytes 0-2/10\r\n\r\n012\r\n\
+             --{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Range: bytes 7-9/10\r\n\r\n789\r\n\
+             --{boundary}--\r\n"
+        );
+        assert_eq!(String::from_utf8(body).expect("utf-8"), want, "0-1 and 1-2 coalesce in the place of 0-1");
+        assert_eq!(sent.plan.body_len(), length as u64);
+    }
+
+    #[test]
+    fn ranges_that_coalesce_into_one_are_a_plain_206() {
+        let fixture = fixture();
+        let sent = get(&fixture, "/a.txt", "Range: bytes=2-4,3-6,0-2\r\n");
+        assert_eq!(sent.status, 206);
+        assert_eq!(sent.header("Content-Range"), Some("bytes 0-6/10"));
+        assert_eq!(sent.file_span(), Some((0, 7)));
+    }
+
+    #[test]
+    fn the_boundary_is_fixed_per_file_version() {
+        let fixture = fixture();
+        let boundary = |fixture: &Fixture| {
+            get(fixture, "/a.txt", "Range: bytes=0-0,2-2\r\n").header("Content-Type").map(str::to_string)
+        };
+        let first = boundary(&fixture);
+        assert_eq!(boundary(&fixture), first);
+        let path = fixture.root.path().join("a.txt");
+        File::options()
+            .write(true)
+            .open(path)
+            .expect("open")
+            .set_modified(UNIX_EPOCH + Duration::new(MTIME, 5))
+            .expect("mtime");
+        assert_ne!(boundary(&fixture), first);
     }
 
     #[test]
