@@ -62,6 +62,9 @@ settings! {
     keepalive_timeout: Millis { flag: "MS", range: 100..=3_600_000, default: "75000", reload: Live }
     /// Most connections one worker holds at once
     max_connections: u32 { flag: "N", range: 1..=1_000_000, default: "16384", reload: Live }
+    /// Most header fields one request head may carry (Host included); more is 431. The top
+    /// is the worker's on-stack header table (`request::HEADER_CAPACITY`).
+    max_header_fields: u32 { flag: "N", range: 1..=1024, default: "100", reload: Live }
 }
 
 const AFTER_HELP: &str = "\

@@ -535,10 +535,12 @@ fn run_chaos(kind: FaultKind) {
         }
     };
     let settle_time = settle_started.elapsed();
-    // The fd count is compared once the tree is settled; a control or admin client
-    // thread finishing may take a moment.
-    let fds_deadline = Instant::now() + Duration::from_secs(5);
-    while fd_count(daemon) != Some(before.fds) && Instant::now() < fds_deadline {
+    // Fds and threads are compared once the tree is settled; a control or admin client
+    // thread closes its socket before it ends, so both may take a moment.
+    let figures_deadline = Instant::now() + Duration::from_secs(5);
+    while (fd_count(daemon) != Some(before.fds) || thread_count(daemon) != Some(before.threads))
+        && Instant::now() < figures_deadline
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     let after = daemon_figures(daemon);

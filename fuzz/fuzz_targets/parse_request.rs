@@ -1,12 +1,14 @@
 //! Fuzz target: arbitrary bytes through the whole per-request path (parse, resolve,
-//! respond, error heads) against a small document root with symlinks pointing out of it.
-//! Crashes are panics; the target also asserts that nothing outside the root is served.
+//! respond, error heads, the body that follows a head) against a small document root with
+//! symlinks pointing out of it. Crashes are panics; the target also asserts that nothing
+//! outside the root is served and that a body never ends past the input.
 #![no_main]
 
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use webd::worker::body::{BodySkipper, Skip};
 use webd::worker::date::DateCache;
 use webd::worker::path::{resolve, Resolved, Root};
 use webd::worker::request::{parse, Limits, Parsed};
@@ -58,6 +60,11 @@ fuzz_target!(|data: &[u8]| {
     match parse(data, &Limits::default()) {
         Parsed::Complete { request, head_len } => {
             assert!(head_len <= data.len());
+            if let Some(mut skipper) = BodySkipper::new(request.body) {
+                if let Skip::Done { used } = skipper.skip(&data[head_len..], &Limits::default().body()) {
+                    assert!(head_len + used <= data.len(), "body ends past the input");
+                }
+            }
             let plan = respond(&request, &site.root, &date, &mut scratch, false, &mut head);
             assert!(head.windows(4).any(|w| w == b"\r\n\r\n"), "head has no end");
             if let Body::File { file, offset, len } = plan.body {

@@ -111,6 +111,7 @@ fn what_a_reload_changes_live_is_what_it_always_did() {
         "header_timeout",
         "keepalive_timeout",
         "max_connections",
+        "max_header_fields",
     ];
     assert_eq!(live, wanted);
 }

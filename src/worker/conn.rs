@@ -4,9 +4,18 @@
 //! allocates nothing per request. Pipelined requests are answered in order, their
 //! responses batched into one write. Bodies up to `INLINE_BODY_MAX` are copied after
 //! the head so a small response is a single `send`; larger ones go out with sendfile.
+//!
+//! A request with a body is answered once the body has been read and discarded: only
+//! then is it known that a chunked body stays within the cap (413 otherwise). While it
+//! arrives, the head stays at the front of the read buffer and each piece of body is
+//! dropped as soon as it is read; the head is parsed again for the answer. A client that
+//! sent `Expect: 100-continue` gets `100 Continue` first, so it sends the body at all.
+//! The whole request, head and body, must arrive within the header timeout; one begun
+//! but not complete by then is answered `408` before the close.
 
-use super::request::{self, Parsed};
-use super::response::{self, Body, Plan};
+use super::body::{BodySkipper, Skip};
+use super::request::{self, ErrorKind, Parsed, Request};
+use super::response::{self, Body, Multipart, Plan};
 use super::{Shared, Stats};
 use crate::sys::retry_eintr;
 use nix::sys::socket::{send, MsgFlags};
@@ -43,10 +52,40 @@ pub enum Outcome {
     Again,
 }
 
+/// The part of a response sent from a file: one span, or the parts of a multipart body.
 struct FileBody {
     file: File,
     offset: i64,
     remaining: u64,
+    /// For a multipart body: its layout, and which part is being sent.
+    multipart: Option<(Box<Multipart>, usize)>,
+}
+
+impl FileBody {
+    /// The current span is out: appends to `out` what follows it (the next part's head,
+    /// or the closing delimiter), and moves to the next span. False when the body is done.
+    fn next_part(&mut self, out: &mut Vec<u8>) -> bool {
+        let Some((multipart, index)) = self.multipart.as_mut() else {
+            return false;
+        };
+        *index += 1;
+        let Some(&part) = multipart.parts().get(*index) else {
+            multipart.push_close(out);
+            return false;
+        };
+        multipart.push_part_head(*index, out);
+        self.offset = part.first as i64;
+        self.remaining = part.len();
+        true
+    }
+}
+
+/// A request whose head sits at `rbuf[rstart..rstart + head_len]` while its body is read.
+struct PendingBody {
+    head_len: usize,
+    skipper: BodySkipper,
+    /// Bytes of the `100 Continue` sent for it, counted with its response.
+    interim_bytes: u64,
 }
 
 /// A response produced but not yet fully written, for the statistics.
@@ -64,8 +103,8 @@ pub struct Conn {
     wbuf: Vec<u8>,
     wpos: usize,
     body: Option<FileBody>,
-    /// Request body bytes still to skip.
-    discard: u64,
+    /// The request whose body is being read, if any.
+    pending: Option<PendingBody>,
     close_after: bool,
     unflushed: Vec<Unflushed>,
     /// When the current (incomplete) request head started, for the header timeout.
@@ -100,7 +139,7 @@ impl Conn {
             wbuf: Vec::with_capacity(WRITE_BUF_INITIAL),
             wpos: 0,
             body: None,
-            discard: 0,
+            pending: None,
             close_after: false,
             unflushed: Vec::new(),
             head_started: Some(now),
@@ -137,7 +176,7 @@ impl Conn {
                 continue;
             }
             if self.close_after {
-                if self.linger_on_close || self.rstart < self.rend || self.discard > 0 {
+                if self.linger_on_close || self.rstart < self.rend || self.pending.is_some() {
                     return self.begin_linger(now);
                 }
                 return Outcome::Close;
@@ -167,72 +206,125 @@ impl Conn {
             if self.close_after || self.body.is_some() || self.wbuf.len() >= WRITE_HIGH_WATER || self.turn_left == 0 {
                 return false;
             }
-            if self.discard > 0 {
-                let skip = self.discard.min((self.rend - self.rstart) as u64);
-                self.rstart += skip as usize;
-                self.discard -= skip;
-                if self.discard > 0 {
-                    return true;
-                }
-            }
-            if self.rstart == self.rend {
-                return true;
-            }
-            let buf = &self.rbuf[self.rstart..self.rend];
             let head_start = self.wbuf.len();
-            let plan = match request::parse(buf, &shared.limits) {
-                Parsed::Complete { request, head_len } => {
-                    let plan = response::respond(
-                        &request,
-                        &shared.root,
-                        &shared.date,
-                        &mut shared.scratch,
-                        shared.force_close,
-                        &mut self.wbuf,
-                    );
-                    if let Some(log) = shared.access_log.as_mut() {
-                        log.record(&self.peer, Some(&request), plan.status, plan.body_len());
-                    }
-                    self.discard = request.content_length;
-                    self.rstart += head_len;
-                    plan
-                }
-                Parsed::Partial => {
-                    self.head_started.get_or_insert(now);
-                    return true;
-                }
-                Parsed::Invalid(kind) => {
-                    self.rstart = self.rend;
-                    self.linger_on_close = true;
-                    let mut plan = response::error_head(kind, &shared.date, &mut self.wbuf);
-                    plan.close = true;
-                    if let Some(log) = shared.access_log.as_mut() {
-                        log.record(&self.peer, None, plan.status, 0);
-                    }
-                    plan
-                }
+            let Some((plan, interim_bytes)) = self.next_request(shared, now) else {
+                return true;
             };
             self.head_started = None;
             self.turn_left -= 1;
-            let head_bytes = (self.wbuf.len() - head_start) as u64;
+            let head_bytes = (self.wbuf.len() - head_start) as u64 + interim_bytes;
             self.start_response(plan, head_bytes, &mut shared.stats, now);
         }
     }
 
+    /// Answers the next request in the read buffer once it is complete, body included;
+    /// `None` when more input is needed first. With the plan come the bytes of an interim
+    /// `100 Continue` sent for it earlier, for its response's byte count.
+    fn next_request(&mut self, shared: &mut Shared, now: Instant) -> Option<(Plan, u64)> {
+        if self.pending.is_some() {
+            return self.read_pending_body(shared);
+        }
+        if self.rstart == self.rend {
+            return None;
+        }
+        let buf = &self.rbuf[self.rstart..self.rend];
+        match request::parse(buf, &shared.limits) {
+            Parsed::Complete { request, head_len } => {
+                let Some(mut skipper) = BodySkipper::new(request.body) else {
+                    let plan = answer(&request, shared, &self.peer, &mut self.wbuf);
+                    self.rstart += head_len;
+                    return Some((plan, 0));
+                };
+                match skipper.skip(&buf[head_len..], &shared.limits.body()) {
+                    Skip::Done { used } => {
+                        let plan = answer(&request, shared, &self.peer, &mut self.wbuf);
+                        self.rstart += head_len + used;
+                        Some((plan, 0))
+                    }
+                    Skip::More => {
+                        // RFC 9110 §10.1.1: no need for 100 once some body is here
+                        // uninvited, but a client may have sent a piece and be waiting.
+                        let mut interim_bytes = 0;
+                        if request.expect_continue {
+                            self.wbuf.extend_from_slice(response::CONTINUE);
+                            interim_bytes = response::CONTINUE.len() as u64;
+                        }
+                        self.rend = self.rstart + head_len; // the body read so far is skipped
+                        self.pending = Some(PendingBody { head_len, skipper, interim_bytes });
+                        self.head_started.get_or_insert(now);
+                        None
+                    }
+                    Skip::Invalid(kind) => Some((self.reject(kind, shared), 0)),
+                }
+            }
+            Parsed::Partial => {
+                self.head_started.get_or_insert(now);
+                None
+            }
+            Parsed::Invalid(kind) => Some((self.reject(kind, shared), 0)),
+        }
+    }
+
+    /// Skips what arrived of the pending request's body; answers the request (its head
+    /// parsed again) once the body is complete.
+    fn read_pending_body(&mut self, shared: &mut Shared) -> Option<(Plan, u64)> {
+        let pending = self.pending.as_mut()?;
+        let (head_len, interim_bytes) = (pending.head_len, pending.interim_bytes);
+        let body_start = self.rstart + head_len;
+        match pending.skipper.skip(&self.rbuf[body_start..self.rend], &shared.limits.body()) {
+            Skip::More => {
+                self.rend = body_start;
+                None
+            }
+            Skip::Done { used } => {
+                self.pending = None;
+                let plan = match request::parse(&self.rbuf[self.rstart..body_start], &shared.limits) {
+                    Parsed::Complete { request, .. } => answer(&request, shared, &self.peer, &mut self.wbuf),
+                    // The same bytes parsed before: cannot happen, and if it does, no guessing.
+                    Parsed::Partial | Parsed::Invalid(_) => self.reject(ErrorKind::BadRequest, shared),
+                };
+                self.rstart = body_start + used;
+                Some((plan, interim_bytes))
+            }
+            Skip::Invalid(kind) => Some((self.reject(kind, shared), interim_bytes)),
+        }
+    }
+
+    /// A request that cannot be answered normally: its error, then a (lingering) close.
+    fn reject(&mut self, kind: ErrorKind, shared: &mut Shared) -> Plan {
+        self.rstart = self.rend;
+        self.pending = None;
+        self.linger_on_close = true;
+        let mut plan = response::error_head(kind, &shared.date, &mut self.wbuf);
+        plan.close = true;
+        if let Some(log) = shared.access_log.as_mut() {
+            log.record(&self.peer, None, plan.status, 0);
+        }
+        plan
+    }
+
     fn start_response(&mut self, plan: Plan, head_bytes: u64, stats: &mut Stats, now: Instant) {
         stats.request_started(now);
-        let mut body_bytes = 0;
-        if let Body::File { file, offset, len } = plan.body {
-            body_bytes = len;
-            if len <= INLINE_BODY_MAX {
-                if self.inline_body(&file, offset, len).is_err() {
-                    // The head promised a length we cannot deliver: the only honest
-                    // end is to close after what was sent.
-                    self.close_after = true;
-                }
-            } else {
-                self.body = Some(FileBody { file, offset: offset as i64, remaining: len });
+        let body_bytes = plan.body_len();
+        // A body the head promised but we cannot deliver: the only honest end is to
+        // close after what was sent.
+        let delivered = match plan.body {
+            Body::None => true,
+            Body::File { file, offset, len } if len <= INLINE_BODY_MAX => self.inline_body(&file, offset, len).is_ok(),
+            Body::File { file, offset, len } => {
+                self.body = Some(FileBody { file, offset: offset as i64, remaining: len, multipart: None });
+                true
             }
+            Body::Parts { file, multipart } if multipart.body_len() <= INLINE_BODY_MAX => {
+                self.inline_parts(&file, &multipart).is_ok()
+            }
+            Body::Parts { file, multipart } => {
+                self.start_parts(file, multipart);
+                true
+            }
+        };
+        if !delivered {
+            self.close_after = true;
         }
         if plan.close {
             self.close_after = true;
@@ -251,12 +343,59 @@ impl Conn {
         result
     }
 
+    /// A small multipart body, read whole into the write buffer.
+    fn inline_parts(&mut self, file: &File, multipart: &Multipart) -> io::Result<()> {
+        for (index, part) in multipart.parts().iter().enumerate() {
+            multipart.push_part_head(index, &mut self.wbuf);
+            self.inline_body(file, part.first, part.len())?;
+        }
+        multipart.push_close(&mut self.wbuf);
+        Ok(())
+    }
+
+    /// A large multipart body: the first part's head goes out with the response head, its
+    /// data and the rest with sendfile.
+    fn start_parts(&mut self, file: File, multipart: Box<Multipart>) {
+        let Some(&first) = multipart.parts().first() else { return };
+        multipart.push_part_head(0, &mut self.wbuf);
+        let multipart = Some((multipart, 0));
+        self.body = Some(FileBody { file, offset: first.first as i64, remaining: first.len(), multipart });
+    }
+
     fn has_output(&self) -> bool {
         self.wpos < self.wbuf.len() || self.body.is_some()
     }
 
-    /// Writes buffered output, then the file body. Ok(true) when all of it is out.
+    /// Writes buffered output, then the file body (a multipart body's part heads go
+    /// through the buffer between its spans). Ok(true) when all of it is out.
     fn write_out(&mut self) -> io::Result<bool> {
+        loop {
+            if !self.send_buffered()? {
+                return Ok(false);
+            }
+            let Some(body) = self.body.as_mut() else {
+                return Ok(true);
+            };
+            while body.remaining > 0 {
+                let count = body.remaining.min(SENDFILE_CHUNK as u64) as usize;
+                match retry_eintr(|| {
+                    nix::sys::sendfile::sendfile64(self.sock.as_fd(), body.file.as_fd(), Some(&mut body.offset), count)
+                }) {
+                    // The file shrank under us: the promised length cannot be met.
+                    Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file truncated while sending")),
+                    Ok(n) => body.remaining -= n as u64,
+                    Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !body.next_part(&mut self.wbuf) {
+                self.body = None;
+            }
+        }
+    }
+
+    /// Sends the write buffer. Ok(false) when the socket is full.
+    fn send_buffered(&mut self) -> io::Result<bool> {
         while self.wpos < self.wbuf.len() {
             // More follows from the file: let the kernel merge it with the head.
             let flags =
@@ -269,23 +408,6 @@ impl Conn {
         }
         self.wbuf.clear();
         self.wpos = 0;
-        while let Some(body) = self.body.as_mut() {
-            let count = body.remaining.min(SENDFILE_CHUNK as u64) as usize;
-            match retry_eintr(|| {
-                nix::sys::sendfile::sendfile64(self.sock.as_fd(), body.file.as_fd(), Some(&mut body.offset), count)
-            }) {
-                // The file shrank under us: the promised length cannot be met.
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file truncated while sending")),
-                Ok(n) => {
-                    body.remaining -= n as u64;
-                    if body.remaining == 0 {
-                        self.body = None;
-                    }
-                }
-                Err(nix::errno::Errno::EAGAIN) => return Ok(false),
-                Err(e) => return Err(e.into()),
-            }
-        }
         Ok(true)
     }
 
@@ -364,6 +486,26 @@ impl Conn {
         now >= self.deadline
     }
 
+    /// The deadline has passed. A request begun but not complete (part of a head, or a
+    /// body still arriving) is answered `408` (RFC 9110 §15.5.9) before a lingering
+    /// close; a silent or idle connection, a slow reader or a lingering one is closed.
+    pub fn time_out(&mut self, shared: &mut Shared, now: Instant) -> Outcome {
+        let request_begun =
+            self.pending.is_some() || !request::skip_leading_empty_lines(&self.rbuf[self.rstart..self.rend]).is_empty();
+        if self.lingering.is_some() || self.has_output() || !request_begun {
+            return Outcome::Close;
+        }
+        let plan = self.reject(ErrorKind::RequestTimeout, shared);
+        let head_bytes = self.wbuf.len() as u64;
+        self.start_response(plan, head_bytes, &mut shared.stats, now);
+        // Nothing else was waiting to be sent, so the short head fits the socket at once.
+        match self.write_out() {
+            Ok(true) => self.flushed(&mut shared.stats, now),
+            Ok(false) | Err(_) => return Outcome::Close,
+        }
+        self.begin_linger(now)
+    }
+
     /// Between requests with nothing in flight: safe to close at a shutdown deadline.
     pub fn is_idle(&self) -> bool {
         self.lingering.is_some() || (self.rstart == self.rend && !self.has_output() && self.unflushed.is_empty())
@@ -375,6 +517,15 @@ impl Conn {
             stats.requests_abandoned(self.unflushed.len() as u32, now);
         }
     }
+}
+
+/// Answers a complete request (its body, if any, already read) into `wbuf`, and logs it.
+fn answer(request: &Request<'_>, shared: &mut Shared, peer: &str, wbuf: &mut Vec<u8>) -> Plan {
+    let plan = response::respond(request, &shared.root, &shared.date, &mut shared.scratch, shared.force_close, wbuf);
+    if let Some(log) = shared.access_log.as_mut() {
+        log.record(peer, Some(request), plan.status, plan.body_len());
+    }
+    plan
 }
 
 /// Answers a connection beyond the worker's cap with 503 and closes it.

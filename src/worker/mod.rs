@@ -8,9 +8,11 @@
 //! EOF) exits at once.
 
 pub mod access_log;
+pub mod body;
 mod conn;
 pub mod date;
 pub mod path;
+pub mod range;
 pub mod request;
 pub mod response;
 
@@ -165,7 +167,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         conns: Slab::default(),
         shared: Shared {
             root,
-            limits: request::Limits::default(),
+            limits: request::Limits { max_headers: config.max_header_fields as usize, ..request::Limits::default() },
             date: date::DateCache::new(),
             header_timeout: config.header_timeout.duration(),
             keepalive_timeout: config.keepalive_timeout.duration(),
@@ -441,18 +443,24 @@ impl Worker {
         }
     }
 
-    /// Closes connections past their header, keep-alive or write deadline, and idle
-    /// ones once the shutdown deadline has come.
+    /// Times out connections past their header, keep-alive or write deadline (a request
+    /// begun gets 408 first), and closes idle ones once the shutdown deadline has come.
     fn sweep(&mut self, now: Instant) {
         let shutdown_due = self.shutdown_at.into_iter().chain(self.drain_idle_at).any(|t| now >= t);
-        let expired: Vec<usize> = self
+        let due: Vec<(usize, bool)> = self
             .conns
             .iter()
             .filter(|(_, c)| c.expired(now) || (shutdown_due && c.is_idle()))
-            .map(|(i, _)| i)
+            .map(|(i, c)| (i, c.expired(now)))
             .collect();
-        for index in expired {
-            self.close(index, now);
+        for (index, expired) in due {
+            let outcome = match self.conns.get_mut(index) {
+                Some(conn) if expired => conn.time_out(&mut self.shared, now),
+                _ => Outcome::Close,
+            };
+            if outcome == Outcome::Close {
+                self.close(index, now);
+            }
         }
     }
 }

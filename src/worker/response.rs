@@ -7,18 +7,25 @@
 //! buffer after the blank line: whatever `head` holds is sent first, then the [`Body`].
 //!
 //! Semantics (RFC 9110, nginx where the RFC leaves a choice):
-//! - Conditionals: `If-None-Match` (`*`, lists, weak comparison) decides alone when present;
-//!   otherwise `If-Modified-Since` (ignored if unparsable or in the future). A match is 304,
-//!   with `ETag` and `Last-Modified` and no `Content-Length`. `If-Match` and
-//!   `If-Unmodified-Since` are not evaluated.
+//! - Methods: GET and HEAD are served; `OPTIONS *` is 200 with `Allow: GET, HEAD`; other
+//!   methods we know (OPTIONS on a path, POST, PUT, DELETE, TRACE, CONNECT, PATCH) are 405
+//!   with `Allow`; methods we do not know are 501.
+//! - Preconditions in RFC 9110 §13.2.2 order, for a file that exists (other statuses
+//!   ignore them, §13.2.1): `If-Match` (strong comparison, `*`) else
+//!   `If-Unmodified-Since` failing is 412, on GET, HEAD and with Range alike; then
+//!   `If-None-Match` (`*`, lists, repeated lines, weak comparison) else
+//!   `If-Modified-Since` (ignored if unparsable or in the future) matching is 304, with
+//!   `ETag` and `Last-Modified` and no `Content-Length`.
 //! - `Range` is honoured for GET only (RFC 9110 §14.2: HEAD must ignore it, so HEAD shows
-//!   the 200 headers). One `bytes=` range is 206 or 416; several ranges, other units or a
-//!   malformed spec are ignored and the whole file is sent with 200, as nginx does for
-//!   syntax it does not serve. `If-Range` needs the strong `ETag` or exactly the
+//!   the 200 headers); what it selects is [`super::range`]'s. One range is 206 with
+//!   `Content-Range`; several are 206 with a `multipart/byteranges` body ([`Multipart`]);
+//!   none satisfiable is 416. `If-Range` needs the strong `ETag` or exactly the
 //!   `Last-Modified` date; otherwise the whole file is sent.
-//! - ETag is nginx's: `"<mtime hex>-<length hex>"`.
+//! - The ETag is strong and honest (RFC 9110 §8.8.1): `"<inode>-<length>-<mtime ns>"` in
+//!   hex, so a rewrite of the same length within one second, or a file renamed over
+//!   another, gets a new tag.
 //! - 400 and 500 close the connection (the client or the server is in a bad state); 403,
-//!   404, 405, 416 and 301 keep it if the request allowed that.
+//!   404, 405, 412, 416, 501 and 301 keep it if the request allowed that.
 
 use crate::http1::{error_page, reason_phrase};
 use std::fs::{File, Metadata};
@@ -26,8 +33,11 @@ use std::os::unix::fs::MetadataExt;
 
 use super::date::{format_http_date, parse_http_date, DateCache, HTTP_DATE_LEN};
 use super::path::{resolve, Resolved, Root};
-use super::request::{parse_decimal, ErrorKind, Method, Request};
+use super::range::{parse_ranges, ByteRange, RangeRequest, RangeSet};
+use super::request::{ErrorKind, Method, Request};
 
+/// The interim response to `Expect: 100-continue` (RFC 9110 §15.2.1).
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Server header value.
 const SERVER: &[u8] = b"webd";
 /// Type of the built-in error and redirect pages.
@@ -47,8 +57,9 @@ pub struct Plan {
 impl Plan {
     /// Body bytes this response sends from a file (the access log's size field).
     pub fn body_len(&self) -> u64 {
-        match self.body {
-            Body::File { len, .. } => len,
+        match &self.body {
+            Body::File { len, .. } => *len,
+            Body::Parts { multipart, .. } => multipart.body_len(),
             Body::None => 0,
         }
     }
@@ -68,6 +79,123 @@ pub enum Body {
         /// Number of bytes to send; never 0.
         len: u64,
     },
+    /// A `multipart/byteranges` body of ranges of `file`. Boxed: rare, and this keeps
+    /// every connection's pending body small.
+    Parts {
+        /// The open file.
+        file: File,
+        /// The parts and the framing around them.
+        multipart: Box<Multipart>,
+    },
+}
+
+/// A `multipart/byteranges` body (RFC 9110 §14.6): each range of the file after a
+/// delimiter line and its own `Content-Type` and `Content-Range`, then a closing
+/// delimiter. The connection loop writes each part's head as it reaches the part; the
+/// body's length is known up front, for `Content-Length`.
+#[derive(Debug)]
+pub struct Multipart {
+    parts: RangeSet,
+    boundary: [u8; BOUNDARY_LEN],
+    content_type: &'static str,
+    file_len: u64,
+    body_len: u64,
+}
+
+/// `webd-` and 16 hex digits.
+const BOUNDARY_LEN: usize = 21;
+
+impl Multipart {
+    fn new(parts: RangeSet, etag: &ETag, content_type: &'static str, file_len: u64) -> Self {
+        let mut multipart = Multipart { parts, boundary: boundary_for(etag), content_type, file_len, body_len: 0 };
+        // Measured by writing it to a counter: the length cannot disagree with the bytes.
+        let mut length = Length(0);
+        for (index, part) in parts.as_slice().iter().enumerate() {
+            multipart.write_part_head(index, &mut length);
+            length.0 += part.len();
+        }
+        multipart.write_close(&mut length);
+        multipart.body_len = length.0;
+        multipart
+    }
+
+    /// The ranges, in the order they are sent.
+    pub fn parts(&self) -> &[ByteRange] {
+        self.parts.as_slice()
+    }
+
+    /// The whole body's length: part heads, data and the closing delimiter.
+    pub fn body_len(&self) -> u64 {
+        self.body_len
+    }
+
+    /// Appends what goes before part `index`'s data.
+    pub fn push_part_head(&self, index: usize, out: &mut Vec<u8>) {
+        self.write_part_head(index, out);
+    }
+
+    /// Appends what follows the last part's data.
+    pub fn push_close(&self, out: &mut Vec<u8>) {
+        self.write_close(out);
+    }
+
+    fn write_part_head(&self, index: usize, out: &mut impl Sink) {
+        let Some(range) = self.parts().get(index) else { return };
+        if index > 0 {
+            out.put(b"\r\n"); // the CRLF before a delimiter belongs to the delimiter
+        }
+        out.put(b"--");
+        out.put(&self.boundary);
+        out.put(b"\r\nContent-Type: ");
+        out.put(self.content_type.as_bytes());
+        out.put(b"\r\nContent-Range: bytes ");
+        out.put(Digits::decimal(range.first).as_bytes());
+        out.put(b"-");
+        out.put(Digits::decimal(range.last).as_bytes());
+        out.put(b"/");
+        out.put(Digits::decimal(self.file_len).as_bytes());
+        out.put(b"\r\n\r\n");
+    }
+
+    fn write_close(&self, out: &mut impl Sink) {
+        out.put(b"\r\n--");
+        out.put(&self.boundary);
+        out.put(b"--\r\n");
+    }
+}
+
+/// A boundary fixed for one version of the file (FNV-1a of its ETag): its content cannot
+/// contain the boundary unless made to, from its own inode and nanosecond mtime.
+fn boundary_for(etag: &ETag) -> [u8; BOUNDARY_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hash = etag
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    let mut boundary = *b"webd-0000000000000000";
+    for (i, digit) in boundary[5..].iter_mut().enumerate() {
+        *digit = HEX[((hash >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    boundary
+}
+
+/// Where multipart framing is written: the response buffer, or a counter of its length.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+struct Length(u64);
+
+impl Sink for Length {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len() as u64;
+    }
 }
 
 /// Decides the response to `req` and appends its whole head (status line, headers, blank
@@ -90,8 +218,11 @@ pub fn respond(
         close: force_close || !req.keep_alive,
         omit_body: req.method == Method::Head,
     };
-    if req.method == Method::Other {
-        return reply.error_with(405, head, |head| push_header(head, b"Allow", b"GET, HEAD"));
+    match req.method {
+        Method::Get | Method::Head => {}
+        Method::Options if req.target == b"*" => return reply.options(head),
+        Method::Options | Method::NotAllowed => return reply.error_with(405, head, push_allow),
+        Method::Unknown => return reply.error(501, head),
     }
     match resolve(root, req.target, scratch) {
         Resolved::File { file, meta, content_type } => serve_file(req, &reply, file, &meta, content_type, head),
@@ -108,6 +239,11 @@ pub fn respond(
 pub fn error_head(kind: ErrorKind, date: &DateCache, head: &mut Vec<u8>) -> Plan {
     let reply = Reply { date, minor_version: 1, close: true, omit_body: false };
     reply.error(kind.status(), head)
+}
+
+/// The methods a resource here can be asked with (RFC 9110 §10.2.1).
+fn push_allow(head: &mut Vec<u8>) {
+    push_header(head, b"Allow", b"GET, HEAD");
 }
 
 /// Response-wide facts every head writer needs.
@@ -164,6 +300,15 @@ impl Reply<'_> {
         self.plan(status, Body::None)
     }
 
+    /// `OPTIONS *`: what the server as a whole allows, no content (RFC 9110 §9.3.7).
+    fn options(&self, head: &mut Vec<u8>) -> Plan {
+        self.start(200, head);
+        push_allow(head);
+        push_decimal_header(head, b"Content-Length", 0);
+        self.finish(head);
+        self.plan(200, Body::None)
+    }
+
     fn not_modified(&self, validators: &Validators, head: &mut Vec<u8>) -> Plan {
         self.start(304, head);
         validators.push_headers(head);
@@ -205,6 +350,27 @@ impl Reply<'_> {
         self.plan(206, self.file_body(file, range.first, range.len()))
     }
 
+    fn multipart_file(
+        &self,
+        file: File,
+        parts: RangeSet,
+        validators: &Validators,
+        content_type: &'static str,
+        head: &mut Vec<u8>,
+    ) -> Plan {
+        let multipart = Multipart::new(parts, &validators.etag, content_type, validators.len);
+        self.start(206, head);
+        head.extend_from_slice(b"Content-Type: multipart/byteranges; boundary=");
+        head.extend_from_slice(&multipart.boundary);
+        head.extend_from_slice(b"\r\n");
+        push_decimal_header(head, b"Content-Length", multipart.body_len);
+        validators.push_headers(head);
+        push_header(head, b"Accept-Ranges", b"bytes");
+        self.finish(head);
+        let body = if self.omit_body { Body::None } else { Body::Parts { file, multipart: Box::new(multipart) } };
+        self.plan(206, body)
+    }
+
     fn range_not_satisfiable(&self, file_len: u64, head: &mut Vec<u8>) -> Plan {
         self.error_with(416, head, |head| {
             head.extend_from_slice(b"Content-Range: bytes */");
@@ -232,16 +398,19 @@ fn serve_file(
     reply: &Reply<'_>,
     file: File,
     meta: &Metadata,
-    content_type: &str,
+    content_type: &'static str,
     head: &mut Vec<u8>,
 ) -> Plan {
     let validators = Validators::of(meta);
-    if is_not_modified(req, &validators, reply.date.now_secs()) {
-        return reply.not_modified(&validators, head);
+    match evaluate_preconditions(req, &validators, reply.date.now_secs()) {
+        Precondition::Holds => {}
+        Precondition::Failed => return reply.error(412, head),
+        Precondition::NotModified => return reply.not_modified(&validators, head),
     }
     match requested_range(req, &validators) {
         RangeRequest::Whole => reply.whole_file(file, &validators, content_type, head),
         RangeRequest::Part(range) => reply.partial_file(file, range, &validators, content_type, head),
+        RangeRequest::Parts(parts) => reply.multipart_file(file, parts, &validators, content_type, head),
         RangeRequest::NotSatisfiable => reply.range_not_satisfiable(validators.len, head),
     }
 }
@@ -249,6 +418,7 @@ fn serve_file(
 /// The file's validators, formatted once per response.
 struct Validators {
     len: u64,
+    /// Whole seconds, as `Last-Modified` and the HTTP-dates compared with it carry.
     mtime: u64,
     etag: ETag,
     last_modified: [u8; HTTP_DATE_LEN],
@@ -258,8 +428,10 @@ impl Validators {
     fn of(meta: &Metadata) -> Self {
         // A file dated before 1970 is treated as dated at the epoch.
         let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
+        let nanos = u64::try_from(meta.mtime_nsec()).unwrap_or(0);
+        let mtime_ns = mtime.saturating_mul(1_000_000_000).saturating_add(nanos);
         let len = meta.len();
-        Validators { len, mtime, etag: ETag::new(mtime, len), last_modified: format_http_date(mtime) }
+        Validators { len, mtime, etag: ETag::new(meta.ino(), len, mtime_ns), last_modified: format_http_date(mtime) }
     }
 
     fn push_headers(&self, head: &mut Vec<u8>) {
@@ -268,19 +440,26 @@ impl Validators {
     }
 }
 
-/// A strong entity tag in nginx's form, `"<mtime hex>-<length hex>"`, on the stack.
+/// A strong entity tag, `"<inode hex>-<length hex>-<mtime ns hex>"`, on the stack. The
+/// nanoseconds tell apart two writes of the same length within one second; the inode, a
+/// file replaced by rename (whose mtime may be older).
 struct ETag {
-    bytes: [u8; 36],
+    bytes: [u8; ETag::MAX_LEN],
     len: usize,
 }
 
 impl ETag {
-    fn new(mtime: u64, file_len: u64) -> Self {
-        let mut etag = ETag { bytes: [0; 36], len: 0 };
+    /// Two quotes, two dashes, three 16-digit numbers.
+    const MAX_LEN: usize = 2 + 2 + 3 * 16;
+
+    fn new(inode: u64, file_len: u64, mtime_ns: u64) -> Self {
+        let mut etag = ETag { bytes: [0; ETag::MAX_LEN], len: 0 };
         etag.push(b"\"");
-        etag.push(Digits::hex(mtime).as_bytes());
+        etag.push(Digits::hex(inode).as_bytes());
         etag.push(b"-");
         etag.push(Digits::hex(file_len).as_bytes());
+        etag.push(b"-");
+        etag.push(Digits::hex(mtime_ns).as_bytes());
         etag.push(b"\"");
         etag
     }
@@ -295,38 +474,78 @@ impl ETag {
     }
 }
 
-/// RFC 9110 §13.2.2 steps 3 and 4 for GET and HEAD.
-fn is_not_modified(req: &Request<'_>, validators: &Validators, now: u64) -> bool {
-    if let Some(candidates) = req.if_none_match {
-        return if_none_match_matches(candidates, validators.etag.as_bytes());
-    }
-    let Some(since) = req.if_modified_since.and_then(parse_http_date) else {
-        return false;
-    };
-    // A date in the future is invalid (RFC 9110 §13.1.3) and must not hide updates.
-    since <= now && validators.mtime <= since
+/// What the preconditions of a request for an existing file decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Precondition {
+    /// Serve it (200, 206 or 416).
+    Holds,
+    /// 412.
+    Failed,
+    /// 304 (GET and HEAD are all we serve).
+    NotModified,
 }
 
-/// `*`, or any listed tag equal to ours under weak comparison (`W/` ignored on both).
-/// Stops at the first malformed element: the rest cannot be trusted to be tags.
-fn if_none_match_matches(candidates: &[u8], etag: &[u8]) -> bool {
-    let mut rest = candidates.trim_ascii();
-    if rest == b"*" {
-        return true;
+/// RFC 9110 §13.2.2, steps 1 to 4; step 5 (If-Range) is left to [`requested_range`].
+fn evaluate_preconditions(req: &Request<'_>, validators: &Validators, now: u64) -> Precondition {
+    let etag = validators.etag.as_bytes();
+    if req.if_match.is_present() {
+        if !req.if_match.values().any(|list| etag_list_matches(list, etag, Comparison::Strong)) {
+            return Precondition::Failed;
+        }
+    } else if let Some(since) = req.if_unmodified_since.and_then(parse_http_date) {
+        if validators.mtime > since {
+            return Precondition::Failed;
+        }
     }
+    if req.if_none_match.is_present() {
+        if req.if_none_match.values().any(|list| etag_list_matches(list, etag, Comparison::Weak)) {
+            return Precondition::NotModified;
+        }
+    } else if is_not_modified_since(req.if_modified_since, validators.mtime, now) {
+        return Precondition::NotModified;
+    }
+    Precondition::Holds
+}
+
+/// `If-Modified-Since` holds a date at or after the file's; a date in the future is
+/// invalid (RFC 9110 §13.1.3) and must not hide updates.
+fn is_not_modified_since(since: Option<&[u8]>, mtime: u64, now: u64) -> bool {
+    since.and_then(parse_http_date).is_some_and(|since| since <= now && mtime <= since)
+}
+
+/// How two entity tags are compared (RFC 9110 §8.8.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Comparison {
+    /// Both must be strong and equal (If-Match, If-Range).
+    Strong,
+    /// Equal once `W/` is ignored on both (If-None-Match).
+    Weak,
+}
+
+/// `*`, or any listed tag equal to ours under `comparison` (ours is strong). Stops at the
+/// first malformed element: the rest cannot be trusted to be tags.
+fn etag_list_matches(list: &[u8], etag: &[u8], comparison: Comparison) -> bool {
+    let mut rest = list;
     loop {
         rest = skip_list_separators(rest);
         if rest.is_empty() {
             return false;
         }
-        let unweakened = rest.strip_prefix(b"W/").unwrap_or(rest);
-        let Some(tag_len) = quoted_len(unweakened) else {
+        if let Some(after) = rest.strip_prefix(b"*") {
+            // `*` matches any current representation; `*x` is no tag.
+            return after.first().is_none_or(|&b| matches!(b, b' ' | b'\t' | b','));
+        }
+        let (weak, tag) = match rest.strip_prefix(b"W/") {
+            Some(tag) => (true, tag),
+            None => (false, rest),
+        };
+        let Some(tag_len) = quoted_len(tag) else {
             return false;
         };
-        if &unweakened[..tag_len] == etag {
+        if &tag[..tag_len] == etag && (comparison == Comparison::Weak || !weak) {
             return true;
         }
-        rest = &unweakened[tag_len..];
+        rest = &tag[tag_len..];
     }
 }
 
@@ -342,29 +561,6 @@ fn quoted_len(text: &[u8]) -> Option<usize> {
     Some(closing + 2)
 }
 
-/// Inclusive byte positions within the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ByteRange {
-    first: u64,
-    last: u64,
-}
-
-impl ByteRange {
-    fn len(self) -> u64 {
-        self.last - self.first + 1
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RangeRequest {
-    /// No usable Range: send the whole file with 200.
-    Whole,
-    /// One satisfiable range: 206.
-    Part(ByteRange),
-    /// A valid range that selects nothing: 416.
-    NotSatisfiable,
-}
-
 fn requested_range(req: &Request<'_>, validators: &Validators) -> RangeRequest {
     let (Method::Get, Some(range)) = (req.method, req.range) else {
         return RangeRequest::Whole;
@@ -372,7 +568,7 @@ fn requested_range(req: &Request<'_>, validators: &Validators) -> RangeRequest {
     if req.if_range.is_some_and(|condition| !if_range_matches(condition, validators)) {
         return RangeRequest::Whole;
     }
-    parse_single_byte_range(range, validators.len)
+    parse_ranges(range, validators.len)
 }
 
 /// If-Range holds an entity tag (strong comparison: a weak tag never matches) or a date
@@ -386,46 +582,6 @@ fn if_range_matches(condition: &[u8], validators: &Validators) -> bool {
     } else {
         parse_http_date(condition) == Some(validators.mtime)
     }
-}
-
-/// `bytes=a-b`, `bytes=a-` or `bytes=-n` against a file of `file_len` bytes.
-fn parse_single_byte_range(value: &[u8], file_len: u64) -> RangeRequest {
-    let value = value.trim_ascii();
-    let Some(spec) =
-        value.get(..6).filter(|unit| unit.eq_ignore_ascii_case(b"bytes=")).map(|_| value[6..].trim_ascii())
-    else {
-        return RangeRequest::Whole;
-    };
-    if spec.contains(&b',') {
-        return RangeRequest::Whole; // Multiple ranges: we do not send multipart bodies.
-    }
-    let Some(dash) = spec.iter().position(|&b| b == b'-') else {
-        return RangeRequest::Whole;
-    };
-    let (first, last) = (spec[..dash].trim_ascii(), spec[dash + 1..].trim_ascii());
-    // Positions past u64 saturate: past any file's end anyway.
-    match (parse_decimal(first), parse_decimal(last)) {
-        (None, Some(suffix_len)) if first.is_empty() => suffix_range(suffix_len, file_len),
-        (Some(first), None) if last.is_empty() => bounded_range(first, u64::MAX, file_len),
-        (Some(first), Some(last)) if first <= last => bounded_range(first, last, file_len),
-        _ => RangeRequest::Whole,
-    }
-}
-
-/// `-n`: the last `n` bytes, or the whole file if it is shorter.
-fn suffix_range(suffix_len: u64, file_len: u64) -> RangeRequest {
-    if suffix_len == 0 || file_len == 0 {
-        return RangeRequest::NotSatisfiable;
-    }
-    RangeRequest::Part(ByteRange { first: file_len.saturating_sub(suffix_len), last: file_len - 1 })
-}
-
-/// `a-b` or `a-`: satisfiable if `a` is inside the file; `b` is clamped to its end.
-fn bounded_range(first: u64, last: u64, file_len: u64) -> RangeRequest {
-    if first >= file_len {
-        return RangeRequest::NotSatisfiable;
-    }
-    RangeRequest::Part(ByteRange { first, last: last.min(file_len - 1) })
 }
 
 fn push_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -532,8 +688,23 @@ mod tests {
         fn file_span(&self) -> Option<(u64, u64)> {
             match &self.plan.body {
                 Body::File { offset, len, .. } => Some((*offset, *len)),
-                Body::None => None,
+                Body::Parts { .. } | Body::None => None,
             }
+        }
+
+        /// A multipart body as the connection loop writes it: part heads, the file's
+        /// bytes, the closing delimiter.
+        fn multipart_body(&self) -> Option<Vec<u8>> {
+            let Body::Parts { file, multipart } = &self.plan.body else { return None };
+            let mut body = Vec::new();
+            for (index, part) in multipart.parts().iter().enumerate() {
+                multipart.push_part_head(index, &mut body);
+                let mut data = vec![0; part.len() as usize];
+                std::os::unix::fs::FileExt::read_exact_at(file, &mut data, part.first).expect("read part");
+                body.extend_from_slice(&data);
+            }
+            multipart.push_close(&mut body);
+            Some(body)
         }
     }
 
@@ -572,8 +743,10 @@ mod tests {
         send_with(fixture, &format!("GET {target} HTTP/1.1\r\nHost: h\r\n{extra_headers}\r\n"), false)
     }
 
-    fn etag() -> String {
-        format!("\"{MTIME:x}-a\"")
+    /// The ETag of `a.txt`: inode, length 10, mtime in nanoseconds.
+    fn etag(fixture: &Fixture) -> String {
+        let meta = std::fs::metadata(fixture.root.path().join("a.txt")).expect("stat a.txt");
+        format!("\"{:x}-a-{:x}\"", meta.ino(), MTIME * 1_000_000_000)
     }
 
     fn assert_page_matches_length(sent: &Sent) {
@@ -592,7 +765,7 @@ mod tests {
         assert_eq!(sent.header("Content-Type"), Some("text/plain; charset=utf-8"));
         assert_eq!(sent.header("Content-Length"), Some("10"));
         assert_eq!(sent.header("Last-Modified"), Some(MTIME_TEXT));
-        assert_eq!(sent.header("ETag"), Some(etag().as_str()));
+        assert_eq!(sent.header("ETag"), Some(etag(&fixture).as_str()));
         assert_eq!(sent.header("Accept-Ranges"), Some("bytes"));
         assert_eq!(sent.header("Connection"), None);
         assert_eq!(sent.file_span(), Some((0, 10)));
@@ -606,7 +779,7 @@ mod tests {
         let sent = send_with(&fixture, "HEAD /a.txt HTTP/1.1\r\nHost: h\r\n\r\n", false);
         assert_eq!(sent.status, 200);
         assert_eq!(sent.header("Content-Length"), Some("10"));
-        assert_eq!(sent.header("ETag"), Some(etag().as_str()));
+        assert_eq!(sent.header("ETag"), Some(etag(&fixture).as_str()));
         assert_eq!(sent.file_span(), None);
     }
 
@@ -683,7 +856,7 @@ mod tests {
     fn multiple_or_malformed_ranges_send_the_whole_file() {
         let fixture = fixture();
         for range in
-            ["bytes=0-1,3-4", "bytes = 0-1", "bytes=5-2", "items=0-1", "bytes=", "bytes=-", "bytes=a-b", "bytes=1-2-3"]
+            ["bytes=0-1,5-2", "bytes = 0-1", "bytes=5-2", "items=0-1", "bytes=", "bytes=-", "bytes=a-b", "bytes=1-2-3"]
         {
             let sent = get(&fixture, "/a.txt", &format!("Range: {range}\r\n"));
             assert_eq!(sent.status, 200, "{range}");
@@ -692,9 +865,56 @@ mod tests {
     }
 
     #[test]
+    fn several_ranges_are_206_multipart_byteranges() {
+        let fixture = fixture();
+        let sent = get(&fixture, "/a.txt", "Range: bytes=0-1, 7-, 1-2\r\n");
+        assert_eq!(sent.status, 206);
+        let content_type = sent.header("Content-Type").expect("Content-Type");
+        let boundary = content_type.strip_prefix("multipart/byteranges; boundary=").expect("multipart type");
+        assert_eq!(sent.header("Content-Range"), None);
+        let body = sent.multipart_body().expect("a multipart body");
+        let length: usize = sent.header("Content-Length").expect("Content-Length").parse().expect("number");
+        assert_eq!(body.len(), length);
+        let want = format!(
+            "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Range: bytes 0-2/10\r\n\r\n012\r\n\
+             --{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Range: bytes 7-9/10\r\n\r\n789\r\n\
+             --{boundary}--\r\n"
+        );
+        assert_eq!(String::from_utf8(body).expect("utf-8"), want, "0-1 and 1-2 coalesce in the place of 0-1");
+        assert_eq!(sent.plan.body_len(), length as u64);
+    }
+
+    #[test]
+    fn ranges_that_coalesce_into_one_are_a_plain_206() {
+        let fixture = fixture();
+        let sent = get(&fixture, "/a.txt", "Range: bytes=2-4,3-6,0-2\r\n");
+        assert_eq!(sent.status, 206);
+        assert_eq!(sent.header("Content-Range"), Some("bytes 0-6/10"));
+        assert_eq!(sent.file_span(), Some((0, 7)));
+    }
+
+    #[test]
+    fn the_boundary_is_fixed_per_file_version() {
+        let fixture = fixture();
+        let boundary = |fixture: &Fixture| {
+            get(fixture, "/a.txt", "Range: bytes=0-0,2-2\r\n").header("Content-Type").map(str::to_string)
+        };
+        let first = boundary(&fixture);
+        assert_eq!(boundary(&fixture), first);
+        let path = fixture.root.path().join("a.txt");
+        File::options()
+            .write(true)
+            .open(path)
+            .expect("open")
+            .set_modified(UNIX_EPOCH + Duration::new(MTIME, 5))
+            .expect("mtime");
+        assert_ne!(boundary(&fixture), first);
+    }
+
+    #[test]
     fn if_none_match_gives_304() {
         let fixture = fixture();
-        let ours = etag();
+        let ours = etag(&fixture);
         let weak = format!("W/{ours}");
         let listed = format!("\"x\", {ours}");
         for candidates in [ours.as_str(), weak.as_str(), listed.as_str(), "*"] {
@@ -741,7 +961,7 @@ mod tests {
     #[test]
     fn if_range_match_honours_range() {
         let fixture = fixture();
-        for condition in [etag(), MTIME_TEXT.to_string()] {
+        for condition in [etag(&fixture), MTIME_TEXT.to_string()] {
             let sent = get(&fixture, "/a.txt", &format!("Range: bytes=0-1\r\nIf-Range: {condition}\r\n"));
             assert_eq!(sent.status, 206, "{condition}");
         }
@@ -751,7 +971,7 @@ mod tests {
     fn if_range_mismatch_sends_the_whole_file() {
         let fixture = fixture();
         let later = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(MTIME + 1));
-        for condition in ["\"other\"".to_string(), format!("W/{}", etag()), later] {
+        for condition in ["\"other\"".to_string(), format!("W/{}", etag(&fixture)), later] {
             let sent = get(&fixture, "/a.txt", &format!("Range: bytes=0-1\r\nIf-Range: {condition}\r\n"));
             assert_eq!(sent.status, 200, "{condition}");
             assert_eq!(sent.file_span(), Some((0, 10)));
@@ -759,13 +979,135 @@ mod tests {
     }
 
     #[test]
-    fn other_methods_are_405_with_allow() {
+    fn known_methods_other_than_get_and_head_are_405_with_allow() {
         let fixture = fixture();
-        let sent = send_with(&fixture, "POST /a.txt HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", false);
+        for method in ["POST", "PUT", "DELETE", "TRACE", "PATCH", "OPTIONS"] {
+            let sent = send_with(&fixture, &format!("{method} /a.txt HTTP/1.1\r\nHost: h\r\n\r\n"), false);
+            assert_eq!(sent.status, 405, "{method}");
+            assert_eq!(sent.header("Allow"), Some("GET, HEAD"), "{method}");
+            assert_page_matches_length(&sent);
+            assert!(!sent.plan.close);
+        }
+        let sent = send_with(&fixture, "CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n", false);
         assert_eq!(sent.status, 405);
+    }
+
+    #[test]
+    fn unknown_methods_are_501() {
+        let fixture = fixture();
+        for method in ["BREW", "get", "PROPFIND"] {
+            let sent = send_with(&fixture, &format!("{method} /a.txt HTTP/1.1\r\nHost: h\r\n\r\n"), false);
+            assert_eq!(sent.status, 501, "{method}");
+            assert_eq!(sent.header("Allow"), None, "{method}");
+            assert_page_matches_length(&sent);
+            assert!(!sent.plan.close);
+        }
+    }
+
+    #[test]
+    fn options_star_is_200_with_allow_and_no_content() {
+        let fixture = fixture();
+        let sent = send_with(&fixture, "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", false);
+        assert_eq!(sent.status, 200);
         assert_eq!(sent.header("Allow"), Some("GET, HEAD"));
-        assert_page_matches_length(&sent);
-        assert!(!sent.plan.close);
+        assert_eq!(sent.header("Content-Length"), Some("0"));
+        assert!(sent.page.is_empty() && sent.file_span().is_none() && !sent.plan.close);
+    }
+
+    #[test]
+    fn if_match_holds_for_our_strong_tag_or_star() {
+        let fixture = fixture();
+        let ours = etag(&fixture);
+        let listed = format!("\"x\", {ours}");
+        for condition in [ours.as_str(), listed.as_str(), "*"] {
+            let sent = get(&fixture, "/a.txt", &format!("If-Match: {condition}\r\n"));
+            assert_eq!(sent.status, 200, "{condition}");
+            let ranged = get(&fixture, "/a.txt", &format!("If-Match: {condition}\r\nRange: bytes=0-1\r\n"));
+            assert_eq!(ranged.status, 206, "{condition}");
+        }
+        let split = get(&fixture, "/a.txt", &format!("If-Match: \"x\"\r\nIf-Match: {ours}\r\n"));
+        assert_eq!(split.status, 200, "If-Match lines are combined");
+    }
+
+    #[test]
+    fn if_match_failing_is_412_also_with_range_and_on_head() {
+        let fixture = fixture();
+        let weak = format!("W/{}", etag(&fixture));
+        for condition in ["\"nope\"", weak.as_str(), "garbage"] {
+            let sent = get(&fixture, "/a.txt", &format!("If-Match: {condition}\r\n"));
+            assert_eq!(sent.status, 412, "{condition}");
+            assert_page_matches_length(&sent);
+            assert!(sent.file_span().is_none() && !sent.plan.close);
+            let ranged = get(&fixture, "/a.txt", &format!("If-Match: {condition}\r\nRange: bytes=0-1\r\n"));
+            assert_eq!(ranged.status, 412, "{condition} with Range");
+            let raw = format!("HEAD /a.txt HTTP/1.1\r\nHost: h\r\nIf-Match: {condition}\r\n\r\n");
+            let head = send_with(&fixture, &raw, false);
+            assert_eq!(head.status, 412, "{condition} on HEAD");
+            assert!(head.page.is_empty());
+        }
+        // Preconditions are ignored when the answer would not be 2xx (RFC 9110 §13.2.1).
+        assert_eq!(get(&fixture, "/missing", "If-Match: \"nope\"\r\n").status, 404);
+    }
+
+    #[test]
+    fn if_unmodified_since_earlier_than_the_file_is_412() {
+        let fixture = fixture();
+        let earlier = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(MTIME - 1));
+        let sent = get(&fixture, "/a.txt", &format!("If-Unmodified-Since: {earlier}\r\nRange: bytes=0-1\r\n"));
+        assert_eq!(sent.status, 412);
+        for since in [MTIME_TEXT, "not a date"] {
+            assert_eq!(get(&fixture, "/a.txt", &format!("If-Unmodified-Since: {since}\r\n")).status, 200, "{since}");
+        }
+        // If-Match, when present, decides instead (step 1 before step 2).
+        let ours = etag(&fixture);
+        let both = get(&fixture, "/a.txt", &format!("If-Match: {ours}\r\nIf-Unmodified-Since: {earlier}\r\n"));
+        assert_eq!(both.status, 200);
+    }
+
+    #[test]
+    fn failed_if_match_wins_over_a_matching_if_none_match() {
+        let fixture = fixture();
+        let ours = etag(&fixture);
+        let sent = get(&fixture, "/a.txt", &format!("If-Match: \"nope\"\r\nIf-None-Match: {ours}\r\n"));
+        assert_eq!(sent.status, 412);
+    }
+
+    #[test]
+    fn if_none_match_lines_are_combined_and_checked_before_range() {
+        let fixture = fixture();
+        let ours = etag(&fixture);
+        let split = get(&fixture, "/a.txt", &format!("If-None-Match: \"x\"\r\nIf-None-Match: W/{ours}\r\n"));
+        assert_eq!(split.status, 304);
+        let ranged = get(&fixture, "/a.txt", &format!("If-None-Match: {ours}\r\nRange: bytes=0-1\r\n"));
+        assert_eq!(ranged.status, 304);
+        let star_line = get(&fixture, "/a.txt", "If-None-Match: \"x\"\r\nIf-None-Match: *\r\n");
+        assert_eq!(star_line.status, 304);
+        let not_star = get(&fixture, "/a.txt", "If-None-Match: *x\r\n");
+        assert_eq!(not_star.status, 200);
+    }
+
+    #[test]
+    fn etag_follows_nanoseconds_and_inode() {
+        let fixture = fixture();
+        let path = fixture.root.path().join("a.txt");
+        let before = get(&fixture, "/a.txt", "").header("ETag").map(str::to_string);
+        let file = File::options().write(true).open(&path).expect("open");
+        file.set_modified(UNIX_EPOCH + Duration::new(MTIME, 1)).expect("set mtime");
+        let one_ns_later = get(&fixture, "/a.txt", "");
+        assert_eq!(one_ns_later.header("Last-Modified"), Some(MTIME_TEXT), "the same second");
+        assert_ne!(one_ns_later.header("ETag").map(str::to_string), before, "1 ns later, same length");
+        // Replaced by rename with the same length and mtime: another inode.
+        let copy = fixture.root.path().join("a.new");
+        std::fs::write(&copy, "0123456789").expect("write");
+        File::options()
+            .write(true)
+            .open(&copy)
+            .expect("open")
+            .set_modified(UNIX_EPOCH + Duration::new(MTIME, 1))
+            .expect("mtime");
+        std::fs::rename(&copy, &path).expect("rename");
+        let renamed = get(&fixture, "/a.txt", "");
+        assert_ne!(renamed.header("ETag"), one_ns_later.header("ETag"), "another inode");
     }
 
     #[test]
@@ -812,6 +1154,7 @@ mod tests {
             ErrorKind::PayloadTooLarge,
             ErrorKind::UriTooLong,
             ErrorKind::HeadersTooLarge,
+            ErrorKind::NotImplemented,
             ErrorKind::VersionNotSupported,
         ];
         for kind in kinds {
@@ -850,6 +1193,6 @@ mod tests {
         assert_eq!(Digits::decimal(u64::MAX).as_bytes(), b"18446744073709551615");
         assert_eq!(Digits::hex(0).as_bytes(), b"0");
         assert_eq!(Digits::hex(u64::MAX).as_bytes(), b"ffffffffffffffff");
-        assert_eq!(ETag::new(u64::MAX, u64::MAX).as_bytes().len(), 35);
+        assert_eq!(ETag::new(u64::MAX, u64::MAX, u64::MAX).as_bytes().len(), ETag::MAX_LEN);
     }
 }
