@@ -65,6 +65,8 @@ settings! {
     /// Most header fields one request head may carry (Host included); more is 431. The top
     /// is the worker's on-stack header table (`request::HEADER_CAPACITY`).
     max_header_fields: u32 { flag: "N", range: 1..=1024, default: "100", reload: Live }
+
+    file only:
 }
 
 const AFTER_HELP: &str = "\
@@ -81,6 +83,8 @@ Reference (flags, config keys, control protocol, metrics): docs/reference.md";
 pub struct Setting {
     /// The config file's key; the flag is the same in kebab-case.
     pub key: &'static str,
+    /// Whether a flag sets it too (else only the config file does).
+    pub flag: bool,
     pub default: DefaultValue,
     /// The numbers a numeric setting accepts, as a flag and in a file.
     pub range: Option<RangeInclusive<u64>>,
@@ -264,7 +268,7 @@ impl Cli {
     /// default is what the same flag would give, and help shows the text it comes from.
     fn literal_defaults() -> Cli {
         let mut argv = vec!["webd".to_string()];
-        for setting in SETTINGS {
+        for setting in SETTINGS.iter().filter(|s| s.flag) {
             if let DefaultValue::Flag(value) = setting.default {
                 argv.push(format!("--{}={value}", setting.flag()));
             }

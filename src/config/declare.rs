@@ -13,6 +13,10 @@
 //! - `("description", function)`: computed at start; the description is what help shows;
 //! - `none`: unset unless given, so the `Config` field is an `Option`.
 //!
+//! After `file only:` come the settings a config file gives and no flag does (tables such as
+//! `[[headers]]`): `key: Type { [range: MIN..=MAX,] default: EXPR, reload: Live | Fixed }`,
+//! where `EXPR` is the `Config` value when the file leaves the key out.
+//!
 //! From the rows the macro writes, one line per setting in each:
 //! - `Cli`: the flags and the file's keys (clap and serde), every setting an `Option`;
 //! - `Cli::over` (flags over the file) and `Cli::check_ranges` (the file's numbers);
@@ -31,7 +35,16 @@ macro_rules! settings {
             default: $default:tt,
             reload: $reload:ident $(,)?
         }
-    )+) => {
+    )+
+    file only:
+    $(
+        $(#[doc = $fdoc:literal])+
+        $fkey:ident: $fty:ty {
+            $(range: $frange:expr,)?
+            default: $fdefault:expr,
+            reload: $freload:ident $(,)?
+        }
+    )*) => {
         /// Self-healing, observable, multi-process static web server.
         ///
         /// Every setting can also come from `--config FILE` (TOML, the same keys in
@@ -50,6 +63,10 @@ macro_rules! settings {
                     $(, value_parser = clap::builder::RangedU64ValueParser::<$ty>::new().range($range))?)]
                 pub $key: Option<$ty>,
             )+
+            $(
+                #[arg(skip)]
+                pub $fkey: Option<$fty>,
+            )*
         }
 
         /// Validated settings shared by every process of one daemon.
@@ -59,12 +76,30 @@ macro_rules! settings {
                 $(#[doc = $doc])+
                 pub $key: config_type!($ty, $default),
             )+
+            $(
+                $(#[doc = $fdoc])+
+                pub $fkey: $fty,
+            )*
         }
 
         /// Every setting, in the order of the table.
         pub const SETTINGS: &[Setting] = &[$(
-            Setting { key: stringify!($key), default: default_value!($default), range: optional!($($range)?), reload: Reload::$reload },
-        )+];
+            Setting {
+                key: stringify!($key),
+                flag: true,
+                default: default_value!($default),
+                range: optional!($($range)?),
+                reload: Reload::$reload,
+            },
+        )+ $(
+            Setting {
+                key: stringify!($fkey),
+                flag: false,
+                default: DefaultValue::Computed(stringify!($fdefault)),
+                range: optional!($($frange)?),
+                reload: Reload::$freload,
+            },
+        )*];
 
         impl Cli {
             /// These flags, with every setting they leave unset taken from `file`, and the
@@ -80,6 +115,7 @@ macro_rules! settings {
                         }
                         (flag, file) => flag.or(file),
                     },)+
+                    $($fkey: file.$fkey,)*
                 };
                 (cli, overridden)
             }
@@ -87,6 +123,7 @@ macro_rules! settings {
             /// The file's numbers checked against the ranges the flags are parsed with.
             fn check_ranges(&self) -> Result<(), String> {
                 $($(check_range(stringify!($key), $range, self.$key.map(u64::from))?;)?)+
+                $($(check_range(stringify!($fkey), $frange, self.$fkey.map(u64::from))?;)?)*
                 Ok(())
             }
         }
@@ -95,14 +132,20 @@ macro_rules! settings {
             /// The settings `cli` leaves unset, at their defaults; nothing checked yet.
             fn with_defaults(cli: Cli) -> Config {
                 let literal = Cli::literal_defaults();
-                Config { $($key: apply_default!(cli.$key.or(literal.$key), $default),)+ }
+                Config {
+                    $($key: apply_default!(cli.$key.or(literal.$key), $default),)+
+                    $($fkey: cli.$fkey.unwrap_or_else(|| $fdefault),)*
+                }
             }
 
             /// This running configuration with the live settings taken from `new`, and
             /// the keys of the fixed ones `new` would change (they keep their value).
             pub fn reloaded(&self, new: Config) -> (Config, Vec<&'static str>) {
                 let mut kept = Vec::new();
-                let config = Config { $($key: reload_rule!($reload, self.$key, new.$key, stringify!($key), kept),)+ };
+                let config = Config {
+                    $($key: reload_rule!($reload, self.$key, new.$key, stringify!($key), kept),)+
+                    $($fkey: reload_rule!($freload, self.$fkey, new.$fkey, stringify!($fkey), kept),)*
+                };
                 (config, kept)
             }
         }

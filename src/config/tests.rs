@@ -30,7 +30,9 @@ fn flag_and_file_accept_the_same_range() {
         let (min, max) = (i128::from(*range.start()), i128::from(*range.end()));
         for (value, accepted) in [(min, true), (max, true), (min - 1, false), (max + 1, false)] {
             let value = value.to_string();
-            assert_eq!(flag_accepts(setting, &value), accepted, "--{} {value}", setting.flag());
+            if setting.flag {
+                assert_eq!(flag_accepts(setting, &value), accepted, "--{} {value}", setting.flag());
+            }
             assert_eq!(file_accepts(setting, &value), accepted, "{} = {value}", setting.key);
         }
         let refused = file_settings(&format!("{} = {}\n", setting.key, max + 1), Path::new("/etc/webd/webd.toml"));
@@ -66,10 +68,16 @@ fn samples(setting: &Setting) -> [String; 2] {
     [a.to_string(), b.to_string()]
 }
 
+/// A configuration with sample `pick` of every setting: flags for those that have one,
+/// a config file (the samples are TOML values) for the others.
 fn config_with(pick: usize) -> Config {
     let mut argv = vec!["webd".to_string()];
-    argv.extend(SETTINGS.iter().map(|s| format!("--{}={}", s.flag(), samples(s)[pick])));
-    Config::with_defaults(Cli::try_parse_from(argv).expect("the samples parse"))
+    argv.extend(SETTINGS.iter().filter(|s| s.flag).map(|s| format!("--{}={}", s.flag(), samples(s)[pick])));
+    let flags = Cli::try_parse_from(argv).expect("the samples parse");
+    let file: String =
+        SETTINGS.iter().filter(|s| !s.flag).map(|s| format!("{} = {}\n", s.key, samples(s)[pick])).collect();
+    let file = file_settings(&file, Path::new("/etc/webd/webd.toml")).expect("the file samples parse");
+    Config::with_defaults(flags.over(file).0)
 }
 
 fn by_key(config: &Config) -> serde_json::Map<String, serde_json::Value> {
@@ -135,7 +143,7 @@ fn reference_rows(heading: &str) -> Vec<&'static str> {
 #[test]
 fn the_reference_documents_every_setting_as_the_table_defines_it() {
     let rows = reference_rows("## webd flags and config file");
-    for setting in SETTINGS {
+    for setting in SETTINGS.iter().filter(|s| s.flag) {
         let flag = format!("| `--{} ", setting.flag());
         let row = rows.iter().find(|r| r.starts_with(&flag)).unwrap_or_else(|| panic!("no row for {flag}"));
         assert!(row.contains(&format!("| `{}`", setting.key)), "{row}");
@@ -146,7 +154,7 @@ fn the_reference_documents_every_setting_as_the_table_defines_it() {
             assert!(row.contains(&format!("| {}–{}", range.start(), range.end())), "range {range:?}: {row}");
         }
     }
-    let flags: BTreeSet<_> = SETTINGS.iter().map(|s| format!("--{}", s.flag())).collect();
+    let flags: BTreeSet<_> = SETTINGS.iter().filter(|s| s.flag).map(|s| format!("--{}", s.flag())).collect();
     for row in rows {
         let documented = row.split('`').nth(1).and_then(|f| f.split(' ').next()).unwrap_or_default();
         let known = flags.contains(documented) || ["--config", "-h", "-V"].contains(&documented);
@@ -164,5 +172,14 @@ fn the_reference_sorts_settings_into_live_and_fixed_as_the_table_does() {
             Reload::Fixed => cells[2],
         };
         assert!(column.contains(&format!("`{}`", setting.key)), "{} is {:?}: {column}", setting.key, setting.reload);
+    }
+}
+
+#[test]
+fn the_reference_documents_every_file_only_setting() {
+    let rows = reference_rows("## Config-file-only keys");
+    for setting in SETTINGS.iter().filter(|s| !s.flag) {
+        let key = format!("| `{}`", setting.key);
+        assert!(rows.iter().any(|r| r.starts_with(&key)), "no row for {key} under Config-file-only keys");
     }
 }
