@@ -1,6 +1,7 @@
 //! The child side of heartbeats: when the next one is due, and how it is stamped.
 
-use crate::ipc::{Channel, Counters, Heartbeat, Message, Role, WorkerReport};
+use crate::figures::Figures;
+use crate::ipc::{Channel, Heartbeat, Message, Role, WorkerReport};
 
 /// A channel a child reports on: its heartbeats, in whatever message type its
 /// supervisor reads (`Heartbeat` itself, or `FromManager`).
@@ -20,6 +21,22 @@ where
 use crate::sys::monotonic_ns;
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
+
+/// What one heartbeat reports besides liveness.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub figures: Figures,
+    /// Worker: connections open now.
+    pub active: u64,
+    /// Manager: one report per worker process.
+    pub workers: Vec<WorkerReport>,
+}
+
+impl Report {
+    pub fn of(figures: Figures) -> Report {
+        Report { figures, ..Report::default() }
+    }
+}
 
 /// How long a process about to exit retries its last heartbeat on a full channel.
 pub const FINAL_REPORT_WITHIN: Duration = Duration::from_secs(1);
@@ -81,7 +98,7 @@ impl Heartbeater {
         self.next_at = now;
     }
 
-    /// Sends a heartbeat if one is due, with the figures `figures` builds (called only
+    /// Sends a heartbeat if one is due, with what `report` builds (called only
     /// then, and moved into the message). A full channel (supervisor not reading) drops
     /// this one: the supervisor will see the gap, which is the truth, and the caller
     /// learns it (`Dropped`) so that it keeps what it reports only once.
@@ -89,19 +106,20 @@ impl Heartbeater {
         &mut self,
         now: Instant,
         channel: &mut impl ReportChannel,
-        figures: impl FnOnce() -> (Counters, Vec<WorkerReport>),
+        report: impl FnOnce() -> Report,
     ) -> Delivery {
         if now < self.next_at {
             return Delivery::NotDue;
         }
         self.next_at = now + self.interval;
         self.seq += 1;
-        let (counters, workers) = figures();
+        let Report { figures, active, workers } = report();
         let hb = Heartbeat {
             pid: self.pid,
             seq: self.seq,
             sent_ns: monotonic_ns(),
-            counters,
+            figures,
+            active,
             workers,
             keeper_pid: self.keeper_pid,
         };
@@ -145,13 +163,13 @@ impl Heartbeater {
         &mut self,
         channel: &mut impl ReportChannel,
         within: Duration,
-        mut figures: impl FnMut() -> (Counters, Vec<WorkerReport>),
+        mut report: impl FnMut() -> Report,
     ) -> Delivery {
         let deadline = Instant::now() + within;
         loop {
             let now = Instant::now();
             self.force(now);
-            let delivery = self.tick(now, channel, &mut figures);
+            let delivery = self.tick(now, channel, &mut report);
             if delivery != Delivery::Dropped || now >= deadline {
                 return delivery;
             }
@@ -171,7 +189,7 @@ mod tests {
         let mut beat = Heartbeater::new(Role::Manager, Duration::ZERO);
         let mut sent = 0;
         let first_drop = loop {
-            match beat.tick(Instant::now(), &mut channel, || (Counters::default(), Vec::new())) {
+            match beat.tick(Instant::now(), &mut channel, Report::default) {
                 Delivery::Sent => sent += 1,
                 other => break other,
             }
@@ -180,7 +198,7 @@ mod tests {
         assert!(sent > 0);
         assert_eq!(first_drop, Delivery::Dropped, "a full channel is not a delivery");
         drop(theirs);
-        let gone = beat.tick(Instant::now(), &mut channel, || (Counters::default(), Vec::new()));
+        let gone = beat.tick(Instant::now(), &mut channel, Report::default);
         assert_eq!(gone, Delivery::PeerGone);
     }
 }

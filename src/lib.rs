@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod fault;
+pub mod figures;
 pub mod heartbeat;
 pub mod http1;
 pub mod ipc;

@@ -29,6 +29,9 @@ fn upgrade_under_load_replaces_every_process_without_a_failed_request() {
     let kept = KeepAliveLoad::start(webd.addr(), 2, "/index.html", BODY.to_vec());
     wait_until(Duration::from_secs(5), "load to flow", || fresh.ok() > 20 && kept.ok() > 20);
 
+    let heartbeats_seen =
+        |role: &str| metric(&scrape(admin), "webd_heartbeat_latency_seconds_count", &[("role", role)]).unwrap_or(0.0);
+    let seen_before: Vec<f64> = ["listener", "manager", "worker"].map(heartbeats_seen).to_vec();
     let out = webd.webctl(&["upgrade", "--binary", &new_binary.to_string_lossy()]);
     // "upgraded: new daemon pid N": clean the successor up whatever happens next.
     let announced: Option<i32> = out.stdout.rsplit(' ').next().and_then(|p| p.trim().parse().ok());
@@ -72,6 +75,14 @@ fn upgrade_under_load_replaces_every_process_without_a_failed_request() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(counted() >= served_by_clients, "counted {} of {served_by_clients} requests", counted());
+    // Supervision figures carry over too: no counter resets.
+    for (role, before) in ["listener", "manager", "worker"].into_iter().zip(seen_before) {
+        assert!(
+            heartbeats_seen(role) > before,
+            "{role} heartbeat latency count went from {before} to {}",
+            heartbeats_seen(role)
+        );
+    }
 }
 
 #[test]

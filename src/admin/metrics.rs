@@ -8,8 +8,8 @@
 //! The `prometheus` crate's registry checks the declarations and its text encoder writes
 //! format 0.0.4.
 
-use crate::ipc::{Role, DURATION_BUCKETS};
-use crate::observe::{self, Observed, RoleFigures, SharedObserved, LATENCY_BUCKETS};
+use crate::figures::{Histogram, Role, DURATION_BUCKETS, LATENCY_BUCKETS};
+use crate::observe::{Observed, SharedObserved};
 use crate::supervise::Reason;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
@@ -107,7 +107,7 @@ pub const ALL: [MetricDef; 15] = [
 
 /// Roles always exported, so `min(webd_process_up)` sees a role that never came up.
 pub const ROLES: [&str; 3] = [Role::Listener.as_str(), Role::Manager.as_str(), Role::Worker.as_str()];
-/// `reason` label values, in the order of `RoleFigures::restarts` (`Reason::ALL`).
+/// `reason` label values, in the order of `ByReason` (`Reason::ALL`).
 pub const RESTART_REASONS: [&str; 3] = [Reason::ALL[0].as_str(), Reason::ALL[1].as_str(), Reason::ALL[2].as_str()];
 /// Worker states always exported (0 when no worker is in the state).
 pub const WORKER_STATES: [&str; 4] = [
@@ -176,9 +176,8 @@ fn snapshot(o: &Observed) -> Observed {
         roles: o.roles.clone(),
         workers_by_state: o.workers_by_state.clone(),
         worker_utilization: o.worker_utilization.clone(),
-        connections_accepted: o.connections_accepted,
         connections_active: o.connections_active,
-        http: o.http.clone(),
+        figures: o.figures.clone(),
         upgrades: o.upgrades,
         generation: o.generation,
         // Everything but the status document, which metrics do not use.
@@ -190,9 +189,7 @@ fn snapshot(o: &Observed) -> Observed {
 /// Builds every `webd_*` family from a snapshot, in [`ALL`] order. Families without
 /// samples (no worker yet, no request yet) are dropped by the registry.
 pub fn families(o: &Observed) -> Vec<MetricFamily> {
-    let absent = RoleFigures::default();
-    let roles = role_figures(o, &absent);
-    let mut out = role_families(&roles);
+    let mut out = role_families(o);
     out.extend(worker_families(o));
     out.extend(traffic_families(o));
     out.push(Family::new(&DRAINING).gauge(&[], bool_value(o.draining)).finish());
@@ -201,44 +198,31 @@ pub fn families(o: &Observed) -> Vec<MetricFamily> {
     out
 }
 
-/// The canonical roles (with zero figures when the daemon has none yet), then any other
-/// role the daemon reports, in name order.
-fn role_figures<'a>(o: &'a Observed, absent: &'a RoleFigures) -> Vec<(&'a str, &'a RoleFigures)> {
-    let mut roles: Vec<(&str, &RoleFigures)> =
-        ROLES.iter().map(|name| (*name, o.roles.get(name).unwrap_or(absent))).collect();
-    let mut extra: Vec<(&str, &RoleFigures)> =
-        o.roles.iter().filter(|(name, _)| !ROLES.contains(name)).map(|(name, r)| (*name, r)).collect();
-    extra.sort_by_key(|(name, _)| *name);
-    roles.extend(extra);
-    roles
-}
-
-fn role_families(roles: &[(&str, &RoleFigures)]) -> Vec<MetricFamily> {
+/// Every role, with zero figures while it has none yet.
+fn role_families(o: &Observed) -> Vec<MetricFamily> {
     let mut latency = Family::new(&HEARTBEAT_LATENCY);
     let mut age = Family::new(&HEARTBEAT_AGE);
     let mut missed = Family::new(&HEARTBEATS_MISSED);
     let mut restarts = Family::new(&RESTARTS);
     let mut up = Family::new(&PROCESS_UP);
-    for &(role, r) in roles {
-        latency = latency.histogram(&[role], &r.heartbeat_latency, &LATENCY_BUCKETS);
-        age = age.gauge(&[role], r.heartbeat_age_seconds);
-        missed = missed.counter(&[role], r.heartbeats_missed);
-        for (reason, n) in r.restarts.iter() {
+    for ((role, state), (_, supervised)) in o.roles.iter().zip(o.figures.supervision.iter()) {
+        let role = role.as_str();
+        latency = latency.histogram(&[role], &supervised.latency, &LATENCY_BUCKETS);
+        age = age.gauge(&[role], state.heartbeat_age_seconds);
+        missed = missed.counter(&[role], supervised.missed_heartbeats);
+        for (reason, n) in supervised.restarts.iter() {
             restarts = restarts.counter(&[role, reason.as_str()], n);
         }
-        up = up.gauge(&[role], bool_value(r.up));
+        up = up.gauge(&[role], bool_value(state.up));
     }
     vec![latency.finish(), age.finish(), missed.finish(), restarts.finish(), up.finish()]
 }
 
 fn worker_families(o: &Observed) -> Vec<MetricFamily> {
-    let count_in = |state: &str| o.workers_by_state.iter().filter(|(s, _)| s == state).map(|(_, n)| n).sum::<u64>();
     let mut workers = Family::new(&WORKERS);
-    for state in WORKER_STATES {
-        workers = workers.gauge(&[state], count_in(state) as f64);
-    }
-    for (state, n) in o.workers_by_state.iter().filter(|(s, _)| !WORKER_STATES.contains(&s.as_str())) {
-        workers = workers.gauge(&[state.as_str()], *n as f64);
+    for state in webd_proto::WorkerState::ALL {
+        let n: u64 = o.workers_by_state.iter().filter(|(s, _)| s == state).map(|(_, n)| n).sum();
+        workers = workers.gauge(&[state.as_str()], n as f64);
     }
     let mut utilization = Family::new(&WORKER_UTILIZATION);
     for (id, ratio) in &o.worker_utilization {
@@ -249,15 +233,16 @@ fn worker_families(o: &Observed) -> Vec<MetricFamily> {
 
 fn traffic_families(o: &Observed) -> Vec<MetricFamily> {
     let mut requests = Family::new(&HTTP_REQUESTS);
-    for (code, n) in &o.http.requests_by_code {
-        requests = requests.counter(&[code.to_string().as_str()], *n);
+    let f = &o.figures;
+    for (code, n) in f.responses.iter() {
+        requests = requests.counter(&[code.to_string().as_str()], n);
     }
     vec![
-        Family::new(&CONNECTIONS_ACCEPTED).counter(&[], o.connections_accepted).finish(),
+        Family::new(&CONNECTIONS_ACCEPTED).counter(&[], f.accepted).finish(),
         Family::new(&CONNECTIONS_ACTIVE).gauge(&[], o.connections_active as f64).finish(),
         requests.finish(),
-        Family::new(&HTTP_REQUEST_DURATION).histogram(&[], &o.http.duration, &DURATION_BUCKETS).finish(),
-        Family::new(&HTTP_RESPONSE_BYTES).counter(&[], o.http.response_bytes).finish(),
+        Family::new(&HTTP_REQUEST_DURATION).histogram(&[], &f.duration, &DURATION_BUCKETS).finish(),
+        Family::new(&HTTP_RESPONSE_BYTES).counter(&[], f.response_bytes).finish(),
     ]
 }
 
@@ -296,7 +281,7 @@ impl Family {
     /// `h.counts` holds per-bucket counts (the last one above every bound); the
     /// exposition wants cumulative counts, ending in `+Inf` = the total, which the
     /// encoder writes from `sample_count`.
-    fn histogram(self, values: &[&str], h: &observe::Histogram, bounds: &[f64]) -> Family {
+    fn histogram(self, values: &[&str], h: &Histogram, bounds: &[f64]) -> Family {
         let mut cumulative = 0u64;
         let buckets = bounds
             .iter()
@@ -312,7 +297,7 @@ impl Family {
         let mut ph = proto::Histogram::default();
         ph.set_bucket(buckets);
         ph.set_sample_count(h.count());
-        ph.set_sample_sum(h.sum);
+        ph.set_sample_sum(h.sum_seconds());
         self.push(values, |m| m.set_histogram(ph))
     }
 

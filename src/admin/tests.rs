@@ -4,36 +4,34 @@
 
 use super::metrics::{self, MetricDef, RESTART_REASONS, ROLES, WORKER_STATES};
 use super::{bind, serve, Limits};
-use crate::observe::{Histogram, HttpTotals, Observed, RoleFigures, SharedObserved, LATENCY_BUCKETS};
+use crate::figures::{ByCode, ByRole, Figures, Histogram, Supervision, LATENCY_BUCKETS};
+use crate::observe::{Observed, RoleState, SharedObserved};
 use prometheus::proto::MetricType;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use webd_proto::WorkerState;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------
 // harness
 
-fn histogram(counts: &[u64], sum: f64) -> Histogram {
-    Histogram { counts: counts.to_vec(), sum }
+fn histogram(counts: &[u64], sum_seconds: f64) -> Histogram {
+    Histogram { counts: counts.to_vec(), sum_ns: (sum_seconds * 1e9).round() as u64 }
 }
 
-fn role(up: bool, seed: u64) -> RoleFigures {
-    let mut latency = Histogram::with_buckets(LATENCY_BUCKETS.len());
+/// A role's state and supervision figures, distinct per `seed`.
+fn role(up: bool, seed: u64) -> (RoleState, Supervision) {
+    let mut latency = Histogram::default();
     for (i, value) in [0.000005, 0.00003, 0.0002, 0.003, 0.003, 2.0].iter().enumerate().take(seed as usize + 3) {
-        latency.observe(&LATENCY_BUCKETS, *value * (i as f64 + 1.0));
+        latency.observe(&LATENCY_BUCKETS, Duration::from_secs_f64(*value * (i as f64 + 1.0)));
     }
-    RoleFigures {
-        up,
-        heartbeat_age_seconds: 0.05 * seed as f64,
-        heartbeats_missed: seed,
-        restarts: [seed, seed * 2, 1].into(),
-        heartbeat_latency: latency,
-    }
+    let state = RoleState { up, heartbeat_age_seconds: 0.05 * seed as f64 };
+    (state, Supervision { missed_heartbeats: seed, restarts: [seed, seed * 2, 1].into(), latency })
 }
 
 fn status() -> webd_proto::Status {
@@ -69,24 +67,27 @@ fn status() -> webd_proto::Status {
 
 /// An `Observed` with every field filled, as a running daemon would publish it.
 fn synthetic() -> Observed {
-    let mut roles = HashMap::new();
-    roles.insert("listener", role(true, 1));
-    roles.insert("manager", role(true, 2));
-    roles.insert("worker", role(false, 0));
+    let (listener, manager, worker) = (role(true, 1), role(true, 2), role(false, 0));
+    let mut responses = ByCode::default();
+    for (code, n) in [(200, 90), (404, 8), (503, 1)] {
+        responses.add(code, n);
+    }
     Observed {
         status: Some(status()),
         not_ready: None,
         draining: false,
-        roles,
-        workers_by_state: vec![("busy".into(), 1), ("idle".into(), 2)],
+        roles: ByRole { listener: listener.0, manager: manager.0, worker: worker.0 },
+        workers_by_state: vec![(WorkerState::Busy, 1), (WorkerState::Idle, 2)],
         worker_utilization: vec![(0, 0.25), (1, 0.0), (2, 1.0)],
-        connections_accepted: 120,
         connections_active: 3,
-        http: HttpTotals {
-            requests_by_code: vec![(200, 90), (404, 8), (503, 1)],
+        figures: Figures {
+            accepted: 120,
+            responses,
             response_bytes: 123_456,
             // Per-bucket counts over DURATION_BUCKETS (14 bounds) plus the overflow.
             duration: histogram(&[5, 10, 20, 30, 15, 10, 5, 2, 1, 0, 0, 0, 0, 0, 1], 1.75),
+            supervision: ByRole { listener: listener.1, manager: manager.1, worker: worker.1 },
+            ..Figures::default()
         },
         upgrades: 2,
         generation: 1,
@@ -481,7 +482,7 @@ fn metric_values_are_the_observed_figures() {
     // Each scrape reads the accumulated totals afresh.
     {
         let mut o = observed.lock();
-        o.connections_accepted = 500;
+        o.figures.accepted = 500;
         o.draining = true;
         o.generation += 1; // as the daemon does on every publication
     }

@@ -17,8 +17,9 @@ mod upgrade;
 
 use crate::config::{AccessLogTarget, Config};
 use crate::control::{self, CommandRequest, LoopHandle};
+use crate::figures::Accumulator;
 use crate::ipc::{Fd, ToListener, ToManager};
-use crate::observe::{Accumulator, SharedObserved};
+use crate::observe::SharedObserved;
 use crate::signals::{Event, Signals};
 use crate::supervise::{Tokens, CHECK_INTERVAL};
 use crate::sys::{self, process::Exit, Pid};
@@ -91,11 +92,9 @@ struct Daemon {
     /// Replies owed to control clients, answered when their effect is real.
     pending: Vec<commands::PendingReply>,
     observed: SharedObserved,
-    /// Monotonic totals from the listener's and the workers' reports.
-    listener_totals: Accumulator,
-    worker_totals: Accumulator,
-    /// Monotonic worker-role supervision figures from the managers' reports.
-    pool_totals: Accumulator,
+    /// Monotonic totals of every child's reports, over what the daemon we replaced
+    /// counted.
+    totals: Accumulator,
     systemd: systemd::Systemd,
     planes: planes::Planes,
     upgrade: upgrade::Upgrade,
@@ -103,8 +102,8 @@ struct Daemon {
     handed_over: bool,
     /// `webctl stop` clients, answered once the sockets are released.
     stop_replies: Vec<std::sync::mpsc::SyncSender<webd_proto::Response>>,
-    /// Totals inherited from the daemon we replaced (binary upgrade).
-    carried: crate::observe::CarriedTotals,
+    /// Binary upgrades this tree descends from.
+    upgrades: u64,
     /// Our command line, for starting a successor.
     argv0: String,
     args: Vec<std::ffi::OsString>,
@@ -214,15 +213,13 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
         commands: command_rx,
         pending: Vec::new(),
         observed,
-        listener_totals: Accumulator::default(),
-        worker_totals: Accumulator::default(),
-        pool_totals: Accumulator::default(),
+        totals: Accumulator::default(),
         systemd: systemd::Systemd::from_env(now),
         planes,
         upgrade,
         handed_over: false,
         stop_replies: Vec::new(),
-        carried: Default::default(),
+        upgrades: 0,
         argv0,
         args,
         manager_stop_pending: None,
@@ -473,7 +470,8 @@ impl Daemon {
     /// Counts what the daemon we replaced had counted as a base under our own totals
     /// (replaced by fresher figures as the old daemon sends them).
     fn continue_from(&mut self, carried: crate::observe::CarriedTotals) {
-        self.carried = carried;
+        self.upgrades = carried.upgrades;
+        self.totals.set_base(carried.figures);
     }
 
     /// True once every child is gone; past the grace deadline, kills what is left.

@@ -2,9 +2,9 @@
 
 use super::roles::{RoleKind, RoleProcess};
 use super::{Daemon, State};
+use crate::figures::{ByRole, Figures};
 use crate::ipc::WorkerReport;
-use crate::observe::{HttpTotals, Observed, RoleFigures};
-use crate::supervise::ByReason;
+use crate::observe::{Observed, RoleState};
 use std::time::Instant;
 use webd_proto::WorkerState;
 use webd_proto::{ConnectionStatus, ProcessStatus, Status, WorkerStatus};
@@ -15,45 +15,48 @@ impl Daemon {
     pub(super) fn publish(&mut self, now: Instant) -> bool {
         self.fold_reports();
         let workers = self.worker_reports();
-        let http = self.http_totals();
-        let connections = ConnectionStatus {
-            accepted: self.carried.connections_accepted + self.listener_totals.accepted,
-            active: workers.iter().map(|w| w.counters.active).sum(),
-        };
-        let requests_total = http.requests_by_code.iter().map(|(_, n)| n).sum();
-        let status = self.status(now, &workers, connections.clone(), requests_total);
+        let figures = self.figures();
+        let connections =
+            ConnectionStatus { accepted: figures.accepted, active: workers.iter().map(|w| w.active).sum() };
+        let status = self.status(now, &workers, connections.clone(), figures.responses.total());
         let not_ready = self.not_ready(&workers);
         let ready = not_ready.is_none();
         let observed = Observed {
             status: Some(status),
             not_ready,
             draining: self.state == State::Draining,
-            roles: [
-                ("listener", role_figures(&mut self.listener, now, self.carried.restarts[0])),
-                ("manager", role_figures(&mut self.manager, now, self.carried.restarts[1])),
-                ("worker", self.worker_figures(&workers)),
-            ]
-            .into_iter()
-            .collect(),
+            roles: ByRole {
+                listener: role_state(&self.listener, now),
+                manager: role_state(&self.manager, now),
+                worker: worker_state(&workers),
+            },
             workers_by_state: WorkerState::ALL
                 .iter()
-                .map(|s| (s.to_string(), workers.iter().filter(|w| w.state == *s).count() as u64))
+                .map(|s| (*s, workers.iter().filter(|w| w.state == *s).count() as u64))
                 .collect(),
             worker_utilization: workers
                 .iter()
                 .filter(|w| w.state != WorkerState::Draining)
                 .map(|w| (w.id, w.utilization))
                 .collect(),
-            connections_accepted: connections.accepted,
             connections_active: connections.active,
-            upgrades: self.carried.upgrades,
-            http,
+            figures,
+            upgrades: self.upgrades,
             generation: 0,
         };
         let mut shared = self.observed.lock();
         let generation = shared.generation + 1;
         *shared = Observed { generation, ..observed };
         ready
+    }
+
+    /// Everything the tree counted: the children's reports and the daemon's own
+    /// supervision of listener and manager, over what the daemon we replaced counted.
+    pub(super) fn figures(&self) -> Figures {
+        let mut figures = self.totals.total();
+        figures.supervision.listener += &self.listener.supervision();
+        figures.supervision.manager += &self.manager.supervision();
+        figures
     }
 
     /// Folds every report into the monotonic totals. Reports are cumulative per process
@@ -64,24 +67,19 @@ impl Daemon {
         self.manager.read_retiring_reports();
         // Every heartbeat in the order received: an exited worker's final figures are in
         // one manager heartbeat only, which a newer one may already have followed.
-        for hb in self.listener.unfolded.drain(..) {
-            self.listener_totals.fold(hb.pid, &hb.counters);
-        }
-        for hb in self.manager.unfolded.drain(..) {
-            self.pool_totals.fold(hb.pid, &hb.counters);
+        for hb in self.listener.unfolded.drain(..).chain(self.manager.unfolded.drain(..)) {
+            self.totals.fold(hb.pid, &hb.figures);
             for w in hb.workers.iter().filter(|w| w.pid != 0) {
-                self.worker_totals.fold(w.pid, &w.counters);
+                self.totals.fold(w.pid, &w.figures);
             }
         }
-        let managers: Vec<&crate::ipc::Heartbeat> =
-            self.manager.last.iter().chain(&self.manager.retiring_reports).collect();
-        let live_workers: Vec<u32> = managers.iter().flat_map(|hb| hb.workers.iter().map(|w| w.pid)).collect();
-        let live_managers: Vec<u32> = managers.iter().map(|hb| hb.pid).collect();
-        self.worker_totals.retain_pids(|p| live_workers.contains(&p));
-        self.pool_totals.retain_pids(|p| live_managers.contains(&p));
-        let live_listeners: Vec<u32> =
-            self.listener.last.iter().chain(&self.listener.retiring_reports).map(|hb| hb.pid).collect();
-        self.listener_totals.retain_pids(|p| live_listeners.contains(&p));
+        let reports = || {
+            let listeners = self.listener.last.iter().chain(&self.listener.retiring_reports);
+            listeners.chain(self.manager.last.iter().chain(&self.manager.retiring_reports))
+        };
+        let live: Vec<u32> =
+            reports().flat_map(|hb| std::iter::once(hb.pid).chain(hb.workers.iter().map(|w| w.pid))).collect();
+        self.totals.retain_pids(|p| live.contains(&p));
         // Exited processes' final reports are folded now; drop them.
         let (listener_gone, manager_gone) = (self.listener.exited_pids(), self.manager.exited_pids());
         self.listener.retiring_reports.retain(|hb| !listener_gone.contains(&hb.pid));
@@ -117,8 +115,8 @@ impl Daemon {
                     pid: w.pid,
                     state: w.state,
                     restarts: w.restarts,
-                    active_connections: w.counters.active,
-                    requests: w.counters.requests,
+                    active_connections: w.active,
+                    requests: w.figures.responses.total(),
                     utilization: w.utilization,
                 })
                 .collect(),
@@ -146,48 +144,18 @@ impl Daemon {
         }
         None
     }
-
-    fn worker_figures(&self, workers: &[WorkerReport]) -> RoleFigures {
-        let live = workers.iter().filter(|w| w.state != WorkerState::Draining);
-        RoleFigures {
-            up: workers.iter().any(|w| w.state.is_serving()),
-            heartbeat_age_seconds: live.map(|w| w.heartbeat_age_ms / 1000.0).fold(0.0, f64::max),
-            heartbeats_missed: self.pool_totals.missed_heartbeats,
-            restarts: self.pool_totals.restarts + self.carried.restarts[2],
-            heartbeat_latency: self.pool_totals.latency.clone(),
-        }
-    }
-
-    /// HTTP totals of our workers on top of those carried from the daemon we replaced.
-    pub(super) fn http_totals(&self) -> HttpTotals {
-        let mut by_code = self.worker_totals.requests_by_code.clone();
-        for (code, n) in &self.carried.requests_by_code {
-            *by_code.entry(*code).or_default() += n;
-        }
-        let mut duration = self.worker_totals.duration.clone();
-        if duration.counts.len() == self.carried.duration_counts.len() {
-            for (total, carried) in duration.counts.iter_mut().zip(&self.carried.duration_counts) {
-                *total += carried;
-            }
-        } else if duration.count() == 0 {
-            duration.counts = self.carried.duration_counts.clone();
-        }
-        duration.sum += self.carried.duration_sum;
-        HttpTotals {
-            requests_by_code: sorted(by_code.into_iter().collect()),
-            response_bytes: self.carried.response_bytes + self.worker_totals.response_bytes,
-            duration,
-        }
-    }
 }
 
-fn role_figures<K: RoleKind>(role: &mut RoleProcess<K>, now: Instant, carried_restarts: ByReason) -> RoleFigures {
-    RoleFigures {
-        up: role.sup.slot.is_up(),
-        heartbeat_age_seconds: role.sup.slot.heartbeat_age(now).as_secs_f64(),
-        heartbeats_missed: role.sup.slot.missed_total,
-        restarts: role.sup.slot.restarts_by_reason + carried_restarts,
-        heartbeat_latency: role.latency.clone(),
+fn role_state<K: RoleKind>(role: &RoleProcess<K>, now: Instant) -> RoleState {
+    RoleState { up: role.sup.slot.is_up(), heartbeat_age_seconds: role.sup.slot.heartbeat_age(now).as_secs_f64() }
+}
+
+/// Workers are up while one serves; their heartbeat age is the oldest live one's.
+fn worker_state(workers: &[WorkerReport]) -> RoleState {
+    let live = workers.iter().filter(|w| w.state != WorkerState::Draining);
+    RoleState {
+        up: workers.iter().any(|w| w.state.is_serving()),
+        heartbeat_age_seconds: live.map(|w| w.heartbeat_age_ms / 1000.0).fold(0.0, f64::max),
     }
 }
 
@@ -205,9 +173,4 @@ fn process_status<K: RoleKind>(role: &mut RoleProcess<K>, now: Instant) -> Proce
             .filter(|hb| role.sup.slot.pid.is_some_and(|p| p.as_raw() as u32 == hb.pid))
             .and_then(|hb| hb.keeper_pid),
     }
-}
-
-fn sorted(mut v: Vec<(u16, u64)>) -> Vec<(u16, u64)> {
-    v.sort_unstable();
-    v
 }

@@ -3,10 +3,10 @@
 //! their reports. The supervision itself is `supervise::Supervised`.
 
 use super::Inheritance;
+use crate::figures::{Histogram, Supervision, LATENCY_BUCKETS};
 use crate::ipc::{
     Channel, Fd, FromManager, Heartbeat, ListenerBootstrap, ManagerBootstrap, Message, Role, ToListener, ToManager,
 };
-use crate::observe::{Histogram, LATENCY_BUCKETS};
 use crate::supervise::{Check, Child, Exited, Process, Reason, Supervised, Tokens, Which};
 use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, process::Exit, spawn, Pid};
 use mio::unix::SourceFd;
@@ -31,7 +31,7 @@ pub enum RoleEvent {
 
 /// What a role's report is to the daemon.
 pub enum Report {
-    Heartbeat(Heartbeat),
+    Heartbeat(Box<Heartbeat>),
     Event(RoleEvent),
 }
 
@@ -114,7 +114,7 @@ impl RoleKind for Listener {
     }
 
     fn report(hb: Heartbeat) -> Report {
-        Report::Heartbeat(hb)
+        Report::Heartbeat(Box::new(hb))
     }
 }
 
@@ -174,7 +174,8 @@ pub struct RoleProcess<K: RoleKind> {
     /// Every heartbeat received since the daemon last folded them into its totals. Not
     /// just the latest: a manager reports a worker that exited in one heartbeat only.
     pub unfolded: Vec<Heartbeat>,
-    pub latency: Histogram,
+    /// Latencies of its heartbeats, over this daemon's life.
+    latency: Histogram,
 }
 
 impl<K: RoleKind> RoleProcess<K> {
@@ -184,7 +185,16 @@ impl<K: RoleKind> RoleProcess<K> {
             last: None,
             retiring_reports: Vec::new(),
             unfolded: Vec::new(),
-            latency: Histogram::with_buckets(LATENCY_BUCKETS.len()),
+            latency: Histogram::default(),
+        }
+    }
+
+    /// How supervising this role went, over this daemon's life.
+    pub fn supervision(&self) -> Supervision {
+        Supervision {
+            missed_heartbeats: self.sup.slot.missed_total,
+            restarts: self.sup.slot.restarts_by_reason,
+            latency: self.latency.clone(),
         }
     }
 
@@ -265,7 +275,7 @@ impl<K: RoleKind> RoleProcess<K> {
         }
         for report in reports {
             match report {
-                Report::Heartbeat(hb) => self.heartbeat(hb),
+                Report::Heartbeat(hb) => self.heartbeat(*hb),
                 Report::Event(event) => events.push(event),
             }
         }
@@ -276,7 +286,7 @@ impl<K: RoleKind> RoleProcess<K> {
         if self.sup.slot.heartbeat(hb.sent_ns, sys::monotonic_ns(), now) {
             tracing::info!(role = %K::ROLE, pid = hb.pid, "up (first heartbeat)");
         }
-        self.latency.observe(&LATENCY_BUCKETS, self.sup.slot.latency_ns as f64 / 1e9);
+        self.latency.observe(&LATENCY_BUCKETS, Duration::from_nanos(self.sup.slot.latency_ns));
         self.unfolded.push(hb.clone());
         self.last = Some(hb);
     }
@@ -288,7 +298,7 @@ impl<K: RoleKind> RoleProcess<K> {
         let _ = process.channel.drain(|up| {
             if let Report::Heartbeat(hb) = K::report(up) {
                 if K::is_ready(&hb) {
-                    ready = Some(hb);
+                    ready = Some(*hb);
                 }
             }
         });
@@ -431,8 +441,8 @@ fn latest_report<K: RoleKind>(
 ) {
     let _ = channel.drain(|up| {
         if let Report::Heartbeat(hb) = K::report(up) {
-            unfolded.push(hb.clone());
-            upsert_report(reports, hb);
+            unfolded.push((*hb).clone());
+            upsert_report(reports, *hb);
         }
     });
 }

@@ -163,11 +163,9 @@ impl Daemon {
 
     /// The old daemon's latest (or final) figures replace the base.
     fn continue_from_predecessor(&mut self, totals: CarriedTotals) {
-        let upgrades = self.carried.upgrades;
-        let requests: u64 = totals.requests_by_code.iter().map(|(_, n)| n).sum();
-        tracing::info!(requests, accepted = totals.connections_accepted, "upgrade: totals from the old daemon");
-        self.carried = totals;
-        self.carried.upgrades = upgrades;
+        let (requests, accepted) = (totals.figures.responses.total(), totals.figures.accepted);
+        tracing::info!(requests, accepted, "upgrade: totals from the old daemon");
+        self.totals.set_base(totals.figures);
     }
 
     /// Old side: the successor is ready. Stop accepting on the control and admin sockets,
@@ -269,20 +267,7 @@ impl Daemon {
     /// The counters a successor continues from.
     /// Everything counted so far, ours on top of what we inherited.
     fn carried_totals(&mut self) -> CarriedTotals {
-        let http = self.http_totals();
-        CarriedTotals {
-            upgrades: self.carried.upgrades + 1,
-            connections_accepted: self.carried.connections_accepted + self.listener_totals.accepted,
-            requests_by_code: http.requests_by_code,
-            response_bytes: http.response_bytes,
-            duration_counts: http.duration.counts,
-            duration_sum: http.duration.sum,
-            restarts: [
-                self.listener.slot().restarts_by_reason + self.carried.restarts[0],
-                self.manager.slot().restarts_by_reason + self.carried.restarts[1],
-                self.pool_totals.restarts + self.carried.restarts[2],
-            ],
-        }
+        CarriedTotals { upgrades: self.upgrades + 1, figures: self.figures() }
     }
 }
 

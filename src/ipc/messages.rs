@@ -12,6 +12,7 @@
 
 use super::fd::Fd;
 use crate::config::Config;
+use crate::figures::Figures;
 use serde::{Deserialize, Serialize};
 
 /// Daemon → listener.
@@ -87,7 +88,7 @@ pub enum ToWorker<'a> {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FromManager {
-    Heartbeat(Heartbeat),
+    Heartbeat(Box<Heartbeat>),
     /// A drain or resume has been passed on to every worker.
     Applied,
     /// A worker command finished (`ok`) or failed with a reason.
@@ -99,7 +100,7 @@ pub enum FromManager {
 
 impl From<Heartbeat> for FromManager {
     fn from(hb: Heartbeat) -> Self {
-        FromManager::Heartbeat(hb)
+        FromManager::Heartbeat(Box::new(hb))
     }
 }
 
@@ -213,47 +214,18 @@ pub struct Heartbeat {
     pub seq: u64,
     /// CLOCK_MONOTONIC nanoseconds at send time.
     pub sent_ns: u64,
-    pub counters: Counters,
+    /// What this process counted since it started (the manager: its supervision of
+    /// workers; each worker's are in `workers`).
+    pub figures: Figures,
+    /// Worker: connections open now.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub active: u64,
     /// Manager only: one report per worker process.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<WorkerReport>,
     /// Listener only: the pid of its keeper (`listener::keeper`), if one runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keeper_pid: Option<u32>,
-}
-
-/// Cumulative figures of one process (or of all workers, in a manager's heartbeat).
-/// Counters only grow within one process's life; the daemon accumulates deltas across
-/// restarts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Counters {
-    /// Listener: connections accepted.
-    pub accepted: u64,
-    /// Worker: connections received (from its lane, or moved to it by the manager).
-    pub received: u64,
-    /// Worker: connections open now.
-    pub active: u64,
-    /// Worker: requests answered.
-    pub requests: u64,
-    /// Worker: response bytes written (head and body).
-    pub response_bytes: u64,
-    /// Worker: nanoseconds during which at least one request was in progress.
-    pub busy_ns: u64,
-    /// Worker: responses by status code, as `[code, count]` pairs.
-    pub codes: Vec<(u16, u64)>,
-    /// Worker: request durations histogram counts per bucket of `DURATION_BUCKETS`
-    /// (the last entry counts the rest), and their sum in nanoseconds.
-    pub duration_buckets: Vec<u64>,
-    pub duration_sum_ns: u64,
-    /// Manager: worker heartbeats missed, over all its workers.
-    pub missed_heartbeats: u64,
-    /// Manager: worker restarts by reason.
-    pub restarts: crate::supervise::ByReason,
-    /// Manager: worker heartbeat latencies per bucket of `observe::LATENCY_BUCKETS`
-    /// (last entry: above every bound) and their sum in nanoseconds.
-    pub latency_buckets: Vec<u64>,
-    pub latency_sum_ns: u64,
 }
 
 /// A worker process as the manager sees it.
@@ -266,5 +238,11 @@ pub struct WorkerReport {
     pub heartbeat_age_ms: f64,
     pub heartbeat_latency_ms: f64,
     pub utilization: f64,
-    pub counters: Counters,
+    /// Connections open now.
+    pub active: u64,
+    pub figures: Figures,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -308,11 +308,6 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
     Ok(())
 }
 
-/// Upper bounds in seconds of the request-duration histogram buckets (shared by the
-/// workers that count and the daemon that exports).
-pub const DURATION_BUCKETS: [f64; 14] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
-
 #[cfg(test)]
 mod tests {
     use super::*;

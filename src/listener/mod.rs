@@ -12,8 +12,9 @@
 mod keeper;
 
 use crate::fault::{self, ListenerStop};
-use crate::heartbeat::Heartbeater;
-use crate::ipc::{self, Counters, LaneSender, LaneState, ListenerControl, Recv, Role, SteeringReader, ToListener};
+use crate::figures::Figures;
+use crate::heartbeat::{Heartbeater, Report};
+use crate::ipc::{self, LaneSender, LaneState, ListenerControl, Recv, Role, SteeringReader, ToListener};
 use anyhow::Context;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
@@ -66,7 +67,7 @@ struct Listener {
     configured_workers: u32,
     listen: Vec<OwnedFd>,
     pause: Pause,
-    counters: Counters,
+    figures: Figures,
     stopping: bool,
     warned_exhaustion_at: Option<Instant>,
     warned_no_lane_at: Option<Instant>,
@@ -106,7 +107,7 @@ pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
         configured_workers: boot.config.workers,
         listen,
         pause: if boot.draining { Pause::Drained } else { Pause::None },
-        counters: Counters::default(),
+        figures: Figures::default(),
         stopping: false,
         warned_exhaustion_at: None,
         warned_no_lane_at: None,
@@ -128,7 +129,7 @@ pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
             me.keeper.check();
             heartbeat.set_keeper_pid(me.keeper.pid());
         }
-        heartbeat.tick(now, &mut me.control, || (me.counters.clone(), Vec::new()));
+        heartbeat.tick(now, &mut me.control, || Report::of(me.figures.clone()));
         let timeout = heartbeat.until_due(now).min(me.pause_left(now)).min(KEEPER_CHECK);
         crate::sys::poll_for(&mut poll, &mut events, timeout).context("epoll_wait")?;
         for event in events.iter() {
@@ -145,7 +146,7 @@ pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
             }
         }
         if me.stopping {
-            tracing::info!(accepted = me.counters.accepted, "listener stopped");
+            tracing::info!(accepted = me.figures.accepted, "listener stopped");
             return Ok(());
         }
         if let Pause::FdExhaustion(until) = me.pause {
@@ -283,7 +284,7 @@ impl Listener {
                 self.keeper.before_accept(self.lane_fd(lane));
                 match crate::sys::net::accept(self.listen[i].as_fd()) {
                     Ok(fd) => {
-                        self.counters.accepted += 1;
+                        self.figures.accepted += 1;
                         fault::stop_if(self.stop_at, ListenerStop::AfterAccept);
                         self.send(lane, fd);
                     }

@@ -8,7 +8,7 @@
 
 mod pool;
 
-use crate::heartbeat::{Delivery, Heartbeater, FINAL_REPORT_WITHIN};
+use crate::heartbeat::{Delivery, Heartbeater, Report, FINAL_REPORT_WITHIN};
 use crate::ipc::{self, FromManager, ManagerControl, Recv, RecvError, Role, SteeringSender, ToManager};
 use crate::signals::{Event, Signals};
 use crate::supervise::CHECK_INTERVAL;
@@ -65,7 +65,11 @@ pub fn run(mut control: ManagerControl) -> anyhow::Result<()> {
             heartbeat.force(now);
         }
         if heartbeat.until_due(now).is_zero() {
-            match heartbeat.tick(now, &mut control, || (pool.counters(), pool.reports(now))) {
+            match heartbeat.tick(now, &mut control, || Report {
+                figures: pool.figures(),
+                active: 0,
+                workers: pool.reports(now),
+            }) {
                 Delivery::Sent => pool.clear_exited(),
                 // Only once delivered: a dropped heartbeat's exited workers go in the next.
                 Delivery::Dropped if pool.has_exited() => {
@@ -82,8 +86,11 @@ pub fn run(mut control: ManagerControl) -> anyhow::Result<()> {
         if let Some(deadline) = shutdown_deadline {
             if pool.is_empty() {
                 // A last report, so the daemon counts everything the workers served.
-                let _ = heartbeat
-                    .send_final(&mut control, FINAL_REPORT_WITHIN, || (pool.counters(), pool.reports(Instant::now())));
+                let _ = heartbeat.send_final(&mut control, FINAL_REPORT_WITHIN, || Report {
+                    figures: pool.figures(),
+                    active: 0,
+                    workers: pool.reports(Instant::now()),
+                });
                 tracing::info!("manager stopped");
                 return Ok(());
             }

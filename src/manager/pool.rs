@@ -11,12 +11,12 @@
 
 use super::FIRST_WORKER;
 use crate::config::Config;
+use crate::figures::{Figures, Supervision, LATENCY_BUCKETS};
 use crate::ipc::{
-    Connections, Counters, Fd, FromManager, Heartbeat, LaneReader, LaneState, Recv, RecvError, Steer, SteeringSender,
-    ToWorker, WorkerBootstrap, WorkerControl, WorkerLink, WorkerReport,
+    Connections, Fd, FromManager, Heartbeat, LaneReader, LaneState, Recv, RecvError, Steer, SteeringSender, ToWorker,
+    WorkerBootstrap, WorkerControl, WorkerLink, WorkerReport,
 };
-use crate::observe::{Histogram, LATENCY_BUCKETS};
-use crate::supervise::{ByReason, Check, Child, Exited, Process, Reason, Slot, Supervised, Tokens, Which};
+use crate::supervise::{Check, Child, Exited, Process, Reason, Slot, Supervised, Tokens, Which};
 use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, spawn};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -53,7 +53,9 @@ struct WorkerProcess {
 /// What a worker last reported, and its utilization.
 #[derive(Default)]
 struct Reported {
-    counters: Counters,
+    figures: Figures,
+    /// Connections open at its last heartbeat.
+    active: u64,
     /// For utilization: busy time and clock at the previous heartbeat.
     prev_busy_ns: u64,
     prev_sent_ns: u64,
@@ -85,7 +87,8 @@ fn retiree_report(id: u32, retiree: &Current) -> WorkerReport {
         id,
         pid: retiree.pid.as_raw() as u32,
         state: WorkerState::Draining,
-        counters: retiree.state.reported.counters.clone(),
+        active: retiree.state.reported.active,
+        figures: retiree.state.reported.figures.clone(),
         ..Default::default()
     }
 }
@@ -119,10 +122,8 @@ pub struct WorkerPool {
     reload_after_op: Option<Config>,
     /// Descriptor headroom, re-measured at each heartbeat check.
     fds: crate::sys::process::FdBudget,
-    /// Pool-wide supervision figures, monotonic over this manager's life.
-    missed_total: u64,
-    restarts: ByReason,
-    latency: Histogram,
+    /// How supervising the workers went, monotonic over this manager's life.
+    supervision: Supervision,
 }
 
 impl WorkerPool {
@@ -154,9 +155,7 @@ impl WorkerPool {
             reload_after_op: None,
             access_log: None,
             exited: Vec::new(),
-            missed_total: 0,
-            restarts: ByReason::default(),
-            latency: Histogram::with_buckets(LATENCY_BUCKETS.len()),
+            supervision: Supervision::default(),
         }
     }
 
@@ -247,8 +246,7 @@ impl WorkerPool {
         let mut lanes = vec![LaneState::default(); self.lanes.len()];
         for ws in self.slots.iter().filter(|ws| ws.wanted) {
             if let (Some(state), Some(current)) = (lanes.get_mut(ws.id as usize), ws.sup.current.as_ref()) {
-                *state =
-                    LaneState { open: true, load: current.state.reported.counters.active.min(u32::MAX as u64) as u32 };
+                *state = LaneState { open: true, load: current.state.reported.active.min(u32::MAX as u64) as u32 };
             }
         }
         match self.steering.send(&Steer { lanes }) {
@@ -354,9 +352,7 @@ impl WorkerPool {
             .iter()
             .enumerate()
             .filter(|(_, ws)| ws.wanted && ws.sup.slot.pid.is_some())
-            .filter_map(|(i, ws)| {
-                ws.sup.current.as_ref().map(|c| (i, (!ws.sup.slot.is_up(), c.state.reported.counters.active)))
-            })
+            .filter_map(|(i, ws)| ws.sup.current.as_ref().map(|c| (i, (!ws.sup.slot.is_up(), c.state.reported.active))))
             .collect();
         live.sort_by_key(|(_, load)| *load);
         live.into_iter().map(|(i, _)| i).collect()
@@ -365,7 +361,7 @@ impl WorkerPool {
     /// Reads the heartbeats of a draining worker.
     fn absorb_heartbeats(current: &mut Current) {
         let Current { channel, state, .. } = current;
-        let _ = channel.drain(|hb| state.reported.absorb(hb.sent_ns, hb.counters));
+        let _ = channel.drain(|hb| state.reported.absorb(&hb));
     }
 
     /// Reads the messages on the channel with poll token `token`.
@@ -382,7 +378,7 @@ impl WorkerPool {
             return Self::absorb_heartbeats(process);
         }
         let mut first_heartbeat = false;
-        let latency = &mut self.latency;
+        let latency = &mut self.supervision.latency;
         let Current { channel, state, .. } = process;
         let mut up_at = None;
         let drained = channel.drain(|hb| {
@@ -391,8 +387,8 @@ impl WorkerPool {
                 Which::Current => up_at = Some((hb.sent_ns, received, hb.pid)),
                 _ => first_heartbeat = true,
             }
-            latency.observe(&LATENCY_BUCKETS, received.saturating_sub(hb.sent_ns) as f64 / 1e9);
-            state.reported.absorb(hb.sent_ns, hb.counters);
+            latency.observe(&LATENCY_BUCKETS, Duration::from_nanos(received.saturating_sub(hb.sent_ns)));
+            state.reported.absorb(&hb);
         });
         if let Err(e) = drained {
             tracing::warn!(worker = ws.id, error = %e, "reading a worker's channel");
@@ -431,9 +427,9 @@ impl WorkerPool {
         for index in 0..self.slots.len() {
             match self.slots[index].sup.check(now, timeout) {
                 Check::Healthy | Check::Vacant => {}
-                Check::Missed(_) => self.missed_total += 1,
+                Check::Missed(_) => self.supervision.missed_heartbeats += 1,
                 Check::Hung => {
-                    self.missed_total += 1;
+                    self.supervision.missed_heartbeats += 1;
                     self.retire(index, Reason::Hang, self.config.grace.duration(), now);
                 }
             }
@@ -456,7 +452,7 @@ impl WorkerPool {
     /// Counts a restart in the pool's figures, unless the slot is going away.
     fn count_restart(&mut self, index: usize, reason: Reason) {
         if self.slots[index].wanted && !self.shutting_down {
-            self.restarts[reason] += 1;
+            self.supervision.restarts[reason] += 1;
         }
     }
 
@@ -719,14 +715,10 @@ impl WorkerPool {
     }
 
     /// Pool-wide supervision figures for the manager's own heartbeat.
-    pub fn counters(&self) -> Counters {
-        Counters {
-            missed_heartbeats: self.missed_total,
-            restarts: self.restarts,
-            latency_buckets: self.latency.counts.clone(),
-            latency_sum_ns: (self.latency.sum * 1e9) as u64,
-            ..Default::default()
-        }
+    pub fn figures(&self) -> Figures {
+        let mut figures = Figures::default();
+        figures.supervision.worker.clone_from(&self.supervision);
+        figures
     }
 
     /// True while exited workers wait to be reported.
@@ -744,19 +736,17 @@ impl WorkerPool {
         let mut out = Vec::with_capacity(self.slots.len() + self.exited.len());
         for ws in self.slots.iter_mut().filter(|ws| ws.wanted) {
             let state = ws.sup.slot.state(now);
-            let (counters, utilization) = ws
-                .sup
-                .current
-                .as_ref()
-                .map(|c| (c.state.reported.counters.clone(), c.state.reported.utilization))
-                .unwrap_or_default();
+            let reported = ws.sup.current.as_ref().map(|c| &c.state.reported);
+            let utilization = reported.map_or(0.0, |r| r.utilization);
+            let active = reported.map_or(0, |r| r.active);
+            let figures = reported.map(|r| r.figures.clone()).unwrap_or_default();
             let state = match state {
-                ProcessState::Running if utilization > 0.0 || counters.active > 0 => WorkerState::Busy,
+                ProcessState::Running if utilization > 0.0 || active > 0 => WorkerState::Busy,
                 ProcessState::Running => WorkerState::Idle,
                 // A slot waiting for (or in) its next process is starting it.
                 ProcessState::Starting | ProcessState::Backoff | ProcessState::Stopped => WorkerState::Starting,
             };
-            out.push(report(ws.id, state, &ws.sup.slot, now, utilization, counters));
+            out.push(WorkerReport { active, utilization, figures, ..slot_report(ws.id, state, &ws.sup.slot, now) });
         }
         out.extend(self.exited.iter().cloned());
         for ws in &self.slots {
@@ -775,15 +765,16 @@ impl WorkerSlot {
 impl Reported {
     /// Takes a heartbeat's figures, updating utilization: the share of the interval
     /// since the previous heartbeat during which at least one request was in progress.
-    fn absorb(&mut self, sent_ns: u64, counters: Counters) {
-        let wall = sent_ns.saturating_sub(self.prev_sent_ns);
+    fn absorb(&mut self, hb: &Heartbeat) {
+        let wall = hb.sent_ns.saturating_sub(self.prev_sent_ns);
         if self.prev_sent_ns != 0 && wall > 0 {
-            let busy = counters.busy_ns.saturating_sub(self.prev_busy_ns);
+            let busy = hb.figures.busy_ns.saturating_sub(self.prev_busy_ns);
             self.utilization = (busy as f64 / wall as f64).clamp(0.0, 1.0);
         }
-        self.prev_sent_ns = sent_ns;
-        self.prev_busy_ns = counters.busy_ns;
-        self.counters = counters;
+        self.prev_sent_ns = hb.sent_ns;
+        self.prev_busy_ns = hb.figures.busy_ns;
+        self.figures.clone_from(&hb.figures);
+        self.active = hb.active;
     }
 }
 
@@ -817,14 +808,8 @@ fn done(ok: bool, detail: &str) -> FromManager {
     FromManager::Done { ok, detail: detail.to_string() }
 }
 
-fn report(
-    id: u32,
-    state: WorkerState,
-    slot: &Slot,
-    now: Instant,
-    utilization: f64,
-    counters: Counters,
-) -> WorkerReport {
+/// What the slot knows of its current worker; its figures are the caller's to add.
+fn slot_report(id: u32, state: WorkerState, slot: &Slot, now: Instant) -> WorkerReport {
     WorkerReport {
         id,
         pid: slot.pid.map(|p| p.as_raw() as u32).unwrap_or(0),
@@ -832,8 +817,7 @@ fn report(
         restarts: slot.restarts(),
         heartbeat_age_ms: slot.heartbeat_age(now).as_secs_f64() * 1000.0,
         heartbeat_latency_ms: slot.latency_ns as f64 / 1e6,
-        utilization,
-        counters,
+        ..WorkerReport::default()
     }
 }
 

@@ -17,10 +17,9 @@ pub mod request;
 pub mod response;
 
 use crate::config::AccessLogTarget;
-use crate::heartbeat::{Delivery, Heartbeater, FINAL_REPORT_WITHIN};
-use crate::ipc::{
-    self, Connections, Counters, LaneReader, Recv, RecvError, Role, ToWorker, WorkerControl, DURATION_BUCKETS,
-};
+use crate::figures::{Figures, DURATION_BUCKETS};
+use crate::heartbeat::{Delivery, Heartbeater, Report, FINAL_REPORT_WITHIN};
+use crate::ipc::{self, Connections, LaneReader, Recv, RecvError, Role, ToWorker, WorkerControl};
 use anyhow::Context;
 use conn::{Conn, Outcome};
 use mio::unix::SourceFd;
@@ -54,7 +53,7 @@ pub struct Shared {
 /// The worker's cumulative figures, reported in heartbeats.
 #[derive(Default)]
 pub struct Stats {
-    pub counters: Counters,
+    pub figures: Figures,
     in_progress: u32,
     busy_since: Option<Instant>,
 }
@@ -70,20 +69,10 @@ impl Stats {
 
     /// A response was fully written.
     pub fn request_finished(&mut self, status: u16, bytes: u64, took: Duration, now: Instant) {
-        let c = &mut self.counters;
-        c.requests += 1;
-        c.response_bytes += bytes;
-        match c.codes.iter_mut().find(|(code, _)| *code == status) {
-            Some((_, n)) => *n += 1,
-            None => c.codes.push((status, 1)),
-        }
-        if c.duration_buckets.is_empty() {
-            c.duration_buckets = vec![0; DURATION_BUCKETS.len() + 1];
-        }
-        let secs = took.as_secs_f64();
-        let bucket = DURATION_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(DURATION_BUCKETS.len());
-        c.duration_buckets[bucket] += 1;
-        c.duration_sum_ns += took.as_nanos() as u64;
+        let f = &mut self.figures;
+        f.responses.add(status, 1);
+        f.response_bytes += bytes;
+        f.duration.observe(&DURATION_BUCKETS, took);
         self.requests_ended(1, now);
     }
 
@@ -97,18 +86,18 @@ impl Stats {
         self.in_progress = self.in_progress.saturating_sub(count);
         if self.in_progress == 0 {
             if let Some(since) = self.busy_since.take() {
-                self.counters.busy_ns += now.saturating_duration_since(since).as_nanos() as u64;
+                self.figures.busy_ns += now.saturating_duration_since(since).as_nanos() as u64;
             }
         }
     }
 
     /// Busy time including the current busy stretch, for a heartbeat.
-    fn snapshot(&mut self, now: Instant) -> &Counters {
+    fn snapshot(&mut self, now: Instant) -> &Figures {
         if let Some(since) = self.busy_since {
-            self.counters.busy_ns += now.saturating_duration_since(since).as_nanos() as u64;
+            self.figures.busy_ns += now.saturating_duration_since(since).as_nanos() as u64;
             self.busy_since = Some(now);
         }
-        &self.counters
+        &self.figures
     }
 }
 
@@ -195,8 +184,8 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
     loop {
         let now = Instant::now();
         if heartbeat.until_due(now).is_zero() {
-            let counters = worker.counters(now);
-            if heartbeat.tick(now, &mut worker.control, || (counters, Vec::new())) == Delivery::PeerGone {
+            let report = worker.report(now);
+            if heartbeat.tick(now, &mut worker.control, || report) == Delivery::PeerGone {
                 // Take what is still queued to us before giving up on the manager.
                 worker.handle_control(poll.registry(), now);
                 worker.manager_gone(poll.registry(), now);
@@ -205,10 +194,9 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         if let Some(at) = worker.shutdown_at {
             if worker.conns.len() == 0 || now >= at {
                 // A last heartbeat, so the figures of the final requests are counted.
-                let counters = worker.counters(now);
-                let requests = counters.requests;
-                let _ =
-                    heartbeat.send_final(&mut worker.control, FINAL_REPORT_WITHIN, || (counters.clone(), Vec::new()));
+                let report = worker.report(now);
+                let requests = report.figures.responses.total();
+                let _ = heartbeat.send_final(&mut worker.control, FINAL_REPORT_WITHIN, || report.clone());
                 tracing::info!(worker = id, open = worker.conns.len(), requests, "worker exiting");
                 return Ok(());
             }
@@ -251,10 +239,12 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
 }
 
 impl Worker {
-    fn counters(&mut self, now: Instant) -> Counters {
-        let mut counters = self.shared.stats.snapshot(now).clone();
-        counters.active = self.conns.len() as u64;
-        counters
+    fn report(&mut self, now: Instant) -> Report {
+        Report {
+            figures: self.shared.stats.snapshot(now).clone(),
+            active: self.conns.len() as u64,
+            workers: Vec::new(),
+        }
     }
 
     fn handle_control(&mut self, registry: &Registry, now: Instant) {
@@ -386,7 +376,7 @@ impl Worker {
     }
 
     fn accept(&mut self, fd: OwnedFd, registry: &Registry, now: Instant) {
-        self.shared.stats.counters.received += 1;
+        self.shared.stats.figures.received += 1;
         if self.conns.len() >= self.max_connections {
             conn::refuse_overloaded(fd, &mut self.shared);
             return;
