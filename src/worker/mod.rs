@@ -17,6 +17,7 @@ pub mod request;
 pub mod response;
 
 use crate::config::AccessLogTarget;
+use crate::event_loop::{EventLoop, IndexTokens, Slab, Wake};
 use crate::heartbeat::{Delivery, Heartbeater, FINAL_REPORT_WITHIN};
 use crate::ipc::{
     self, Connections, Counters, LaneReader, Recv, RecvError, Role, ToWorker, WorkerControl, DURATION_BUCKETS,
@@ -24,14 +25,10 @@ use crate::ipc::{
 use anyhow::Context;
 use conn::{Conn, Outcome};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token};
+use mio::{Interest, Registry};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-const CONTROL: Token = Token(0);
-const LIFELINE: Token = Token(1);
-const LANE: Token = Token(2);
-const FIRST_CONN: usize = 3;
 /// How often idle and slow connections are checked against their deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -118,7 +115,9 @@ struct Worker {
     /// This slot's lane; shared with the slot's next worker, so it is read only until
     /// this one starts to retire.
     lane: LaneReader,
-    conns: Slab,
+    conns: Slab<Conn>,
+    /// A connection's poll token, by its index in `conns`.
+    conn_tokens: IndexTokens,
     shared: Shared,
     max_connections: usize,
     /// Set by shutdown: exit when no connection is left, or at this instant.
@@ -156,15 +155,16 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
     let root = path::Root::open(&config.root).with_context(|| format!("document root {}", config.root.display()))?;
     tracing::info!(worker = id, pid = std::process::id(), "worker started");
 
-    let mut poll = Poll::new().context("epoll")?;
-    poll.registry().register(&mut SourceFd(&control.raw_fd()), CONTROL, Interest::READABLE)?;
-    poll.registry().register(&mut SourceFd(&lifeline.as_raw_fd()), LIFELINE, Interest::READABLE)?;
-    poll.registry().register(&mut SourceFd(&lane.raw_fd()), LANE, Interest::READABLE)?;
+    let mut event_loop = EventLoop::new(1024).context("epoll")?;
+    let control_token = event_loop.watch(control.raw_fd(), Interest::READABLE)?;
+    let lifeline_token = event_loop.watch(lifeline.as_raw_fd(), Interest::READABLE)?;
+    let lane_token = event_loop.watch(lane.raw_fd(), Interest::READABLE)?;
     let mut worker = Worker {
         id,
         control,
         lane,
         conns: Slab::default(),
+        conn_tokens: event_loop.index_tokens(),
         shared: Shared {
             root,
             limits: request::Limits { max_headers: config.max_header_fields as usize, ..request::Limits::default() },
@@ -188,22 +188,21 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         again_spare: Vec::new(),
     };
     let mut heartbeat = Heartbeater::new(Role::Worker, config.heartbeat_interval.duration());
-    let mut events = Events::with_capacity(1024);
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
     // Connections may have queued in the lane before we started.
-    worker.read_lane(poll.registry(), Instant::now());
+    worker.read_lane(event_loop.registry(), Instant::now());
     loop {
         let now = Instant::now();
         if heartbeat.until_due(now).is_zero() {
             let counters = worker.counters(now);
             if heartbeat.tick(now, &mut worker.control, || (counters, Vec::new())) == Delivery::PeerGone {
                 // Take what is still queued to us before giving up on the manager.
-                worker.handle_control(poll.registry(), now);
-                worker.manager_gone(poll.registry(), now);
+                worker.handle_control(event_loop.registry(), now);
+                worker.manager_gone(event_loop.registry(), now);
             }
         }
         if let Some(at) = worker.shutdown_at {
-            if worker.conns.len() == 0 || now >= at {
+            if worker.conns.is_empty() || now >= at {
                 // A last heartbeat, so the figures of the final requests are counted.
                 let counters = worker.counters(now);
                 let requests = counters.requests;
@@ -213,36 +212,40 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
-        let timeout = if worker.again.is_empty() {
-            heartbeat.until_due(now).min(next_sweep.saturating_duration_since(now)).max(Duration::from_millis(1))
+        let wake = if worker.again.is_empty() {
+            Wake::At(heartbeat.due_at()).or_at(next_sweep)
         } else {
-            Duration::ZERO // connections wait for their next turn: only look for events
+            Wake::Now // connections wait for their next turn: only look for events
         };
-        crate::sys::poll_for(&mut poll, &mut events, timeout).context("epoll_wait")?;
+        event_loop.wait(wake).context("epoll_wait")?;
         let now = Instant::now();
         worker.shared.date.refresh();
         // Control first: a drain queued before a request arrived applies to its answer.
-        if events.iter().any(|e| e.token() == CONTROL) {
-            worker.handle_control(poll.registry(), now);
+        if event_loop.is_ready(control_token) {
+            worker.handle_control(event_loop.registry(), now);
         }
         // Last turn's unfinished connections first; those this turn's events leave
         // unfinished wait for the next (after the heartbeat at the top of the loop).
         worker.drive_again(now);
-        for event in events.iter() {
-            match event.token() {
-                CONTROL => {}
-                LANE => worker.read_lane(poll.registry(), now),
-                LIFELINE => {
+        while let Some(ready) = event_loop.next_ready() {
+            match ready.token {
+                token if token == control_token => {}
+                token if token == lane_token => worker.read_lane(event_loop.registry(), now),
+                token if token == lifeline_token => {
                     tracing::warn!(worker = id, "daemon gone: worker exiting");
                     return Ok(());
                 }
-                Token(t) => worker.drive(t - FIRST_CONN, now),
+                token => {
+                    if let Some(index) = worker.conn_tokens.index(token) {
+                        worker.drive(index, now);
+                    }
+                }
             }
         }
         if now >= next_sweep {
             next_sweep = now + SWEEP_INTERVAL;
             worker.sweep(now);
-            worker.remeasure_fds(poll.registry(), now);
+            worker.remeasure_fds(event_loop.registry(), now);
         }
         if let Some(log) = worker.shared.access_log.as_mut() {
             log.flush(); // one write per pass for every line it produced
@@ -405,9 +408,8 @@ impl Worker {
             self.again.push(index);
         }
         // Registering reports readiness that arrived since the last read: nothing is missed.
-        if let Err(e) =
-            registry.register(&mut SourceFd(&raw), Token(FIRST_CONN + index), Interest::READABLE | Interest::WRITABLE)
-        {
+        let token = self.conn_tokens.token(index);
+        if let Err(e) = registry.register(&mut SourceFd(&raw), token, Interest::READABLE | Interest::WRITABLE) {
             tracing::warn!(error = %e, "cannot watch a connection");
             if let Some(conn) = self.conns.remove(index) {
                 conn.finish(&mut self.shared.stats, now);
@@ -470,47 +472,4 @@ impl Worker {
 enum Intake {
     Control,
     Lane,
-}
-
-/// Connections by token index, reusing freed indices.
-#[derive(Default)]
-struct Slab {
-    entries: Vec<Option<Conn>>,
-    free: Vec<usize>,
-    len: usize,
-}
-
-impl Slab {
-    fn insert(&mut self, conn: Conn) -> usize {
-        self.len += 1;
-        match self.free.pop() {
-            Some(i) => {
-                self.entries[i] = Some(conn);
-                i
-            }
-            None => {
-                self.entries.push(Some(conn));
-                self.entries.len() - 1
-            }
-        }
-    }
-
-    fn remove(&mut self, index: usize) -> Option<Conn> {
-        let conn = self.entries.get_mut(index)?.take()?;
-        self.free.push(index);
-        self.len -= 1;
-        Some(conn)
-    }
-
-    fn get_mut(&mut self, index: usize) -> Option<&mut Conn> {
-        self.entries.get_mut(index)?.as_mut()
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (usize, &Conn)> {
-        self.entries.iter().enumerate().filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
-    }
 }
