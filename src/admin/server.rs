@@ -20,7 +20,7 @@
 
 use super::http::{self, Head};
 use super::routes::Endpoints;
-use crate::event_loop::{EventLoop, IndexTokens, Slab, Wake};
+use crate::event_loop::{EventLoop, IndexTokens, IntakePause, Slab, Wake};
 use crate::http1::{Linger, Lingering};
 use crate::sys::retry_eintr;
 use mio::net::{TcpListener, TcpStream};
@@ -62,8 +62,6 @@ impl Default for Limits {
 const REQUESTS_PER_TURN: usize = 32;
 /// Connections accepted in one go before the open ones get a turn.
 const ACCEPTS_PER_TURN: usize = 256;
-/// Least time between two log lines about failing `accept`s.
-const ACCEPT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Size of each read from a socket.
 const READ_CHUNK: usize = 4096;
 
@@ -99,12 +97,10 @@ pub struct Server {
     endpoints: Endpoints,
     limits: Limits,
     conns: Connections,
-    /// Until when accepting is paused after fd exhaustion.
-    accept_paused_until: Option<Instant>,
+    /// Accepting paused after a failed `accept` (fd exhaustion), and the run of failures.
+    accept_pause: IntakePause,
     /// The backlog may hold more connections than the last turn accepted.
     accept_more: bool,
-    /// The current run of failed `accept` calls, if any.
-    accept_failures: Option<AcceptFailures>,
     /// No earlier deadline than this exists among the connections.
     next_sweep: Instant,
     /// Connections that used up their turn with requests still buffered.
@@ -131,9 +127,8 @@ impl Server {
             endpoints,
             limits,
             conns: Connections::default(),
-            accept_paused_until: None,
+            accept_pause: IntakePause::default(),
             accept_more: false,
-            accept_failures: None,
             next_sweep,
             unfinished: Vec::new(),
         })
@@ -165,16 +160,16 @@ impl Server {
     }
 
     fn next_wakeup(&self) -> Wake {
-        if !self.unfinished.is_empty() || (self.accept_more && self.accept_paused_until.is_none()) {
+        if !self.unfinished.is_empty() || (self.accept_more && !self.accept_pause.is_waiting()) {
             return Wake::Now;
         }
-        Wake::At(self.next_sweep).or_at_any(self.accept_paused_until)
+        Wake::At(self.next_sweep).or_at_any(self.accept_pause.until())
     }
 
     fn dispatch(&mut self, token: Token, now: Instant) {
         if token == self.tokens.listener {
             // While paused, resume_accepting retries when the pause ends.
-            if self.accept_paused_until.is_none() {
+            if !self.accept_pause.is_waiting() {
                 self.accept_more = false;
                 self.accept_all(now);
             }
@@ -209,11 +204,8 @@ impl Server {
     /// Stops accepting for a while; logs the first failure of a run, then one line a
     /// minute at most, so fd exhaustion cannot flood the log.
     fn pause_accepting(&mut self, e: &io::Error, now: Instant) {
-        let failures = self.accept_failures.get_or_insert(AcceptFailures { count: 0, logged_at: None });
-        failures.count += 1;
-        if failures.logged_at.is_none_or(|at| now.duration_since(at) >= ACCEPT_FAILURE_LOG_INTERVAL) {
-            failures.logged_at = Some(now);
-            let (count, pause_ms) = (failures.count, self.limits.accept_pause.as_millis() as u64);
+        if let Some(count) = self.accept_pause.stalled(now, Some(self.limits.accept_pause)) {
+            let pause_ms = self.limits.accept_pause.as_millis() as u64;
             if crate::sys::net::is_fd_exhaustion(e) {
                 tracing::warn!(error = %e, pause_ms, failures = count, open = self.conns.open(),
                     "admin endpoint: out of descriptors or memory; pausing accept");
@@ -221,23 +213,20 @@ impl Server {
                 tracing::error!(error = %e, pause_ms, failures = count, "admin endpoint: accept failed; pausing accept");
             }
         }
-        self.accept_paused_until = Some(now + self.limits.accept_pause);
         // No event may come for connections already queued: retry when the pause ends.
         self.accept_more = true;
     }
 
     fn accept_recovered(&mut self) {
-        if let Some(failures) = self.accept_failures.take() {
-            tracing::info!(failures = failures.count, "admin endpoint: accepting again");
+        if let Some(failures) = self.accept_pause.recovered() {
+            tracing::info!(failures, "admin endpoint: accepting again");
         }
     }
 
     /// Retries accepting after a pause or a used-up turn.
     fn resume_accepting(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some_and(|until| until <= now) {
-            self.accept_paused_until = None;
-        }
-        if self.accept_more && self.accept_paused_until.is_none() {
+        self.accept_pause.expire(now);
+        if self.accept_more && !self.accept_pause.is_waiting() {
             self.accept_more = false;
             self.accept_all(now);
         }
@@ -295,12 +284,6 @@ impl Server {
         let earliest = self.conns.iter().map(|(_, c)| c.deadline).min();
         self.next_sweep = earliest.unwrap_or(now + self.limits.idle_timeout);
     }
-}
-
-/// A run of `accept` failures, for rate-limited logging.
-struct AcceptFailures {
-    count: u64,
-    logged_at: Option<Instant>,
 }
 
 /// `accept` errors that concern only the connection being accepted.

@@ -9,10 +9,13 @@
 //! (connections: token to index is one subtraction). Each turn the loop says when it
 //! must wake ([`Wake`]), [`EventLoop::wait`]s, and takes the ready sources one at a time
 //! ([`EventLoop::next_ready`]), so their handlers may borrow the loop's owner mutably.
+//! A loop that runs short of descriptors pauses taking connections ([`IntakePause`]).
 
+mod intake_pause;
 mod slab;
 mod tokens;
 
+pub use intake_pause::IntakePause;
 pub use slab::Slab;
 pub use tokens::{IndexTokens, Tokens};
 

@@ -17,7 +17,7 @@ pub mod request;
 pub mod response;
 
 use crate::config::AccessLogTarget;
-use crate::event_loop::{EventLoop, IndexTokens, Slab, Wake};
+use crate::event_loop::{EventLoop, IndexTokens, IntakePause, Slab, Wake};
 use crate::heartbeat::{Delivery, Heartbeater, FINAL_REPORT_WITHIN};
 use crate::ipc::{
     self, Connections, Counters, LaneReader, Recv, RecvError, Role, ToWorker, WorkerControl, DURATION_BUCKETS,
@@ -129,8 +129,9 @@ struct Worker {
     /// Descriptor headroom at the last sweep, and the connections open then.
     fds: crate::sys::process::FdBudget,
     conns_at_measure: usize,
-    /// Intake paused for lack of descriptors: connections wait in our channel.
-    intake_paused: bool,
+    /// Intake paused for lack of descriptors (until the next re-measure): connections
+    /// wait in our channel.
+    intake_pause: IntakePause,
     drain_timeout: Duration,
     /// Connections whose turn ended with more to do (`Outcome::Again`), and a spare
     /// list to swap in while they are driven, so no turn allocates.
@@ -181,7 +182,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         manager_gone: false,
         fds: crate::sys::process::FdBudget::measure(),
         conns_at_measure: 0,
-        intake_paused: false,
+        intake_pause: IntakePause::default(),
         drain_idle_at: if boot.draining { Some(Instant::now() + config.drain_timeout.duration()) } else { None },
         drain_timeout: config.drain_timeout.duration(),
         again: Vec::new(),
@@ -263,7 +264,7 @@ impl Worker {
     fn handle_control(&mut self, registry: &Registry, now: Instant) {
         let limit = crate::sys::process::FdBudget::current_limit();
         loop {
-            if !self.room_for_next(Intake::Control, limit) {
+            if !self.room_for_next(Intake::Control, limit, now) {
                 return;
             }
             match self.control.recv() {
@@ -313,7 +314,7 @@ impl Worker {
             return;
         }
         let limit = crate::sys::process::FdBudget::current_limit();
-        while self.room_for_next(Intake::Lane, limit) {
+        while self.room_for_next(Intake::Lane, limit, now) {
             match self.lane.recv() {
                 Ok(Recv::Message(conns)) => self.accept_all(conns, registry, now),
                 Ok(Recv::Empty) | Ok(Recv::Closed) => break,
@@ -338,7 +339,7 @@ impl Worker {
     /// Whether the next message on `from` fits in our descriptors. Each connection holds
     /// its socket (files are opened per request, and an EMFILE there is a 500); a message
     /// whose fds do not fit waits in its channel rather than losing them.
-    fn room_for_next(&mut self, from: Intake, limit: usize) -> bool {
+    fn room_for_next(&mut self, from: Intake, limit: usize, now: Instant) -> bool {
         let growth = self.conns.len().saturating_sub(self.conns_at_measure);
         let free = self.fds.free(limit, growth);
         let room = crate::sys::process::WORKING_ROOM;
@@ -349,10 +350,9 @@ impl Worker {
         if fits {
             return true;
         }
-        if !self.intake_paused {
+        if self.intake_pause.stalled(now, None).is_some() {
             tracing::warn!(worker = self.id, open = self.conns.len(), free, "out of descriptors: pausing intake");
         }
-        self.intake_paused = true;
         false
     }
 
@@ -370,8 +370,7 @@ impl Worker {
     fn remeasure_fds(&mut self, registry: &Registry, now: Instant) {
         self.fds = crate::sys::process::FdBudget::measure();
         self.conns_at_measure = self.conns.len();
-        if self.intake_paused {
-            self.intake_paused = false;
+        if self.intake_pause.recovered().is_some() {
             tracing::info!(worker = self.id, "descriptors available again: resuming intake");
             self.handle_control(registry, now);
             self.read_lane(registry, now);
