@@ -24,6 +24,7 @@ use crate::signals::{Event, Signals};
 use crate::supervise::CHECK_INTERVAL;
 use crate::sys::{self, process::Exit, Pid};
 use anyhow::Context;
+use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use roles::{RetireTimes, RoleEvent, RoleProcess};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -175,11 +176,7 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
     let mut planes = planes::Planes::new(control_listener, inherited_admin, config.admin.addr(), handle);
     let upgrade = match successor_channel {
         Some(channel) => {
-            event_loop.registry().register(
-                &mut mio::unix::SourceFd(&channel.raw_fd()),
-                sources.upgrade,
-                Interest::READABLE,
-            )?;
+            event_loop.registry().register(&mut SourceFd(&channel.raw_fd()), sources.upgrade, Interest::READABLE)?;
             upgrade::Upgrade::Successor { channel, ready_sent: false }
         }
         None => {
