@@ -88,6 +88,11 @@ impl Heartbeater {
         self.keeper_pid = pid;
     }
 
+    /// When the next heartbeat is due.
+    pub fn due_at(&self) -> Instant {
+        self.next_at
+    }
+
     /// Time until the next heartbeat is due (zero when overdue).
     pub fn until_due(&self, now: Instant) -> Duration {
         self.next_at.saturating_duration_since(now)

@@ -4,12 +4,14 @@
 //! listening socket), [`listener`] (accepts TCP, sends each connection into a worker's
 //! lane), [`manager`] (worker pool and steering), [`worker`] (HTTP). They talk through
 //! [`ipc`] messages over seqpacket channels; [`sys`] holds the only `unsafe` code (fd passing, fork+exec).
+//! Each role, and the admin server, runs one [`event_loop`].
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod event_loop;
 pub mod fault;
 pub mod figures;
 pub mod heartbeat;

@@ -20,10 +20,11 @@
 
 use super::http::{self, Head};
 use super::routes::Endpoints;
+use crate::event_loop::{EventLoop, IndexTokens, IntakePause, Slab, Wake};
+use crate::http1::{Linger, Lingering};
 use crate::sys::retry_eintr;
-use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Token};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -51,7 +52,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_head_bytes: 8 * 1024,
             idle_timeout: Duration::from_secs(10),
-            linger_timeout: Duration::from_secs(2),
+            linger_timeout: crate::http1::LINGER_TIME,
             accept_pause: Duration::from_millis(100),
         }
     }
@@ -61,16 +62,14 @@ impl Default for Limits {
 const REQUESTS_PER_TURN: usize = 32;
 /// Connections accepted in one go before the open ones get a turn.
 const ACCEPTS_PER_TURN: usize = 256;
-/// Bytes a lingering close reads and drops before it gives up on the client.
-const MAX_LINGER_BYTES: usize = 64 * 1024;
-/// Least time between two log lines about failing `accept`s.
-const ACCEPT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Size of each read from a socket.
 const READ_CHUNK: usize = 4096;
 
-const LISTENER: Token = Token(0);
-/// Wakes the loop to notice a stop request.
-const WAKER: Token = Token(usize::MAX);
+/// The server's poll tokens.
+struct Tokens {
+    listener: Token,
+    conns: IndexTokens,
+}
 
 /// Stops a running server from another thread.
 #[derive(Clone)]
@@ -92,17 +91,16 @@ impl StopSwitch {
 
 /// The admin server: listener, connections and the handlers they reach.
 pub struct Server {
-    poll: Poll,
+    event_loop: EventLoop,
+    tokens: Tokens,
     listener: TcpListener,
     endpoints: Endpoints,
     limits: Limits,
     conns: Connections,
-    /// Until when accepting is paused after fd exhaustion.
-    accept_paused_until: Option<Instant>,
+    /// Accepting paused after a failed `accept` (fd exhaustion), and the run of failures.
+    accept_pause: IntakePause,
     /// The backlog may hold more connections than the last turn accepted.
     accept_more: bool,
-    /// The current run of failed `accept` calls, if any.
-    accept_failures: Option<AcceptFailures>,
     /// No earlier deadline than this exists among the connections.
     next_sweep: Instant,
     /// Connections that used up their turn with requests still buffered.
@@ -113,24 +111,24 @@ pub struct Server {
 impl Server {
     /// Wraps a bound, non-blocking listener; nothing runs until [`Server::run`].
     pub fn new(listener: std::net::TcpListener, endpoints: Endpoints, limits: Limits) -> io::Result<Server> {
-        let poll = Poll::new()?;
+        let mut event_loop = EventLoop::new(256)?;
         let mut listener = TcpListener::from_std(listener);
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let listener_token = event_loop.watch_source(&mut listener, Interest::READABLE)?;
+        // Wakes the loop to notice a stop request; its events need no handling.
+        let (_, waker) = event_loop.waker()?;
+        let tokens = Tokens { listener: listener_token, conns: event_loop.index_tokens() };
         let next_sweep = Instant::now() + limits.idle_timeout;
-        let stop = StopSwitch {
-            flag: std::sync::Arc::default(),
-            waker: std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKER)?),
-        };
+        let stop = StopSwitch { flag: std::sync::Arc::default(), waker: std::sync::Arc::new(waker) };
         Ok(Server {
             stop,
-            poll,
+            event_loop,
+            tokens,
             listener,
             endpoints,
             limits,
             conns: Connections::default(),
-            accept_paused_until: None,
+            accept_pause: IntakePause::default(),
             accept_more: false,
-            accept_failures: None,
             next_sweep,
             unfinished: Vec::new(),
         })
@@ -143,17 +141,15 @@ impl Server {
 
     /// Serves until the process exits or the stop switch is used.
     pub fn run(mut self) {
-        let mut events = Events::with_capacity(256);
         while !self.stop.stopped() {
-            let timeout = self.poll_timeout(Instant::now());
-            if let Err(e) = crate::sys::poll_for(&mut self.poll, &mut events, timeout) {
+            if let Err(e) = self.event_loop.wait(self.next_wakeup()) {
                 tracing::error!(error = %e, "admin endpoint: poll failed");
                 std::thread::sleep(self.limits.accept_pause);
                 continue;
             }
             let now = Instant::now();
-            for event in events.iter() {
-                self.dispatch(event, now);
+            while let Some(ready) = self.event_loop.next_ready() {
+                self.dispatch(ready.token, now);
             }
             for slot in std::mem::take(&mut self.unfinished) {
                 self.drive(slot, now);
@@ -163,24 +159,23 @@ impl Server {
         }
     }
 
-    fn poll_timeout(&self, now: Instant) -> Duration {
-        if !self.unfinished.is_empty() || (self.accept_more && self.accept_paused_until.is_none()) {
-            return Duration::ZERO;
+    fn next_wakeup(&self) -> Wake {
+        if !self.unfinished.is_empty() || (self.accept_more && !self.accept_pause.is_waiting()) {
+            return Wake::Now;
         }
-        let wake = self.accept_paused_until.map_or(self.next_sweep, |t| t.min(self.next_sweep));
-        wake.saturating_duration_since(now)
+        Wake::At(self.next_sweep).or_at_any(self.accept_pause.until())
     }
 
-    fn dispatch(&mut self, event: &Event, now: Instant) {
-        match event.token() {
-            LISTENER if self.accept_paused_until.is_none() => {
+    fn dispatch(&mut self, token: Token, now: Instant) {
+        if token == self.tokens.listener {
+            // While paused, resume_accepting retries when the pause ends.
+            if !self.accept_pause.is_waiting() {
                 self.accept_more = false;
                 self.accept_all(now);
             }
-            LISTENER => {} // resume_accepting retries when the pause ends
-            WAKER => {}
-            Token(t) => self.drive(t - 1, now),
-        }
+        } else if let Some(slot) = self.tokens.conns.index(token) {
+            self.drive(slot, now);
+        } // else the waker: the loop looks at the stop switch
     }
 
     /// Accepts until the backlog is empty (the listener is edge-triggered, so a backlog
@@ -209,57 +204,51 @@ impl Server {
     /// Stops accepting for a while; logs the first failure of a run, then one line a
     /// minute at most, so fd exhaustion cannot flood the log.
     fn pause_accepting(&mut self, e: &io::Error, now: Instant) {
-        let failures = self.accept_failures.get_or_insert(AcceptFailures { count: 0, logged_at: None });
-        failures.count += 1;
-        if failures.logged_at.is_none_or(|at| now.duration_since(at) >= ACCEPT_FAILURE_LOG_INTERVAL) {
-            failures.logged_at = Some(now);
-            let (count, pause_ms) = (failures.count, self.limits.accept_pause.as_millis() as u64);
+        if let Some(count) = self.accept_pause.stalled(now, Some(self.limits.accept_pause)) {
+            let pause_ms = self.limits.accept_pause.as_millis() as u64;
             if crate::sys::net::is_fd_exhaustion(e) {
-                tracing::warn!(error = %e, pause_ms, failures = count, open = self.conns.open,
+                tracing::warn!(error = %e, pause_ms, failures = count, open = self.conns.open(),
                     "admin endpoint: out of descriptors or memory; pausing accept");
             } else {
                 tracing::error!(error = %e, pause_ms, failures = count, "admin endpoint: accept failed; pausing accept");
             }
         }
-        self.accept_paused_until = Some(now + self.limits.accept_pause);
         // No event may come for connections already queued: retry when the pause ends.
         self.accept_more = true;
     }
 
     fn accept_recovered(&mut self) {
-        if let Some(failures) = self.accept_failures.take() {
-            tracing::info!(failures = failures.count, "admin endpoint: accepting again");
+        if let Some(failures) = self.accept_pause.recovered() {
+            tracing::info!(failures, "admin endpoint: accepting again");
         }
     }
 
     /// Retries accepting after a pause or a used-up turn.
     fn resume_accepting(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some_and(|until| until <= now) {
-            self.accept_paused_until = None;
-        }
-        if self.accept_more && self.accept_paused_until.is_none() {
+        self.accept_pause.expire(now);
+        if self.accept_more && !self.accept_pause.is_waiting() {
             self.accept_more = false;
             self.accept_all(now);
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, now: Instant) {
-        if self.conns.open >= self.limits.max_connections {
+    fn admit(&mut self, stream: TcpStream, now: Instant) {
+        if self.conns.open() >= self.limits.max_connections {
             if let Some(slot) = self.conns.oldest() {
                 tracing::debug!(slot, "admin endpoint: connection cap reached; closing the oldest");
                 self.close(slot);
             }
         }
-        let slot = self.conns.free_slot();
+        let deadline = now + self.limits.idle_timeout;
+        let slot = self.conns.insert(Conn::new(stream, deadline));
+        let Some(conn) = self.conns.get_mut(slot) else { return };
         let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(slot + 1), interest) {
+        if let Err(e) = self.event_loop.registry().register(&mut conn.stream, self.tokens.conns.token(slot), interest) {
             tracing::warn!(error = %e, "admin endpoint: cannot watch a connection; closing it");
-            self.conns.release(slot);
+            self.conns.remove(slot);
             return;
         }
-        let deadline = now + self.limits.idle_timeout;
         self.next_sweep = self.next_sweep.min(deadline);
-        self.conns.insert(slot, Conn::new(stream, deadline));
         // Edge-triggered: the request may already be here, with no event to come for it.
         self.drive(slot, now);
     }
@@ -279,7 +268,7 @@ impl Server {
     fn close(&mut self, slot: usize) {
         if let Some(mut conn) = self.conns.remove(slot) {
             // Dropping the stream closes it; deregistering first keeps the poll clean.
-            let _ = self.poll.registry().deregister(&mut conn.stream);
+            let _ = self.event_loop.registry().deregister(&mut conn.stream);
         }
     }
 
@@ -295,12 +284,6 @@ impl Server {
         let earliest = self.conns.iter().map(|(_, c)| c.deadline).min();
         self.next_sweep = earliest.unwrap_or(now + self.limits.idle_timeout);
     }
-}
-
-/// A run of `accept` failures, for rate-limited logging.
-struct AcceptFailures {
-    count: u64,
-    logged_at: Option<Instant>,
 }
 
 /// `accept` errors that concern only the connection being accepted.
@@ -330,7 +313,7 @@ struct Conn {
     /// Close once `output` is sent.
     close_after_output: bool,
     /// Our side is shut down; input is read and dropped until EOF.
-    lingering: Option<usize>,
+    lingering: Option<Linger>,
     deadline: Instant,
 }
 
@@ -352,8 +335,11 @@ impl Conn {
     fn advance(&mut self, endpoints: &Endpoints, limits: &Limits, now: Instant) -> Step {
         let mut served = 0;
         loop {
-            if self.lingering.is_some() {
-                return self.linger();
+            if let Some(linger) = self.lingering.as_mut() {
+                return match linger.drain(&self.stream) {
+                    Lingering::Waiting => Step::Wait,
+                    Lingering::Over => Step::Close,
+                };
             }
             match self.flush() {
                 Ok(true) => {}
@@ -400,7 +386,7 @@ impl Conn {
         if self.close_after_output {
             let _ = self.stream.shutdown(Shutdown::Write);
             self.input.clear();
-            self.lingering = Some(0);
+            self.lingering = Some(Linger::default());
             self.deadline = self.deadline.min(now + limits.linger_timeout);
         } else {
             self.deadline = now + limits.idle_timeout;
@@ -435,79 +421,48 @@ impl Conn {
         self.input.extend_from_slice(&chunk[..n]);
         Ok(n > 0)
     }
-
-    /// Reads and drops input after our side shut down, until EOF or too much.
-    fn linger(&mut self) -> Step {
-        let mut chunk = [0u8; READ_CHUNK];
-        loop {
-            match retry_eintr(|| self.stream.read(&mut chunk)) {
-                Ok(0) => return Step::Close,
-                Ok(n) => {
-                    let dropped = self.lingering.unwrap_or(0) + n;
-                    if dropped > MAX_LINGER_BYTES {
-                        return Step::Close;
-                    }
-                    self.lingering = Some(dropped);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
-                Err(_) => return Step::Close,
-            }
-        }
-    }
 }
 
-/// Open connections by slot (token = slot + 1), and their accept order for eviction.
+/// Open connections by slot (a slot's token comes from `Tokens::conns`), and their
+/// accept order for eviction.
 #[derive(Default)]
 struct Connections {
-    slots: Vec<Option<(u64, Conn)>>,
-    free: Vec<usize>,
+    slots: Slab<(u64, Conn)>,
     /// (slot, serial) in accept order; entries of closed connections are skipped.
     order: VecDeque<(usize, u64)>,
     next_serial: u64,
-    open: usize,
 }
 
 impl Connections {
-    fn free_slot(&mut self) -> usize {
-        self.free.pop().unwrap_or_else(|| {
-            self.slots.push(None);
-            self.slots.len() - 1
-        })
-    }
-
-    fn release(&mut self, slot: usize) {
-        self.free.push(slot);
-    }
-
-    fn insert(&mut self, slot: usize, conn: Conn) {
+    fn insert(&mut self, conn: Conn) -> usize {
         self.next_serial += 1;
-        self.slots[slot] = Some((self.next_serial, conn));
+        let slot = self.slots.insert((self.next_serial, conn));
         self.order.push_back((slot, self.next_serial));
-        self.open += 1;
-        if self.order.len() > 2 * self.slots.len() + 16 {
+        if self.order.len() > 2 * self.slots.slots() + 16 {
             self.compact_order();
         }
+        slot
+    }
+
+    fn open(&self) -> usize {
+        self.slots.len()
     }
 
     fn get_mut(&mut self, slot: usize) -> Option<&mut Conn> {
-        self.slots.get_mut(slot)?.as_mut().map(|(_, c)| c)
+        self.slots.get_mut(slot).map(|(_, c)| c)
     }
 
     fn remove(&mut self, slot: usize) -> Option<Conn> {
-        let (_, conn) = self.slots.get_mut(slot)?.take()?;
-        self.free.push(slot);
-        self.open -= 1;
-        Some(conn)
+        self.slots.remove(slot).map(|(_, c)| c)
     }
 
     fn iter(&self) -> impl Iterator<Item = (usize, &Conn)> {
-        self.slots.iter().enumerate().filter_map(|(slot, c)| c.as_ref().map(|(_, c)| (slot, c)))
+        self.slots.iter().map(|(slot, (_, c))| (slot, c))
     }
 
     fn is_live(&self, slot: usize, serial: u64) -> bool {
-        matches!(self.slots.get(slot), Some(Some((s, _))) if *s == serial)
+        self.slots.get(slot).is_some_and(|(s, _)| *s == serial)
     }
-
     /// The slot of the longest-open connection.
     fn oldest(&mut self) -> Option<usize> {
         while let Some((slot, serial)) = self.order.pop_front() {

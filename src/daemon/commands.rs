@@ -70,7 +70,8 @@ impl Daemon {
             Request::Drain => self.set_draining(true, reply),
             Request::Resume => self.set_draining(false, reply),
             Request::Restart { target: RestartTarget::Listener, .. } => {
-                let result = self.listener.replace(&self.inherit, self.poll.registry(), &mut self.tokens, draining);
+                let result =
+                    self.listener.replace(&self.inherit, self.event_loop.registry(), &mut self.tokens, draining);
                 self.await_or_fail(result, Awaiting::Replacement(Role::Listener), "restart listener", reply)
             }
             Request::Restart { target: RestartTarget::Manager, .. } => {
@@ -81,7 +82,8 @@ impl Daemon {
                         "restart manager: a worker command is in progress; retry when it is answered",
                     ));
                 }
-                let result = self.manager.replace(&self.inherit, self.poll.registry(), &mut self.tokens, draining);
+                let result =
+                    self.manager.replace(&self.inherit, self.event_loop.registry(), &mut self.tokens, draining);
                 self.await_or_fail(result, Awaiting::Replacement(Role::Manager), "restart manager", reply)
             }
             Request::Restart { target: RestartTarget::Workers, .. } => {
@@ -192,7 +194,7 @@ impl Daemon {
         self.pending = kept;
         for p in expired {
             if let Awaiting::Replacement(role) = p.awaiting {
-                let registry = self.poll.registry();
+                let registry = self.event_loop.registry();
                 match role {
                     Role::Listener => self.listener.sup.abandon_incoming(registry),
                     _ => self.manager.sup.abandon_incoming(registry),

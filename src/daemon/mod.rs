@@ -17,25 +17,29 @@ mod upgrade;
 
 use crate::config::{AccessLogTarget, Config};
 use crate::control::{self, CommandRequest, LoopHandle};
+use crate::event_loop::{EventLoop, Tokens, Wake};
 use crate::figures::Accumulator;
 use crate::ipc::{Fd, ToListener, ToManager};
 use crate::observe::SharedObserved;
 use crate::signals::{Event, Signals};
-use crate::supervise::{Tokens, CHECK_INTERVAL};
+use crate::supervise::CHECK_INTERVAL;
 use crate::sys::{self, process::Exit, Pid};
 use anyhow::Context;
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Token};
 use roles::{RetireTimes, RoleEvent, RoleProcess};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-const SIGNALS: Token = Token(0);
-const COMMANDS: Token = Token(1);
-const UPGRADE: Token = Token(2);
-/// Children's channels get tokens from here up, each once (`Tokens`).
-const FIRST_CHILD: usize = 16;
+/// The daemon's fixed event sources; children's channels get `Daemon::tokens`.
+struct Sources {
+    signals: Token,
+    /// The control and admin threads' waker: commands are queued.
+    commands: Token,
+    /// The other daemon of a binary upgrade (registered while there is one).
+    upgrade: Token,
+}
 
 /// The daemon's overall state, as status shows it.
 pub use webd_proto::DaemonState as State;
@@ -75,7 +79,8 @@ fn open_access_log(config: &Config) -> anyhow::Result<Option<OwnedFd>> {
 }
 
 struct Daemon {
-    poll: Poll,
+    event_loop: EventLoop,
+    sources: Sources,
     signals: Signals,
     inherit: Inheritance,
     listener: RoleProcess<roles::Listener>,
@@ -153,8 +158,8 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
     let signals = Signals::install(&[Event::Stop, Event::Reload, Event::Child, Event::ReopenLogs, Event::Upgrade])
         .context("signal handlers")?;
     let exe = std::env::current_exe().context("locating our own executable")?;
-    let poll = Poll::new().context("epoll")?;
-    poll.registry().register(&mut SourceFd(&signals_fd(&signals)), SIGNALS, Interest::READABLE)?;
+    let mut event_loop = EventLoop::new(64).context("epoll")?;
+    let signals_token = event_loop.watch(signals_fd(&signals), Interest::READABLE)?;
     // Everything that can fail at start is bound before any child exists, so a refusal
     // leaves no half-started tree. A successor serves the sockets it was handed only
     // once the old daemon lets go of them.
@@ -164,12 +169,13 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
     };
     let observed = SharedObserved::default();
     let (command_tx, command_rx) = mpsc::channel();
-    let waker = Arc::new(mio::Waker::new(poll.registry(), COMMANDS).context("waker")?);
-    let handle = LoopHandle { commands: command_tx, waker };
+    let (commands_token, waker) = event_loop.waker().context("waker")?;
+    let handle = LoopHandle { commands: command_tx, waker: Arc::new(waker) };
+    let sources = Sources { signals: signals_token, commands: commands_token, upgrade: event_loop.reserve_token() };
     let mut planes = planes::Planes::new(control_listener, inherited_admin, config.admin.addr(), handle);
     let upgrade = match successor_channel {
         Some(channel) => {
-            poll.registry().register(&mut SourceFd(&channel.raw_fd()), UPGRADE, Interest::READABLE)?;
+            event_loop.registry().register(&mut SourceFd(&channel.raw_fd()), sources.upgrade, Interest::READABLE)?;
             upgrade::Upgrade::Successor { channel, ready_sent: false }
         }
         None => {
@@ -188,8 +194,10 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
         version = crate::VERSION,
         "webd starting"
     );
+    let tokens = event_loop.once_only_tokens();
     let mut daemon = Daemon {
-        poll,
+        event_loop,
+        sources,
         signals,
         inherit: Inheritance {
             config,
@@ -204,7 +212,7 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
         },
         listener: RoleProcess::new(now),
         manager: RoleProcess::new(now),
-        tokens: Tokens::starting_at(FIRST_CHILD),
+        tokens,
         state: State::Running,
         stop_deadline: None,
         next_check: now + CHECK_INTERVAL,
@@ -240,7 +248,6 @@ fn signals_fd(signals: &Signals) -> i32 {
 
 impl Daemon {
     fn run_loop(&mut self) -> anyhow::Result<()> {
-        let mut events = Events::with_capacity(64);
         loop {
             let now = Instant::now();
             self.start_due_roles(now);
@@ -257,14 +264,13 @@ impl Daemon {
             }
             self.stop_manager_after_listener();
             self.systemd.tick(now);
-            let wake = self.next_wakeup(now);
-            sys::poll_for(&mut self.poll, &mut events, wake).context("epoll_wait")?;
+            self.event_loop.wait(self.next_wakeup()).context("epoll_wait")?;
             let mut role_events = Vec::new();
-            for event in events.iter() {
-                match event.token() {
-                    SIGNALS => self.handle_signals(&mut role_events),
-                    COMMANDS => self.take_commands(),
-                    UPGRADE => self.upgrade_readable(),
+            while let Some(ready) = self.event_loop.next_ready() {
+                match ready.token {
+                    token if token == self.sources.signals => self.handle_signals(&mut role_events),
+                    token if token == self.sources.commands => self.take_commands(),
+                    token if token == self.sources.upgrade => self.upgrade_readable(),
                     token if self.listener.owns(token) => {
                         let grace = self.inherit.config.grace.duration();
                         let times = RetireTimes { deadline: grace, kill_after: grace };
@@ -298,15 +304,12 @@ impl Daemon {
         }
     }
 
-    fn next_wakeup(&self, now: Instant) -> Duration {
-        let mut at = self.next_check;
-        for t in self.listener.sup.deadlines().chain(self.manager.sup.deadlines()) {
-            at = at.min(t);
-        }
-        for t in self.stop_deadline.into_iter().chain(self.systemd.next_deadline()).chain(self.upgrade_deadline()) {
-            at = at.min(t);
-        }
-        at.saturating_duration_since(now).max(Duration::from_millis(1))
+    fn next_wakeup(&self) -> Wake {
+        Wake::At(self.next_check)
+            .or_at_any(self.listener.sup.deadlines().chain(self.manager.sup.deadlines()))
+            .or_at_any(
+                self.stop_deadline.into_iter().chain(self.systemd.next_deadline()).chain(self.upgrade_deadline()),
+            )
     }
 
     fn start_due_roles(&mut self, now: Instant) {
@@ -316,10 +319,10 @@ impl Daemon {
         let draining = self.state == State::Draining;
         let due = |slot: &crate::supervise::Slot| slot.start_due.is_some_and(|due| due <= now);
         if due(self.listener.slot()) {
-            self.listener.start(&self.inherit, self.poll.registry(), &mut self.tokens, draining, now);
+            self.listener.start(&self.inherit, self.event_loop.registry(), &mut self.tokens, draining, now);
         }
         if due(self.manager.slot()) {
-            self.manager.start(&self.inherit, self.poll.registry(), &mut self.tokens, draining, now);
+            self.manager.start(&self.inherit, self.event_loop.registry(), &mut self.tokens, draining, now);
         }
     }
 
@@ -401,7 +404,7 @@ impl Daemon {
         let now = Instant::now();
         for (pid, exit) in sys::process::reap_exited() {
             let stopping = self.state == State::Stopping;
-            let registry = self.poll.registry();
+            let registry = self.event_loop.registry();
             if !self.listener.on_exit(pid, exit, stopping, registry, now, role_events)
                 && !self.manager.on_exit(pid, exit, stopping, registry, now, role_events)
                 && !self.upgrade_child_exited(pid, exit)

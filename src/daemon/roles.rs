@@ -3,11 +3,12 @@
 //! their reports. The supervision itself is `supervise::Supervised`.
 
 use super::Inheritance;
+use crate::event_loop::Tokens;
 use crate::figures::{Histogram, Supervision, LATENCY_BUCKETS};
 use crate::ipc::{
     Channel, Fd, FromManager, Heartbeat, ListenerBootstrap, ManagerBootstrap, Message, Role, ToListener, ToManager,
 };
-use crate::supervise::{Check, Child, Exited, Process, Reason, Supervised, Tokens, Which};
+use crate::supervise::{Check, Child, Exited, Process, Reason, Supervised, Which};
 use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, process::Exit, spawn, Pid};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};

@@ -10,7 +10,7 @@
 //! exits. If the new daemon exits or is not ready in time, we kill it and go on serving:
 //! the upgrade fails with the reason and nothing else changed.
 
-use super::{Daemon, State, UPGRADE};
+use super::{Daemon, State};
 use crate::ipc::{Fd, Handoff, PredecessorLink, Recv, SuccessorLink, ToPredecessor, ToSuccessor};
 use crate::observe::CarriedTotals;
 use crate::sys::{self, process::Exit, spawn, Pid};
@@ -108,7 +108,11 @@ impl Daemon {
             };
             anyhow::bail!(reason);
         }
-        self.poll.registry().register(&mut SourceFd(&channel.raw_fd()), UPGRADE, Interest::READABLE)?;
+        self.event_loop.registry().register(
+            &mut SourceFd(&channel.raw_fd()),
+            self.sources.upgrade,
+            Interest::READABLE,
+        )?;
         Ok((pid, channel))
     }
 
@@ -151,7 +155,7 @@ impl Daemon {
                             self.take_over();
                         }
                         Upgrade::TookOver { channel } => {
-                            let _ = self.poll.registry().deregister(&mut SourceFd(&channel.raw_fd()));
+                            let _ = self.event_loop.registry().deregister(&mut SourceFd(&channel.raw_fd()));
                         }
                         other => self.upgrade = other,
                     }
@@ -255,7 +259,7 @@ impl Daemon {
         let Upgrade::Starting { pid, channel, reply, .. } = std::mem::replace(&mut self.upgrade, Upgrade::Idle) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut SourceFd(&channel.raw_fd()));
+        let _ = self.event_loop.registry().deregister(&mut SourceFd(&channel.raw_fd()));
         // Its own children follow it (parent-death signal, lifeline).
         sys::process::signal(pid, Signal::SIGKILL);
         tracing::error!(%reason, "upgrade failed; the running tree keeps serving");

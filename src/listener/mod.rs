@@ -11,23 +11,18 @@
 
 mod keeper;
 
+use crate::event_loop::{EventLoop, IndexTokens, Wake};
 use crate::fault::{self, ListenerStop};
 use crate::figures::Figures;
 use crate::heartbeat::{Heartbeater, Report};
 use crate::ipc::{self, LaneSender, LaneState, ListenerControl, Recv, Role, SteeringReader, ToListener};
 use anyhow::Context;
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token};
+use mio::{Interest, Registry};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-const CONTROL: Token = Token(0);
-const LIFELINE: Token = Token(1);
-const STEERING: Token = Token(2);
-const FIRST_LISTEN: usize = 16;
-/// Lane tokens are `FIRST_LANE + slot id`.
-const FIRST_LANE: usize = 1024;
 /// How long accepting pauses after EMFILE/ENFILE.
 const FD_EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
 /// How often the listener makes sure its keeper lives.
@@ -75,6 +70,8 @@ struct Listener {
     /// connection a worker takes would wake us for nothing.
     watching_lanes: bool,
     keeper: keeper::Keeper,
+    /// A lane's token, by its slot id.
+    lane_tokens: IndexTokens,
     /// A test's injected stop (`fault`); `None` in production.
     stop_at: Option<ListenerStop>,
 }
@@ -92,14 +89,15 @@ pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
     // First, while we have one thread.
     let keeper = keeper::Keeper::start();
 
-    let mut poll = Poll::new().context("epoll")?;
-    let registry = poll.registry();
-    registry.register(&mut SourceFd(&control.raw_fd()), CONTROL, Interest::READABLE)?;
-    registry.register(&mut SourceFd(&lifeline.as_raw_fd()), LIFELINE, Interest::READABLE)?;
-    registry.register(&mut SourceFd(&steering.as_raw_fd()), STEERING, Interest::READABLE)?;
-    for (i, fd) in listen.iter().enumerate() {
-        registry.register(&mut SourceFd(&fd.as_raw_fd()), Token(FIRST_LISTEN + i), Interest::READABLE)?;
+    let mut event_loop = EventLoop::new(64).context("epoll")?;
+    let control_token = event_loop.watch(control.raw_fd(), Interest::READABLE)?;
+    let lifeline_token = event_loop.watch(lifeline.as_raw_fd(), Interest::READABLE)?;
+    let steering_token = event_loop.watch(steering.as_raw_fd(), Interest::READABLE)?;
+    // Their events need no telling apart: every wake-up accepts on all of them.
+    for fd in &listen {
+        event_loop.watch(fd.as_raw_fd(), Interest::READABLE)?;
     }
+    let lane_tokens = event_loop.index_tokens();
     let mut me = Listener {
         control,
         steering: SteeringReader::new(steering),
@@ -113,14 +111,14 @@ pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
         warned_no_lane_at: None,
         watching_lanes: false,
         keeper,
+        lane_tokens,
         stop_at: fault::listener_stop(),
     };
     // The daemon sends the lanes right after the bootstrap.
-    me.handle_control(poll.registry())?;
+    me.handle_control(event_loop.registry())?;
     let mut heartbeat = Heartbeater::new(Role::Listener, boot.config.heartbeat_interval.duration());
     heartbeat.set_keeper_pid(me.keeper.pid());
-    let mut events = Events::with_capacity(64);
-    me.accept_all(poll.registry());
+    me.accept_all(event_loop.registry());
     let mut keeper_checked = Instant::now();
     loop {
         let now = Instant::now();
@@ -130,19 +128,19 @@ pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
             heartbeat.set_keeper_pid(me.keeper.pid());
         }
         heartbeat.tick(now, &mut me.control, || Report::of(me.figures.clone()));
-        let timeout = heartbeat.until_due(now).min(me.pause_left(now)).min(KEEPER_CHECK);
-        crate::sys::poll_for(&mut poll, &mut events, timeout).context("epoll_wait")?;
-        for event in events.iter() {
-            match event.token() {
-                CONTROL => me.handle_control(poll.registry())?,
-                STEERING => me.read_steering(poll.registry()),
-                LIFELINE => {
+        let wake = Wake::At(heartbeat.due_at()).or_at(keeper_checked + KEEPER_CHECK).or_at_any(me.pause_ends());
+        event_loop.wait(wake).context("epoll_wait")?;
+        while let Some(ready) = event_loop.next_ready() {
+            match ready.token {
+                token if token == control_token => me.handle_control(event_loop.registry())?,
+                token if token == steering_token => me.read_steering(event_loop.registry()),
+                token if token == lifeline_token => {
                     tracing::warn!("daemon gone: listener exiting");
                     return Ok(());
                 }
                 // A lane has room again; the accept below finds it.
-                Token(t) if t >= FIRST_LANE => me.unpause_backpressure(poll.registry()),
-                _ => {}
+                token if me.lane_tokens.index(token).is_some() => me.unpause_backpressure(event_loop.registry()),
+                _ => {} // a listening socket: the accept below serves it
             }
         }
         if me.stopping {
@@ -156,7 +154,7 @@ pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
         }
         // Accept after every wake-up: edge-triggered readiness may have fired while
         // paused, and an extra accept4 returning EAGAIN is cheap.
-        me.accept_all(poll.registry());
+        me.accept_all(event_loop.registry());
     }
 }
 
@@ -183,10 +181,11 @@ impl Listener {
         }
     }
 
-    fn pause_left(&self, now: Instant) -> Duration {
+    /// When a timed pause ends (nothing else about a pause has a deadline).
+    fn pause_ends(&self) -> Option<Instant> {
         match self.pause {
-            Pause::FdExhaustion(until) => until.saturating_duration_since(now),
-            _ => Duration::from_secs(3600),
+            Pause::FdExhaustion(until) => Some(until),
+            _ => None,
         }
     }
 
@@ -232,7 +231,7 @@ impl Listener {
         self.watching_lanes = true;
         for (id, lane) in self.lanes.iter().enumerate() {
             if let Some(lane) = lane {
-                let token = Token(FIRST_LANE + id);
+                let token = self.lane_tokens.token(id);
                 if let Err(e) = registry.register(&mut SourceFd(&lane.channel.raw_fd()), token, Interest::WRITABLE) {
                     tracing::error!(lane = id, error = %e, "cannot watch a lane for room");
                 }

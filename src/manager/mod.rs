@@ -8,22 +8,16 @@
 
 mod pool;
 
+use crate::event_loop::{EventLoop, Wake};
 use crate::heartbeat::{Delivery, Heartbeater, Report, FINAL_REPORT_WITHIN};
 use crate::ipc::{self, FromManager, ManagerControl, Recv, RecvError, Role, SteeringSender, ToManager};
 use crate::signals::{Event, Signals};
 use crate::supervise::CHECK_INTERVAL;
 use anyhow::Context;
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::Interest;
 use pool::WorkerPool;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
-
-const CONTROL: Token = Token(0);
-const LIFELINE: Token = Token(1);
-const SIGNALS: Token = Token(2);
-/// Worker channel tokens are `FIRST_WORKER + slot index`.
-pub(crate) const FIRST_WORKER: usize = 16;
 
 pub fn run(mut control: ManagerControl) -> anyhow::Result<()> {
     let boot = match control.recv_blocking(ipc::BOOTSTRAP_WAIT).context("manager bootstrap")? {
@@ -40,26 +34,25 @@ pub fn run(mut control: ManagerControl) -> anyhow::Result<()> {
     let config = boot.config;
     tracing::info!(pid = std::process::id(), workers = config.workers, "manager started");
 
-    let mut poll = Poll::new().context("epoll")?;
-    let registry = poll.registry();
-    registry.register(&mut SourceFd(&control.raw_fd()), CONTROL, Interest::READABLE)?;
-    registry.register(&mut SourceFd(&lifeline.as_raw_fd()), LIFELINE, Interest::READABLE)?;
-    registry.register(&mut SourceFd(&signals.as_fd().as_raw_fd()), SIGNALS, Interest::READABLE)?;
+    let mut event_loop = EventLoop::new(256).context("epoll")?;
+    let control_token = event_loop.watch(control.raw_fd(), Interest::READABLE)?;
+    let lifeline_token = event_loop.watch(lifeline.as_raw_fd(), Interest::READABLE)?;
+    let signals_token = event_loop.watch(signals.as_fd().as_raw_fd(), Interest::READABLE)?;
 
-    let mut pool = WorkerPool::new(config.clone(), exe, lifeline, steering, boot.draining);
+    let worker_tokens = event_loop.once_only_tokens();
+    let mut pool = WorkerPool::new(config.clone(), exe, lifeline, steering, boot.draining, worker_tokens);
     pool.set_access_log(access_log);
     // The daemon sends the lanes right after the bootstrap; workers start once they are here.
-    handle_control(&mut control, &mut pool, poll.registry());
+    handle_control(&mut control, &mut pool, event_loop.registry());
     let mut heartbeat = Heartbeater::new(Role::Manager, config.heartbeat_interval.duration());
-    let mut events = Events::with_capacity(256);
     let mut next_check = Instant::now() + CHECK_INTERVAL;
     let mut shutdown_deadline: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        pool.start_due(poll.registry(), now);
+        pool.start_due(event_loop.registry(), now);
         pool.steer();
-        pool.advance_op(poll.registry(), now);
-        pool.run_deferred_reload(poll.registry());
+        pool.advance_op(event_loop.registry(), now);
+        pool.run_deferred_reload(event_loop.registry());
         if !pool.outbox.is_empty() {
             // The daemon's status must show the result before it answers the command.
             heartbeat.force(now);
@@ -100,33 +93,33 @@ pub fn run(mut control: ManagerControl) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
-        let mut wake = heartbeat.until_due(now).min(next_check.saturating_duration_since(now));
-        if let Some(t) = pool.next_deadline() {
-            wake = wake.min(t.saturating_duration_since(now));
-        }
-        crate::sys::poll_for(&mut poll, &mut events, wake.max(Duration::from_millis(1))).context("epoll_wait")?;
-        for event in events.iter() {
-            match event.token() {
-                CONTROL => {
-                    if let Some(deadline) = handle_control(&mut control, &mut pool, poll.registry()) {
+        let wake = Wake::At(heartbeat.due_at()).or_at(next_check).or_at_any(pool.next_deadline());
+        event_loop.wait(wake).context("epoll_wait")?;
+        while let Some(ready) = event_loop.next_ready() {
+            match ready.token {
+                token if token == control_token => {
+                    if let Some(deadline) = handle_control(&mut control, &mut pool, event_loop.registry()) {
                         shutdown_deadline.get_or_insert(deadline);
                     }
                 }
-                LIFELINE => {
+                token if token == lifeline_token => {
                     tracing::warn!("daemon gone: manager exiting");
                     pool.kill_all();
                     return Ok(());
                 }
-                SIGNALS if signals.pending().contains(&Event::Child) => pool.reap(poll.registry(), Instant::now()),
-                Token(t) if t >= FIRST_WORKER => {
-                    pool.drain_messages(t, Instant::now());
+                token if token == signals_token => {
+                    if signals.pending().contains(&Event::Child) {
+                        pool.reap(event_loop.registry(), Instant::now());
+                    }
+                }
+                worker => {
+                    pool.drain_messages(worker, Instant::now());
                     // Room at a worker only matters for connections we hold; stranded
                     // lanes are looked at every check (a heartbeat also wakes us here).
-                    if event.is_writable() {
+                    if ready.writable {
                         pool.deliver_pending();
                     }
                 }
-                _ => {}
             }
         }
         let now = Instant::now();

@@ -9,14 +9,14 @@
 //! channel (read back from the duplicate of its end that we keep). A worker crash thus
 //! loses only the requests it was serving.
 
-use super::FIRST_WORKER;
 use crate::config::Config;
+use crate::event_loop::Tokens;
 use crate::figures::{Figures, Supervision, LATENCY_BUCKETS};
 use crate::ipc::{
     Connections, Fd, FromManager, Heartbeat, LaneReader, LaneState, Recv, RecvError, Steer, SteeringSender, ToWorker,
     WorkerBootstrap, WorkerControl, WorkerLink, WorkerReport,
 };
-use crate::supervise::{Check, Child, Exited, Process, Reason, Slot, Supervised, Tokens, Which};
+use crate::supervise::{Check, Child, Exited, Process, Reason, Slot, Supervised, Which};
 use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, spawn};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -108,6 +108,7 @@ pub struct WorkerPool {
     pending: Vec<OwnedFd>,
     draining: bool,
     shutting_down: bool,
+    /// Poll tokens for the workers' channels.
     tokens: Tokens,
     op: Option<WorkerOp>,
     /// Messages for the daemon (command results).
@@ -133,6 +134,7 @@ impl WorkerPool {
         lifeline: OwnedFd,
         steering: SteeringSender,
         draining: bool,
+        tokens: Tokens,
     ) -> WorkerPool {
         let now = Instant::now();
         let slots = (0..config.workers).map(|id| WorkerSlot::new(id, now)).collect();
@@ -147,7 +149,7 @@ impl WorkerPool {
             pending: Vec::new(),
             draining,
             shutting_down: false,
-            tokens: Tokens::starting_at(FIRST_WORKER),
+            tokens,
             fds: crate::sys::process::FdBudget::measure(),
             op: None,
             outbox: Vec::new(),
@@ -364,9 +366,9 @@ impl WorkerPool {
         let _ = channel.drain(|hb| state.reported.absorb(&hb));
     }
 
-    /// Reads the messages on the channel with poll token `token`.
-    pub fn drain_messages(&mut self, token: usize, now: Instant) {
-        let token = Token(token);
+    /// Reads the messages on the channel with poll token `token` (none for a token no
+    /// worker has, such as a late event for one gone).
+    pub fn drain_messages(&mut self, token: Token, now: Instant) {
         let Some((index, which)) =
             self.slots.iter().enumerate().find_map(|(i, ws)| ws.sup.owner(token).map(|w| (i, w)))
         else {

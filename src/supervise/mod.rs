@@ -8,7 +8,7 @@
 
 mod supervised;
 
-pub use supervised::{Child, Exited, Process, Supervised, Tokens, Which};
+pub use supervised::{Child, Exited, Process, Supervised, Which};
 
 use crate::sys::Pid;
 use std::collections::VecDeque;

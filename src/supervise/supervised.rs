@@ -67,22 +67,6 @@ pub struct Supervised<C: Child> {
     pub retiring: Vec<Retiring<Process<C>>>,
 }
 
-/// Poll tokens for processes' channels, each used once: a late event for a process
-/// gone never reaches its successor.
-#[derive(Debug)]
-pub struct Tokens(usize);
-
-impl Tokens {
-    pub const fn starting_at(first: usize) -> Tokens {
-        Tokens(first)
-    }
-
-    pub fn allocate(&mut self) -> Token {
-        self.0 += 1;
-        Token(self.0 - 1)
-    }
-}
-
 impl<C: Child> Supervised<C> {
     pub fn new(name: impl Into<String>, now: Instant) -> Self {
         Supervised { slot: Slot::new(name, now), current: None, incoming: None, retiring: Vec::new() }

@@ -45,14 +45,6 @@ pub fn retry_eintr<T, E: Interruptible>(mut call: impl FnMut() -> Result<T, E>) 
     }
 }
 
-/// Waits up to `timeout` for events, retrying EINTR with what is left of the wait (a
-/// signal, or a SIGCONT after a stop, must not put off an overdue heartbeat). The wait
-/// loop of every role and of the admin server.
-pub fn poll_for(poll: &mut mio::Poll, events: &mut mio::Events, timeout: std::time::Duration) -> std::io::Result<()> {
-    let deadline = std::time::Instant::now() + timeout;
-    retry_eintr(|| poll.poll(events, Some(deadline.saturating_duration_since(std::time::Instant::now()))))
-}
-
 /// Lends `f` a descriptor number that nothing here owns, only to probe it (fcntl F_GETFD,
 /// getsockopt, getsockname). The borrow cannot leave `f`.
 pub(crate) fn probe_fd<T>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> T) -> T {

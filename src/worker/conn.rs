@@ -17,6 +17,7 @@ use super::body::{BodySkipper, Skip};
 use super::request::{self, ErrorKind, Parsed, Request};
 use super::response::{self, Body, Multipart, Plan};
 use super::{Shared, Stats};
+use crate::http1::{Linger, Lingering, LINGER_TIME};
 use crate::sys::retry_eintr;
 use nix::sys::socket::{send, MsgFlags};
 use std::fs::File;
@@ -39,9 +40,6 @@ const READ_BUF_INITIAL: usize = 4 * 1024;
 const WRITE_BUF_INITIAL: usize = 4 * 1024;
 /// Largest sendfile call, so one big download does not monopolise the loop.
 const SENDFILE_CHUNK: usize = 1 << 20;
-/// After an error response, how long and how much unread input we drain before closing.
-const LINGER_TIME: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -116,8 +114,8 @@ pub struct Conn {
     peer: String,
     /// An error response was sent with input possibly unread: close gracefully.
     linger_on_close: bool,
-    /// Half-closed, draining input until EOF; bytes drained so far.
-    lingering: Option<usize>,
+    /// Half-closed, draining input until EOF.
+    lingering: Option<Linger>,
 }
 
 impl Conn {
@@ -154,8 +152,8 @@ impl Conn {
 
     /// Makes all the progress the socket allows.
     pub fn drive(&mut self, shared: &mut Shared, now: Instant) -> Outcome {
-        if let Some(drained) = self.lingering {
-            return self.drain_input(drained);
+        if self.lingering.is_some() {
+            return self.drain_input();
         }
         self.turn_left = REQUESTS_PER_TURN;
         loop {
@@ -417,35 +415,21 @@ impl Conn {
         }
     }
 
-    /// Closing with unread input makes the kernel send RST, which can destroy the
-    /// response before the client reads it (RFC 9112 §9.6): shut our side, then read and
-    /// discard until the client closes, for a bounded time and amount.
+    /// A close that cannot destroy the response in flight (`http1::Linger`): shut our
+    /// side, then drain the client's input for a bounded time and amount.
     fn begin_linger(&mut self, now: Instant) -> Outcome {
         if self.sock.shutdown(std::net::Shutdown::Write).is_err() {
             return Outcome::Close;
         }
-        self.lingering = Some(0);
+        self.lingering = Some(Linger::default());
         self.deadline = now + LINGER_TIME;
-        self.drain_input(0)
+        self.drain_input()
     }
 
-    fn drain_input(&mut self, mut drained: usize) -> Outcome {
-        let mut sink = [0u8; 4096];
-        loop {
-            match retry_eintr(|| (&self.sock).read(&mut sink)) {
-                Ok(0) => return Outcome::Close,
-                Ok(n) => {
-                    drained += n;
-                    if drained > LINGER_BYTES {
-                        return Outcome::Close;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.lingering = Some(drained);
-                    return Outcome::Keep;
-                }
-                Err(_) => return Outcome::Close,
-            }
+    fn drain_input(&mut self) -> Outcome {
+        match self.lingering.as_mut().map(|linger| linger.drain(&self.sock)) {
+            Some(Lingering::Waiting) => Outcome::Keep,
+            Some(Lingering::Over) | None => Outcome::Close,
         }
     }
 

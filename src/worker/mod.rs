@@ -17,20 +17,17 @@ pub mod request;
 pub mod response;
 
 use crate::config::AccessLogTarget;
+use crate::event_loop::{EventLoop, IndexTokens, IntakePause, Slab, Wake};
 use crate::figures::{Figures, DURATION_BUCKETS};
 use crate::heartbeat::{Delivery, Heartbeater, Report, FINAL_REPORT_WITHIN};
 use crate::ipc::{self, Connections, LaneReader, Recv, RecvError, Role, ToWorker, WorkerControl};
 use anyhow::Context;
 use conn::{Conn, Outcome};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token};
+use mio::{Interest, Registry};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-const CONTROL: Token = Token(0);
-const LIFELINE: Token = Token(1);
-const LANE: Token = Token(2);
-const FIRST_CONN: usize = 3;
 /// How often idle and slow connections are checked against their deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -107,7 +104,9 @@ struct Worker {
     /// This slot's lane; shared with the slot's next worker, so it is read only until
     /// this one starts to retire.
     lane: LaneReader,
-    conns: Slab,
+    conns: Slab<Conn>,
+    /// A connection's poll token, by its index in `conns`.
+    conn_tokens: IndexTokens,
     shared: Shared,
     max_connections: usize,
     /// Set by shutdown: exit when no connection is left, or at this instant.
@@ -119,8 +118,9 @@ struct Worker {
     /// Descriptor headroom at the last sweep, and the connections open then.
     fds: crate::sys::process::FdBudget,
     conns_at_measure: usize,
-    /// Intake paused for lack of descriptors: connections wait in our channel.
-    intake_paused: bool,
+    /// Intake paused for lack of descriptors (until the next re-measure): connections
+    /// wait in our channel.
+    intake_pause: IntakePause,
     drain_timeout: Duration,
     /// Connections whose turn ended with more to do (`Outcome::Again`), and a spare
     /// list to swap in while they are driven, so no turn allocates.
@@ -145,15 +145,16 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
     let root = path::Root::open(&config.root).with_context(|| format!("document root {}", config.root.display()))?;
     tracing::info!(worker = id, pid = std::process::id(), "worker started");
 
-    let mut poll = Poll::new().context("epoll")?;
-    poll.registry().register(&mut SourceFd(&control.raw_fd()), CONTROL, Interest::READABLE)?;
-    poll.registry().register(&mut SourceFd(&lifeline.as_raw_fd()), LIFELINE, Interest::READABLE)?;
-    poll.registry().register(&mut SourceFd(&lane.raw_fd()), LANE, Interest::READABLE)?;
+    let mut event_loop = EventLoop::new(1024).context("epoll")?;
+    let control_token = event_loop.watch(control.raw_fd(), Interest::READABLE)?;
+    let lifeline_token = event_loop.watch(lifeline.as_raw_fd(), Interest::READABLE)?;
+    let lane_token = event_loop.watch(lane.raw_fd(), Interest::READABLE)?;
     let mut worker = Worker {
         id,
         control,
         lane,
         conns: Slab::default(),
+        conn_tokens: event_loop.index_tokens(),
         shared: Shared {
             root,
             limits: request::Limits { max_headers: config.max_header_fields as usize, ..request::Limits::default() },
@@ -170,29 +171,28 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         manager_gone: false,
         fds: crate::sys::process::FdBudget::measure(),
         conns_at_measure: 0,
-        intake_paused: false,
+        intake_pause: IntakePause::default(),
         drain_idle_at: if boot.draining { Some(Instant::now() + config.drain_timeout.duration()) } else { None },
         drain_timeout: config.drain_timeout.duration(),
         again: Vec::new(),
         again_spare: Vec::new(),
     };
     let mut heartbeat = Heartbeater::new(Role::Worker, config.heartbeat_interval.duration());
-    let mut events = Events::with_capacity(1024);
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
     // Connections may have queued in the lane before we started.
-    worker.read_lane(poll.registry(), Instant::now());
+    worker.read_lane(event_loop.registry(), Instant::now());
     loop {
         let now = Instant::now();
         if heartbeat.until_due(now).is_zero() {
             let report = worker.report(now);
             if heartbeat.tick(now, &mut worker.control, || report) == Delivery::PeerGone {
                 // Take what is still queued to us before giving up on the manager.
-                worker.handle_control(poll.registry(), now);
-                worker.manager_gone(poll.registry(), now);
+                worker.handle_control(event_loop.registry(), now);
+                worker.manager_gone(event_loop.registry(), now);
             }
         }
         if let Some(at) = worker.shutdown_at {
-            if worker.conns.len() == 0 || now >= at {
+            if worker.conns.is_empty() || now >= at {
                 // A last heartbeat, so the figures of the final requests are counted.
                 let report = worker.report(now);
                 let requests = report.figures.responses.total();
@@ -201,36 +201,40 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
-        let timeout = if worker.again.is_empty() {
-            heartbeat.until_due(now).min(next_sweep.saturating_duration_since(now)).max(Duration::from_millis(1))
+        let wake = if worker.again.is_empty() {
+            Wake::At(heartbeat.due_at()).or_at(next_sweep)
         } else {
-            Duration::ZERO // connections wait for their next turn: only look for events
+            Wake::Now // connections wait for their next turn: only look for events
         };
-        crate::sys::poll_for(&mut poll, &mut events, timeout).context("epoll_wait")?;
+        event_loop.wait(wake).context("epoll_wait")?;
         let now = Instant::now();
         worker.shared.date.refresh();
         // Control first: a drain queued before a request arrived applies to its answer.
-        if events.iter().any(|e| e.token() == CONTROL) {
-            worker.handle_control(poll.registry(), now);
+        if event_loop.is_ready(control_token) {
+            worker.handle_control(event_loop.registry(), now);
         }
         // Last turn's unfinished connections first; those this turn's events leave
         // unfinished wait for the next (after the heartbeat at the top of the loop).
         worker.drive_again(now);
-        for event in events.iter() {
-            match event.token() {
-                CONTROL => {}
-                LANE => worker.read_lane(poll.registry(), now),
-                LIFELINE => {
+        while let Some(ready) = event_loop.next_ready() {
+            match ready.token {
+                token if token == control_token => {}
+                token if token == lane_token => worker.read_lane(event_loop.registry(), now),
+                token if token == lifeline_token => {
                     tracing::warn!(worker = id, "daemon gone: worker exiting");
                     return Ok(());
                 }
-                Token(t) => worker.drive(t - FIRST_CONN, now),
+                token => {
+                    if let Some(index) = worker.conn_tokens.index(token) {
+                        worker.drive(index, now);
+                    }
+                }
             }
         }
         if now >= next_sweep {
             next_sweep = now + SWEEP_INTERVAL;
             worker.sweep(now);
-            worker.remeasure_fds(poll.registry(), now);
+            worker.remeasure_fds(event_loop.registry(), now);
         }
         if let Some(log) = worker.shared.access_log.as_mut() {
             log.flush(); // one write per pass for every line it produced
@@ -250,7 +254,7 @@ impl Worker {
     fn handle_control(&mut self, registry: &Registry, now: Instant) {
         let limit = crate::sys::process::FdBudget::current_limit();
         loop {
-            if !self.room_for_next(Intake::Control, limit) {
+            if !self.room_for_next(Intake::Control, limit, now) {
                 return;
             }
             match self.control.recv() {
@@ -300,7 +304,7 @@ impl Worker {
             return;
         }
         let limit = crate::sys::process::FdBudget::current_limit();
-        while self.room_for_next(Intake::Lane, limit) {
+        while self.room_for_next(Intake::Lane, limit, now) {
             match self.lane.recv() {
                 Ok(Recv::Message(conns)) => self.accept_all(conns, registry, now),
                 Ok(Recv::Empty) | Ok(Recv::Closed) => break,
@@ -325,7 +329,7 @@ impl Worker {
     /// Whether the next message on `from` fits in our descriptors. Each connection holds
     /// its socket (files are opened per request, and an EMFILE there is a 500); a message
     /// whose fds do not fit waits in its channel rather than losing them.
-    fn room_for_next(&mut self, from: Intake, limit: usize) -> bool {
+    fn room_for_next(&mut self, from: Intake, limit: usize, now: Instant) -> bool {
         let growth = self.conns.len().saturating_sub(self.conns_at_measure);
         let free = self.fds.free(limit, growth);
         let room = crate::sys::process::WORKING_ROOM;
@@ -336,10 +340,9 @@ impl Worker {
         if fits {
             return true;
         }
-        if !self.intake_paused {
+        if self.intake_pause.stalled(now, None).is_some() {
             tracing::warn!(worker = self.id, open = self.conns.len(), free, "out of descriptors: pausing intake");
         }
-        self.intake_paused = true;
         false
     }
 
@@ -357,8 +360,7 @@ impl Worker {
     fn remeasure_fds(&mut self, registry: &Registry, now: Instant) {
         self.fds = crate::sys::process::FdBudget::measure();
         self.conns_at_measure = self.conns.len();
-        if self.intake_paused {
-            self.intake_paused = false;
+        if self.intake_pause.recovered().is_some() {
             tracing::info!(worker = self.id, "descriptors available again: resuming intake");
             self.handle_control(registry, now);
             self.read_lane(registry, now);
@@ -395,9 +397,8 @@ impl Worker {
             self.again.push(index);
         }
         // Registering reports readiness that arrived since the last read: nothing is missed.
-        if let Err(e) =
-            registry.register(&mut SourceFd(&raw), Token(FIRST_CONN + index), Interest::READABLE | Interest::WRITABLE)
-        {
+        let token = self.conn_tokens.token(index);
+        if let Err(e) = registry.register(&mut SourceFd(&raw), token, Interest::READABLE | Interest::WRITABLE) {
             tracing::warn!(error = %e, "cannot watch a connection");
             if let Some(conn) = self.conns.remove(index) {
                 conn.finish(&mut self.shared.stats, now);
@@ -460,47 +461,4 @@ impl Worker {
 enum Intake {
     Control,
     Lane,
-}
-
-/// Connections by token index, reusing freed indices.
-#[derive(Default)]
-struct Slab {
-    entries: Vec<Option<Conn>>,
-    free: Vec<usize>,
-    len: usize,
-}
-
-impl Slab {
-    fn insert(&mut self, conn: Conn) -> usize {
-        self.len += 1;
-        match self.free.pop() {
-            Some(i) => {
-                self.entries[i] = Some(conn);
-                i
-            }
-            None => {
-                self.entries.push(Some(conn));
-                self.entries.len() - 1
-            }
-        }
-    }
-
-    fn remove(&mut self, index: usize) -> Option<Conn> {
-        let conn = self.entries.get_mut(index)?.take()?;
-        self.free.push(index);
-        self.len -= 1;
-        Some(conn)
-    }
-
-    fn get_mut(&mut self, index: usize) -> Option<&mut Conn> {
-        self.entries.get_mut(index)?.as_mut()
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (usize, &Conn)> {
-        self.entries.iter().enumerate().filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
-    }
 }
