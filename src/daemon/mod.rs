@@ -44,6 +44,10 @@ pub struct Inheritance {
     pub config: Config,
     pub exe: std::path::PathBuf,
     pub listen: Vec<OwnedFd>,
+    /// The `tls_listen` sockets, in its order.
+    pub tls_listen: Vec<OwnedFd>,
+    /// The certificates, as last loaded (at start or by a reload).
+    pub tls: crate::tls::TlsMaterial,
     /// Steering channel: (listener's receiving end, manager's sending end).
     pub steering: (OwnedFd, OwnedFd),
     /// One lane per worker slot id: (listener's sending end, worker's receiving end).
@@ -113,10 +117,11 @@ struct Daemon {
     /// The addresses the listening sockets are bound to (a configured port 0 resolved),
     /// for status and the log: read once, and still known once a stop has closed them.
     listen_bound: Vec<std::net::SocketAddr>,
+    tls_listen_bound: Vec<std::net::SocketAddr>,
 }
 
 /// Runs the daemon until a graceful stop completes.
-pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
+pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial) -> anyhow::Result<()> {
     let mut successor_channel = None;
     let mut argv = std::env::args_os();
     let argv0 = argv.next().map(|a| a.to_string_lossy().into_owned()).unwrap_or_else(|| "webd".into());
@@ -130,20 +135,27 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
     };
     let access_log = open_access_log(&config)?;
     let handoff = upgrade::receive_handoff()?;
-    let (listen, inherited_control, inherited_admin, carried) = match handoff {
-        Some(inherited) if !sockets::serve_addresses(&inherited.listen, &config.listen) => anyhow::bail!(
-            "the old daemon's listening sockets are not the addresses this configuration listens on ({:?}): \
-             changing listen needs a restart",
-            config.listen
-        ),
+    let tls_addrs = config.tls_listen.clone().unwrap_or_default();
+    let (listen, tls_listen, inherited_control, inherited_admin, carried) = match handoff {
+        Some(inherited)
+            if !sockets::serve_addresses(&inherited.listen, &config.listen)
+                || !sockets::serve_addresses(&inherited.tls_listen, &tls_addrs) =>
+        {
+            anyhow::bail!(
+                "the old daemon's listening sockets are not the addresses this configuration listens on \
+                 ({:?}, TLS {:?}): changing listen or tls_listen needs a restart",
+                config.listen,
+                tls_addrs
+            )
+        }
         Some(inherited) => {
             tracing::info!(upgrades = inherited.totals.upgrades, "upgrade: took the sockets from the old daemon");
             let control = Some(std::os::unix::net::UnixListener::from(inherited.control));
             let admin = inherited.admin.map(std::net::TcpListener::from);
             successor_channel = Some(inherited.channel);
-            (inherited.listen, control, admin, inherited.totals)
+            (inherited.listen, inherited.tls_listen, control, admin, inherited.totals)
         }
-        None => (sockets::bind_all(&config.listen)?, None, None, Default::default()),
+        None => (sockets::bind_all(&config.listen)?, sockets::bind_all(&tls_addrs)?, None, None, Default::default()),
     };
     let steering = sys::seqpacket_pair().context("steering channel")?;
     let mut lanes = Vec::new();
@@ -180,9 +192,13 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
     };
     let now = Instant::now();
     let listen_bound = sockets::local_addrs(&listen);
+    let tls_listen_bound = sockets::local_addrs(&tls_listen);
+    let joined = |addrs: &[std::net::SocketAddr]| addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
     tracing::info!(
         pid = std::process::id(),
-        listen = %listen_bound.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "),
+        listen = %joined(&listen_bound),
+        tls_listen = %joined(&tls_listen_bound),
+        certificates = tls.certificates.len(),
         root = %config.root.display(),
         workers = config.workers,
         fd_limit,
@@ -196,6 +212,8 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
             config,
             exe,
             listen,
+            tls_listen,
+            tls,
             steering,
             lanes,
             lifeline_read,
@@ -227,6 +245,7 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
         args,
         manager_stop_pending: None,
         listen_bound,
+        tls_listen_bound,
     };
     daemon.continue_from(carried);
     let result = daemon.run_loop();
@@ -453,6 +472,7 @@ impl Daemon {
     /// before `stop` is answered, so `webctl stop && webd …` can bind them at once.
     fn release_sockets(&mut self) {
         self.inherit.listen.clear();
+        self.inherit.tls_listen.clear();
         if self.handed_over {
             self.planes.stop();
         } else {

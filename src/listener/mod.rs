@@ -13,7 +13,9 @@ mod keeper;
 
 use crate::fault::{self, ListenerStop};
 use crate::heartbeat::Heartbeater;
-use crate::ipc::{self, Counters, LaneSender, LaneState, ListenerControl, Recv, Role, SteeringReader, ToListener};
+use crate::ipc::{
+    self, Counters, LaneSender, LaneState, ListenerControl, Recv, Role, SteeringReader, ToListener, Transport,
+};
 use anyhow::Context;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
@@ -64,7 +66,8 @@ struct Listener {
     lanes: Vec<Option<Lane>>,
     /// Until the manager steers, lanes of slots below this are open.
     configured_workers: u32,
-    listen: Vec<OwnedFd>,
+    /// The listening sockets and what their connections speak.
+    listen: Vec<(OwnedFd, Transport)>,
     pause: Pause,
     counters: Counters,
     stopping: bool,
@@ -85,18 +88,21 @@ pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
     };
     let steering = boot.steering.into_owned()?;
     let lifeline = boot.lifeline.into_owned()?;
-    let listen = boot.listen.into_iter().map(ipc::Fd::into_owned).collect::<std::io::Result<Vec<_>>>()?;
+    let with = |transport| move |fd: ipc::Fd<'_>| fd.into_owned().map(|fd| (fd, transport));
+    let listen = boot.listen.into_iter().map(with(Transport::Plain));
+    let tls_listen = boot.tls_listen.into_iter().map(with(Transport::Tls));
+    let listen = listen.chain(tls_listen).collect::<std::io::Result<Vec<_>>>()?;
     anyhow::ensure!(!listen.is_empty(), "bootstrap without listening sockets");
     tracing::info!(pid = std::process::id(), sockets = listen.len(), "listener started");
     // First, while we have one thread.
-    let keeper = keeper::Keeper::start();
+    let keeper = keeper::Keeper::start(keeper::Sockets::of(&listen));
 
     let mut poll = Poll::new().context("epoll")?;
     let registry = poll.registry();
     registry.register(&mut SourceFd(&control.raw_fd()), CONTROL, Interest::READABLE)?;
     registry.register(&mut SourceFd(&lifeline.as_raw_fd()), LIFELINE, Interest::READABLE)?;
     registry.register(&mut SourceFd(&steering.as_raw_fd()), STEERING, Interest::READABLE)?;
-    for (i, fd) in listen.iter().enumerate() {
+    for (i, (fd, _)) in listen.iter().enumerate() {
         registry.register(&mut SourceFd(&fd.as_raw_fd()), Token(FIRST_LISTEN + i), Interest::READABLE)?;
     }
     let mut me = Listener {
@@ -281,11 +287,12 @@ impl Listener {
                     return;
                 };
                 self.keeper.before_accept(self.lane_fd(lane));
-                match crate::sys::net::accept(self.listen[i].as_fd()) {
+                let (socket, transport) = &self.listen[i];
+                match crate::sys::net::accept(socket.as_fd()) {
                     Ok(fd) => {
                         self.counters.accepted += 1;
                         fault::stop_if(self.stop_at, ListenerStop::AfterAccept);
-                        self.send(lane, fd);
+                        self.send(lane, fd, *transport);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if crate::sys::net::is_fd_exhaustion(&e) => {
@@ -309,12 +316,12 @@ impl Listener {
 
     /// Hands a connection to a worker's lane at once: between accept and send it exists
     /// only in this process's descriptor table (and the keeper's, which shares it).
-    fn send(&mut self, index: usize, fd: OwnedFd) {
+    fn send(&mut self, index: usize, fd: OwnedFd, transport: Transport) {
         let Some(lane) = self.lanes.get_mut(index).and_then(Option::as_mut) else { return };
         let (keeper, raw) = (&self.keeper, fd.as_raw_fd());
         // Told at the last instant before the syscall: the shorter the time the keeper
         // believes a connection queued that is not, the rarer a kill there loses it.
-        match lane.channel.send_connection_announced(fd.as_fd(), || keeper.sending(raw)) {
+        match lane.channel.send_connection_announced(fd.as_fd(), transport, || keeper.sending(raw)) {
             Ok(()) => {
                 lane.sent = lane.sent.saturating_add(1);
                 fault::stop_if(self.stop_at, ListenerStop::AfterSend);
@@ -329,7 +336,7 @@ impl Listener {
                 lane.state.open = false;
                 if let Some(other) = self.pick_lane() {
                     self.keeper.before_accept(self.lane_fd(other));
-                    self.send(other, fd);
+                    self.send(other, fd, transport);
                 }
             }
         }
