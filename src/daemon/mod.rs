@@ -381,6 +381,15 @@ impl Daemon {
             }
         };
         let config = reload::apply_live(&self.inherit.config, new);
+        // Certificates are re-read even when their paths did not change: that is how a
+        // renewed certificate is taken. A bad file keeps the running ones.
+        let tls = match crate::tls::TlsMaterial::load(&config) {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: certificates refused; keeping the running configuration");
+                return;
+            }
+        };
         let log_changed = config.access_log != self.inherit.config.access_log;
         self.inherit.config = config.clone();
         if log_changed {
@@ -390,6 +399,10 @@ impl Daemon {
         if let Err(e) = self.ensure_lanes(config.workers) {
             tracing::error!(error = %format!("{e:#}"), "SIGHUP: cannot make lanes for the new workers; keeping the pool size");
             return;
+        }
+        if tls != self.inherit.tls {
+            self.manager.send(&ToManager::Tls(Box::new(tls.clone())));
+            self.inherit.tls = tls;
         }
         self.manager.send(&ToManager::Reconfigure(Box::new(config)));
     }
