@@ -65,8 +65,16 @@ settings! {
     /// Most header fields one request head may carry (Host included); more is 431. The top
     /// is the worker's on-stack header table (`request::HEADER_CAPACITY`).
     max_header_fields: u32 { flag: "N", range: 1..=1024, default: "100", reload: Live }
+    /// TCP address to serve HTTPS on (repeatable)
+    tls_listen: Vec<SocketAddr> { flag: "ADDR", parser: parse_listen, default: none, reload: Fixed }
+    /// Default certificate chain (PEM); more in the config file's [[certificates]]
+    tls_cert: PathBuf { flag: "PATH", default: none, reload: Live }
+    /// Private key (PEM) of --tls-cert
+    tls_key: PathBuf { flag: "PATH", default: none, reload: Live }
 
     file only:
+    /// More certificates (`[[certificates]]` tables of `cert` and `key`), chosen by SNI
+    certificates: Vec<crate::tls::CertificateFiles> { default: Vec::new(), reload: Live }
 }
 
 const AFTER_HELP: &str = "\
@@ -249,7 +257,8 @@ impl Config {
     /// heartbeat timeout is at least the interval.
     fn checked(mut self) -> Result<Config, ConfigError> {
         self.root = resolve_root(&self.root)?;
-        check_addresses(&self.listen, self.admin.addr())?;
+        let served: Vec<SocketAddr> = self.listen.iter().chain(self.tls_listen.iter().flatten()).copied().collect();
+        check_addresses(&served, self.admin.addr())?;
         if let Some(name) = &self.user {
             check_user(name)?;
         }
@@ -359,6 +368,9 @@ fn file_settings(text: &str, path: &Path) -> Result<Cli, ConfigError> {
         AccessLogTarget::File(p) => AccessLogTarget::File(dir.join(p)),
         other => other,
     });
+    file.tls_cert = file.tls_cert.map(|p| dir.join(p));
+    file.tls_key = file.tls_key.map(|p| dir.join(p));
+    file.certificates = file.certificates.map(|list| list.into_iter().map(|c| c.relative_to(dir)).collect());
     Ok(file)
 }
 

@@ -22,6 +22,9 @@ pub const DURATION_BUCKETS: [f64; 14] =
 pub const LATENCY_BUCKETS: [f64; 14] =
     [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.25, 1.0];
 
+/// Upper bounds (seconds) of the TLS handshake duration histogram.
+pub const TLS_HANDSHAKE_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
+
 /// Everything counted, monotonic within one process's life.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -38,9 +41,25 @@ pub struct Figures {
     pub duration: Histogram,
     /// Worker: nanoseconds during which at least one request was in progress.
     pub busy_ns: u64,
+    /// Worker: TLS handshakes.
+    pub tls: Tls,
     /// Supervision of each role: the daemon's of listener and manager, the manager's of
     /// its workers.
     pub supervision: ByRole<Supervision>,
+}
+
+/// TLS handshakes of a worker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tls {
+    /// Completed, by version: TLSv1.2, TLSv1.3.
+    pub ok: [u64; 2],
+    /// Failed, by version: TLSv1.2, TLSv1.3, none (before a version was agreed).
+    pub failed: [u64; 3],
+    /// Completed handshakes that resumed a session.
+    pub resumed: u64,
+    /// Durations of completed handshakes over `TLS_HANDSHAKE_BUCKETS`.
+    pub duration: Histogram,
 }
 
 /// How the supervision of one role went.
@@ -180,6 +199,23 @@ impl Growth for ByReason {
     }
 }
 
+impl<const N: usize> Growth for [u64; N] {
+    fn growth_since(&self, before: &[u64; N]) -> [u64; N] {
+        std::array::from_fn(|i| self[i].saturating_sub(before[i]))
+    }
+}
+
+impl Growth for Tls {
+    fn growth_since(&self, before: &Tls) -> Tls {
+        Tls {
+            ok: self.ok.growth_since(&before.ok),
+            failed: self.failed.growth_since(&before.failed),
+            resumed: self.resumed.growth_since(&before.resumed),
+            duration: self.duration.growth_since(&before.duration),
+        }
+    }
+}
+
 impl Growth for Supervision {
     fn growth_since(&self, before: &Supervision) -> Supervision {
         Supervision {
@@ -209,6 +245,7 @@ impl Growth for Figures {
             response_bytes: self.response_bytes.growth_since(&before.response_bytes),
             duration: self.duration.growth_since(&before.duration),
             busy_ns: self.busy_ns.growth_since(&before.busy_ns),
+            tls: self.tls.growth_since(&before.tls),
             supervision: self.supervision.growth_since(&before.supervision),
         }
     }
@@ -231,6 +268,19 @@ impl AddAssign<&Histogram> for Histogram {
             *total += n;
         }
         self.sum_ns += other.sum_ns;
+    }
+}
+
+impl AddAssign<&Tls> for Tls {
+    fn add_assign(&mut self, other: &Tls) {
+        for (total, n) in self.ok.iter_mut().zip(other.ok) {
+            *total += n;
+        }
+        for (total, n) in self.failed.iter_mut().zip(other.failed) {
+            *total += n;
+        }
+        self.resumed += other.resumed;
+        self.duration += &other.duration;
     }
 }
 
@@ -258,6 +308,7 @@ impl AddAssign<&Figures> for Figures {
         self.response_bytes += other.response_bytes;
         self.duration += &other.duration;
         self.busy_ns += other.busy_ns;
+        self.tls += &other.tls;
         self.supervision += &other.supervision;
     }
 }

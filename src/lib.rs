@@ -24,6 +24,7 @@ pub mod observe;
 pub mod signals;
 pub mod supervise;
 pub mod sys;
+pub mod tls;
 pub mod worker;
 
 /// The version every process reports.

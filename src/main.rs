@@ -31,8 +31,16 @@ fn main() -> ExitCode {
             });
         }
     };
+    // Certificates are part of the configuration: a bad file is a usage error too.
+    let tls = match webd::tls::TlsMaterial::load(&config) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("webd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     webd::logging::init(config.log_format);
-    match webd::daemon::run(config, cli) {
+    match webd::daemon::run(config, cli, tls) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("webd: {e:#}");

@@ -10,6 +10,8 @@
 //! - `startup`: bad flags and runtime errors at start
 //! - `upgrade`: zero-downtime binary upgrade and rollback
 //! - `http`: the HTTP contract (docs/reference.md, HTTP) against the real binary
+//! - `tls`: HTTPS against the real binary with a CA made in the test: SNI, versions,
+//!   bad certificate files, a listener crash, hostile TLS input
 //! - `hostile`: hostile HTTP, control and admin clients and fd exhaustion, with a normal
 //!   client served throughout and heartbeats measured
 
@@ -21,6 +23,7 @@ mod http;
 mod metrics;
 mod ops;
 mod startup;
+mod tls;
 mod tree;
 mod upgrade;
 mod util;

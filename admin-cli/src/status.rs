@@ -12,7 +12,7 @@
 //! Column widths come from the content; text columns are left-aligned, numeric
 //! ones right-aligned, and `-` marks a value that does not apply.
 
-use webd_proto::{ProcessStatus, Status, WorkerStatus};
+use webd_proto::{CertificateStatus, ProcessStatus, Status, WorkerStatus};
 
 /// Renders `status` as the header line plus the process table, newline-terminated.
 pub fn render(status: &Status) -> String {
@@ -35,11 +35,28 @@ pub fn render(status: &Status) -> String {
     for worker in &status.workers {
         table.row(worker_row(worker));
     }
-    format!("{}\n\n{}", header(status), table.render())
+    let mut out = format!("{}\n\n{}", header(status), table.render());
+    if !status.certificates.is_empty() {
+        out.push('\n');
+        out.push_str(&certificates(&status.certificates));
+    }
+    out
+}
+
+/// The loaded certificates, the default first.
+fn certificates(certificates: &[CertificateStatus]) -> String {
+    let mut table = Table::new(&[("CERTIFICATE", Align::Left), ("NOT AFTER", Align::Left), ("FILE", Align::Left)]);
+    for cert in certificates {
+        table.row(vec![cert.names.join(" "), cert.not_after.clone(), cert.file.clone()]);
+    }
+    table.render()
 }
 
 fn header(status: &Status) -> String {
-    let listen = if status.listen.is_empty() { "none".to_owned() } else { status.listen.join(", ") };
+    let mut listen = if status.listen.is_empty() { "none".to_owned() } else { status.listen.join(", ") };
+    if !status.tls_listen.is_empty() {
+        listen = format!("{listen}; tls {}", status.tls_listen.join(", "));
+    }
     format!(
         "webd {} (pid {}) {}, up {}; listen {}; connections {} accepted, {} active; requests {}",
         status.version,
@@ -205,6 +222,8 @@ mod tests {
             state: webd_proto::DaemonState::Running,
             listen: vec!["127.0.0.1:8080".to_owned(), "[::1]:8080".to_owned()],
             admin: Some("127.0.0.1:9180".to_owned()),
+            tls_listen: Vec::new(),
+            certificates: Vec::new(),
             processes: vec![
                 ProcessStatus { keeper_pid: Some(4244), ..process("listener", 4243, ProcessState::Running, 0, 12.3) },
                 process("manager", 0, ProcessState::Backoff, 7, 1500.0),
@@ -234,6 +253,27 @@ worker     1  4251  idle             2       -      0         7
 worker    10     -  starting        12       -      0         0
 ";
         assert_eq!(render(&sample()), want);
+    }
+
+    #[test]
+    fn tls_addresses_and_certificates_are_listed_when_tls_is_on() {
+        let mut status = sample();
+        status.tls_listen = vec!["127.0.0.1:8443".to_owned()];
+        status.certificates = vec![CertificateStatus {
+            name: "example.com".to_owned(),
+            names: vec!["example.com".to_owned(), "*.example.com".to_owned()],
+            not_after: "2027-03-01T12:00:00Z".to_owned(),
+            file: "/etc/webd/example.pem".to_owned(),
+        }];
+        let text = render(&status);
+        assert!(text.contains("listen 127.0.0.1:8080, [::1]:8080; tls 127.0.0.1:8443;"), "{text}");
+        assert!(
+            text.ends_with(
+                "\nCERTIFICATE                NOT AFTER             FILE\n\
+                 example.com *.example.com  2027-03-01T12:00:00Z  /etc/webd/example.pem\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

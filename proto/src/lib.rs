@@ -148,10 +148,29 @@ pub struct Status {
     /// The admin endpoint's address as bound; `null` when it is off.
     #[serde(default)]
     pub admin: Option<String>,
+    /// The HTTPS addresses as bound (empty when TLS is off).
+    #[serde(default)]
+    pub tls_listen: Vec<String>,
+    /// The certificates served, the default first (empty when TLS is off).
+    #[serde(default)]
+    pub certificates: Vec<CertificateStatus>,
     pub processes: Vec<ProcessStatus>,
     pub workers: Vec<WorkerStatus>,
     pub connections: ConnectionStatus,
     pub requests_total: u64,
+}
+
+/// One loaded certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// Its first DNS name (the `name` label of its expiry metric).
+    pub name: String,
+    /// Every DNS name it serves (a wildcard as `*.example.com`).
+    pub names: Vec<String>,
+    /// Its notAfter, RFC 3339 in UTC.
+    pub not_after: String,
+    /// The certificate file it was read from.
+    pub file: String,
 }
 
 /// One supervised role (listener or manager).

@@ -42,6 +42,8 @@ fn status() -> webd_proto::Status {
         state: webd_proto::DaemonState::Running,
         listen: vec!["127.0.0.1:8080".into()],
         admin: Some("127.0.0.1:9180".into()),
+        tls_listen: Vec::new(),
+        certificates: Vec::new(),
         processes: vec![webd_proto::ProcessStatus {
             role: "listener".into(),
             pid: 4243,

@@ -63,6 +63,10 @@ fn samples(setting: &Setting) -> [String; 2] {
         "access_log" => ["off", "-"],
         "log_format" => ["text", "json"],
         "user" => ["alice", "bob"],
+        "tls_listen" => ["127.0.0.1:4431", "127.0.0.1:4432"],
+        "tls_cert" => ["/etc/a.pem", "/etc/b.pem"],
+        "tls_key" => ["/etc/a.key", "/etc/b.key"],
+        "certificates" => [r#"[{cert = "/a.pem", key = "/a.key"}]"#, r#"[{cert = "/b.pem", key = "/b.key"}]"#],
         other => panic!("no sample values for the setting {other}: add two here"),
     };
     [a.to_string(), b.to_string()]
@@ -120,6 +124,9 @@ fn what_a_reload_changes_live_is_what_it_always_did() {
         "keepalive_timeout",
         "max_connections",
         "max_header_fields",
+        "tls_cert",
+        "tls_key",
+        "certificates",
     ];
     assert_eq!(live, wanted);
 }

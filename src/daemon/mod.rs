@@ -49,6 +49,10 @@ pub struct Inheritance {
     pub config: Config,
     pub exe: std::path::PathBuf,
     pub listen: Vec<OwnedFd>,
+    /// The `tls_listen` sockets, in its order.
+    pub tls_listen: Vec<OwnedFd>,
+    /// The certificates, as last loaded (at start or by a reload).
+    pub tls: crate::tls::TlsMaterial,
     /// Steering channel: (listener's receiving end, manager's sending end).
     pub steering: (OwnedFd, OwnedFd),
     /// One lane per worker slot id: (listener's sending end, worker's receiving end).
@@ -117,10 +121,11 @@ struct Daemon {
     /// The addresses the listening sockets are bound to (a configured port 0 resolved),
     /// for status and the log: read once, and still known once a stop has closed them.
     listen_bound: Vec<std::net::SocketAddr>,
+    tls_listen_bound: Vec<std::net::SocketAddr>,
 }
 
 /// Runs the daemon until a graceful stop completes.
-pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
+pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial) -> anyhow::Result<()> {
     let mut successor_channel = None;
     let mut argv = std::env::args_os();
     let argv0 = argv.next().map(|a| a.to_string_lossy().into_owned()).unwrap_or_else(|| "webd".into());
@@ -134,20 +139,27 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
     };
     let access_log = open_access_log(&config)?;
     let handoff = upgrade::receive_handoff()?;
-    let (listen, inherited_control, inherited_admin, carried) = match handoff {
-        Some(inherited) if !sockets::serve_addresses(&inherited.listen, &config.listen) => anyhow::bail!(
-            "the old daemon's listening sockets are not the addresses this configuration listens on ({:?}): \
-             changing listen needs a restart",
-            config.listen
-        ),
+    let tls_addrs = config.tls_listen.clone().unwrap_or_default();
+    let (listen, tls_listen, inherited_control, inherited_admin, carried) = match handoff {
+        Some(inherited)
+            if !sockets::serve_addresses(&inherited.listen, &config.listen)
+                || !sockets::serve_addresses(&inherited.tls_listen, &tls_addrs) =>
+        {
+            anyhow::bail!(
+                "the old daemon's listening sockets are not the addresses this configuration listens on \
+                 ({:?}, TLS {:?}): changing listen or tls_listen needs a restart",
+                config.listen,
+                tls_addrs
+            )
+        }
         Some(inherited) => {
             tracing::info!(upgrades = inherited.totals.upgrades, "upgrade: took the sockets from the old daemon");
             let control = Some(std::os::unix::net::UnixListener::from(inherited.control));
             let admin = inherited.admin.map(std::net::TcpListener::from);
             successor_channel = Some(inherited.channel);
-            (inherited.listen, control, admin, inherited.totals)
+            (inherited.listen, inherited.tls_listen, control, admin, inherited.totals)
         }
-        None => (sockets::bind_all(&config.listen)?, None, None, Default::default()),
+        None => (sockets::bind_all(&config.listen)?, sockets::bind_all(&tls_addrs)?, None, None, Default::default()),
     };
     let steering = sys::seqpacket_pair().context("steering channel")?;
     let mut lanes = Vec::new();
@@ -185,9 +197,13 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
     };
     let now = Instant::now();
     let listen_bound = sockets::local_addrs(&listen);
+    let tls_listen_bound = sockets::local_addrs(&tls_listen);
+    let joined = |addrs: &[std::net::SocketAddr]| addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
     tracing::info!(
         pid = std::process::id(),
-        listen = %listen_bound.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "),
+        listen = %joined(&listen_bound),
+        tls_listen = %joined(&tls_listen_bound),
+        certificates = tls.certificates.len(),
         root = %config.root.display(),
         workers = config.workers,
         fd_limit,
@@ -203,6 +219,8 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
             config,
             exe,
             listen,
+            tls_listen,
+            tls,
             steering,
             lanes,
             lifeline_read,
@@ -232,6 +250,7 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
         args,
         manager_stop_pending: None,
         listen_bound,
+        tls_listen_bound,
     };
     daemon.continue_from(carried);
     let result = daemon.run_loop();
@@ -362,6 +381,15 @@ impl Daemon {
             }
         };
         let config = reload::apply_live(&self.inherit.config, new);
+        // Certificates are re-read even when their paths did not change: that is how a
+        // renewed certificate is taken. A bad file keeps the running ones.
+        let tls = match crate::tls::TlsMaterial::load(&config) {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: certificates refused; keeping the running configuration");
+                return;
+            }
+        };
         let log_changed = config.access_log != self.inherit.config.access_log;
         self.inherit.config = config.clone();
         if log_changed {
@@ -371,6 +399,10 @@ impl Daemon {
         if let Err(e) = self.ensure_lanes(config.workers) {
             tracing::error!(error = %format!("{e:#}"), "SIGHUP: cannot make lanes for the new workers; keeping the pool size");
             return;
+        }
+        if tls != self.inherit.tls {
+            self.manager.send(&ToManager::Tls(Box::new(tls.clone())));
+            self.inherit.tls = tls;
         }
         self.manager.send(&ToManager::Reconfigure(Box::new(config)));
     }
@@ -453,6 +485,7 @@ impl Daemon {
     /// before `stop` is answered, so `webctl stop && webd …` can bind them at once.
     fn release_sockets(&mut self) {
         self.inherit.listen.clear();
+        self.inherit.tls_listen.clear();
         if self.handed_over {
             self.planes.stop();
         } else {

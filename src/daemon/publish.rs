@@ -107,6 +107,8 @@ impl Daemon {
             state: self.state,
             listen: self.listen_bound.iter().map(|a| a.to_string()).collect(),
             admin: self.planes.admin_bound().map(|a| a.to_string()),
+            tls_listen: self.tls_listen_bound.iter().map(|a| a.to_string()).collect(),
+            certificates: self.inherit.tls.certificates.iter().map(crate::tls::Certificate::status).collect(),
             processes: vec![process_status(&mut self.listener, now), process_status(&mut self.manager, now)],
             workers: workers
                 .iter()

@@ -95,6 +95,7 @@ impl RoleKind for Listener {
             config: inherit.config.clone(),
             draining,
             listen: inherit.listen.iter().map(Fd::lend).collect(),
+            tls_listen: inherit.tls_listen.iter().map(Fd::lend).collect(),
             steering: Fd::lend(&inherit.steering.0),
             lifeline: Fd::lend(&inherit.lifeline_read),
         }))
@@ -138,6 +139,7 @@ impl RoleKind for Manager {
             steering: Fd::lend(&inherit.steering.1),
             lifeline: Fd::lend(&inherit.lifeline_read),
             access_log: inherit.access_log.as_ref().map(Fd::lend),
+            tls: inherit.tls.clone(),
         }))
     }
 

@@ -96,6 +96,7 @@ impl Daemon {
         let totals = self.carried_totals();
         let handoff = Handoff {
             listen: self.inherit.listen.iter().map(Fd::lend).collect(),
+            tls_listen: self.inherit.tls_listen.iter().map(Fd::lend).collect(),
             control: Fd::lend(&self.planes.control),
             admin: self.planes.admin.as_ref().map(|admin| Fd::lend(&admin.socket)),
             totals,
@@ -296,6 +297,7 @@ fn wait_for_exit(pid: Pid, timeout: Duration) -> Option<Exit> {
 /// What a new daemon takes from the one it replaces.
 pub struct Inherited {
     pub listen: Vec<OwnedFd>,
+    pub tls_listen: Vec<OwnedFd>,
     pub control: OwnedFd,
     pub admin: Option<OwnedFd>,
     pub totals: CarriedTotals,
@@ -314,6 +316,7 @@ pub fn receive_handoff() -> anyhow::Result<Option<Inherited>> {
     };
     Ok(Some(Inherited {
         listen: handoff.listen.into_iter().map(Fd::into_owned).collect::<std::io::Result<_>>()?,
+        tls_listen: handoff.tls_listen.into_iter().map(Fd::into_owned).collect::<std::io::Result<_>>()?,
         control: handoff.control.into_owned()?,
         admin: handoff.admin.map(Fd::into_owned).transpose()?,
         totals: handoff.totals,

@@ -59,6 +59,9 @@ pub enum ToManager<'a> {
     },
     /// The access log was reopened (SIGUSR1): here is the new file.
     ReopenLog(Fd<'a>),
+    /// Certificates re-read by a reload, for the workers started from now on (sent
+    /// before the `Reconfigure` that replaces every worker).
+    Tls(Box<crate::tls::TlsMaterial>),
     /// A reloaded configuration: resize the pool and replace every worker, one at a
     /// time, so all run with it.
     Reconfigure(Box<Config>),
@@ -112,6 +115,9 @@ pub struct ListenerBootstrap<'a> {
     pub draining: bool,
     /// Bound, listening TCP sockets, in `config.listen` order.
     pub listen: Vec<Fd<'a>>,
+    /// The same for HTTPS, in `config.tls_listen` order.
+    #[serde(default)]
+    pub tls_listen: Vec<Fd<'a>>,
     /// Receiving end of the steering channel.
     pub steering: Fd<'a>,
     /// Read end of the daemon's lifeline pipe: EOF means the daemon is gone.
@@ -128,6 +134,9 @@ pub struct ManagerBootstrap<'a> {
     pub lifeline: Fd<'a>,
     /// The access log, opened O_APPEND by the daemon, for its workers.
     pub access_log: Option<Fd<'a>>,
+    /// Certificates for its workers.
+    #[serde(default)]
+    pub tls: crate::tls::TlsMaterial,
 }
 
 /// What a worker needs to run.
@@ -141,20 +150,68 @@ pub struct WorkerBootstrap<'a> {
     /// Receiving end of its slot's lane.
     pub lane: Fd<'a>,
     pub access_log: Option<Fd<'a>>,
+    /// The certificates to serve TLS connections with.
+    #[serde(default)]
+    pub tls: crate::tls::TlsMaterial,
 }
 
-/// Connection descriptors, on a lane or moved to a worker.
+/// Connections, on a lane or moved to a worker.
 #[derive(Debug, Serialize)]
 #[serde(transparent)]
-pub struct Connections<'a>(pub Vec<Fd<'a>>);
+pub struct Connections<'a>(pub Vec<Connection<'a>>);
+
+/// One accepted connection and how it is to be served.
+#[derive(Debug)]
+pub struct Connection<'a> {
+    pub fd: Fd<'a>,
+    pub transport: Transport,
+}
+
+impl<'a> Connection<'a> {
+    pub fn plain(fd: Fd<'a>) -> Connection<'a> {
+        Connection { fd, transport: Transport::Plain }
+    }
+}
+
+/// What a connection speaks: HTTP, or HTTP inside TLS (accepted on a `tls_listen` socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    #[default]
+    Plain,
+    Tls,
+}
+
+/// On the wire a plain connection is its descriptor's index, as it always was (`[0]`), and
+/// a TLS one `{"tls":index}`.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum WireConnection<F> {
+    Plain(F),
+    Tls { tls: F },
+}
+
+impl Serialize for Connection<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.transport {
+            Transport::Plain => WireConnection::Plain(&self.fd).serialize(s),
+            Transport::Tls => WireConnection::Tls { tls: &self.fd }.serialize(s),
+        }
+    }
+}
 
 /// Keeps the connections that arrived when some did not (a receiver out of
 /// descriptors, `MSG_CTRUNC`, which `Channel::recv` reports): each one is a client.
 impl<'de> Deserialize<'de> for Connections<'_> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let indices = Vec::<u64>::deserialize(d)?;
+        let wire = Vec::<WireConnection<u64>>::deserialize(d)?;
+        let take = |i: u64| super::fd::take_incoming(i as usize).map(Fd::Owned);
         Ok(Connections(
-            indices.into_iter().filter_map(|i| super::fd::take_incoming(i as usize)).map(Fd::Owned).collect(),
+            wire.into_iter()
+                .filter_map(|c| match c {
+                    WireConnection::Plain(i) => take(i).map(|fd| Connection { fd, transport: Transport::Plain }),
+                    WireConnection::Tls { tls } => take(tls).map(|fd| Connection { fd, transport: Transport::Tls }),
+                })
+                .collect(),
         ))
     }
 }
@@ -199,6 +256,9 @@ pub enum ToPredecessor {
 pub struct Handoff<'a> {
     /// The listening sockets, in the old daemon's `config.listen` order.
     pub listen: Vec<Fd<'a>>,
+    /// The HTTPS ones, in its `config.tls_listen` order.
+    #[serde(default)]
+    pub tls_listen: Vec<Fd<'a>>,
     /// The control Unix socket (listening).
     pub control: Fd<'a>,
     /// The admin HTTP socket (listening), when the endpoint is on.

@@ -35,6 +35,8 @@ pub const MAX_MESSAGE: usize = 128 * 1024;
 /// `Connections` of one descriptor as `Channel::send` encodes it: the count byte, then
 /// the JSON naming descriptor #0.
 const ONE_CONNECTION: &[u8] = b"\x01[0]";
+/// The same for one TLS connection.
+const ONE_TLS_CONNECTION: &[u8] = b"\x01[{\"tls\":0}]";
 
 /// The process roles below the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -277,12 +279,21 @@ impl<R: Message> Channel<Connections<'static>, R> {
     /// the connection exists only in the listener, so nothing that can fail (or
     /// allocate) comes before the syscall. `announce` runs right before it (see
     /// `sys::send_with_fds_announced`).
-    pub fn send_connection_announced(&mut self, fd: BorrowedFd<'_>, announce: impl FnOnce()) -> io::Result<()> {
-        sys::send_with_fds_announced(self.fd.as_fd(), ONE_CONNECTION, &[fd], announce)
+    pub fn send_connection_announced(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        transport: Transport,
+        announce: impl FnOnce(),
+    ) -> io::Result<()> {
+        let message = match transport {
+            Transport::Plain => ONE_CONNECTION,
+            Transport::Tls => ONE_TLS_CONNECTION,
+        };
+        sys::send_with_fds_announced(self.fd.as_fd(), message, &[fd], announce)
     }
 
-    pub fn send_connection(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.send_connection_announced(fd, || {})
+    pub fn send_connection(&mut self, fd: BorrowedFd<'_>, transport: Transport) -> io::Result<()> {
+        self.send_connection_announced(fd, transport, || {})
     }
 }
 
@@ -315,13 +326,26 @@ mod tests {
     type Lane = LaneSender;
 
     #[test]
-    fn the_pre_encoded_connection_message_is_the_encoding_of_one_connection() {
-        let (a, _b) = sys::seqpacket_pair().expect("pair");
+    fn the_pre_encoded_connection_messages_are_the_encoding_of_one_connection() {
+        let (a, b) = sys::seqpacket_pair().expect("pair");
         let (x, _y) = sys::seqpacket_pair().expect("pair");
         let mut lane = Lane::new(a);
-        lane.tx.clear();
-        lane.send(&Connections(vec![Fd::lend(&x)])).expect("send");
-        assert_eq!(lane.tx, ONE_CONNECTION);
+        let mut reader = LaneReader::new(b);
+        for (transport, encoded) in [(Transport::Plain, ONE_CONNECTION), (Transport::Tls, ONE_TLS_CONNECTION)] {
+            lane.tx.clear();
+            lane.send(&Connections(vec![Connection { fd: Fd::lend(&x), transport }])).expect("send");
+            assert_eq!(lane.tx, encoded);
+            lane.send_connection(x.as_fd(), transport).expect("send");
+            for _ in 0..2 {
+                match reader.recv() {
+                    Ok(Recv::Message(Connections(conns))) => {
+                        assert_eq!(conns.len(), 1);
+                        assert_eq!(conns[0].transport, transport);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
     }
 
     #[test]
@@ -330,12 +354,16 @@ mod tests {
         let (x, _y) = sys::seqpacket_pair().expect("pair");
         let mut tx: Channel<ToWorker<'static>, Heartbeat> = Channel::new(a);
         let mut rx: Channel<Heartbeat, ToWorker<'static>> = Channel::new(b);
-        tx.send(&ToWorker::Connections(Connections(vec![Fd::lend(&x), Fd::lend(&x)]))).expect("send");
+        let two = vec![Connection::plain(Fd::lend(&x)), Connection { fd: Fd::lend(&x), transport: Transport::Tls }];
+        tx.send(&ToWorker::Connections(Connections(two))).expect("send");
         tx.send(&ToWorker::ReopenLog(Fd::lend(&x))).expect("send");
         tx.send(&ToWorker::Shutdown { deadline_ms: 7 }).expect("send");
         rx.send(&Heartbeat { pid: 7, seq: 3, sent_ns: 11, ..Default::default() }).expect("send");
         match rx.recv() {
-            Ok(Recv::Message(ToWorker::Connections(Connections(fds)))) => assert_eq!(fds.len(), 2),
+            Ok(Recv::Message(ToWorker::Connections(Connections(conns)))) => {
+                let transports: Vec<_> = conns.iter().map(|c| c.transport).collect();
+                assert_eq!(transports, [Transport::Plain, Transport::Tls]);
+            }
             other => panic!("unexpected {other:?}"),
         }
         assert!(matches!(rx.recv(), Ok(Recv::Message(ToWorker::ReopenLog(Fd::Owned(_))))));
@@ -361,7 +389,7 @@ mod tests {
         sys::send_with_fds(a.as_fd(), b"\x01[]", &[x.as_fd()]).expect("send");
         assert!(matches!(reader.recv(), Err(RecvError::Protocol(_))));
         let mut lane = Lane::new(a);
-        lane.send_connection(x.as_fd()).expect("send");
+        lane.send_connection(x.as_fd(), Transport::Plain).expect("send");
         assert!(matches!(reader.recv(), Ok(Recv::Message(Connections(fds))) if fds.len() == 1));
     }
 
@@ -376,7 +404,7 @@ mod tests {
         let mut ours: Channel<Heartbeat, ToWorker<'static>> = Channel::new(a);
         let mut peer: Channel<ToWorker<'static>, Heartbeat> = Channel::new(b);
         ours.send(&Heartbeat::default()).expect("send");
-        peer.send(&ToWorker::Connections(Connections(vec![Fd::lend(&x)]))).expect("send");
+        peer.send(&ToWorker::Connections(Connections(vec![Connection::plain(Fd::lend(&x))]))).expect("send");
         drop(peer);
         assert!(matches!(ours.next_fd_count(), Ok(Some(1))));
         assert!(matches!(ours.recv(), Ok(Recv::Message(ToWorker::Connections(Connections(fds)))) if fds.len() == 1));

@@ -7,15 +7,17 @@
 //! before `sendmsg`, cleared once it has closed its copy). When the listener dies, the
 //! keeper takes every accepted connection left in the table except the one being sent
 //! (the kernel has queued that one already, unless the listener died in the few
-//! instructions before the syscall) and sends them into that lane.
+//! instructions before the syscall) and sends them into that lane, each marked TLS or
+//! not by the listening socket its local address belongs to.
 
-use crate::ipc::LaneSender;
+use crate::ipc::{LaneSender, Transport};
 use crate::sys::shared_table::{self, SharedWords};
 use anyhow::Context;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -31,16 +33,38 @@ const TITLE: &str = "webd: keeper";
 pub struct Keeper {
     words: Option<SharedWords>,
     pid: Option<Pid>,
+    sockets: Sockets,
+}
+
+/// The listener's sockets' local addresses and what each serves, so the keeper can tell a
+/// TLS connection from a plain one by the address it was accepted on.
+#[derive(Debug, Clone, Default)]
+pub struct Sockets(Vec<(SocketAddr, Transport)>);
+
+impl Sockets {
+    pub fn of(listen: &[(OwnedFd, Transport)]) -> Sockets {
+        let local = |fd: &OwnedFd| socket2::SockRef::from(fd).local_addr().ok().and_then(|a| a.as_socket());
+        Sockets(listen.iter().filter_map(|(fd, t)| local(fd).map(|a| (a, *t))).collect())
+    }
+
+    /// How a connection whose local address is `addr` is served: the socket bound to that
+    /// address exactly, else one bound to the wildcard address on its port.
+    fn transport_of(&self, addr: Option<SocketAddr>) -> Transport {
+        let Some(addr) = addr else { return Transport::Plain };
+        let exact = self.0.iter().find(|(a, _)| *a == addr);
+        let wildcard = || self.0.iter().find(|(a, _)| a.port() == addr.port() && a.ip().is_unspecified());
+        exact.or_else(wildcard).map_or(Transport::Plain, |(_, t)| *t)
+    }
 }
 
 impl Keeper {
     /// Forks the keeper; call while the listener has a single thread. Without a keeper the
     /// listener still serves, but a connection it holds when it dies is lost; `check`
     /// tries again.
-    pub fn start() -> Keeper {
+    pub fn start(sockets: Sockets) -> Keeper {
         let words =
             SharedWords::new(2).inspect_err(|e| tracing::error!(error = %e, "no page to share with a keeper")).ok();
-        let mut keeper = Keeper { words, pid: None };
+        let mut keeper = Keeper { words, pid: None, sockets };
         keeper.spawn();
         keeper
     }
@@ -48,7 +72,8 @@ impl Keeper {
     fn spawn(&mut self) {
         let Some(words) = &self.words else { return };
         let listener = nix::unistd::getpid();
-        match shared_table::fork_sharing_files(|| run(listener, words)) {
+        let sockets = &self.sockets;
+        match shared_table::fork_sharing_files(|| run(listener, words, sockets)) {
             Ok(pid) => {
                 tracing::debug!(pid = pid.as_raw(), "keeper started");
                 self.pid = Some(pid);
@@ -100,7 +125,7 @@ impl Keeper {
 
 /// The keeper's whole life: wait for the listener to die, send on what it held. Returns
 /// the keeper's exit code.
-fn run(listener: Pid, words: &SharedWords) -> i32 {
+fn run(listener: Pid, words: &SharedWords, sockets: &Sockets) -> i32 {
     if let Err(e) = shared_table::retitle(TITLE) {
         tracing::warn!(error = %e, "keeper keeps the listener's title");
     }
@@ -108,7 +133,7 @@ fn run(listener: Pid, words: &SharedWords) -> i32 {
         tracing::error!(error = %e, "keeper cannot watch the listener");
         return 1;
     }
-    match rescue(words) {
+    match rescue(words, sockets) {
         Ok(0) => 0,
         Ok(sent) => {
             tracing::warn!(%listener, connections = sent, "the listener died holding connections: the keeper sent them on");
@@ -122,7 +147,7 @@ fn run(listener: Pid, words: &SharedWords) -> i32 {
 }
 
 /// Sends every connection the dead listener left in the table into its chosen lane.
-fn rescue(words: &SharedWords) -> anyhow::Result<usize> {
+fn rescue(words: &SharedWords, sockets: &Sockets) -> anyhow::Result<usize> {
     let lane = words.word(LANE).load(Ordering::Acquire);
     let sending = words.word(SENDING).load(Ordering::Acquire);
     let held = shared_table::orphaned_connections(sending).context("listing the listener's descriptors")?;
@@ -132,20 +157,40 @@ fn rescue(words: &SharedWords) -> anyhow::Result<usize> {
     let lane = shared_table::orphaned_seqpacket(lane).with_context(|| format!("no lane at fd {lane}"))?;
     let mut lane = LaneSender::new(lane);
     for fd in &held {
-        send_when_room(&mut lane, fd.as_fd()).context("sending into the lane")?;
+        let local = socket2::SockRef::from(fd).local_addr().ok().and_then(|a| a.as_socket());
+        send_when_room(&mut lane, fd.as_fd(), sockets.transport_of(local)).context("sending into the lane")?;
     }
     Ok(held.len())
 }
 
 /// The lane had room when the listener chose it, but workers may be slow to read.
-fn send_when_room(lane: &mut LaneSender, fd: BorrowedFd<'_>) -> io::Result<()> {
+fn send_when_room(lane: &mut LaneSender, fd: BorrowedFd<'_>, transport: Transport) -> io::Result<()> {
     let deadline = Instant::now() + ROOM_WAIT;
     loop {
-        match lane.send_connection(fd) {
+        match lane.send_connection(fd, transport) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(1));
             }
             result => return result,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rescued_connection_is_tls_when_its_address_is_a_tls_sockets() {
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("test address");
+        let sockets = Sockets(vec![
+            (addr("127.0.0.1:80"), Transport::Plain),
+            (addr("0.0.0.0:443"), Transport::Tls),
+            (addr("127.0.0.2:443"), Transport::Plain),
+        ]);
+        assert_eq!(sockets.transport_of(Some(addr("127.0.0.1:80"))), Transport::Plain);
+        assert_eq!(sockets.transport_of(Some(addr("10.1.2.3:443"))), Transport::Tls);
+        assert_eq!(sockets.transport_of(Some(addr("127.0.0.2:443"))), Transport::Plain, "exact match first");
+        assert_eq!(sockets.transport_of(None), Transport::Plain);
     }
 }

@@ -15,7 +15,7 @@ use crate::event_loop::{EventLoop, IndexTokens, Wake};
 use crate::fault::{self, ListenerStop};
 use crate::figures::Figures;
 use crate::heartbeat::{Heartbeater, Report};
-use crate::ipc::{self, LaneSender, LaneState, ListenerControl, Recv, Role, SteeringReader, ToListener};
+use crate::ipc::{self, LaneSender, LaneState, ListenerControl, Recv, Role, SteeringReader, ToListener, Transport};
 use anyhow::Context;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry};
@@ -60,7 +60,8 @@ struct Listener {
     lanes: Vec<Option<Lane>>,
     /// Until the manager steers, lanes of slots below this are open.
     configured_workers: u32,
-    listen: Vec<OwnedFd>,
+    /// The listening sockets and what their connections speak.
+    listen: Vec<(OwnedFd, Transport)>,
     pause: Pause,
     figures: Figures,
     stopping: bool,
@@ -83,18 +84,21 @@ pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
     };
     let steering = boot.steering.into_owned()?;
     let lifeline = boot.lifeline.into_owned()?;
-    let listen = boot.listen.into_iter().map(ipc::Fd::into_owned).collect::<std::io::Result<Vec<_>>>()?;
+    let with = |transport| move |fd: ipc::Fd<'_>| fd.into_owned().map(|fd| (fd, transport));
+    let listen = boot.listen.into_iter().map(with(Transport::Plain));
+    let tls_listen = boot.tls_listen.into_iter().map(with(Transport::Tls));
+    let listen = listen.chain(tls_listen).collect::<std::io::Result<Vec<_>>>()?;
     anyhow::ensure!(!listen.is_empty(), "bootstrap without listening sockets");
     tracing::info!(pid = std::process::id(), sockets = listen.len(), "listener started");
     // First, while we have one thread.
-    let keeper = keeper::Keeper::start();
+    let keeper = keeper::Keeper::start(keeper::Sockets::of(&listen));
 
     let mut event_loop = EventLoop::new(64).context("epoll")?;
     let control_token = event_loop.watch(control.raw_fd(), Interest::READABLE)?;
     let lifeline_token = event_loop.watch(lifeline.as_raw_fd(), Interest::READABLE)?;
     let steering_token = event_loop.watch(steering.as_raw_fd(), Interest::READABLE)?;
     // Their events need no telling apart: every wake-up accepts on all of them.
-    for fd in &listen {
+    for (fd, _) in &listen {
         event_loop.watch(fd.as_raw_fd(), Interest::READABLE)?;
     }
     let lane_tokens = event_loop.index_tokens();
@@ -281,11 +285,12 @@ impl Listener {
                     return;
                 };
                 self.keeper.before_accept(self.lane_fd(lane));
-                match crate::sys::net::accept(self.listen[i].as_fd()) {
+                let (socket, transport) = &self.listen[i];
+                match crate::sys::net::accept(socket.as_fd()) {
                     Ok(fd) => {
                         self.figures.accepted += 1;
                         fault::stop_if(self.stop_at, ListenerStop::AfterAccept);
-                        self.send(lane, fd);
+                        self.send(lane, fd, *transport);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if crate::sys::net::is_fd_exhaustion(&e) => {
@@ -309,12 +314,12 @@ impl Listener {
 
     /// Hands a connection to a worker's lane at once: between accept and send it exists
     /// only in this process's descriptor table (and the keeper's, which shares it).
-    fn send(&mut self, index: usize, fd: OwnedFd) {
+    fn send(&mut self, index: usize, fd: OwnedFd, transport: Transport) {
         let Some(lane) = self.lanes.get_mut(index).and_then(Option::as_mut) else { return };
         let (keeper, raw) = (&self.keeper, fd.as_raw_fd());
         // Told at the last instant before the syscall: the shorter the time the keeper
         // believes a connection queued that is not, the rarer a kill there loses it.
-        match lane.channel.send_connection_announced(fd.as_fd(), || keeper.sending(raw)) {
+        match lane.channel.send_connection_announced(fd.as_fd(), transport, || keeper.sending(raw)) {
             Ok(()) => {
                 lane.sent = lane.sent.saturating_add(1);
                 fault::stop_if(self.stop_at, ListenerStop::AfterSend);
@@ -329,7 +334,7 @@ impl Listener {
                 lane.state.open = false;
                 if let Some(other) = self.pick_lane() {
                     self.keeper.before_accept(self.lane_fd(other));
-                    self.send(other, fd);
+                    self.send(other, fd, transport);
                 }
             }
         }

@@ -42,6 +42,7 @@ pub fn run(mut control: ManagerControl) -> anyhow::Result<()> {
     let worker_tokens = event_loop.once_only_tokens();
     let mut pool = WorkerPool::new(config.clone(), exe, lifeline, steering, boot.draining, worker_tokens);
     pool.set_access_log(access_log);
+    pool.set_tls(boot.tls);
     // The daemon sends the lanes right after the bootstrap; workers start once they are here.
     handle_control(&mut control, &mut pool, event_loop.registry());
     let mut heartbeat = Heartbeater::new(Role::Manager, config.heartbeat_interval.duration());
@@ -167,6 +168,7 @@ fn handle_control(control: &mut ManagerControl, pool: &mut WorkerPool, registry:
             }
             ToManager::Scale { workers } => pool.scale(workers, registry),
             ToManager::RestartWorkers { id } => pool.restart(id, registry),
+            ToManager::Tls(tls) => pool.set_tls(*tls),
             ToManager::Reconfigure(config) => pool.reconfigure(*config, registry),
             ToManager::Bootstrap(_) => tracing::warn!("a second bootstrap: ignored"),
         }

@@ -13,8 +13,8 @@ use crate::config::Config;
 use crate::event_loop::Tokens;
 use crate::figures::{Figures, Supervision, LATENCY_BUCKETS};
 use crate::ipc::{
-    Connections, Fd, FromManager, Heartbeat, LaneReader, LaneState, Recv, RecvError, Steer, SteeringSender, ToWorker,
-    WorkerBootstrap, WorkerControl, WorkerLink, WorkerReport,
+    Connection, Connections, Fd, FromManager, Heartbeat, LaneReader, LaneState, Recv, RecvError, Steer, SteeringSender,
+    ToWorker, Transport, WorkerBootstrap, WorkerControl, WorkerLink, WorkerReport,
 };
 use crate::supervise::{Check, Child, Exited, Process, Reason, Slot, Supervised, Which};
 use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, spawn};
@@ -105,7 +105,7 @@ pub struct WorkerPool {
     steer_due: bool,
     slots: Vec<WorkerSlot>,
     /// Stranded connections taken but not yet delivered (every worker full or starting).
-    pending: Vec<OwnedFd>,
+    pending: Vec<(OwnedFd, Transport)>,
     draining: bool,
     shutting_down: bool,
     /// Poll tokens for the workers' channels.
@@ -115,6 +115,8 @@ pub struct WorkerPool {
     pub outbox: Vec<FromManager>,
     /// The access log file every worker appends to.
     access_log: Option<OwnedFd>,
+    /// The certificates new workers get.
+    tls: crate::tls::TlsMaterial,
     /// Workers that exited since the last heartbeat: reported once more with their final
     /// figures, so the daemon counts everything they served.
     exited: Vec<WorkerReport>,
@@ -156,6 +158,7 @@ impl WorkerPool {
             pending_reload: None,
             reload_after_op: None,
             access_log: None,
+            tls: Default::default(),
             exited: Vec::new(),
             supervision: Supervision::default(),
         }
@@ -210,6 +213,7 @@ impl WorkerPool {
             lifeline: Fd::lend(&self.lifeline),
             lane: Fd::lend(lane),
             access_log: self.access_log.as_ref().map(Fd::lend),
+            tls: self.tls.clone(),
         };
         if let Err(e) = channel.send(&ToWorker::Bootstrap(Box::new(boot))) {
             sys::process::signal(pid, Signal::SIGKILL);
@@ -320,7 +324,10 @@ impl WorkerPool {
             let mut delivered = false;
             for index in self.by_load() {
                 let Some(current) = self.slots[index].sup.current.as_mut() else { continue };
-                let conns = Connections(self.pending[..take].iter().map(Fd::lend).collect());
+                let conns = self.pending[..take]
+                    .iter()
+                    .map(|(fd, transport)| Connection { fd: Fd::lend(fd), transport: *transport });
+                let conns = Connections(conns.collect());
                 match current.channel.send(&ToWorker::Connections(conns)) {
                     Ok(()) => {
                         delivered = true;
@@ -553,6 +560,11 @@ impl WorkerPool {
     }
 
     /// A (re)opened access log: new workers get it, running ones are told to switch.
+    /// Certificates for the workers started from now on.
+    pub fn set_tls(&mut self, tls: crate::tls::TlsMaterial) {
+        self.tls = tls;
+    }
+
     pub fn set_access_log(&mut self, log: Option<OwnedFd>) {
         let Some(log) = log else { return };
         for current in self.serving_mut() {
@@ -783,7 +795,7 @@ impl Reported {
 /// Reads every message queued to a worker that will never read it, keeping the
 /// connections in `into`; returns how many. Only those are handed on: the fds of any
 /// other message (a reopened access log, an unread bootstrap) are closed.
-fn take_queued_connections(channel: &mut WorkerControl, into: &mut Vec<OwnedFd>) -> usize {
+fn take_queued_connections(channel: &mut WorkerControl, into: &mut Vec<(OwnedFd, Transport)>) -> usize {
     let before = into.len();
     let _ = channel.drain(|msg| match msg {
         ToWorker::Connections(conns) => take_connections(conns, into),
@@ -797,10 +809,10 @@ fn take_queued_connections(channel: &mut WorkerControl, into: &mut Vec<OwnedFd>)
 }
 
 /// Moves received connections into `into`.
-fn take_connections(conns: Connections<'_>, into: &mut Vec<OwnedFd>) {
-    for fd in conns.0 {
-        match fd.into_owned() {
-            Ok(fd) => into.push(fd),
+fn take_connections(conns: Connections<'_>, into: &mut Vec<(OwnedFd, Transport)>) {
+    for conn in conns.0 {
+        match conn.fd.into_owned() {
+            Ok(fd) => into.push((fd, conn.transport)),
             Err(e) => tracing::warn!(error = %e, "cannot take a connection"),
         }
     }
@@ -844,11 +856,13 @@ mod tests {
         let (log, _log_peer) = sys::seqpacket_pair().expect("pair");
         let mut manager = WorkerLink::new(ours);
         manager.send(&ToWorker::ReopenLog(Fd::lend(&log))).expect("send");
-        manager.send(&ToWorker::Connections(Connections(vec![Fd::lend(&conn)]))).expect("send");
+        let tls = Connection { fd: Fd::lend(&conn), transport: Transport::Tls };
+        manager.send(&ToWorker::Connections(Connections(vec![tls]))).expect("send");
         manager.send(&ToWorker::Drain).expect("send");
         let mut worker_end = WorkerControl::new(theirs);
         let mut recovered = Vec::new();
         assert_eq!(take_queued_connections(&mut worker_end, &mut recovered), 1);
         assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].1, Transport::Tls, "a TLS connection stays one");
     }
 }

@@ -12,10 +12,16 @@
 //! sent `Expect: 100-continue` gets `100 Continue` first, so it sends the body at all.
 //! The whole request, head and body, must arrive within the header timeout; one begun
 //! but not complete by then is answered `408` before the close.
+//!
+//! A TLS connection (`tls` set) runs the same machine over a [`Session`]: reads decrypt,
+//! buffered output is encrypted and flushed, and a file body is read into the write
+//! buffer a chunk at a time instead of sendfile (there is no kTLS here). A plain
+//! connection pays one `Option` test per read and write for it.
 
 use super::body::{BodySkipper, Skip};
 use super::request::{self, ErrorKind, Parsed, Request};
 use super::response::{self, Body, Multipart, Plan};
+use super::tls::Session;
 use super::{Shared, Stats};
 use crate::http1::{Linger, Lingering, LINGER_TIME};
 use crate::sys::retry_eintr;
@@ -40,6 +46,9 @@ const READ_BUF_INITIAL: usize = 4 * 1024;
 const WRITE_BUF_INITIAL: usize = 4 * 1024;
 /// Largest sendfile call, so one big download does not monopolise the loop.
 const SENDFILE_CHUNK: usize = 1 << 20;
+/// A TLS connection's file body is read into the write buffer this much at a time (four
+/// full TLS records; rustls buffers 64 KiB of records before it takes more).
+const TLS_FILE_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -95,6 +104,8 @@ struct Unflushed {
 
 pub struct Conn {
     sock: TcpStream,
+    /// TLS state, for a connection accepted on a TLS socket.
+    tls: Option<Box<Session>>,
     rbuf: Vec<u8>,
     rstart: usize,
     rend: usize,
@@ -119,7 +130,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(fd: OwnedFd, shared: &Shared, now: Instant) -> Conn {
+    pub fn new(fd: OwnedFd, tls: Option<Box<Session>>, shared: &Shared, now: Instant) -> Conn {
         // TCP_NODELAY is inherited from the listening socket.
         let sock = TcpStream::from(fd);
         let peer = match shared.access_log {
@@ -131,6 +142,7 @@ impl Conn {
             linger_on_close: false,
             lingering: None,
             sock,
+            tls,
             rbuf: vec![0; READ_BUF_INITIAL],
             rstart: 0,
             rend: 0,
@@ -185,7 +197,7 @@ impl Conn {
             if !needs_input {
                 continue;
             }
-            match self.fill() {
+            match self.fill(&mut shared.stats) {
                 Ok(0) => return Outcome::Close,
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -361,7 +373,7 @@ impl Conn {
     }
 
     fn has_output(&self) -> bool {
-        self.wpos < self.wbuf.len() || self.body.is_some()
+        self.wpos < self.wbuf.len() || self.body.is_some() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Writes buffered output, then the file body (a multipart body's part heads go
@@ -374,6 +386,23 @@ impl Conn {
             let Some(body) = self.body.as_mut() else {
                 return Ok(true);
             };
+            if self.tls.is_some() {
+                // The buffer is empty: refill it from the file, and encrypt it next turn.
+                if body.remaining > 0 {
+                    let count = body.remaining.min(TLS_FILE_CHUNK as u64) as usize;
+                    self.wbuf.resize(count, 0);
+                    let n = retry_eintr(|| body.file.read_at(&mut self.wbuf, body.offset as u64))?;
+                    self.wbuf.truncate(n);
+                    if n == 0 {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file truncated while sending"));
+                    }
+                    body.offset += n as i64;
+                    body.remaining -= n as u64;
+                } else if !body.next_part(&mut self.wbuf) {
+                    self.body = None;
+                }
+                continue;
+            }
             while body.remaining > 0 {
                 let count = body.remaining.min(SENDFILE_CHUNK as u64) as usize;
                 match retry_eintr(|| {
@@ -394,6 +423,9 @@ impl Conn {
 
     /// Sends the write buffer. Ok(false) when the socket is full.
     fn send_buffered(&mut self) -> io::Result<bool> {
+        if let Some(tls) = self.tls.as_mut() {
+            return send_encrypted(tls, &self.sock, &mut self.wbuf, &mut self.wpos);
+        }
         while self.wpos < self.wbuf.len() {
             // More follows from the file: let the kernel merge it with the head.
             let flags =
@@ -418,6 +450,9 @@ impl Conn {
     /// A close that cannot destroy the response in flight (`http1::Linger`): shut our
     /// side, then drain the client's input for a bounded time and amount.
     fn begin_linger(&mut self, now: Instant) -> Outcome {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.close_notify(&self.sock);
+        }
         if self.sock.shutdown(std::net::Shutdown::Write).is_err() {
             return Outcome::Close;
         }
@@ -434,7 +469,7 @@ impl Conn {
     }
 
     /// Reads more request bytes, compacting or growing the buffer as needed.
-    fn fill(&mut self) -> io::Result<usize> {
+    fn fill(&mut self, stats: &mut Stats) -> io::Result<usize> {
         if self.rstart == self.rend {
             self.rstart = 0;
             self.rend = 0;
@@ -451,7 +486,10 @@ impl Conn {
             }
             self.rbuf.resize(grown, 0);
         }
-        let n = retry_eintr(|| (&self.sock).read(&mut self.rbuf[self.rend..]))?;
+        let n = match self.tls.as_mut() {
+            None => retry_eintr(|| (&self.sock).read(&mut self.rbuf[self.rend..]))?,
+            Some(tls) => tls.read(&self.sock, &mut self.rbuf[self.rend..], &mut stats.figures.tls)?,
+        };
         self.rend += n;
         Ok(n)
     }
@@ -496,9 +534,33 @@ impl Conn {
     }
 
     /// Accounts for requests that die with the connection.
-    pub fn finish(self, stats: &mut Stats, now: Instant) {
+    pub fn finish(mut self, stats: &mut Stats, now: Instant) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.ended(&mut stats.figures.tls);
+            if self.lingering.is_none() {
+                tls.close_notify(&self.sock);
+            }
+        }
         if !self.unflushed.is_empty() {
             stats.requests_abandoned(self.unflushed.len() as u32, now);
+        }
+    }
+}
+
+/// Encrypts `wbuf[*wpos..]` and sends it with whatever TLS records wait. Ok(true) when
+/// all is out (the buffer is cleared), Ok(false) when the socket is full.
+fn send_encrypted(tls: &mut Session, sock: &TcpStream, wbuf: &mut Vec<u8>, wpos: &mut usize) -> io::Result<bool> {
+    loop {
+        if *wpos < wbuf.len() {
+            *wpos += tls.write(&wbuf[*wpos..])?;
+        }
+        if !tls.flush(sock)? {
+            return Ok(false);
+        }
+        if *wpos == wbuf.len() {
+            wbuf.clear();
+            *wpos = 0;
+            return Ok(true);
         }
     }
 }

@@ -15,12 +15,13 @@ pub mod path;
 pub mod range;
 pub mod request;
 pub mod response;
+mod tls;
 
 use crate::config::AccessLogTarget;
 use crate::event_loop::{EventLoop, IndexTokens, IntakePause, Slab, Wake};
 use crate::figures::{Figures, DURATION_BUCKETS};
 use crate::heartbeat::{Delivery, Heartbeater, Report, FINAL_REPORT_WITHIN};
-use crate::ipc::{self, Connections, LaneReader, Recv, RecvError, Role, ToWorker, WorkerControl};
+use crate::ipc::{self, Connections, LaneReader, Recv, RecvError, Role, ToWorker, Transport, WorkerControl};
 use anyhow::Context;
 use conn::{Conn, Outcome};
 use mio::unix::SourceFd;
@@ -45,6 +46,8 @@ pub struct Shared {
     pub scratch: Vec<u8>,
     /// The access log, when enabled.
     pub access_log: Option<access_log::AccessLog>,
+    /// What TLS connections start from; `None` when no certificate is configured.
+    pub tls: Option<tls::Acceptor>,
 }
 
 /// The worker's cumulative figures, reported in heartbeats.
@@ -143,6 +146,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         _ => None,
     };
     let root = path::Root::open(&config.root).with_context(|| format!("document root {}", config.root.display()))?;
+    let tls = tls::Acceptor::new(&boot.tls).context("TLS certificates")?;
     tracing::info!(worker = id, pid = std::process::id(), "worker started");
 
     let mut event_loop = EventLoop::new(1024).context("epoll")?;
@@ -165,6 +169,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
             stats: Stats::default(),
             scratch: Vec::with_capacity(1024),
             access_log,
+            tls,
         },
         max_connections: config.max_connections as usize,
         shutdown_at: None,
@@ -318,9 +323,9 @@ impl Worker {
     }
 
     fn accept_all(&mut self, conns: Connections<'_>, registry: &Registry, now: Instant) {
-        for fd in conns.0 {
-            match fd.into_owned() {
-                Ok(fd) => self.accept(fd, registry, now),
+        for conn in conns.0 {
+            match conn.fd.into_owned() {
+                Ok(fd) => self.accept(fd, conn.transport, registry, now),
                 Err(e) => tracing::warn!(worker = self.id, error = %e, "cannot take a connection"),
             }
         }
@@ -377,15 +382,26 @@ impl Worker {
         self.shutdown_at = Some(self.shutdown_at.map_or(at, |t| t.min(at)));
     }
 
-    fn accept(&mut self, fd: OwnedFd, registry: &Registry, now: Instant) {
+    fn accept(&mut self, fd: OwnedFd, transport: Transport, registry: &Registry, now: Instant) {
         self.shared.stats.figures.received += 1;
+        let session = match (transport, &self.shared.tls) {
+            (Transport::Plain, _) => None,
+            (Transport::Tls, Some(acceptor)) => match tls::Session::new(acceptor, now) {
+                Ok(session) => Some(Box::new(session)),
+                Err(e) => return tracing::warn!(worker = self.id, error = %e, "cannot start a TLS session"),
+            },
+            (Transport::Tls, None) => return tracing::warn!(worker = self.id, "a TLS connection, and no certificate"),
+        };
         if self.conns.len() >= self.max_connections {
-            conn::refuse_overloaded(fd, &mut self.shared);
+            // A plain client reads a 503; a TLS one could not, before a handshake.
+            if session.is_none() {
+                conn::refuse_overloaded(fd, &mut self.shared);
+            }
             return;
         }
         // The request has usually arrived while the fd travelled here: serve it before
         // touching epoll, so a `Connection: close` exchange costs no epoll_ctl at all.
-        let mut conn = Conn::new(fd, &self.shared, now);
+        let mut conn = Conn::new(fd, session, &self.shared, now);
         let outcome = conn.drive(&mut self.shared, now);
         if outcome == Outcome::Close {
             conn.finish(&mut self.shared.stats, now);

@@ -11,12 +11,14 @@ mod http;
 mod load;
 mod metrics;
 mod process;
+mod tls;
 
 pub use daemon::*;
 pub use http::*;
 pub use load::*;
 pub use metrics::*;
 pub use process::*;
+pub use tls::*;
 
 pub const WEBD: &str = env!("CARGO_BIN_EXE_webd");
 

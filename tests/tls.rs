@@ -1,0 +1,275 @@
+//! HTTPS (docs/reference.md, HTTPS) against the real binary, with a certificate
+//! authority made in the test.
+
+use crate::util::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A daemon serving HTTPS with a certificate for `a.test` (flags, the default) and one
+/// for `*.b.test` (`[[certificates]]` in the config file).
+struct TlsWebd {
+    webd: Webd,
+    ca: TestCa,
+    a: Issued,
+    b: Issued,
+    _files: tempfile::TempDir,
+}
+
+impl TlsWebd {
+    fn start(workers: u32) -> TlsWebd {
+        let files = tempfile::tempdir().expect("tempdir");
+        let ca = TestCa::new();
+        let a = ca.issue(files.path(), "a", &["a.test"]);
+        let b = ca.issue(files.path(), "b", &["*.b.test"]);
+        let toml = format!("[[certificates]]\ncert = {:?}\nkey = {:?}\n", b.cert, b.key);
+        let webd =
+            Webd::start_with(Options { workers, args: tls_args(&a), config_toml: Some(toml), ..Options::default() });
+        TlsWebd { webd, ca, a, b, _files: files }
+    }
+
+    fn tls_addr(&self) -> SocketAddr {
+        wait_for(Duration::from_secs(10), "tls_listen in status", || {
+            self.webd.status_json()["status"]["tls_listen"].get(0)?.as_str()?.parse().ok()
+        })
+    }
+
+    fn client(&self) -> Arc<rustls::ClientConfig> {
+        self.ca.client(&[])
+    }
+}
+
+fn tls_args(cert: &Issued) -> Vec<String> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    [
+        "--tls-listen".into(),
+        "127.0.0.1:0".into(),
+        "--tls-cert".into(),
+        path(&cert.cert),
+        "--tls-key".into(),
+        path(&cert.key),
+    ]
+    .into()
+}
+
+#[test]
+fn each_sni_name_gets_its_own_certificate_and_the_page() {
+    let t = TlsWebd::start(2);
+    let (addr, client) = (t.tls_addr(), t.client());
+    for (name, want) in [("a.test", &t.a.der), ("www.b.test", &t.b.der), ("other.b.test", &t.b.der)] {
+        let answer =
+            tls_get(tcp_to(addr), &client, name, "/index.html").unwrap_or_else(|e| panic!("GET via {name}: {e}"));
+        assert_eq!(answer.status, 200, "{name}");
+        assert_eq!(answer.body, BODY, "{name}");
+        assert_eq!(&answer.peer, want, "{name} got another certificate");
+        assert_eq!(answer.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    }
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let answer = tls_get(tcp_to(addr), &t.ca.client(&[version]), "a.test", "/index.html").expect("GET");
+        assert_eq!((answer.status, answer.version), (200, Some(version.version)));
+    }
+    // Plain HTTP is unchanged beside it.
+    assert_eq!(get(t.webd.addr(), "/index.html").expect("plain GET").status, 200);
+    let status = t.webd.status_json()["status"].clone();
+    let names: Vec<&str> =
+        status["certificates"].as_array().expect("certificates").iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["a.test", "*.b.test"], "{status}");
+    let listed = t.webd.ctl_ok(&["status"]);
+    assert!(listed.contains("CERTIFICATE") && listed.contains("*.b.test"), "{listed}");
+}
+
+/// A response to an old ClientHello: the first record's content type (0x15 alert,
+/// 0x16 handshake), or None when the server just closed.
+fn answer_to(addr: SocketAddr, hello: &[u8]) -> Option<u8> {
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    tcp.write_all(hello).expect("send hello");
+    let mut first = [0u8; 1];
+    match tcp.read(&mut first) {
+        Ok(1) => Some(first[0]),
+        _ => None,
+    }
+}
+
+#[test]
+fn tls_1_0_and_1_1_are_refused() {
+    let t = TlsWebd::start(1);
+    let addr = t.tls_addr();
+    for version in [0x0301, 0x0302] {
+        let answer = answer_to(addr, &legacy_client_hello(version));
+        assert!(answer == Some(0x15) || answer.is_none(), "version {version:#x}: answered {answer:?}, not an alert");
+    }
+    assert_eq!(tls_get(tcp_to(addr), &t.client(), "a.test", "/").expect("a modern client still served").status, 200);
+}
+
+#[test]
+fn bad_certificate_files_are_config_errors_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new();
+    let good = ca.issue(dir.path(), "good", &["a.test"]);
+    let other = ca.issue(dir.path(), "other", &["a.test"]);
+    let expired = ca.issue_until(dir.path(), "expired", &["a.test"], Some((2020, 1, 1)));
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nnot base64 !!\n-----END CERTIFICATE-----\n").expect("write");
+    let missing = dir.path().join("missing.pem");
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    let cases = [
+        ("missing certificate", s(&missing), s(&good.key), s(&missing)),
+        ("unparsable certificate", s(&garbage), s(&good.key), s(&garbage)),
+        ("unparsable key", s(&good.cert), s(&garbage), s(&garbage)),
+        ("key of another certificate", s(&good.cert), s(&other.key), s(&other.key)),
+        ("expired certificate", s(&expired.cert), s(&expired.key), s(&expired.cert)),
+    ];
+    for (what, cert, key, named) in cases {
+        let args = [
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+        ];
+        let (code, stderr) = run_webd(&args);
+        assert_eq!(code, Some(2), "{what}: {stderr}");
+        assert!(stderr.contains(&named), "{what}: the error names {named}: {stderr}");
+    }
+}
+
+/// The listener dies (SIGKILL) with TLS connections waiting in the kernel's queue: the
+/// next listener takes them, marked TLS, and every one completes its handshake and GET.
+#[test]
+fn a_listener_killed_with_tls_connections_queued_loses_none() {
+    let t = TlsWebd::start(2);
+    let (addr, client) = (t.tls_addr(), t.client());
+    let listener = |webd: &Webd| -> Option<i32> {
+        let status = webd.status_json()["status"].clone();
+        let p = status["processes"].as_array()?.iter().find(|p| p["role"] == "listener")?.clone();
+        p["pid"].as_i64().filter(|pid| *pid > 0).map(|pid| pid as i32)
+    };
+    let old = wait_for(Duration::from_secs(5), "listener pid", || listener(&t.webd));
+    kill(old, libc::SIGSTOP);
+    // Connected means queued in the backlog: the stopped listener accepts nothing.
+    let queued: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).expect("connect")).collect();
+    kill(old, libc::SIGKILL);
+    let answers: Vec<_> = queued
+        .into_iter()
+        .map(|tcp| {
+            let client = client.clone();
+            std::thread::spawn(move || tls_get(tcp, &client, "a.test", "/index.html").map(|a| a.status))
+        })
+        .collect();
+    for (i, answer) in answers.into_iter().enumerate() {
+        let result = answer.join().expect("client thread");
+        assert_eq!(result.as_ref().ok(), Some(&200), "queued TLS connection {i}: {result:?}");
+    }
+    wait_until(Duration::from_secs(10), "a new listener", || listener(&t.webd).is_some_and(|p| p != old));
+}
+
+/// A canary served over TLS and plain HTTP while `attack` runs, on a single worker: a
+/// hostile client that pinned it would stop the canary.
+fn canary_during(t: &TlsWebd, what: &str, attack: impl FnOnce(SocketAddr) + Send + 'static) {
+    let (addr, client) = (t.tls_addr(), t.client());
+    let attacker = std::thread::spawn(move || attack(addr));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut served = 0;
+    while Instant::now() < deadline || !attacker.is_finished() {
+        let started = Instant::now();
+        let answer = tls_get(tcp_to(addr), &client, "a.test", "/index.html");
+        assert_eq!(answer.as_ref().map(|a| a.status).ok(), Some(200), "{what}: TLS canary: {answer:?}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{what}: TLS canary took {:?}", started.elapsed());
+        assert_eq!(get(t.webd.addr(), "/index.html").map(|r| r.status).ok(), Some(200), "{what}: plain canary");
+        served += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    attacker.join().expect("attacker");
+    assert!(served >= 3, "{what}: only {served} canary requests");
+}
+
+#[test]
+fn hostile_tls_input_never_crashes_or_pins_a_worker() {
+    let t = TlsWebd::start_with_header_timeout(1, 1500);
+    let worker = t.webd.worker_pids();
+    let hello = client_hello(&t.client());
+    canary_during(&t, "random bytes", |addr| {
+        let mut rng = Rng::new(14);
+        for _ in 0..50 {
+            let bytes: Vec<u8> = (0..rng.range(1, 4096)).map(|_| rng.next_u64() as u8).collect();
+            if let Ok(mut tcp) = TcpStream::connect(addr) {
+                let _ = tcp.write_all(&bytes);
+            }
+        }
+    });
+    let truncated = hello[..hello.len() / 2].to_vec();
+    canary_during(&t, "truncated ClientHello", move |addr| hold(addr, 20, &truncated));
+    let slow = hello.clone();
+    canary_during(&t, "a handshake sent one byte per second", move |addr| {
+        let Ok(mut tcp) = TcpStream::connect(addr) else { return };
+        for byte in slow.iter().take(4) {
+            if tcp.write_all(&[*byte]).is_err() {
+                return; // closed at the header timeout: as it should be
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    let flood = hello.clone();
+    // Whole ClientHellos, never a second flight.
+    canary_during(&t, "handshakes that never finish", move |addr| hold(addr, 200, &flood));
+    canary_during(&t, "renegotiation attempt", renegotiate);
+    assert_eq!(t.webd.worker_pids(), worker, "the worker was not replaced (no crash, no hang)");
+}
+
+/// Opens `count` connections, sends `bytes` on each and holds them open for 2 s.
+fn hold(addr: SocketAddr, count: usize, bytes: &[u8]) {
+    let held: Vec<TcpStream> = (0..count)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .map(|mut tcp| {
+            let _ = tcp.write_all(bytes);
+            tcp
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    drop(held);
+}
+
+/// TLS 1.2 with `openssl s_client`, asking it to renegotiate (`R`) after a request.
+fn renegotiate(addr: SocketAddr) {
+    use std::process::{Command, Stdio};
+    let Ok(mut child) = Command::new("openssl")
+        .args(["s_client", "-tls1_2", "-connect", &addr.to_string(), "-servername", "a.test"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        eprintln!("no openssl: renegotiation case skipped");
+        return;
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"R\n");
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = stdin.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\nR\n");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if exit_within(&mut child, Duration::from_secs(5)).is_none() {
+        let _ = child.kill();
+    }
+}
+
+impl TlsWebd {
+    fn start_with_header_timeout(workers: u32, ms: u32) -> TlsWebd {
+        let files = tempfile::tempdir().expect("tempdir");
+        let ca = TestCa::new();
+        let a = ca.issue(files.path(), "a", &["a.test"]);
+        let b = ca.issue(files.path(), "b", &["*.b.test"]);
+        let mut args = tls_args(&a);
+        args.extend(["--header-timeout".to_string(), ms.to_string()]);
+        let webd = Webd::start_with(Options { workers, args, ..Options::default() });
+        TlsWebd { webd, ca, a, b, _files: files }
+    }
+}
