@@ -36,6 +36,8 @@ pub struct Observed {
     pub figures: Figures,
     /// Binary upgrades this tree descends from.
     pub upgrades: u64,
+    /// The certificates served: first DNS name and notAfter (Unix seconds).
+    pub certificates: Vec<(String, i64)>,
     /// Bumped by every publication: readers may reuse what they derived from the same one.
     pub generation: u64,
 }

@@ -25,8 +25,9 @@ impl TlsWebd {
         let a = ca.issue(files.path(), "a", &["a.test"]);
         let b = ca.issue(files.path(), "b", &["*.b.test"]);
         let toml = format!("[[certificates]]\ncert = {:?}\nkey = {:?}\n", b.cert, b.key);
-        let webd =
-            Webd::start_with(Options { workers, args: tls_args(&a), config_toml: Some(toml), ..Options::default() });
+        let mut args = tls_args(&a);
+        args.extend(["--admin".to_string(), "127.0.0.1:0".to_string()]);
+        let webd = Webd::start_with(Options { workers, args, config_toml: Some(toml), ..Options::default() });
         TlsWebd { webd, ca, a, b, _files: files }
     }
 
@@ -78,6 +79,20 @@ fn each_sni_name_gets_its_own_certificate_and_the_page() {
     assert_eq!(names, ["a.test", "*.b.test"], "{status}");
     let listed = t.webd.ctl_ok(&["status"]);
     assert!(listed.contains("CERTIFICATE") && listed.contains("*.b.test"), "{listed}");
+    // The handshakes are counted (5 completed above, 2 of them TLS 1.2) and each
+    // certificate's expiry exported.
+    let admin = t.webd.admin_addr().expect("admin address").port();
+    let handshakes =
+        |version| metric(&scrape(admin), "webd_tls_handshakes_total", &[("result", "ok"), ("version", version)]);
+    wait_until(Duration::from_secs(10), "the handshakes counted", || {
+        handshakes("TLSv1.2").unwrap_or(0.0) >= 1.0 && handshakes("TLSv1.3").unwrap_or(0.0) >= 4.0
+    });
+    let samples = scrape(admin);
+    for name in ["a.test", "*.b.test"] {
+        let expiry = metric(&samples, "webd_tls_certificate_expiry_timestamp_seconds", &[("name", name)]);
+        assert!(expiry.is_some_and(|t| t > 1.7e9), "expiry of {name}: {expiry:?}");
+    }
+    assert!(metric(&samples, "webd_tls_handshake_duration_seconds_count", &[]).is_some_and(|n| n >= 5.0));
 }
 
 /// A response to an old ClientHello: the first record's content type (0x15 alert,

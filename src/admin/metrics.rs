@@ -8,7 +8,7 @@
 //! The `prometheus` crate's registry checks the declarations and its text encoder writes
 //! format 0.0.4.
 
-use crate::figures::{Histogram, Role, DURATION_BUCKETS, LATENCY_BUCKETS};
+use crate::figures::{Histogram, Role, DURATION_BUCKETS, LATENCY_BUCKETS, TLS_HANDSHAKE_BUCKETS};
 use crate::observe::{Observed, SharedObserved};
 use crate::supervise::Reason;
 use prometheus::core::{Collector, Desc};
@@ -86,8 +86,29 @@ pub const UPGRADES: MetricDef = def(
     "Zero-downtime binary upgrades this daemon descends from (carried from daemon to daemon).",
 );
 
+pub const TLS_HANDSHAKES: MetricDef = def(
+    "webd_tls_handshakes_total",
+    COUNTER,
+    &["result", "version"],
+    "TLS handshakes by result (ok, failed) and version (TLSv1.2, TLSv1.3, none when failed before one was agreed).",
+);
+pub const TLS_RESUMED: MetricDef =
+    def("webd_tls_resumed_total", COUNTER, &[], "Completed TLS handshakes that resumed a session.");
+pub const TLS_HANDSHAKE_DURATION: MetricDef = def(
+    "webd_tls_handshake_duration_seconds",
+    HISTOGRAM,
+    &[],
+    "Time from a TLS connection's arrival in a worker to its completed handshake.",
+);
+pub const TLS_CERTIFICATE_EXPIRY: MetricDef = def(
+    "webd_tls_certificate_expiry_timestamp_seconds",
+    GAUGE,
+    &["name"],
+    "notAfter of each certificate served (Unix time), by its first DNS name.",
+);
+
 /// Every `webd_*` metric, in exposition order.
-pub const ALL: [MetricDef; 15] = [
+pub const ALL: [MetricDef; 19] = [
     HEARTBEAT_LATENCY,
     HEARTBEAT_AGE,
     HEARTBEATS_MISSED,
@@ -103,6 +124,10 @@ pub const ALL: [MetricDef; 15] = [
     DRAINING,
     BUILD_INFO,
     UPGRADES,
+    TLS_HANDSHAKES,
+    TLS_RESUMED,
+    TLS_HANDSHAKE_DURATION,
+    TLS_CERTIFICATE_EXPIRY,
 ];
 
 /// Roles always exported, so `min(webd_process_up)` sees a role that never came up.
@@ -179,6 +204,7 @@ fn snapshot(o: &Observed) -> Observed {
         connections_active: o.connections_active,
         figures: o.figures.clone(),
         upgrades: o.upgrades,
+        certificates: o.certificates.clone(),
         generation: o.generation,
         // Everything but the status document, which metrics do not use.
         status: None,
@@ -195,7 +221,33 @@ pub fn families(o: &Observed) -> Vec<MetricFamily> {
     out.push(Family::new(&DRAINING).gauge(&[], bool_value(o.draining)).finish());
     out.push(Family::new(&BUILD_INFO).gauge(&[crate::VERSION], 1.0).finish());
     out.push(Family::new(&UPGRADES).counter(&[], o.upgrades).finish());
+    out.extend(tls_families(o));
     out
+}
+
+/// Handshake families only while TLS is on (a certificate is loaded).
+fn tls_families(o: &Observed) -> Vec<MetricFamily> {
+    if o.certificates.is_empty() {
+        return Vec::new();
+    }
+    let tls = &o.figures.tls;
+    let mut handshakes = Family::new(&TLS_HANDSHAKES);
+    for (version, n) in ["TLSv1.2", "TLSv1.3"].into_iter().zip(tls.ok) {
+        handshakes = handshakes.counter(&["ok", version], n);
+    }
+    for (version, n) in ["TLSv1.2", "TLSv1.3", "none"].into_iter().zip(tls.failed) {
+        handshakes = handshakes.counter(&["failed", version], n);
+    }
+    let mut expiry = Family::new(&TLS_CERTIFICATE_EXPIRY);
+    for (name, not_after) in &o.certificates {
+        expiry = expiry.gauge(&[name.as_str()], *not_after as f64);
+    }
+    vec![
+        handshakes.finish(),
+        Family::new(&TLS_RESUMED).counter(&[], tls.resumed).finish(),
+        Family::new(&TLS_HANDSHAKE_DURATION).histogram(&[], &tls.duration, &TLS_HANDSHAKE_BUCKETS).finish(),
+        expiry.finish(),
+    ]
 }
 
 /// Every role, with zero figures while it has none yet.

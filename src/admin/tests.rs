@@ -4,7 +4,7 @@
 
 use super::metrics::{self, MetricDef, RESTART_REASONS, ROLES, WORKER_STATES};
 use super::{bind, serve, Limits};
-use crate::figures::{ByCode, ByRole, Figures, Histogram, Supervision, LATENCY_BUCKETS};
+use crate::figures::{ByCode, ByRole, Figures, Histogram, Supervision, Tls, LATENCY_BUCKETS};
 use crate::observe::{Observed, RoleState, SharedObserved};
 use prometheus::proto::MetricType;
 use std::collections::BTreeMap;
@@ -89,9 +89,16 @@ fn synthetic() -> Observed {
             // Per-bucket counts over DURATION_BUCKETS (14 bounds) plus the overflow.
             duration: histogram(&[5, 10, 20, 30, 15, 10, 5, 2, 1, 0, 0, 0, 0, 0, 1], 1.75),
             supervision: ByRole { listener: listener.1, manager: manager.1, worker: worker.1 },
+            tls: Tls {
+                ok: [3, 40],
+                failed: [0, 1, 2],
+                resumed: 7,
+                duration: histogram(&[1, 2, 30, 5, 3, 2, 0, 0, 0, 0, 0], 0.12),
+            },
             ..Figures::default()
         },
         upgrades: 2,
+        certificates: vec![("a.test".into(), 1_900_000_000)],
         generation: 1,
     }
 }
@@ -413,7 +420,7 @@ fn metrics_expose_every_spec_name_and_label_set() {
     let (reply, samples) = scrape(addr);
     assert_eq!(reply.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
 
-    let spec: [(&str, &str, &[&str]); 14] = [
+    let spec: [(&str, &str, &[&str]); 19] = [
         ("webd_heartbeat_latency_seconds", "histogram", &["role"]),
         ("webd_heartbeat_age_seconds", "gauge", &["role"]),
         ("webd_heartbeats_missed_total", "counter", &["role"]),
@@ -428,6 +435,11 @@ fn metrics_expose_every_spec_name_and_label_set() {
         ("webd_http_response_bytes_total", "counter", &[]),
         ("webd_draining", "gauge", &[]),
         ("webd_build_info", "gauge", &["version"]),
+        ("webd_upgrades_total", "counter", &[]),
+        ("webd_tls_handshakes_total", "counter", &["result", "version"]),
+        ("webd_tls_resumed_total", "counter", &[]),
+        ("webd_tls_handshake_duration_seconds", "histogram", &[]),
+        ("webd_tls_certificate_expiry_timestamp_seconds", "gauge", &["name"]),
     ];
     for ((name, kind, label_names), def) in spec.iter().zip(metrics::ALL.iter()) {
         assert_eq!((*name, *label_names), (def.name, def.labels), "declaration matches docs/reference.md, Metrics");
@@ -480,6 +492,10 @@ fn metric_values_are_the_observed_figures() {
     assert_eq!(at("webd_http_response_bytes_total", &[]), Some(123_456.0));
     assert_eq!(at("webd_http_request_duration_seconds_sum", &[]), Some(1.75));
     assert_eq!(at("webd_draining", &[]), Some(0.0));
+    assert_eq!(at("webd_tls_handshakes_total", &[("result", "ok"), ("version", "TLSv1.3")]), Some(40.0));
+    assert_eq!(at("webd_tls_handshakes_total", &[("result", "failed"), ("version", "none")]), Some(2.0));
+    assert_eq!(at("webd_tls_resumed_total", &[]), Some(7.0));
+    assert_eq!(at("webd_tls_certificate_expiry_timestamp_seconds", &[("name", "a.test")]), Some(1.9e9));
 
     // Each scrape reads the accumulated totals afresh.
     {
@@ -519,7 +535,7 @@ fn histogram_buckets_are_cumulative_and_end_at_count() {
             checked += 1;
         }
     }
-    assert_eq!(checked, ROLES.len() + 1, "one latency series per role plus the request durations");
+    assert_eq!(checked, ROLES.len() + 2, "one latency series per role, the request and the TLS handshake durations");
 
     // The request-duration buckets: per-bucket counts 5, 10, 20, ... summed; 1 overflow.
     let le = |bound: &str| value_of(&samples, "webd_http_request_duration_seconds_bucket", &[("le", bound)]);
