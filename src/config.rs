@@ -13,6 +13,9 @@
 
 #[macro_use]
 mod declare;
+mod rules;
+
+pub use rules::HiddenFiles;
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -67,6 +70,8 @@ settings! {
     max_header_fields: u32 { flag: "N", range: 1..=1024, default: "100", reload: Live }
 
     file only:
+    /// `deny`: a path with a segment starting with `.` is 404, except under `/.well-known/`
+    hidden_files: HiddenFiles { default: HiddenFiles::Deny, reload: Live }
 }
 
 const AFTER_HELP: &str = "\

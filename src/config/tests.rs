@@ -63,6 +63,7 @@ fn samples(setting: &Setting) -> [String; 2] {
         "access_log" => ["off", "-"],
         "log_format" => ["text", "json"],
         "user" => ["alice", "bob"],
+        "hidden_files" => ["\"deny\"", "\"allow\""],
         other => panic!("no sample values for the setting {other}: add two here"),
     };
     [a.to_string(), b.to_string()]
@@ -120,6 +121,7 @@ fn what_a_reload_changes_live_is_what_it_always_did() {
         "keepalive_timeout",
         "max_connections",
         "max_header_fields",
+        "hidden_files",
     ];
     assert_eq!(live, wanted);
 }

@@ -5,7 +5,7 @@
 //! its path); percent-decode into the caller's scratch buffer (`%2f` becomes `/` *before*
 //! dot segments are resolved, so an encoded slash cannot hide a `..`); normalize dot
 //! segments in place, refusing a `..` that would climb above the root (403, never clamped);
-//! then open the result relative to the root's directory fd with `openat2(2)` and
+//! then refuse a hidden path if the rules say so ([`super::rules`], 404); then open the result relative to the root's directory fd with `openat2(2)` and
 //! `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`, so the kernel refuses symlinks that lead out
 //! of the root (EXDEV → 403). Kernels without `openat2` (ENOSYS) fall back to
 //! canonicalizing the path and comparing prefixes.
@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
+
+use super::rules::Rules;
 
 /// Name tried inside a directory requested with a trailing slash.
 const INDEX_FILE: &[u8] = b"index.html";
@@ -117,11 +119,12 @@ impl From<Refusal> for Resolved {
     }
 }
 
-/// Resolves `target` against `root`.
+/// Resolves `target` against `root` under `rules`: a hidden path is 404 before anything
+/// is opened.
 ///
 /// `scratch` is the caller's reusable buffer (cleared here); once it has grown to the
 /// longest path seen, resolution allocates nothing.
-pub fn resolve(root: &Root, target: &[u8], scratch: &mut Vec<u8>) -> Resolved {
+pub fn resolve(root: &Root, rules: &Rules, target: &[u8], scratch: &mut Vec<u8>) -> Resolved {
     let Some(parts) = split_target(target) else {
         return Resolved::BadRequest;
     };
@@ -131,6 +134,9 @@ pub fn resolve(root: &Root, target: &[u8], scratch: &mut Vec<u8>) -> Resolved {
     }
     if let Err(refusal) = normalize_dot_segments(scratch) {
         return refusal.into();
+    }
+    if rules.hides(scratch) {
+        return Resolved::NotFound;
     }
     open_normalized(root, parts.query, scratch)
 }
@@ -461,7 +467,7 @@ mod tests {
 
     fn resolve_str(fixture: &Fixture, target: &str) -> (Resolved, Vec<u8>) {
         let mut scratch = Vec::new();
-        let resolved = resolve(&fixture.root, target.as_bytes(), &mut scratch);
+        let resolved = resolve(&fixture.root, &Rules::NONE, target.as_bytes(), &mut scratch);
         (resolved, scratch)
     }
 
@@ -702,8 +708,8 @@ mod tests {
         let mut scratch = Vec::with_capacity(256);
         let capacity = scratch.capacity();
         for _ in 0..100 {
-            let _ = resolve(&fixture.root, b"/sub/../a.txt?x", &mut scratch);
-            let _ = resolve(&fixture.root, b"/sub", &mut scratch);
+            let _ = resolve(&fixture.root, &Rules::NONE, b"/sub/../a.txt?x", &mut scratch);
+            let _ = resolve(&fixture.root, &Rules::NONE, b"/sub", &mut scratch);
         }
         assert_eq!(scratch.capacity(), capacity);
     }
@@ -838,7 +844,9 @@ mod tests {
                 if fallback {
                     fixture.root.use_fallback_only();
                 }
-                if let Resolved::File { file, meta, .. } = resolve(&fixture.root, target.as_bytes(), &mut scratch) {
+                if let Resolved::File { file, meta, .. } =
+                    resolve(&fixture.root, &Rules::NONE, target.as_bytes(), &mut scratch)
+                {
                     let identity = (meta.dev(), meta.ino());
                     let opened = file.metadata().expect("fstat");
                     prop_assert_eq!(identity, (opened.dev(), opened.ino()));

@@ -35,6 +35,7 @@ use super::date::{format_http_date, parse_http_date, DateCache, HTTP_DATE_LEN};
 use super::path::{resolve, Resolved, Root};
 use super::range::{parse_ranges, ByteRange, RangeRequest, RangeSet};
 use super::request::{ErrorKind, Method, Request};
+use super::rules::Rules;
 
 /// The interim response to `Expect: 100-continue` (RFC 9110 §15.2.1).
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -207,6 +208,7 @@ impl Sink for Length {
 pub fn respond(
     req: &Request<'_>,
     root: &Root,
+    rules: &Rules,
     date: &DateCache,
     scratch: &mut Vec<u8>,
     force_close: bool,
@@ -224,7 +226,7 @@ pub fn respond(
         Method::Options | Method::NotAllowed => return reply.error_with(405, head, push_allow),
         Method::Unknown => return reply.error(501, head),
     }
-    match resolve(root, req.target, scratch) {
+    match resolve(root, rules, req.target, scratch) {
         Resolved::File { file, meta, content_type } => serve_file(req, &reply, file, &meta, content_type, head),
         Resolved::RedirectToSlash => reply.error_with(301, head, |head| push_header(head, b"Location", scratch)),
         Resolved::NotFound => reply.error(404, head),
@@ -735,7 +737,7 @@ mod tests {
         };
         let mut scratch = Vec::new();
         let mut head = Vec::new();
-        let plan = respond(&request, &fixture.root, &fixture.date, &mut scratch, force_close, &mut head);
+        let plan = respond(&request, &fixture.root, &Rules::NONE, &fixture.date, &mut scratch, force_close, &mut head);
         read_head(plan, &head)
     }
 
@@ -1181,7 +1183,7 @@ mod tests {
         let capacities = (scratch.capacity(), head.capacity());
         for _ in 0..50 {
             head.clear();
-            let plan = respond(&request, &fixture.root, &fixture.date, &mut scratch, false, &mut head);
+            let plan = respond(&request, &fixture.root, &Rules::NONE, &fixture.date, &mut scratch, false, &mut head);
             assert_eq!(plan.status, 206);
         }
         assert_eq!((scratch.capacity(), head.capacity()), capacities);
