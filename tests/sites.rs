@@ -66,3 +66,55 @@ fn a_bad_hidden_files_value_exits_2_naming_the_file_and_key() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("webd.toml") && err.contains("hidden_files"), "{err}");
 }
+
+const REDIRECTS: &str = r#"
+[[redirects]]
+from = "/old/"
+to = "/new/"
+status = 301
+
+[[redirects]]
+from = "/page"
+to = "/other.html"
+status = 307
+
+[[redirects]]
+from = "/away/"
+to = "https://example.org/"
+status = 308
+"#;
+
+fn redirect(webd: &Webd, path: &str) -> (u16, Option<String>) {
+    let response = get(webd.addr(), path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    (response.status, response.header("location").map(str::to_string))
+}
+
+#[test]
+fn redirects_by_prefix_keep_the_rest_and_the_query_and_exact_ones_match_exactly() {
+    let webd = start(REDIRECTS, &[("old/kept.txt", "not served\n"), ("page/index.html", "dir\n")]);
+    assert_eq!(redirect(&webd, "/old/a/b.html?x=1&y=2"), (301, Some("/new/a/b.html?x=1&y=2".into())));
+    assert_eq!(redirect(&webd, "/old/kept.txt"), (301, Some("/new/kept.txt".into())), "before the file");
+    assert_eq!(redirect(&webd, "/old/%C3%A9t%C3%A9"), (301, Some("/new/%C3%A9t%C3%A9".into())));
+    assert_eq!(redirect(&webd, "/page?q=1"), (307, Some("/other.html?q=1".into())));
+    assert_eq!(redirect(&webd, "/page/"), (200, None), "exact means exact");
+    assert_eq!(redirect(&webd, "/away/x/y"), (308, Some("https://example.org/x/y".into())));
+    assert_eq!(redirect(&webd, "/oldish"), (404, None));
+    let response = get(webd.addr(), "/old/").expect("GET");
+    assert!(!response.body.is_empty() && response.header("content-type").is_some(), "a small body");
+    let mut conn = connect(webd.addr());
+    conn.send(b"HEAD /page HTTP/1.1\r\nHost: t\r\n\r\nGET /plain.txt HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    let head = conn.head_response(IO_TIMEOUT).expect("HEAD");
+    assert_eq!((head.status, head.header("location")), (307, Some("/other.html")));
+    assert_eq!(conn.response(IO_TIMEOUT).expect("the next response").status, 404, "no body after the head");
+}
+
+#[test]
+fn a_bad_redirect_status_exits_2_naming_the_file_and_the_rule() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("webd.toml");
+    let text = format!("{REDIRECTS}\n[[redirects]]\nfrom = \"/x\"\nto = \"/y\"\nstatus = 303\n");
+    std::fs::write(&path, text).expect("write");
+    let (code, err) = run_webd(&["--config", &path.to_string_lossy(), "--admin", "off"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("webd.toml") && err.contains("redirects[3]") && err.contains("303"), "{err}");
+}

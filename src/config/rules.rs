@@ -15,3 +15,46 @@ pub enum HiddenFiles {
     /// Served like any other file.
     Allow,
 }
+
+/// One `[[redirects]]` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// A path prefix when it ends with `/`, else an exact path.
+    pub from: String,
+    /// Where to: a path or an absolute URL.
+    pub to: String,
+    /// 301, 302, 307 or 308.
+    pub status: u16,
+}
+
+impl Redirect {
+    /// The statuses a redirect may have.
+    pub const STATUSES: [u16; 4] = [301, 302, 307, 308];
+
+    pub fn is_prefix(&self) -> bool {
+        self.from.ends_with('/')
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !Redirect::STATUSES.contains(&self.status) {
+            return Err(format!("status = {} is not one of 301, 302, 307, 308", self.status));
+        }
+        if !self.from.starts_with('/') {
+            return Err("from must be a path starting with /".into());
+        }
+        if self.to.is_empty() || !self.to.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err("to must be a non-empty path or URL of visible ASCII (percent-encode the rest)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Checks every rule; the error names the rule (`redirects[0]`, counted from 0) and what
+/// is wrong with it.
+pub fn check_rules(redirects: Option<&[Redirect]>) -> Result<(), String> {
+    for (index, rule) in redirects.unwrap_or_default().iter().enumerate() {
+        rule.check().map_err(|e| format!("redirects[{index}] (from = {:?}): {e}", rule.from))?;
+    }
+    Ok(())
+}

@@ -64,6 +64,7 @@ fn samples(setting: &Setting) -> [String; 2] {
         "log_format" => ["text", "json"],
         "user" => ["alice", "bob"],
         "hidden_files" => ["\"deny\"", "\"allow\""],
+        "redirects" => ["[]", "[{ from = \"/old/\", to = \"/new/\", status = 301 }]"],
         other => panic!("no sample values for the setting {other}: add two here"),
     };
     [a.to_string(), b.to_string()]
@@ -122,6 +123,7 @@ fn what_a_reload_changes_live_is_what_it_always_did() {
         "max_connections",
         "max_header_fields",
         "hidden_files",
+        "redirects",
     ];
     assert_eq!(live, wanted);
 }
@@ -184,4 +186,21 @@ fn the_reference_documents_every_file_only_setting() {
         let key = format!("| `{}`", setting.key);
         assert!(rows.iter().any(|r| r.starts_with(&key)), "no row for {key} under Config-file-only keys");
     }
+}
+
+#[test]
+fn a_bad_redirect_is_refused_naming_the_file_and_the_rule() {
+    let ok = "[[redirects]]\nfrom = \"/a/\"\nto = \"/b/\"\nstatus = 308\n";
+    for (bad, needle) in [
+        ("from = \"/x\"\nto = \"/y\"\nstatus = 303\n", "status = 303"),
+        ("from = \"x\"\nto = \"/y\"\nstatus = 301\n", "from"),
+        ("from = \"/x\"\nto = \"/y z\"\nstatus = 301\n", "to"),
+    ] {
+        let text = format!("{ok}[[redirects]]\n{bad}");
+        let refused = file_settings(&text, Path::new("/etc/webd/webd.toml")).expect_err(bad).to_string();
+        assert!(refused.contains("/etc/webd/webd.toml") && refused.contains("redirects[1]"), "{refused}");
+        assert!(refused.contains(needle), "{refused}");
+    }
+    let file = file_settings(ok, Path::new("/etc/webd/webd.toml")).expect("a good rule");
+    assert_eq!(file.redirects.expect("given")[0].status, 308);
 }

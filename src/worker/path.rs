@@ -5,7 +5,8 @@
 //! its path); percent-decode into the caller's scratch buffer (`%2f` becomes `/` *before*
 //! dot segments are resolved, so an encoded slash cannot hide a `..`); normalize dot
 //! segments in place, refusing a `..` that would climb above the root (403, never clamped);
-//! then refuse a hidden path if the rules say so ([`super::rules`], 404); then open the result relative to the root's directory fd with `openat2(2)` and
+//! then apply the redirect rules and refuse a hidden path if the rules say so
+//! ([`super::rules`], 404); then open the result relative to the root's directory fd with `openat2(2)` and
 //! `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`, so the kernel refuses symlinks that lead out
 //! of the root (EXDEV → 403). Kernels without `openat2` (ENOSYS) fall back to
 //! canonicalizing the path and comparing prefixes.
@@ -85,6 +86,8 @@ pub enum Resolved {
     /// A directory named without its trailing slash. `scratch` then holds the complete
     /// `Location` value: the normalized path re-encoded, `/`, and the query if any.
     RedirectToSlash,
+    /// A `[[redirects]]` rule matched, with this status; `scratch` holds the `Location`.
+    Redirect(u16),
     /// No such file, a directory without `index.html`, or not a regular file (404).
     NotFound,
     /// Outside the root, or not readable (403).
@@ -134,6 +137,9 @@ pub fn resolve(root: &Root, rules: &Rules, target: &[u8], scratch: &mut Vec<u8>)
     }
     if let Err(refusal) = normalize_dot_segments(scratch) {
         return refusal.into();
+    }
+    if let Some(status) = rules.redirect(parts.query, scratch) {
+        return Resolved::Redirect(status);
     }
     if rules.hides(scratch) {
         return Resolved::NotFound;
@@ -381,11 +387,11 @@ fn write_slash_location(scratch: &mut Vec<u8>, query: &[u8]) {
 }
 
 /// RFC 3986 `pchar` plus `/`: everything that may stand unencoded in a path.
-fn is_path_safe(byte: u8) -> bool {
+pub(super) fn is_path_safe(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&byte)
 }
 
-fn push_percent_encoded(out: &mut Vec<u8>, byte: u8, keep: bool) {
+pub(super) fn push_percent_encoded(out: &mut Vec<u8>, byte: u8, keep: bool) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     if keep {
         out.push(byte);

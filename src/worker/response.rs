@@ -229,6 +229,7 @@ pub fn respond(
     match resolve(root, rules, req.target, scratch) {
         Resolved::File { file, meta, content_type } => serve_file(req, &reply, file, &meta, content_type, head),
         Resolved::RedirectToSlash => reply.error_with(301, head, |head| push_header(head, b"Location", scratch)),
+        Resolved::Redirect(status) => reply.error_with(status, head, |head| push_header(head, b"Location", scratch)),
         Resolved::NotFound => reply.error(404, head),
         Resolved::Forbidden => reply.error(403, head),
         Resolved::BadRequest => reply.closing().error(400, head),
