@@ -15,7 +15,7 @@
 mod declare;
 mod rules;
 
-pub use rules::{HiddenFiles, Redirect};
+pub use rules::{HeaderRule, HiddenFiles, Redirect, MAX_HEADER_RULES};
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -74,6 +74,8 @@ settings! {
     hidden_files: HiddenFiles { default: HiddenFiles::Deny, reload: Live }
     /// `[[redirects]]`: `from` (a prefix when it ends with `/`), `to`, `status` (301, 302, 307, 308)
     redirects: Vec<Redirect> { default: Vec::new(), reload: Live }
+    /// `[[headers]]`: `match` (a glob on the decoded path), `set` (header name to value); all matching rules apply
+    headers: Vec<HeaderRule> { default: Vec::new(), reload: Live }
 }
 
 const AFTER_HELP: &str = "\
@@ -359,7 +361,7 @@ fn file_settings(text: &str, path: &Path) -> Result<Cli, ConfigError> {
         return Err(in_file("listen = [] names no address: give at least one IP:PORT, or leave the key out".into()));
     }
     file.check_ranges().map_err(in_file)?;
-    rules::check_rules(file.redirects.as_deref()).map_err(in_file)?;
+    rules::check_rules(file.redirects.as_deref(), file.headers.as_deref()).map_err(in_file)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     file.root = file.root.map(|p| dir.join(p));
     file.control_socket = file.control_socket.map(|p| dir.join(p));

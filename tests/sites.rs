@@ -118,3 +118,50 @@ fn a_bad_redirect_status_exits_2_naming_the_file_and_the_rule() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("webd.toml") && err.contains("redirects[3]") && err.contains("303"), "{err}");
 }
+
+#[test]
+fn header_rules_apply_to_matching_paths_only_every_match_in_order() {
+    let rules = r#"
+[[headers]]
+match = "/assets/**"
+set = { "Cache-Control" = "public, max-age=31536000, immutable" }
+
+[[headers]]
+match = "/**/*.css"
+set = { "X-Kind" = "style", "X-Extra" = "1" }
+
+[[headers]]
+match = "/*.txt"
+set = { "X-Top" = "text" }
+"#;
+    let files =
+        [("assets/app.js", "js\n"), ("assets/css/site.css", "css\n"), ("plain.txt", "plain\n"), ("sub/a.txt", "a\n")];
+    let webd = start(rules, &files);
+    let header = |path: &str, name: &str| {
+        let response = get(webd.addr(), path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        (response.status, response.header(name).map(str::to_string))
+    };
+    let immutable = Some("public, max-age=31536000, immutable".to_string());
+    assert_eq!(header("/assets/app.js", "cache-control"), (200, immutable.clone()));
+    assert_eq!(header("/assets/css/site.css", "cache-control"), (200, immutable.clone()));
+    assert_eq!(header("/assets/css/site.css", "x-kind"), (200, Some("style".into())));
+    assert_eq!(header("/assets/css/site.css", "x-extra"), (200, Some("1".into())));
+    assert_eq!(header("/assets/missing.js", "cache-control"), (404, immutable.clone()), "4xx of a path too");
+    assert_eq!(header("/assets/app.js", "x-kind"), (200, None));
+    assert_eq!(header("/plain.txt", "x-top"), (200, Some("text".into())));
+    assert_eq!(header("/sub/a.txt", "x-top"), (200, None), "* stays within a segment");
+    assert_eq!(header("/plain.txt", "cache-control"), (200, None));
+    assert_eq!(header("/", "cache-control"), (200, None));
+    let bad = request(webd.addr(), "GET /assets/%zz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("GET");
+    assert_eq!((bad.status, bad.header("cache-control")), (400, None), "not on a 400");
+}
+
+#[test]
+fn a_bad_header_rule_exits_2_naming_the_file_and_the_rule() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("webd.toml");
+    std::fs::write(&path, "[[headers]]\nmatch = \"/a\"\nset = { \"Bad Name\" = \"1\" }\n").expect("write");
+    let (code, err) = run_webd(&["--config", &path.to_string_lossy(), "--admin", "off"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("webd.toml") && err.contains("headers[0]") && err.contains("Bad Name"), "{err}");
+}

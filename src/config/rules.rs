@@ -4,6 +4,7 @@
 //! once per worker.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Whether a path with a segment starting with `.` is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -50,11 +51,95 @@ impl Redirect {
     }
 }
 
+/// One `[[headers]]` rule: headers set on the responses for paths `match` matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRule {
+    /// Glob on the decoded path: `*` within a segment, `**` across segments, `?` one byte.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Header name → value.
+    pub set: BTreeMap<String, String>,
+}
+
+/// Headers webd writes itself: a rule may not set them (a second copy would contradict
+/// the first, or break the framing).
+pub const MANAGED_HEADERS: &[&str] = &[
+    "accept-ranges",
+    "allow",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "date",
+    "etag",
+    "keep-alive",
+    "last-modified",
+    "location",
+    "server",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Most `[[headers]]` rules: a response records the ones that match in a fixed bit set.
+pub const MAX_HEADER_RULES: usize = 256;
+
+impl HeaderRule {
+    fn check(&self) -> Result<(), String> {
+        check_glob(&self.pattern).map_err(|e| format!("match = {:?}: {e}", self.pattern))?;
+        if self.set.is_empty() {
+            return Err("set names no header".into());
+        }
+        for (name, value) in &self.set {
+            if name.is_empty() || !name.bytes().all(is_token_byte) {
+                return Err(format!("header name {name:?} is not a token (RFC 9110 section 5.1)"));
+            }
+            if MANAGED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(format!("header {name:?} is written by webd itself and cannot be set"));
+            }
+            let visible = |b: u8| b == b'\t' || (0x20..0x7f).contains(&b);
+            if !value.bytes().all(visible) || value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
+                return Err(format!(
+                    "header {name:?}: value {value:?} must be visible ASCII without leading or trailing space"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A glob is a path (it starts with `/`) in which `**` stands alone as a segment.
+pub fn check_glob(pattern: &str) -> Result<(), String> {
+    if !pattern.starts_with('/') {
+        return Err("a glob on the path starts with /".into());
+    }
+    for segment in pattern.split('/') {
+        if segment.contains("**") && segment != "**" {
+            return Err(format!("** must be a whole segment, not part of {segment:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// Checks every rule; the error names the rule (`redirects[0]`, counted from 0) and what
 /// is wrong with it.
-pub fn check_rules(redirects: Option<&[Redirect]>) -> Result<(), String> {
+pub fn check_rules(redirects: Option<&[Redirect]>, headers: Option<&[HeaderRule]>) -> Result<(), String> {
     for (index, rule) in redirects.unwrap_or_default().iter().enumerate() {
         rule.check().map_err(|e| format!("redirects[{index}] (from = {:?}): {e}", rule.from))?;
+    }
+    let headers = headers.unwrap_or_default();
+    if headers.len() > MAX_HEADER_RULES {
+        return Err(format!("headers: {} rules, at most {MAX_HEADER_RULES}", headers.len()));
+    }
+    for (index, rule) in headers.iter().enumerate() {
+        rule.check().map_err(|e| format!("headers[{index}] (match = {:?}): {e}", rule.pattern))?;
     }
     Ok(())
 }

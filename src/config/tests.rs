@@ -64,6 +64,7 @@ fn samples(setting: &Setting) -> [String; 2] {
         "log_format" => ["text", "json"],
         "user" => ["alice", "bob"],
         "hidden_files" => ["\"deny\"", "\"allow\""],
+        "headers" => ["[]", "[{ match = \"/assets/**\", set = { \"Cache-Control\" = \"no-cache\" } }]"],
         "redirects" => ["[]", "[{ from = \"/old/\", to = \"/new/\", status = 301 }]"],
         other => panic!("no sample values for the setting {other}: add two here"),
     };
@@ -124,6 +125,7 @@ fn what_a_reload_changes_live_is_what_it_always_did() {
         "max_header_fields",
         "hidden_files",
         "redirects",
+        "headers",
     ];
     assert_eq!(live, wanted);
 }
@@ -203,4 +205,21 @@ fn a_bad_redirect_is_refused_naming_the_file_and_the_rule() {
     }
     let file = file_settings(ok, Path::new("/etc/webd/webd.toml")).expect("a good rule");
     assert_eq!(file.redirects.expect("given")[0].status, 308);
+}
+
+#[test]
+fn a_bad_header_rule_is_refused_naming_the_file_and_the_rule() {
+    for (bad, needle) in [
+        ("match = \"assets/*\"\nset = { X = \"1\" }\n", "starts with /"),
+        ("match = \"/a**\"\nset = { X = \"1\" }\n", "whole segment"),
+        ("match = \"/a\"\nset = { \"X Y\" = \"1\" }\n", "token"),
+        ("match = \"/a\"\nset = { X = \"a\\r\\nInjected: 1\" }\n", "visible ASCII"),
+        ("match = \"/a\"\nset = { \"content-length\" = \"1\" }\n", "written by webd"),
+        ("match = \"/a\"\nset = {}\n", "no header"),
+    ] {
+        let text = format!("[[headers]]\nmatch = \"/**\"\nset = {{ X-Ok = \"1\" }}\n[[headers]]\n{bad}");
+        let refused = file_settings(&text, Path::new("/etc/webd/webd.toml")).expect_err(bad).to_string();
+        assert!(refused.contains("/etc/webd/webd.toml") && refused.contains("headers[1]"), "{refused}");
+        assert!(refused.contains(needle), "{needle}: {refused}");
+    }
 }

@@ -27,7 +27,7 @@ use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 
-use super::rules::Rules;
+use super::rules::{Matched, Rules};
 
 /// Name tried inside a directory requested with a trailing slash.
 const INDEX_FILE: &[u8] = b"index.html";
@@ -122,12 +122,13 @@ impl From<Refusal> for Resolved {
     }
 }
 
-/// Resolves `target` against `root` under `rules`: a hidden path is 404 before anything
-/// is opened.
+/// Resolves `target` against `root` under `rules`: a redirect rule answers first, a hidden
+/// path is 404 before anything is opened, and `matched` is set to the header rules whose
+/// glob matches the decoded path (left as it is when there is no such path, e.g. `400`).
 ///
 /// `scratch` is the caller's reusable buffer (cleared here); once it has grown to the
 /// longest path seen, resolution allocates nothing.
-pub fn resolve(root: &Root, rules: &Rules, target: &[u8], scratch: &mut Vec<u8>) -> Resolved {
+pub fn resolve(root: &Root, rules: &Rules, target: &[u8], scratch: &mut Vec<u8>, matched: &mut Matched) -> Resolved {
     let Some(parts) = split_target(target) else {
         return Resolved::BadRequest;
     };
@@ -138,6 +139,7 @@ pub fn resolve(root: &Root, rules: &Rules, target: &[u8], scratch: &mut Vec<u8>)
     if let Err(refusal) = normalize_dot_segments(scratch) {
         return refusal.into();
     }
+    *matched = rules.headers_for(scratch);
     if let Some(status) = rules.redirect(parts.query, scratch) {
         return Resolved::Redirect(status);
     }
@@ -473,7 +475,7 @@ mod tests {
 
     fn resolve_str(fixture: &Fixture, target: &str) -> (Resolved, Vec<u8>) {
         let mut scratch = Vec::new();
-        let resolved = resolve(&fixture.root, &Rules::NONE, target.as_bytes(), &mut scratch);
+        let resolved = resolve(&fixture.root, &Rules::NONE, target.as_bytes(), &mut scratch, &mut Matched::default());
         (resolved, scratch)
     }
 
@@ -714,8 +716,8 @@ mod tests {
         let mut scratch = Vec::with_capacity(256);
         let capacity = scratch.capacity();
         for _ in 0..100 {
-            let _ = resolve(&fixture.root, &Rules::NONE, b"/sub/../a.txt?x", &mut scratch);
-            let _ = resolve(&fixture.root, &Rules::NONE, b"/sub", &mut scratch);
+            let _ = resolve(&fixture.root, &Rules::NONE, b"/sub/../a.txt?x", &mut scratch, &mut Matched::default());
+            let _ = resolve(&fixture.root, &Rules::NONE, b"/sub", &mut scratch, &mut Matched::default());
         }
         assert_eq!(scratch.capacity(), capacity);
     }
@@ -851,7 +853,7 @@ mod tests {
                     fixture.root.use_fallback_only();
                 }
                 if let Resolved::File { file, meta, .. } =
-                    resolve(&fixture.root, &Rules::NONE, target.as_bytes(), &mut scratch)
+                    resolve(&fixture.root, &Rules::NONE, target.as_bytes(), &mut scratch, &mut Matched::default())
                 {
                     let identity = (meta.dev(), meta.ino());
                     let opened = file.metadata().expect("fstat");

@@ -35,7 +35,7 @@ use super::date::{format_http_date, parse_http_date, DateCache, HTTP_DATE_LEN};
 use super::path::{resolve, Resolved, Root};
 use super::range::{parse_ranges, ByteRange, RangeRequest, RangeSet};
 use super::request::{ErrorKind, Method, Request};
-use super::rules::Rules;
+use super::rules::{Matched, Rules};
 
 /// The interim response to `Expect: 100-continue` (RFC 9110 §15.2.1).
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -214,11 +214,13 @@ pub fn respond(
     force_close: bool,
     head: &mut Vec<u8>,
 ) -> Plan {
-    let reply = Reply {
+    let mut reply = Reply {
         date,
         minor_version: req.minor_version,
         close: force_close || !req.keep_alive,
         omit_body: req.method == Method::Head,
+        rules,
+        matched: Matched::NONE,
     };
     match req.method {
         Method::Get | Method::Head => {}
@@ -226,7 +228,8 @@ pub fn respond(
         Method::Options | Method::NotAllowed => return reply.error_with(405, head, push_allow),
         Method::Unknown => return reply.error(501, head),
     }
-    match resolve(root, rules, req.target, scratch) {
+    let resolved = resolve(root, rules, req.target, scratch, &mut reply.matched);
+    match resolved {
         Resolved::File { file, meta, content_type } => serve_file(req, &reply, file, &meta, content_type, head),
         Resolved::RedirectToSlash => reply.error_with(301, head, |head| push_header(head, b"Location", scratch)),
         Resolved::Redirect(status) => reply.error_with(status, head, |head| push_header(head, b"Location", scratch)),
@@ -240,7 +243,9 @@ pub fn respond(
 /// Appends the head (and small body) for an error found before a [`Request`] exists: a
 /// parse error or a timeout. The connection always closes afterwards.
 pub fn error_head(kind: ErrorKind, date: &DateCache, head: &mut Vec<u8>) -> Plan {
-    let reply = Reply { date, minor_version: 1, close: true, omit_body: false };
+    static NO_RULES: Rules = Rules::NONE;
+    let reply =
+        Reply { date, minor_version: 1, close: true, omit_body: false, rules: &NO_RULES, matched: Matched::NONE };
     reply.error(kind.status(), head)
 }
 
@@ -256,11 +261,16 @@ struct Reply<'d> {
     minor_version: u8,
     close: bool,
     omit_body: bool,
+    rules: &'d Rules,
+    /// The `[[headers]]` rules whose headers this response carries.
+    matched: Matched,
 }
 
 impl Reply<'_> {
+    /// For a `400` or `500`: the connection closes, and no header rule applies (they are
+    /// for the responses about files).
     fn closing(self) -> Self {
-        Reply { close: true, ..self }
+        Reply { close: true, matched: Matched::NONE, ..self }
     }
 
     /// Status line plus the headers every response carries.
@@ -274,8 +284,10 @@ impl Reply<'_> {
         push_header(head, b"Date", self.date.get());
     }
 
-    /// `Connection` as needed, then the blank line.
+    /// The headers of the matching `[[headers]]` rules, `Connection` as needed, then the
+    /// blank line.
     fn finish(&self, head: &mut Vec<u8>) {
+        self.rules.push_headers(self.matched, head);
         if self.close {
             push_header(head, b"Connection", b"close");
         } else if self.minor_version == 0 {

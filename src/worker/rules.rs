@@ -6,7 +6,7 @@
 //! allocates nothing and does no more work than before.
 
 use super::path::{is_path_safe, push_percent_encoded};
-use crate::config::{Config, HiddenFiles, Redirect};
+use crate::config::{Config, HeaderRule, HiddenFiles, Redirect, MAX_HEADER_RULES};
 
 /// The first path segment that `hidden_files = "deny"` leaves served (RFC 8615).
 const WELL_KNOWN: &[u8] = b"/.well-known";
@@ -16,6 +16,112 @@ const WELL_KNOWN: &[u8] = b"/.well-known";
 pub struct Rules {
     deny_hidden: bool,
     redirects: Vec<CompiledRedirect>,
+    headers: Vec<CompiledHeaders>,
+}
+
+/// Which `[[headers]]` rules matched a request's path: one bit per rule, so recording
+/// them costs no allocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Matched([u64; MAX_HEADER_RULES / 64]);
+
+impl Matched {
+    pub const NONE: Matched = Matched([0; MAX_HEADER_RULES / 64]);
+
+    fn insert(&mut self, index: usize) {
+        self.0[index / 64] |= 1 << (index % 64);
+    }
+
+    fn contains(&self, index: usize) -> bool {
+        self.0[index / 64] & (1 << (index % 64)) != 0
+    }
+}
+
+/// A `[[headers]]` rule: its glob, split into segments, and its header lines, formatted.
+#[derive(Debug)]
+struct CompiledHeaders {
+    glob: Vec<Segment>,
+    /// `Name: value\r\n` for each header the rule sets.
+    lines: Box<[u8]>,
+}
+
+/// One `/`-separated piece of a glob.
+#[derive(Debug, PartialEq, Eq)]
+enum Segment {
+    /// `**`: any number of segments, none included.
+    Any,
+    /// A segment in which `*` is any run of bytes and `?` any one byte.
+    Pattern(Box<[u8]>),
+}
+
+impl CompiledHeaders {
+    fn new(rule: &HeaderRule) -> CompiledHeaders {
+        let pattern = rule.pattern.strip_prefix('/').unwrap_or(&rule.pattern);
+        let glob = pattern
+            .split('/')
+            .map(|segment| if segment == "**" { Segment::Any } else { Segment::Pattern(segment.as_bytes().into()) })
+            .collect();
+        let mut lines = Vec::new();
+        for (name, value) in &rule.set {
+            lines.extend_from_slice(name.as_bytes());
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(value.as_bytes());
+            lines.extend_from_slice(b"\r\n");
+        }
+        CompiledHeaders { glob, lines: lines.into() }
+    }
+
+    /// Whether the glob matches the whole normalized `path` (which starts with `/`).
+    fn matches(&self, path: &[u8]) -> bool {
+        match_segments(&self.glob, Some(path.strip_prefix(b"/").unwrap_or(path)))
+    }
+}
+
+/// Splits the first segment off `rest` (`None`: no segment left).
+fn next_segment(rest: Option<&[u8]>) -> Option<(&[u8], Option<&[u8]>)> {
+    let rest = rest?;
+    Some(match rest.iter().position(|&b| b == b'/') {
+        Some(slash) => (&rest[..slash], Some(&rest[slash + 1..])),
+        None => (rest, None),
+    })
+}
+
+fn match_segments(glob: &[Segment], rest: Option<&[u8]>) -> bool {
+    match glob.split_first() {
+        None => rest.is_none(),
+        Some((Segment::Any, after)) => {
+            match_segments(after, rest)
+                || next_segment(rest).is_some_and(|(_, remaining)| match_segments(glob, remaining))
+        }
+        Some((Segment::Pattern(pattern), after)) => next_segment(rest)
+            .is_some_and(|(segment, remaining)| match_wildcards(pattern, segment) && match_segments(after, remaining)),
+    }
+}
+
+/// `*` and `?` within one segment, by the usual backtrack to the last `*`.
+fn match_wildcards(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&b) if b == b'?' || b == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((star_p, star_t)) => {
+                    p = star_p + 1;
+                    t = star_t + 1;
+                    star = Some((star_p, star_t + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&b| b == b'*')
 }
 
 /// A `[[redirects]]` rule as bytes.
@@ -48,13 +154,37 @@ impl CompiledRedirect {
 
 impl Rules {
     /// No rule at all: every path is looked up as it is (unit tests of the resolver).
-    pub const NONE: Rules = Rules { deny_hidden: false, redirects: Vec::new() };
+    pub const NONE: Rules = Rules { deny_hidden: false, redirects: Vec::new(), headers: Vec::new() };
 
     /// Compiles the rules of `config`. The config file's check already refused bad rules.
     pub fn compile(config: &Config) -> Rules {
         Rules {
             deny_hidden: config.hidden_files == HiddenFiles::Deny,
             redirects: config.redirects.iter().map(CompiledRedirect::new).collect(),
+            headers: config.headers.iter().take(MAX_HEADER_RULES).map(CompiledHeaders::new).collect(),
+        }
+    }
+
+    /// The `[[headers]]` rules whose glob matches the normalized `path`.
+    pub fn headers_for(&self, path: &[u8]) -> Matched {
+        let mut matched = Matched::NONE;
+        for (index, rule) in self.headers.iter().enumerate() {
+            if rule.matches(path) {
+                matched.insert(index);
+            }
+        }
+        matched
+    }
+
+    /// Appends the header lines of the `matched` rules, in the order of the rules.
+    pub fn push_headers(&self, matched: Matched, head: &mut Vec<u8>) {
+        if matched == Matched::NONE {
+            return;
+        }
+        for (index, rule) in self.headers.iter().enumerate() {
+            if matched.contains(index) {
+                head.extend_from_slice(&rule.lines);
+            }
         }
     }
 
@@ -120,6 +250,56 @@ mod tests {
     fn allow_and_none_hide_nothing() {
         assert!(!Rules::NONE.hides(b"/.env"));
         assert!(Rules { deny_hidden: true, ..Rules::NONE }.hides(b"/.env"));
+    }
+
+    fn glob(pattern: &str) -> CompiledHeaders {
+        let rule = HeaderRule { pattern: pattern.into(), set: [("X".to_string(), "1".to_string())].into() };
+        CompiledHeaders::new(&rule)
+    }
+
+    #[test]
+    fn globs_match_within_and_across_segments() {
+        let cases: &[(&str, &[&str], &[&str])] = &[
+            ("/assets/**", &["/assets/a.css", "/assets/a/b/c.js", "/assets/", "/assets"], &["/asset/a", "/x/assets/a"]),
+            ("/*.html", &["/index.html", "/.html"], &["/a/index.html", "/index.htm"]),
+            ("/**/*.css", &["/a.css", "/x/y/a.css"], &["/a.cssx", "/x/a.js"]),
+            ("/a/*/c", &["/a/b/c", "/a//c"], &["/a/b/d/c", "/a/c"]),
+            ("/f?o*", &["/foo", "/fxobar"], &["/fo", "/f/o"]),
+            ("/**", &["/", "/a/b"], &[]),
+            ("/", &["/"], &["/a"]),
+            ("/docs/", &["/docs/"], &["/docs", "/docs/a"]),
+        ];
+        for (pattern, yes, no) in cases {
+            let compiled = glob(pattern);
+            for path in *yes {
+                assert!(compiled.matches(path.as_bytes()), "{pattern} matches {path}");
+            }
+            for path in *no {
+                assert!(!compiled.matches(path.as_bytes()), "{pattern} does not match {path}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_matching_rule_applies_in_order() {
+        let rule = |pattern: &str, name: &str, value: &str| HeaderRule {
+            pattern: pattern.into(),
+            set: [(name.to_string(), value.to_string())].into(),
+        };
+        let rules = Rules {
+            headers: [rule("/**", "X-All", "1"), rule("/a/**", "Cache-Control", "no-store"), rule("/b", "X-B", "2")]
+                .iter()
+                .map(CompiledHeaders::new)
+                .collect(),
+            ..Rules::NONE
+        };
+        let mut head = Vec::new();
+        rules.push_headers(rules.headers_for(b"/a/x"), &mut head);
+        assert_eq!(head, b"X-All: 1\r\nCache-Control: no-store\r\n");
+        assert_eq!(Rules::NONE.headers_for(b"/a/x"), Matched::NONE);
+        let mut matched = Matched::NONE;
+        matched.insert(255);
+        assert!(matched.contains(255) && !matched.contains(0));
     }
 
     fn redirected(rules: &Rules, path: &str, query: &str) -> Option<(u16, String)> {
