@@ -76,6 +76,8 @@ settings! {
     redirects: Vec<Redirect> { default: Vec::new(), reload: Live }
     /// `[[headers]]`: `match` (a glob on the decoded path), `set` (header name to value); all matching rules apply
     headers: Vec<HeaderRule> { default: Vec::new(), reload: Live }
+    /// A path served (200) for a GET or HEAD that matches no file, e.g. `/index.html`
+    fallback: Option<String> { default: None, reload: Live }
 }
 
 const AFTER_HELP: &str = "\
@@ -362,6 +364,9 @@ fn file_settings(text: &str, path: &Path) -> Result<Cli, ConfigError> {
     }
     file.check_ranges().map_err(in_file)?;
     rules::check_rules(file.redirects.as_deref(), file.headers.as_deref()).map_err(in_file)?;
+    if let Some(Some(fallback)) = &file.fallback {
+        rules::check_fallback(fallback).map_err(in_file)?;
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     file.root = file.root.map(|p| dir.join(p));
     file.control_socket = file.control_socket.map(|p| dir.join(p));

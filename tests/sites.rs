@@ -165,3 +165,18 @@ fn a_bad_header_rule_exits_2_naming_the_file_and_the_rule() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("webd.toml") && err.contains("headers[0]") && err.contains("Bad Name"), "{err}");
 }
+
+#[test]
+fn fallback_serves_its_file_with_200_for_paths_that_match_no_file() {
+    let files = [("app.html", "<p>app</p>\n"), ("real.txt", "real\n"), (".env", "SECRET=1\n")];
+    let webd = start("fallback = \"/app.html\"\n", &files);
+    for path in ["/some/route", "/missing.js?x=1", "/deep/er/path/"] {
+        let response = get(webd.addr(), path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!((response.status, response.body.as_slice()), (200, &b"<p>app</p>\n"[..]), "{path}");
+        assert_eq!(response.header("content-type"), Some("text/html; charset=utf-8"), "{path}");
+    }
+    let real = get(webd.addr(), "/real.txt").expect("GET");
+    assert_eq!((real.status, real.body.as_slice()), (200, &b"real\n"[..]));
+    assert_eq!(status(&webd, "/.env"), 404, "a hidden path is not a route");
+    assert_eq!(status(&webd, "/../x"), 403);
+}

@@ -143,3 +143,11 @@ pub fn check_rules(redirects: Option<&[Redirect]>, headers: Option<&[HeaderRule]
     }
     Ok(())
 }
+
+/// `fallback` names a path beneath the root: it starts with `/`, and it is a file's path.
+pub fn check_fallback(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.ends_with('/') || path.split('/').any(|segment| segment == "..") {
+        return Err(format!("fallback = {path:?}: must be the path of a file beneath the root, like \"/index.html\""));
+    }
+    Ok(())
+}

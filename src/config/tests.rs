@@ -64,6 +64,7 @@ fn samples(setting: &Setting) -> [String; 2] {
         "log_format" => ["text", "json"],
         "user" => ["alice", "bob"],
         "hidden_files" => ["\"deny\"", "\"allow\""],
+        "fallback" => ["\"/index.html\"", "\"/app.html\""],
         "headers" => ["[]", "[{ match = \"/assets/**\", set = { \"Cache-Control\" = \"no-cache\" } }]"],
         "redirects" => ["[]", "[{ from = \"/old/\", to = \"/new/\", status = 301 }]"],
         other => panic!("no sample values for the setting {other}: add two here"),
@@ -126,6 +127,7 @@ fn what_a_reload_changes_live_is_what_it_always_did() {
         "hidden_files",
         "redirects",
         "headers",
+        "fallback",
     ];
     assert_eq!(live, wanted);
 }

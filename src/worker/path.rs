@@ -90,6 +90,8 @@ pub enum Resolved {
     Redirect(u16),
     /// No such file, a directory without `index.html`, or not a regular file (404).
     NotFound,
+    /// A hidden path that the rules deny (404, and no fallback).
+    Hidden,
     /// Outside the root, or not readable (403).
     Forbidden,
     /// Not a path we can serve: bad target form, bad percent escape, encoded NUL (400).
@@ -144,7 +146,7 @@ pub fn resolve(root: &Root, rules: &Rules, target: &[u8], scratch: &mut Vec<u8>,
         return Resolved::Redirect(status);
     }
     if rules.hides(scratch) {
-        return Resolved::NotFound;
+        return Resolved::Hidden;
     }
     open_normalized(root, parts.query, scratch)
 }

@@ -233,7 +233,14 @@ pub fn respond(
         Resolved::File { file, meta, content_type } => serve_file(req, &reply, file, &meta, content_type, head),
         Resolved::RedirectToSlash => reply.error_with(301, head, |head| push_header(head, b"Location", scratch)),
         Resolved::Redirect(status) => reply.error_with(status, head, |head| push_header(head, b"Location", scratch)),
-        Resolved::NotFound => reply.error(404, head),
+        Resolved::NotFound => match rules.fallback() {
+            Some(fallback) => match resolve(root, &Rules::NONE, fallback, scratch, &mut Matched::default()) {
+                Resolved::File { file, meta, content_type } => serve_file(req, &reply, file, &meta, content_type, head),
+                _ => reply.error(404, head),
+            },
+            None => reply.error(404, head),
+        },
+        Resolved::Hidden => reply.error(404, head),
         Resolved::Forbidden => reply.error(403, head),
         Resolved::BadRequest => reply.closing().error(400, head),
         Resolved::ServerError => reply.closing().error(500, head),

@@ -17,6 +17,8 @@ pub struct Rules {
     deny_hidden: bool,
     redirects: Vec<CompiledRedirect>,
     headers: Vec<CompiledHeaders>,
+    /// The target served when a path matches no file.
+    fallback: Option<Box<[u8]>>,
 }
 
 /// Which `[[headers]]` rules matched a request's path: one bit per rule, so recording
@@ -154,7 +156,7 @@ impl CompiledRedirect {
 
 impl Rules {
     /// No rule at all: every path is looked up as it is (unit tests of the resolver).
-    pub const NONE: Rules = Rules { deny_hidden: false, redirects: Vec::new(), headers: Vec::new() };
+    pub const NONE: Rules = Rules { deny_hidden: false, redirects: Vec::new(), headers: Vec::new(), fallback: None };
 
     /// Compiles the rules of `config`. The config file's check already refused bad rules.
     pub fn compile(config: &Config) -> Rules {
@@ -162,7 +164,13 @@ impl Rules {
             deny_hidden: config.hidden_files == HiddenFiles::Deny,
             redirects: config.redirects.iter().map(CompiledRedirect::new).collect(),
             headers: config.headers.iter().take(MAX_HEADER_RULES).map(CompiledHeaders::new).collect(),
+            fallback: config.fallback.as_ref().map(|path| path.as_bytes().into()),
         }
+    }
+
+    /// The target to serve instead of a `404` for a path that matches no file.
+    pub fn fallback(&self) -> Option<&[u8]> {
+        self.fallback.as_deref()
     }
 
     /// The `[[headers]]` rules whose glob matches the normalized `path`.
