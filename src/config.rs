@@ -13,6 +13,9 @@
 
 #[macro_use]
 mod declare;
+mod rules;
+
+pub use rules::{HeaderRule, HiddenFiles, Redirect, MAX_HEADER_RULES};
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -75,6 +78,14 @@ settings! {
     file only:
     /// More certificates (`[[certificates]]` tables of `cert` and `key`), chosen by SNI
     certificates: Vec<crate::tls::CertificateFiles> { default: Vec::new(), reload: Live }
+    /// `deny`: a path with a segment starting with `.` is 404, except under `/.well-known/`
+    hidden_files: HiddenFiles { default: HiddenFiles::Deny, reload: Live }
+    /// `[[redirects]]`: `from` (a prefix when it ends with `/`), `to`, `status` (301, 302, 307, 308)
+    redirects: Vec<Redirect> { default: Vec::new(), reload: Live }
+    /// `[[headers]]`: `match` (a glob on the decoded path), `set` (header name to value); all matching rules apply
+    headers: Vec<HeaderRule> { default: Vec::new(), reload: Live }
+    /// A path served (200) for a GET or HEAD that matches no file, e.g. `/index.html`
+    fallback: Option<String> { default: None, reload: Live }
 }
 
 const AFTER_HELP: &str = "\
@@ -361,6 +372,10 @@ fn file_settings(text: &str, path: &Path) -> Result<Cli, ConfigError> {
         return Err(in_file("listen = [] names no address: give at least one IP:PORT, or leave the key out".into()));
     }
     file.check_ranges().map_err(in_file)?;
+    rules::check_rules(file.redirects.as_deref(), file.headers.as_deref()).map_err(in_file)?;
+    if let Some(Some(fallback)) = &file.fallback {
+        rules::check_fallback(fallback).map_err(in_file)?;
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     file.root = file.root.map(|p| dir.join(p));
     file.control_socket = file.control_socket.map(|p| dir.join(p));

@@ -7,6 +7,7 @@
 //! - `tree`: the supervised process tree (spawn, crash, hang, backoff, stop, orphans)
 //! - `metrics`: /metrics, /readyz, /status against the real daemon
 //! - `ops`: config file, SIGHUP, systemd notify, --user, access log
+//! - `sites`: site rules from the config file (hidden files, redirects, header rules)
 //! - `startup`: bad flags and runtime errors at start
 //! - `upgrade`: zero-downtime binary upgrade and rollback
 //! - `http`: the HTTP contract (docs/reference.md, HTTP) against the real binary
@@ -22,6 +23,7 @@ mod hostile;
 mod http;
 mod metrics;
 mod ops;
+mod sites;
 mod startup;
 mod tls;
 mod tree;

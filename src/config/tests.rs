@@ -67,6 +67,10 @@ fn samples(setting: &Setting) -> [String; 2] {
         "tls_cert" => ["/etc/a.pem", "/etc/b.pem"],
         "tls_key" => ["/etc/a.key", "/etc/b.key"],
         "certificates" => [r#"[{cert = "/a.pem", key = "/a.key"}]"#, r#"[{cert = "/b.pem", key = "/b.key"}]"#],
+        "hidden_files" => ["\"deny\"", "\"allow\""],
+        "fallback" => ["\"/index.html\"", "\"/app.html\""],
+        "headers" => ["[]", "[{ match = \"/assets/**\", set = { \"Cache-Control\" = \"no-cache\" } }]"],
+        "redirects" => ["[]", "[{ from = \"/old/\", to = \"/new/\", status = 301 }]"],
         other => panic!("no sample values for the setting {other}: add two here"),
     };
     [a.to_string(), b.to_string()]
@@ -127,6 +131,10 @@ fn what_a_reload_changes_live_is_what_it_always_did() {
         "tls_cert",
         "tls_key",
         "certificates",
+        "hidden_files",
+        "redirects",
+        "headers",
+        "fallback",
     ];
     assert_eq!(live, wanted);
 }
@@ -188,5 +196,39 @@ fn the_reference_documents_every_file_only_setting() {
     for setting in SETTINGS.iter().filter(|s| !s.flag) {
         let key = format!("| `{}`", setting.key);
         assert!(rows.iter().any(|r| r.starts_with(&key)), "no row for {key} under Config-file-only keys");
+    }
+}
+
+#[test]
+fn a_bad_redirect_is_refused_naming_the_file_and_the_rule() {
+    let ok = "[[redirects]]\nfrom = \"/a/\"\nto = \"/b/\"\nstatus = 308\n";
+    for (bad, needle) in [
+        ("from = \"/x\"\nto = \"/y\"\nstatus = 303\n", "status = 303"),
+        ("from = \"x\"\nto = \"/y\"\nstatus = 301\n", "from"),
+        ("from = \"/x\"\nto = \"/y z\"\nstatus = 301\n", "to"),
+    ] {
+        let text = format!("{ok}[[redirects]]\n{bad}");
+        let refused = file_settings(&text, Path::new("/etc/webd/webd.toml")).expect_err(bad).to_string();
+        assert!(refused.contains("/etc/webd/webd.toml") && refused.contains("redirects[1]"), "{refused}");
+        assert!(refused.contains(needle), "{refused}");
+    }
+    let file = file_settings(ok, Path::new("/etc/webd/webd.toml")).expect("a good rule");
+    assert_eq!(file.redirects.expect("given")[0].status, 308);
+}
+
+#[test]
+fn a_bad_header_rule_is_refused_naming_the_file_and_the_rule() {
+    for (bad, needle) in [
+        ("match = \"assets/*\"\nset = { X = \"1\" }\n", "starts with /"),
+        ("match = \"/a**\"\nset = { X = \"1\" }\n", "whole segment"),
+        ("match = \"/a\"\nset = { \"X Y\" = \"1\" }\n", "token"),
+        ("match = \"/a\"\nset = { X = \"a\\r\\nInjected: 1\" }\n", "visible ASCII"),
+        ("match = \"/a\"\nset = { \"content-length\" = \"1\" }\n", "written by webd"),
+        ("match = \"/a\"\nset = {}\n", "no header"),
+    ] {
+        let text = format!("[[headers]]\nmatch = \"/**\"\nset = {{ X-Ok = \"1\" }}\n[[headers]]\n{bad}");
+        let refused = file_settings(&text, Path::new("/etc/webd/webd.toml")).expect_err(bad).to_string();
+        assert!(refused.contains("/etc/webd/webd.toml") && refused.contains("headers[1]"), "{refused}");
+        assert!(refused.contains(needle), "{needle}: {refused}");
     }
 }

@@ -567,7 +567,15 @@ fn send_encrypted(tls: &mut Session, sock: &TcpStream, wbuf: &mut Vec<u8>, wpos:
 
 /// Answers a complete request (its body, if any, already read) into `wbuf`, and logs it.
 fn answer(request: &Request<'_>, shared: &mut Shared, peer: &str, wbuf: &mut Vec<u8>) -> Plan {
-    let plan = response::respond(request, &shared.root, &shared.date, &mut shared.scratch, shared.force_close, wbuf);
+    let plan = response::respond(
+        request,
+        &shared.root,
+        &shared.rules,
+        &shared.date,
+        &mut shared.scratch,
+        shared.force_close,
+        wbuf,
+    );
     if let Some(log) = shared.access_log.as_mut() {
         log.record(peer, Some(request), plan.status, plan.body_len());
     }

@@ -2,8 +2,8 @@
 //! (and the few the manager moves to it from a dead worker's lane).
 //!
 //! One edge-triggered epoll loop holds thousands of connections; each is a small state
-//! machine in [`conn`]. Request parsing, path resolution and response heads live in
-//! [`request`], [`path`], [`response`] and [`date`]. A worker that loses its manager
+//! machine in [`conn`]. Request parsing, path resolution, site rules and response heads live in
+//! [`request`], [`path`], [`rules`], [`response`] and [`date`]. A worker that loses its manager
 //! keeps serving what it has and exits when done; one that loses the daemon (lifeline
 //! EOF) exits at once.
 
@@ -15,6 +15,7 @@ pub mod path;
 pub mod range;
 pub mod request;
 pub mod response;
+pub mod rules;
 mod tls;
 
 use crate::config::AccessLogTarget;
@@ -35,6 +36,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// What every connection shares: the document root, limits, cached date, counters.
 pub struct Shared {
     pub root: path::Root,
+    /// Hidden files, redirects, header rules: compiled once, at start.
+    pub rules: rules::Rules,
     pub limits: request::Limits,
     pub date: date::DateCache,
     pub header_timeout: Duration,
@@ -161,6 +164,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         conn_tokens: event_loop.index_tokens(),
         shared: Shared {
             root,
+            rules: rules::Rules::compile(&config),
             limits: request::Limits { max_headers: config.max_header_fields as usize, ..request::Limits::default() },
             date: date::DateCache::new(),
             header_timeout: config.header_timeout.duration(),

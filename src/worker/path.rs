@@ -5,7 +5,8 @@
 //! its path); percent-decode into the caller's scratch buffer (`%2f` becomes `/` *before*
 //! dot segments are resolved, so an encoded slash cannot hide a `..`); normalize dot
 //! segments in place, refusing a `..` that would climb above the root (403, never clamped);
-//! then open the result relative to the root's directory fd with `openat2(2)` and
+//! then apply the redirect rules and refuse a hidden path if the rules say so
+//! ([`super::rules`], 404); then open the result relative to the root's directory fd with `openat2(2)` and
 //! `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`, so the kernel refuses symlinks that lead out
 //! of the root (EXDEV → 403). Kernels without `openat2` (ENOSYS) fall back to
 //! canonicalizing the path and comparing prefixes.
@@ -25,6 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
+
+use super::rules::{Matched, Rules};
 
 /// Name tried inside a directory requested with a trailing slash.
 const INDEX_FILE: &[u8] = b"index.html";
@@ -83,8 +86,12 @@ pub enum Resolved {
     /// A directory named without its trailing slash. `scratch` then holds the complete
     /// `Location` value: the normalized path re-encoded, `/`, and the query if any.
     RedirectToSlash,
+    /// A `[[redirects]]` rule matched, with this status; `scratch` holds the `Location`.
+    Redirect(u16),
     /// No such file, a directory without `index.html`, or not a regular file (404).
     NotFound,
+    /// A hidden path that the rules deny (404, and no fallback).
+    Hidden,
     /// Outside the root, or not readable (403).
     Forbidden,
     /// Not a path we can serve: bad target form, bad percent escape, encoded NUL (400).
@@ -117,11 +124,13 @@ impl From<Refusal> for Resolved {
     }
 }
 
-/// Resolves `target` against `root`.
+/// Resolves `target` against `root` under `rules`: a redirect rule answers first, a hidden
+/// path is 404 before anything is opened, and `matched` is set to the header rules whose
+/// glob matches the decoded path (left as it is when there is no such path, e.g. `400`).
 ///
 /// `scratch` is the caller's reusable buffer (cleared here); once it has grown to the
 /// longest path seen, resolution allocates nothing.
-pub fn resolve(root: &Root, target: &[u8], scratch: &mut Vec<u8>) -> Resolved {
+pub fn resolve(root: &Root, rules: &Rules, target: &[u8], scratch: &mut Vec<u8>, matched: &mut Matched) -> Resolved {
     let Some(parts) = split_target(target) else {
         return Resolved::BadRequest;
     };
@@ -131,6 +140,13 @@ pub fn resolve(root: &Root, target: &[u8], scratch: &mut Vec<u8>) -> Resolved {
     }
     if let Err(refusal) = normalize_dot_segments(scratch) {
         return refusal.into();
+    }
+    *matched = rules.headers_for(scratch);
+    if let Some(status) = rules.redirect(parts.query, scratch) {
+        return Resolved::Redirect(status);
+    }
+    if rules.hides(scratch) {
+        return Resolved::Hidden;
     }
     open_normalized(root, parts.query, scratch)
 }
@@ -375,11 +391,11 @@ fn write_slash_location(scratch: &mut Vec<u8>, query: &[u8]) {
 }
 
 /// RFC 3986 `pchar` plus `/`: everything that may stand unencoded in a path.
-fn is_path_safe(byte: u8) -> bool {
+pub(super) fn is_path_safe(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&byte)
 }
 
-fn push_percent_encoded(out: &mut Vec<u8>, byte: u8, keep: bool) {
+pub(super) fn push_percent_encoded(out: &mut Vec<u8>, byte: u8, keep: bool) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     if keep {
         out.push(byte);
@@ -461,7 +477,7 @@ mod tests {
 
     fn resolve_str(fixture: &Fixture, target: &str) -> (Resolved, Vec<u8>) {
         let mut scratch = Vec::new();
-        let resolved = resolve(&fixture.root, target.as_bytes(), &mut scratch);
+        let resolved = resolve(&fixture.root, &Rules::NONE, target.as_bytes(), &mut scratch, &mut Matched::default());
         (resolved, scratch)
     }
 
@@ -702,8 +718,8 @@ mod tests {
         let mut scratch = Vec::with_capacity(256);
         let capacity = scratch.capacity();
         for _ in 0..100 {
-            let _ = resolve(&fixture.root, b"/sub/../a.txt?x", &mut scratch);
-            let _ = resolve(&fixture.root, b"/sub", &mut scratch);
+            let _ = resolve(&fixture.root, &Rules::NONE, b"/sub/../a.txt?x", &mut scratch, &mut Matched::default());
+            let _ = resolve(&fixture.root, &Rules::NONE, b"/sub", &mut scratch, &mut Matched::default());
         }
         assert_eq!(scratch.capacity(), capacity);
     }
@@ -838,7 +854,9 @@ mod tests {
                 if fallback {
                     fixture.root.use_fallback_only();
                 }
-                if let Resolved::File { file, meta, .. } = resolve(&fixture.root, target.as_bytes(), &mut scratch) {
+                if let Resolved::File { file, meta, .. } =
+                    resolve(&fixture.root, &Rules::NONE, target.as_bytes(), &mut scratch, &mut Matched::default())
+                {
                     let identity = (meta.dev(), meta.ino());
                     let opened = file.metadata().expect("fstat");
                     prop_assert_eq!(identity, (opened.dev(), opened.ino()));

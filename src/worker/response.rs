@@ -35,6 +35,7 @@ use super::date::{format_http_date, parse_http_date, DateCache, HTTP_DATE_LEN};
 use super::path::{resolve, Resolved, Root};
 use super::range::{parse_ranges, ByteRange, RangeRequest, RangeSet};
 use super::request::{ErrorKind, Method, Request};
+use super::rules::{Matched, Rules};
 
 /// The interim response to `Expect: 100-continue` (RFC 9110 §15.2.1).
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -207,16 +208,19 @@ impl Sink for Length {
 pub fn respond(
     req: &Request<'_>,
     root: &Root,
+    rules: &Rules,
     date: &DateCache,
     scratch: &mut Vec<u8>,
     force_close: bool,
     head: &mut Vec<u8>,
 ) -> Plan {
-    let reply = Reply {
+    let mut reply = Reply {
         date,
         minor_version: req.minor_version,
         close: force_close || !req.keep_alive,
         omit_body: req.method == Method::Head,
+        rules,
+        matched: Matched::NONE,
     };
     match req.method {
         Method::Get | Method::Head => {}
@@ -224,10 +228,19 @@ pub fn respond(
         Method::Options | Method::NotAllowed => return reply.error_with(405, head, push_allow),
         Method::Unknown => return reply.error(501, head),
     }
-    match resolve(root, req.target, scratch) {
+    let resolved = resolve(root, rules, req.target, scratch, &mut reply.matched);
+    match resolved {
         Resolved::File { file, meta, content_type } => serve_file(req, &reply, file, &meta, content_type, head),
         Resolved::RedirectToSlash => reply.error_with(301, head, |head| push_header(head, b"Location", scratch)),
-        Resolved::NotFound => reply.error(404, head),
+        Resolved::Redirect(status) => reply.error_with(status, head, |head| push_header(head, b"Location", scratch)),
+        Resolved::NotFound => match rules.fallback() {
+            Some(fallback) => match resolve(root, &Rules::NONE, fallback, scratch, &mut Matched::default()) {
+                Resolved::File { file, meta, content_type } => serve_file(req, &reply, file, &meta, content_type, head),
+                _ => reply.error(404, head),
+            },
+            None => reply.error(404, head),
+        },
+        Resolved::Hidden => reply.error(404, head),
         Resolved::Forbidden => reply.error(403, head),
         Resolved::BadRequest => reply.closing().error(400, head),
         Resolved::ServerError => reply.closing().error(500, head),
@@ -237,7 +250,9 @@ pub fn respond(
 /// Appends the head (and small body) for an error found before a [`Request`] exists: a
 /// parse error or a timeout. The connection always closes afterwards.
 pub fn error_head(kind: ErrorKind, date: &DateCache, head: &mut Vec<u8>) -> Plan {
-    let reply = Reply { date, minor_version: 1, close: true, omit_body: false };
+    static NO_RULES: Rules = Rules::NONE;
+    let reply =
+        Reply { date, minor_version: 1, close: true, omit_body: false, rules: &NO_RULES, matched: Matched::NONE };
     reply.error(kind.status(), head)
 }
 
@@ -253,11 +268,16 @@ struct Reply<'d> {
     minor_version: u8,
     close: bool,
     omit_body: bool,
+    rules: &'d Rules,
+    /// The `[[headers]]` rules whose headers this response carries.
+    matched: Matched,
 }
 
 impl Reply<'_> {
+    /// For a `400` or `500`: the connection closes, and no header rule applies (they are
+    /// for the responses about files).
     fn closing(self) -> Self {
-        Reply { close: true, ..self }
+        Reply { close: true, matched: Matched::NONE, ..self }
     }
 
     /// Status line plus the headers every response carries.
@@ -271,8 +291,10 @@ impl Reply<'_> {
         push_header(head, b"Date", self.date.get());
     }
 
-    /// `Connection` as needed, then the blank line.
+    /// The headers of the matching `[[headers]]` rules, `Connection` as needed, then the
+    /// blank line.
     fn finish(&self, head: &mut Vec<u8>) {
+        self.rules.push_headers(self.matched, head);
         if self.close {
             push_header(head, b"Connection", b"close");
         } else if self.minor_version == 0 {
@@ -735,7 +757,7 @@ mod tests {
         };
         let mut scratch = Vec::new();
         let mut head = Vec::new();
-        let plan = respond(&request, &fixture.root, &fixture.date, &mut scratch, force_close, &mut head);
+        let plan = respond(&request, &fixture.root, &Rules::NONE, &fixture.date, &mut scratch, force_close, &mut head);
         read_head(plan, &head)
     }
 
@@ -1181,7 +1203,7 @@ mod tests {
         let capacities = (scratch.capacity(), head.capacity());
         for _ in 0..50 {
             head.clear();
-            let plan = respond(&request, &fixture.root, &fixture.date, &mut scratch, false, &mut head);
+            let plan = respond(&request, &fixture.root, &Rules::NONE, &fixture.date, &mut scratch, false, &mut head);
             assert_eq!(plan.status, 206);
         }
         assert_eq!((scratch.capacity(), head.capacity()), capacities);

@@ -1,0 +1,153 @@
+//! The site rules a config file gives (SPEC section 7): hidden files, `[[redirects]]`,
+//! `[[headers]]`. Here they are plain data, checked when the file is read so a bad rule is
+//! a configuration error naming the file and the rule; `worker/rules.rs` compiles them
+//! once per worker.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Whether a path with a segment starting with `.` is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HiddenFiles {
+    /// 404 for any such path, except under `/.well-known/`.
+    #[default]
+    Deny,
+    /// Served like any other file.
+    Allow,
+}
+
+/// One `[[redirects]]` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// A path prefix when it ends with `/`, else an exact path.
+    pub from: String,
+    /// Where to: a path or an absolute URL.
+    pub to: String,
+    /// 301, 302, 307 or 308.
+    pub status: u16,
+}
+
+impl Redirect {
+    /// The statuses a redirect may have.
+    pub const STATUSES: [u16; 4] = [301, 302, 307, 308];
+
+    pub fn is_prefix(&self) -> bool {
+        self.from.ends_with('/')
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !Redirect::STATUSES.contains(&self.status) {
+            return Err(format!("status = {} is not one of 301, 302, 307, 308", self.status));
+        }
+        if !self.from.starts_with('/') {
+            return Err("from must be a path starting with /".into());
+        }
+        if self.to.is_empty() || !self.to.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err("to must be a non-empty path or URL of visible ASCII (percent-encode the rest)".into());
+        }
+        Ok(())
+    }
+}
+
+/// One `[[headers]]` rule: headers set on the responses for paths `match` matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRule {
+    /// Glob on the decoded path: `*` within a segment, `**` across segments, `?` one byte.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Header name → value.
+    pub set: BTreeMap<String, String>,
+}
+
+/// Headers webd writes itself: a rule may not set them (a second copy would contradict
+/// the first, or break the framing).
+pub const MANAGED_HEADERS: &[&str] = &[
+    "accept-ranges",
+    "allow",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "date",
+    "etag",
+    "keep-alive",
+    "last-modified",
+    "location",
+    "server",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Most `[[headers]]` rules: a response records the ones that match in a fixed bit set.
+pub const MAX_HEADER_RULES: usize = 256;
+
+impl HeaderRule {
+    fn check(&self) -> Result<(), String> {
+        check_glob(&self.pattern).map_err(|e| format!("match = {:?}: {e}", self.pattern))?;
+        if self.set.is_empty() {
+            return Err("set names no header".into());
+        }
+        for (name, value) in &self.set {
+            if name.is_empty() || !name.bytes().all(is_token_byte) {
+                return Err(format!("header name {name:?} is not a token (RFC 9110 section 5.1)"));
+            }
+            if MANAGED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(format!("header {name:?} is written by webd itself and cannot be set"));
+            }
+            let visible = |b: u8| b == b'\t' || (0x20..0x7f).contains(&b);
+            if !value.bytes().all(visible) || value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
+                return Err(format!(
+                    "header {name:?}: value {value:?} must be visible ASCII without leading or trailing space"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A glob is a path (it starts with `/`) in which `**` stands alone as a segment.
+pub fn check_glob(pattern: &str) -> Result<(), String> {
+    if !pattern.starts_with('/') {
+        return Err("a glob on the path starts with /".into());
+    }
+    for segment in pattern.split('/') {
+        if segment.contains("**") && segment != "**" {
+            return Err(format!("** must be a whole segment, not part of {segment:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks every rule; the error names the rule (`redirects[0]`, counted from 0) and what
+/// is wrong with it.
+pub fn check_rules(redirects: Option<&[Redirect]>, headers: Option<&[HeaderRule]>) -> Result<(), String> {
+    for (index, rule) in redirects.unwrap_or_default().iter().enumerate() {
+        rule.check().map_err(|e| format!("redirects[{index}] (from = {:?}): {e}", rule.from))?;
+    }
+    let headers = headers.unwrap_or_default();
+    if headers.len() > MAX_HEADER_RULES {
+        return Err(format!("headers: {} rules, at most {MAX_HEADER_RULES}", headers.len()));
+    }
+    for (index, rule) in headers.iter().enumerate() {
+        rule.check().map_err(|e| format!("headers[{index}] (match = {:?}): {e}", rule.pattern))?;
+    }
+    Ok(())
+}
+
+/// `fallback` names a path beneath the root: it starts with `/`, and it is a file's path.
+pub fn check_fallback(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.ends_with('/') || path.split('/').any(|segment| segment == "..") {
+        return Err(format!("fallback = {path:?}: must be the path of a file beneath the root, like \"/index.html\""));
+    }
+    Ok(())
+}

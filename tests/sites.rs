@@ -1,0 +1,182 @@
+//! Site rules (SPEC section 7, docs/reference.md "Config-file-only keys") against the real
+//! binary: hidden files, redirects, header rules. Each test writes its rules in a config
+//! file beside a fresh document root.
+
+use crate::util::*;
+
+/// A daemon serving `files` (path under the root, content) with `rules` as its config file.
+fn start(rules: &str, files: &[(&str, &str)]) -> Webd {
+    let webd = Webd::spawn(Options {
+        workers: 1,
+        args: vec!["--heartbeat-timeout".into(), "3000".into()],
+        config_toml: Some(rules.to_string()),
+        ..Default::default()
+    });
+    for (rel, content) in files {
+        let path = webd.root.join(rel);
+        std::fs::create_dir_all(path.parent().expect("a file has a parent")).expect("create dir");
+        std::fs::write(&path, content).expect("write file");
+    }
+    webd.wait_ready();
+    webd
+}
+
+fn status(webd: &Webd, path: &str) -> u16 {
+    get(webd.addr(), path).unwrap_or_else(|e| panic!("GET {path}: {e}")).status
+}
+
+const DOTFILES: &[(&str, &str)] = &[
+    (".git/config", "[core]\n"),
+    (".env", "SECRET=1\n"),
+    ("a/.htaccess", "deny\n"),
+    (".well-known/x", "well known\n"),
+    (".well-known/acme-challenge/token", "token\n"),
+    ("docs/index.html", "<p>docs</p>\n"),
+    ("plain.txt", "plain\n"),
+];
+
+#[test]
+fn hidden_files_are_404_by_default_except_well_known() {
+    let webd = start("", DOTFILES);
+    for path in ["/.git/config", "/.env", "/a/.htaccess", "/%2egit/config", "/a/../.env", "/.git/", "/.git"] {
+        assert_eq!(status(&webd, path), 404, "{path}");
+    }
+    let known = get(webd.addr(), "/.well-known/x").expect("GET");
+    assert_eq!((known.status, known.body.as_slice()), (200, &b"well known\n"[..]));
+    assert_eq!(status(&webd, "/.well-known/acme-challenge/token"), 200);
+    assert_eq!(status(&webd, "/docs/"), 200, "a directory index is unaffected");
+    assert_eq!(status(&webd, "/"), 200);
+    assert_eq!(status(&webd, "/plain.txt"), 200);
+}
+
+#[test]
+fn hidden_files_allow_serves_them() {
+    let webd = start("hidden_files = \"allow\"\n", DOTFILES);
+    let env = get(webd.addr(), "/.env").expect("GET");
+    assert_eq!((env.status, env.body.as_slice()), (200, &b"SECRET=1\n"[..]));
+    assert_eq!(status(&webd, "/.git/config"), 200);
+}
+
+#[test]
+fn a_bad_hidden_files_value_exits_2_naming_the_file_and_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("webd.toml");
+    std::fs::write(&path, "hidden_files = \"maybe\"\n").expect("write");
+    let (code, err) = run_webd(&["--config", &path.to_string_lossy(), "--admin", "off"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("webd.toml") && err.contains("hidden_files"), "{err}");
+}
+
+const REDIRECTS: &str = r#"
+[[redirects]]
+from = "/old/"
+to = "/new/"
+status = 301
+
+[[redirects]]
+from = "/page"
+to = "/other.html"
+status = 307
+
+[[redirects]]
+from = "/away/"
+to = "https://example.org/"
+status = 308
+"#;
+
+fn redirect(webd: &Webd, path: &str) -> (u16, Option<String>) {
+    let response = get(webd.addr(), path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    (response.status, response.header("location").map(str::to_string))
+}
+
+#[test]
+fn redirects_by_prefix_keep_the_rest_and_the_query_and_exact_ones_match_exactly() {
+    let webd = start(REDIRECTS, &[("old/kept.txt", "not served\n"), ("page/index.html", "dir\n")]);
+    assert_eq!(redirect(&webd, "/old/a/b.html?x=1&y=2"), (301, Some("/new/a/b.html?x=1&y=2".into())));
+    assert_eq!(redirect(&webd, "/old/kept.txt"), (301, Some("/new/kept.txt".into())), "before the file");
+    assert_eq!(redirect(&webd, "/old/%C3%A9t%C3%A9"), (301, Some("/new/%C3%A9t%C3%A9".into())));
+    assert_eq!(redirect(&webd, "/page?q=1"), (307, Some("/other.html?q=1".into())));
+    assert_eq!(redirect(&webd, "/page/"), (200, None), "exact means exact");
+    assert_eq!(redirect(&webd, "/away/x/y"), (308, Some("https://example.org/x/y".into())));
+    assert_eq!(redirect(&webd, "/oldish"), (404, None));
+    let response = get(webd.addr(), "/old/").expect("GET");
+    assert!(!response.body.is_empty() && response.header("content-type").is_some(), "a small body");
+    let mut conn = connect(webd.addr());
+    conn.send(b"HEAD /page HTTP/1.1\r\nHost: t\r\n\r\nGET /plain.txt HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    let head = conn.head_response(IO_TIMEOUT).expect("HEAD");
+    assert_eq!((head.status, head.header("location")), (307, Some("/other.html")));
+    assert_eq!(conn.response(IO_TIMEOUT).expect("the next response").status, 404, "no body after the head");
+}
+
+#[test]
+fn a_bad_redirect_status_exits_2_naming_the_file_and_the_rule() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("webd.toml");
+    let text = format!("{REDIRECTS}\n[[redirects]]\nfrom = \"/x\"\nto = \"/y\"\nstatus = 303\n");
+    std::fs::write(&path, text).expect("write");
+    let (code, err) = run_webd(&["--config", &path.to_string_lossy(), "--admin", "off"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("webd.toml") && err.contains("redirects[3]") && err.contains("303"), "{err}");
+}
+
+#[test]
+fn header_rules_apply_to_matching_paths_only_every_match_in_order() {
+    let rules = r#"
+[[headers]]
+match = "/assets/**"
+set = { "Cache-Control" = "public, max-age=31536000, immutable" }
+
+[[headers]]
+match = "/**/*.css"
+set = { "X-Kind" = "style", "X-Extra" = "1" }
+
+[[headers]]
+match = "/*.txt"
+set = { "X-Top" = "text" }
+"#;
+    let files =
+        [("assets/app.js", "js\n"), ("assets/css/site.css", "css\n"), ("plain.txt", "plain\n"), ("sub/a.txt", "a\n")];
+    let webd = start(rules, &files);
+    let header = |path: &str, name: &str| {
+        let response = get(webd.addr(), path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        (response.status, response.header(name).map(str::to_string))
+    };
+    let immutable = Some("public, max-age=31536000, immutable".to_string());
+    assert_eq!(header("/assets/app.js", "cache-control"), (200, immutable.clone()));
+    assert_eq!(header("/assets/css/site.css", "cache-control"), (200, immutable.clone()));
+    assert_eq!(header("/assets/css/site.css", "x-kind"), (200, Some("style".into())));
+    assert_eq!(header("/assets/css/site.css", "x-extra"), (200, Some("1".into())));
+    assert_eq!(header("/assets/missing.js", "cache-control"), (404, immutable.clone()), "4xx of a path too");
+    assert_eq!(header("/assets/app.js", "x-kind"), (200, None));
+    assert_eq!(header("/plain.txt", "x-top"), (200, Some("text".into())));
+    assert_eq!(header("/sub/a.txt", "x-top"), (200, None), "* stays within a segment");
+    assert_eq!(header("/plain.txt", "cache-control"), (200, None));
+    assert_eq!(header("/", "cache-control"), (200, None));
+    let bad = request(webd.addr(), "GET /assets/%zz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("GET");
+    assert_eq!((bad.status, bad.header("cache-control")), (400, None), "not on a 400");
+}
+
+#[test]
+fn a_bad_header_rule_exits_2_naming_the_file_and_the_rule() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("webd.toml");
+    std::fs::write(&path, "[[headers]]\nmatch = \"/a\"\nset = { \"Bad Name\" = \"1\" }\n").expect("write");
+    let (code, err) = run_webd(&["--config", &path.to_string_lossy(), "--admin", "off"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("webd.toml") && err.contains("headers[0]") && err.contains("Bad Name"), "{err}");
+}
+
+#[test]
+fn fallback_serves_its_file_with_200_for_paths_that_match_no_file() {
+    let files = [("app.html", "<p>app</p>\n"), ("real.txt", "real\n"), (".env", "SECRET=1\n")];
+    let webd = start("fallback = \"/app.html\"\n", &files);
+    for path in ["/some/route", "/missing.js?x=1", "/deep/er/path/"] {
+        let response = get(webd.addr(), path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!((response.status, response.body.as_slice()), (200, &b"<p>app</p>\n"[..]), "{path}");
+        assert_eq!(response.header("content-type"), Some("text/html; charset=utf-8"), "{path}");
+    }
+    let real = get(webd.addr(), "/real.txt").expect("GET");
+    assert_eq!((real.status, real.body.as_slice()), (200, &b"real\n"[..]));
+    assert_eq!(status(&webd, "/.env"), 404, "a hidden path is not a route");
+    assert_eq!(status(&webd, "/../x"), 403);
+}
