@@ -44,6 +44,9 @@ struct Sources {
 /// The daemon's overall state, as status shows it.
 pub use webd_proto::DaemonState as State;
 
+/// A start-up refusal that exits 2 (see `main`).
+pub use sockets::UsageError;
+
 /// Everything a child is started with that the daemon keeps for its whole life.
 pub struct Inheritance {
     pub config: Config,
@@ -121,6 +124,8 @@ struct Daemon {
 
 /// Runs the daemon until a graceful stop completes.
 pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
+    // First, before any thread or child: it clears LISTEN_* from our environment.
+    let activated = sockets::take_activated()?;
     let mut successor_channel = None;
     let mut argv = std::env::args_os();
     let argv0 = argv.next().map(|a| a.to_string_lossy().into_owned()).unwrap_or_else(|| "webd".into());
@@ -147,7 +152,7 @@ pub fn run(config: Config, cli: crate::config::Cli) -> anyhow::Result<()> {
             successor_channel = Some(inherited.channel);
             (inherited.listen, control, admin, inherited.totals)
         }
-        None => (sockets::bind_all(&config.listen)?, None, None, Default::default()),
+        None => (sockets::activated_or_bound(&config.listen, activated)?, None, None, Default::default()),
     };
     let steering = sys::seqpacket_pair().context("steering channel")?;
     let mut lanes = Vec::new();
