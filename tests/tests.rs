@@ -1,5 +1,6 @@
 //! Integration tests: each module starts real webd trees (see `util`).
 //!
+//! - `activation`: socket activation (LISTEN_FDS): adopted, matched, refused
 //! - `chaos`: random SIGKILL/SIGSTOP of listener, manager and workers under load; every
 //!   failed request attributed to its fault (`WEBD_SOAK_SECS` for long runs)
 //! - `control`: webctl and the control socket against the real daemon
@@ -13,6 +14,7 @@
 //! - `hostile`: hostile HTTP, control and admin clients and fd exhaustion, with a normal
 //!   client served throughout and heartbeats measured
 
+mod activation;
 mod chaos;
 mod control;
 mod defects;
