@@ -5,6 +5,7 @@
 //!   failed request attributed to its fault (`WEBD_SOAK_SECS` for long runs)
 //! - `control`: webctl and the control socket against the real daemon
 //! - `defects`: defects an operator met in the first hour, each with its test
+//! - `systemd`: the dist/systemd units under a real systemd (systemd-sandbox; needs root)
 //! - `tree`: the supervised process tree (spawn, crash, hang, backoff, stop, orphans)
 //! - `metrics`: /metrics, /readyz, /status against the real daemon
 //! - `ops`: config file, SIGHUP, systemd notify, --user, access log
@@ -23,6 +24,7 @@ mod http;
 mod metrics;
 mod ops;
 mod startup;
+mod systemd;
 mod tree;
 mod upgrade;
 mod util;
