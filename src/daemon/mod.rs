@@ -1,6 +1,6 @@
 //! The daemon: root of the process tree and supervisor of the listener and manager.
 //!
-//! It binds the listening sockets, creates the lanes (listener→worker, one per worker
+//! It binds the listening sockets (or adopts socket-activated ones, `sockets`), creates the lanes (listener→worker, one per worker
 //! slot) and the steering channel (manager→listener), holding both ends of each forever
 //! so queued connections outlive any crash, and the lifeline pipe, then starts each role by fork+exec and watches it: heartbeats are
 //! checked every 200 ms, three misses make a hang, an exit (SIGCHLD) is acted on at
