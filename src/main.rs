@@ -1,7 +1,7 @@
 //! Entry point: run as the daemon, or as the child role named in argv[0].
 //!
 //! Exit codes: 0 clean stop, 1 runtime error (port in use, unreadable root), 2 usage or
-//! configuration error.
+//! configuration error (including inherited sockets that do not fit the configuration).
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("webd: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(if e.downcast_ref::<webd::daemon::UsageError>().is_some() { 2 } else { 1 })
         }
     }
 }

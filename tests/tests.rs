@@ -1,9 +1,11 @@
 //! Integration tests: each module starts real webd trees (see `util`).
 //!
+//! - `activation`: socket activation (LISTEN_FDS): adopted, matched, refused
 //! - `chaos`: random SIGKILL/SIGSTOP of listener, manager and workers under load; every
 //!   failed request attributed to its fault (`WEBD_SOAK_SECS` for long runs)
 //! - `control`: webctl and the control socket against the real daemon
 //! - `defects`: defects an operator met in the first hour, each with its test
+//! - `systemd`: the dist/systemd units under a real systemd (systemd-sandbox; needs root)
 //! - `tree`: the supervised process tree (spawn, crash, hang, backoff, stop, orphans)
 //! - `metrics`: /metrics, /readyz, /status against the real daemon
 //! - `ops`: config file, SIGHUP, systemd notify, --user, access log
@@ -16,6 +18,7 @@
 //! - `hostile`: hostile HTTP, control and admin clients and fd exhaustion, with a normal
 //!   client served throughout and heartbeats measured
 
+mod activation;
 mod chaos;
 mod control;
 mod defects;
@@ -25,6 +28,7 @@ mod metrics;
 mod ops;
 mod sites;
 mod startup;
+mod systemd;
 mod tls;
 mod tree;
 mod upgrade;

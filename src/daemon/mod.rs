@@ -1,6 +1,6 @@
 //! The daemon: root of the process tree and supervisor of the listener and manager.
 //!
-//! It binds the listening sockets, creates the lanes (listener→worker, one per worker
+//! It binds the listening sockets (or adopts socket-activated ones, `sockets`), creates the lanes (listener→worker, one per worker
 //! slot) and the steering channel (manager→listener), holding both ends of each forever
 //! so queued connections outlive any crash, and the lifeline pipe, then starts each role by fork+exec and watches it: heartbeats are
 //! checked every 200 ms, three misses make a hang, an exit (SIGCHLD) is acted on at
@@ -43,6 +43,9 @@ struct Sources {
 
 /// The daemon's overall state, as status shows it.
 pub use webd_proto::DaemonState as State;
+
+/// A start-up refusal that exits 2 (see `main`).
+pub use sockets::UsageError;
 
 /// Everything a child is started with that the daemon keeps for its whole life.
 pub struct Inheritance {
@@ -126,6 +129,8 @@ struct Daemon {
 
 /// Runs the daemon until a graceful stop completes.
 pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial) -> anyhow::Result<()> {
+    // First, before any thread or child: it clears LISTEN_* from our environment.
+    let activated = sockets::take_activated()?;
     let mut successor_channel = None;
     let mut argv = std::env::args_os();
     let argv0 = argv.next().map(|a| a.to_string_lossy().into_owned()).unwrap_or_else(|| "webd".into());
@@ -159,7 +164,13 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
             successor_channel = Some(inherited.channel);
             (inherited.listen, inherited.tls_listen, control, admin, inherited.totals)
         }
-        None => (sockets::bind_all(&config.listen)?, sockets::bind_all(&tls_addrs)?, None, None, Default::default()),
+        None => (
+            sockets::activated_or_bound(&config.listen, activated)?,
+            sockets::activated_or_bound(&tls_addrs, Vec::new())?,
+            None,
+            None,
+            Default::default(),
+        ),
     };
     let steering = sys::seqpacket_pair().context("steering channel")?;
     let mut lanes = Vec::new();

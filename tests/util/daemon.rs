@@ -71,6 +71,51 @@ impl Webd {
 
     /// Starts the daemon without waiting for it.
     pub fn spawn(opts: Options) -> Webd {
+        Webd::spawn_command(opts, Command::new(WEBD))
+    }
+
+    /// Starts the daemon as socket activation does: `passed` at fds 3.., `LISTEN_FDS`,
+    /// `LISTEN_FDNAMES` and `LISTEN_PID` set to the daemon's own pid (a shell sets it to
+    /// `$$` and execs webd, so the pid stays the same).
+    pub fn spawn_activated(opts: Options, passed: Vec<(std::os::fd::OwnedFd, &str)>) -> Webd {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let names = passed.iter().map(|(_, name)| *name).collect::<Vec<_>>().join(":");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "export LISTEN_PID=$$ LISTEN_FDS={} LISTEN_FDNAMES='{names}'; exec \"$0\" \"$@\"",
+                passed.len()
+            ))
+            .arg(WEBD);
+        let raw: Vec<i32> = passed.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
+        // SAFETY: runs in the forked child before exec and only calls dup2 and close,
+        // which are async-signal-safe; `raw` was built before the fork and is only read.
+        // Two phases (via 1000+i) so a source already at 3..3+N is not overwritten.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (i, fd) in raw.iter().enumerate() {
+                    if libc::dup2(*fd, 1000 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for i in 0..raw.len() as i32 {
+                    if libc::dup2(1000 + i, 3 + i) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(1000 + i);
+                }
+                Ok(())
+            });
+        }
+        let webd = Webd::spawn_command(opts, cmd);
+        drop(passed);
+        webd
+    }
+
+    /// Starts `cmd` (webd, or a tool that execs it: pid stays the same) with the usual
+    /// arguments appended.
+    pub fn spawn_command(opts: Options, mut cmd: Command) -> Webd {
         let dir = tempfile::Builder::new().prefix("webd-test-").tempdir().expect("tempdir");
         let root = dir.path().join("root");
         std::fs::create_dir(&root).expect("root dir");
@@ -78,7 +123,6 @@ impl Webd {
         let control_socket = dir.path().join("ctl").join("webd.sock");
         let log = dir.path().join("webd.log");
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(WEBD);
         if !opts.only_args {
             let defaults = [
                 ("--listen", LISTEN_ANY_PORT.to_string()),

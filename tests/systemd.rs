@@ -1,0 +1,174 @@
+//! Under a real systemd (`/work/shared/tools/systemd-sandbox`, or `WEBD_SYSTEMD_SANDBOX`):
+//! the real `dist/systemd/webd.socket` and `webd.service`, with only `ExecStart=`, the
+//! port and paths changed by drop-ins. `systemctl start webd.socket` opens the port, the
+//! first connection from outside starts the service and is answered, and `systemctl
+//! restart webd` under load refuses no connection. Where it cannot run (not root, no
+//! systemd, no sandbox tool) it fails saying why: it never passes without having run.
+
+use crate::util::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SYSTEMD: &str = "/lib/systemd/systemd";
+const DEFAULT_SANDBOX: &str = "/work/shared/tools/systemd-sandbox";
+
+fn sandbox_tool() -> PathBuf {
+    std::env::var_os("WEBD_SYSTEMD_SANDBOX").map(PathBuf::from).unwrap_or_else(|| DEFAULT_SANDBOX.into())
+}
+
+/// Why this machine cannot run the test, if it cannot.
+fn cannot_run() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("must run as root (systemd-sandbox boots systemd in a PID + mount namespace)".into());
+    }
+    if !Path::new(SYSTEMD).exists() {
+        return Some(format!("no {SYSTEMD}: install Debian's systemd package (apt-get install systemd)"));
+    }
+    let tool = sandbox_tool();
+    if !tool.exists() {
+        return Some(format!("no {} (set WEBD_SYSTEMD_SANDBOX to the systemd-sandbox tool)", tool.display()));
+    }
+    None
+}
+
+/// A booted sandbox; always stopped on drop, also when the test fails.
+struct Sandbox {
+    state: PathBuf,
+}
+
+impl Sandbox {
+    fn start(state: &Path, units: &[PathBuf]) -> Sandbox {
+        let sandbox = Sandbox { state: state.to_path_buf() };
+        let out =
+            Command::new(sandbox_tool()).arg("start").arg(state).args(units).output().expect("run systemd-sandbox");
+        assert!(out.status.success(), "systemd-sandbox start failed: {}", String::from_utf8_lossy(&out.stderr));
+        sandbox
+    }
+
+    /// Runs `args` inside; (success, stdout, stderr).
+    fn exec(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(sandbox_tool())
+            .arg("exec")
+            .arg(&self.state)
+            .args(args)
+            .output()
+            .expect("run systemd-sandbox exec");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    }
+
+    fn systemctl(&self, args: &[&str]) -> String {
+        let mut all = vec!["systemctl"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = self.exec(&all);
+        assert!(ok, "systemctl {args:?} failed: {out} {err}\n{}", self.journal());
+        out
+    }
+
+    fn show(&self, unit: &str, property: &str) -> String {
+        let (_, out, _) = self.exec(&["systemctl", "show", "-p", property, "--value", unit]);
+        out
+    }
+
+    fn journal(&self) -> String {
+        let (_, out, err) =
+            self.exec(&["journalctl", "--no-pager", "-n", "60", "-u", "webd.service", "-u", "webd.socket"]);
+        format!("---- journal ----\n{out}{err}")
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.journal());
+        }
+        let _ = Command::new(sandbox_tool()).arg("stop").arg(&self.state).status();
+    }
+}
+
+/// The unit files from dist/systemd/ and drop-ins that change only the port, ExecStart=
+/// and paths, in `dir`.
+fn units(dir: &Path, port: u16) -> Vec<PathBuf> {
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/systemd");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    std::fs::write(root.join("index.html"), BODY).expect("index");
+    let units = dir.join("units");
+    std::fs::create_dir_all(units.join("webd.service.d")).expect("drop-in dir");
+    std::fs::create_dir_all(units.join("webd.socket.d")).expect("drop-in dir");
+    for unit in ["webd.socket", "webd.service"] {
+        std::fs::copy(dist.join(unit), units.join(unit)).expect("copy unit");
+    }
+    // The host's port 8080 may be taken (the network namespace is shared).
+    std::fs::write(
+        units.join("webd.socket.d/test.conf"),
+        format!("[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n"),
+    )
+    .expect("socket drop-in");
+    let d = dir.display();
+    std::fs::write(
+        units.join("webd.service.d/test.conf"),
+        format!(
+            "[Service]\nExecStart=\nExecStart={WEBD} --root {d}/root --listen 127.0.0.1:{port} --admin off \
+             --workers 2 --drain-timeout 5 --control-socket {d}/ctl/webd.sock\n\
+             # ProtectSystem=strict: the control socket lives in the test's directory.\n\
+             ReadWritePaths={d}\n\
+             # No /var/log/webd on the host (the sandbox shares its filesystem).\n\
+             LogsDirectory=\n"
+        ),
+    )
+    .expect("service drop-in");
+    vec![
+        units.join("webd.socket"),
+        units.join("webd.service"),
+        units.join("webd.socket.d"),
+        units.join("webd.service.d"),
+    ]
+}
+
+#[test]
+fn socket_activation_under_real_systemd_starts_on_connect_and_restarts_without_refusing() {
+    if let Some(why) = cannot_run() {
+        panic!("cannot run the systemd socket activation test: {why}");
+    }
+    // Outside /tmp: the sandbox's /tmp is private.
+    let dir = tempfile::Builder::new().prefix("webd-systemd-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let units = units(dir.path(), port);
+    let sandbox = Sandbox::start(&dir.path().join("state"), &units);
+
+    sandbox.systemctl(&["start", "webd.socket"]);
+    assert_eq!(sandbox.show("webd.socket", "ActiveState"), "active");
+    assert_eq!(sandbox.show("webd.service", "ActiveState"), "inactive", "webd started before any connection");
+
+    // The first connection from outside starts the service and is answered.
+    let response = get(addr, "/index.html").unwrap_or_else(|e| panic!("first GET: {e}\n{}", sandbox.journal()));
+    assert_eq!((response.status, response.body.as_slice()), (200, BODY));
+    // READY=1 may reach systemd just after the first answer.
+    wait_until(Duration::from_secs(10), "webd.service active (READY=1)", || {
+        sandbox.show("webd.service", "ActiveState") == "active"
+    });
+    let first_pid = sandbox.show("webd.service", "MainPID");
+    assert_ne!(first_pid, "0");
+    assert!(sandbox.journal().contains("socket activation: adopted"), "{}", sandbox.journal());
+
+    // `systemctl restart webd` under load: the socket stays open, so nothing is refused.
+    let load = Load::start(addr, 4, "/index.html", BODY.to_vec());
+    wait_until(Duration::from_secs(5), "load flowing", || load.ok() > 50);
+    let started = Instant::now();
+    sandbox.systemctl(&["restart", "webd.service"]);
+    let restart_took = started.elapsed();
+    let before = load.ok();
+    wait_until(Duration::from_secs(10), "load served by the new daemon", || load.ok() > before + 200);
+    let (ok, failed, errors) = load.finish();
+    let second_pid = sandbox.show("webd.service", "MainPID");
+    eprintln!("restart took {restart_took:?}; {ok} ok, {failed} failed; MainPID {first_pid} -> {second_pid}");
+    assert_ne!(second_pid, first_pid, "the daemon was not replaced");
+    assert_ne!(second_pid, "0");
+    let refused = errors.iter().filter(|e| e.contains("refused")).count();
+    assert_eq!(refused, 0, "connections refused during the restart: {errors:?}");
+    assert_eq!(failed, 0, "requests failed during the restart: {errors:?}");
+}
