@@ -1,4 +1,4 @@
-//! Under a real systemd (`/work/shared/tools/systemd-sandbox`, or `WEBD_SYSTEMD_SANDBOX`):
+//! Under a real systemd (`tests/tools/systemd-sandbox`, or `WEBD_SYSTEMD_SANDBOX`):
 //! the real `dist/systemd/webd.socket` and `webd.service`, with only `ExecStart=`, the
 //! port and paths changed by drop-ins. `systemctl start webd.socket` opens the port, the
 //! first connection from outside starts the service and is answered, and `systemctl
@@ -12,7 +12,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SYSTEMD: &str = "/lib/systemd/systemd";
-const DEFAULT_SANDBOX: &str = "/work/shared/tools/systemd-sandbox";
+/// The repository's copy of the sandbox tool: systemd as PID 1 of a private PID and
+/// mount namespace (read its header).
+const DEFAULT_SANDBOX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/systemd-sandbox");
 
 fn sandbox_tool() -> PathBuf {
     std::env::var_os("WEBD_SYSTEMD_SANDBOX").map(PathBuf::from).unwrap_or_else(|| DEFAULT_SANDBOX.into())
