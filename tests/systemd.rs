@@ -12,6 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SYSTEMD: &str = "/lib/systemd/systemd";
+/// Where each run's directory (binary, root, config, control socket) is made.
+const TEST_BASE: &str = "/var/lib/webd-tests";
 /// The repository's copy of the sandbox tool: systemd as PID 1 of a private PID and
 /// mount namespace (read its header).
 const DEFAULT_SANDBOX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/systemd-sandbox");
@@ -109,11 +111,13 @@ fn units(dir: &Path, port: u16) -> Vec<PathBuf> {
         format!("[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n"),
     )
     .expect("socket drop-in");
+    let binary = dir.join("webd");
+    std::fs::copy(WEBD, &binary).expect("copy the webd binary");
     let d = dir.display();
     std::fs::write(
         units.join("webd.service.d/test.conf"),
         format!(
-            "[Service]\nExecStart=\nExecStart={WEBD} --root {d}/root --listen 127.0.0.1:{port} --admin off \
+            "[Service]\nExecStart=\nExecStart={d}/webd --root {d}/root --listen 127.0.0.1:{port} --admin off \
              --workers 2 --drain-timeout 5 --control-socket {d}/ctl/webd.sock\n\
              # ProtectSystem=strict: the control socket lives in the test's directory.\n\
              ReadWritePaths={d}\n\
@@ -135,8 +139,10 @@ fn socket_activation_under_real_systemd_starts_on_connect_and_restarts_without_r
     if let Some(why) = cannot_run() {
         panic!("cannot run the systemd socket activation test: {why}");
     }
-    // Outside /tmp: the sandbox's /tmp is private.
-    let dir = tempfile::Builder::new().prefix("webd-systemd-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
+    // Outside /tmp and /var/tmp, which are private in the sandbox (so is a checkout or a
+    // target directory there: the binary is copied in).
+    std::fs::create_dir_all(TEST_BASE).expect("test base directory");
+    let dir = tempfile::Builder::new().prefix("webd-systemd-").tempdir_in(TEST_BASE).expect("dir");
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let units = units(dir.path(), port);
