@@ -79,7 +79,7 @@ text = open(sys.argv[1], encoding="utf-8").read()
 blocks = re.split(r"\n\s*- alert:\s*", text)[1:]
 ok = True
 expected = {"WebdDown", "WebdProcessDown", "WebdRestartStorm", "WebdHeartbeatStale",
-            "WebdNotReady", "WebdHigh5xxRatio"}
+            "WebdNotReady", "WebdHigh5xxRatio", "WebdCertificateExpiresSoon"}
 seen = set()
 for b in blocks:
     name = b.split()[0]
