@@ -183,3 +183,32 @@ fn a_get_is_logged_in_combined_format() {
         && line.contains("] \"GET /index.html HTTP/1.1\" 200 14 \"http://r/\" \"ua/1\"");
     assert!(re_ok, "not a combined-format line: {line}");
 }
+
+#[test]
+fn webctl_reload_answers_once_applied_and_refuses_a_broken_file_changing_nothing() {
+    let webd = Webd::start_with(Options {
+        workers: 1,
+        only_args: true,
+        config_toml: Some(config_with(1, "")),
+        ..Default::default()
+    });
+    let config = webd.dir.path().join("webd.toml");
+    let text = std::fs::read_to_string(&config).expect("read config");
+    std::fs::write(&config, text.replace("workers = 1", "workers = 2")).expect("edit config");
+    let before = webd.worker_pids();
+    let out = webd.webctl(&["reload"]);
+    assert_eq!(out.code, Some(0), "reload: {}{}", out.stdout, out.stderr);
+    // Answered when applied: every worker already replaced and the pool at its new size.
+    let now = webd.worker_pids();
+    assert_eq!(now.len(), 2, "workers after the reload: {now:?}");
+    assert!(before.iter().all(|p| !now.contains(p)), "a worker was not replaced: {before:?} -> {now:?}");
+
+    // A broken file: refused with the file named, and nothing changes.
+    std::fs::write(&config, "workers = \"lots\"\n").expect("break config");
+    let out = webd.webctl(&["reload"]);
+    assert_eq!(out.code, Some(1), "a broken file was accepted: {}{}", out.stdout, out.stderr);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(said.contains("webd.toml") && said.contains("workers"), "{said}");
+    assert_eq!(webd.worker_pids(), now);
+    assert_eq!(get(webd.addr(), "/index.html").expect("GET").status, 200);
+}

@@ -60,6 +60,9 @@ pub enum Command {
     },
     /// Gracefully stop the daemon, like SIGTERM.
     Stop,
+    /// Re-read the config file and certificates, like SIGHUP; waits for the rolling worker
+    /// restart (exit 1 with the reason if the configuration is refused).
+    Reload,
     /// Replace the running daemon with a new binary without dropping a connection; rolls
     /// back (exit 1 with the reason) if the new daemon does not become ready.
     Upgrade {
@@ -109,6 +112,7 @@ impl Command {
             Command::Resume => Request::Resume,
             Command::Scale { workers } => Request::Scale { workers: *workers },
             Command::Stop => Request::Stop,
+            Command::Reload => Request::Reload,
             Command::Upgrade { binary } => Request::Upgrade {
                 // The daemon resolves the path; make a relative one mean "from here".
                 binary: binary

@@ -28,6 +28,9 @@ pub enum Request {
         workers: u32,
     },
     Stop,
+    /// Re-read the config file and certificates and apply them as SIGHUP does; answered
+    /// when the rolling worker restart is done, or with why the configuration was refused.
+    Reload,
     /// Replace the daemon binary without dropping a connection: a new daemon started
     /// from `binary` (default: the running executable's path) takes over the sockets.
     Upgrade {
@@ -241,6 +244,7 @@ mod tests {
             ),
             (r#"{"cmd":"scale","workers":2}"#, Request::Scale { workers: 2 }),
             (r#"{"cmd":"drain"}"#, Request::Drain),
+            (r#"{"cmd":"reload"}"#, Request::Reload),
             (r#"{"cmd":"upgrade"}"#, Request::Upgrade { binary: None }),
             (
                 r#"{"cmd":"upgrade","binary":"/usr/local/bin/webd"}"#,

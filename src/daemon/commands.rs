@@ -105,6 +105,7 @@ impl Daemon {
                 Err(e) => Some(Response::error(format!("scale: {e:#}"))),
             },
             Request::Upgrade { binary } => self.start_upgrade(binary, Some(reply.clone())),
+            Request::Reload => self.reload_by_command(reply),
         }
     }
 
@@ -134,6 +135,15 @@ impl Daemon {
 
     /// Worker commands are the manager's to carry out; one at a time.
     fn forward_to_manager(&mut self, msg: ToManager<'_>, what: &str, reply: &SyncSender<Response>) -> Option<Response> {
+        if let Some(refusal) = self.refuse_worker_command(what) {
+            return Some(refusal);
+        }
+        self.manager.send(&msg);
+        self.await_or_fail(Ok(()), Awaiting::ManagerDone, what, reply)
+    }
+
+    /// Why a worker command cannot be taken now, if it cannot.
+    fn refuse_worker_command(&self, what: &str) -> Option<Response> {
         if self.worker_command_pending() {
             return Some(Response::error(format!("{what}: another worker command is in progress")));
         }
@@ -147,8 +157,29 @@ impl Daemon {
         if !self.manager.slot().is_up() {
             return Some(Response::error(format!("{what}: the manager is not running")));
         }
-        self.manager.send(&msg);
-        self.await_or_fail(Ok(()), Awaiting::ManagerDone, what, reply)
+        None
+    }
+
+    /// `reload`: refused at once when the configuration does not load (nothing changes);
+    /// otherwise answered when the manager has restarted every worker with it.
+    fn reload_by_command(&mut self, reply: &SyncSender<Response>) -> Option<Response> {
+        // Checked before anything is read, so a refusal changes nothing.
+        if let Some(refusal) = self.refuse_worker_command("reload") {
+            return Some(refusal);
+        }
+        match self.reloaded_config() {
+            Ok(config) => {
+                tracing::info!(
+                    workers = config.workers,
+                    "webctl reload: configuration reloaded; rolling worker restart"
+                );
+                self.forward_to_manager(ToManager::Reconfigure(Box::new(config)), "reload", reply)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "webctl reload: refused; keeping the running configuration");
+                Some(Response::error(format!("reload refused, the running configuration is kept: {e}")))
+            }
+        }
     }
 
     fn worker_command_pending(&self) -> bool {

@@ -376,46 +376,50 @@ impl Daemon {
     }
 
     /// SIGHUP: re-reads the configuration and applies what can change live (workers,
-    /// root, timeouts, access log) with a rolling worker restart. A configuration that
-    /// does not load is refused and the running one kept.
+    /// root, timeouts, access log, certificates) with a rolling worker restart. A
+    /// configuration that does not load is refused and the running one kept.
     fn reload(&mut self) {
-        let new = match Config::load_noting_overrides(&self.cli) {
-            Ok((new, overridden)) => {
-                for key in overridden {
-                    tracing::warn!(key, "SIGHUP: the file's value is overridden by a command-line flag");
-                }
-                new
+        match self.reloaded_config() {
+            Ok(config) => {
+                tracing::info!(workers = config.workers, root = %config.root.display(), "SIGHUP: configuration reloaded; rolling worker restart");
+                self.manager.send(&ToManager::Reconfigure(Box::new(config)));
             }
-            Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: configuration refused; keeping the running one");
-                return;
+            Err(ReloadRefused::Config(e)) => {
+                tracing::error!(error = %e, "SIGHUP: configuration refused; keeping the running one")
             }
-        };
+            Err(ReloadRefused::Certificates(e)) => {
+                tracing::error!(error = %e, "SIGHUP: certificates refused; keeping the running configuration")
+            }
+            Err(ReloadRefused::Lanes(e)) => {
+                tracing::error!(error = %e, "SIGHUP: cannot make lanes for the new workers; keeping the pool size")
+            }
+        }
+    }
+
+    /// Reads the configuration and certificates again and takes in what can change live;
+    /// returns the configuration the workers are to be restarted with, or why nothing
+    /// changed.
+    pub(super) fn reloaded_config(&mut self) -> Result<Config, ReloadRefused> {
+        let (new, overridden) =
+            Config::load_noting_overrides(&self.cli).map_err(|e| ReloadRefused::Config(e.to_string()))?;
+        for key in overridden {
+            tracing::warn!(key, "reload: the file's value is overridden by a command-line flag");
+        }
         let config = reload::apply_live(&self.inherit.config, new);
         // Certificates are re-read even when their paths did not change: that is how a
         // renewed certificate is taken. A bad file keeps the running ones.
-        let tls = match crate::tls::TlsMaterial::load(&config) {
-            Ok(tls) => tls,
-            Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: certificates refused; keeping the running configuration");
-                return;
-            }
-        };
+        let tls = crate::tls::TlsMaterial::load(&config).map_err(|e| ReloadRefused::Certificates(e.to_string()))?;
+        self.ensure_lanes(config.workers).map_err(|e| ReloadRefused::Lanes(format!("{e:#}")))?;
         let log_changed = config.access_log != self.inherit.config.access_log;
         self.inherit.config = config.clone();
         if log_changed {
             self.reopen_access_log();
         }
-        tracing::info!(workers = config.workers, root = %config.root.display(), "SIGHUP: configuration reloaded; rolling worker restart");
-        if let Err(e) = self.ensure_lanes(config.workers) {
-            tracing::error!(error = %format!("{e:#}"), "SIGHUP: cannot make lanes for the new workers; keeping the pool size");
-            return;
-        }
         if tls != self.inherit.tls {
             self.manager.send(&ToManager::Tls(Box::new(tls.clone())));
             self.inherit.tls = tls;
         }
-        self.manager.send(&ToManager::Reconfigure(Box::new(config)));
+        Ok(config)
     }
 
     /// Makes sure slots `0..workers` have lanes; new ones go to the listener and manager.
@@ -541,6 +545,24 @@ impl Daemon {
             return true;
         }
         false
+    }
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug)]
+pub(super) enum ReloadRefused {
+    Config(String),
+    Certificates(String),
+    Lanes(String),
+}
+
+impl std::fmt::Display for ReloadRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadRefused::Config(e) => write!(f, "configuration: {e}"),
+            ReloadRefused::Certificates(e) => write!(f, "certificates: {e}"),
+            ReloadRefused::Lanes(e) => write!(f, "cannot make lanes for the new workers: {e}"),
+        }
     }
 }
 
