@@ -67,6 +67,8 @@ settings! {
     max_header_fields: u32 { flag: "N", range: 1..=1024, default: "100", reload: Live }
 
     file only:
+    /// MiB of compressed bodies each worker keeps (on-the-fly compression, LRU by bytes)
+    compress_cache_mib: u32 { range: 1..=65_536, default: 64, reload: Live }
 }
 
 const AFTER_HELP: &str = "\

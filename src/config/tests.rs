@@ -120,6 +120,7 @@ fn what_a_reload_changes_live_is_what_it_always_did() {
         "keepalive_timeout",
         "max_connections",
         "max_header_fields",
+        "compress_cache_mib",
     ];
     assert_eq!(live, wanted);
 }
