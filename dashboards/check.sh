@@ -144,7 +144,7 @@ hist = {"webd_heartbeat_latency_seconds", "webd_http_request_duration_seconds"}
 allowed = {"webd_heartbeat_age_seconds", "webd_heartbeats_missed_total", "webd_restarts_total",
            "webd_process_up", "webd_workers", "webd_worker_utilization_ratio",
            "webd_connections_accepted_total", "webd_connections_active",
-           "webd_http_requests_total", "webd_http_response_bytes_total", "webd_draining",
+           "webd_http_requests_total", "webd_http_requests_by_encoding_total", "webd_http_response_bytes_total", "webd_draining",
            "webd_build_info", "process_cpu_seconds_total", "process_resident_memory_bytes",
            "process_open_fds", "process_max_fds", "process_start_time_seconds"}
 allowed |= {h + s for h in hist for s in ("_bucket", "_sum", "_count")}

@@ -86,6 +86,8 @@ settings! {
     headers: Vec<HeaderRule> { default: Vec::new(), reload: Live }
     /// A path served (200) for a GET or HEAD that matches no file, e.g. `/index.html`
     fallback: Option<String> { default: None, reload: Live }
+    /// MiB of compressed bodies each worker keeps (on-the-fly compression, LRU by bytes)
+    compress_cache_mib: u32 { range: 1..=65_536, default: 64, reload: Live }
 }
 
 const AFTER_HELP: &str = "\

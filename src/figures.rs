@@ -35,6 +35,8 @@ pub struct Figures {
     pub received: u64,
     /// Worker: responses by status code.
     pub responses: ByCode,
+    /// Worker: responses by the content coding of their representation.
+    pub by_encoding: ByEncoding,
     /// Worker: response bytes written (head and body).
     pub response_bytes: u64,
     /// Worker: request durations over `DURATION_BUCKETS`.
@@ -136,6 +138,23 @@ impl ByCode {
     }
 }
 
+/// Counts by content coding, one field per coding a worker sends (the `encoding` label).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ByEncoding {
+    pub identity: u64,
+    pub br: u64,
+    pub zstd: u64,
+    pub gzip: u64,
+}
+
+impl ByEncoding {
+    /// Label value and count, in the order `/metrics` shows them.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [("identity", self.identity), ("br", self.br), ("zstd", self.zstd), ("gzip", self.gzip)].into_iter()
+    }
+}
+
 /// Observations per bucket (not cumulative; the exporter sums), the last entry counting
 /// those above every bound, and their sum in nanoseconds (an integer, so growth between
 /// two reports is exact).
@@ -180,6 +199,17 @@ impl Growth for u64 {
 impl Growth for ByCode {
     fn growth_since(&self, before: &ByCode) -> ByCode {
         ByCode(self.0.iter().map(|&(code, n)| (code, n.saturating_sub(before.get(code)))).collect())
+    }
+}
+
+impl Growth for ByEncoding {
+    fn growth_since(&self, before: &ByEncoding) -> ByEncoding {
+        ByEncoding {
+            identity: self.identity.growth_since(&before.identity),
+            br: self.br.growth_since(&before.br),
+            zstd: self.zstd.growth_since(&before.zstd),
+            gzip: self.gzip.growth_since(&before.gzip),
+        }
     }
 }
 
@@ -242,6 +272,7 @@ impl Growth for Figures {
             accepted: self.accepted.growth_since(&before.accepted),
             received: self.received.growth_since(&before.received),
             responses: self.responses.growth_since(&before.responses),
+            by_encoding: self.by_encoding.growth_since(&before.by_encoding),
             response_bytes: self.response_bytes.growth_since(&before.response_bytes),
             duration: self.duration.growth_since(&before.duration),
             busy_ns: self.busy_ns.growth_since(&before.busy_ns),
@@ -256,6 +287,15 @@ impl AddAssign<&ByCode> for ByCode {
         for (code, n) in other.iter() {
             self.add(code, n);
         }
+    }
+}
+
+impl AddAssign<&ByEncoding> for ByEncoding {
+    fn add_assign(&mut self, other: &ByEncoding) {
+        self.identity += other.identity;
+        self.br += other.br;
+        self.zstd += other.zstd;
+        self.gzip += other.gzip;
     }
 }
 
@@ -305,6 +345,7 @@ impl AddAssign<&Figures> for Figures {
         self.accepted += other.accepted;
         self.received += other.received;
         self.responses += &other.responses;
+        self.by_encoding += &other.by_encoding;
         self.response_bytes += other.response_bytes;
         self.duration += &other.duration;
         self.busy_ns += other.busy_ns;
@@ -390,6 +431,19 @@ mod tests {
         total += &h;
         total += &h;
         assert_eq!((total.count(), total.sum_ns), (4, 2 * 5_000_020_000));
+    }
+
+    #[test]
+    fn encodings_grow_and_add_up_per_process() {
+        let mut acc = Accumulator::default();
+        let report =
+            |br, gzip| Figures { by_encoding: ByEncoding { br, gzip, ..Default::default() }, ..Default::default() };
+        acc.fold(1, &report(3, 1));
+        acc.fold(1, &report(5, 1));
+        acc.fold(2, &report(1, 0)); // another worker
+        let total = acc.total().by_encoding;
+        assert_eq!((total.identity, total.br, total.zstd, total.gzip), (0, 6, 0, 1));
+        assert_eq!(total.iter().map(|(name, _)| name).collect::<Vec<_>>(), ["identity", "br", "zstd", "gzip"]);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! - `chaos`: random SIGKILL/SIGSTOP of listener, manager and workers under load; every
 //!   failed request attributed to its fault (`WEBD_SOAK_SECS` for long runs)
 //! - `control`: webctl and the control socket against the real daemon
+//! - `encoding`: content codings (sidecars, on-the-fly compression and its cache, Vary,
+//!   ranges of encoded bytes, the by-encoding metric)
 //! - `defects`: defects an operator met in the first hour, each with its test
 //! - `systemd`: the dist/systemd units under a real systemd (systemd-sandbox; needs root)
 //! - `tree`: the supervised process tree (spawn, crash, hang, backoff, stop, orphans)
@@ -22,6 +24,7 @@ mod activation;
 mod chaos;
 mod control;
 mod defects;
+mod encoding;
 mod hostile;
 mod http;
 mod metrics;

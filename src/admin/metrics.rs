@@ -66,6 +66,12 @@ pub const CONNECTIONS_ACTIVE: MetricDef =
     def("webd_connections_active", GAUGE, &[], "HTTP connections currently open in the workers.");
 pub const HTTP_REQUESTS: MetricDef =
     def("webd_http_requests_total", COUNTER, &["code"], "HTTP responses sent by the workers, by status code.");
+pub const HTTP_REQUESTS_BY_ENCODING: MetricDef = def(
+    "webd_http_requests_by_encoding_total",
+    COUNTER,
+    &["encoding"],
+    "HTTP responses sent by the workers, by the content coding of their representation (identity, br, zstd, gzip).",
+);
 pub const HTTP_REQUEST_DURATION: MetricDef = def(
     "webd_http_request_duration_seconds",
     HISTOGRAM,
@@ -108,7 +114,7 @@ pub const TLS_CERTIFICATE_EXPIRY: MetricDef = def(
 );
 
 /// Every `webd_*` metric, in exposition order.
-pub const ALL: [MetricDef; 19] = [
+pub const ALL: [MetricDef; 20] = [
     HEARTBEAT_LATENCY,
     HEARTBEAT_AGE,
     HEARTBEATS_MISSED,
@@ -119,6 +125,7 @@ pub const ALL: [MetricDef; 19] = [
     CONNECTIONS_ACCEPTED,
     CONNECTIONS_ACTIVE,
     HTTP_REQUESTS,
+    HTTP_REQUESTS_BY_ENCODING,
     HTTP_REQUEST_DURATION,
     HTTP_RESPONSE_BYTES,
     DRAINING,
@@ -289,10 +296,15 @@ fn traffic_families(o: &Observed) -> Vec<MetricFamily> {
     for (code, n) in f.responses.iter() {
         requests = requests.counter(&[code.to_string().as_str()], n);
     }
+    let mut by_encoding = Family::new(&HTTP_REQUESTS_BY_ENCODING);
+    for (encoding, n) in f.by_encoding.iter() {
+        by_encoding = by_encoding.counter(&[encoding], n);
+    }
     vec![
         Family::new(&CONNECTIONS_ACCEPTED).counter(&[], f.accepted).finish(),
         Family::new(&CONNECTIONS_ACTIVE).gauge(&[], o.connections_active as f64).finish(),
         requests.finish(),
+        by_encoding.finish(),
         Family::new(&HTTP_REQUEST_DURATION).histogram(&[], &f.duration, &DURATION_BUCKETS).finish(),
         Family::new(&HTTP_RESPONSE_BYTES).counter(&[], f.response_bytes).finish(),
     ]

@@ -135,6 +135,7 @@ fn what_a_reload_changes_live_is_what_it_always_did() {
         "redirects",
         "headers",
         "fallback",
+        "compress_cache_mib",
     ];
     assert_eq!(live, wanted);
 }

@@ -3,7 +3,8 @@
 //! Hot path. Buffers are per connection and reused, so a steady keep-alive connection
 //! allocates nothing per request. Pipelined requests are answered in order, their
 //! responses batched into one write. Bodies up to `INLINE_BODY_MAX` are copied after
-//! the head so a small response is a single `send`; larger ones go out with sendfile.
+//! the head so a small response is a single `send`; larger ones go out with sendfile, or
+//! with `send` from the compression cache's buffer for a body compressed on the fly.
 //!
 //! A request with a body is answered once the body has been read and discarded: only
 //! then is it known that a chunked body stays within the cap (413 otherwise). While it
@@ -19,6 +20,7 @@
 //! connection pays one `Option` test per read and write for it.
 
 use super::body::{BodySkipper, Skip};
+use super::encoding::Coding;
 use super::request::{self, ErrorKind, Parsed, Request};
 use super::response::{self, Body, Multipart, Plan};
 use super::tls::Session;
@@ -31,6 +33,7 @@ use std::io::{self, Read};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Bodies up to this size are read into the write buffer (one send with the head).
@@ -87,6 +90,14 @@ impl FileBody {
     }
 }
 
+/// The part of a response sent from memory (a body compressed on the fly, shared with the
+/// worker's cache): `bytes[sent..end]` is still to go.
+struct MemoryBody {
+    bytes: Rc<[u8]>,
+    sent: usize,
+    end: usize,
+}
+
 /// A request whose head sits at `rbuf[rstart..rstart + head_len]` while its body is read.
 struct PendingBody {
     head_len: usize,
@@ -98,6 +109,7 @@ struct PendingBody {
 /// A response produced but not yet fully written, for the statistics.
 struct Unflushed {
     status: u16,
+    coding: Coding,
     bytes: u64,
     started: Instant,
 }
@@ -112,6 +124,7 @@ pub struct Conn {
     wbuf: Vec<u8>,
     wpos: usize,
     body: Option<FileBody>,
+    memory: Option<MemoryBody>,
     /// The request whose body is being read, if any.
     pending: Option<PendingBody>,
     close_after: bool,
@@ -149,6 +162,7 @@ impl Conn {
             wbuf: Vec::with_capacity(WRITE_BUF_INITIAL),
             wpos: 0,
             body: None,
+            memory: None,
             pending: None,
             close_after: false,
             unflushed: Vec::new(),
@@ -213,7 +227,7 @@ impl Conn {
     /// body is pending. Returns true when more input is needed to go on.
     fn produce(&mut self, shared: &mut Shared, now: Instant) -> bool {
         loop {
-            if self.close_after || self.body.is_some() || self.wbuf.len() >= WRITE_HIGH_WATER || self.turn_left == 0 {
+            if self.close_after || self.body_pending() || self.wbuf.len() >= WRITE_HIGH_WATER || self.turn_left == 0 {
                 return false;
             }
             let head_start = self.wbuf.len();
@@ -332,6 +346,7 @@ impl Conn {
                 self.start_parts(file, multipart);
                 true
             }
+            Body::Memory { bytes, offset, len } => self.start_memory(bytes, offset, len),
         };
         if !delivered {
             self.close_after = true;
@@ -340,7 +355,8 @@ impl Conn {
             self.close_after = true;
             self.linger_on_close |= plan.status >= 400;
         }
-        self.unflushed.push(Unflushed { status: plan.status, bytes: head_bytes + body_bytes, started: now });
+        let (status, coding) = (plan.status, plan.coding);
+        self.unflushed.push(Unflushed { status, coding, bytes: head_bytes + body_bytes, started: now });
     }
 
     fn inline_body(&mut self, file: &File, offset: u64, len: u64) -> io::Result<()> {
@@ -372,8 +388,27 @@ impl Conn {
         self.body = Some(FileBody { file, offset: first.first as i64, remaining: first.len(), multipart });
     }
 
+    /// A body from memory: a small one copied after the head, a larger one sent from the
+    /// shared buffer. False if the range lies outside it (cannot happen: it was cut from
+    /// this buffer's length).
+    fn start_memory(&mut self, bytes: Rc<[u8]>, offset: u64, len: u64) -> bool {
+        let (Ok(start), Ok(len)) = (usize::try_from(offset), usize::try_from(len)) else { return false };
+        let Some(end) = start.checked_add(len).filter(|&end| end <= bytes.len()) else { return false };
+        if len as u64 <= INLINE_BODY_MAX {
+            self.wbuf.extend_from_slice(&bytes[start..end]);
+        } else {
+            self.memory = Some(MemoryBody { bytes, sent: start, end });
+        }
+        true
+    }
+
+    /// A body follows the write buffer.
+    fn body_pending(&self) -> bool {
+        self.body.is_some() || self.memory.is_some()
+    }
+
     fn has_output(&self) -> bool {
-        self.wpos < self.wbuf.len() || self.body.is_some() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+        self.wpos < self.wbuf.len() || self.body_pending() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Writes buffered output, then the file body (a multipart body's part heads go
@@ -382,6 +417,18 @@ impl Conn {
         loop {
             if !self.send_buffered()? {
                 return Ok(false);
+            }
+            if let Some(memory) = self.memory.as_mut() {
+                while memory.sent < memory.end {
+                    let rest = &memory.bytes[memory.sent..memory.end];
+                    match retry_eintr(|| send(self.sock.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL)) {
+                        Ok(n) => memory.sent += n,
+                        Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                self.memory = None;
+                continue;
             }
             let Some(body) = self.body.as_mut() else {
                 return Ok(true);
@@ -429,7 +476,7 @@ impl Conn {
         while self.wpos < self.wbuf.len() {
             // More follows from the file: let the kernel merge it with the head.
             let flags =
-                if self.body.is_some() { MsgFlags::from_bits_retain(libc::MSG_MORE) } else { MsgFlags::empty() };
+                if self.body_pending() { MsgFlags::from_bits_retain(libc::MSG_MORE) } else { MsgFlags::empty() };
             match retry_eintr(|| send(self.sock.as_raw_fd(), &self.wbuf[self.wpos..], flags | MsgFlags::MSG_NOSIGNAL)) {
                 Ok(n) => self.wpos += n,
                 Err(nix::errno::Errno::EAGAIN) => return Ok(false),
@@ -443,7 +490,7 @@ impl Conn {
 
     fn flushed(&mut self, stats: &mut Stats, now: Instant) {
         for u in self.unflushed.drain(..) {
-            stats.request_finished(u.status, u.bytes, now.saturating_duration_since(u.started), now);
+            stats.request_finished(u.status, u.coding, u.bytes, now.saturating_duration_since(u.started), now);
         }
     }
 
@@ -567,15 +614,8 @@ fn send_encrypted(tls: &mut Session, sock: &TcpStream, wbuf: &mut Vec<u8>, wpos:
 
 /// Answers a complete request (its body, if any, already read) into `wbuf`, and logs it.
 fn answer(request: &Request<'_>, shared: &mut Shared, peer: &str, wbuf: &mut Vec<u8>) -> Plan {
-    let plan = response::respond(
-        request,
-        &shared.root,
-        &shared.rules,
-        &shared.date,
-        &mut shared.scratch,
-        shared.force_close,
-        wbuf,
-    );
+    let buffers = (&mut shared.scratch, &mut shared.codings);
+    let plan = response::respond(request, &shared.root, &shared.rules, &shared.date, buffers, shared.force_close, wbuf);
     if let Some(log) = shared.access_log.as_mut() {
         log.record(peer, Some(request), plan.status, plan.body_len());
     }
@@ -587,5 +627,5 @@ pub fn refuse_overloaded(fd: OwnedFd, shared: &mut Shared) {
     const BODY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nServer: webd\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n";
     let _ = send(fd.as_raw_fd(), BODY, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT);
     shared.stats.request_started(Instant::now());
-    shared.stats.request_finished(503, BODY.len() as u64, Duration::ZERO, Instant::now());
+    shared.stats.request_finished(503, Coding::Identity, BODY.len() as u64, Duration::ZERO, Instant::now());
 }

@@ -9,8 +9,10 @@
 
 pub mod access_log;
 pub mod body;
+pub mod compress_cache;
 mod conn;
 pub mod date;
+pub mod encoding;
 pub mod path;
 pub mod range;
 pub mod request;
@@ -47,6 +49,8 @@ pub struct Shared {
     pub stats: Stats,
     /// Reused buffer for path decoding.
     pub scratch: Vec<u8>,
+    /// Bodies compressed on the fly (`compress_cache_mib`).
+    pub codings: compress_cache::CompressCache,
     /// The access log, when enabled.
     pub access_log: Option<access_log::AccessLog>,
     /// What TLS connections start from; `None` when no certificate is configured.
@@ -71,9 +75,17 @@ impl Stats {
     }
 
     /// A response was fully written.
-    pub fn request_finished(&mut self, status: u16, bytes: u64, took: Duration, now: Instant) {
+    pub fn request_finished(
+        &mut self,
+        status: u16,
+        coding: encoding::Coding,
+        bytes: u64,
+        took: Duration,
+        now: Instant,
+    ) {
         let f = &mut self.figures;
         f.responses.add(status, 1);
+        f.by_encoding[coding] += 1;
         f.response_bytes += bytes;
         f.duration.observe(&DURATION_BUCKETS, took);
         self.requests_ended(1, now);
@@ -172,6 +184,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
             force_close: boot.draining,
             stats: Stats::default(),
             scratch: Vec::with_capacity(1024),
+            codings: compress_cache::CompressCache::new(config.compress_cache_mib),
             access_log,
             tls,
         },

@@ -74,7 +74,8 @@ impl Root {
 /// What a request-target resolves to.
 #[derive(Debug)]
 pub enum Resolved {
-    /// A regular file, open for reading.
+    /// A regular file, open for reading. `scratch` then holds its normalized path
+    /// (index file included) and a NUL, where `encoding` finds its sidecars.
     File {
         /// The open file.
         file: File,
@@ -301,8 +302,9 @@ fn open_normalized(root: &Root, query: &[u8], scratch: &mut Vec<u8>) -> Resolved
 }
 
 /// Opens the absolute normalized path in `scratch` beneath the root and `fstat`s it.
-/// Leaves a NUL terminator (and `.` for the root itself) appended to `scratch`.
-fn open_regular_or_directory(root: &Root, scratch: &mut Vec<u8>) -> Result<(File, Metadata), Refusal> {
+/// Leaves a NUL terminator (and `.` for the root itself) appended to `scratch`. Also the
+/// way `encoding` opens a file's sidecars.
+pub fn open_regular_or_directory(root: &Root, scratch: &mut Vec<u8>) -> Result<(File, Metadata), Refusal> {
     if scratch.len() == 1 {
         scratch.push(b'.'); // The root itself: openat2 refuses an empty path.
     }

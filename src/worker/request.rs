@@ -182,6 +182,8 @@ pub struct Request<'a> {
     pub if_range: Option<&'a [u8]>,
     /// The Range header value (`None` if the header was repeated).
     pub range: Option<&'a [u8]>,
+    /// The Accept-Encoding field lines.
+    pub accept_encoding: FieldLines<'a>,
     /// How the body that follows the head is framed; the loop reads and discards it.
     pub body: Framing,
     /// `Expect: 100-continue` in an HTTP/1.1 request (HTTP/1.0 ones are ignored, RFC
@@ -380,6 +382,8 @@ struct HeaderFields<'a> {
     if_range: Option<&'a [u8]>,
     range: Option<&'a [u8]>,
     range_repeated: bool,
+    accept_encoding: Option<&'a [u8]>,
+    accept_encoding_repeated: bool,
     referer: Option<&'a [u8]>,
     user_agent: Option<&'a [u8]>,
 }
@@ -408,6 +412,9 @@ impl<'a> HeaderFields<'a> {
             10 if is("user-agent") => keep_first(&mut self.user_agent, value),
             13 if is("if-none-match") => note_line(&mut self.if_none_match, &mut self.if_none_match_repeated, value),
             14 if is("content-length") => self.absorb_content_length(value)?,
+            15 if is("accept-encoding") => {
+                note_line(&mut self.accept_encoding, &mut self.accept_encoding_repeated, value);
+            }
             17 if is("if-modified-since") => keep_first(&mut self.if_modified_since, value),
             17 if is("transfer-encoding") => self.absorb_transfer_encoding(value)?,
             19 if is("if-unmodified-since") => keep_first(&mut self.if_unmodified_since, value),
@@ -524,6 +531,7 @@ impl<'a> HeaderFields<'a> {
             if_modified_since: self.if_modified_since,
             if_range: self.if_range,
             range: if self.range_repeated { None } else { self.range },
+            accept_encoding: lines("accept-encoding", self.accept_encoding, self.accept_encoding_repeated),
             body,
             expect_continue: self.expect_continue && minor_version == 1 && body != Framing::None,
             method_name: method.as_bytes(),

@@ -24,14 +24,20 @@
 //! - The ETag is strong and honest (RFC 9110 §8.8.1): `"<inode>-<length>-<mtime ns>"` in
 //!   hex, so a rewrite of the same length within one second, or a file renamed over
 //!   another, gets a new tag.
+//! - Content codings are [`super::encoding`]'s: it picks the representation (identity, a
+//!   sidecar, or bytes compressed on the fly) and everything above applies to that one:
+//!   its validators (the coding appended to the ETag), its length, its ranges.
 //! - 400 and 500 close the connection (the client or the server is in a bad state); 403,
 //!   404, 405, 412, 416, 501 and 301 keep it if the request allowed that.
 
 use crate::http1::{error_page, reason_phrase};
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::os::unix::fs::MetadataExt;
+use std::rc::Rc;
 
+use super::compress_cache::CompressCache;
 use super::date::{format_http_date, parse_http_date, DateCache, HTTP_DATE_LEN};
+use super::encoding::{self, Coding, Content, Representation};
 use super::path::{resolve, Resolved, Root};
 use super::range::{parse_ranges, ByteRange, RangeRequest, RangeSet};
 use super::request::{ErrorKind, Method, Request};
@@ -53,6 +59,8 @@ pub struct Plan {
     pub body: Body,
     /// Close the connection once the response is sent.
     pub close: bool,
+    /// The content coding of the representation it is about (identity for errors).
+    pub coding: Coding,
 }
 
 impl Plan {
@@ -61,6 +69,7 @@ impl Plan {
         match &self.body {
             Body::File { len, .. } => *len,
             Body::Parts { multipart, .. } => multipart.body_len(),
+            Body::Memory { len, .. } => *len,
             Body::None => 0,
         }
     }
@@ -75,6 +84,15 @@ pub enum Body {
     File {
         /// The open file.
         file: File,
+        /// First byte to send.
+        offset: u64,
+        /// Number of bytes to send; never 0.
+        len: u64,
+    },
+    /// `len` bytes of a body compressed on the fly, from `offset`.
+    Memory {
+        /// The whole compressed body, shared with the worker's cache.
+        bytes: Rc<[u8]>,
         /// First byte to send.
         offset: u64,
         /// Number of bytes to send; never 0.
@@ -204,13 +222,14 @@ impl Sink for Length {
 ///
 /// `force_close` means the connection must close after this response (server draining, or
 /// the loop decided so); the request's own `Connection` header is already in
-/// `req.keep_alive`. HEAD gets the same headers as GET and `Body::None`.
+/// `req.keep_alive`. HEAD gets the same headers as GET and `Body::None`. `codings` is
+/// the worker's cache of compressed bodies.
 pub fn respond(
     req: &Request<'_>,
     root: &Root,
     rules: &Rules,
     date: &DateCache,
-    scratch: &mut Vec<u8>,
+    (scratch, codings): (&mut Vec<u8>, &mut CompressCache),
     force_close: bool,
     head: &mut Vec<u8>,
 ) -> Plan {
@@ -230,12 +249,28 @@ pub fn respond(
     }
     let resolved = resolve(root, rules, req.target, scratch, &mut reply.matched);
     match resolved {
-        Resolved::File { file, meta, content_type } => serve_file(req, &reply, file, &meta, content_type, head),
+        Resolved::File { file, meta, content_type } => {
+            let file = (file, meta, content_type);
+            let chosen =
+                encoding::represent(req.accept_encoding.values(), root, scratch, file, codings, date.now_secs());
+            serve_file(req, &reply, chosen, content_type, head)
+        }
         Resolved::RedirectToSlash => reply.error_with(301, head, |head| push_header(head, b"Location", scratch)),
         Resolved::Redirect(status) => reply.error_with(status, head, |head| push_header(head, b"Location", scratch)),
         Resolved::NotFound => match rules.fallback() {
             Some(fallback) => match resolve(root, &Rules::NONE, fallback, scratch, &mut Matched::default()) {
-                Resolved::File { file, meta, content_type } => serve_file(req, &reply, file, &meta, content_type, head),
+                Resolved::File { file, meta, content_type } => {
+                    let file = (file, meta, content_type);
+                    let chosen = encoding::represent(
+                        req.accept_encoding.values(),
+                        root,
+                        scratch,
+                        file,
+                        codings,
+                        date.now_secs(),
+                    );
+                    serve_file(req, &reply, chosen, content_type, head)
+                }
                 _ => reply.error(404, head),
             },
             None => reply.error(404, head),
@@ -338,19 +373,20 @@ impl Reply<'_> {
         self.plan(304, Body::None)
     }
 
-    fn whole_file(&self, file: File, validators: &Validators, content_type: &str, head: &mut Vec<u8>) -> Plan {
+    fn whole_file(&self, content: Content, validators: &Validators, content_type: &str, head: &mut Vec<u8>) -> Plan {
         self.start(200, head);
         push_header(head, b"Content-Type", content_type.as_bytes());
+        validators.push_coding(head);
         push_decimal_header(head, b"Content-Length", validators.len);
         validators.push_headers(head);
         push_header(head, b"Accept-Ranges", b"bytes");
         self.finish(head);
-        self.plan(200, self.file_body(file, 0, validators.len))
+        self.plan(200, self.file_body(content, 0, validators.len))
     }
 
     fn partial_file(
         &self,
-        file: File,
+        content: Content,
         range: ByteRange,
         validators: &Validators,
         content_type: &str,
@@ -358,6 +394,7 @@ impl Reply<'_> {
     ) -> Plan {
         self.start(206, head);
         push_header(head, b"Content-Type", content_type.as_bytes());
+        validators.push_coding(head);
         push_decimal_header(head, b"Content-Length", range.len());
         head.extend_from_slice(b"Content-Range: bytes ");
         push_decimal(head, range.first);
@@ -369,7 +406,7 @@ impl Reply<'_> {
         validators.push_headers(head);
         push_header(head, b"Accept-Ranges", b"bytes");
         self.finish(head);
-        self.plan(206, self.file_body(file, range.first, range.len()))
+        self.plan(206, self.file_body(content, range.first, range.len()))
     }
 
     fn multipart_file(
@@ -385,6 +422,7 @@ impl Reply<'_> {
         head.extend_from_slice(b"Content-Type: multipart/byteranges; boundary=");
         head.extend_from_slice(&multipart.boundary);
         head.extend_from_slice(b"\r\n");
+        validators.push_coding(head);
         push_decimal_header(head, b"Content-Length", multipart.body_len);
         validators.push_headers(head);
         push_header(head, b"Accept-Ranges", b"bytes");
@@ -393,88 +431,118 @@ impl Reply<'_> {
         self.plan(206, body)
     }
 
-    fn range_not_satisfiable(&self, file_len: u64, head: &mut Vec<u8>) -> Plan {
+    fn range_not_satisfiable(&self, validators: &Validators, head: &mut Vec<u8>) -> Plan {
         self.error_with(416, head, |head| {
             head.extend_from_slice(b"Content-Range: bytes */");
-            push_decimal(head, file_len);
+            push_decimal(head, validators.len);
             head.extend_from_slice(b"\r\n");
+            validators.push_vary(head);
         })
     }
 
     /// An empty body is `Body::None` so the loop drops the fd and skips a syscall.
-    fn file_body(&self, file: File, offset: u64, len: u64) -> Body {
-        if self.omit_body || len == 0 {
-            Body::None
-        } else {
-            Body::File { file, offset, len }
+    fn file_body(&self, content: Content, offset: u64, len: u64) -> Body {
+        match content {
+            _ if self.omit_body || len == 0 => Body::None,
+            Content::File(file) => Body::File { file, offset, len },
+            Content::Memory(bytes) => Body::Memory { bytes, offset, len },
         }
     }
 
     fn plan(&self, status: u16, body: Body) -> Plan {
-        Plan { status, body, close: self.close }
+        Plan { status, body, close: self.close, coding: Coding::Identity }
     }
 }
 
 fn serve_file(
     req: &Request<'_>,
     reply: &Reply<'_>,
-    file: File,
-    meta: &Metadata,
+    chosen: Representation,
     content_type: &'static str,
     head: &mut Vec<u8>,
 ) -> Plan {
-    let validators = Validators::of(meta);
-    match evaluate_preconditions(req, &validators, reply.date.now_secs()) {
-        Precondition::Holds => {}
-        Precondition::Failed => return reply.error(412, head),
-        Precondition::NotModified => return reply.not_modified(&validators, head),
-    }
-    match requested_range(req, &validators) {
-        RangeRequest::Whole => reply.whole_file(file, &validators, content_type, head),
-        RangeRequest::Part(range) => reply.partial_file(file, range, &validators, content_type, head),
-        RangeRequest::Parts(parts) => reply.multipart_file(file, parts, &validators, content_type, head),
-        RangeRequest::NotSatisfiable => reply.range_not_satisfiable(validators.len, head),
-    }
+    let validators = Validators::of(&chosen);
+    let mut plan = match evaluate_preconditions(req, &validators, reply.date.now_secs()) {
+        Precondition::Holds => match (requested_range(req, &validators), chosen.content) {
+            (RangeRequest::Whole, content) => reply.whole_file(content, &validators, content_type, head),
+            (RangeRequest::Part(range), content) => reply.partial_file(content, range, &validators, content_type, head),
+            (RangeRequest::Parts(parts), Content::File(file)) => {
+                reply.multipart_file(file, parts, &validators, content_type, head)
+            }
+            // Several ranges of a body compressed on the fly: the whole body (§14.2 allows it).
+            (RangeRequest::Parts(_), content) => reply.whole_file(content, &validators, content_type, head),
+            (RangeRequest::NotSatisfiable, _) => reply.range_not_satisfiable(&validators, head),
+        },
+        Precondition::Failed => reply.error_with(412, head, |head| validators.push_vary(head)),
+        Precondition::NotModified => reply.not_modified(&validators, head),
+    };
+    plan.coding = chosen.coding;
+    plan
 }
 
-/// The file's validators, formatted once per response.
+/// The representation's validators and coding, formatted once per response.
 struct Validators {
+    /// The representation's length (the encoded bytes, for an encoded one).
     len: u64,
     /// Whole seconds, as `Last-Modified` and the HTTP-dates compared with it carry.
     mtime: u64,
     etag: ETag,
     last_modified: [u8; HTTP_DATE_LEN],
+    coding: Coding,
+    vary: bool,
 }
 
 impl Validators {
-    fn of(meta: &Metadata) -> Self {
+    fn of(chosen: &Representation) -> Self {
+        let meta = &chosen.meta;
         // A file dated before 1970 is treated as dated at the epoch.
         let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
         let nanos = u64::try_from(meta.mtime_nsec()).unwrap_or(0);
         let mtime_ns = mtime.saturating_mul(1_000_000_000).saturating_add(nanos);
-        let len = meta.len();
-        Validators { len, mtime, etag: ETag::new(meta.ino(), len, mtime_ns), last_modified: format_http_date(mtime) }
+        Validators {
+            len: chosen.len,
+            mtime,
+            etag: ETag::new(meta.ino(), meta.len(), mtime_ns, chosen.coding),
+            last_modified: format_http_date(mtime),
+            coding: chosen.coding,
+            vary: chosen.vary,
+        }
     }
 
+    /// What a 304 repeats of a 200 (RFC 9110 §15.4.5): validators and `Vary`.
     fn push_headers(&self, head: &mut Vec<u8>) {
         push_header(head, b"Last-Modified", &self.last_modified);
         push_header(head, b"ETag", self.etag.as_bytes());
+        self.push_vary(head);
+    }
+
+    fn push_vary(&self, head: &mut Vec<u8>) {
+        if self.vary {
+            push_header(head, b"Vary", b"Accept-Encoding");
+        }
+    }
+
+    fn push_coding(&self, head: &mut Vec<u8>) {
+        if self.coding != Coding::Identity {
+            push_header(head, b"Content-Encoding", self.coding.name().as_bytes());
+        }
     }
 }
 
-/// A strong entity tag, `"<inode hex>-<length hex>-<mtime ns hex>"`, on the stack. The
-/// nanoseconds tell apart two writes of the same length within one second; the inode, a
-/// file replaced by rename (whose mtime may be older).
+/// A strong entity tag, `"<inode hex>-<length hex>-<mtime ns hex>"` and `-<coding>` for
+/// an encoded representation, on the stack. The nanoseconds tell apart two writes of the
+/// same length within one second; the inode, a file replaced by rename (whose mtime may be
+/// older); the coding, the encoded bytes from the identity ones of the same file.
 struct ETag {
     bytes: [u8; ETag::MAX_LEN],
     len: usize,
 }
 
 impl ETag {
-    /// Two quotes, two dashes, three 16-digit numbers.
-    const MAX_LEN: usize = 2 + 2 + 3 * 16;
+    /// Two quotes, three dashes, three 16-digit numbers, the longest coding name.
+    const MAX_LEN: usize = 2 + 3 + 3 * 16 + 4;
 
-    fn new(inode: u64, file_len: u64, mtime_ns: u64) -> Self {
+    fn new(inode: u64, file_len: u64, mtime_ns: u64, coding: Coding) -> Self {
         let mut etag = ETag { bytes: [0; ETag::MAX_LEN], len: 0 };
         etag.push(b"\"");
         etag.push(Digits::hex(inode).as_bytes());
@@ -482,6 +550,10 @@ impl ETag {
         etag.push(Digits::hex(file_len).as_bytes());
         etag.push(b"-");
         etag.push(Digits::hex(mtime_ns).as_bytes());
+        if coding != Coding::Identity {
+            etag.push(b"-");
+            etag.push(coding.name().as_bytes());
+        }
         etag.push(b"\"");
         etag
     }
@@ -675,6 +747,7 @@ mod tests {
         _dir: TempDir,
         root: Root,
         date: DateCache,
+        codings: std::cell::RefCell<CompressCache>,
     }
 
     fn fixture() -> Fixture {
@@ -691,7 +764,8 @@ mod tests {
         symlink("../secret.txt", root_dir.join("out")).expect("symlink");
         let mut date = DateCache::new();
         date.refresh_to(UNIX_EPOCH + Duration::from_secs(NOW));
-        Fixture { root: Root::open(&root_dir).expect("root"), _dir: dir, date }
+        let codings = std::cell::RefCell::new(CompressCache::new(1));
+        Fixture { root: Root::open(&root_dir).expect("root"), _dir: dir, date, codings }
     }
 
     /// The parts of a response a test looks at.
@@ -710,7 +784,7 @@ mod tests {
         fn file_span(&self) -> Option<(u64, u64)> {
             match &self.plan.body {
                 Body::File { offset, len, .. } => Some((*offset, *len)),
-                Body::Parts { .. } | Body::None => None,
+                Body::Parts { .. } | Body::Memory { .. } | Body::None => None,
             }
         }
 
@@ -757,7 +831,16 @@ mod tests {
         };
         let mut scratch = Vec::new();
         let mut head = Vec::new();
-        let plan = respond(&request, &fixture.root, &Rules::NONE, &fixture.date, &mut scratch, force_close, &mut head);
+        let codings = &mut *fixture.codings.borrow_mut();
+        let plan = respond(
+            &request,
+            &fixture.root,
+            &Rules::NONE,
+            &fixture.date,
+            (&mut scratch, codings),
+            force_close,
+            &mut head,
+        );
         read_head(plan, &head)
     }
 
@@ -1203,10 +1286,47 @@ mod tests {
         let capacities = (scratch.capacity(), head.capacity());
         for _ in 0..50 {
             head.clear();
-            let plan = respond(&request, &fixture.root, &Rules::NONE, &fixture.date, &mut scratch, false, &mut head);
+            let codings = &mut *fixture.codings.borrow_mut();
+            let plan = respond(
+                &request,
+                &fixture.root,
+                &Rules::NONE,
+                &fixture.date,
+                (&mut scratch, codings),
+                false,
+                &mut head,
+            );
             assert_eq!(plan.status, 206);
         }
         assert_eq!((scratch.capacity(), head.capacity()), capacities);
+    }
+
+    #[test]
+    fn a_cached_encoding_is_served_without_growing_anything() {
+        let fixture = fixture();
+        std::fs::write(fixture.root.path().join("big.txt"), "compress me ".repeat(200)).expect("write");
+        let raw = b"GET /big.txt HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip, br\r\n\r\n";
+        let Parsed::Complete { request, .. } = parse(raw, &Limits::default()) else {
+            panic!("test request did not parse");
+        };
+        let (mut scratch, mut head) = (Vec::with_capacity(64), Vec::with_capacity(512));
+        let mut codings = CompressCache::new(1);
+        let mut respond_once = |scratch: &mut Vec<u8>, head: &mut Vec<u8>| {
+            head.clear();
+            let plan =
+                respond(&request, &fixture.root, &Rules::NONE, &fixture.date, (scratch, &mut codings), false, head);
+            let sent = read_head(plan, head);
+            assert_eq!((sent.status, sent.header("Content-Encoding")), (200, Some("br")));
+            assert_eq!(sent.header("Vary"), Some("Accept-Encoding"));
+            assert!(sent.header("ETag").is_some_and(|tag| tag.ends_with("-br\"")));
+        };
+        respond_once(&mut scratch, &mut head);
+        let capacities = (scratch.capacity(), head.capacity());
+        for _ in 0..50 {
+            respond_once(&mut scratch, &mut head);
+        }
+        assert_eq!((scratch.capacity(), head.capacity()), capacities);
+        assert_eq!(codings.stats.compressed, 1, "compressed once, served many");
     }
 
     #[test]
@@ -1215,6 +1335,7 @@ mod tests {
         assert_eq!(Digits::decimal(u64::MAX).as_bytes(), b"18446744073709551615");
         assert_eq!(Digits::hex(0).as_bytes(), b"0");
         assert_eq!(Digits::hex(u64::MAX).as_bytes(), b"ffffffffffffffff");
-        assert_eq!(ETag::new(u64::MAX, u64::MAX, u64::MAX).as_bytes().len(), ETag::MAX_LEN);
+        assert_eq!(ETag::new(u64::MAX, u64::MAX, u64::MAX, Coding::Identity).as_bytes().len(), ETag::MAX_LEN - 5);
+        assert_eq!(ETag::new(u64::MAX, u64::MAX, u64::MAX, Coding::Zstd).as_bytes().len(), ETag::MAX_LEN);
     }
 }
