@@ -10,7 +10,8 @@
 #   ROUNDS         rounds per scenario; each round runs webd and nginx once      (default 3)
 #   DURATION       wrk duration per run, e.g. 10, 10s, 1m                         (default 10s)
 #   THREADS        wrk threads                                                    (default 2)
-#   SCENARIOS      space/comma separated subset of: keepalive-1k close-1k 10m   (default all)
+#   SCENARIOS      space/comma separated subset of: keepalive-1k close-1k 10m
+#                  text-64k-br                                                    (default all)
 #   WORKERS        worker processes for both servers                              (default 2)
 #   WARMUP         seconds of untimed keep-alive load per server before the runs;
 #                  0 disables                                                     (default 1)
@@ -21,6 +22,9 @@
 #   keepalive-1k  64 connections, GET /1k.bin
 #   close-1k      64 connections, GET /1k.bin with "Connection: close"
 #   10m           8 connections,  GET /10m.bin
+#   text-64k-br   64 connections, GET /64k.txt with "Accept-Encoding: br, gzip": a compressible
+#                 64 KiB text file with .br and .gz sidecars made by the brotli and gzip tools;
+#                 nginx serves them with brotli_static and gzip_static on, webd picks them itself
 #
 # Within a round the server that goes first alternates (odd rounds webd first, even rounds
 # nginx first) so slow drift of the shared machine does not favour one side.
@@ -43,7 +47,7 @@ REPO=$(pwd)
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
-SCENARIOS=${SCENARIOS:-keepalive-1k close-1k 10m}
+SCENARIOS=${SCENARIOS:-keepalive-1k close-1k 10m text-64k-br}
 WORKERS=${WORKERS:-2}
 WARMUP=${WARMUP:-1}
 READY_TIMEOUT=${READY_TIMEOUT:-30}
@@ -69,14 +73,14 @@ check_int READY_TIMEOUT 1 600
 [[ $DURATION =~ [smh]$ ]] || DURATION=${DURATION}s
 
 # scenario -> "connections path extra-header"
-declare -A SC_CONNS=([keepalive-1k]=64 [close-1k]=64 [10m]=8)
-declare -A SC_PATH=([keepalive-1k]=/1k.bin [close-1k]=/1k.bin [10m]=/10m.bin)
-declare -A SC_HEADER=([keepalive-1k]="" [close-1k]="Connection: close" [10m]="")
+declare -A SC_CONNS=([keepalive-1k]=64 [close-1k]=64 [10m]=8 [text-64k-br]=64)
+declare -A SC_PATH=([keepalive-1k]=/1k.bin [close-1k]=/1k.bin [10m]=/10m.bin [text-64k-br]=/64k.txt)
+declare -A SC_HEADER=([keepalive-1k]="" [close-1k]="Connection: close" [10m]="" [text-64k-br]="Accept-Encoding: br, gzip")
 read -r -a SCENARIO_LIST <<<"${SCENARIOS//,/ }"
 ((${#SCENARIO_LIST[@]} > 0)) || die "SCENARIOS is empty"
 for s in "${SCENARIO_LIST[@]}"; do
     conns=${SC_CONNS[$s]:-}
-    [[ -n $conns ]] || die "unknown scenario '$s' (known: keepalive-1k close-1k 10m)"
+    [[ -n $conns ]] || die "unknown scenario '$s' (known: keepalive-1k close-1k 10m text-64k-br)"
     ((conns >= THREADS)) || die "scenario $s has $conns connections < THREADS=$THREADS"
 done
 
@@ -133,6 +137,9 @@ command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 NGINX=$(command -v nginx 2>/dev/null || true)
 [[ -z $NGINX && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
 [[ -n $NGINX ]] || need_pkgs+=(nginx-light)
+BROTLI_MODULE=/usr/lib/nginx/modules/ngx_http_brotli_static_module.so
+[[ -f $BROTLI_MODULE ]] || need_pkgs+=(libnginx-mod-http-brotli-static)
+command -v brotli >/dev/null 2>&1 || need_pkgs+=(brotli)
 if ((${#need_pkgs[@]} > 0)); then
     log "installing ${need_pkgs[*]} with apt"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -142,6 +149,7 @@ if ((${#need_pkgs[@]} > 0)); then
 fi
 [[ -x $NGINX ]] || die "nginx not found after install"
 command -v wrk >/dev/null 2>&1 || die "wrk not found after install"
+[[ -f $BROTLI_MODULE ]] || die "nginx's brotli_static module ($BROTLI_MODULE) not found after install"
 
 if [[ -n $WEBD_BIN ]]; then
     [[ -x $WEBD_BIN ]] || die "WEBD_BIN=$WEBD_BIN is not an executable file"
@@ -166,8 +174,13 @@ ROOT=$TMP/root
 mkdir -p "$ROOT" "$TMP/nginx"
 head -c 1024 /dev/urandom >"$ROOT/1k.bin"
 head -c $((10 * 1024 * 1024)) /dev/urandom >"$ROOT/10m.bin"
+# Compressible text: HTML-like lines with varying numbers.
+awk 'BEGIN { for (i = 0; i < 2000; i++) printf "<li class=\"item\">entry %d of the index, see page %d</li>\n", i, i * 7 % 13 }' |
+    head -c 65536 >"$ROOT/64k.txt"
+brotli -k -q 11 "$ROOT/64k.txt"
+gzip -k -9 "$ROOT/64k.txt"
 chmod 755 "$TMP" "$ROOT"
-chmod 644 "$ROOT"/*.bin
+chmod 644 "$ROOT"/*.bin "$ROOT"/64k.txt*
 
 # ---------------------------------------------------------------- 3. servers
 # A free port below the ephemeral range (so wrk's client sockets never collide with it),
@@ -213,12 +226,16 @@ verify_content() {
         curl -sf --max-time 10 "http://127.0.0.1:$port/$f" | cmp -s - "$ROOT/$f" ||
             die "$name served wrong content for /$f"
     done
+    # Both must send the same brotli sidecar to a client that prefers br.
+    curl -sf --max-time 10 -H 'Accept-Encoding: br, gzip' "http://127.0.0.1:$port/64k.txt" |
+        cmp -s - "$ROOT/64k.txt.br" || die "$name did not serve the .br sidecar of /64k.txt"
 }
 
 write_nginx_conf() {
     local port=$1
     cat >"$TMP/nginx/nginx.conf" <<EOF
 # generated by bench/run.sh
+load_module $BROTLI_MODULE;
 user root;
 worker_processes $WORKERS;
 daemon off;
@@ -234,6 +251,9 @@ http {
     tcp_nopush on;
     keepalive_requests 100000;
     default_type application/octet-stream;
+    types { text/plain txt; }
+    gzip_static on;
+    brotli_static on;
     client_body_temp_path $TMP/nginx/client_body;
     proxy_temp_path $TMP/nginx/proxy;
     fastcgi_temp_path $TMP/nginx/fastcgi;

@@ -304,7 +304,7 @@ pub fn represent<'a>(
 }
 
 /// Opens `FILE` + the coding's suffix beneath the root, if it is a regular file at least
-/// as new as FILE. `path` holds FILE's path and a NUL, and does so again afterwards.
+/// as new as FILE (to the second). `path` holds FILE's path and a NUL, and does so again afterwards.
 fn open_sidecar(
     root: &Root,
     path: &mut Vec<u8>,
@@ -318,7 +318,9 @@ fn open_sidecar(
     path.truncate(name_len);
     path.push(0);
     let (sidecar, meta) = opened?;
-    let not_older = (meta.mtime(), meta.mtime_nsec()) >= (file_meta.mtime(), file_meta.mtime_nsec());
+    // Whole seconds: `brotli -k`, tar and many deploy tools copy a file's mtime without its
+    // nanoseconds, and such a sidecar is as fresh as its file, not older.
+    let not_older = meta.mtime() >= file_meta.mtime();
     (meta.is_file() && not_older).then_some((sidecar, meta))
 }
 
