@@ -7,7 +7,7 @@
 //! buffer after the blank line: whatever `head` holds is sent first, then the [`Body`].
 //!
 //! Semantics (RFC 9110, nginx where the RFC leaves a choice):
-//! - Methods: GET and HEAD are served; `OPTIONS *` is 200 with `Allow: GET, HEAD`; other
+//! - Methods: GET and HEAD are served; `OPTIONS *` is 200 with `Allow: GET, HEAD, OPTIONS`; other
 //!   methods we know (OPTIONS on a path, POST, PUT, DELETE, TRACE, CONNECT, PATCH) are 405
 //!   with `Allow`; methods we do not know are 501.
 //! - Preconditions in RFC 9110 §13.2.2 order, for a file that exists (other statuses
@@ -358,9 +358,10 @@ impl Reply<'_> {
     }
 
     /// `OPTIONS *`: what the server as a whole allows, no content (RFC 9110 §9.3.7).
+    /// `OPTIONS *`: the server as a whole, which answers OPTIONS too (HTTPolice 1115).
     fn options(&self, head: &mut Vec<u8>) -> Plan {
         self.start(200, head);
-        push_allow(head);
+        push_header(head, b"Allow", b"GET, HEAD, OPTIONS");
         push_decimal_header(head, b"Content-Length", 0);
         self.finish(head);
         self.plan(200, Body::None)
@@ -1114,7 +1115,7 @@ mod tests {
         let fixture = fixture();
         let sent = send_with(&fixture, "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", false);
         assert_eq!(sent.status, 200);
-        assert_eq!(sent.header("Allow"), Some("GET, HEAD"));
+        assert_eq!(sent.header("Allow"), Some("GET, HEAD, OPTIONS"));
         assert_eq!(sent.header("Content-Length"), Some("0"));
         assert!(sent.page.is_empty() && sent.file_span().is_none() && !sent.plan.close);
     }
