@@ -175,8 +175,9 @@ mkdir -p "$ROOT" "$TMP/nginx"
 head -c 1024 /dev/urandom >"$ROOT/1k.bin"
 head -c $((10 * 1024 * 1024)) /dev/urandom >"$ROOT/10m.bin"
 # Compressible text: HTML-like lines with varying numbers.
-awk 'BEGIN { for (i = 0; i < 2000; i++) printf "<li class=\"item\">entry %d of the index, see page %d</li>\n", i, i * 7 % 13 }' |
-    head -c 65536 >"$ROOT/64k.txt"
+awk 'BEGIN { for (i = 0; i < 2000; i++) printf "<li class=\"item\">entry %d of the index, see page %d</li>\n", i, i * 7 % 13 }' \
+    >"$TMP/text"
+head -c 65536 "$TMP/text" >"$ROOT/64k.txt"
 brotli -k -q 11 "$ROOT/64k.txt"
 gzip -k -9 "$ROOT/64k.txt"
 chmod 755 "$TMP" "$ROOT"
