@@ -36,6 +36,9 @@ pub struct Observed {
     pub figures: Figures,
     /// Binary upgrades this tree descends from.
     pub upgrades: u64,
+    /// Daemon incarnations that adopted their predecessor's descriptors from systemd's
+    /// fd store (a crash or watchdog kill the service came back from).
+    pub daemon_restarts: u64,
     /// The certificates served: first DNS name and notAfter (Unix seconds).
     pub certificates: Vec<(String, i64)>,
     /// Bumped by every publication: readers may reuse what they derived from the same one.
@@ -48,6 +51,9 @@ pub struct Observed {
 pub struct CarriedTotals {
     pub upgrades: u64,
     pub figures: Figures,
+    /// Older daemons did not carry it: zero then.
+    #[serde(default)]
+    pub daemon_restarts: u64,
 }
 
 /// The handle both planes hold.

@@ -93,8 +93,8 @@ impl Drop for Sandbox {
 }
 
 /// The unit files from dist/systemd/ and drop-ins that change only the port, ExecStart=
-/// and paths, in `dir`.
-fn units(dir: &Path, port: u16) -> Vec<PathBuf> {
+/// and paths (plus `service_extra` lines in the service's drop-in), in `dir`.
+fn units(dir: &Path, port: u16, webd_extra: &str, service_extra: &str) -> Vec<PathBuf> {
     let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/systemd");
     let root = dir.join("root");
     std::fs::create_dir_all(&root).expect("root");
@@ -117,12 +117,13 @@ fn units(dir: &Path, port: u16) -> Vec<PathBuf> {
     std::fs::write(
         units.join("webd.service.d/test.conf"),
         format!(
-            "[Service]\nExecStart=\nExecStart={d}/webd --root {d}/root --listen 127.0.0.1:{port} --admin off \
-             --workers 2 --drain-timeout 5 --control-socket {d}/ctl/webd.sock\n\
+            "[Service]\nExecStart=\nExecStart={d}/webd --root {d}/root --listen 127.0.0.1:{port} \
+             --workers 2 --drain-timeout 5 --control-socket {d}/ctl/webd.sock {webd_extra}\n\
              # ProtectSystem=strict: the control socket lives in the test's directory.\n\
              ReadWritePaths={d}\n\
              # No /var/log/webd on the host (the sandbox shares its filesystem).\n\
-             LogsDirectory=\n"
+             LogsDirectory=\n\
+             {service_extra}\n"
         ),
     )
     .expect("service drop-in");
@@ -145,7 +146,7 @@ fn socket_activation_under_real_systemd_starts_on_connect_and_restarts_without_r
     let dir = tempfile::Builder::new().prefix("webd-systemd-").tempdir_in(TEST_BASE).expect("dir");
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let units = units(dir.path(), port);
+    let units = units(dir.path(), port, "--admin off", "");
     let sandbox = Sandbox::start(&dir.path().join("state"), &units);
 
     sandbox.systemctl(&["start", "webd.socket"]);
@@ -179,4 +180,79 @@ fn socket_activation_under_real_systemd_starts_on_connect_and_restarts_without_r
     let refused = errors.iter().filter(|e| e.contains("refused")).count();
     assert_eq!(refused, 0, "connections refused during the restart: {errors:?}");
     assert_eq!(failed, 0, "requests failed during the restart: {errors:?}");
+}
+
+/// A free port on 127.0.0.1 (the network namespace is the host's).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// The sum of a counter's samples, scraped from the admin endpoint once it answers.
+fn counter_total(admin_port: u16, name: &str) -> Option<f64> {
+    let samples = try_scrape(admin_port, Duration::from_secs(2))?;
+    let matching: Vec<f64> = samples.iter().filter(|s| s.name == name).map(|s| s.value).collect();
+    (!matching.is_empty()).then(|| matching.iter().sum())
+}
+
+/// Waits for systemd to have replaced the daemon `old_pid` with an active new one.
+fn wait_replaced(sandbox: &Sandbox, old_pid: &str, why: &str) -> String {
+    let mut pid = String::new();
+    wait_until(Duration::from_secs(30), why, || {
+        pid = sandbox.show("webd.service", "MainPID");
+        pid != old_pid && pid != "0" && sandbox.show("webd.service", "ActiveState") == "active"
+    });
+    pid
+}
+
+#[test]
+fn a_killed_or_hung_daemon_comes_back_from_the_fd_store_losing_nothing() {
+    if let Some(why) = cannot_run() {
+        panic!("cannot run the systemd fd store test: {why}");
+    }
+    std::fs::create_dir_all(TEST_BASE).expect("test base directory");
+    let dir = tempfile::Builder::new().prefix("webd-fdstore-").tempdir_in(TEST_BASE).expect("dir");
+    let (port, admin_port) = (free_port(), free_port());
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // A short watchdog, so the hung daemon is replaced within the test's patience.
+    let units = units(dir.path(), port, &format!("--admin 127.0.0.1:{admin_port}"), "WatchdogSec=2s");
+    let sandbox = Sandbox::start(&dir.path().join("state"), &units);
+    sandbox.systemctl(&["start", "webd.socket", "webd.service"]);
+    wait_until(Duration::from_secs(10), "webd.service active", || {
+        sandbox.show("webd.service", "ActiveState") == "active"
+    });
+    let load = Load::start(addr, 4, "/index.html", BODY.to_vec());
+    wait_until(Duration::from_secs(10), "load flowing", || load.ok() > 50);
+
+    let mut pid = sandbox.show("webd.service", "MainPID");
+    for (round, signal) in [(1.0, "-KILL"), (2.0, "-STOP")] {
+        let mut requests_before = 0.0;
+        wait_until(Duration::from_secs(10), "requests counted", || {
+            requests_before = counter_total(admin_port, "webd_http_requests_total").unwrap_or(0.0);
+            requests_before > 0.0
+        });
+        let (killed, out, err) = sandbox.exec(&["kill", signal, &pid]);
+        assert!(killed, "kill {signal} {pid}: {out} {err}");
+        let served_before = load.ok();
+        let new_pid = wait_replaced(&sandbox, &pid, &format!("the daemon replaced after kill {signal}"));
+        wait_until(Duration::from_secs(15), "load served by the new tree", || load.ok() > served_before + 200);
+        let mut restarts = None;
+        wait_until(Duration::from_secs(10), "the new daemon's metrics", || {
+            restarts = counter_total(admin_port, "webd_daemon_restarts_total");
+            restarts.is_some()
+        });
+        let requests_after = counter_total(admin_port, "webd_http_requests_total").unwrap_or(0.0);
+        eprintln!(
+            "kill {signal}: MainPID {pid} -> {new_pid}; restarts {restarts:?}; requests {requests_before} -> {requests_after}"
+        );
+        assert_eq!(restarts, Some(round), "webd_daemon_restarts_total after kill {signal}\n{}", sandbox.journal());
+        assert!(requests_after >= requests_before, "webd_http_requests_total went back: {requests_before} -> {requests_after}");
+        pid = new_pid;
+    }
+    let (ok, failed, errors) = load.finish();
+    eprintln!("{ok} ok, {failed} failed over a SIGKILL and a watchdog kill of the daemon");
+    let refused = errors.iter().filter(|e| e.contains("refused")).count();
+    assert_eq!(refused, 0, "connections refused: {errors:?}");
+    assert_eq!(failed, 0, "requests failed: {errors:?}\n{}", sandbox.journal());
+    let journal = sandbox.journal();
+    assert!(journal.contains("fd store: the previous daemon died"), "{journal}");
 }

@@ -92,6 +92,13 @@ pub const UPGRADES: MetricDef = def(
     "Zero-downtime binary upgrades this daemon descends from (carried from daemon to daemon).",
 );
 
+pub const DAEMON_RESTARTS: MetricDef = def(
+    "webd_daemon_restarts_total",
+    COUNTER,
+    &[],
+    "Daemon incarnations that adopted the previous daemon's sockets, lanes and counters from systemd's fd store.",
+);
+
 pub const TLS_HANDSHAKES: MetricDef = def(
     "webd_tls_handshakes_total",
     COUNTER,
@@ -114,7 +121,7 @@ pub const TLS_CERTIFICATE_EXPIRY: MetricDef = def(
 );
 
 /// Every `webd_*` metric, in exposition order.
-pub const ALL: [MetricDef; 20] = [
+pub const ALL: [MetricDef; 21] = [
     HEARTBEAT_LATENCY,
     HEARTBEAT_AGE,
     HEARTBEATS_MISSED,
@@ -131,6 +138,7 @@ pub const ALL: [MetricDef; 20] = [
     DRAINING,
     BUILD_INFO,
     UPGRADES,
+    DAEMON_RESTARTS,
     TLS_HANDSHAKES,
     TLS_RESUMED,
     TLS_HANDSHAKE_DURATION,
@@ -211,6 +219,7 @@ fn snapshot(o: &Observed) -> Observed {
         connections_active: o.connections_active,
         figures: o.figures.clone(),
         upgrades: o.upgrades,
+        daemon_restarts: o.daemon_restarts,
         certificates: o.certificates.clone(),
         generation: o.generation,
         // Everything but the status document, which metrics do not use.
@@ -228,6 +237,7 @@ pub fn families(o: &Observed) -> Vec<MetricFamily> {
     out.push(Family::new(&DRAINING).gauge(&[], bool_value(o.draining)).finish());
     out.push(Family::new(&BUILD_INFO).gauge(&[crate::VERSION], 1.0).finish());
     out.push(Family::new(&UPGRADES).counter(&[], o.upgrades).finish());
+    out.push(Family::new(&DAEMON_RESTARTS).counter(&[], o.daemon_restarts).finish());
     out.extend(tls_families(o));
     out
 }

@@ -98,6 +98,7 @@ fn synthetic() -> Observed {
             ..Figures::default()
         },
         upgrades: 2,
+        daemon_restarts: 1,
         certificates: vec![("a.test".into(), 1_900_000_000)],
         generation: 1,
     }
@@ -420,7 +421,7 @@ fn metrics_expose_every_spec_name_and_label_set() {
     let (reply, samples) = scrape(addr);
     assert_eq!(reply.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
 
-    let spec: [(&str, &str, &[&str]); 20] = [
+    let spec: [(&str, &str, &[&str]); 21] = [
         ("webd_heartbeat_latency_seconds", "histogram", &["role"]),
         ("webd_heartbeat_age_seconds", "gauge", &["role"]),
         ("webd_heartbeats_missed_total", "counter", &["role"]),
@@ -437,6 +438,7 @@ fn metrics_expose_every_spec_name_and_label_set() {
         ("webd_draining", "gauge", &[]),
         ("webd_build_info", "gauge", &["version"]),
         ("webd_upgrades_total", "counter", &[]),
+        ("webd_daemon_restarts_total", "counter", &[]),
         ("webd_tls_handshakes_total", "counter", &["result", "version"]),
         ("webd_tls_resumed_total", "counter", &[]),
         ("webd_tls_handshake_duration_seconds", "histogram", &[]),

@@ -4,9 +4,11 @@
 //! slot) and the steering channel (manager→listener), holding both ends of each forever
 //! so queued connections outlive any crash, and the lifeline pipe, then starts each role by fork+exec and watches it: heartbeats are
 //! checked every 200 ms, three misses make a hang, an exit (SIGCHLD) is acted on at
-//! once, and restarts back off as `supervise` defines.
+//! once, and restarts back off as `supervise` defines. Under systemd it keeps all of that
+//! in the fd store (`fdstore`), so a daemon that is killed comes back holding the same.
 
 mod commands;
+mod fdstore;
 mod planes;
 mod publish;
 mod reload;
@@ -121,6 +123,10 @@ struct Daemon {
     args: Vec<std::ffi::OsString>,
     /// In a graceful stop, the manager's shutdown deadline, sent once the listener is gone.
     manager_stop_pending: Option<u64>,
+    /// systemd's fd store: what a daemon after us adopts if we are killed.
+    fd_store: fdstore::FdStore,
+    /// Daemon incarnations before us that systemd restarted from the fd store.
+    daemon_restarts: u64,
     /// The addresses the listening sockets are bound to (a configured port 0 resolved),
     /// for status and the log: read once, and still known once a stop has closed them.
     listen_bound: Vec<std::net::SocketAddr>,
@@ -130,7 +136,12 @@ struct Daemon {
 /// Runs the daemon until a graceful stop completes.
 pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial) -> anyhow::Result<()> {
     // First, before any thread or child: it clears LISTEN_* from our environment.
-    let activated = sockets::take_activated()?;
+    let inherited = sockets::take_activated()?;
+    let mut stored = fdstore::Adopted::sort(inherited.stored);
+    let (tls_activated, activated): (Vec<_>, Vec<_>) =
+        inherited.activated.into_iter().partition(|a| a.name == sockets::HTTPS_NAME);
+    // A socket unit's sockets are systemd's already: the fd store must not hold them twice.
+    let unit_sockets: Vec<std::net::SocketAddr> = activated.iter().chain(&tls_activated).map(|a| a.addr).collect();
     let mut successor_channel = None;
     let mut argv = std::env::args_os();
     let argv0 = argv.next().map(|a| a.to_string_lossy().into_owned()).unwrap_or_else(|| "webd".into());
@@ -164,17 +175,38 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
             successor_channel = Some(inherited.channel);
             (inherited.listen, inherited.tls_listen, control, admin, inherited.totals)
         }
-        None => (
-            sockets::activated_or_bound(&config.listen, activated)?,
-            sockets::activated_or_bound(&tls_addrs, Vec::new())?,
-            None,
-            None,
-            Default::default(),
-        ),
+        None => {
+            let listen = sockets::adopted(std::mem::take(&mut stored.listen), &config.listen, activated)?;
+            let tls = sockets::adopted(std::mem::take(&mut stored.tls_listen), &tls_addrs, tls_activated)?;
+            let carried = match &stored.state {
+                Some((_, totals)) => {
+                    tracing::warn!(
+                        lanes = stored.lanes.len(),
+                        requests = totals.figures.responses.total(),
+                        restarts = totals.daemon_restarts + 1,
+                        "fd store: the previous daemon died; adopting its sockets, lanes and counters"
+                    );
+                    crate::observe::CarriedTotals { daemon_restarts: totals.daemon_restarts + 1, ..totals.clone() }
+                }
+                None => Default::default(),
+            };
+            (
+                sockets::activated_or_bound(&config.listen, listen, sockets::HTTP_NAME)?,
+                sockets::activated_or_bound(&tls_addrs, tls, sockets::HTTPS_NAME)?,
+                None,
+                None,
+                carried,
+            )
+        }
     };
-    let steering = sys::seqpacket_pair().context("steering channel")?;
-    let mut lanes = Vec::new();
+    let steering = match stored.steering.take() {
+        Some(steering) => steering,
+        None => sys::seqpacket_pair().context("steering channel")?,
+    };
+    let mut lanes = std::mem::take(&mut stored.lanes);
     grow_lanes(&mut lanes, config.workers).context("worker lanes")?;
+    let fd_store =
+        fdstore::FdStore::from_env(stored.state.take().map(|(file, _)| file), unit_sockets, Instant::now());
     let (lifeline_read, lifeline_write) = sys::process::lifeline().context("lifeline pipe")?;
     sys::process::become_subreaper().context("PR_SET_CHILD_SUBREAPER")?;
     let fd_limit = sys::process::raise_fd_limit();
@@ -260,10 +292,15 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
         argv0,
         args,
         manager_stop_pending: None,
+        fd_store,
+        daemon_restarts: 0,
         listen_bound,
         tls_listen_bound,
     };
     daemon.continue_from(carried);
+    if matches!(daemon.upgrade, upgrade::Upgrade::Idle) {
+        daemon.store_descriptors();
+    }
     let result = daemon.run_loop();
     if !daemon.handed_over {
         control::remove_own_socket(&daemon.inherit.config.control_socket);
@@ -320,6 +357,8 @@ impl Daemon {
             if now >= self.next_check {
                 self.next_check = now + CHECK_INTERVAL;
                 self.check_heartbeats(now);
+                let state = self.stored_totals();
+                self.fd_store.keep_state(now, || state);
             }
             self.listener.sup.kill_overdue(now);
             self.manager.sup.kill_overdue(now);
@@ -427,6 +466,7 @@ impl Daemon {
         let first = self.inherit.lanes.len();
         grow_lanes(&mut self.inherit.lanes, workers)?;
         if self.inherit.lanes.len() > first {
+            self.fd_store.store_lanes(&self.inherit.lanes, first);
             self.listener.send_lanes(&self.inherit.lanes, first);
             self.manager.send_lanes(&self.inherit.lanes, first);
         }
@@ -522,7 +562,25 @@ impl Daemon {
     /// (replaced by fresher figures as the old daemon sends them).
     fn continue_from(&mut self, carried: crate::observe::CarriedTotals) {
         self.upgrades = carried.upgrades;
+        self.daemon_restarts = carried.daemon_restarts;
         self.totals.set_base(carried.figures);
+    }
+
+    /// Hands systemd's fd store what a daemon after us needs (no-op outside systemd).
+    pub(super) fn store_descriptors(&mut self) {
+        let i = &self.inherit;
+        self.fd_store.store_all(&i.listen, &i.tls_listen, &i.lanes, &i.steering);
+        let state = self.stored_totals();
+        self.fd_store.keep_state(Instant::now(), || state);
+    }
+
+    /// What a daemon restarted from the fd store continues from.
+    fn stored_totals(&mut self) -> crate::observe::CarriedTotals {
+        crate::observe::CarriedTotals {
+            upgrades: self.upgrades,
+            figures: self.figures(),
+            daemon_restarts: self.daemon_restarts,
+        }
     }
 
     /// True once every child is gone; past the grace deadline, kills what is left.

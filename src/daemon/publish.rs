@@ -42,6 +42,7 @@ impl Daemon {
             connections_active: connections.active,
             figures,
             upgrades: self.upgrades,
+            daemon_restarts: self.daemon_restarts,
             certificates: self.inherit.tls.certificates.iter().map(|c| (c.name(), c.not_after)).collect(),
             generation: 0,
         };

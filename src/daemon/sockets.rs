@@ -44,6 +44,8 @@ const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 
 /// The name `LISTEN_FDNAMES` gives a plain-HTTP socket (`FileDescriptorName=http`).
 pub const HTTP_NAME: &str = "http";
+/// The name that makes an activated socket an HTTPS one (`FileDescriptorName=https`).
+pub const HTTPS_NAME: &str = "https";
 
 /// A socket passed to us by socket activation.
 #[derive(Debug)]
@@ -60,10 +62,19 @@ impl std::fmt::Display for Activated {
     }
 }
 
-/// The sockets socket activation passed us (none when `LISTEN_PID` is not our pid),
-/// each checked to be a listening TCP socket. `LISTEN_*` leave our environment either
-/// way, so no child or successor sees them. Called once, first thing, before any thread.
-pub fn take_activated() -> anyhow::Result<Vec<Activated>> {
+/// What systemd passed us at start: activated sockets, and what a previous daemon put in
+/// the fd store (names starting with `webd-`, see `fdstore.rs`).
+#[derive(Default)]
+pub struct Inherited {
+    pub activated: Vec<Activated>,
+    pub stored: Vec<super::fdstore::Stored>,
+}
+
+/// The descriptors socket activation passed us (none when `LISTEN_PID` is not our pid):
+/// activated sockets, each checked to be a listening TCP socket, and stored ones.
+/// `LISTEN_*` leave our environment either way, so no child or successor sees them.
+/// Called once, first thing, before any thread.
+pub fn take_activated() -> anyhow::Result<Inherited> {
     let pid = std::env::var(LISTEN_PID).ok();
     let fds = std::env::var(LISTEN_FDS).ok();
     let names = std::env::var(LISTEN_FDNAMES).ok();
@@ -71,23 +82,58 @@ pub fn take_activated() -> anyhow::Result<Vec<Activated>> {
         std::env::remove_var(var);
     }
     let ours = std::process::id().to_string();
+    let mut inherited = Inherited::default();
     if pid.as_deref().map(str::trim) != Some(ours.as_str()) {
-        return Ok(Vec::new());
+        return Ok(inherited);
     }
-    let Some(fds) = fds else { return Ok(Vec::new()) };
+    let Some(fds) = fds else { return Ok(inherited) };
     let count: usize = fds.trim().parse().map_err(|_| UsageError(format!("{LISTEN_FDS}={fds:?} is not a count")))?;
     let names: Vec<&str> = names.as_deref().map(|n| n.split(':').collect()).unwrap_or_default();
-    let mut activated = Vec::with_capacity(count);
     for (i, (fd, adopted)) in crate::sys::net::adopt_listen_fds(count).into_iter().enumerate() {
         // systemd's name for a socket without FileDescriptorName=.
         let name = names.get(i).copied().filter(|n| !n.is_empty()).unwrap_or("unknown").to_string();
         let socket = adopted.map_err(|e| UsageError(format!("inherited fd {fd} (name {name:?}): {e}")))?;
+        if name.starts_with(super::fdstore::PREFIX) {
+            inherited.stored.push((name, socket));
+        } else {
+            inherited.activated.push(Activated::checked(fd, name, socket)?);
+        }
+    }
+    Ok(inherited)
+}
+
+impl Activated {
+    /// `socket` (inherited as `fd`) if it is a listening TCP socket, made non-blocking.
+    pub fn checked(fd: std::os::fd::RawFd, name: String, socket: OwnedFd) -> anyhow::Result<Activated> {
         let addr = check_listening_tcp(&socket)
             .map_err(|why| UsageError(format!("inherited fd {fd} (name {name:?}) is not usable: {why}")))?;
         let sock = socket2::SockRef::from(&socket);
         sock.set_nonblocking(true).with_context(|| format!("inherited fd {fd} ({addr}): O_NONBLOCK"))?;
         sock.set_tcp_nodelay(true).with_context(|| format!("inherited fd {fd} ({addr}): TCP_NODELAY"))?;
-        activated.push(Activated { fd, addr, name, socket });
+        Ok(Activated { fd, addr, name, socket })
+    }
+}
+
+/// The activated sockets, then the listening sockets a previous daemon stored (fd
+/// store) that a configured address still names; a stored one no address names any more
+/// (the configuration changed) is closed with a warning rather than refused.
+pub fn adopted(
+    stored: Vec<super::fdstore::Stored>,
+    addrs: &[SocketAddr],
+    mut activated: Vec<Activated>,
+) -> anyhow::Result<Vec<Activated>> {
+    use std::os::fd::AsRawFd;
+    for (name, socket) in stored {
+        let fd = socket.as_raw_fd();
+        let socket = Activated::checked(fd, name, socket)?;
+        let named = addrs.iter().any(|a| *a == socket.addr || (a.port() == 0 && a.ip() == socket.addr.ip()));
+        let taken = activated.iter().any(|a| a.addr == socket.addr);
+        if named && !taken {
+            tracing::info!(address = %socket.addr, name = %socket.name, "fd store: adopted a listening socket");
+            activated.push(socket);
+        } else {
+            tracing::warn!(address = %socket.addr, name = %socket.name, "fd store: a listening socket no address names, closed");
+        }
     }
     Ok(activated)
 }
@@ -148,9 +194,13 @@ pub fn match_activated(
 /// The listening sockets for `addrs`, in their order: the activated ones that match,
 /// bound for the rest (the first failure names its address). An activated socket no
 /// address names is a [`UsageError`].
-pub fn activated_or_bound(addrs: &[SocketAddr], activated: Vec<Activated>) -> anyhow::Result<Vec<OwnedFd>> {
+pub fn activated_or_bound(
+    addrs: &[SocketAddr],
+    activated: Vec<Activated>,
+    name_for_rest: &str,
+) -> anyhow::Result<Vec<OwnedFd>> {
     let keys: Vec<(SocketAddr, &str)> = activated.iter().map(|a| (a.addr, a.name.as_str())).collect();
-    let serves = match_activated(addrs, &keys, HTTP_NAME).map_err(|i| {
+    let serves = match_activated(addrs, &keys, name_for_rest).map_err(|i| {
         let list = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
         UsageError(format!(
             "{} matches no --listen address ({list}): listen on its address or drop it from the socket unit",
@@ -209,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_configured_port_0_is_served_by_the_port_the_kernel_chose() {
-        let sockets = activated_or_bound(&[addr("127.0.0.1:0"), addr("127.0.0.1:0")], Vec::new()).expect("bind");
+        let sockets = activated_or_bound(&[addr("127.0.0.1:0"), addr("127.0.0.1:0")], Vec::new(), HTTP_NAME).expect("bind");
         let bound = local_addrs(&sockets);
         assert!(bound.iter().all(|a| a.port() != 0), "{bound:?}");
         assert!(serve_addresses(&sockets, &[addr("127.0.0.1:0"), addr("127.0.0.1:0")]));
@@ -290,7 +340,7 @@ mod tests {
         let file = std::fs::File::open("/dev/null").expect("file");
         let err = check_listening_tcp(&OwnedFd::from(file)).expect_err("file refused");
         assert!(err.contains("not a socket"), "{err}");
-        let ok = activated_or_bound(&[addr("127.0.0.1:0")], Vec::new()).expect("bind");
+        let ok = activated_or_bound(&[addr("127.0.0.1:0")], Vec::new(), HTTP_NAME).expect("bind");
         let ok = ok.into_iter().next().expect("one");
         assert!(check_listening_tcp(&ok).is_ok());
     }

@@ -181,12 +181,13 @@ impl Daemon {
             return;
         };
         self.planes.stop();
+        // systemd must know the new main process before it stores its descriptors.
+        self.systemd.main_pid(pid.as_raw() as u32);
         let totals = ToSuccessor::Totals(Box::new(self.carried_totals()));
         if let Err(e) = channel.send(&totals).and_then(|()| channel.send(&ToSuccessor::TakeOver)) {
             tracing::warn!(error = %e, "upgrade: cannot tell the new daemon to take over");
         }
         self.upgrade = Upgrade::HandedOver { channel };
-        self.systemd.main_pid(pid.as_raw() as u32);
         tracing::info!(new_pid = pid.as_raw(), "upgrade: handed over; draining the old tree");
         if let Some(reply) = reply {
             let _ = reply.try_send(Response::ok(format!("upgraded: new daemon pid {pid}")));
@@ -224,6 +225,8 @@ impl Daemon {
             // Keep listening: the old daemon sends its final totals before it exits.
             self.upgrade = Upgrade::TookOver { channel };
         }
+        // systemd takes our notifications now that we are its main process.
+        self.store_descriptors();
         if let Err(e) = self.planes.start(&self.observed) {
             tracing::error!(error = %format!("{e:#}"), "upgrade: cannot serve the handed-over control/admin sockets");
         }
@@ -272,7 +275,7 @@ impl Daemon {
     /// The counters a successor continues from.
     /// Everything counted so far, ours on top of what we inherited.
     fn carried_totals(&mut self) -> CarriedTotals {
-        CarriedTotals { upgrades: self.upgrades + 1, figures: self.figures() }
+        CarriedTotals { upgrades: self.upgrades + 1, figures: self.figures(), daemon_restarts: self.daemon_restarts }
     }
 }
 

@@ -12,7 +12,14 @@ pub mod spawn;
 pub use fdpass::{recv_with_fds, send_with_fds, send_with_fds_announced, send_with_raw_fds, seqpacket_pair};
 pub use process::{monotonic_ns, Pid};
 
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+
+/// An anonymous file in memory (memfd_create(2)), close-on-exec: the daemon's totals in
+/// systemd's fd store.
+pub fn memfd(name: &str) -> std::io::Result<OwnedFd> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(std::io::Error::from)
+}
 
 /// An error that can say "a signal interrupted the call before it did anything" (EINTR).
 pub trait Interruptible {

@@ -5,7 +5,8 @@
 //! machine in [`conn`]. Request parsing, path resolution, site rules and response heads live in
 //! [`request`], [`path`], [`rules`], [`response`] and [`date`]. A worker that loses its manager
 //! keeps serving what it has and exits when done; one that loses the daemon (lifeline
-//! EOF) exits at once.
+//! EOF) takes nothing new, closes its idle connections, finishes its responses within the
+//! grace period and exits (a daemon restarted by systemd adopts our lane, section 8).
 
 pub mod access_log;
 pub mod body;
@@ -140,6 +141,8 @@ struct Worker {
     /// wait in our channel.
     intake_pause: IntakePause,
     drain_timeout: Duration,
+    /// How long responses in progress may take once the daemon is gone.
+    grace: Duration,
     /// Connections whose turn ended with more to do (`Outcome::Again`), and a spare
     /// list to swap in while they are driven, so no turn allocates.
     again: Vec<usize>,
@@ -196,6 +199,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         intake_pause: IntakePause::default(),
         drain_idle_at: if boot.draining { Some(Instant::now() + config.drain_timeout.duration()) } else { None },
         drain_timeout: config.drain_timeout.duration(),
+        grace: config.grace.duration(),
         again: Vec::new(),
         again_spare: Vec::new(),
     };
@@ -243,8 +247,8 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
                 token if token == control_token => {}
                 token if token == lane_token => worker.read_lane(event_loop.registry(), now),
                 token if token == lifeline_token => {
-                    tracing::warn!(worker = id, "daemon gone: worker exiting");
-                    return Ok(());
+                    let _ = event_loop.registry().deregister(&mut SourceFd(&lifeline.as_raw_fd()));
+                    worker.daemon_gone(event_loop.registry(), now);
                 }
                 token => {
                     if let Some(index) = worker.conn_tokens.index(token) {
@@ -376,6 +380,19 @@ impl Worker {
             self.begin_shutdown(self.drain_timeout, now, registry);
             let _ = registry.deregister(&mut SourceFd(&self.control.raw_fd()));
         }
+    }
+
+    /// The daemon is gone. Its successor (systemd's fd store) adopts our lane, so we
+    /// leave what is queued there to it, close idle connections, and give the responses
+    /// in progress the grace period: requests in flight in a killed daemon's tree finish.
+    fn daemon_gone(&mut self, registry: &Registry, now: Instant) {
+        tracing::warn!(worker = self.id, open = self.conns.len(), "daemon gone: finishing responses, then exiting");
+        let _ = registry.deregister(&mut SourceFd(&self.lane.raw_fd()));
+        self.shared.force_close = true;
+        self.drain_idle_at = Some(now);
+        let at = now + self.grace;
+        self.shutdown_at = Some(self.shutdown_at.map_or(at, |t| t.min(at)));
+        self.sweep(now);
     }
 
     /// Re-reads the descriptor headroom; resumes a paused intake when there is room.
