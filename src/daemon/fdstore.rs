@@ -17,7 +17,6 @@ use crate::observe::CarriedTotals;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::{Duration, Instant};
 
 /// The prefix of every name we store under.
 pub const PREFIX: &str = "webd-";
@@ -26,8 +25,6 @@ const LISTEN: &str = "webd-listen-";
 const TLS_LISTEN: &str = "webd-tls-";
 const LANE: &str = "webd-lane-";
 const STEERING: &str = "webd-steering-";
-/// The totals are rewritten at most this often.
-const STATE_EVERY: Duration = Duration::from_secs(1);
 /// A state larger than this is not ours.
 const STATE_MAX: u64 = 1 << 20;
 
@@ -127,16 +124,15 @@ pub struct FdStore {
     /// Addresses whose sockets a socket unit holds: not stored again.
     unit_sockets: Vec<std::net::SocketAddr>,
     state: Option<File>,
-    next_state_write: Instant,
     last_state: Vec<u8>,
 }
 
 impl FdStore {
     /// Enabled under systemd's notify protocol; a unit without `FileDescriptorStoreMax=`
     /// ignores what we send (systemd logs it once per notification).
-    pub fn from_env(state: Option<File>, unit_sockets: Vec<std::net::SocketAddr>, now: Instant) -> FdStore {
+    pub fn from_env(state: Option<File>, unit_sockets: Vec<std::net::SocketAddr>) -> FdStore {
         let enabled = std::env::var_os("NOTIFY_SOCKET").is_some();
-        FdStore { enabled, unit_sockets, state, next_state_write: now, last_state: Vec::new() }
+        FdStore { enabled, unit_sockets, state, last_state: Vec::new() }
     }
 
     /// Stores everything a successor needs; descriptors already stored are ignored by
@@ -151,10 +147,10 @@ impl FdStore {
         if !self.enabled {
             return;
         }
-        for (i, socket) in listen.iter().enumerate().filter(|(_, s)| !self.from_unit(s)) {
+        for (i, socket) in listen.iter().enumerate().filter(|(_, s)| !self.held_by_unit(s)) {
             store(&format!("{LISTEN}{i}"), socket);
         }
-        for (i, socket) in tls_listen.iter().enumerate().filter(|(_, s)| !self.from_unit(s)) {
+        for (i, socket) in tls_listen.iter().enumerate().filter(|(_, s)| !self.held_by_unit(s)) {
             store(&format!("{TLS_LISTEN}{i}"), socket);
         }
         self.store_lanes(lanes, 0);
@@ -173,7 +169,7 @@ impl FdStore {
         }
     }
 
-    fn from_unit(&self, socket: &OwnedFd) -> bool {
+    fn held_by_unit(&self, socket: &OwnedFd) -> bool {
         let addr = socket2::SockRef::from(socket).local_addr().ok().and_then(|a| a.as_socket());
         addr.is_some_and(|a| self.unit_sockets.contains(&a))
     }
@@ -189,13 +185,13 @@ impl FdStore {
         }
     }
 
-    /// Rewrites the totals in the state memfd, at most once a second and only when they
-    /// changed.
-    pub fn keep_state(&mut self, now: Instant, totals: impl FnOnce() -> CarriedTotals) {
-        let Some(file) = self.state.as_mut().filter(|_| self.enabled && now >= self.next_state_write) else {
+    /// Rewrites the totals in the state memfd when they changed. Called each time reports
+    /// are folded (a few times a second: heartbeats), so the store never holds less than
+    /// `/metrics` has shown, and a successor's counters never go back.
+    pub fn keep_state(&mut self, totals: impl FnOnce() -> CarriedTotals) {
+        let Some(file) = self.state.as_mut().filter(|_| self.enabled) else {
             return;
         };
-        self.next_state_write = now + STATE_EVERY;
         let Ok(bytes) = serde_json::to_vec(&totals()) else { return };
         if bytes == self.last_state {
             return;
@@ -258,16 +254,11 @@ mod tests {
     #[test]
     fn the_state_round_trips_through_a_memfd() {
         let fd = crate::sys::memfd("test-state").expect("memfd");
-        let mut store = FdStore {
-            enabled: true,
-            unit_sockets: Vec::new(),
-            state: Some(File::from(fd)),
-            next_state_write: Instant::now(),
-            last_state: Vec::new(),
-        };
+        let mut store =
+            FdStore { enabled: true, unit_sockets: Vec::new(), state: Some(File::from(fd)), last_state: Vec::new() };
         let mut totals = CarriedTotals { upgrades: 2, ..Default::default() };
         totals.figures.accepted = 41;
-        store.keep_state(Instant::now(), || totals.clone());
+        store.keep_state(|| totals.clone());
         let file = store.state.take().expect("state");
         let (_, read) = read_state(OwnedFd::from(file)).expect("state reads back");
         assert_eq!(read, totals);

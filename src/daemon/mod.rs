@@ -205,8 +205,7 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
     };
     let mut lanes = std::mem::take(&mut stored.lanes);
     grow_lanes(&mut lanes, config.workers).context("worker lanes")?;
-    let fd_store =
-        fdstore::FdStore::from_env(stored.state.take().map(|(file, _)| file), unit_sockets, Instant::now());
+    let fd_store = fdstore::FdStore::from_env(stored.state.take().map(|(file, _)| file), unit_sockets);
     let (lifeline_read, lifeline_write) = sys::process::lifeline().context("lifeline pipe")?;
     sys::process::become_subreaper().context("PR_SET_CHILD_SUBREAPER")?;
     let fd_limit = sys::process::raise_fd_limit();
@@ -357,8 +356,6 @@ impl Daemon {
             if now >= self.next_check {
                 self.next_check = now + CHECK_INTERVAL;
                 self.check_heartbeats(now);
-                let state = self.stored_totals();
-                self.fd_store.keep_state(now, || state);
             }
             self.listener.sup.kill_overdue(now);
             self.manager.sup.kill_overdue(now);
@@ -571,7 +568,7 @@ impl Daemon {
         let i = &self.inherit;
         self.fd_store.store_all(&i.listen, &i.tls_listen, &i.lanes, &i.steering);
         let state = self.stored_totals();
-        self.fd_store.keep_state(Instant::now(), || state);
+        self.fd_store.keep_state(|| state);
     }
 
     /// What a daemon restarted from the fd store continues from.

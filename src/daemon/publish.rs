@@ -13,9 +13,18 @@ impl Daemon {
     /// Folds the latest reports into totals and publishes status and figures; returns
     /// whether the tree is ready to serve.
     pub(super) fn publish(&mut self, now: Instant) -> bool {
-        self.fold_reports();
+        let folded = self.fold_reports();
         let workers = self.worker_reports();
         let figures = self.figures();
+        if folded {
+            let (upgrades, daemon_restarts) = (self.upgrades, self.daemon_restarts);
+            let figures = &figures;
+            self.fd_store.keep_state(|| crate::observe::CarriedTotals {
+                upgrades,
+                figures: figures.clone(),
+                daemon_restarts,
+            });
+        }
         let connections =
             ConnectionStatus { accepted: figures.accepted, active: workers.iter().map(|w| w.active).sum() };
         let status = self.status(now, &workers, connections.clone(), figures.responses.total());
@@ -63,13 +72,15 @@ impl Daemon {
 
     /// Folds every report into the monotonic totals. Reports are cumulative per process
     /// and keyed by the pid inside them, so folding one twice adds nothing; a pid is
-    /// forgotten only once no report mentions it any more.
-    fn fold_reports(&mut self) {
+    /// forgotten only once no report mentions it any more. True when a report came in.
+    fn fold_reports(&mut self) -> bool {
         self.listener.read_retiring_reports();
         self.manager.read_retiring_reports();
         // Every heartbeat in the order received: an exited worker's final figures are in
         // one manager heartbeat only, which a newer one may already have followed.
+        let mut folded = false;
         for hb in self.listener.unfolded.drain(..).chain(self.manager.unfolded.drain(..)) {
+            folded = true;
             self.totals.fold(hb.pid, &hb.figures);
             for w in hb.workers.iter().filter(|w| w.pid != 0) {
                 self.totals.fold(w.pid, &w.figures);
@@ -86,6 +97,7 @@ impl Daemon {
         let (listener_gone, manager_gone) = (self.listener.exited_pids(), self.manager.exited_pids());
         self.listener.retiring_reports.retain(|hb| !listener_gone.contains(&hb.pid));
         self.manager.retiring_reports.retain(|hb| !manager_gone.contains(&hb.pid));
+        folded
     }
 
     fn worker_reports(&self) -> Vec<WorkerReport> {

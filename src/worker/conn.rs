@@ -140,6 +140,8 @@ pub struct Conn {
     linger_on_close: bool,
     /// Half-closed, draining input until EOF.
     lingering: Option<Linger>,
+    /// A response has been sent in full: from then on, silence means the client is idle.
+    answered: bool,
 }
 
 impl Conn {
@@ -154,6 +156,7 @@ impl Conn {
             peer,
             linger_on_close: false,
             lingering: None,
+            answered: false,
             sock,
             tls,
             rbuf: vec![0; READ_BUF_INITIAL],
@@ -489,6 +492,7 @@ impl Conn {
     }
 
     fn flushed(&mut self, stats: &mut Stats, now: Instant) {
+        self.answered |= !self.unflushed.is_empty();
         for u in self.unflushed.drain(..) {
             stats.request_finished(u.status, u.coding, u.bytes, now.saturating_duration_since(u.started), now);
         }
@@ -575,9 +579,12 @@ impl Conn {
         self.begin_linger(now)
     }
 
-    /// Between requests with nothing in flight: safe to close at a shutdown deadline.
+    /// Between requests with nothing in flight: safe to close at a shutdown deadline. A
+    /// connection that has not had its first answer is not idle: its request is on the
+    /// way (the listener accepted it because a client connected to send one).
     pub fn is_idle(&self) -> bool {
-        self.lingering.is_some() || (self.rstart == self.rend && !self.has_output() && self.unflushed.is_empty())
+        self.lingering.is_some()
+            || (self.answered && self.rstart == self.rend && !self.has_output() && self.unflushed.is_empty())
     }
 
     /// Accounts for requests that die with the connection.
