@@ -140,13 +140,16 @@ else:
         err("templating: instance variable must use ${datasource}")
 
 # Metric names allowed in queries: docs/reference.md, Metrics, the process collector, histogram suffixes.
-hist = {"webd_heartbeat_latency_seconds", "webd_http_request_duration_seconds"}
+hist = {"webd_heartbeat_latency_seconds", "webd_http_request_duration_seconds",
+        "webd_tls_handshake_duration_seconds"}
 allowed = {"webd_heartbeat_age_seconds", "webd_heartbeats_missed_total", "webd_restarts_total",
            "webd_process_up", "webd_workers", "webd_worker_utilization_ratio",
            "webd_connections_accepted_total", "webd_connections_active",
            "webd_http_requests_total", "webd_http_requests_by_encoding_total", "webd_http_response_bytes_total", "webd_draining",
            "webd_build_info", "process_cpu_seconds_total", "process_resident_memory_bytes",
-           "process_open_fds", "process_max_fds", "process_start_time_seconds"}
+           "process_open_fds", "process_max_fds", "process_start_time_seconds",
+           "webd_tls_handshakes_total", "webd_tls_resumed_total",
+           "webd_tls_certificate_expiry_timestamp_seconds"}
 allowed |= {h + s for h in hist for s in ("_bucket", "_sum", "_count")}
 
 def panels(ps):
@@ -155,7 +158,7 @@ def panels(ps):
         yield from panels(p.get("panels"))
 
 rows, n_panels, n_targets, ids, seen_rows = [], 0, 0, set(), []
-want_rows = ["Overview", "Supervision", "Workers", "Traffic"]
+want_rows = ["Overview", "Supervision", "Workers", "Traffic", "TLS"]
 for p in panels(d.get("panels")):
     t = p.get("type"); title = p.get("title") or f"id {p.get('id')}"
     pid = p.get("id")

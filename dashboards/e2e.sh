@@ -46,15 +46,19 @@ if [ ! -x "$WEBD_BIN" ] || [ ! -x "$WEBCTL_BIN" ]; then
 fi
 
 HTTP_PORT=$(free_port)
+TLS_PORT=$(free_port)
 ADMIN_PORT=$(free_port)
 PROM_PORT=$(free_port)
 mkdir -p "$TMP/root"
 head -c 1024 /dev/urandom >"$TMP/root/1k.bin"
 echo '<h1>webd</h1>' >"$TMP/root/index.html"
+# A self-signed certificate, so the TLS row has handshakes and an expiry to show.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
 
 log "webd on 127.0.0.1:$HTTP_PORT, admin on 127.0.0.1:$ADMIN_PORT"
 "$WEBD_BIN" --listen "127.0.0.1:$HTTP_PORT" --admin "127.0.0.1:$ADMIN_PORT" --root "$TMP/root" \
-  --workers 2 --control-socket "$TMP/webd.sock" >"$TMP/webd.log" 2>&1 &
+  --tls-listen "127.0.0.1:$TLS_PORT" --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem" --workers 2 --control-socket "$TMP/webd.sock" >"$TMP/webd.log" 2>&1 &
 PIDS+=($!)
 wait_for 15 curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz"
 
@@ -84,7 +88,9 @@ for round in 1 2 3; do
   for _ in $(seq 1 50); do
     curl -s -o /dev/null "http://127.0.0.1:$HTTP_PORT/1k.bin"
     curl -s -o /dev/null "http://127.0.0.1:$HTTP_PORT/missing"
+    curl -sk -o /dev/null --resolve "localhost:$TLS_PORT:127.0.0.1" "https://localhost:$TLS_PORT/1k.bin"
   done
+  curl -sk -o /dev/null --tls-max 1.1 "https://127.0.0.1:$TLS_PORT/" || true # a refused handshake
   case $round in
     1) "$WEBCTL_BIN" --control-socket "$TMP/webd.sock" restart listener ;;
     2) # Our own daemon's worker 0, from its status: never a process found by name,
@@ -97,7 +103,11 @@ for round in 1 2 3; do
 done
 
 log "every dashboard query must return data (light traffic continues meanwhile)"
-( for _ in $(seq 1 600); do curl -s -o /dev/null "http://127.0.0.1:$HTTP_PORT/1k.bin"; sleep 0.1; done ) &
+( for _ in $(seq 1 600); do
+    curl -s -o /dev/null "http://127.0.0.1:$HTTP_PORT/1k.bin"
+    curl -sk -o /dev/null --resolve "localhost:$TLS_PORT:127.0.0.1" "https://localhost:$TLS_PORT/1k.bin"
+    sleep 0.1
+  done ) &
 PIDS+=($!)
 status=0
 python3 "$REPO/dashboards/queries.py" --prometheus "http://127.0.0.1:$PROM_PORT" --wait 30 \
