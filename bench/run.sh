@@ -11,7 +11,7 @@
 #   DURATION       wrk duration per run, e.g. 10, 10s, 1m                         (default 10s)
 #   THREADS        wrk threads                                                    (default 2)
 #   SCENARIOS      space/comma separated subset of: keepalive-1k close-1k 10m
-#                  text-64k-br                                                    (default all)
+#                  text-64k-br tls-keepalive-1k tls-close-1k tls-10m              (default all)
 #   WORKERS        worker processes for both servers                              (default 2)
 #   WARMUP         seconds of untimed keep-alive load per server before the runs;
 #                  0 disables                                                     (default 1)
@@ -25,6 +25,16 @@
 #   text-64k-br   64 connections, GET /64k.txt with "Accept-Encoding: br, gzip": a compressible
 #                 64 KiB text file with .br and .gz sidecars made by the brotli and gzip tools;
 #                 nginx serves them with brotli_static and gzip_static on, webd picks them itself
+#   tls-keepalive-1k, tls-close-1k, tls-10m
+#                 the same over HTTPS: one self-signed ECDSA P-256 certificate for both servers,
+#                 TLS 1.2 and 1.3 offered, TLS 1.3 with TLS_AES_256_GCM_SHA384 on both (the
+#                 negotiated protocol and cipher are printed); tls-close-1k is a full handshake
+#                 per request (wrk does not resume sessions)
+#
+# Server CPU per request: utime + stime of every process in the server's session (each
+# server is started with setsid; /proc/PID/stat field 6), read before and after each wrk
+# run, divided by the requests wrk completed. The load generator shares the cores, so this
+# is the figure that says what a request costs the server.
 #
 # Within a round the server that goes first alternates (odd rounds webd first, even rounds
 # nginx first) so slow drift of the shared machine does not favour one side.
@@ -47,7 +57,7 @@ REPO=$(pwd)
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
-SCENARIOS=${SCENARIOS:-keepalive-1k close-1k 10m text-64k-br}
+SCENARIOS=${SCENARIOS:-keepalive-1k close-1k 10m text-64k-br tls-keepalive-1k tls-close-1k tls-10m}
 WORKERS=${WORKERS:-2}
 WARMUP=${WARMUP:-1}
 READY_TIMEOUT=${READY_TIMEOUT:-30}
@@ -73,14 +83,17 @@ check_int READY_TIMEOUT 1 600
 [[ $DURATION =~ [smh]$ ]] || DURATION=${DURATION}s
 
 # scenario -> "connections path extra-header"
-declare -A SC_CONNS=([keepalive-1k]=64 [close-1k]=64 [10m]=8 [text-64k-br]=64)
-declare -A SC_PATH=([keepalive-1k]=/1k.bin [close-1k]=/1k.bin [10m]=/10m.bin [text-64k-br]=/64k.txt)
-declare -A SC_HEADER=([keepalive-1k]="" [close-1k]="Connection: close" [10m]="" [text-64k-br]="Accept-Encoding: br, gzip")
+declare -A SC_CONNS=([keepalive-1k]=64 [close-1k]=64 [10m]=8 [text-64k-br]=64
+    [tls-keepalive-1k]=64 [tls-close-1k]=64 [tls-10m]=8)
+declare -A SC_PATH=([keepalive-1k]=/1k.bin [close-1k]=/1k.bin [10m]=/10m.bin [text-64k-br]=/64k.txt
+    [tls-keepalive-1k]=/1k.bin [tls-close-1k]=/1k.bin [tls-10m]=/10m.bin)
+declare -A SC_HEADER=([keepalive-1k]="" [close-1k]="Connection: close" [10m]="" [text-64k-br]="Accept-Encoding: br, gzip"
+    [tls-keepalive-1k]="" [tls-close-1k]="Connection: close" [tls-10m]="")
 read -r -a SCENARIO_LIST <<<"${SCENARIOS//,/ }"
 ((${#SCENARIO_LIST[@]} > 0)) || die "SCENARIOS is empty"
 for s in "${SCENARIO_LIST[@]}"; do
     conns=${SC_CONNS[$s]:-}
-    [[ -n $conns ]] || die "unknown scenario '$s' (known: keepalive-1k close-1k 10m text-64k-br)"
+    [[ -n $conns ]] || die "unknown scenario '$s' (known: ${!SC_CONNS[*]})"
     ((conns >= THREADS)) || die "scenario $s has $conns connections < THREADS=$THREADS"
 done
 
@@ -140,6 +153,7 @@ NGINX=$(command -v nginx 2>/dev/null || true)
 BROTLI_MODULE=/usr/lib/nginx/modules/ngx_http_brotli_static_module.so
 [[ -f $BROTLI_MODULE ]] || need_pkgs+=(libnginx-mod-http-brotli-static)
 command -v brotli >/dev/null 2>&1 || need_pkgs+=(brotli)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 if ((${#need_pkgs[@]} > 0)); then
     log "installing ${need_pkgs[*]} with apt"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -181,6 +195,10 @@ head -c 65536 "$TMP/text" >"$ROOT/64k.txt"
 brotli -k -q 11 "$ROOT/64k.txt"
 gzip -k -9 "$ROOT/64k.txt"
 chmod 755 "$TMP" "$ROOT"
+# One certificate for both servers (nginx workers run as root here, so 0600 is fine).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null ||
+    die "openssl could not make the test certificate"
 chmod 644 "$ROOT"/*.bin "$ROOT"/64k.txt*
 
 # ---------------------------------------------------------------- 3. servers
@@ -222,7 +240,7 @@ wait_http() {
 
 # Check that a server returns the exact bytes of both files.
 verify_content() {
-    local name=$1 port=$2 f
+    local name=$1 port=$2 tls_port=$3 f
     for f in 1k.bin 10m.bin; do
         curl -sf --max-time 10 "http://127.0.0.1:$port/$f" | cmp -s - "$ROOT/$f" ||
             die "$name served wrong content for /$f"
@@ -230,10 +248,16 @@ verify_content() {
     # Both must send the same brotli sidecar to a client that prefers br.
     curl -sf --max-time 10 -H 'Accept-Encoding: br, gzip' "http://127.0.0.1:$port/64k.txt" |
         cmp -s - "$ROOT/64k.txt.br" || die "$name did not serve the .br sidecar of /64k.txt"
+    for f in 1k.bin 10m.bin; do
+        curl -sfk --max-time 10 "https://127.0.0.1:$tls_port/$f" | cmp -s - "$ROOT/$f" ||
+            die "$name served wrong content for https /$f"
+    done
+    printf '%s: %s\n' "$name" "$(openssl s_client -connect "127.0.0.1:$tls_port" -servername localhost </dev/null 2>/dev/null |
+        awk '/^New, / { sub(/^New, /, ""); print; exit }')" >>"$TMP/tls-negotiated"
 }
 
 write_nginx_conf() {
-    local port=$1
+    local port=$1 tls_port=$2
     cat >"$TMP/nginx/nginx.conf" <<EOF
 # generated by bench/run.sh
 load_module $BROTLI_MODULE;
@@ -260,8 +284,14 @@ http {
     fastcgi_temp_path $TMP/nginx/fastcgi;
     uwsgi_temp_path $TMP/nginx/uwsgi;
     scgi_temp_path $TMP/nginx/scgi;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ciphers ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305;
+    ssl_conf_command Ciphersuites TLS_AES_256_GCM_SHA384;
     server {
         listen 127.0.0.1:$port;
+        listen 127.0.0.1:$tls_port ssl;
+        ssl_certificate $TMP/cert.pem;
+        ssl_certificate_key $TMP/key.pem;
         root $ROOT;
     }
 }
@@ -273,7 +303,9 @@ start_nginx() {
     for ((attempt = 1; attempt <= 5; attempt++)); do
         pick_port
         NGINX_PORT=$PORT
-        write_nginx_conf "$NGINX_PORT"
+        pick_port
+        NGINX_TLS_PORT=$PORT
+        write_nginx_conf "$NGINX_PORT" "$NGINX_TLS_PORT"
         if ! "$NGINX" -t -q -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf"; then
             tail -n 5 "$TMP/nginx/error.log" >&2 || true
             die "nginx rejected the generated config"
@@ -298,9 +330,12 @@ start_webd() {
     for ((attempt = 1; attempt <= 3; attempt++)); do
         pick_port
         WEBD_PORT=$PORT
+        pick_port
+        WEBD_TLS_PORT=$PORT
         rm -f "$TMP/webd.sock"
-        log "starting webd: $WEBD_BIN --listen 127.0.0.1:$WEBD_PORT --root $ROOT --workers $WORKERS --admin off --control-socket $TMP/webd.sock"
+        log "starting webd: $WEBD_BIN --listen 127.0.0.1:$WEBD_PORT --tls-listen 127.0.0.1:$WEBD_TLS_PORT --root $ROOT --workers $WORKERS --admin off --control-socket $TMP/webd.sock"
         setsid "$WEBD_BIN" --listen "127.0.0.1:$WEBD_PORT" --root "$ROOT" --workers "$WORKERS" \
+            --tls-listen "127.0.0.1:$WEBD_TLS_PORT" --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem" \
             --admin off --control-socket "$TMP/webd.sock" \
             </dev/null >>"$BENCH_OUT/webd.log" 2>&1 &
         WEBD_PID=$!
@@ -318,12 +353,36 @@ start_webd() {
 
 NGINX_PORT=""
 WEBD_PORT=""
+NGINX_TLS_PORT=""
+WEBD_TLS_PORT=""
 start_nginx
 start_webd
-verify_content nginx "$NGINX_PORT"
-verify_content webd "$WEBD_PORT"
+: >"$TMP/tls-negotiated"
+verify_content nginx "$NGINX_PORT" "$NGINX_TLS_PORT"
+verify_content webd "$WEBD_PORT" "$WEBD_TLS_PORT"
+log "TLS negotiated: $(paste -sd ';' "$TMP/tls-negotiated")"
 
 # ---------------------------------------------------------------- 4. load
+# cpu_ticks SID: utime + stime (clock ticks) of every process in session SID (a server we
+# started with setsid, so its pid is the session id): never a process found by name.
+cpu_ticks() {
+    local sid=$1 f line rest total=0
+    local -a fields
+    for f in /proc/[0-9]*/stat; do
+        { read -r line <"$f"; } 2>/dev/null || continue
+        rest=${line##*) } # after the command name, which may contain spaces and parentheses
+        read -r -a fields <<<"$rest"
+        # fields from state (stat field 3): session is field 6, utime 14, stime 15
+        [[ ${fields[3]:-} == "$sid" ]] || continue
+        total=$((total + fields[11] + fields[12]))
+    done
+    echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# requests_of FILE: the requests wrk completed ("N requests in ...")
+requests_of() { awk '/ requests in / { print $1; exit }' "$1"; }
+
 # parse_wrk FILE -> "rps mbps p99ms errors detail" (fields "NA" when absent)
 parse_wrk() {
     awk '
@@ -378,6 +437,7 @@ fmt() { # fmt PRINTF-FORMAT VALUE
 }
 
 port_of() { if [[ $1 == webd ]]; then echo "$WEBD_PORT"; else echo "$NGINX_PORT"; fi; }
+tls_port_of() { if [[ $1 == webd ]]; then echo "$WEBD_TLS_PORT"; else echo "$NGINX_TLS_PORT"; fi; }
 pid_of() { if [[ $1 == webd ]]; then echo "$WEBD_PID"; else echo "$NGINX_PID"; fi; }
 
 # run_wrk SERVER SCENARIO DURATION OUTFILE
@@ -385,10 +445,15 @@ run_wrk() {
     local server=$1 sc=$2 dur=$3 outfile=$4 port pid
     port=$(port_of "$server")
     pid=$(pid_of "$server")
+    local scheme=http
+    if [[ $sc == tls-* ]]; then
+        scheme=https
+        port=$(tls_port_of "$server")
+    fi
     kill -0 "$pid" 2>/dev/null || die "$server (pid $pid) is no longer running"
     local args=(-t "$THREADS" -c "${SC_CONNS[$sc]}" -d "$dur" --latency)
     [[ -n ${SC_HEADER[$sc]} ]] && args+=(-H "${SC_HEADER[$sc]}")
-    args+=("http://127.0.0.1:$port${SC_PATH[$sc]}")
+    args+=("$scheme://127.0.0.1:$port${SC_PATH[$sc]}")
     if ! wrk "${args[@]}" >"$outfile" 2>&1; then
         log "wrk failed for $server/$sc (see $outfile)"
     fi
@@ -402,12 +467,12 @@ if ((WARMUP > 0)); then
     done
 fi
 
-declare -A RPS MBPS P99 ERRS RATIO
+declare -A RPS MBPS P99 ERRS RATIO CPU
 printf 'scenario\tround\tserver\treq_per_s\tMiB_per_s\tp99_ms\terrors\terror_detail\n' >"$BENCH_OUT/runs.tsv"
 for sc in "${SCENARIO_LIST[@]}"; do
     RATIO[$sc]=""
     for server in webd nginx; do
-        RPS[$sc,$server]=""; MBPS[$sc,$server]=""; P99[$sc,$server]=""; ERRS[$sc,$server]=0
+        RPS[$sc,$server]=""; MBPS[$sc,$server]=""; P99[$sc,$server]=""; ERRS[$sc,$server]=0; CPU[$sc,$server]=""
     done
     for ((round = 1; round <= ROUNDS; round++)); do
         if ((round % 2)); then order=(webd nginx); else order=(nginx webd); fi
@@ -415,9 +480,14 @@ for sc in "${SCENARIO_LIST[@]}"; do
         for server in "${order[@]}"; do
             out=$BENCH_OUT/wrk-$sc-$server-r$round.txt
             log "$sc round $round/$ROUNDS: $server (${SC_CONNS[$sc]} conns, $DURATION)"
+            ticks_before=$(cpu_ticks "$(pid_of "$server")")
             run_wrk "$server" "$sc" "$DURATION" "$out"
+            ticks_after=$(cpu_ticks "$(pid_of "$server")")
             read -r rps mbps p99 errs detail < <(parse_wrk "$out")
-            log "  $server: req/s=$rps MiB/s=$mbps p99=${p99}ms errors=$errs ($detail)"
+            cpu=$(awk -v t=$((ticks_after - ticks_before)) -v hz="$CLK_TCK" -v n="$(requests_of "$out")" \
+                'BEGIN { if (n + 0 > 0) printf "%.1f", t / hz / n * 1e6; else print "NA" }')
+            CPU[$sc,$server]+=" $cpu"
+            log "  $server: req/s=$rps MiB/s=$mbps p99=${p99}ms cpu/req=${cpu}us errors=$errs ($detail)"
             printf '%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$round" "$server" "$rps" "$mbps" "$p99" \
                 "$errs" "$detail" >>"$BENCH_OUT/runs.tsv"
             RPS[$sc,$server]+=" $rps"
@@ -442,14 +512,16 @@ done
         "wrk threads=$THREADS, workers=$WORKERS, nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///')," \
         "webd $(basename "$WEBD_BIN")$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null | sed 's/^/ @ /' || true)"
     echo
-    echo "| scenario | webd req/s | nginx req/s | ratio | webd MB/s | nginx MB/s | webd p99 ms | nginx p99 ms | errors |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    echo "| scenario | webd req/s | nginx req/s | ratio | webd µs CPU/req | nginx µs CPU/req | webd MB/s | nginx MB/s | webd p99 ms | nginx p99 ms | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     for sc in "${SCENARIO_LIST[@]}"; do
         # shellcheck disable=SC2086 # word splitting of the space-separated per-round lists is intended
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | webd %d / nginx %d |\n' "$sc" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | webd %d / nginx %d |\n' "$sc" \
             "$(fmt '%.0f' "$(median ${RPS[$sc,webd]})")" \
             "$(fmt '%.0f' "$(median ${RPS[$sc,nginx]})")" \
             "$(fmt '%.2f' "$(median ${RATIO[$sc]})")" \
+            "$(fmt '%.1f' "$(median ${CPU[$sc,webd]})")" \
+            "$(fmt '%.1f' "$(median ${CPU[$sc,nginx]})")" \
             "$(fmt '%.1f' "$(median ${MBPS[$sc,webd]})")" \
             "$(fmt '%.1f' "$(median ${MBPS[$sc,nginx]})")" \
             "$(fmt '%.2f' "$(median ${P99[$sc,webd]})")" \
@@ -458,7 +530,9 @@ done
     done
     echo
     echo "Medians over rounds; ratio = median of per-round webd/nginx req/s; MB/s = MiB/s (wrk Transfer/sec);"
-    echo "errors = socket errors + responses >= 400, summed over rounds (per-run detail in runs.tsv)."
+    echo "errors = socket errors + responses >= 400, summed over rounds (per-run detail in runs.tsv);"
+    echo "µs CPU/req = utime + stime of every process of the server during the run / requests completed."
+    echo "TLS: $(paste -sd ';' "$TMP/tls-negotiated")"
 } >"$BENCH_OUT/results.md"
 
 cat "$BENCH_OUT/results.md"

@@ -53,6 +53,9 @@ impl Acceptor {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(BySni { certificates }));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Our suite order (AES-256-GCM, ChaCha20, AES-128-GCM: the provider's) wins over
+        // a client's, so a client that prefers something weaker still gets the strongest.
+        config.ignore_client_order = true;
         Ok(Some(Acceptor { config: Arc::new(config) }))
     }
 }
