@@ -14,8 +14,10 @@
 #[macro_use]
 mod declare;
 mod rules;
+mod summary;
 
 pub use rules::{HeaderRule, HiddenFiles, Redirect, MAX_HEADER_RULES};
+pub use summary::summary;
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -47,6 +49,8 @@ settings! {
     }
     /// Access log: a path, `-` for stderr, or `off`
     access_log: AccessLogTarget { flag: "PATH", default: "off", reload: Live }
+    /// Access log line format: `combined` (nginx/Apache) or `json` (one object per line)
+    access_log_format: AccessLogFormat { flag: "FORMAT", default: "combined", reload: Live }
     /// Log format on stderr
     log_format: LogFormat { flag: "FORMAT", default: "text", reload: Fixed }
     /// Milliseconds between heartbeats of every child
@@ -68,6 +72,8 @@ settings! {
     /// Most header fields one request head may carry (Host included); more is 431. The top
     /// is the worker's on-stack header table (`request::HEADER_CAPACITY`).
     max_header_fields: u32 { flag: "N", range: 1..=1024, default: "100", reload: Live }
+    /// Requests one connection may carry: the last one's response says `Connection: close`
+    max_requests_per_connection: u32 { flag: "N", range: 1..=1_000_000_000, default: "10000", reload: Live }
     /// TCP address to serve HTTPS on (repeatable)
     tls_listen: Vec<SocketAddr> { flag: "ADDR", parser: parse_listen, default: none, reload: Fixed }
     /// Default certificate chain (PEM); more in the config file's [[certificates]]
@@ -236,6 +242,17 @@ impl From<AccessLogTarget> for String {
 pub enum LogFormat {
     #[default]
     Text,
+    Json,
+}
+
+/// How the access log writes a line.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// nginx/Apache "combined".
+    #[default]
+    Combined,
+    /// One JSON object per line (`worker/access_log.rs` lists its fields).
     Json,
 }
 

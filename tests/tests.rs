@@ -6,6 +6,7 @@
 //! - `control`: webctl and the control socket against the real daemon
 //! - `encoding`: content codings (sidecars, on-the-fly compression and its cache, Vary,
 //!   ranges of encoded bytes, the by-encoding metric)
+//! - `flags`: --max-requests-per-connection, --access-log-format json, --check-config
 //! - `defects`: defects an operator met in the first hour, each with its test
 //! - `systemd`: the dist/systemd units under a real systemd (systemd-sandbox; needs root)
 //! - `tree`: the supervised process tree (spawn, crash, hang, backoff, stop, orphans)
@@ -25,6 +26,7 @@ mod chaos;
 mod control;
 mod defects;
 mod encoding;
+mod flags;
 mod hostile;
 mod http;
 mod metrics;

@@ -57,6 +57,11 @@ macro_rules! settings {
             #[arg(long, value_name = "FILE")]
             #[serde(skip)]
             pub config: Option<PathBuf>,
+            /// Validate the flags, the config file, its rules and the certificates as a start
+            /// would, print a summary and exit 0 (2 on an error); starts, binds and writes nothing.
+            #[arg(long)]
+            #[serde(skip)]
+            pub check_config: bool,
             $(
                 #[arg(long, value_name = $value_name, help = help_text(&[$($doc),+], default_value!($default))
                     $(, value_parser = $parser)?
@@ -108,6 +113,7 @@ macro_rules! settings {
                 let mut overridden = Vec::new();
                 let cli = Cli {
                     config: self.config,
+                    check_config: self.check_config,
                     $($key: match (self.$key, file.$key) {
                         (Some(flag), Some(file)) if flag != file => {
                             overridden.push(stringify!($key));

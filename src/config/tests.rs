@@ -62,6 +62,7 @@ fn samples(setting: &Setting) -> [String; 2] {
         "control_socket" => ["/run/a.sock", "/run/b.sock"],
         "access_log" => ["off", "-"],
         "log_format" => ["text", "json"],
+        "access_log_format" => ["combined", "json"],
         "user" => ["alice", "bob"],
         "tls_listen" => ["127.0.0.1:4431", "127.0.0.1:4432"],
         "tls_cert" => ["/etc/a.pem", "/etc/b.pem"],
@@ -122,12 +123,14 @@ fn what_a_reload_changes_live_is_what_it_always_did() {
         "root",
         "workers",
         "access_log",
+        "access_log_format",
         "grace",
         "drain_timeout",
         "header_timeout",
         "keepalive_timeout",
         "max_connections",
         "max_header_fields",
+        "max_requests_per_connection",
         "tls_cert",
         "tls_key",
         "certificates",
@@ -173,7 +176,7 @@ fn the_reference_documents_every_setting_as_the_table_defines_it() {
     let flags: BTreeSet<_> = SETTINGS.iter().filter(|s| s.flag).map(|s| format!("--{}", s.flag())).collect();
     for row in rows {
         let documented = row.split('`').nth(1).and_then(|f| f.split(' ').next()).unwrap_or_default();
-        let known = flags.contains(documented) || ["--config", "-h", "-V"].contains(&documented);
+        let known = flags.contains(documented) || ["--config", "--check-config", "-h", "-V"].contains(&documented);
         assert!(known, "the reference documents a flag that is not a setting: {row}");
     }
 }

@@ -19,6 +19,7 @@
 //! buffer a chunk at a time instead of sendfile (there is no kTLS here). A plain
 //! connection pays one `Option` test per read and write for it.
 
+use super::access_log::{self, Entry};
 use super::body::{BodySkipper, Skip};
 use super::encoding::Coding;
 use super::request::{self, ErrorKind, Parsed, Request};
@@ -136,6 +137,9 @@ pub struct Conn {
     turn_left: u32,
     /// The client's address, looked up only when the access log is on.
     peer: String,
+    /// Requests this connection may still carry (`max_requests_per_connection`); the
+    /// response to the last one closes it.
+    requests_left: u32,
     /// An error response was sent with input possibly unread: close gracefully.
     linger_on_close: bool,
     /// Half-closed, draining input until EOF.
@@ -154,6 +158,7 @@ impl Conn {
         };
         Conn {
             peer,
+            requests_left: shared.max_requests_per_connection,
             linger_on_close: false,
             lingering: None,
             answered: false,
@@ -249,7 +254,7 @@ impl Conn {
     /// `100 Continue` sent for it earlier, for its response's byte count.
     fn next_request(&mut self, shared: &mut Shared, now: Instant) -> Option<(Plan, u64)> {
         if self.pending.is_some() {
-            return self.read_pending_body(shared);
+            return self.read_pending_body(shared, now);
         }
         if self.rstart == self.rend {
             return None;
@@ -257,14 +262,16 @@ impl Conn {
         let buf = &self.rbuf[self.rstart..self.rend];
         match request::parse(buf, &shared.limits) {
             Parsed::Complete { request, head_len } => {
+                let started = self.head_started.unwrap_or(now);
+                let exchange = Exchange { peer: &self.peer, requests_left: &mut self.requests_left, started };
                 let Some(mut skipper) = BodySkipper::new(request.body) else {
-                    let plan = answer(&request, shared, &self.peer, &mut self.wbuf);
+                    let plan = answer(&request, shared, exchange, &mut self.wbuf);
                     self.rstart += head_len;
                     return Some((plan, 0));
                 };
                 match skipper.skip(&buf[head_len..], &shared.limits.body()) {
                     Skip::Done { used } => {
-                        let plan = answer(&request, shared, &self.peer, &mut self.wbuf);
+                        let plan = answer(&request, shared, exchange, &mut self.wbuf);
                         self.rstart += head_len + used;
                         Some((plan, 0))
                     }
@@ -294,7 +301,7 @@ impl Conn {
 
     /// Skips what arrived of the pending request's body; answers the request (its head
     /// parsed again) once the body is complete.
-    fn read_pending_body(&mut self, shared: &mut Shared) -> Option<(Plan, u64)> {
+    fn read_pending_body(&mut self, shared: &mut Shared, now: Instant) -> Option<(Plan, u64)> {
         let pending = self.pending.as_mut()?;
         let (head_len, interim_bytes) = (pending.head_len, pending.interim_bytes);
         let body_start = self.rstart + head_len;
@@ -305,8 +312,10 @@ impl Conn {
             }
             Skip::Done { used } => {
                 self.pending = None;
+                let started = self.head_started.unwrap_or(now);
+                let exchange = Exchange { peer: &self.peer, requests_left: &mut self.requests_left, started };
                 let plan = match request::parse(&self.rbuf[self.rstart..body_start], &shared.limits) {
-                    Parsed::Complete { request, .. } => answer(&request, shared, &self.peer, &mut self.wbuf),
+                    Parsed::Complete { request, .. } => answer(&request, shared, exchange, &mut self.wbuf),
                     // The same bytes parsed before: cannot happen, and if it does, no guessing.
                     Parsed::Partial | Parsed::Invalid(_) => self.reject(ErrorKind::BadRequest, shared),
                 };
@@ -325,7 +334,17 @@ impl Conn {
         let mut plan = response::error_head(kind, &shared.date, &mut self.wbuf);
         plan.close = true;
         if let Some(log) = shared.access_log.as_mut() {
-            log.record(&self.peer, None, plan.status, 0);
+            let started = self.head_started.unwrap_or_else(Instant::now);
+            let (status, coding) = (plan.status, Coding::Identity);
+            log.record(&Entry {
+                client: &self.peer,
+                site: access_log::DEFAULT_SITE,
+                request: None,
+                status,
+                bytes: 0,
+                coding,
+                started,
+            });
         }
         plan
     }
@@ -619,12 +638,34 @@ fn send_encrypted(tls: &mut Session, sock: &TcpStream, wbuf: &mut Vec<u8>, wpos:
     }
 }
 
+/// What `answer` needs of the connection a request came on.
+struct Exchange<'a> {
+    /// The client's address, for the access log.
+    peer: &'a str,
+    /// Counted down by each request; the one that takes the last makes its response close.
+    requests_left: &'a mut u32,
+    /// When the request began to arrive.
+    started: Instant,
+}
+
 /// Answers a complete request (its body, if any, already read) into `wbuf`, and logs it.
-fn answer(request: &Request<'_>, shared: &mut Shared, peer: &str, wbuf: &mut Vec<u8>) -> Plan {
+fn answer(request: &Request<'_>, shared: &mut Shared, exchange: Exchange<'_>, wbuf: &mut Vec<u8>) -> Plan {
+    let last = *exchange.requests_left <= 1;
+    *exchange.requests_left = exchange.requests_left.saturating_sub(1);
     let buffers = (&mut shared.scratch, &mut shared.codings);
-    let plan = response::respond(request, &shared.root, &shared.rules, &shared.date, buffers, shared.force_close, wbuf);
+    let close = shared.force_close || last;
+    let plan = response::respond(request, &shared.root, &shared.rules, &shared.date, buffers, close, wbuf);
     if let Some(log) = shared.access_log.as_mut() {
-        log.record(peer, Some(request), plan.status, plan.body_len());
+        log.record(&Entry {
+            client: exchange.peer,
+            // Virtual hosts (SPEC section 7) name the site that answered here.
+            site: access_log::DEFAULT_SITE,
+            request: Some(request),
+            status: plan.status,
+            bytes: plan.body_len(),
+            coding: plan.coding,
+            started: exchange.started,
+        });
     }
     plan
 }

@@ -105,7 +105,22 @@ pub fn format_clf_date(unix_secs: u64) -> [u8; CLF_DATE_LEN] {
     out
 }
 
-/// A moment split into what both date formats print.
+/// Length of the JSON access log's time without its fraction, `2026-11-25T02:20:00`.
+pub const RFC3339_SECONDS_LEN: usize = 19;
+
+/// Formats Unix seconds as an RFC 3339 date and time (UTC) to the second, no allocation;
+/// the caller appends the fraction and `Z`.
+pub fn format_rfc3339_seconds(unix_secs: u64) -> [u8; RFC3339_SECONDS_LEN] {
+    let t = Civil::at(unix_secs);
+    let mut out = *b"1970-01-01T00:00:00";
+    write_four_digits(&mut out[0..4], t.year);
+    write_two_digits(&mut out[5..7], t.month_index as u64 + 1);
+    write_two_digits(&mut out[8..10], t.day);
+    write_time(&mut out[11..19], t.second_of_day);
+    out
+}
+
+/// A moment split into what the date formats print.
 struct Civil {
     weekday: usize,
     day: u64,
@@ -176,6 +191,8 @@ mod tests {
     #[test]
     fn formats_the_access_log_date() {
         assert_eq!(&format_clf_date(784_111_777), b"06/Nov/1994:08:49:37 +0000");
+        assert_eq!(&format_rfc3339_seconds(784_111_777), b"1994-11-06T08:49:37");
+        assert_eq!(&format_rfc3339_seconds(951_782_400), b"2000-02-29T00:00:00");
         assert_eq!(&format_clf_date(0), b"01/Jan/1970:00:00:00 +0000");
     }
 

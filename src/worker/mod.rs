@@ -45,6 +45,8 @@ pub struct Shared {
     pub date: date::DateCache,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
+    /// Requests one connection may carry before its response says `Connection: close`.
+    pub max_requests_per_connection: u32,
     /// Every response closes its connection (drain or shutdown).
     pub force_close: bool,
     pub stats: Stats,
@@ -158,9 +160,10 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
     let lane = LaneReader::new(boot.lane.into_owned()?);
     let id = boot.id;
     let config = boot.config;
+    let format = config.access_log_format;
     let access_log = match (boot.access_log.map(ipc::Fd::into_owned).transpose()?, &config.access_log) {
-        (Some(fd), _) => Some(access_log::AccessLog::new(access_log::Sink::File(fd.into()))),
-        (None, AccessLogTarget::Stderr) => Some(access_log::AccessLog::new(access_log::Sink::Stderr)),
+        (Some(fd), _) => Some(access_log::AccessLog::new(access_log::Sink::File(fd.into()), format)),
+        (None, AccessLogTarget::Stderr) => Some(access_log::AccessLog::new(access_log::Sink::Stderr, format)),
         _ => None,
     };
     let root = path::Root::open(&config.root).with_context(|| format!("document root {}", config.root.display()))?;
@@ -184,6 +187,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
             date: date::DateCache::new(),
             header_timeout: config.header_timeout.duration(),
             keepalive_timeout: config.keepalive_timeout.duration(),
+            max_requests_per_connection: config.max_requests_per_connection,
             force_close: boot.draining,
             stats: Stats::default(),
             scratch: Vec::with_capacity(1024),
