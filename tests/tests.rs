@@ -35,6 +35,7 @@ mod sites;
 mod startup;
 mod systemd;
 mod tls;
+mod tls_faults;
 mod tree;
 mod upgrade;
 mod util;
