@@ -164,7 +164,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         _ => None,
     };
     let root = path::Root::open(&config.root).with_context(|| format!("document root {}", config.root.display()))?;
-    let tls = tls::Acceptor::new(&boot.tls).context("TLS certificates")?;
+    let tls = tls::Acceptor::new(&boot.tls, boot.tickets.as_ref()).context("TLS certificates")?;
     tracing::info!(worker = id, pid = std::process::id(), "worker started");
 
     let mut event_loop = EventLoop::new(1024).context("epoll")?;
@@ -307,6 +307,7 @@ impl Worker {
                         self.drain_idle_at = None;
                     }
                 }
+                Ok(Recv::Message(ToWorker::TicketKeys(keys))) => self.install_ticket_keys(&keys),
                 Ok(Recv::Message(ToWorker::Bootstrap(_))) => {
                     tracing::warn!(worker = self.id, "a second bootstrap: ignored")
                 }
@@ -320,6 +321,13 @@ impl Worker {
                     return self.manager_gone(registry, now);
                 }
             }
+        }
+    }
+
+    /// Rotated session-ticket keys: handshakes from now on seal with the new key.
+    fn install_ticket_keys(&self, keys: &crate::tls::tickets::TicketKeys) {
+        if self.shared.tls.as_ref().is_some_and(|acceptor| acceptor.install_ticket_keys(keys)) {
+            tracing::info!(worker = self.id, generation = keys.generation, "TLS session ticket keys installed");
         }
     }
 
