@@ -245,7 +245,10 @@ fn a_killed_or_hung_daemon_comes_back_from_the_fd_store_losing_nothing() {
             "kill {signal}: MainPID {pid} -> {new_pid}; restarts {restarts:?}; requests {requests_before} -> {requests_after}"
         );
         assert_eq!(restarts, Some(round), "webd_daemon_restarts_total after kill {signal}\n{}", sandbox.journal());
-        assert!(requests_after >= requests_before, "webd_http_requests_total went back: {requests_before} -> {requests_after}");
+        assert!(
+            requests_after >= requests_before,
+            "webd_http_requests_total went back: {requests_before} -> {requests_after}"
+        );
         pid = new_pid;
     }
     let (ok, failed, errors) = load.finish();

@@ -24,11 +24,16 @@ impl TlsWebd {
     }
 
     fn start_with_env(workers: u32, env: Vec<(String, String)>) -> TlsWebd {
+        TlsWebd::start_with(workers, env, "")
+    }
+
+    /// With `env` and `toml` added to the config file.
+    fn start_with(workers: u32, env: Vec<(String, String)>, toml: &str) -> TlsWebd {
         let files = tempfile::tempdir().expect("tempdir");
         let ca = TestCa::new();
         let a = ca.issue(files.path(), "a", &["a.test"]);
         let b = ca.issue(files.path(), "b", &["*.b.test"]);
-        let toml = format!("[[certificates]]\ncert = {:?}\nkey = {:?}\n", b.cert, b.key);
+        let toml = format!("{toml}\n[[certificates]]\ncert = {:?}\nkey = {:?}\n", b.cert, b.key);
         let mut args = tls_args(&a);
         args.extend(["--admin".to_string(), "127.0.0.1:0".to_string()]);
         let webd = Webd::start_with(Options { workers, args, env, config_toml: Some(toml), ..Options::default() });
@@ -324,8 +329,7 @@ fn resumes_on_every_worker(t: &TlsWebd, clients: &[(&str, Arc<rustls::ClientConf
     }
     wait_until(Duration::from_secs(10), &format!("{phase}: every worker served resumed sessions"), || {
         let now = requests_by_worker(&t.webd);
-        now.len() == t.webd.workers as usize
-            && now.iter().all(|(pid, n)| *n > before.get(pid).copied().unwrap_or(0))
+        now.len() == t.webd.workers as usize && now.iter().all(|(pid, n)| *n > before.get(pid).copied().unwrap_or(0))
     });
 }
 
@@ -336,10 +340,8 @@ fn resumes_on_every_worker(t: &TlsWebd, clients: &[(&str, Arc<rustls::ClientConf
 fn sessions_resume_on_any_worker_after_a_rolling_restart_and_after_an_upgrade() {
     let t = TlsWebd::start(2);
     let addr = t.tls_addr();
-    let clients = [
-        ("TLS 1.3", t.ca.client(&[&rustls::version::TLS13])),
-        ("TLS 1.2", t.ca.client(&[&rustls::version::TLS12])),
-    ];
+    let clients =
+        [("TLS 1.3", t.ca.client(&[&rustls::version::TLS13])), ("TLS 1.2", t.ca.client(&[&rustls::version::TLS12]))];
     for (what, client) in &clients {
         assert_eq!(get_resuming(addr, client), Ok(false), "{what}: the first connection is a full handshake");
     }
@@ -408,4 +410,61 @@ fn a_ticket_resumes_after_one_key_rotation_and_not_after_two() {
     rotate(3);
     assert_eq!(get_resuming(addr, &twice), Ok(false), "two rotations later the ticket's key is gone");
     assert_eq!(get_resuming(addr, &twice), Ok(true), "and the new ticket resumes");
+}
+
+/// `redirect_to_https = true`: plain HTTP answers 308 to the same target on the HTTPS
+/// port, for any method, and the HTTPS listener serves as before.
+#[test]
+fn redirect_to_https_answers_plain_requests_with_308_to_the_tls_port() {
+    let t = TlsWebd::start_with(1, Vec::new(), "redirect_to_https = true");
+    let (plain, tls) = (t.webd.addr(), t.tls_addr());
+    let port = tls.port();
+    let cases = [
+        (
+            "GET /index.html?x=1&y HTTP/1.1\r\nHost: a.test:8080\r\nConnection: close\r\n\r\n",
+            "https://a.test:{port}/index.html?x=1&y",
+        ),
+        (
+            "POST /form HTTP/1.1\r\nHost: [::1]:80\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+            "https://[::1]:{port}/form",
+        ),
+        (
+            "GET http://b.test/abs?q HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+            "https://b.test:{port}/abs?q",
+        ),
+        ("GET /old HTTP/1.0\r\n\r\n", "https://127.0.0.1:{port}/old"),
+    ];
+    for (raw, want) in cases {
+        let want = want.replace("{port}", &port.to_string());
+        let response = request(plain, raw).unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+        assert_eq!(response.status, 308, "{raw:?}");
+        assert_eq!(response.header("location"), Some(want.as_str()), "{raw:?}");
+    }
+    let mut head = connect(plain);
+    head.send(b"HEAD /missing HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").expect("send HEAD");
+    let response = head.head_response(Duration::from_secs(5)).expect("HEAD answered");
+    assert_eq!(response.status, 308);
+    assert_eq!(response.header("location"), Some(format!("https://a.test:{port}/missing").as_str()));
+    assert!(head.read_to_close(Duration::from_secs(5)).bytes.is_empty(), "HEAD has no body");
+    // Where it points is served.
+    let answer = tls_get(tcp_to(tls), &t.client(), "a.test", "/index.html?x=1&y").expect("GET over TLS");
+    assert_eq!((answer.status, answer.body.as_slice()), (200, BODY));
+    // Keep-alive goes on after a redirect.
+    let mut conn = KeepAlive::new(plain, Duration::from_secs(5));
+    for _ in 0..2 {
+        let response = conn.exchange(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").expect("keep-alive redirect");
+        assert_eq!(response.status, 308);
+    }
+    assert!(conn.reused(), "the connection stayed open");
+}
+
+#[test]
+fn redirect_to_https_without_tls_listen_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("webd.toml");
+    std::fs::write(&config, "redirect_to_https = true\n").expect("write config");
+    let config = config.to_string_lossy().into_owned();
+    let (code, stderr) = run_webd(&["--config", &config, "--listen", "127.0.0.1:0", "--admin", "off"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("redirect_to_https") && stderr.contains("tls_listen"), "{stderr}");
 }

@@ -213,8 +213,7 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
     };
     let mut lanes = std::mem::take(&mut stored.lanes);
     grow_lanes(&mut lanes, config.workers).context("worker lanes")?;
-    let fd_store =
-        fdstore::FdStore::from_env(stored.state.take().map(|(file, _)| file), unit_sockets, Instant::now());
+    let fd_store = fdstore::FdStore::from_env(stored.state.take().map(|(file, _)| file), unit_sockets, Instant::now());
     let (lifeline_read, lifeline_write) = sys::process::lifeline().context("lifeline pipe")?;
     sys::process::become_subreaper().context("PR_SET_CHILD_SUBREAPER")?;
     let fd_limit = sys::process::raise_fd_limit();

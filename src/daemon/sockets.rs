@@ -259,7 +259,8 @@ mod tests {
 
     #[test]
     fn a_configured_port_0_is_served_by_the_port_the_kernel_chose() {
-        let sockets = activated_or_bound(&[addr("127.0.0.1:0"), addr("127.0.0.1:0")], Vec::new(), HTTP_NAME).expect("bind");
+        let sockets =
+            activated_or_bound(&[addr("127.0.0.1:0"), addr("127.0.0.1:0")], Vec::new(), HTTP_NAME).expect("bind");
         let bound = local_addrs(&sockets);
         assert!(bound.iter().all(|a| a.port() != 0), "{bound:?}");
         assert!(serve_addresses(&sockets, &[addr("127.0.0.1:0"), addr("127.0.0.1:0")]));

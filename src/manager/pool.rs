@@ -588,7 +588,6 @@ impl WorkerPool {
     }
 
     /// A (re)opened access log: new workers get it, running ones are told to switch.
-
     pub fn set_access_log(&mut self, log: Option<OwnedFd>) {
         let Some(log) = log else { return };
         for current in self.serving_mut() {

@@ -255,13 +255,13 @@ impl Conn {
         match request::parse(buf, &shared.limits) {
             Parsed::Complete { request, head_len } => {
                 let Some(mut skipper) = BodySkipper::new(request.body) else {
-                    let plan = answer(&request, shared, &self.peer, &mut self.wbuf);
+                    let plan = answer(&request, shared, via!(self), &mut self.wbuf);
                     self.rstart += head_len;
                     return Some((plan, 0));
                 };
                 match skipper.skip(&buf[head_len..], &shared.limits.body()) {
                     Skip::Done { used } => {
-                        let plan = answer(&request, shared, &self.peer, &mut self.wbuf);
+                        let plan = answer(&request, shared, via!(self), &mut self.wbuf);
                         self.rstart += head_len + used;
                         Some((plan, 0))
                     }
@@ -303,7 +303,7 @@ impl Conn {
             Skip::Done { used } => {
                 self.pending = None;
                 let plan = match request::parse(&self.rbuf[self.rstart..body_start], &shared.limits) {
-                    Parsed::Complete { request, .. } => answer(&request, shared, &self.peer, &mut self.wbuf),
+                    Parsed::Complete { request, .. } => answer(&request, shared, via!(self), &mut self.wbuf),
                     // The same bytes parsed before: cannot happen, and if it does, no guessing.
                     Parsed::Partial | Parsed::Invalid(_) => self.reject(ErrorKind::BadRequest, shared),
                 };
@@ -612,12 +612,42 @@ fn send_encrypted(tls: &mut Session, sock: &TcpStream, wbuf: &mut Vec<u8>, wpos:
     }
 }
 
+/// A connection's `Via`, from its fields (not a method: the read and write buffers are
+/// borrowed beside it).
+macro_rules! via {
+    ($conn:expr) => {
+        Via { peer: &$conn.peer, sock: &$conn.sock, tls: $conn.tls.is_some() }
+    };
+}
+use via;
+
+/// The connection a request came on, as `answer` needs it.
+#[derive(Clone, Copy)]
+struct Via<'c> {
+    /// The client's address for the access log (empty when it is off).
+    peer: &'c str,
+    sock: &'c TcpStream,
+    tls: bool,
+}
+
 /// Answers a complete request (its body, if any, already read) into `wbuf`, and logs it.
-fn answer(request: &Request<'_>, shared: &mut Shared, peer: &str, wbuf: &mut Vec<u8>) -> Plan {
-    let buffers = (&mut shared.scratch, &mut shared.codings);
-    let plan = response::respond(request, &shared.root, &shared.rules, &shared.date, buffers, shared.force_close, wbuf);
+/// With `redirect_to_https`, a plain connection's request is redirected instead.
+fn answer(request: &Request<'_>, shared: &mut Shared, via: Via<'_>, wbuf: &mut Vec<u8>) -> Plan {
+    let plan = match shared.https_redirect.as_ref().filter(|_| !via.tls) {
+        Some(to)
+            if to
+                .location(request.target, request.host, || Some(via.sock.local_addr().ok()?.ip()), &mut shared.scratch)
+                .is_some() =>
+        {
+            response::redirect(request, 308, &shared.scratch, &shared.date, shared.force_close, wbuf)
+        }
+        _ => {
+            let buffers = (&mut shared.scratch, &mut shared.codings);
+            response::respond(request, &shared.root, &shared.rules, &shared.date, buffers, shared.force_close, wbuf)
+        }
+    };
     if let Some(log) = shared.access_log.as_mut() {
-        log.record(peer, Some(request), plan.status, plan.body_len());
+        log.record(via.peer, Some(request), plan.status, plan.body_len());
     }
     plan
 }

@@ -14,6 +14,7 @@ pub mod compress_cache;
 mod conn;
 pub mod date;
 pub mod encoding;
+pub mod https_redirect;
 pub mod path;
 pub mod range;
 pub mod request;
@@ -56,6 +57,8 @@ pub struct Shared {
     pub access_log: Option<access_log::AccessLog>,
     /// What TLS connections start from; `None` when no certificate is configured.
     pub tls: Option<tls::Acceptor>,
+    /// `redirect_to_https`: where plain requests are sent instead of being served.
+    pub https_redirect: Option<https_redirect::HttpsRedirect>,
 }
 
 /// The worker's cumulative figures, reported in heartbeats.
@@ -190,6 +193,10 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
             codings: compress_cache::CompressCache::new(config.compress_cache_mib),
             access_log,
             tls,
+            https_redirect: boot
+                .https_port
+                .filter(|_| config.redirect_to_https)
+                .map(https_redirect::HttpsRedirect::new),
         },
         max_connections: config.max_connections as usize,
         shutdown_at: None,
