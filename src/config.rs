@@ -94,6 +94,8 @@ settings! {
     fallback: Option<String> { default: None, reload: Live }
     /// MiB of compressed bodies each worker keeps (on-the-fly compression, LRU by bytes)
     compress_cache_mib: u32 { range: 1..=65_536, default: 64, reload: Live }
+    /// `true`: every plain `listen` address answers 308 to the same target on HTTPS (the first `tls_listen` port)
+    redirect_to_https: bool { default: false, reload: Live }
 }
 
 const AFTER_HELP: &str = "\
@@ -291,6 +293,11 @@ impl Config {
         check_addresses(&served, self.admin.addr())?;
         if let Some(name) = &self.user {
             check_user(name)?;
+        }
+        if self.redirect_to_https && self.tls_listen.as_ref().is_none_or(Vec::is_empty) {
+            return Err(ConfigError::Usage(
+                "redirect_to_https = true needs an HTTPS address to send clients to: give tls_listen".into(),
+            ));
         }
         let (interval, timeout) = (self.heartbeat_interval.0, self.heartbeat_timeout.0);
         if timeout < interval {

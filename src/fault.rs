@@ -8,7 +8,8 @@
 //!
 //! Other lines inject other faults: `listener-stop-after-accept` and
 //! `listener-stop-after-send` (below), and `<role>-channel-full` (heartbeats dropped as
-//! if the channel to the supervisor were full, while the line is there).
+//! if the channel to the supervisor were full, while the line is there), and
+//! `rotate-ticket-keys` (the daemon rotates the TLS session-ticket keys once per line).
 
 use crate::ipc::Role;
 
@@ -64,4 +65,13 @@ pub fn channel_full(file: Option<&std::path::Path>, role: Role) -> bool {
     let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) else { return false };
     let wanted = format!("{}-channel-full", role.as_str());
     text.lines().any(|line| line.trim() == wanted)
+}
+
+/// How many session-ticket key rotations the fault file asks for: one per line
+/// `rotate-ticket-keys`. The daemon (which alone reads this, at each check) rotates once
+/// per line it has not acted on yet, so a test need not wait the 12 h of
+/// `tls::tickets::ROTATION_INTERVAL`; lines are counted from the daemon's start.
+pub fn ticket_rotations(file: Option<&std::path::Path>) -> u64 {
+    let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) else { return 0 };
+    text.lines().filter(|line| line.trim() == "rotate-ticket-keys").count() as u64
 }

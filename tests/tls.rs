@@ -20,14 +20,23 @@ struct TlsWebd {
 
 impl TlsWebd {
     fn start(workers: u32) -> TlsWebd {
+        TlsWebd::start_with_env(workers, Vec::new())
+    }
+
+    fn start_with_env(workers: u32, env: Vec<(String, String)>) -> TlsWebd {
+        TlsWebd::start_with(workers, env, "")
+    }
+
+    /// With `env` and `toml` added to the config file.
+    fn start_with(workers: u32, env: Vec<(String, String)>, toml: &str) -> TlsWebd {
         let files = tempfile::tempdir().expect("tempdir");
         let ca = TestCa::new();
         let a = ca.issue(files.path(), "a", &["a.test"]);
         let b = ca.issue(files.path(), "b", &["*.b.test"]);
-        let toml = format!("[[certificates]]\ncert = {:?}\nkey = {:?}\n", b.cert, b.key);
+        let toml = format!("{toml}\n[[certificates]]\ncert = {:?}\nkey = {:?}\n", b.cert, b.key);
         let mut args = tls_args(&a);
         args.extend(["--admin".to_string(), "127.0.0.1:0".to_string()]);
-        let webd = Webd::start_with(Options { workers, args, config_toml: Some(toml), ..Options::default() });
+        let webd = Webd::start_with(Options { workers, args, env, config_toml: Some(toml), ..Options::default() });
         TlsWebd { webd, ca, a, b, _files: files }
     }
 
@@ -287,4 +296,175 @@ impl TlsWebd {
         let webd = Webd::start_with(Options { workers, args, ..Options::default() });
         TlsWebd { webd, ca, a, b, _files: files }
     }
+}
+
+/// GETs over a new connection with `client` (whose store keeps the session tickets);
+/// Some(resumed) when it is answered 200.
+fn get_resuming(addr: SocketAddr, client: &Arc<rustls::ClientConfig>) -> Result<bool, String> {
+    let answer = tls_get(tcp_to(addr), client, "a.test", "/index.html").map_err(|e| e.to_string())?;
+    if answer.status != 200 {
+        return Err(format!("status {}", answer.status));
+    }
+    Ok(answer.resumed)
+}
+
+/// Requests served so far by each worker process, by pid, from status.
+fn requests_by_worker(webd: &Webd) -> std::collections::HashMap<i64, u64> {
+    let status = webd.status_json()["status"].clone();
+    let workers = status["workers"].as_array().cloned().unwrap_or_default();
+    workers.iter().filter_map(|w| Some((w["pid"].as_i64()?, w["requests"].as_u64()?))).collect()
+}
+
+/// `count` connections per client, each of which must resume its session; then waits
+/// until every worker now running has served some of them. Its first resumed
+/// connection used a ticket another worker (or a process gone since) had sealed.
+fn resumes_on_every_worker(t: &TlsWebd, clients: &[(&str, Arc<rustls::ClientConfig>)], phase: &str, count: usize) {
+    let addr = t.tls_addr();
+    let before = requests_by_worker(&t.webd);
+    for (what, client) in clients {
+        for i in 0..count {
+            let resumed = get_resuming(addr, client).unwrap_or_else(|e| panic!("{phase}, {what}, GET {i}: {e}"));
+            assert!(resumed, "{phase}, {what}: connection {i} made a full handshake");
+        }
+    }
+    wait_until(Duration::from_secs(10), &format!("{phase}: every worker served resumed sessions"), || {
+        let now = requests_by_worker(&t.webd);
+        now.len() == t.webd.workers as usize && now.iter().all(|(pid, n)| *n > before.get(pid).copied().unwrap_or(0))
+    });
+}
+
+/// Sessions resume on any worker, since every worker seals and opens tickets with the
+/// daemon's keys: across two workers, after `webctl restart workers` (new processes) and
+/// after `webctl upgrade` (the keys carried to the new daemon), for TLS 1.3 and TLS 1.2.
+#[test]
+fn sessions_resume_on_any_worker_after_a_rolling_restart_and_after_an_upgrade() {
+    let t = TlsWebd::start(2);
+    let addr = t.tls_addr();
+    let clients =
+        [("TLS 1.3", t.ca.client(&[&rustls::version::TLS13])), ("TLS 1.2", t.ca.client(&[&rustls::version::TLS12]))];
+    for (what, client) in &clients {
+        assert_eq!(get_resuming(addr, client), Ok(false), "{what}: the first connection is a full handshake");
+    }
+    resumes_on_every_worker(&t, &clients, "two workers", 8);
+
+    let old_workers = t.webd.worker_pids();
+    t.webd.ctl_ok(&["restart", "workers"]);
+    wait_until(Duration::from_secs(10), "every worker replaced", || {
+        let now = requests_by_worker(&t.webd);
+        now.len() == 2 && now.keys().all(|pid| !old_workers.contains(&(*pid as i32)))
+    });
+    resumes_on_every_worker(&t, &clients, "after restart workers", 4);
+
+    let admin = t.webd.admin_addr().expect("admin address").port();
+    let resumed_before = metric(&scrape(admin), "webd_tls_resumed_total", &[]).unwrap_or(0.0);
+    let mut webd_pid = t.webd.pid;
+    let out = t.webd.webctl(&["upgrade"]);
+    let announced: Option<i32> = out.stdout.rsplit(' ').next().and_then(|p| p.trim().parse().ok());
+    let _successor = announced.map(crate::upgrade::KillOnDrop);
+    assert_eq!(out.code, Some(0), "upgrade failed: {}{}", out.stdout, out.stderr);
+    // Only the new tree serves once the old daemon has drained out.
+    wait_until(Duration::from_secs(15), "the old daemon gone", || !alive(webd_pid));
+    webd_pid = announced.expect("new daemon pid");
+    assert_eq!(t.webd.status_json()["status"]["pid"].as_i64(), Some(i64::from(webd_pid)));
+    resumes_on_every_worker(&t, &clients, "after upgrade", 4);
+    // 2 clients × (8 + 4 + 4) resumptions, the counter carried over the upgrade.
+    wait_until(Duration::from_secs(10), "webd_tls_resumed_total counts them", || {
+        metric(&scrape(admin), "webd_tls_resumed_total", &[]).unwrap_or(0.0) >= resumed_before + 8.0
+    });
+    assert!(metric(&scrape(admin), "webd_tls_resumed_total", &[]).unwrap_or(0.0) >= 32.0);
+}
+
+/// How many workers logged that they installed ticket keys of `generation`.
+fn installed(webd: &Webd, generation: u64) -> usize {
+    let wanted = format!("generation={generation}");
+    webd.log_text().lines().filter(|l| l.contains("TLS session ticket keys installed") && l.contains(&wanted)).count()
+}
+
+/// A ticket sealed before a key rotation still resumes after it (the previous key is
+/// kept), and not after a second one; `rotate-ticket-keys` fault-file lines stand in for
+/// the 12 h between rotations.
+#[test]
+fn a_ticket_resumes_after_one_key_rotation_and_not_after_two() {
+    let files = tempfile::tempdir().expect("tempdir");
+    let fault = files.path().join("faults");
+    std::fs::write(&fault, "").expect("fault file");
+    let env = vec![("WEBD_FAULT_FILE".to_string(), fault.to_string_lossy().into_owned())];
+    let t = TlsWebd::start_with_env(2, env);
+    let addr = t.tls_addr();
+    let once = t.ca.client(&[&rustls::version::TLS13]);
+    let once_tls12 = t.ca.client(&[&rustls::version::TLS12]);
+    let twice = t.ca.client(&[&rustls::version::TLS13]);
+    for client in [&once, &once_tls12, &twice] {
+        assert_eq!(get_resuming(addr, client), Ok(false), "a first connection is a full handshake");
+    }
+    let rotate = |generation: u64| {
+        let mut file = std::fs::OpenOptions::new().append(true).open(&fault).expect("open fault file");
+        file.write_all(b"rotate-ticket-keys\n").expect("append");
+        wait_until(Duration::from_secs(10), &format!("both workers on key generation {generation}"), || {
+            installed(&t.webd, generation) >= 2
+        });
+    };
+    rotate(2);
+    assert_eq!(get_resuming(addr, &once), Ok(true), "TLS 1.3: the previous key still opens the ticket");
+    assert_eq!(get_resuming(addr, &once_tls12), Ok(true), "TLS 1.2: the previous key still opens the ticket");
+    rotate(3);
+    assert_eq!(get_resuming(addr, &twice), Ok(false), "two rotations later the ticket's key is gone");
+    assert_eq!(get_resuming(addr, &twice), Ok(true), "and the new ticket resumes");
+}
+
+/// `redirect_to_https = true`: plain HTTP answers 308 to the same target on the HTTPS
+/// port, for any method, and the HTTPS listener serves as before.
+#[test]
+fn redirect_to_https_answers_plain_requests_with_308_to_the_tls_port() {
+    let t = TlsWebd::start_with(1, Vec::new(), "redirect_to_https = true");
+    let (plain, tls) = (t.webd.addr(), t.tls_addr());
+    let port = tls.port();
+    let cases = [
+        (
+            "GET /index.html?x=1&y HTTP/1.1\r\nHost: a.test:8080\r\nConnection: close\r\n\r\n",
+            "https://a.test:{port}/index.html?x=1&y",
+        ),
+        (
+            "POST /form HTTP/1.1\r\nHost: [::1]:80\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+            "https://[::1]:{port}/form",
+        ),
+        (
+            "GET http://b.test/abs?q HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+            "https://b.test:{port}/abs?q",
+        ),
+        ("GET /old HTTP/1.0\r\n\r\n", "https://127.0.0.1:{port}/old"),
+    ];
+    for (raw, want) in cases {
+        let want = want.replace("{port}", &port.to_string());
+        let response = request(plain, raw).unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+        assert_eq!(response.status, 308, "{raw:?}");
+        assert_eq!(response.header("location"), Some(want.as_str()), "{raw:?}");
+    }
+    let mut head = connect(plain);
+    head.send(b"HEAD /missing HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").expect("send HEAD");
+    let response = head.head_response(Duration::from_secs(5)).expect("HEAD answered");
+    assert_eq!(response.status, 308);
+    assert_eq!(response.header("location"), Some(format!("https://a.test:{port}/missing").as_str()));
+    assert!(head.read_to_close(Duration::from_secs(5)).bytes.is_empty(), "HEAD has no body");
+    // Where it points is served.
+    let answer = tls_get(tcp_to(tls), &t.client(), "a.test", "/index.html?x=1&y").expect("GET over TLS");
+    assert_eq!((answer.status, answer.body.as_slice()), (200, BODY));
+    // Keep-alive goes on after a redirect.
+    let mut conn = KeepAlive::new(plain, Duration::from_secs(5));
+    for _ in 0..2 {
+        let response = conn.exchange(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").expect("keep-alive redirect");
+        assert_eq!(response.status, 308);
+    }
+    assert!(conn.reused(), "the connection stayed open");
+}
+
+#[test]
+fn redirect_to_https_without_tls_listen_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("webd.toml");
+    std::fs::write(&config, "redirect_to_https = true\n").expect("write config");
+    let config = config.to_string_lossy().into_owned();
+    let (code, stderr) = run_webd(&["--config", &config, "--listen", "127.0.0.1:0", "--admin", "off"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("redirect_to_https") && stderr.contains("tls_listen"), "{stderr}");
 }

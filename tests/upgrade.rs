@@ -4,7 +4,7 @@ use crate::util::*;
 use std::time::Duration;
 
 /// Kills a daemon tree that is no longer the harness's child (a successor).
-struct KillOnDrop(i32);
+pub struct KillOnDrop(pub i32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

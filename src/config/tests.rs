@@ -72,6 +72,7 @@ fn samples(setting: &Setting) -> [String; 2] {
         "fallback" => ["\"/index.html\"", "\"/app.html\""],
         "headers" => ["[]", "[{ match = \"/assets/**\", set = { \"Cache-Control\" = \"no-cache\" } }]"],
         "redirects" => ["[]", "[{ from = \"/old/\", to = \"/new/\", status = 301 }]"],
+        "redirect_to_https" => ["false", "true"],
         other => panic!("no sample values for the setting {other}: add two here"),
     };
     [a.to_string(), b.to_string()]
@@ -139,6 +140,7 @@ fn what_a_reload_changes_live_is_what_it_always_did() {
         "headers",
         "fallback",
         "compress_cache_mib",
+        "redirect_to_https",
     ];
     assert_eq!(live, wanted);
 }

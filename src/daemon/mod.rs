@@ -15,6 +15,7 @@ mod reload;
 mod roles;
 mod sockets;
 mod systemd;
+mod tickets;
 mod upgrade;
 
 use crate::config::{AccessLogTarget, Config};
@@ -58,6 +59,10 @@ pub struct Inheritance {
     pub tls_listen: Vec<OwnedFd>,
     /// The certificates, as last loaded (at start or by a reload).
     pub tls: crate::tls::TlsMaterial,
+    /// The session-ticket keys every worker shares (rotated by `tickets`).
+    pub tickets: crate::tls::tickets::TicketKeys,
+    /// The first `tls_listen` socket's port as bound, for `redirect_to_https`.
+    pub https_port: Option<u16>,
     /// Steering channel: (listener's receiving end, manager's sending end).
     pub steering: (OwnedFd, OwnedFd),
     /// One lane per worker slot id: (listener's sending end, worker's receiving end).
@@ -131,6 +136,8 @@ struct Daemon {
     /// for status and the log: read once, and still known once a stop has closed them.
     listen_bound: Vec<std::net::SocketAddr>,
     tls_listen_bound: Vec<std::net::SocketAddr>,
+    /// Ticket-key rotations a test asked for (fault file) and made.
+    forced_rotations: tickets::ForcedRotations,
 }
 
 /// Runs the daemon until a graceful stop completes.
@@ -154,7 +161,8 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
         None => None,
     };
     let access_log = open_access_log(&config)?;
-    let handoff = upgrade::receive_handoff()?;
+    let mut handoff = upgrade::receive_handoff()?;
+    let ticket_keys = tickets::initial(handoff.as_mut().and_then(|h| h.tickets.take()))?;
     let tls_addrs = config.tls_listen.clone().unwrap_or_default();
     let (listen, tls_listen, inherited_control, inherited_admin, carried) = match handoff {
         Some(inherited)
@@ -263,6 +271,8 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
             listen,
             tls_listen,
             tls,
+            tickets: ticket_keys,
+            https_port: tls_listen_bound.first().map(std::net::SocketAddr::port),
             steering,
             lanes,
             lifeline_read,
@@ -295,6 +305,7 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
         daemon_restarts: 0,
         listen_bound,
         tls_listen_bound,
+        forced_rotations: tickets::ForcedRotations { file: crate::fault::file(), done: 0 },
     };
     daemon.continue_from(carried);
     if matches!(daemon.upgrade, upgrade::Upgrade::Idle) {
@@ -356,6 +367,7 @@ impl Daemon {
             if now >= self.next_check {
                 self.next_check = now + CHECK_INTERVAL;
                 self.check_heartbeats(now);
+                self.rotate_ticket_keys_when_due();
             }
             self.listener.sup.kill_overdue(now);
             self.manager.sup.kill_overdue(now);

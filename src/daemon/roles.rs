@@ -140,6 +140,8 @@ impl RoleKind for Manager {
             lifeline: Fd::lend(&inherit.lifeline_read),
             access_log: inherit.access_log.as_ref().map(Fd::lend),
             tls: inherit.tls.clone(),
+            tickets: inherit.tickets.clone(),
+            https_port: inherit.https_port,
         }))
     }
 

@@ -2,7 +2,8 @@
 //!
 //! The running daemon starts the new executable with our command line and a channel,
 //! and hands it (SCM_RIGHTS) the listening sockets, the control socket and the admin
-//! socket, plus the counters to continue from. The new daemon starts its own tree on the
+//! socket, plus the counters and the TLS session-ticket keys to continue from (so
+//! sessions resume on the new tree). The new daemon starts its own tree on the
 //! same listening sockets (both trees accept meanwhile: the port never closes) and says
 //! `Ready` once its listener, manager and a worker are up. We then stop accepting on the
 //! control and admin sockets and send `TakeOver`; the new daemon serves them from then
@@ -100,6 +101,7 @@ impl Daemon {
             control: Fd::lend(&self.planes.control),
             admin: self.planes.admin.as_ref().map(|admin| Fd::lend(&admin.socket)),
             totals,
+            tickets: Some(self.inherit.tickets.clone()),
         };
         if let Err(e) = channel.send(&ToSuccessor::Handoff(Box::new(handoff))) {
             // Most likely it already exited: its exit status is the useful reason.
@@ -304,6 +306,8 @@ pub struct Inherited {
     pub control: OwnedFd,
     pub admin: Option<OwnedFd>,
     pub totals: CarriedTotals,
+    /// The session-ticket keys (None from a daemon that did not send them).
+    pub tickets: Option<crate::tls::tickets::TicketKeys>,
     pub channel: PredecessorLink,
 }
 
@@ -323,6 +327,7 @@ pub fn receive_handoff() -> anyhow::Result<Option<Inherited>> {
         control: handoff.control.into_owned()?,
         admin: handoff.admin.map(Fd::into_owned).transpose()?,
         totals: handoff.totals,
+        tickets: handoff.tickets,
         channel,
     }))
 }

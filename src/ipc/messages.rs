@@ -13,6 +13,7 @@
 use super::fd::Fd;
 use crate::config::Config;
 use crate::figures::Figures;
+use crate::tls::tickets::TicketKeys;
 use serde::{Deserialize, Serialize};
 
 /// Daemon → listener.
@@ -62,6 +63,8 @@ pub enum ToManager<'a> {
     /// Certificates re-read by a reload, for the workers started from now on (sent
     /// before the `Reconfigure` that replaces every worker).
     Tls(Box<crate::tls::TlsMaterial>),
+    /// Rotated session-ticket keys: for every worker, running or started from now on.
+    TicketKeys(Box<TicketKeys>),
     /// A reloaded configuration: resize the pool and replace every worker, one at a
     /// time, so all run with it.
     Reconfigure(Box<Config>),
@@ -85,6 +88,8 @@ pub enum ToWorker<'a> {
     ReopenLog(Fd<'a>),
     /// Connections moved from a lane no worker reads.
     Connections(Connections<'a>),
+    /// Rotated session-ticket keys.
+    TicketKeys(Box<TicketKeys>),
 }
 
 /// Manager → daemon.
@@ -137,6 +142,11 @@ pub struct ManagerBootstrap<'a> {
     /// Certificates for its workers.
     #[serde(default)]
     pub tls: crate::tls::TlsMaterial,
+    /// The session-ticket keys its workers share.
+    pub tickets: TicketKeys,
+    /// The port of the first `tls_listen` socket as bound (`redirect_to_https`).
+    #[serde(default)]
+    pub https_port: Option<u16>,
 }
 
 /// What a worker needs to run.
@@ -153,6 +163,12 @@ pub struct WorkerBootstrap<'a> {
     /// The certificates to serve TLS connections with.
     #[serde(default)]
     pub tls: crate::tls::TlsMaterial,
+    /// The session-ticket keys (None: tickets off, sessions resume on this worker only).
+    #[serde(default)]
+    pub tickets: Option<TicketKeys>,
+    /// Where `redirect_to_https` sends plain requests (the first `tls_listen` port).
+    #[serde(default)]
+    pub https_port: Option<u16>,
 }
 
 /// Connections, on a lane or moved to a worker.
@@ -265,6 +281,10 @@ pub struct Handoff<'a> {
     pub admin: Option<Fd<'a>>,
     /// Counters the new daemon continues from, so they do not reset.
     pub totals: crate::observe::CarriedTotals,
+    /// The session-ticket keys, so sessions resume on the new tree (absent from a daemon
+    /// too old to send them: the new one makes its own).
+    #[serde(default)]
+    pub tickets: Option<TicketKeys>,
 }
 
 /// A status report: liveness plus the figures the supervisor aggregates.

@@ -43,6 +43,8 @@ pub fn run(mut control: ManagerControl) -> anyhow::Result<()> {
     let mut pool = WorkerPool::new(config.clone(), exe, lifeline, steering, boot.draining, worker_tokens);
     pool.set_access_log(access_log);
     pool.set_tls(boot.tls);
+    pool.set_ticket_keys(boot.tickets);
+    pool.set_https_port(boot.https_port);
     // The daemon sends the lanes right after the bootstrap; workers start once they are here.
     handle_control(&mut control, &mut pool, event_loop.registry());
     let mut heartbeat = Heartbeater::new(Role::Manager, config.heartbeat_interval.duration());
@@ -169,6 +171,7 @@ fn handle_control(control: &mut ManagerControl, pool: &mut WorkerPool, registry:
             ToManager::Scale { workers } => pool.scale(workers, registry),
             ToManager::RestartWorkers { id } => pool.restart(id, registry),
             ToManager::Tls(tls) => pool.set_tls(*tls),
+            ToManager::TicketKeys(keys) => pool.set_ticket_keys(*keys),
             ToManager::Reconfigure(config) => pool.reconfigure(*config, registry),
             ToManager::Bootstrap(_) => tracing::warn!("a second bootstrap: ignored"),
         }

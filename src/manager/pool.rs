@@ -117,6 +117,10 @@ pub struct WorkerPool {
     access_log: Option<OwnedFd>,
     /// The certificates new workers get.
     tls: crate::tls::TlsMaterial,
+    /// The session-ticket keys every worker gets (from the daemon's bootstrap on).
+    tickets: Option<crate::tls::tickets::TicketKeys>,
+    /// The first `tls_listen` port, for `redirect_to_https`.
+    https_port: Option<u16>,
     /// Workers that exited since the last heartbeat: reported once more with their final
     /// figures, so the daemon counts everything they served.
     exited: Vec<WorkerReport>,
@@ -159,6 +163,8 @@ impl WorkerPool {
             reload_after_op: None,
             access_log: None,
             tls: Default::default(),
+            tickets: None,
+            https_port: None,
             exited: Vec::new(),
             supervision: Supervision::default(),
         }
@@ -214,6 +220,8 @@ impl WorkerPool {
             lane: Fd::lend(lane),
             access_log: self.access_log.as_ref().map(Fd::lend),
             tls: self.tls.clone(),
+            tickets: self.tickets.clone(),
+            https_port: self.https_port,
         };
         if let Err(e) = channel.send(&ToWorker::Bootstrap(Box::new(boot))) {
             sys::process::signal(pid, Signal::SIGKILL);
@@ -559,12 +567,27 @@ impl WorkerPool {
         }
     }
 
-    /// A (re)opened access log: new workers get it, running ones are told to switch.
     /// Certificates for the workers started from now on.
     pub fn set_tls(&mut self, tls: crate::tls::TlsMaterial) {
         self.tls = tls;
     }
 
+    /// Session-ticket keys (at bootstrap, then at each rotation): new workers get them,
+    /// running ones are sent them.
+    pub fn set_ticket_keys(&mut self, keys: crate::tls::tickets::TicketKeys) {
+        for current in self.serving_mut() {
+            if let Err(e) = current.channel.send(&ToWorker::TicketKeys(Box::new(keys.clone()))) {
+                tracing::warn!(error = %e, "cannot hand the rotated ticket keys to a worker");
+            }
+        }
+        self.tickets = Some(keys);
+    }
+
+    pub fn set_https_port(&mut self, port: Option<u16>) {
+        self.https_port = port;
+    }
+
+    /// A (re)opened access log: new workers get it, running ones are told to switch.
     pub fn set_access_log(&mut self, log: Option<OwnedFd>) {
         let Some(log) = log else { return };
         for current in self.serving_mut() {
@@ -803,7 +826,8 @@ fn take_queued_connections(channel: &mut WorkerControl, into: &mut Vec<(OwnedFd,
         | ToWorker::Shutdown { .. }
         | ToWorker::Drain
         | ToWorker::Resume
-        | ToWorker::ReopenLog(_) => {}
+        | ToWorker::ReopenLog(_)
+        | ToWorker::TicketKeys(_) => {}
     });
     into.len() - before
 }

@@ -263,7 +263,13 @@ impl Conn {
         match request::parse(buf, &shared.limits) {
             Parsed::Complete { request, head_len } => {
                 let started = self.head_started.unwrap_or(now);
-                let exchange = Exchange { peer: &self.peer, requests_left: &mut self.requests_left, started };
+                let exchange = Exchange {
+                    peer: &self.peer,
+                    sock: &self.sock,
+                    tls: self.tls.is_some(),
+                    requests_left: &mut self.requests_left,
+                    started,
+                };
                 let Some(mut skipper) = BodySkipper::new(request.body) else {
                     let plan = answer(&request, shared, exchange, &mut self.wbuf);
                     self.rstart += head_len;
@@ -313,7 +319,13 @@ impl Conn {
             Skip::Done { used } => {
                 self.pending = None;
                 let started = self.head_started.unwrap_or(now);
-                let exchange = Exchange { peer: &self.peer, requests_left: &mut self.requests_left, started };
+                let exchange = Exchange {
+                    peer: &self.peer,
+                    sock: &self.sock,
+                    tls: self.tls.is_some(),
+                    requests_left: &mut self.requests_left,
+                    started,
+                };
                 let plan = match request::parse(&self.rbuf[self.rstart..body_start], &shared.limits) {
                     Parsed::Complete { request, .. } => answer(&request, shared, exchange, &mut self.wbuf),
                     // The same bytes parsed before: cannot happen, and if it does, no guessing.
@@ -642,6 +654,10 @@ fn send_encrypted(tls: &mut Session, sock: &TcpStream, wbuf: &mut Vec<u8>, wpos:
 struct Exchange<'a> {
     /// The client's address, for the access log.
     peer: &'a str,
+    /// The socket, for the address a redirect names when the request has no Host.
+    sock: &'a TcpStream,
+    /// Came over TLS (never redirected to HTTPS).
+    tls: bool,
     /// Counted down by each request; the one that takes the last makes its response close.
     requests_left: &'a mut u32,
     /// When the request began to arrive.
@@ -652,9 +668,20 @@ struct Exchange<'a> {
 fn answer(request: &Request<'_>, shared: &mut Shared, exchange: Exchange<'_>, wbuf: &mut Vec<u8>) -> Plan {
     let last = *exchange.requests_left <= 1;
     *exchange.requests_left = exchange.requests_left.saturating_sub(1);
-    let buffers = (&mut shared.scratch, &mut shared.codings);
     let close = shared.force_close || last;
-    let plan = response::respond(request, &shared.root, &shared.rules, &shared.date, buffers, close, wbuf);
+    let plan = match shared.https_redirect.as_ref().filter(|_| !exchange.tls) {
+        Some(to)
+            if to
+                .location(request.target, request.host, || Some(exchange.sock.local_addr().ok()?.ip()), &mut shared.scratch)
+                .is_some() =>
+        {
+            response::redirect(request, 308, &shared.scratch, &shared.date, close, wbuf)
+        }
+        _ => {
+            let buffers = (&mut shared.scratch, &mut shared.codings);
+            response::respond(request, &shared.root, &shared.rules, &shared.date, buffers, close, wbuf)
+        }
+    };
     if let Some(log) = shared.access_log.as_mut() {
         log.record(&Entry {
             client: exchange.peer,

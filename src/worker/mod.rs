@@ -14,6 +14,7 @@ pub mod compress_cache;
 mod conn;
 pub mod date;
 pub mod encoding;
+pub mod https_redirect;
 pub mod path;
 pub mod range;
 pub mod request;
@@ -58,6 +59,8 @@ pub struct Shared {
     pub access_log: Option<access_log::AccessLog>,
     /// What TLS connections start from; `None` when no certificate is configured.
     pub tls: Option<tls::Acceptor>,
+    /// `redirect_to_https`: where plain requests are sent instead of being served.
+    pub https_redirect: Option<https_redirect::HttpsRedirect>,
 }
 
 /// The worker's cumulative figures, reported in heartbeats.
@@ -167,7 +170,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         _ => None,
     };
     let root = path::Root::open(&config.root).with_context(|| format!("document root {}", config.root.display()))?;
-    let tls = tls::Acceptor::new(&boot.tls).context("TLS certificates")?;
+    let tls = tls::Acceptor::new(&boot.tls, boot.tickets.as_ref()).context("TLS certificates")?;
     tracing::info!(worker = id, pid = std::process::id(), "worker started");
 
     let mut event_loop = EventLoop::new(1024).context("epoll")?;
@@ -194,6 +197,10 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
             codings: compress_cache::CompressCache::new(config.compress_cache_mib),
             access_log,
             tls,
+            https_redirect: boot
+                .https_port
+                .filter(|_| config.redirect_to_https)
+                .map(https_redirect::HttpsRedirect::new),
         },
         max_connections: config.max_connections as usize,
         shutdown_at: None,
@@ -311,6 +318,7 @@ impl Worker {
                         self.drain_idle_at = None;
                     }
                 }
+                Ok(Recv::Message(ToWorker::TicketKeys(keys))) => self.install_ticket_keys(&keys),
                 Ok(Recv::Message(ToWorker::Bootstrap(_))) => {
                     tracing::warn!(worker = self.id, "a second bootstrap: ignored")
                 }
@@ -324,6 +332,13 @@ impl Worker {
                     return self.manager_gone(registry, now);
                 }
             }
+        }
+    }
+
+    /// Rotated session-ticket keys: handshakes from now on seal with the new key.
+    fn install_ticket_keys(&self, keys: &crate::tls::tickets::TicketKeys) {
+        if self.shared.tls.as_ref().is_some_and(|acceptor| acceptor.install_ticket_keys(keys)) {
+            tracing::info!(worker = self.id, generation = keys.generation, "TLS session ticket keys installed");
         }
     }
 

@@ -291,6 +291,28 @@ pub fn error_head(kind: ErrorKind, date: &DateCache, head: &mut Vec<u8>) -> Plan
     reply.error(kind.status(), head)
 }
 
+/// Appends a `status` redirect to `location` (with the built-in page, no header rule)
+/// for `req`: what `redirect_to_https` answers on plain listeners.
+pub fn redirect(
+    req: &Request<'_>,
+    status: u16,
+    location: &[u8],
+    date: &DateCache,
+    force_close: bool,
+    head: &mut Vec<u8>,
+) -> Plan {
+    static NO_RULES: Rules = Rules::NONE;
+    let reply = Reply {
+        date,
+        minor_version: req.minor_version,
+        close: force_close || !req.keep_alive,
+        omit_body: req.method == Method::Head,
+        rules: &NO_RULES,
+        matched: Matched::NONE,
+    };
+    reply.error_with(status, head, |head| push_header(head, b"Location", location))
+}
+
 /// The methods a resource here can be asked with (RFC 9110 §10.2.1).
 fn push_allow(head: &mut Vec<u8>) {
     push_header(head, b"Allow", b"GET, HEAD");

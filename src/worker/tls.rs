@@ -5,10 +5,13 @@
 //! TLS 1.2 and 1.3 only, with the provider's default suites (AEADs only: AES-GCM and
 //! ChaCha20-Poly1305, ECDHE key exchange); ALPN `http/1.1`. The certificate is chosen by
 //! the SNI name among the certificates' DNS names (wildcards too), the first certificate
-//! otherwise. The handshake has no timer of its own: it is part of the first request,
+//! otherwise. Session tickets are sealed with the daemon's keys (`tls::tickets`), so a
+//! session resumes on any worker; keys rotated meanwhile are installed in place
+//! ([`Acceptor::install_ticket_keys`]). The handshake has no timer of its own: it is part of the first request,
 //! which must be complete within the header timeout of the connection's arrival.
 
 use crate::figures::{Tls as TlsCounters, TLS_HANDSHAKE_BUCKETS};
+use crate::tls::tickets::{TicketKeys, Ticketer};
 use crate::tls::{name_matches, TlsMaterial};
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
@@ -24,11 +27,14 @@ use std::time::Instant;
 /// What every TLS connection of this worker starts from.
 pub struct Acceptor {
     config: Arc<ServerConfig>,
+    /// The configuration's ticketer, for rotations (None: no keys were given, so
+    /// sessions resume on this worker only, from rustls' in-memory cache).
+    tickets: Option<Arc<Ticketer>>,
 }
 
 impl Acceptor {
     /// The configuration for `material`; `None` when there is no certificate (TLS off).
-    pub fn new(material: &TlsMaterial) -> anyhow::Result<Option<Acceptor>> {
+    pub fn new(material: &TlsMaterial, tickets: Option<&TicketKeys>) -> anyhow::Result<Option<Acceptor>> {
         if material.is_empty() {
             return Ok(None);
         }
@@ -56,7 +62,16 @@ impl Acceptor {
         // Our suite order (AES-256-GCM, ChaCha20, AES-128-GCM: the provider's) wins over
         // a client's, so a client that prefers something weaker still gets the strongest.
         config.ignore_client_order = true;
-        Ok(Some(Acceptor { config: Arc::new(config) }))
+        let tickets = tickets.map(|keys| Arc::new(Ticketer::new(keys)));
+        if let Some(ticketer) = &tickets {
+            config.ticketer = ticketer.clone();
+        }
+        Ok(Some(Acceptor { config: Arc::new(config), tickets }))
+    }
+
+    /// Takes rotated ticket keys; false when this acceptor seals no tickets.
+    pub fn install_ticket_keys(&self, keys: &TicketKeys) -> bool {
+        self.tickets.as_ref().map(|t| t.install(keys)).is_some()
     }
 }
 

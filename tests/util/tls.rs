@@ -77,6 +77,9 @@ pub struct TlsAnswer {
     pub peer: CertificateDer<'static>,
     pub version: Option<rustls::ProtocolVersion>,
     pub alpn: Option<Vec<u8>>,
+    /// The handshake resumed a session (a ticket from an earlier connection of this
+    /// client configuration, whose store keeps them).
+    pub resumed: bool,
 }
 
 /// GETs `path` over TLS with SNI `name` on an open TCP connection (`Connection: close`).
@@ -113,6 +116,7 @@ pub fn tls_get(
         peer: peer.into_owned(),
         version: tls.conn.protocol_version(),
         alpn: tls.conn.alpn_protocol().map(<[u8]>::to_vec),
+        resumed: tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
     })
 }
 

@@ -6,6 +6,10 @@
 //! works with `--user`, and a worker never sees a file that did not pass the checks. A
 //! certificate is refused, naming its file, when the file cannot be read, holds no PEM
 //! certificate (or key), is not X.509, has expired, or its key does not match it.
+//!
+//! The session-ticket keys every worker shares are in [`tickets`].
+
+pub mod tickets;
 
 use crate::config::Config;
 use rustls::crypto::CryptoProvider;
