@@ -258,4 +258,6 @@ fn a_killed_or_hung_daemon_comes_back_from_the_fd_store_losing_nothing() {
     assert_eq!(failed, 0, "requests failed: {errors:?}\n{}", sandbox.journal());
     let journal = sandbox.journal();
     assert!(journal.contains("fd store: the previous daemon died"), "{journal}");
+    // The ticket keys come back with the counters, so TLS sessions resume after a crash.
+    assert!(journal.contains("TLS session ticket keys taken from the old daemon"), "{journal}");
 }

@@ -4,7 +4,7 @@
 //! Under systemd (`NOTIFY_SOCKET` set, `FileDescriptorStoreMax=` in the unit) the daemon
 //! hands systemd, with named `FDSTORE=1` notifications, the listening sockets it bound
 //! itself, both ends of every lane and of the steering channel, and a memfd holding its
-//! totals (`CarriedTotals`), rewritten in place as they change. systemd keeps them while
+//! totals and the TLS session-ticket keys ([`State`]), rewritten in place as they change. systemd keeps them while
 //! it restarts the service and passes them to the next daemon like activated sockets
 //! (`LISTEN_FDS`, names in `LISTEN_FDNAMES`). That daemon adopts them: the backlog and the
 //! connections queued in the lanes are served by its tree, and the counters continue.
@@ -14,6 +14,8 @@
 //! sockets (`http`, `https`, or a unit's own names).
 
 use crate::observe::CarriedTotals;
+use crate::tls::tickets::TicketKeys;
+use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -28,6 +30,16 @@ const STEERING: &str = "webd-steering-";
 /// A state larger than this is not ours.
 const STATE_MAX: u64 = 1 << 20;
 
+/// What the state memfd holds: the counters a successor continues from, and the ticket
+/// keys, so sessions resume across a daemon crash too. The memfd is reachable only by
+/// root and systemd, like the keys in the daemon's memory.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub totals: CarriedTotals,
+    #[serde(default)]
+    pub tickets: Option<TicketKeys>,
+}
+
 /// A descriptor the previous daemon stored, by its name.
 pub type Stored = (String, OwnedFd);
 
@@ -41,7 +53,7 @@ pub struct Adopted {
     /// is every slot after it (slots are contiguous).
     pub lanes: Vec<(OwnedFd, OwnedFd)>,
     pub steering: Option<(OwnedFd, OwnedFd)>,
-    pub state: Option<(File, CarriedTotals)>,
+    pub state: Option<(File, State)>,
 }
 
 impl Adopted {
@@ -107,7 +119,7 @@ fn end_index(end: &str) -> Option<usize> {
     }
 }
 
-fn read_state(fd: OwnedFd) -> anyhow::Result<(File, CarriedTotals)> {
+fn read_state(fd: OwnedFd) -> anyhow::Result<(File, State)> {
     let mut file = File::from(fd);
     let len = file.metadata()?.len();
     anyhow::ensure!(len <= STATE_MAX, "{len} bytes");
@@ -188,11 +200,11 @@ impl FdStore {
     /// Rewrites the totals in the state memfd when they changed. Called each time reports
     /// are folded (a few times a second: heartbeats), so the store never holds less than
     /// `/metrics` has shown, and a successor's counters never go back.
-    pub fn keep_state(&mut self, totals: impl FnOnce() -> CarriedTotals) {
+    pub fn keep_state(&mut self, state: impl FnOnce() -> State) {
         let Some(file) = self.state.as_mut().filter(|_| self.enabled) else {
             return;
         };
-        let Ok(bytes) = serde_json::to_vec(&totals()) else { return };
+        let Ok(bytes) = serde_json::to_vec(&state()) else { return };
         if bytes == self.last_state {
             return;
         }
@@ -256,11 +268,12 @@ mod tests {
         let fd = crate::sys::memfd("test-state").expect("memfd");
         let mut store =
             FdStore { enabled: true, unit_sockets: Vec::new(), state: Some(File::from(fd)), last_state: Vec::new() };
-        let mut totals = CarriedTotals { upgrades: 2, ..Default::default() };
-        totals.figures.accepted = 41;
-        store.keep_state(|| totals.clone());
+        let mut state = State { totals: CarriedTotals { upgrades: 2, ..Default::default() }, tickets: None };
+        state.totals.figures.accepted = 41;
+        state.tickets = Some(TicketKeys::generate(1_000).expect("keys"));
+        store.keep_state(|| state.clone());
         let file = store.state.take().expect("state");
         let (_, read) = read_state(OwnedFd::from(file)).expect("state reads back");
-        assert_eq!(read, totals);
+        assert!(read == state, "counters and ticket keys come back");
     }
 }

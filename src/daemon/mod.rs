@@ -162,7 +162,9 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
     };
     let access_log = open_access_log(&config)?;
     let mut handoff = upgrade::receive_handoff()?;
-    let ticket_keys = tickets::initial(handoff.as_mut().and_then(|h| h.tickets.take()))?;
+    // An upgrade's predecessor hands its keys over; a crashed one left them in the store.
+    let stored_keys = stored.state.as_ref().and_then(|(_, state)| state.tickets.clone());
+    let ticket_keys = tickets::initial(handoff.as_mut().and_then(|h| h.tickets.take()).or(stored_keys))?;
     let tls_addrs = config.tls_listen.clone().unwrap_or_default();
     let (listen, tls_listen, inherited_control, inherited_admin, carried) = match handoff {
         Some(inherited)
@@ -187,7 +189,7 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
             let listen = sockets::adopted(std::mem::take(&mut stored.listen), &config.listen, activated)?;
             let tls = sockets::adopted(std::mem::take(&mut stored.tls_listen), &tls_addrs, tls_activated)?;
             let carried = match &stored.state {
-                Some((_, totals)) => {
+                Some((_, fdstore::State { totals, .. })) => {
                     tracing::warn!(
                         lanes = stored.lanes.len(),
                         requests = totals.figures.responses.total(),
@@ -579,17 +581,21 @@ impl Daemon {
     pub(super) fn store_descriptors(&mut self) {
         let i = &self.inherit;
         self.fd_store.store_all(&i.listen, &i.tls_listen, &i.lanes, &i.steering);
-        let state = self.stored_totals();
+        let state = self.stored_state();
         self.fd_store.keep_state(|| state);
     }
 
     /// What a daemon restarted from the fd store continues from.
-    fn stored_totals(&mut self) -> crate::observe::CarriedTotals {
-        crate::observe::CarriedTotals {
-            upgrades: self.upgrades,
-            figures: self.figures(),
-            daemon_restarts: self.daemon_restarts,
-        }
+    fn stored_state(&mut self) -> fdstore::State {
+        let figures = self.figures();
+        self.state_with(figures)
+    }
+
+    /// The stored state with `figures` as the counters.
+    fn state_with(&self, figures: crate::figures::Figures) -> fdstore::State {
+        let totals =
+            crate::observe::CarriedTotals { upgrades: self.upgrades, figures, daemon_restarts: self.daemon_restarts };
+        fdstore::State { totals, tickets: Some(self.inherit.tickets.clone()) }
     }
 
     /// True once every child is gone; past the grace deadline, kills what is left.

@@ -17,13 +17,8 @@ impl Daemon {
         let workers = self.worker_reports();
         let figures = self.figures();
         if folded {
-            let (upgrades, daemon_restarts) = (self.upgrades, self.daemon_restarts);
-            let figures = &figures;
-            self.fd_store.keep_state(|| crate::observe::CarriedTotals {
-                upgrades,
-                figures: figures.clone(),
-                daemon_restarts,
-            });
+            let state = self.state_with(figures.clone());
+            self.fd_store.keep_state(|| state);
         }
         let connections =
             ConnectionStatus { accepted: figures.accepted, active: workers.iter().map(|w| w.active).sum() };

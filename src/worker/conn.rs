@@ -672,7 +672,12 @@ fn answer(request: &Request<'_>, shared: &mut Shared, exchange: Exchange<'_>, wb
     let plan = match shared.https_redirect.as_ref().filter(|_| !exchange.tls) {
         Some(to)
             if to
-                .location(request.target, request.host, || Some(exchange.sock.local_addr().ok()?.ip()), &mut shared.scratch)
+                .location(
+                    request.target,
+                    request.host,
+                    || Some(exchange.sock.local_addr().ok()?.ip()),
+                    &mut shared.scratch,
+                )
                 .is_some() =>
         {
             response::redirect(request, 308, &shared.scratch, &shared.date, close, wbuf)
