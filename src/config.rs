@@ -15,7 +15,7 @@
 mod declare;
 mod rules;
 
-pub use rules::{HeaderRule, HiddenFiles, Redirect, MAX_HEADER_RULES};
+pub use rules::{ErrorPages, HeaderRule, HiddenFiles, Redirect, SiteRules, ERROR_PAGE_STATUSES, MAX_HEADER_RULES};
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -86,6 +86,10 @@ settings! {
     headers: Vec<HeaderRule> { default: Vec::new(), reload: Live }
     /// A path served (200) for a GET or HEAD that matches no file, e.g. `/index.html`
     fallback: Option<String> { default: None, reload: Live }
+    /// `error_pages`: a status (`404 = "/404.html"`) to the file beneath the root whose content is its body
+    error_pages: ErrorPages { default: ErrorPages::new(), reload: Live }
+    /// `true`: a directory without `index.html` is listed (HTML, or JSON for `Accept: application/json`)
+    directory_listing: bool { default: false, reload: Live }
     /// MiB of compressed bodies each worker keeps (on-the-fly compression, LRU by bytes)
     compress_cache_mib: u32 { range: 1..=65_536, default: 64, reload: Live }
 }
@@ -249,6 +253,35 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The default site's rules: the top-level keys.
+    pub fn default_site_rules(&self) -> SiteRules<'_> {
+        SiteRules {
+            hidden_files: self.hidden_files,
+            directory_listing: self.directory_listing,
+            fallback: self.fallback.as_deref(),
+            error_pages: &self.error_pages,
+            headers: &self.headers,
+            redirects: &self.redirects,
+        }
+    }
+
+    /// What is accepted but probably not meant: an error page whose file does not exist
+    /// (yet) under its site's root. The built-in page is sent until it does; a deploy that
+    /// writes the pages after the configuration must not make a start or reload fail.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (status, path) in &self.error_pages {
+            let file = self.root.join(path.trim_start_matches('/'));
+            if !file.is_file() {
+                warnings.push(format!(
+                    "error_pages: {status} = {path:?}: {} is not a file; the built-in page is sent",
+                    file.display()
+                ));
+            }
+        }
+        warnings
+    }
+
     /// Reads the config file named by `--config` (if any), lets the flags win over it,
     /// checks the result and resolves defaults.
     pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
@@ -377,6 +410,9 @@ fn file_settings(text: &str, path: &Path) -> Result<Cli, ConfigError> {
     rules::check_rules(file.redirects.as_deref(), file.headers.as_deref()).map_err(in_file)?;
     if let Some(Some(fallback)) = &file.fallback {
         rules::check_fallback(fallback).map_err(in_file)?;
+    }
+    if let Some(pages) = &file.error_pages {
+        rules::check_error_pages(pages).map_err(in_file)?;
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     file.root = file.root.map(|p| dir.join(p));

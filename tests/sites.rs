@@ -180,3 +180,52 @@ fn fallback_serves_its_file_with_200_for_paths_that_match_no_file() {
     assert_eq!(status(&webd, "/.env"), 404, "a hidden path is not a route");
     assert_eq!(status(&webd, "/../x"), 403);
 }
+
+const ERROR_PAGES: &str = r#"
+error_pages = { 404 = "/errors/404.html", 403 = "/403.txt", 405 = "/missing.html" }
+"#;
+
+#[test]
+fn error_pages_keep_the_status_with_the_file_as_body_and_missing_ones_fall_back() {
+    let files = [("errors/404.html", "<h1>lost</h1>\n"), ("403.txt", "no\n"), (".env", "SECRET=1\n")];
+    let webd = start(ERROR_PAGES, &files);
+    for path in ["/nope", "/deep/er/", "/.env"] {
+        let response = get(webd.addr(), path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!((response.status, response.body.as_slice()), (404, &b"<h1>lost</h1>\n"[..]), "{path}");
+        assert_eq!(response.header("content-type"), Some("text/html; charset=utf-8"), "{path}");
+        assert_eq!(response.header("content-length"), Some("14"), "{path}");
+        for validator in ["etag", "last-modified", "accept-ranges"] {
+            assert_eq!(response.header(validator), None, "{path}: no {validator} on an error page");
+        }
+    }
+    let ranged = request(
+        webd.addr(),
+        "GET /nope HTTP/1.1\r\nHost: t\r\nRange: bytes=0-3\r\nIf-None-Match: *\r\nConnection: close\r\n\r\n",
+    )
+    .expect("GET");
+    assert_eq!((ranged.status, ranged.body.len()), (404, 14), "no 206 or 304 of an error page");
+    let forbidden = get(webd.addr(), "/../x").expect("GET");
+    assert_eq!((forbidden.status, forbidden.body.as_slice()), (403, &b"no\n"[..]));
+    assert_eq!(forbidden.header("content-type"), Some("text/plain; charset=utf-8"));
+    let builtin = request(webd.addr(), "POST / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("POST");
+    assert_eq!((builtin.status, builtin.header("allow")), (405, Some("GET, HEAD")), "a missing page: the built-in one");
+    assert!(String::from_utf8_lossy(&builtin.body).contains("405"), "{:?}", builtin.body);
+    let mut conn = connect(webd.addr());
+    conn.send(b"HEAD /nope HTTP/1.1\r\nHost: t\r\n\r\nGET /403.txt HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    let head = conn.head_response(IO_TIMEOUT).expect("HEAD");
+    assert_eq!((head.status, head.header("content-length")), (404, Some("14")));
+    let next = conn.response(IO_TIMEOUT).expect("the next response");
+    assert_eq!((next.status, next.body.as_slice()), (200, &b"no\n"[..]), "no body after the HEAD's head");
+    let log = webd.log_text();
+    assert!(log.contains("405") && log.contains("missing.html") && log.contains("built-in page"), "{log}");
+}
+
+#[test]
+fn a_bad_error_page_key_exits_2_naming_the_file_and_the_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("webd.toml");
+    std::fs::write(&path, "error_pages = { 404 = \"/404.html\", 4O4 = \"/x.html\" }\n").expect("write");
+    let (code, err) = run_webd(&["--config", &path.to_string_lossy(), "--admin", "off"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("webd.toml") && err.contains("error_pages") && err.contains("4O4"), "{err}");
+}

@@ -1,5 +1,5 @@
 //! The site rules a config file gives (SPEC section 7): hidden files, `[[redirects]]`,
-//! `[[headers]]`. Here they are plain data, checked when the file is read so a bad rule is
+//! `[[headers]]`, `fallback`, `error_pages`, `directory_listing`. Here they are plain data, checked when the file is read so a bad rule is
 //! a configuration error naming the file and the rule; `worker/rules.rs` compiles them
 //! once per worker.
 
@@ -144,9 +144,54 @@ pub fn check_rules(redirects: Option<&[Redirect]>, headers: Option<&[HeaderRule]
     Ok(())
 }
 
+/// `error_pages`: status (a TOML key, so a string: `404`) → path of the page's file.
+pub type ErrorPages = BTreeMap<String, String>;
+
+/// The statuses webd answers a parsed request with, so the ones an error page can be for
+/// (the errors found before a request is parsed, such as 413 or 431, know no site).
+pub const ERROR_PAGE_STATUSES: [u16; 8] = [400, 403, 404, 405, 412, 416, 500, 501];
+
+/// Every `error_pages` key is one of [`ERROR_PAGE_STATUSES`] and every value the path of
+/// a file beneath the root. Whether the file exists is not checked here: a page deployed
+/// after the configuration is no reason to refuse it (see `Config::warnings`).
+pub fn check_error_pages(pages: &ErrorPages) -> Result<(), String> {
+    for (key, path) in pages {
+        let status = key.parse::<u16>().ok().filter(|status| ERROR_PAGE_STATUSES.contains(status));
+        if status.is_none() {
+            let statuses = ERROR_PAGE_STATUSES.map(|s| s.to_string()).join(", ");
+            return Err(format!(
+                "error_pages: key {key:?} is not a status webd answers with a page (one of {statuses})"
+            ));
+        }
+        if !is_file_path(path) {
+            return Err(format!(
+                "error_pages: {key} = {path:?} must be the path of a file beneath the root, like \"/{key}.html\""
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A path beneath the root naming a file: absolute, not a directory, no `..`, no NUL.
+fn is_file_path(path: &str) -> bool {
+    path.starts_with('/') && !path.ends_with('/') && !path.contains('\0') && !path.split('/').any(|s| s == "..")
+}
+
+/// The rules one site applies, borrowed from the configuration: the site's own where it
+/// sets them, the top level's otherwise. The worker compiles one `Rules` from each.
+#[derive(Debug, Clone, Copy)]
+pub struct SiteRules<'a> {
+    pub hidden_files: HiddenFiles,
+    pub directory_listing: bool,
+    pub fallback: Option<&'a str>,
+    pub error_pages: &'a ErrorPages,
+    pub headers: &'a [HeaderRule],
+    pub redirects: &'a [Redirect],
+}
+
 /// `fallback` names a path beneath the root: it starts with `/`, and it is a file's path.
 pub fn check_fallback(path: &str) -> Result<(), String> {
-    if !path.starts_with('/') || path.ends_with('/') || path.split('/').any(|segment| segment == "..") {
+    if !is_file_path(path) {
         return Err(format!("fallback = {path:?}: must be the path of a file beneath the root, like \"/index.html\""));
     }
     Ok(())

@@ -69,6 +69,8 @@ fn samples(setting: &Setting) -> [String; 2] {
         "certificates" => [r#"[{cert = "/a.pem", key = "/a.key"}]"#, r#"[{cert = "/b.pem", key = "/b.key"}]"#],
         "hidden_files" => ["\"deny\"", "\"allow\""],
         "fallback" => ["\"/index.html\"", "\"/app.html\""],
+        "error_pages" => ["{}", "{ 404 = \"/404.html\" }"],
+        "directory_listing" => ["false", "true"],
         "headers" => ["[]", "[{ match = \"/assets/**\", set = { \"Cache-Control\" = \"no-cache\" } }]"],
         "redirects" => ["[]", "[{ from = \"/old/\", to = \"/new/\", status = 301 }]"],
         other => panic!("no sample values for the setting {other}: add two here"),
@@ -135,6 +137,8 @@ fn what_a_reload_changes_live_is_what_it_always_did() {
         "redirects",
         "headers",
         "fallback",
+        "error_pages",
+        "directory_listing",
         "compress_cache_mib",
     ];
     assert_eq!(live, wanted);
@@ -232,4 +236,35 @@ fn a_bad_header_rule_is_refused_naming_the_file_and_the_rule() {
         assert!(refused.contains("/etc/webd/webd.toml") && refused.contains("headers[1]"), "{refused}");
         assert!(refused.contains(needle), "{needle}: {refused}");
     }
+}
+
+#[test]
+fn a_bad_error_page_is_refused_naming_the_file_and_the_key() {
+    for (bad, needle) in [
+        ("{ 401 = \"/401.html\" }", "\"401\""),
+        ("{ nope = \"/x.html\" }", "\"nope\""),
+        ("{ 404 = \"404.html\" }", "404 = \"404.html\""),
+        ("{ 404 = \"/errors/\" }", "beneath the root"),
+        ("{ 404 = \"/../404.html\" }", "beneath the root"),
+    ] {
+        let text = format!("error_pages = {bad}\n");
+        let refused = file_settings(&text, Path::new("/etc/webd/webd.toml")).expect_err(bad).to_string();
+        assert!(refused.contains("/etc/webd/webd.toml") && refused.contains("error_pages"), "{refused}");
+        assert!(refused.contains(needle), "{needle}: {refused}");
+    }
+    let file = file_settings("error_pages = { 404 = \"/404.html\", 403 = \"/e/403.htm\" }\n", Path::new("/w.toml"))
+        .expect("good pages");
+    assert_eq!(file.error_pages.expect("given").len(), 2);
+}
+
+#[test]
+fn a_missing_error_page_file_is_a_warning_naming_it() {
+    let root = tempfile::tempdir().expect("tmp");
+    std::fs::write(root.path().join("404.html"), "gone").expect("write");
+    let mut config = Config::with_defaults(Cli::default());
+    config.root = root.path().to_path_buf();
+    config.error_pages = [("404", "/404.html"), ("403", "/403.html")].map(|(k, v)| (k.into(), v.into())).into();
+    let warnings = config.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("403") && warnings[0].contains("403.html"), "{warnings:?}");
 }

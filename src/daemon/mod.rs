@@ -205,8 +205,7 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
     };
     let mut lanes = std::mem::take(&mut stored.lanes);
     grow_lanes(&mut lanes, config.workers).context("worker lanes")?;
-    let fd_store =
-        fdstore::FdStore::from_env(stored.state.take().map(|(file, _)| file), unit_sockets, Instant::now());
+    let fd_store = fdstore::FdStore::from_env(stored.state.take().map(|(file, _)| file), unit_sockets, Instant::now());
     let (lifeline_read, lifeline_write) = sys::process::lifeline().context("lifeline pipe")?;
     sys::process::become_subreaper().context("PR_SET_CHILD_SUBREAPER")?;
     let fd_limit = sys::process::raise_fd_limit();
@@ -253,6 +252,9 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
         version = crate::VERSION,
         "webd starting"
     );
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let tokens = event_loop.once_only_tokens();
     let mut daemon = Daemon {
         event_loop,
@@ -445,6 +447,9 @@ impl Daemon {
             tracing::warn!(key, "reload: the file's value is overridden by a command-line flag");
         }
         let config = reload::apply_live(&self.inherit.config, new);
+        for warning in config.warnings() {
+            tracing::warn!("reload: {warning}");
+        }
         // Certificates are re-read even when their paths did not change: that is how a
         // renewed certificate is taken. A bad file keeps the running ones.
         let tls = crate::tls::TlsMaterial::load(&config).map_err(|e| ReloadRefused::Certificates(e.to_string()))?;

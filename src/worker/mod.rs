@@ -179,7 +179,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         conn_tokens: event_loop.index_tokens(),
         shared: Shared {
             root,
-            rules: rules::Rules::compile(&config),
+            rules: rules::Rules::compile(&config.default_site_rules()),
             limits: request::Limits { max_headers: config.max_header_fields as usize, ..request::Limits::default() },
             date: date::DateCache::new(),
             header_timeout: config.header_timeout.duration(),

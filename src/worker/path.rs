@@ -316,6 +316,17 @@ pub fn open_regular_or_directory(root: &Root, scratch: &mut Vec<u8>) -> Result<(
     Ok((file, meta))
 }
 
+/// Opens the regular file at `relative` (no leading `/`) beneath the root, for a page the
+/// configuration names (an error page): not a request's path, so no rule applies.
+pub fn open_file_beneath(root: &Root, relative: &CStr) -> Result<(File, Metadata), Refusal> {
+    let file = open_beneath(root, relative).map_err(refusal_for_errno)?;
+    let meta = file.metadata().map_err(|_| Refusal::ServerError)?;
+    if !meta.is_file() {
+        return Err(Refusal::NotFound);
+    }
+    Ok((file, meta))
+}
+
 fn open_beneath(root: &Root, relative: &CStr) -> Result<File, Errno> {
     if root.openat2_available.load(Ordering::Relaxed) {
         match open_with_openat2(root, relative) {
@@ -407,7 +418,7 @@ pub(super) fn push_percent_encoded(out: &mut Vec<u8>, byte: u8, keep: bool) {
 }
 
 /// `Content-Type` for a file name, from its extension; all static strings.
-fn content_type_for(path: &[u8]) -> &'static str {
+pub(super) fn content_type_for(path: &[u8]) -> &'static str {
     let name = &path[path.iter().rposition(|&b| b == b'/').map_or(0, |slash| slash + 1)..];
     let Some(dot) = name.iter().rposition(|&b| b == b'.') else {
         return DEFAULT_CONTENT_TYPE;
