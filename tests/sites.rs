@@ -229,3 +229,70 @@ fn a_bad_error_page_key_exits_2_naming_the_file_and_the_key() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("webd.toml") && err.contains("error_pages") && err.contains("4O4"), "{err}");
 }
+
+const LISTED: &[(&str, &str)] =
+    &[("pub/a b.txt", "hello"), ("pub/sub/x", "x\n"), ("pub/.hidden", "h\n"), ("pub/<i>&.txt", "i\n")];
+
+/// `pub/` of `LISTED` plus symlinks: one inside the root, one leading out, one broken.
+fn start_listing(rules: &str) -> Webd {
+    let webd = start(rules, LISTED);
+    let link = |target: &str, name: &str| {
+        std::os::unix::fs::symlink(target, webd.root.join("pub").join(name)).expect("symlink");
+    };
+    link("a b.txt", "in");
+    link("../../webd.toml", "out");
+    link("nowhere", "broken");
+    webd
+}
+
+fn listing(webd: &Webd, accept: Option<&str>) -> Response {
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    request(webd.addr(), &format!("GET /pub/ HTTP/1.1\r\nHost: t\r\n{accept}Connection: close\r\n\r\n")).expect("GET")
+}
+
+#[test]
+fn directory_listing_lists_servable_entries_as_html_or_json() {
+    let webd = start_listing("directory_listing = true\n");
+    let page = listing(&webd, Some("text/html,application/xhtml+xml,*/*;q=0.8"));
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(page.header("vary"), Some("Accept"));
+    let html = String::from_utf8(page.body.clone()).expect("UTF-8");
+    assert!(html.contains("<a href=\"a%20b.txt\">a b.txt</a></td><td>5</td>"), "{html}");
+    assert!(html.contains("<a href=\"sub/\">sub/</a></td><td>-</td>"), "{html}");
+    assert!(html.contains("<a href=\"%3Ci%3E%26.txt\">&lt;i&gt;&amp;.txt</a>"), "{html}");
+    assert!(html.contains("<a href=\"in\">in</a></td><td>5</td>"), "a link inside the root: {html}");
+    assert!(html.contains("<a href=\"../\">"), "{html}");
+    for absent in [".hidden", "out", "broken"] {
+        assert!(!html.contains(&format!(">{absent}<")), "{absent} is not listed: {html}");
+    }
+    let json = listing(&webd, Some("application/json"));
+    assert_eq!((json.status, json.header("content-type")), (200, Some("application/json")));
+    assert_eq!(json.header("vary"), Some("Accept"));
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&json.body).expect("a JSON array");
+    let names: Vec<&str> = entries.iter().map(|e| e["name"].as_str().expect("a name")).collect();
+    assert_eq!(names, ["<i>&.txt", "a b.txt", "in", "sub"]);
+    assert_eq!((entries[1]["type"].as_str(), entries[1]["size"].as_u64()), (Some("file"), Some(5)));
+    assert_eq!((entries[3]["type"].as_str(), entries[3]["size"].is_null()), (Some("directory"), true));
+    assert!(entries[1]["mtime"].as_str().is_some_and(|t| t.len() == 20 && t.ends_with('Z')), "{:?}", entries[1]);
+    let mut conn = connect(webd.addr());
+    conn.send(b"HEAD /pub/ HTTP/1.1\r\nHost: t\r\n\r\nGET /pub/a%20b.txt HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    let head = conn.head_response(IO_TIMEOUT).expect("HEAD");
+    assert_eq!((head.status, head.header("content-length")), (200, Some(page.body.len().to_string().as_str())));
+    assert_eq!(conn.response(IO_TIMEOUT).expect("the file").body, b"hello", "no body after the HEAD's head");
+    assert_eq!(redirect(&webd, "/pub"), (301, Some("/pub/".into())));
+    assert_eq!(status(&webd, "/"), 200, "a directory with an index serves it");
+    assert_eq!(status(&webd, "/pub/sub/"), 200);
+    assert_eq!(status(&webd, "/pub/.hidden/"), 404);
+}
+
+#[test]
+fn directory_listing_is_off_by_default_and_shows_hidden_entries_when_allowed() {
+    let webd = start_listing("");
+    assert_eq!(listing(&webd, None).status, 404, "no listing unless asked for");
+    drop(webd);
+    let webd = start_listing("directory_listing = true\nhidden_files = \"allow\"\n");
+    let html = String::from_utf8(listing(&webd, None).body).expect("UTF-8");
+    assert!(html.contains("<a href=\".hidden\">.hidden</a>"), "{html}");
+    assert!(!html.contains(">out<"), "{html}");
+}

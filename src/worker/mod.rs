@@ -14,6 +14,7 @@ pub mod compress_cache;
 mod conn;
 pub mod date;
 pub mod encoding;
+pub mod listing;
 pub mod path;
 pub mod range;
 pub mod request;

@@ -38,6 +38,7 @@ use std::rc::Rc;
 use super::compress_cache::CompressCache;
 use super::date::{format_http_date, parse_http_date, DateCache, HTTP_DATE_LEN};
 use super::encoding::{self, Coding, Content, Representation};
+use super::listing::{self, Format};
 use super::path::{open_file_beneath, resolve, Resolved, Root};
 use super::range::{parse_ranges, ByteRange, RangeRequest, RangeSet};
 use super::request::{ErrorKind, Method, Request};
@@ -256,6 +257,10 @@ pub fn respond(
                 encoding::represent(req.accept_encoding.values(), root, scratch, file, codings, date.now_secs());
             serve_file(req, &reply, chosen, content_type, head)
         }
+        Resolved::Directory { dir } => {
+            let format = Format::preferred(req.accept.values());
+            reply.listing(listing::render(dir, root, rules, scratch, format), format, head)
+        }
         Resolved::RedirectToSlash => reply.error_with(301, head, |head| push_header(head, b"Location", scratch)),
         Resolved::Redirect(status) => reply.error_with(status, head, |head| push_header(head, b"Location", scratch)),
         Resolved::NotFound => match rules.fallback() {
@@ -394,6 +399,19 @@ impl Reply<'_> {
         push_decimal_header(head, b"Content-Length", 0);
         self.finish(head);
         self.plan(200, Body::None)
+    }
+
+    /// A directory listing: its own representation per `Accept`, no validators.
+    fn listing(&self, body: Vec<u8>, format: Format, head: &mut Vec<u8>) -> Plan {
+        let len = body.len() as u64;
+        self.start(200, head);
+        push_header(head, b"Content-Type", format.content_type());
+        push_decimal_header(head, b"Content-Length", len);
+        push_header(head, b"Vary", b"Accept");
+        self.finish(head);
+        let body =
+            if self.omit_body || len == 0 { Body::None } else { Body::Memory { bytes: body.into(), offset: 0, len } };
+        self.plan(200, body)
     }
 
     fn not_modified(&self, validators: &Validators, head: &mut Vec<u8>) -> Plan {
