@@ -15,7 +15,9 @@
 mod declare;
 mod rules;
 
-pub use rules::{ErrorPages, HeaderRule, HiddenFiles, Redirect, SiteRules, ERROR_PAGE_STATUSES, MAX_HEADER_RULES};
+pub use rules::{
+    ErrorPages, HeaderRule, HiddenFiles, Redirect, Site, SiteRules, ERROR_PAGE_STATUSES, MAX_HEADER_RULES,
+};
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -90,6 +92,8 @@ settings! {
     error_pages: ErrorPages { default: ErrorPages::new(), reload: Live }
     /// `true`: a directory without `index.html` is listed (HTML, or JSON for `Accept: application/json`)
     directory_listing: bool { default: false, reload: Live }
+    /// `[[sites]]`: virtual hosts by `Host` (`hosts`, `root`, and any of the rule keys above)
+    sites: Vec<Site> { default: Vec::new(), reload: Live }
     /// MiB of compressed bodies each worker keeps (on-the-fly compression, LRU by bytes)
     compress_cache_mib: u32 { range: 1..=65_536, default: 64, reload: Live }
 }
@@ -269,14 +273,18 @@ impl Config {
     /// (yet) under its site's root. The built-in page is sent until it does; a deploy that
     /// writes the pages after the configuration must not make a start or reload fail.
     pub fn warnings(&self) -> Vec<String> {
+        let top = self.default_site_rules();
+        let sites = self.sites.iter().map(|site| (site.name(), site.root.as_path(), site.rules(&top)));
         let mut warnings = Vec::new();
-        for (status, path) in &self.error_pages {
-            let file = self.root.join(path.trim_start_matches('/'));
-            if !file.is_file() {
-                warnings.push(format!(
-                    "error_pages: {status} = {path:?}: {} is not a file; the built-in page is sent",
-                    file.display()
-                ));
+        for (site, root, rules) in std::iter::once(("default", self.root.as_path(), top)).chain(sites) {
+            for (status, path) in rules.error_pages {
+                let file = root.join(path.trim_start_matches('/'));
+                if !file.is_file() {
+                    warnings.push(format!(
+                        "site {site}: error_pages: {status} = {path:?}: {} is not a file; the built-in page is sent",
+                        file.display()
+                    ));
+                }
             }
         }
         warnings
@@ -415,6 +423,9 @@ fn file_settings(text: &str, path: &Path) -> Result<Cli, ConfigError> {
         rules::check_error_pages(pages).map_err(in_file)?;
     }
     let dir = path.parent().unwrap_or(Path::new("."));
+    if let Some(sites) = file.sites.as_mut() {
+        rules::check_sites(sites, dir).map_err(in_file)?;
+    }
     file.root = file.root.map(|p| dir.join(p));
     file.control_socket = file.control_socket.map(|p| dir.join(p));
     file.access_log = file.access_log.map(|target| match target {

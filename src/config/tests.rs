@@ -71,6 +71,10 @@ fn samples(setting: &Setting) -> [String; 2] {
         "fallback" => ["\"/index.html\"", "\"/app.html\""],
         "error_pages" => ["{}", "{ 404 = \"/404.html\" }"],
         "directory_listing" => ["false", "true"],
+        "sites" => [
+            "[{ hosts = [\"a.org\"], root = \"/\" }]",
+            "[{ hosts = [\"b.org\"], root = \"/tmp\", fallback = \"/i.html\" }]",
+        ],
         "headers" => ["[]", "[{ match = \"/assets/**\", set = { \"Cache-Control\" = \"no-cache\" } }]"],
         "redirects" => ["[]", "[{ from = \"/old/\", to = \"/new/\", status = 301 }]"],
         other => panic!("no sample values for the setting {other}: add two here"),
@@ -139,6 +143,7 @@ fn what_a_reload_changes_live_is_what_it_always_did() {
         "fallback",
         "error_pages",
         "directory_listing",
+        "sites",
         "compress_cache_mib",
     ];
     assert_eq!(live, wanted);
@@ -267,4 +272,53 @@ fn a_missing_error_page_file_is_a_warning_naming_it() {
     let warnings = config.warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("403") && warnings[0].contains("403.html"), "{warnings:?}");
+}
+
+#[test]
+fn a_bad_site_is_refused_naming_the_file_and_the_site() {
+    let good = "[[sites]]\nhosts = [\"a.org\", \"*.a.org\"]\nroot = \"/\"\n";
+    for (bad, needle) in [
+        ("hosts = [\"A.org\"]\nroot = \"/\"\n", "also claimed by sites[0]"),
+        ("hosts = []\nroot = \"/\"\n", "names no host"),
+        ("hosts = [\"b.*.org\"]\nroot = \"/\"\n", "wildcard"),
+        ("hosts = [\"*\"]\nroot = \"/\"\n", "wildcard"),
+        ("hosts = [\"b.org:8080\"]\nroot = \"/\"\n", "port"),
+        ("hosts = [\"b..org\"]\nroot = \"/\"\n", "not a host name"),
+        ("hosts = [\"b.org\"]\nroot = \"/no/such/dir/here\"\n", "/no/such/dir/here"),
+        ("hosts = [\"b.org\"]\nroot = \"/\"\nfallback = \"x\"\n", "fallback"),
+        ("hosts = [\"b.org\"]\nroot = \"/\"\nerror_pages = { 999 = \"/x.html\" }\n", "999"),
+        (
+            "hosts = [\"b.org\"]\nroot = \"/\"\n[[sites.redirects]]\nfrom = \"/a\"\nto = \"/b\"\nstatus = 303\n",
+            "redirects[0]",
+        ),
+    ] {
+        let text = format!("{good}[[sites]]\n{bad}");
+        let refused = file_settings(&text, Path::new("/etc/webd/webd.toml")).expect_err(bad).to_string();
+        assert!(refused.contains("/etc/webd/webd.toml") && refused.contains("sites[1] (hosts = ["), "{refused}");
+        assert!(refused.contains(needle), "{needle}: {refused}");
+    }
+    let unknown = format!("{good}[[sites]]\nhosts = [\"b.org\"]\nroot = \"/\"\nlisting = true\n");
+    let refused = file_settings(&unknown, Path::new("/etc/webd/webd.toml")).expect_err("unknown key").to_string();
+    assert!(refused.contains("line 7") && refused.contains("unknown field `listing`"), "{refused}");
+    let file = file_settings(
+        &format!("{good}[[sites]]\nhosts = [\"[::1]\", \"b_c.org\"]\nroot = \"tmp/..\"\n"),
+        Path::new("/w.toml"),
+    )
+    .expect("good sites");
+    let sites = file.sites.expect("given");
+    assert_eq!(sites[1].root, Path::new("/"), "relative to the file's directory, canonical");
+}
+
+#[test]
+fn a_site_takes_the_rules_it_does_not_set_from_the_top_level() {
+    let text =
+        "fallback = \"/app.html\"\ndirectory_listing = true\n[[headers]]\nmatch = \"/**\"\nset = { X = \"1\" }\n\
+                [[sites]]\nhosts = [\"a.org\"]\nroot = \"/\"\nhidden_files = \"allow\"\nheaders = []\n";
+    let mut config = Config::with_defaults(file_settings(text, Path::new("/w.toml")).expect("parses"));
+    config.root = "/tmp".into();
+    let top = config.default_site_rules();
+    let site = config.sites[0].rules(&top);
+    assert_eq!((site.hidden_files, top.hidden_files), (HiddenFiles::Allow, HiddenFiles::Deny));
+    assert_eq!((site.headers.len(), top.headers.len()), (0, 1), "the site's own list replaces the top level's");
+    assert_eq!((site.fallback, site.directory_listing), (Some("/app.html"), true), "inherited");
 }

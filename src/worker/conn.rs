@@ -255,13 +255,13 @@ impl Conn {
         match request::parse(buf, &shared.limits) {
             Parsed::Complete { request, head_len } => {
                 let Some(mut skipper) = BodySkipper::new(request.body) else {
-                    let plan = answer(&request, shared, &self.peer, &mut self.wbuf);
+                    let plan = answer(&request, shared, (&self.peer, self.tls.as_deref()), &mut self.wbuf);
                     self.rstart += head_len;
                     return Some((plan, 0));
                 };
                 match skipper.skip(&buf[head_len..], &shared.limits.body()) {
                     Skip::Done { used } => {
-                        let plan = answer(&request, shared, &self.peer, &mut self.wbuf);
+                        let plan = answer(&request, shared, (&self.peer, self.tls.as_deref()), &mut self.wbuf);
                         self.rstart += head_len + used;
                         Some((plan, 0))
                     }
@@ -303,7 +303,9 @@ impl Conn {
             Skip::Done { used } => {
                 self.pending = None;
                 let plan = match request::parse(&self.rbuf[self.rstart..body_start], &shared.limits) {
-                    Parsed::Complete { request, .. } => answer(&request, shared, &self.peer, &mut self.wbuf),
+                    Parsed::Complete { request, .. } => {
+                        answer(&request, shared, (&self.peer, self.tls.as_deref()), &mut self.wbuf)
+                    }
                     // The same bytes parsed before: cannot happen, and if it does, no guessing.
                     Parsed::Partial | Parsed::Invalid(_) => self.reject(ErrorKind::BadRequest, shared),
                 };
@@ -612,10 +614,17 @@ fn send_encrypted(tls: &mut Session, sock: &TcpStream, wbuf: &mut Vec<u8>, wpos:
     }
 }
 
-/// Answers a complete request (its body, if any, already read) into `wbuf`, and logs it.
-fn answer(request: &Request<'_>, shared: &mut Shared, peer: &str, wbuf: &mut Vec<u8>) -> Plan {
+/// Answers a complete request (its body, if any, already read) into `wbuf` from its site
+/// (by Host, else the TLS session's SNI name), and logs it.
+fn answer(
+    request: &Request<'_>,
+    shared: &mut Shared,
+    (peer, tls): (&str, Option<&Session>),
+    wbuf: &mut Vec<u8>,
+) -> Plan {
+    let site = shared.sites.pick(request.target, request.host, tls.and_then(Session::server_name));
     let buffers = (&mut shared.scratch, &mut shared.codings);
-    let plan = response::respond(request, &shared.root, &shared.rules, &shared.date, buffers, shared.force_close, wbuf);
+    let plan = response::respond(request, &site.root, &site.rules, &shared.date, buffers, shared.force_close, wbuf);
     if let Some(log) = shared.access_log.as_mut() {
         log.record(peer, Some(request), plan.status, plan.body_len());
     }
