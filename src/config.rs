@@ -16,7 +16,9 @@ mod declare;
 mod rules;
 mod summary;
 
-pub use rules::{HeaderRule, HiddenFiles, Redirect, MAX_HEADER_RULES};
+pub use rules::{
+    ErrorPages, HeaderRule, HiddenFiles, Redirect, Site, SiteRules, ERROR_PAGE_STATUSES, MAX_HEADER_RULES,
+};
 pub use summary::summary;
 
 use clap::Parser;
@@ -92,6 +94,12 @@ settings! {
     headers: Vec<HeaderRule> { default: Vec::new(), reload: Live }
     /// A path served (200) for a GET or HEAD that matches no file, e.g. `/index.html`
     fallback: Option<String> { default: None, reload: Live }
+    /// `error_pages`: a status (`404 = "/404.html"`) to the file beneath the root whose content is its body
+    error_pages: ErrorPages { default: ErrorPages::new(), reload: Live }
+    /// `true`: a directory without `index.html` is listed (HTML, or JSON for `Accept: application/json`)
+    directory_listing: bool { default: false, reload: Live }
+    /// `[[sites]]`: virtual hosts by `Host` (`hosts`, `root`, and any of the rule keys above)
+    sites: Vec<Site> { default: Vec::new(), reload: Live }
     /// MiB of compressed bodies each worker keeps (on-the-fly compression, LRU by bytes)
     compress_cache_mib: u32 { range: 1..=65_536, default: 64, reload: Live }
     /// `true`: every plain `listen` address answers 308 to the same target on HTTPS (the first `tls_listen` port)
@@ -268,6 +276,39 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The default site's rules: the top-level keys.
+    pub fn default_site_rules(&self) -> SiteRules<'_> {
+        SiteRules {
+            hidden_files: self.hidden_files,
+            directory_listing: self.directory_listing,
+            fallback: self.fallback.as_deref(),
+            error_pages: &self.error_pages,
+            headers: &self.headers,
+            redirects: &self.redirects,
+        }
+    }
+
+    /// What is accepted but probably not meant: an error page whose file does not exist
+    /// (yet) under its site's root. The built-in page is sent until it does; a deploy that
+    /// writes the pages after the configuration must not make a start or reload fail.
+    pub fn warnings(&self) -> Vec<String> {
+        let top = self.default_site_rules();
+        let sites = self.sites.iter().map(|site| (site.name(), site.root.as_path(), site.rules(&top)));
+        let mut warnings = Vec::new();
+        for (site, root, rules) in std::iter::once(("default", self.root.as_path(), top)).chain(sites) {
+            for (status, path) in rules.error_pages {
+                let file = root.join(path.trim_start_matches('/'));
+                if !file.is_file() {
+                    warnings.push(format!(
+                        "site {site}: error_pages: {status} = {path:?}: {} is not a file; the built-in page is sent",
+                        file.display()
+                    ));
+                }
+            }
+        }
+        warnings
+    }
+
     /// Reads the config file named by `--config` (if any), lets the flags win over it,
     /// checks the result and resolves defaults.
     pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
@@ -402,7 +443,13 @@ fn file_settings(text: &str, path: &Path) -> Result<Cli, ConfigError> {
     if let Some(Some(fallback)) = &file.fallback {
         rules::check_fallback(fallback).map_err(in_file)?;
     }
+    if let Some(pages) = &file.error_pages {
+        rules::check_error_pages(pages).map_err(in_file)?;
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
+    if let Some(sites) = file.sites.as_mut() {
+        rules::check_sites(sites, dir).map_err(in_file)?;
+    }
     file.root = file.root.map(|p| dir.join(p));
     file.control_socket = file.control_socket.map(|p| dir.join(p));
     file.access_log = file.access_log.map(|target| match target {

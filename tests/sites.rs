@@ -180,3 +180,119 @@ fn fallback_serves_its_file_with_200_for_paths_that_match_no_file() {
     assert_eq!(status(&webd, "/.env"), 404, "a hidden path is not a route");
     assert_eq!(status(&webd, "/../x"), 403);
 }
+
+const ERROR_PAGES: &str = r#"
+error_pages = { 404 = "/errors/404.html", 403 = "/403.txt", 405 = "/missing.html" }
+"#;
+
+#[test]
+fn error_pages_keep_the_status_with_the_file_as_body_and_missing_ones_fall_back() {
+    let files = [("errors/404.html", "<h1>lost</h1>\n"), ("403.txt", "no\n"), (".env", "SECRET=1\n")];
+    let webd = start(ERROR_PAGES, &files);
+    for path in ["/nope", "/deep/er/", "/.env"] {
+        let response = get(webd.addr(), path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!((response.status, response.body.as_slice()), (404, &b"<h1>lost</h1>\n"[..]), "{path}");
+        assert_eq!(response.header("content-type"), Some("text/html; charset=utf-8"), "{path}");
+        assert_eq!(response.header("content-length"), Some("14"), "{path}");
+        for validator in ["etag", "last-modified", "accept-ranges"] {
+            assert_eq!(response.header(validator), None, "{path}: no {validator} on an error page");
+        }
+    }
+    let ranged = request(
+        webd.addr(),
+        "GET /nope HTTP/1.1\r\nHost: t\r\nRange: bytes=0-3\r\nIf-None-Match: *\r\nConnection: close\r\n\r\n",
+    )
+    .expect("GET");
+    assert_eq!((ranged.status, ranged.body.len()), (404, 14), "no 206 or 304 of an error page");
+    let forbidden = get(webd.addr(), "/../x").expect("GET");
+    assert_eq!((forbidden.status, forbidden.body.as_slice()), (403, &b"no\n"[..]));
+    assert_eq!(forbidden.header("content-type"), Some("text/plain; charset=utf-8"));
+    let builtin = request(webd.addr(), "POST / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("POST");
+    assert_eq!((builtin.status, builtin.header("allow")), (405, Some("GET, HEAD")), "a missing page: the built-in one");
+    assert!(String::from_utf8_lossy(&builtin.body).contains("405"), "{:?}", builtin.body);
+    let mut conn = connect(webd.addr());
+    conn.send(b"HEAD /nope HTTP/1.1\r\nHost: t\r\n\r\nGET /403.txt HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    let head = conn.head_response(IO_TIMEOUT).expect("HEAD");
+    assert_eq!((head.status, head.header("content-length")), (404, Some("14")));
+    let next = conn.response(IO_TIMEOUT).expect("the next response");
+    assert_eq!((next.status, next.body.as_slice()), (200, &b"no\n"[..]), "no body after the HEAD's head");
+    let log = webd.log_text();
+    assert!(log.contains("405") && log.contains("missing.html") && log.contains("built-in page"), "{log}");
+}
+
+#[test]
+fn a_bad_error_page_key_exits_2_naming_the_file_and_the_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("webd.toml");
+    std::fs::write(&path, "error_pages = { 404 = \"/404.html\", 4O4 = \"/x.html\" }\n").expect("write");
+    let (code, err) = run_webd(&["--config", &path.to_string_lossy(), "--admin", "off"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("webd.toml") && err.contains("error_pages") && err.contains("4O4"), "{err}");
+}
+
+const LISTED: &[(&str, &str)] =
+    &[("pub/a b.txt", "hello"), ("pub/sub/x", "x\n"), ("pub/.hidden", "h\n"), ("pub/<i>&.txt", "i\n")];
+
+/// `pub/` of `LISTED` plus symlinks: one inside the root, one leading out, one broken.
+fn start_listing(rules: &str) -> Webd {
+    let webd = start(rules, LISTED);
+    let link = |target: &str, name: &str| {
+        std::os::unix::fs::symlink(target, webd.root.join("pub").join(name)).expect("symlink");
+    };
+    link("a b.txt", "in");
+    link("../../webd.toml", "out");
+    link("nowhere", "broken");
+    webd
+}
+
+fn listing(webd: &Webd, accept: Option<&str>) -> Response {
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    request(webd.addr(), &format!("GET /pub/ HTTP/1.1\r\nHost: t\r\n{accept}Connection: close\r\n\r\n")).expect("GET")
+}
+
+#[test]
+fn directory_listing_lists_servable_entries_as_html_or_json() {
+    let webd = start_listing("directory_listing = true\n");
+    let page = listing(&webd, Some("text/html,application/xhtml+xml,*/*;q=0.8"));
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(page.header("vary"), Some("Accept"));
+    let html = String::from_utf8(page.body.clone()).expect("UTF-8");
+    assert!(html.contains("<a href=\"a%20b.txt\">a b.txt</a></td><td>5</td>"), "{html}");
+    assert!(html.contains("<a href=\"sub/\">sub/</a></td><td>-</td>"), "{html}");
+    assert!(html.contains("<a href=\"%3Ci%3E%26.txt\">&lt;i&gt;&amp;.txt</a>"), "{html}");
+    assert!(html.contains("<a href=\"in\">in</a></td><td>5</td>"), "a link inside the root: {html}");
+    assert!(html.contains("<a href=\"../\">"), "{html}");
+    for absent in [".hidden", "out", "broken"] {
+        assert!(!html.contains(&format!(">{absent}<")), "{absent} is not listed: {html}");
+    }
+    let json = listing(&webd, Some("application/json"));
+    assert_eq!((json.status, json.header("content-type")), (200, Some("application/json")));
+    assert_eq!(json.header("vary"), Some("Accept"));
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&json.body).expect("a JSON array");
+    let names: Vec<&str> = entries.iter().map(|e| e["name"].as_str().expect("a name")).collect();
+    assert_eq!(names, ["<i>&.txt", "a b.txt", "in", "sub"]);
+    assert_eq!((entries[1]["type"].as_str(), entries[1]["size"].as_u64()), (Some("file"), Some(5)));
+    assert_eq!((entries[3]["type"].as_str(), entries[3]["size"].is_null()), (Some("directory"), true));
+    assert!(entries[1]["mtime"].as_str().is_some_and(|t| t.len() == 20 && t.ends_with('Z')), "{:?}", entries[1]);
+    let mut conn = connect(webd.addr());
+    conn.send(b"HEAD /pub/ HTTP/1.1\r\nHost: t\r\n\r\nGET /pub/a%20b.txt HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    let head = conn.head_response(IO_TIMEOUT).expect("HEAD");
+    assert_eq!((head.status, head.header("content-length")), (200, Some(page.body.len().to_string().as_str())));
+    assert_eq!(conn.response(IO_TIMEOUT).expect("the file").body, b"hello", "no body after the HEAD's head");
+    assert_eq!(redirect(&webd, "/pub"), (301, Some("/pub/".into())));
+    assert_eq!(status(&webd, "/"), 200, "a directory with an index serves it");
+    assert_eq!(status(&webd, "/pub/sub/"), 200);
+    assert_eq!(status(&webd, "/pub/.hidden/"), 404);
+}
+
+#[test]
+fn directory_listing_is_off_by_default_and_shows_hidden_entries_when_allowed() {
+    let webd = start_listing("");
+    assert_eq!(listing(&webd, None).status, 404, "no listing unless asked for");
+    drop(webd);
+    let webd = start_listing("directory_listing = true\nhidden_files = \"allow\"\n");
+    let html = String::from_utf8(listing(&webd, None).body).expect("UTF-8");
+    assert!(html.contains("<a href=\".hidden\">.hidden</a>"), "{html}");
+    assert!(!html.contains(">out<"), "{html}");
+}

@@ -12,12 +12,14 @@
 //! - `tree`: the supervised process tree (spawn, crash, hang, backoff, stop, orphans)
 //! - `metrics`: /metrics, /readyz, /status against the real daemon
 //! - `ops`: config file, SIGHUP, systemd notify, --user, access log
-//! - `sites`: site rules from the config file (hidden files, redirects, header rules)
+//! - `sites`: site rules from the config file (hidden files, redirects, header rules,
+//!   fallback, error pages, directory listings)
 //! - `startup`: bad flags and runtime errors at start
 //! - `upgrade`: zero-downtime binary upgrade and rollback
 //! - `http`: the HTTP contract (docs/reference.md, HTTP) against the real binary
 //! - `tls`: HTTPS against the real binary with a CA made in the test: SNI, versions,
 //!   bad certificate files, a listener crash, hostile TLS input
+//! - `vhosts`: `[[sites]]` virtual hosts by Host and SNI, per-site rules, reload
 //! - `hostile`: hostile HTTP, control and admin clients and fd exhaustion, with a normal
 //!   client served throughout and heartbeats measured
 
@@ -39,3 +41,4 @@ mod tls_faults;
 mod tree;
 mod upgrade;
 mod util;
+mod vhosts;

@@ -136,7 +136,7 @@ macro_rules! settings {
 
         impl Config {
             /// The settings `cli` leaves unset, at their defaults; nothing checked yet.
-            fn with_defaults(cli: Cli) -> Config {
+            pub(crate) fn with_defaults(cli: Cli) -> Config {
                 let literal = Cli::literal_defaults();
                 Config {
                     $($key: apply_default!(cli.$key.or(literal.$key), $default),)+

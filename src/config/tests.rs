@@ -70,6 +70,12 @@ fn samples(setting: &Setting) -> [String; 2] {
         "certificates" => [r#"[{cert = "/a.pem", key = "/a.key"}]"#, r#"[{cert = "/b.pem", key = "/b.key"}]"#],
         "hidden_files" => ["\"deny\"", "\"allow\""],
         "fallback" => ["\"/index.html\"", "\"/app.html\""],
+        "error_pages" => ["{}", "{ 404 = \"/404.html\" }"],
+        "directory_listing" => ["false", "true"],
+        "sites" => [
+            "[{ hosts = [\"a.org\"], root = \"/\" }]",
+            "[{ hosts = [\"b.org\"], root = \"/tmp\", fallback = \"/i.html\" }]",
+        ],
         "headers" => ["[]", "[{ match = \"/assets/**\", set = { \"Cache-Control\" = \"no-cache\" } }]"],
         "redirects" => ["[]", "[{ from = \"/old/\", to = \"/new/\", status = 301 }]"],
         "redirect_to_https" => ["false", "true"],
@@ -139,6 +145,9 @@ fn what_a_reload_changes_live_is_what_it_always_did() {
         "redirects",
         "headers",
         "fallback",
+        "error_pages",
+        "directory_listing",
+        "sites",
         "compress_cache_mib",
         "redirect_to_https",
     ];
@@ -237,4 +246,84 @@ fn a_bad_header_rule_is_refused_naming_the_file_and_the_rule() {
         assert!(refused.contains("/etc/webd/webd.toml") && refused.contains("headers[1]"), "{refused}");
         assert!(refused.contains(needle), "{needle}: {refused}");
     }
+}
+
+#[test]
+fn a_bad_error_page_is_refused_naming_the_file_and_the_key() {
+    for (bad, needle) in [
+        ("{ 401 = \"/401.html\" }", "\"401\""),
+        ("{ nope = \"/x.html\" }", "\"nope\""),
+        ("{ 404 = \"404.html\" }", "404 = \"404.html\""),
+        ("{ 404 = \"/errors/\" }", "beneath the root"),
+        ("{ 404 = \"/../404.html\" }", "beneath the root"),
+    ] {
+        let text = format!("error_pages = {bad}\n");
+        let refused = file_settings(&text, Path::new("/etc/webd/webd.toml")).expect_err(bad).to_string();
+        assert!(refused.contains("/etc/webd/webd.toml") && refused.contains("error_pages"), "{refused}");
+        assert!(refused.contains(needle), "{needle}: {refused}");
+    }
+    let file = file_settings("error_pages = { 404 = \"/404.html\", 403 = \"/e/403.htm\" }\n", Path::new("/w.toml"))
+        .expect("good pages");
+    assert_eq!(file.error_pages.expect("given").len(), 2);
+}
+
+#[test]
+fn a_missing_error_page_file_is_a_warning_naming_it() {
+    let root = tempfile::tempdir().expect("tmp");
+    std::fs::write(root.path().join("404.html"), "gone").expect("write");
+    let mut config = Config::with_defaults(Cli::default());
+    config.root = root.path().to_path_buf();
+    config.error_pages = [("404", "/404.html"), ("403", "/403.html")].map(|(k, v)| (k.into(), v.into())).into();
+    let warnings = config.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("403") && warnings[0].contains("403.html"), "{warnings:?}");
+}
+
+#[test]
+fn a_bad_site_is_refused_naming_the_file_and_the_site() {
+    let good = "[[sites]]\nhosts = [\"a.org\", \"*.a.org\"]\nroot = \"/\"\n";
+    for (bad, needle) in [
+        ("hosts = [\"A.org\"]\nroot = \"/\"\n", "also claimed by sites[0]"),
+        ("hosts = []\nroot = \"/\"\n", "names no host"),
+        ("hosts = [\"b.*.org\"]\nroot = \"/\"\n", "wildcard"),
+        ("hosts = [\"*\"]\nroot = \"/\"\n", "wildcard"),
+        ("hosts = [\"b.org:8080\"]\nroot = \"/\"\n", "port"),
+        ("hosts = [\"b..org\"]\nroot = \"/\"\n", "not a host name"),
+        ("hosts = [\"b.org\"]\nroot = \"/no/such/dir/here\"\n", "/no/such/dir/here"),
+        ("hosts = [\"b.org\"]\nroot = \"/\"\nfallback = \"x\"\n", "fallback"),
+        ("hosts = [\"b.org\"]\nroot = \"/\"\nerror_pages = { 999 = \"/x.html\" }\n", "999"),
+        (
+            "hosts = [\"b.org\"]\nroot = \"/\"\n[[sites.redirects]]\nfrom = \"/a\"\nto = \"/b\"\nstatus = 303\n",
+            "redirects[0]",
+        ),
+    ] {
+        let text = format!("{good}[[sites]]\n{bad}");
+        let refused = file_settings(&text, Path::new("/etc/webd/webd.toml")).expect_err(bad).to_string();
+        assert!(refused.contains("/etc/webd/webd.toml") && refused.contains("sites[1] (hosts = ["), "{refused}");
+        assert!(refused.contains(needle), "{needle}: {refused}");
+    }
+    let unknown = format!("{good}[[sites]]\nhosts = [\"b.org\"]\nroot = \"/\"\nlisting = true\n");
+    let refused = file_settings(&unknown, Path::new("/etc/webd/webd.toml")).expect_err("unknown key").to_string();
+    assert!(refused.contains("line 7") && refused.contains("unknown field `listing`"), "{refused}");
+    let file = file_settings(
+        &format!("{good}[[sites]]\nhosts = [\"[::1]\", \"b_c.org\"]\nroot = \"tmp/..\"\n"),
+        Path::new("/w.toml"),
+    )
+    .expect("good sites");
+    let sites = file.sites.expect("given");
+    assert_eq!(sites[1].root, Path::new("/"), "relative to the file's directory, canonical");
+}
+
+#[test]
+fn a_site_takes_the_rules_it_does_not_set_from_the_top_level() {
+    let text =
+        "fallback = \"/app.html\"\ndirectory_listing = true\n[[headers]]\nmatch = \"/**\"\nset = { X = \"1\" }\n\
+                [[sites]]\nhosts = [\"a.org\"]\nroot = \"/\"\nhidden_files = \"allow\"\nheaders = []\n";
+    let mut config = Config::with_defaults(file_settings(text, Path::new("/w.toml")).expect("parses"));
+    config.root = "/tmp".into();
+    let top = config.default_site_rules();
+    let site = config.sites[0].rules(&top);
+    assert_eq!((site.hidden_files, top.hidden_files), (HiddenFiles::Allow, HiddenFiles::Deny));
+    assert_eq!((site.headers.len(), top.headers.len()), (0, 1), "the site's own list replaces the top level's");
+    assert_eq!((site.fallback, site.directory_listing), (Some("/app.html"), true), "inherited");
 }

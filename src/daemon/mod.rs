@@ -262,6 +262,9 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
         version = crate::VERSION,
         "webd starting"
     );
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let tokens = event_loop.once_only_tokens();
     let mut daemon = Daemon {
         event_loop,
@@ -456,6 +459,9 @@ impl Daemon {
             tracing::warn!(key, "reload: the file's value is overridden by a command-line flag");
         }
         let config = reload::apply_live(&self.inherit.config, new);
+        for warning in config.warnings() {
+            tracing::warn!("reload: {warning}");
+        }
         // Certificates are re-read even when their paths did not change: that is how a
         // renewed certificate is taken. A bad file keeps the running ones.
         let tls = crate::tls::TlsMaterial::load(&config).map_err(|e| ReloadRefused::Certificates(e.to_string()))?;

@@ -266,7 +266,7 @@ impl Conn {
                 let exchange = Exchange {
                     peer: &self.peer,
                     sock: &self.sock,
-                    tls: self.tls.is_some(),
+                    tls: self.tls.as_deref(),
                     requests_left: &mut self.requests_left,
                     started,
                 };
@@ -322,7 +322,7 @@ impl Conn {
                 let exchange = Exchange {
                     peer: &self.peer,
                     sock: &self.sock,
-                    tls: self.tls.is_some(),
+                    tls: self.tls.as_deref(),
                     requests_left: &mut self.requests_left,
                     started,
                 };
@@ -656,20 +656,23 @@ struct Exchange<'a> {
     peer: &'a str,
     /// The socket, for the address a redirect names when the request has no Host.
     sock: &'a TcpStream,
-    /// Came over TLS (never redirected to HTTPS).
-    tls: bool,
+    /// The TLS session it came over: never redirected to HTTPS; its SNI name picks the
+    /// site when the request names no host.
+    tls: Option<&'a Session>,
     /// Counted down by each request; the one that takes the last makes its response close.
     requests_left: &'a mut u32,
     /// When the request began to arrive.
     started: Instant,
 }
 
-/// Answers a complete request (its body, if any, already read) into `wbuf`, and logs it.
+/// Answers a complete request (its body, if any, already read) into `wbuf` from its site
+/// (by Host, else the TLS session's SNI name), and logs it.
 fn answer(request: &Request<'_>, shared: &mut Shared, exchange: Exchange<'_>, wbuf: &mut Vec<u8>) -> Plan {
     let last = *exchange.requests_left <= 1;
     *exchange.requests_left = exchange.requests_left.saturating_sub(1);
     let close = shared.force_close || last;
-    let plan = match shared.https_redirect.as_ref().filter(|_| !exchange.tls) {
+    let site = shared.sites.pick(request.target, request.host, exchange.tls.and_then(Session::server_name));
+    let plan = match shared.https_redirect.as_ref().filter(|_| exchange.tls.is_none()) {
         Some(to)
             if to
                 .location(
@@ -684,14 +687,13 @@ fn answer(request: &Request<'_>, shared: &mut Shared, exchange: Exchange<'_>, wb
         }
         _ => {
             let buffers = (&mut shared.scratch, &mut shared.codings);
-            response::respond(request, &shared.root, &shared.rules, &shared.date, buffers, close, wbuf)
+            response::respond(request, &site.root, &site.rules, &shared.date, buffers, close, wbuf)
         }
     };
     if let Some(log) = shared.access_log.as_mut() {
         log.record(&Entry {
             client: exchange.peer,
-            // Virtual hosts (SPEC section 7) name the site that answered here.
-            site: access_log::DEFAULT_SITE,
+            site: &site.name,
             request: Some(request),
             status: plan.status,
             bytes: plan.body_len(),

@@ -108,7 +108,7 @@ impl std::ops::IndexMut<Coding> for ByEncoding {
 }
 
 /// Weights in thousandths (q=0.5 is 500), 0 meaning not acceptable.
-type Weight = u16;
+pub(super) type Weight = u16;
 
 /// What `Accept-Encoding` allows, one weight per coding we have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,7 +188,7 @@ fn parse_element(element: &[u8]) -> Option<(&[u8], Weight)> {
 }
 
 /// `qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )` in thousandths.
-fn parse_qvalue(text: &[u8]) -> Option<Weight> {
+pub(super) fn parse_qvalue(text: &[u8]) -> Option<Weight> {
     let (&unit, rest) = text.split_first()?;
     let fraction = match rest {
         [] => &[][..],

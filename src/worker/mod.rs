@@ -15,11 +15,13 @@ mod conn;
 pub mod date;
 pub mod encoding;
 pub mod https_redirect;
+pub mod listing;
 pub mod path;
 pub mod range;
 pub mod request;
 pub mod response;
 pub mod rules;
+pub mod sites;
 mod tls;
 
 use crate::config::AccessLogTarget;
@@ -37,11 +39,10 @@ use std::time::{Duration, Instant};
 /// How often idle and slow connections are checked against their deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
-/// What every connection shares: the document root, limits, cached date, counters.
+/// What every connection shares: the sites (roots and rules), limits, cached date, counters.
 pub struct Shared {
-    pub root: path::Root,
-    /// Hidden files, redirects, header rules: compiled once, at start.
-    pub rules: rules::Rules,
+    /// The default site and the `[[sites]]`: roots and rules, compiled once, at start.
+    pub sites: sites::Sites,
     pub limits: request::Limits,
     pub date: date::DateCache,
     pub header_timeout: Duration,
@@ -169,7 +170,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         (None, AccessLogTarget::Stderr) => Some(access_log::AccessLog::new(access_log::Sink::Stderr, format)),
         _ => None,
     };
-    let root = path::Root::open(&config.root).with_context(|| format!("document root {}", config.root.display()))?;
+    let sites = sites::Sites::open(&config)?;
     let tls = tls::Acceptor::new(&boot.tls, boot.tickets.as_ref()).context("TLS certificates")?;
     tracing::info!(worker = id, pid = std::process::id(), "worker started");
 
@@ -184,8 +185,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         conns: Slab::default(),
         conn_tokens: event_loop.index_tokens(),
         shared: Shared {
-            root,
-            rules: rules::Rules::compile(&config),
+            sites,
             limits: request::Limits { max_headers: config.max_header_fields as usize, ..request::Limits::default() },
             date: date::DateCache::new(),
             header_timeout: config.header_timeout.duration(),

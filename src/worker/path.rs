@@ -13,7 +13,9 @@
 //!
 //! Files are opened `O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC`: `O_NONBLOCK` keeps a
 //! FIFO in the root from blocking the worker in `open`, and has no effect on regular files.
-//! Anything that is not a regular file or directory (FIFO, socket, device) is 404.
+//! Anything that is not a regular file or directory (FIFO, socket, device) is 404. A
+//! directory without an index file is 404, or [`Resolved::Directory`] when the rules list
+//! directories ([`super::listing`] renders it).
 
 use std::ffi::{CStr, OsStr};
 use std::fs::{File, Metadata};
@@ -84,6 +86,12 @@ pub enum Resolved {
         /// `Content-Type` from the file name's extension.
         content_type: &'static str,
     },
+    /// A directory named with its trailing slash that has no index file, when the rules
+    /// list directories. `scratch` then holds its normalized path (ending in `/`).
+    Directory {
+        /// The directory, open for reading its entries.
+        dir: File,
+    },
     /// A directory named without its trailing slash. `scratch` then holds the complete
     /// `Location` value: the normalized path re-encoded, `/`, and the query if any.
     RedirectToSlash,
@@ -149,7 +157,7 @@ pub fn resolve(root: &Root, rules: &Rules, target: &[u8], scratch: &mut Vec<u8>,
     if rules.hides(scratch) {
         return Resolved::Hidden;
     }
-    open_normalized(root, parts.query, scratch)
+    open_normalized(root, parts.query, rules.lists_directories(), scratch)
 }
 
 /// A request-target split into the path to decode and the query (with its `?`, or empty).
@@ -272,7 +280,8 @@ pub fn normalize_dot_segments(path: &mut Vec<u8>) -> Result<(), Refusal> {
 }
 
 /// Opens the normalized path held in `scratch` and decides what it resolves to.
-fn open_normalized(root: &Root, query: &[u8], scratch: &mut Vec<u8>) -> Resolved {
+/// `list`: a directory without an index file is [`Resolved::Directory`], not `NotFound`.
+fn open_normalized(root: &Root, query: &[u8], list: bool, scratch: &mut Vec<u8>) -> Resolved {
     let path_len = scratch.len();
     let names_directory = scratch.ends_with(b"/");
     let (file, meta) = match open_regular_or_directory(root, scratch) {
@@ -291,11 +300,14 @@ fn open_normalized(root: &Root, query: &[u8], scratch: &mut Vec<u8>) -> Resolved
         write_slash_location(scratch, query);
         return Resolved::RedirectToSlash;
     }
-    drop(file);
     scratch.truncate(path_len);
     scratch.extend_from_slice(INDEX_FILE);
     match open_regular_or_directory(root, scratch) {
         Ok((file, meta)) if meta.is_file() => Resolved::File { file, meta, content_type: content_type_for(INDEX_FILE) },
+        Ok(_) | Err(Refusal::NotFound) if list => {
+            scratch.truncate(path_len);
+            Resolved::Directory { dir: file }
+        }
         Ok(_) => Resolved::NotFound,
         Err(refusal) => refusal.into(),
     }
@@ -313,6 +325,17 @@ pub fn open_regular_or_directory(root: &Root, scratch: &mut Vec<u8>) -> Result<(
     let relative = CStr::from_bytes_with_nul(&scratch[1..]).map_err(|_| Refusal::BadRequest)?;
     let file = open_beneath(root, relative).map_err(refusal_for_errno)?;
     let meta = file.metadata().map_err(|_| Refusal::ServerError)?;
+    Ok((file, meta))
+}
+
+/// Opens the regular file at `relative` (no leading `/`) beneath the root, for a page the
+/// configuration names (an error page): not a request's path, so no rule applies.
+pub fn open_file_beneath(root: &Root, relative: &CStr) -> Result<(File, Metadata), Refusal> {
+    let file = open_beneath(root, relative).map_err(refusal_for_errno)?;
+    let meta = file.metadata().map_err(|_| Refusal::ServerError)?;
+    if !meta.is_file() {
+        return Err(Refusal::NotFound);
+    }
     Ok((file, meta))
 }
 
@@ -407,7 +430,7 @@ pub(super) fn push_percent_encoded(out: &mut Vec<u8>, byte: u8, keep: bool) {
 }
 
 /// `Content-Type` for a file name, from its extension; all static strings.
-fn content_type_for(path: &[u8]) -> &'static str {
+pub(super) fn content_type_for(path: &[u8]) -> &'static str {
     let name = &path[path.iter().rposition(|&b| b == b'/').map_or(0, |slash| slash + 1)..];
     let Some(dot) = name.iter().rposition(|&b| b == b'.') else {
         return DEFAULT_CONTENT_TYPE;

@@ -184,6 +184,8 @@ pub struct Request<'a> {
     pub range: Option<&'a [u8]>,
     /// The Accept-Encoding field lines.
     pub accept_encoding: FieldLines<'a>,
+    /// The Accept field lines (a directory listing's format).
+    pub accept: FieldLines<'a>,
     /// How the body that follows the head is framed; the loop reads and discards it.
     pub body: Framing,
     /// `Expect: 100-continue` in an HTTP/1.1 request (HTTP/1.0 ones are ignored, RFC
@@ -384,6 +386,8 @@ struct HeaderFields<'a> {
     range_repeated: bool,
     accept_encoding: Option<&'a [u8]>,
     accept_encoding_repeated: bool,
+    accept: Option<&'a [u8]>,
+    accept_repeated: bool,
     referer: Option<&'a [u8]>,
     user_agent: Option<&'a [u8]>,
 }
@@ -405,6 +409,7 @@ impl<'a> HeaderFields<'a> {
             4 if is("host") => self.absorb_host(value)?,
             5 if is("range") => self.absorb_range(value),
             6 if is("expect") => self.expect_continue |= has_element(value, b"100-continue"),
+            6 if is("accept") => note_line(&mut self.accept, &mut self.accept_repeated, value),
             7 if is("referer") => keep_first(&mut self.referer, value),
             8 if is("if-match") => note_line(&mut self.if_match, &mut self.if_match_repeated, value),
             8 if is("if-range") => keep_first(&mut self.if_range, value),
@@ -532,6 +537,7 @@ impl<'a> HeaderFields<'a> {
             if_range: self.if_range,
             range: if self.range_repeated { None } else { self.range },
             accept_encoding: lines("accept-encoding", self.accept_encoding, self.accept_encoding_repeated),
+            accept: lines("accept", self.accept, self.accept_repeated),
             body,
             expect_continue: self.expect_continue && minor_version == 1 && body != Framing::None,
             method_name: method.as_bytes(),

@@ -38,7 +38,8 @@ use std::rc::Rc;
 use super::compress_cache::CompressCache;
 use super::date::{format_http_date, parse_http_date, DateCache, HTTP_DATE_LEN};
 use super::encoding::{self, Coding, Content, Representation};
-use super::path::{resolve, Resolved, Root};
+use super::listing::{self, Format};
+use super::path::{open_file_beneath, resolve, Resolved, Root};
 use super::range::{parse_ranges, ByteRange, RangeRequest, RangeSet};
 use super::request::{ErrorKind, Method, Request};
 use super::rules::{Matched, Rules};
@@ -239,6 +240,7 @@ pub fn respond(
         close: force_close || !req.keep_alive,
         omit_body: req.method == Method::Head,
         rules,
+        root: Some(root),
         matched: Matched::NONE,
     };
     match req.method {
@@ -254,6 +256,10 @@ pub fn respond(
             let chosen =
                 encoding::represent(req.accept_encoding.values(), root, scratch, file, codings, date.now_secs());
             serve_file(req, &reply, chosen, content_type, head)
+        }
+        Resolved::Directory { dir } => {
+            let format = Format::preferred(req.accept.values());
+            reply.listing(listing::render(dir, root, rules, scratch, format), format, head)
         }
         Resolved::RedirectToSlash => reply.error_with(301, head, |head| push_header(head, b"Location", scratch)),
         Resolved::Redirect(status) => reply.error_with(status, head, |head| push_header(head, b"Location", scratch)),
@@ -286,8 +292,15 @@ pub fn respond(
 /// parse error or a timeout. The connection always closes afterwards.
 pub fn error_head(kind: ErrorKind, date: &DateCache, head: &mut Vec<u8>) -> Plan {
     static NO_RULES: Rules = Rules::NONE;
-    let reply =
-        Reply { date, minor_version: 1, close: true, omit_body: false, rules: &NO_RULES, matched: Matched::NONE };
+    let reply = Reply {
+        date,
+        minor_version: 1,
+        close: true,
+        omit_body: false,
+        rules: &NO_RULES,
+        root: None,
+        matched: Matched::NONE,
+    };
     reply.error(kind.status(), head)
 }
 
@@ -308,6 +321,7 @@ pub fn redirect(
         close: force_close || !req.keep_alive,
         omit_body: req.method == Method::Head,
         rules: &NO_RULES,
+        root: None,
         matched: Matched::NONE,
     };
     reply.error_with(status, head, |head| push_header(head, b"Location", location))
@@ -326,6 +340,8 @@ struct Reply<'d> {
     close: bool,
     omit_body: bool,
     rules: &'d Rules,
+    /// Where the site's error pages are; `None` before a request (and its site) is known.
+    root: Option<&'d Root>,
     /// The `[[headers]]` rules whose headers this response carries.
     matched: Matched,
 }
@@ -365,8 +381,18 @@ impl Reply<'_> {
         self.error_with(status, head, |_| {})
     }
 
-    /// A response whose body is the built-in page for `status`; `extra` adds headers.
+    /// A response whose body is the site's error page for `status` or else the built-in
+    /// one; `extra` adds headers.
     fn error_with(&self, status: u16, head: &mut Vec<u8>, extra: impl FnOnce(&mut Vec<u8>)) -> Plan {
+        if let Some((file, len, content_type)) = self.site_error_page(status) {
+            self.start(status, head);
+            extra(head);
+            push_header(head, b"Content-Type", content_type.as_bytes());
+            push_decimal_header(head, b"Content-Length", len);
+            self.finish(head);
+            let body = if self.omit_body || len == 0 { Body::None } else { Body::File { file, offset: 0, len } };
+            return self.plan(status, body);
+        }
         let page = error_page(status);
         self.start(status, head);
         extra(head);
@@ -379,6 +405,15 @@ impl Reply<'_> {
         self.plan(status, Body::None)
     }
 
+    /// The `error_pages` file for `status`, open, with its length and type. A page that
+    /// cannot be opened (missing, a directory, out of the root) leaves the built-in one.
+    /// Not a representation of the resource: no validators, no ranges, no 304.
+    fn site_error_page(&self, status: u16) -> Option<(File, u64, &'static str)> {
+        let page = self.rules.error_page(status)?;
+        let (file, meta) = open_file_beneath(self.root?, page.relative()).ok()?;
+        Some((file, meta.len(), page.content_type))
+    }
+
     /// `OPTIONS *`: what the server as a whole allows, no content (RFC 9110 §9.3.7).
     /// `OPTIONS *`: the server as a whole, which answers OPTIONS too (HTTPolice 1115).
     fn options(&self, head: &mut Vec<u8>) -> Plan {
@@ -387,6 +422,19 @@ impl Reply<'_> {
         push_decimal_header(head, b"Content-Length", 0);
         self.finish(head);
         self.plan(200, Body::None)
+    }
+
+    /// A directory listing: its own representation per `Accept`, no validators.
+    fn listing(&self, body: Vec<u8>, format: Format, head: &mut Vec<u8>) -> Plan {
+        let len = body.len() as u64;
+        self.start(200, head);
+        push_header(head, b"Content-Type", format.content_type());
+        push_decimal_header(head, b"Content-Length", len);
+        push_header(head, b"Vary", b"Accept");
+        self.finish(head);
+        let body =
+            if self.omit_body || len == 0 { Body::None } else { Body::Memory { bytes: body.into(), offset: 0, len } };
+        self.plan(200, body)
     }
 
     fn not_modified(&self, validators: &Validators, head: &mut Vec<u8>) -> Plan {

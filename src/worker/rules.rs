@@ -1,12 +1,14 @@
 //! The site rules of SPEC section 7, compiled once per worker from the `Config` it was
-//! started with: hidden files, redirects, header rules. Each request consults them on its
+//! started with (one set per site): hidden files, redirects, header rules, the fallback,
+//! error pages, directory listings. Each request consults them on its
 //! decoded, normalized path (see [`super::path`]) before any file is opened.
 //!
 //! With no rule configured a lookup is a length check on an empty slice: the plain path
 //! allocates nothing and does no more work than before.
 
-use super::path::{is_path_safe, push_percent_encoded};
-use crate::config::{Config, HeaderRule, HiddenFiles, Redirect, MAX_HEADER_RULES};
+use super::path::{content_type_for, is_path_safe, push_percent_encoded};
+use crate::config::{HeaderRule, HiddenFiles, Redirect, SiteRules, MAX_HEADER_RULES};
+use std::ffi::{CStr, CString};
 
 /// The first path segment that `hidden_files = "deny"` leaves served (RFC 8615).
 const WELL_KNOWN: &[u8] = b"/.well-known";
@@ -19,6 +21,33 @@ pub struct Rules {
     headers: Vec<CompiledHeaders>,
     /// The target served when a path matches no file.
     fallback: Option<Box<[u8]>>,
+    /// `error_pages`, a handful at most: a scan beats a map.
+    error_pages: Vec<ErrorPage>,
+    /// A directory without an index file is listed.
+    list_directories: bool,
+}
+
+/// One `error_pages` entry, ready to open.
+#[derive(Debug)]
+pub struct ErrorPage {
+    status: u16,
+    /// The file's path relative to the root, NUL-terminated: opened without a copy.
+    relative: CString,
+    /// `Content-Type` from the file's extension.
+    pub content_type: &'static str,
+}
+
+impl ErrorPage {
+    /// `None` for an entry the config check refused (a key that is no status, a NUL).
+    fn new(status: &str, path: &str) -> Option<ErrorPage> {
+        let status = status.parse().ok()?;
+        let relative = CString::new(path.trim_start_matches('/')).ok()?;
+        Some(ErrorPage { status, relative, content_type: content_type_for(path.as_bytes()) })
+    }
+
+    pub fn relative(&self) -> &CStr {
+        &self.relative
+    }
 }
 
 /// Which `[[headers]]` rules matched a request's path: one bit per rule, so recording
@@ -156,16 +185,35 @@ impl CompiledRedirect {
 
 impl Rules {
     /// No rule at all: every path is looked up as it is (unit tests of the resolver).
-    pub const NONE: Rules = Rules { deny_hidden: false, redirects: Vec::new(), headers: Vec::new(), fallback: None };
+    pub const NONE: Rules = Rules {
+        deny_hidden: false,
+        redirects: Vec::new(),
+        headers: Vec::new(),
+        fallback: None,
+        error_pages: Vec::new(),
+        list_directories: false,
+    };
 
-    /// Compiles the rules of `config`. The config file's check already refused bad rules.
-    pub fn compile(config: &Config) -> Rules {
+    /// Compiles one site's rules. The config file's check already refused bad rules.
+    pub fn compile(site: &SiteRules<'_>) -> Rules {
         Rules {
-            deny_hidden: config.hidden_files == HiddenFiles::Deny,
-            redirects: config.redirects.iter().map(CompiledRedirect::new).collect(),
-            headers: config.headers.iter().take(MAX_HEADER_RULES).map(CompiledHeaders::new).collect(),
-            fallback: config.fallback.as_ref().map(|path| path.as_bytes().into()),
+            deny_hidden: site.hidden_files == HiddenFiles::Deny,
+            redirects: site.redirects.iter().map(CompiledRedirect::new).collect(),
+            headers: site.headers.iter().take(MAX_HEADER_RULES).map(CompiledHeaders::new).collect(),
+            fallback: site.fallback.map(|path| path.as_bytes().into()),
+            error_pages: site.error_pages.iter().filter_map(|(status, path)| ErrorPage::new(status, path)).collect(),
+            list_directories: site.directory_listing,
         }
+    }
+
+    /// The page configured for `status`, if any.
+    pub fn error_page(&self, status: u16) -> Option<&ErrorPage> {
+        self.error_pages.iter().find(|page| page.status == status)
+    }
+
+    /// Whether a directory without an index file is listed rather than `404`.
+    pub fn lists_directories(&self) -> bool {
+        self.list_directories
     }
 
     /// The target to serve instead of a `404` for a path that matches no file.

@@ -158,6 +158,11 @@ impl Session {
         Ok(true)
     }
 
+    /// The SNI name the client sent, once the ClientHello is in.
+    pub fn server_name(&self) -> Option<&str> {
+        self.tls.server_name()
+    }
+
     /// TLS records are waiting to be sent.
     pub fn wants_write(&self) -> bool {
         self.tls.wants_write()
