@@ -1,5 +1,6 @@
 //! Chaos under load: eight clients mix keep-alive and new-connection requests for a
-//! 1 KiB and a 64 KiB file (every body checked byte for byte) while a random listener,
+//! 1 KiB and a 64 KiB file (every body checked byte for byte), and two more make each
+//! request over a new TLS connection (a full handshake), while a random listener,
 //! manager or worker is SIGKILLed every second, or SIGSTOPped for 0.3–1.5 s and then
 //! continued. Every failed request is recorded with its time and attributed to the
 //! most recent fault within a second before it; the fault injector records when it hit
@@ -32,6 +33,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 8;
+/// Clients over HTTPS, on top of `CLIENTS`: a new connection and handshake per request.
+const TLS_CLIENTS: usize = 2;
+/// The name the chaos certificate is for.
+const TLS_NAME: &str = "chaos.test";
 const WORKERS: u32 = 2;
 /// One fault per second.
 const FAULT_EVERY: Duration = Duration::from_secs(1);
@@ -271,6 +276,49 @@ fn client(id: usize, addr: SocketAddr, files: &'static [File; 2], until: Instant
     t
 }
 
+/// A TLS client thread: each request on a new connection with a full handshake, over
+/// both files, until `until`. TLS connections die with their worker (their state cannot
+/// move), so a worker fault may fail one; a listener or manager fault may not.
+fn tls_client(
+    id: usize,
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    files: &'static [File; 2],
+    until: Instant,
+    seed: u64,
+) -> Tally {
+    let mut rng = Rng::new(seed);
+    let mut t = Tally::default();
+    while Instant::now() < until {
+        let file = &files[rng.range(0, 2) as usize];
+        let started = Instant::now();
+        let result = std::net::TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT)
+            .and_then(|tcp| tls_get(tcp, &config, TLS_NAME, file.path));
+        let (kind, received, detail) = match result {
+            Ok(a) if a.status == 200 && a.body == file.body => {
+                t.ok += 1;
+                t.bytes += file.body.len() as u64;
+                t.latency.record(started.elapsed());
+                continue;
+            }
+            Ok(a) => ("bad response", a.body.len(), format!("status {}, {} body bytes", a.status, a.body.len())),
+            Err(e) => ("tls", 0, e.to_string()),
+        };
+        let at = Instant::now();
+        t.failures.push(Incident {
+            at,
+            started,
+            client: id,
+            path: file.path,
+            how: "tls connection",
+            kind,
+            received,
+            detail,
+        });
+    }
+    t
+}
+
 /// The pid currently serving `role`, from status (never a retiring or starting one).
 fn current_pid(webd: &Webd, role: Role, rng: &mut Rng) -> Option<i32> {
     let status = webd.status_direct(Duration::from_secs(2))?;
@@ -481,7 +529,23 @@ fn run_chaos(kind: FaultKind) {
     let duration = duration_of(kind);
     eprintln!("chaos {}: seed {seed} (WEBD_TEST_SEED={seed} replays it), {duration:?}", kind.name());
     raise_nofile_limit(8192);
-    let (webd, admin) = start_with_admin(Options { workers: WORKERS, ..Default::default() });
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new();
+    let cert = ca.issue(certs.path(), "chaos", &[TLS_NAME]);
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let args = vec![
+        "--tls-listen".to_string(),
+        "127.0.0.1:0".to_string(),
+        "--tls-cert".to_string(),
+        path(&cert.cert),
+        "--tls-key".to_string(),
+        path(&cert.key),
+    ];
+    let (webd, admin) = start_with_admin(Options { workers: WORKERS, args, ..Default::default() });
+    let tls_addr: SocketAddr = wait_for(Duration::from_secs(10), "tls_listen in status", || {
+        webd.status_json()["status"]["tls_listen"].get(0)?.as_str()?.parse().ok()
+    });
+    let tls_config = ca.client(&[]);
     for f in files() {
         std::fs::write(webd.root.join(&f.path[1..]), &f.body).expect("write file");
     }
@@ -506,12 +570,17 @@ fn run_chaos(kind: FaultKind) {
     let stop = AtomicBool::new(false);
     let addr = webd.addr();
     let (tallies, faults) = std::thread::scope(|s| {
-        let clients: Vec<_> = (0..CLIENTS)
+        let client_seed = |id: usize| seed.wrapping_add(id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut clients: Vec<_> = (0..CLIENTS)
             .map(|id| {
-                let seed = seed.wrapping_add(id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let seed = client_seed(id);
                 s.spawn(move || client(id, addr, files(), until, seed))
             })
             .collect();
+        clients.extend((CLIENTS..CLIENTS + TLS_CLIENTS).map(|id| {
+            let (seed, config) = (client_seed(id), tls_config.clone());
+            s.spawn(move || tls_client(id, tls_addr, config, files(), until, seed))
+        }));
         let injector = s.spawn(|| inject(&webd, kind, until, seed, &stop));
         let tallies: Vec<Tally> = clients.into_iter().map(|c| c.join().expect("client thread")).collect();
         stop.store(true, Ordering::Relaxed);
@@ -560,6 +629,8 @@ fn run_chaos(kind: FaultKind) {
         latency.merge(&t.latency);
     }
     let total = ok + failures.len() as u64;
+    let tls_ok: u64 = tallies[CLIENTS..].iter().map(|t| t.ok).sum();
+    let tls_failed: usize = tallies[CLIENTS..].iter().map(|t| t.failures.len()).sum();
     let mut failed_by: BTreeMap<Option<Role>, Vec<&Incident>> = BTreeMap::new();
     for f in &failures {
         failed_by.entry(attribute(&faults, f).map(|i| faults[i].role)).or_default().push(f);
@@ -585,6 +656,9 @@ fn run_chaos(kind: FaultKind) {
         total as f64 / secs,
         bytes as f64 / (1 << 20) as f64,
         server_closes
+    );
+    eprintln!(
+        "Of those, over HTTPS ({TLS_CLIENTS} clients, a full handshake per request): {tls_ok} served, {tls_failed} failed.\n"
     );
     eprintln!(
         "Latency of served requests: p50 {}, p99 {}, p99.9 {}, max {} ms.\n",
@@ -730,6 +804,7 @@ fn run_chaos(kind: FaultKind) {
     assert!(alive(daemon), "the daemon died");
     assert_eq!(status["pid"].as_i64(), Some(daemon as i64), "the daemon was replaced");
     assert!(total >= 200, "only {total} requests in {secs:.0} s: the load did not flow");
+    assert!(tls_ok >= 20, "only {tls_ok} TLS requests in {secs:.0} s: the TLS load did not flow");
     assert!(faults.len() >= min_faults(kind, duration), "only {} faults injected", faults.len());
     for role in [Role::Listener, Role::Manager] {
         // Connections travel listener → worker lane, never through the manager; the one
