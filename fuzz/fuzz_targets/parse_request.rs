@@ -1,6 +1,7 @@
 //! Fuzz target: arbitrary bytes through the whole per-request path (parse, resolve,
-//! respond, error heads, the body that follows a head) against a small document root with
-//! symlinks pointing out of it. Crashes are panics; the target also asserts that nothing
+//! respond, error heads, the chunked or sized body that follows a head) against a small
+//! document root with symlinks pointing out of it, once with no site rule and once with
+//! hidden files denied, a fallback and directory listings on. Crashes are panics; the target also asserts that nothing
 //! outside the root is served and that a body never ends past the input.
 #![no_main]
 
@@ -8,17 +9,22 @@ use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use webd::config::{ErrorPages, HiddenFiles, SiteRules};
 use webd::worker::body::{BodySkipper, Skip};
+use webd::worker::compress_cache::CompressCache;
 use webd::worker::date::DateCache;
 use webd::worker::path::{resolve, Resolved, Root};
 use webd::worker::request::{parse, Limits, Parsed};
 use webd::worker::response::{error_head, respond, Body};
+use webd::worker::rules::{Matched, Rules};
 use libfuzzer_sys::fuzz_target;
 
-/// The document root and the (dev, inode) of the secret file beside it.
+/// The document root, the (dev, inode) of the secret file beside it, and the two rule
+/// sets each input is tried with.
 struct Site {
     root: Root,
     secret: (u64, u64),
+    rules: [Rules; 2],
 }
 
 fn site() -> &'static Site {
@@ -35,9 +41,20 @@ fn site() -> &'static Site {
         symlink("..", dir.join("up")).expect("symlink");
         symlink("a.txt", dir.join("in")).expect("symlink");
         let secret = std::fs::metadata(base.join("secret.txt")).expect("stat");
+        std::fs::write(dir.join(".env"), "hidden").expect("write");
+        let no_pages = Box::leak(Box::new(ErrorPages::new()));
+        let strict = SiteRules {
+            hidden_files: HiddenFiles::Deny,
+            directory_listing: true,
+            fallback: Some("/a.txt"),
+            error_pages: no_pages,
+            headers: &[],
+            redirects: &[],
+        };
         Site {
             root: Root::open(&dir).expect("root"),
             secret: (secret.dev(), secret.ino()),
+            rules: [Rules::NONE, Rules::compile(&strict)],
         }
     })
 }
@@ -47,9 +64,25 @@ fuzz_target!(|data: &[u8]| {
     let date = DateCache::new();
     let mut scratch = Vec::new();
     let mut head = Vec::new();
+    let mut codings = CompressCache::new(1);
+    for rules in &site.rules {
+        one_input(site, rules, data, &date, &mut scratch, &mut codings, &mut head);
+        head.clear();
+    }
+});
 
+fn one_input(
+    site: &Site,
+    rules: &Rules,
+    data: &[u8],
+    date: &DateCache,
+    scratch: &mut Vec<u8>,
+    codings: &mut CompressCache,
+    head: &mut Vec<u8>,
+) {
     // The raw bytes as a target too, so resolve sees far more than valid heads.
-    if let Resolved::File { meta, .. } = resolve(&site.root, data, &mut scratch) {
+    let mut matched = Matched::NONE;
+    if let Resolved::File { meta, .. } = resolve(&site.root, rules, data, scratch, &mut matched) {
         assert_ne!(
             (meta.dev(), meta.ino()),
             site.secret,
@@ -65,7 +98,7 @@ fuzz_target!(|data: &[u8]| {
                     assert!(head_len + used <= data.len(), "body ends past the input");
                 }
             }
-            let plan = respond(&request, &site.root, &date, &mut scratch, false, &mut head);
+            let plan = respond(&request, &site.root, rules, date, (scratch, codings), false, head);
             assert!(head.windows(4).any(|w| w == b"\r\n\r\n"), "head has no end");
             if let Body::File { file, offset, len } = plan.body {
                 let meta = file.metadata().expect("fstat");
@@ -77,9 +110,9 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Parsed::Invalid(kind) => {
-            let plan = error_head(kind, &date, &mut head);
+            let plan = error_head(kind, date, head);
             assert!(plan.close);
         }
         Parsed::Partial => {}
     }
-});
+}
