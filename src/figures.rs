@@ -45,6 +45,8 @@ pub struct Figures {
     pub busy_ns: u64,
     /// Worker: TLS handshakes.
     pub tls: Tls,
+    /// Worker: connections of retiring or dead workers carried on, by how.
+    pub rescued: Rescued,
     /// Supervision of each role: the daemon's of listener and manager, the manager's of
     /// its workers.
     pub supervision: ByRole<Supervision>,
@@ -62,6 +64,29 @@ pub struct Tls {
     pub resumed: u64,
     /// Durations of completed handshakes over `TLS_HANDSHAKE_BUCKETS`.
     pub duration: Histogram,
+}
+
+/// Connections a retiring (or dying) worker did not simply close, by how (the `how`
+/// label of `webd_connections_rescued_total`). A retiring worker counts `migrated`; the
+/// other kinds belong to the rescue of a dead worker's connections (SPEC section 8).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rescued {
+    /// Handed at a request boundary to a live worker, with the bytes received so far.
+    pub migrated: u64,
+    pub idle: u64,
+    pub replayed: u64,
+    pub resumed: u64,
+    pub closed: u64,
+}
+
+impl Rescued {
+    /// Label value and count, in the order `/metrics` shows them.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        let Rescued { migrated, idle, replayed, resumed, closed } = *self;
+        [("migrated", migrated), ("idle", idle), ("replayed", replayed), ("resumed", resumed), ("closed", closed)]
+            .into_iter()
+    }
 }
 
 /// How the supervision of one role went.
@@ -246,6 +271,18 @@ impl Growth for Tls {
     }
 }
 
+impl Growth for Rescued {
+    fn growth_since(&self, before: &Rescued) -> Rescued {
+        Rescued {
+            migrated: self.migrated.growth_since(&before.migrated),
+            idle: self.idle.growth_since(&before.idle),
+            replayed: self.replayed.growth_since(&before.replayed),
+            resumed: self.resumed.growth_since(&before.resumed),
+            closed: self.closed.growth_since(&before.closed),
+        }
+    }
+}
+
 impl Growth for Supervision {
     fn growth_since(&self, before: &Supervision) -> Supervision {
         Supervision {
@@ -277,6 +314,7 @@ impl Growth for Figures {
             duration: self.duration.growth_since(&before.duration),
             busy_ns: self.busy_ns.growth_since(&before.busy_ns),
             tls: self.tls.growth_since(&before.tls),
+            rescued: self.rescued.growth_since(&before.rescued),
             supervision: self.supervision.growth_since(&before.supervision),
         }
     }
@@ -324,6 +362,16 @@ impl AddAssign<&Tls> for Tls {
     }
 }
 
+impl AddAssign<&Rescued> for Rescued {
+    fn add_assign(&mut self, other: &Rescued) {
+        self.migrated += other.migrated;
+        self.idle += other.idle;
+        self.replayed += other.replayed;
+        self.resumed += other.resumed;
+        self.closed += other.closed;
+    }
+}
+
 impl AddAssign<&Supervision> for Supervision {
     fn add_assign(&mut self, other: &Supervision) {
         self.missed_heartbeats += other.missed_heartbeats;
@@ -350,6 +398,7 @@ impl AddAssign<&Figures> for Figures {
         self.duration += &other.duration;
         self.busy_ns += other.busy_ns;
         self.tls += &other.tls;
+        self.rescued += &other.rescued;
         self.supervision += &other.supervision;
     }
 }
@@ -444,6 +493,20 @@ mod tests {
         let total = acc.total().by_encoding;
         assert_eq!((total.identity, total.br, total.zstd, total.gzip), (0, 6, 0, 1));
         assert_eq!(total.iter().map(|(name, _)| name).collect::<Vec<_>>(), ["identity", "br", "zstd", "gzip"]);
+    }
+
+    #[test]
+    fn rescued_connections_grow_and_add_up_per_process() {
+        let mut acc = Accumulator::default();
+        let report = |migrated| Figures { rescued: Rescued { migrated, ..Default::default() }, ..Default::default() };
+        acc.fold(1, &report(3));
+        acc.fold(1, &report(5));
+        acc.fold(2, &report(2)); // another worker
+        let total = acc.total().rescued;
+        assert_eq!(
+            total.iter().collect::<Vec<_>>(),
+            [("migrated", 7), ("idle", 0), ("replayed", 0), ("resumed", 0), ("closed", 0)]
+        );
     }
 
     #[test]

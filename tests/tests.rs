@@ -8,6 +8,8 @@
 //!   ranges of encoded bytes, the by-encoding metric)
 //! - `flags`: --max-requests-per-connection, --access-log-format json, --check-config
 //! - `defects`: defects an operator met in the first hour, each with its test
+//! - `handover`: keep-alive connections handed to live workers at graceful retirement
+//!   (restart, scale down, SIGHUP): no client connection closed; TLS ones still close
 //! - `systemd`: the dist/systemd units under a real systemd (systemd-sandbox; needs root)
 //! - `tree`: the supervised process tree (spawn, crash, hang, backoff, stop, orphans)
 //! - `metrics`: /metrics, /readyz, /status against the real daemon
@@ -29,6 +31,7 @@ mod control;
 mod defects;
 mod encoding;
 mod flags;
+mod handover;
 mod hostile;
 mod http;
 mod metrics;

@@ -64,6 +64,12 @@ pub const CONNECTIONS_ACCEPTED: MetricDef =
     def("webd_connections_accepted_total", COUNTER, &[], "TCP connections accepted by the listener.");
 pub const CONNECTIONS_ACTIVE: MetricDef =
     def("webd_connections_active", GAUGE, &[], "HTTP connections currently open in the workers.");
+pub const CONNECTIONS_RESCUED: MetricDef = def(
+    "webd_connections_rescued_total",
+    COUNTER,
+    &["how"],
+    "Connections of retiring or dead workers carried on instead of closed, by how (migrated, idle, replayed, resumed, closed).",
+);
 pub const HTTP_REQUESTS: MetricDef =
     def("webd_http_requests_total", COUNTER, &["code"], "HTTP responses sent by the workers, by status code.");
 pub const HTTP_REQUESTS_BY_ENCODING: MetricDef = def(
@@ -121,7 +127,7 @@ pub const TLS_CERTIFICATE_EXPIRY: MetricDef = def(
 );
 
 /// Every `webd_*` metric, in exposition order.
-pub const ALL: [MetricDef; 21] = [
+pub const ALL: [MetricDef; 22] = [
     HEARTBEAT_LATENCY,
     HEARTBEAT_AGE,
     HEARTBEATS_MISSED,
@@ -131,6 +137,7 @@ pub const ALL: [MetricDef; 21] = [
     WORKER_UTILIZATION,
     CONNECTIONS_ACCEPTED,
     CONNECTIONS_ACTIVE,
+    CONNECTIONS_RESCUED,
     HTTP_REQUESTS,
     HTTP_REQUESTS_BY_ENCODING,
     HTTP_REQUEST_DURATION,
@@ -306,6 +313,10 @@ fn traffic_families(o: &Observed) -> Vec<MetricFamily> {
     for (code, n) in f.responses.iter() {
         requests = requests.counter(&[code.to_string().as_str()], n);
     }
+    let mut rescued = Family::new(&CONNECTIONS_RESCUED);
+    for (how, n) in f.rescued.iter() {
+        rescued = rescued.counter(&[how], n);
+    }
     let mut by_encoding = Family::new(&HTTP_REQUESTS_BY_ENCODING);
     for (encoding, n) in f.by_encoding.iter() {
         by_encoding = by_encoding.counter(&[encoding], n);
@@ -313,6 +324,7 @@ fn traffic_families(o: &Observed) -> Vec<MetricFamily> {
     vec![
         Family::new(&CONNECTIONS_ACCEPTED).counter(&[], f.accepted).finish(),
         Family::new(&CONNECTIONS_ACTIVE).gauge(&[], o.connections_active as f64).finish(),
+        rescued.finish(),
         requests.finish(),
         by_encoding.finish(),
         Family::new(&HTTP_REQUEST_DURATION).histogram(&[], &f.duration, &DURATION_BUCKETS).finish(),

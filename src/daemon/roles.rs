@@ -41,10 +41,10 @@ pub trait RoleKind: Child<State = ()> {
     const ROLE: Role;
     /// Its bootstrap: settings and the descriptors it needs.
     fn bootstrap(inherit: &Inheritance, draining: bool) -> <Self::Down as Message>::Lending<'_>;
-    /// Which end of a lane (listener → worker) it gets.
-    fn lane_end(lane: &(OwnedFd, OwnedFd)) -> &OwnedFd;
-    /// The message carrying the lanes of slots `first..`.
-    fn lanes(first: u32, lanes: Vec<Fd<'_>>) -> <Self::Down as Message>::Lending<'_>;
+    /// Descriptors it gets per lane (listener → worker), at most two.
+    const FDS_PER_LANE: usize;
+    /// The message carrying the lanes of slots `first..`: the ends it needs of each.
+    fn lanes(first: u32, lanes: &[(OwnedFd, OwnedFd)]) -> <Self::Down as Message>::Lending<'_>;
     /// A replacement is ready to take over.
     fn is_ready(hb: &Heartbeat) -> bool;
     fn report(up: Self::Up) -> Report;
@@ -60,16 +60,16 @@ pub trait RoleKind: Child<State = ()> {
         Self::send_lanes(channel, &inherit.lanes, 0)
     }
 
-    /// Sends the lanes of slots `first..`, at most `MAX_FDS_PER_MESSAGE` a message.
+    /// Sends the lanes of slots `first..`, at most `MAX_FDS_PER_MESSAGE` fds a message.
     fn send_lanes(
         channel: &mut Channel<Self::Down, Self::Up>,
         lanes: &[(OwnedFd, OwnedFd)],
         first: usize,
     ) -> io::Result<()> {
         let rest = &lanes[first.min(lanes.len())..];
-        for (i, chunk) in rest.chunks(MAX_FDS_PER_MESSAGE).enumerate() {
-            let at = (first + i * MAX_FDS_PER_MESSAGE) as u32;
-            channel.send(&Self::lanes(at, chunk.iter().map(|lane| Fd::lend(Self::lane_end(lane))).collect()))?;
+        let per_message = MAX_FDS_PER_MESSAGE / Self::FDS_PER_LANE;
+        for (i, chunk) in rest.chunks(per_message).enumerate() {
+            channel.send(&Self::lanes((first + i * per_message) as u32, chunk))?;
         }
         Ok(())
     }
@@ -101,13 +101,11 @@ impl RoleKind for Listener {
         }))
     }
 
-    /// The sending end.
-    fn lane_end(lane: &(OwnedFd, OwnedFd)) -> &OwnedFd {
-        &lane.0
-    }
+    /// The sending end of each.
+    const FDS_PER_LANE: usize = 1;
 
-    fn lanes(first: u32, lanes: Vec<Fd<'_>>) -> ToListener<'_> {
-        ToListener::Lanes { first, lanes }
+    fn lanes(first: u32, lanes: &[(OwnedFd, OwnedFd)]) -> ToListener<'_> {
+        ToListener::Lanes { first, lanes: lanes.iter().map(|(send, _)| Fd::lend(send)).collect() }
     }
 
     /// At its first heartbeat.
@@ -145,13 +143,16 @@ impl RoleKind for Manager {
         }))
     }
 
-    /// The receiving end, for its workers.
-    fn lane_end(lane: &(OwnedFd, OwnedFd)) -> &OwnedFd {
-        &lane.1
-    }
+    /// Both ends: the receiving end for its workers, the sending end for a retiring
+    /// worker's hand-over of its keep-alive connections to a live one.
+    const FDS_PER_LANE: usize = 2;
 
-    fn lanes(first: u32, lanes: Vec<Fd<'_>>) -> ToManager<'_> {
-        ToManager::Lanes { first, lanes }
+    fn lanes(first: u32, lanes: &[(OwnedFd, OwnedFd)]) -> ToManager<'_> {
+        ToManager::Lanes {
+            first,
+            lanes: lanes.iter().map(|(_, receive)| Fd::lend(receive)).collect(),
+            senders: lanes.iter().map(|(send, _)| Fd::lend(send)).collect(),
+        }
     }
 
     /// Once every worker of its new pool is up.

@@ -45,10 +45,13 @@ pub enum ToManager<'a> {
     Drain,
     /// Undo `Drain`; answered with `Applied`.
     Resume,
-    /// The receiving ends of the lanes of slots `first..` (for its workers).
+    /// The receiving ends of the lanes of slots `first..` (for its workers), and their
+    /// sending ends (for a retiring worker's hand-over, [`ToWorker::HandOver`]).
     Lanes {
         first: u32,
         lanes: Vec<Fd<'a>>,
+        #[serde(default)]
+        senders: Vec<Fd<'a>>,
     },
     /// Grow or shrink the worker pool; answered with `Done`.
     Scale {
@@ -90,6 +93,12 @@ pub enum ToWorker<'a> {
     Connections(Connections<'a>),
     /// Rotated session-ticket keys.
     TicketKeys(Box<TicketKeys>),
+    /// Sent just before `Shutdown`: the sending end of a live worker's lane. Retiring,
+    /// hand each plain keep-alive connection through it at its next request boundary
+    /// (with the bytes received and not yet processed) instead of closing it.
+    HandOver {
+        lane: Fd<'a>,
+    },
 }
 
 /// Manager → daemon.
@@ -181,11 +190,19 @@ pub struct Connections<'a>(pub Vec<Connection<'a>>);
 pub struct Connection<'a> {
     pub fd: Fd<'a>,
     pub transport: Transport,
+    /// A hand-over: the request bytes the retiring worker read from it and did not
+    /// process (often none), which the receiver takes as if it had just read them.
+    /// `None` for a new connection.
+    pub carried: Option<Vec<u8>>,
 }
 
 impl<'a> Connection<'a> {
     pub fn plain(fd: Fd<'a>) -> Connection<'a> {
-        Connection { fd, transport: Transport::Plain }
+        Connection { fd, transport: Transport::Plain, carried: None }
+    }
+
+    pub fn new(fd: Fd<'a>, transport: Transport) -> Connection<'a> {
+        Connection { fd, transport, carried: None }
     }
 }
 
@@ -197,38 +214,70 @@ pub enum Transport {
     Tls,
 }
 
-/// On the wire a plain connection is its descriptor's index, as it always was (`[0]`), and
-/// a TLS one `{"tls":index}`.
+/// On the wire a plain connection is its descriptor's index, as it always was (`[0]`), a
+/// TLS one `{"tls":index}`, and a plain one handed over with bytes
+/// `{"plain":index,"carried":"<hex>"}` (TLS connections are never handed over).
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
 enum WireConnection<F> {
     Plain(F),
     Tls { tls: F },
+    Carrying { plain: F, carried: String },
 }
 
 impl Serialize for Connection<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.transport {
-            Transport::Plain => WireConnection::Plain(&self.fd).serialize(s),
-            Transport::Tls => WireConnection::Tls { tls: &self.fd }.serialize(s),
+        match (self.transport, &self.carried) {
+            (Transport::Plain, None) => WireConnection::Plain(&self.fd).serialize(s),
+            (Transport::Plain, Some(carried)) => {
+                WireConnection::Carrying { plain: &self.fd, carried: hex(carried) }.serialize(s)
+            }
+            (Transport::Tls, _) => WireConnection::Tls { tls: &self.fd }.serialize(s),
         }
     }
+}
+
+/// Lower-case hex: JSON carries text, and request bytes need not be UTF-8.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
+}
+
+/// The bytes of `hex`'s output; `None` for anything else.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let text = text.as_bytes();
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    text.chunks(2).map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?)).collect()
 }
 
 /// Keeps the connections that arrived when some did not (a receiver out of
 /// descriptors, `MSG_CTRUNC`, which `Channel::recv` reports): each one is a client.
 impl<'de> Deserialize<'de> for Connections<'_> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
         let wire = Vec::<WireConnection<u64>>::deserialize(d)?;
         let take = |i: u64| super::fd::take_incoming(i as usize).map(Fd::Owned);
-        Ok(Connections(
-            wire.into_iter()
-                .filter_map(|c| match c {
-                    WireConnection::Plain(i) => take(i).map(|fd| Connection { fd, transport: Transport::Plain }),
-                    WireConnection::Tls { tls } => take(tls).map(|fd| Connection { fd, transport: Transport::Tls }),
-                })
-                .collect(),
-        ))
+        let mut conns = Vec::with_capacity(wire.len());
+        for c in wire {
+            let conn = match c {
+                WireConnection::Plain(i) => take(i).map(|fd| Connection::new(fd, Transport::Plain)),
+                WireConnection::Tls { tls } => take(tls).map(|fd| Connection::new(fd, Transport::Tls)),
+                WireConnection::Carrying { plain, carried } => {
+                    let carried = unhex(&carried).ok_or_else(|| D::Error::custom("carried bytes are not hex"))?;
+                    take(plain).map(|fd| Connection { fd, transport: Transport::Plain, carried: Some(carried) })
+                }
+            };
+            conns.extend(conn);
+        }
+        Ok(Connections(conns))
     }
 }
 

@@ -333,7 +333,7 @@ mod tests {
         let mut reader = LaneReader::new(b);
         for (transport, encoded) in [(Transport::Plain, ONE_CONNECTION), (Transport::Tls, ONE_TLS_CONNECTION)] {
             lane.tx.clear();
-            lane.send(&Connections(vec![Connection { fd: Fd::lend(&x), transport }])).expect("send");
+            lane.send(&Connections(vec![Connection::new(Fd::lend(&x), transport)])).expect("send");
             assert_eq!(lane.tx, encoded);
             lane.send_connection(x.as_fd(), transport).expect("send");
             for _ in 0..2 {
@@ -354,7 +354,7 @@ mod tests {
         let (x, _y) = sys::seqpacket_pair().expect("pair");
         let mut tx: Channel<ToWorker<'static>, Heartbeat> = Channel::new(a);
         let mut rx: Channel<Heartbeat, ToWorker<'static>> = Channel::new(b);
-        let two = vec![Connection::plain(Fd::lend(&x)), Connection { fd: Fd::lend(&x), transport: Transport::Tls }];
+        let two = vec![Connection::plain(Fd::lend(&x)), Connection::new(Fd::lend(&x), Transport::Tls)];
         tx.send(&ToWorker::Connections(Connections(two))).expect("send");
         tx.send(&ToWorker::ReopenLog(Fd::lend(&x))).expect("send");
         tx.send(&ToWorker::Shutdown { deadline_ms: 7 }).expect("send");
@@ -375,6 +375,28 @@ mod tests {
         }
         drop(tx);
         assert!(matches!(rx.recv(), Ok(Recv::Closed)));
+    }
+
+    /// A hand-over carries the bytes the retiring worker read and did not process, any
+    /// bytes at all, beside connections that carry none.
+    #[test]
+    fn a_handed_over_connection_arrives_with_its_carried_bytes() {
+        let (a, b) = sys::seqpacket_pair().expect("pair");
+        let (x, _y) = sys::seqpacket_pair().expect("pair");
+        let mut lane = Lane::new(a);
+        let mut reader = LaneReader::new(b);
+        let carried: Vec<u8> = b"GET / HTTP/1.1\r\nHo".iter().copied().chain([0, 0xff, b'"']).collect();
+        let handed = |carried| Connection { fd: Fd::lend(&x), transport: Transport::Plain, carried: Some(carried) };
+        let conns = vec![Connection::plain(Fd::lend(&x)), handed(Vec::new()), handed(carried.clone())];
+        lane.send(&Connections(conns)).expect("send");
+        match reader.recv() {
+            Ok(Recv::Message(Connections(conns))) => {
+                let got: Vec<_> = conns.iter().map(|c| (c.transport, c.carried.clone())).collect();
+                let want = [None, Some(Vec::new()), Some(carried)].map(|c| (Transport::Plain, c));
+                assert_eq!(got, want, "a new connection, an idle one handed over, one with bytes");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -157,7 +157,7 @@ fn handle_control(control: &mut ManagerControl, pool: &mut WorkerPool, registry:
                 Ok(fd) => pool.set_access_log(Some(fd)),
                 Err(e) => tracing::warn!(error = %e, "cannot take the reopened access log"),
             },
-            ToManager::Lanes { first, lanes } => pool.add_lanes(first, lanes),
+            ToManager::Lanes { first, lanes, senders } => pool.add_lanes(first, lanes, senders),
             ToManager::Shutdown { deadline_ms } => {
                 let grace = Duration::from_millis(deadline_ms);
                 pool.shutdown(grace);

@@ -14,7 +14,7 @@ use crate::event_loop::Tokens;
 use crate::figures::{Figures, Supervision, LATENCY_BUCKETS};
 use crate::ipc::{
     Connection, Connections, Fd, FromManager, Heartbeat, LaneReader, LaneState, Recv, RecvError, Steer, SteeringSender,
-    ToWorker, Transport, WorkerBootstrap, WorkerControl, WorkerLink, WorkerReport,
+    ToWorker, WorkerBootstrap, WorkerControl, WorkerLink, WorkerReport,
 };
 use crate::supervise::{Check, Child, Exited, Process, Reason, Slot, Supervised, Which};
 use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, spawn};
@@ -99,13 +99,16 @@ pub struct WorkerPool {
     lifeline: OwnedFd,
     /// Receiving ends of the lanes, by slot id (from the daemon).
     lanes: Vec<Option<LaneReader>>,
+    /// Their sending ends, lent to a retiring worker for its hand-over.
+    lane_senders: Vec<Option<OwnedFd>>,
     /// To the listener: which lanes to use.
     steering: SteeringSender,
     /// The lanes' state changed (or it is time to repeat it for a new listener).
     steer_due: bool,
     slots: Vec<WorkerSlot>,
-    /// Stranded connections taken but not yet delivered (every worker full or starting).
-    pending: Vec<(OwnedFd, Transport)>,
+    /// Stranded connections taken but not yet delivered (every worker full or starting),
+    /// each with any bytes a retiring worker handed over with it.
+    pending: Vec<Connection<'static>>,
     draining: bool,
     shutting_down: bool,
     /// Poll tokens for the workers' channels.
@@ -149,6 +152,7 @@ impl WorkerPool {
             exe,
             lifeline,
             lanes: Vec::new(),
+            lane_senders: Vec::new(),
             steering,
             steer_due: true,
             slots,
@@ -233,8 +237,8 @@ impl WorkerPool {
         Ok(Process { pid, token, channel, state: WorkerProcess { worker_end, reported: Reported::default() } })
     }
 
-    /// Takes the receiving ends of lanes `first..` from the daemon.
-    pub fn add_lanes(&mut self, first: u32, lanes: Vec<Fd<'_>>) {
+    /// Takes the receiving and sending ends of lanes `first..` from the daemon.
+    pub fn add_lanes(&mut self, first: u32, lanes: Vec<Fd<'_>>, senders: Vec<Fd<'_>>) {
         for (i, fd) in lanes.into_iter().enumerate() {
             let id = first as usize + i;
             if self.lanes.len() <= id {
@@ -243,6 +247,17 @@ impl WorkerPool {
             match fd.into_owned() {
                 Ok(fd) => self.lanes[id] = Some(LaneReader::new(fd)),
                 Err(e) => tracing::error!(lane = id, error = %e, "cannot keep a lane"),
+            }
+        }
+        for (i, fd) in senders.into_iter().enumerate() {
+            let id = first as usize + i;
+            if self.lane_senders.len() <= id {
+                self.lane_senders.resize_with(id + 1, || None);
+            }
+            match fd.into_owned() {
+                Ok(fd) => self.lane_senders[id] = Some(fd),
+                // Only hand-overs need it: that slot's retirees close as before.
+                Err(e) => tracing::warn!(lane = id, error = %e, "cannot keep a lane's sending end"),
             }
         }
         self.steer_due = true;
@@ -332,9 +347,11 @@ impl WorkerPool {
             let mut delivered = false;
             for index in self.by_load() {
                 let Some(current) = self.slots[index].sup.current.as_mut() else { continue };
-                let conns = self.pending[..take]
-                    .iter()
-                    .map(|(fd, transport)| Connection { fd: Fd::lend(fd), transport: *transport });
+                let conns = self.pending[..take].iter().map(|c| Connection {
+                    fd: Fd::lend(&c.fd),
+                    transport: c.transport,
+                    carried: c.carried.clone(),
+                });
                 let conns = Connections(conns.collect());
                 match current.channel.send(&ToWorker::Connections(conns)) {
                     Ok(()) => {
@@ -424,8 +441,12 @@ impl WorkerPool {
     fn promote(&mut self, index: usize, now: Instant) {
         let drain = self.config.drain_timeout.duration();
         let kill_at = now + drain + self.config.grace.duration();
+        let Some(sent_ns) = self.slots[index].sup.incoming.as_ref().map(|p| p.state.reported.prev_sent_ns) else {
+            return;
+        };
+        // The replacement reads the slot's lane: the old worker hands its connections there.
+        self.offer_hand_over(index, Some(self.slots[index].id));
         let ws = &mut self.slots[index];
-        let Some(sent_ns) = ws.sup.incoming.as_ref().map(|p| p.state.reported.prev_sent_ns) else { return };
         if ws.sup.promote(drain, kill_at, sent_ns, now).is_some() {
             self.count_restart(index, Reason::Manual);
             if let Some(WorkerOp::Rolling { replaced, .. }) = self.op.as_mut() {
@@ -457,12 +478,38 @@ impl WorkerPool {
     /// connections included) and exits by `deadline`, or is killed `grace` after it.
     fn retire(&mut self, index: usize, reason: Reason, deadline: Duration, now: Instant) {
         let kill_at = now + deadline + self.config.grace.duration();
+        // A hung worker cannot hand anything over; at a full stop no one would take it.
+        if reason == Reason::Manual && !self.shutting_down {
+            self.offer_hand_over(index, self.hand_over_target(index));
+        }
         let ws = &mut self.slots[index];
         let Some(delay) = ws.sup.retire(reason, deadline, kill_at, now) else { return };
         self.steer_due = true;
         if ws.wanted && !self.shutting_down {
             ws.sup.slot.log_restart(reason, delay, now);
             self.count_restart(index, reason);
+        }
+    }
+
+    /// The worker a retiree of slot `index` hands its connections to: the least loaded
+    /// worker that is up in another wanted slot (`None`: no one, it closes them).
+    fn hand_over_target(&self, index: usize) -> Option<u32> {
+        let live = self.slots.iter().enumerate().filter(|(i, ws)| *i != index && ws.wanted && ws.sup.slot.is_up());
+        let loads = live.filter_map(|(_, ws)| ws.sup.current.as_ref().map(|c| (c.state.reported.active, ws.id)));
+        loads.min().map(|(_, id)| id)
+    }
+
+    /// Lends slot `index`'s serving worker, about to retire, the sending end of lane `to`:
+    /// it hands its plain keep-alive connections through it instead of closing them. Sent
+    /// ahead of its `Shutdown`, on the same channel, so it is there when retirement begins.
+    fn offer_hand_over(&mut self, index: usize, to: Option<u32>) {
+        let Some(lane) = to.and_then(|to| self.lane_senders.get(to as usize)).and_then(Option::as_ref) else {
+            return;
+        };
+        let ws = &mut self.slots[index];
+        let Some(retiree) = ws.sup.current.as_mut() else { return };
+        if let Err(e) = retiree.channel.send(&ToWorker::HandOver { lane: Fd::lend(lane) }) {
+            tracing::debug!(worker = ws.id, error = %e, "hand-over lane not delivered: its connections close");
         }
     }
 
@@ -818,7 +865,7 @@ impl Reported {
 /// Reads every message queued to a worker that will never read it, keeping the
 /// connections in `into`; returns how many. Only those are handed on: the fds of any
 /// other message (a reopened access log, an unread bootstrap) are closed.
-fn take_queued_connections(channel: &mut WorkerControl, into: &mut Vec<(OwnedFd, Transport)>) -> usize {
+fn take_queued_connections(channel: &mut WorkerControl, into: &mut Vec<Connection<'static>>) -> usize {
     let before = into.len();
     let _ = channel.drain(|msg| match msg {
         ToWorker::Connections(conns) => take_connections(conns, into),
@@ -827,16 +874,17 @@ fn take_queued_connections(channel: &mut WorkerControl, into: &mut Vec<(OwnedFd,
         | ToWorker::Drain
         | ToWorker::Resume
         | ToWorker::ReopenLog(_)
-        | ToWorker::TicketKeys(_) => {}
+        | ToWorker::TicketKeys(_)
+        | ToWorker::HandOver { .. } => {}
     });
     into.len() - before
 }
 
 /// Moves received connections into `into`.
-fn take_connections(conns: Connections<'_>, into: &mut Vec<(OwnedFd, Transport)>) {
+fn take_connections(conns: Connections<'_>, into: &mut Vec<Connection<'static>>) {
     for conn in conns.0 {
         match conn.fd.into_owned() {
-            Ok(fd) => into.push((fd, conn.transport)),
+            Ok(fd) => into.push(Connection { fd: Fd::Owned(fd), transport: conn.transport, carried: conn.carried }),
             Err(e) => tracing::warn!(error = %e, "cannot take a connection"),
         }
     }
@@ -871,6 +919,7 @@ fn workers_phrase(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipc::Transport;
 
     /// A dead worker's queue may hold more than connections; only those are recovered.
     #[test]
@@ -880,13 +929,13 @@ mod tests {
         let (log, _log_peer) = sys::seqpacket_pair().expect("pair");
         let mut manager = WorkerLink::new(ours);
         manager.send(&ToWorker::ReopenLog(Fd::lend(&log))).expect("send");
-        let tls = Connection { fd: Fd::lend(&conn), transport: Transport::Tls };
+        let tls = Connection::new(Fd::lend(&conn), Transport::Tls);
         manager.send(&ToWorker::Connections(Connections(vec![tls]))).expect("send");
         manager.send(&ToWorker::Drain).expect("send");
         let mut worker_end = WorkerControl::new(theirs);
         let mut recovered = Vec::new();
         assert_eq!(take_queued_connections(&mut worker_end, &mut recovered), 1);
         assert_eq!(recovered.len(), 1);
-        assert_eq!(recovered[0].1, Transport::Tls, "a TLS connection stays one");
+        assert_eq!(recovered[0].transport, Transport::Tls, "a TLS connection stays one");
     }
 }

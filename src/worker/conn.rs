@@ -184,6 +184,43 @@ impl Conn {
         self.sock.as_raw_fd()
     }
 
+    /// A connection another worker handed over: `carried` is what it had read and not
+    /// processed, taken as if just read here. With nothing carried it is an idle
+    /// keep-alive connection (the keep-alive timeout, not the header timeout, applies).
+    pub fn take_carried(&mut self, carried: &[u8], shared: &Shared, now: Instant) {
+        if carried.is_empty() {
+            self.head_started = None;
+            self.deadline = now + shared.keepalive_timeout;
+            return;
+        }
+        if self.rbuf.len() < carried.len() {
+            self.rbuf.resize(carried.len(), 0);
+        }
+        self.rbuf[..carried.len()].copy_from_slice(carried);
+        self.rend = carried.len();
+    }
+
+    /// At a request boundary, so a retiring worker may hand it to another: plain, every
+    /// response written, no body being read, not closing. Bytes of a next request may
+    /// have been read ([`Conn::unprocessed`]); they travel with it.
+    pub fn can_hand_over(&self) -> bool {
+        self.tls.is_none()
+            && self.lingering.is_none()
+            && self.pending.is_none()
+            && !self.close_after
+            && self.unflushed.is_empty()
+            && !self.has_output()
+    }
+
+    /// Bytes read and not processed yet.
+    pub fn unprocessed(&self) -> &[u8] {
+        &self.rbuf[self.rstart..self.rend]
+    }
+
+    pub fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
+
     /// Makes all the progress the socket allows.
     pub fn drive(&mut self, shared: &mut Shared, now: Instant) -> Outcome {
         if self.lingering.is_some() {
@@ -666,11 +703,12 @@ struct Exchange<'a> {
 }
 
 /// Answers a complete request (its body, if any, already read) into `wbuf` from its site
-/// (by Host, else the TLS session's SNI name), and logs it.
+/// (by Host, else the TLS session's SNI name), and logs it. A retiring worker closes a TLS
+/// connection after its response (`close_tls`): unlike a plain one, it cannot be handed over.
 fn answer(request: &Request<'_>, shared: &mut Shared, exchange: Exchange<'_>, wbuf: &mut Vec<u8>) -> Plan {
     let last = *exchange.requests_left <= 1;
     *exchange.requests_left = exchange.requests_left.saturating_sub(1);
-    let close = shared.force_close || last;
+    let close = shared.force_close || last || (shared.close_tls && exchange.tls.is_some());
     let site = shared.sites.pick(request.target, request.host, exchange.tls.and_then(Session::server_name));
     let plan = match shared.https_redirect.as_ref().filter(|_| exchange.tls.is_none()) {
         Some(to)

@@ -7,6 +7,18 @@
 //! keeps serving what it has and exits when done; one that loses the daemon (lifeline
 //! EOF) takes nothing new, closes its idle connections, finishes its responses within the
 //! grace period and exits (a daemon restarted by systemd adopts our lane, section 8).
+//!
+//! **Hand-over at retirement** (SPEC section 8). A worker retired gracefully (rolling
+//! restart, reload, scale down) is lent, just before its `Shutdown`, the sending end of a
+//! live worker's lane (`ToWorker::HandOver`). From then on each plain connection, once at
+//! a request boundary (idle, or its last response written), goes into that lane with the
+//! bytes read and not yet processed, as many per message as fit; the receiver takes those
+//! bytes as if it had read them. So a request in progress is finished here, and nothing
+//! is lost or answered twice: the fd and its bytes leave together, in one `sendmsg`.
+//! TLS connections answer `Connection: close` as before (their state cannot move). A full
+//! lane is retried when it turns writable; a failed one ends the hand-over and the rest
+//! close as before. Costs one `bool` test per connection turn; the rest runs only while
+//! retiring.
 
 pub mod access_log;
 pub mod body;
@@ -28,16 +40,21 @@ use crate::config::AccessLogTarget;
 use crate::event_loop::{EventLoop, IndexTokens, IntakePause, Slab, Wake};
 use crate::figures::{Figures, DURATION_BUCKETS};
 use crate::heartbeat::{Delivery, Heartbeater, Report, FINAL_REPORT_WITHIN};
-use crate::ipc::{self, Connections, LaneReader, Recv, RecvError, Role, ToWorker, Transport, WorkerControl};
+use crate::ipc::{
+    self, Connection, Connections, LaneReader, LaneSender, Recv, RecvError, Role, ToWorker, Transport, WorkerControl,
+};
 use anyhow::Context;
 use conn::{Conn, Outcome};
 use mio::unix::SourceFd;
-use mio::{Interest, Registry};
+use mio::{Interest, Registry, Token};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// How often idle and slow connections are checked against their deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// Carried bytes per hand-over message (hex doubles them; `ipc::MAX_MESSAGE` bounds the
+/// packet). A connection carrying more travels alone: a read buffer is at most ~33 KiB.
+const CARRIED_PER_MESSAGE: usize = 32 * 1024;
 
 /// What every connection shares: the sites (roots and rules), limits, cached date, counters.
 pub struct Shared {
@@ -51,6 +68,9 @@ pub struct Shared {
     pub max_requests_per_connection: u32,
     /// Every response closes its connection (drain or shutdown).
     pub force_close: bool,
+    /// Retiring with a hand-over: responses on TLS connections close them (plain ones
+    /// are handed over instead).
+    pub close_tls: bool,
     pub stats: Stats,
     /// Reused buffer for path decoding.
     pub scratch: Vec<u8>,
@@ -153,6 +173,20 @@ struct Worker {
     /// list to swap in while they are driven, so no turn allocates.
     again: Vec<usize>,
     again_spare: Vec<usize>,
+    /// Retiring: the live worker's lane our plain connections are handed to.
+    hand_over: HandOver,
+}
+
+/// A retiring worker's hand-over of its plain connections (see the module doc).
+struct HandOver {
+    /// The lane lent by the manager (`ToWorker::HandOver`), watched for writability
+    /// under `token` while it is full.
+    lane: Option<LaneSender>,
+    token: Token,
+    /// Retirement has begun with a lane: connections at a boundary go.
+    active: bool,
+    /// Connections that may be at a boundary, to look at after this pass.
+    due: Vec<usize>,
 }
 
 pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
@@ -178,6 +212,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
     let control_token = event_loop.watch(control.raw_fd(), Interest::READABLE)?;
     let lifeline_token = event_loop.watch(lifeline.as_raw_fd(), Interest::READABLE)?;
     let lane_token = event_loop.watch(lane.raw_fd(), Interest::READABLE)?;
+    let hand_over_token = event_loop.reserve_token();
     let mut worker = Worker {
         id,
         control,
@@ -192,6 +227,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
             keepalive_timeout: config.keepalive_timeout.duration(),
             max_requests_per_connection: config.max_requests_per_connection,
             force_close: boot.draining,
+            close_tls: false,
             stats: Stats::default(),
             scratch: Vec::with_capacity(1024),
             codings: compress_cache::CompressCache::new(config.compress_cache_mib),
@@ -213,6 +249,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         grace: config.grace.duration(),
         again: Vec::new(),
         again_spare: Vec::new(),
+        hand_over: HandOver { lane: None, token: hand_over_token, active: false, due: Vec::new() },
     };
     let mut heartbeat = Heartbeater::new(Role::Worker, config.heartbeat_interval.duration());
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
@@ -257,6 +294,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
             match ready.token {
                 token if token == control_token => {}
                 token if token == lane_token => worker.read_lane(event_loop.registry(), now),
+                token if token == hand_over_token => worker.retry_hand_over(),
                 token if token == lifeline_token => {
                     let _ = event_loop.registry().deregister(&mut SourceFd(&lifeline.as_raw_fd()));
                     worker.daemon_gone(event_loop.registry(), now);
@@ -270,9 +308,11 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         }
         if now >= next_sweep {
             next_sweep = now + SWEEP_INTERVAL;
+            worker.retry_hand_over();
             worker.sweep(now);
             worker.remeasure_fds(event_loop.registry(), now);
         }
+        worker.hand_over_due(event_loop.registry());
         if let Some(log) = worker.shared.access_log.as_mut() {
             log.flush(); // one write per pass for every line it produced
         }
@@ -319,6 +359,10 @@ impl Worker {
                     }
                 }
                 Ok(Recv::Message(ToWorker::TicketKeys(keys))) => self.install_ticket_keys(&keys),
+                Ok(Recv::Message(ToWorker::HandOver { lane })) => match lane.into_owned() {
+                    Ok(lane) => self.take_hand_over_lane(LaneSender::new(lane), registry),
+                    Err(e) => tracing::warn!(worker = self.id, error = %e, "cannot take the hand-over lane"),
+                },
                 Ok(Recv::Message(ToWorker::Bootstrap(_))) => {
                     tracing::warn!(worker = self.id, "a second bootstrap: ignored")
                 }
@@ -365,7 +409,7 @@ impl Worker {
     fn accept_all(&mut self, conns: Connections<'_>, registry: &Registry, now: Instant) {
         for conn in conns.0 {
             match conn.fd.into_owned() {
-                Ok(fd) => self.accept(fd, conn.transport, registry, now),
+                Ok(fd) => self.accept(fd, conn.transport, conn.carried.as_deref(), registry, now),
                 Err(e) => tracing::warn!(worker = self.id, error = %e, "cannot take a connection"),
             }
         }
@@ -407,6 +451,7 @@ impl Worker {
     fn daemon_gone(&mut self, registry: &Registry, now: Instant) {
         tracing::warn!(worker = self.id, open = self.conns.len(), "daemon gone: finishing responses, then exiting");
         let _ = registry.deregister(&mut SourceFd(&self.lane.raw_fd()));
+        self.hand_over.active = false;
         self.shared.force_close = true;
         self.drain_idle_at = Some(now);
         let at = now + self.grace;
@@ -425,17 +470,28 @@ impl Worker {
         }
     }
 
-    /// Stop taking work: responses close their connections; idle ones close at `deadline`.
+    /// Stop taking work. With a hand-over lane (and no drain in force) plain connections
+    /// move to a live worker at their next request boundary and TLS responses close;
+    /// otherwise every response closes its connection. Idle ones close at `deadline`.
     fn begin_shutdown(&mut self, deadline: Duration, now: Instant, registry: &Registry) {
         // What is queued in our lane now was meant for us; take it before retiring (at a
         // full stop no other worker would). Later arrivals wait for the slot's next worker.
         self.read_lane(registry, now);
-        self.shared.force_close = true;
         let at = now + deadline;
         self.shutdown_at = Some(self.shutdown_at.map_or(at, |t| t.min(at)));
+        if self.hand_over.lane.is_some() && !self.shared.force_close {
+            self.hand_over.active = true;
+            self.shared.close_tls = true;
+            self.retry_hand_over();
+            self.hand_over_due(registry);
+        } else {
+            self.shared.force_close = true;
+        }
     }
 
-    fn accept(&mut self, fd: OwnedFd, transport: Transport, registry: &Registry, now: Instant) {
+    /// Takes a connection: new from the listener, moved by the manager, or handed over
+    /// by a retiring worker with the bytes it had read (`carried`, processed first).
+    fn accept(&mut self, fd: OwnedFd, transport: Transport, carried: Option<&[u8]>, registry: &Registry, now: Instant) {
         self.shared.stats.figures.received += 1;
         let session = match (transport, &self.shared.tls) {
             (Transport::Plain, _) => None,
@@ -455,6 +511,9 @@ impl Worker {
         // The request has usually arrived while the fd travelled here: serve it before
         // touching epoll, so a `Connection: close` exchange costs no epoll_ctl at all.
         let mut conn = Conn::new(fd, session, &self.shared, now);
+        if let (Transport::Plain, Some(carried)) = (transport, carried) {
+            conn.take_carried(carried, &self.shared, now);
+        }
         let outcome = conn.drive(&mut self.shared, now);
         if outcome == Outcome::Close {
             conn.finish(&mut self.shared.stats, now);
@@ -472,15 +531,99 @@ impl Worker {
             if let Some(conn) = self.conns.remove(index) {
                 conn.finish(&mut self.shared.stats, now);
             }
+            return;
+        }
+        if self.hand_over.active {
+            self.hand_over.due.push(index);
         }
     }
 
     fn drive(&mut self, index: usize, now: Instant) {
         let Some(conn) = self.conns.get_mut(index) else { return };
         match conn.drive(&mut self.shared, now) {
-            Outcome::Close => self.close(index, now),
+            Outcome::Close => return self.close(index, now),
             Outcome::Again => self.again.push(index),
             Outcome::Keep => {}
+        }
+        // The one cost of hand-over on the data path: looked at after this pass.
+        if self.hand_over.active {
+            self.hand_over.due.push(index);
+        }
+    }
+
+    /// The manager lent us a live worker's lane for our retirement (a later one replaces it).
+    fn take_hand_over_lane(&mut self, lane: LaneSender, registry: &Registry) {
+        if let Some(old) = self.hand_over.lane.take() {
+            let _ = registry.deregister(&mut SourceFd(&old.raw_fd()));
+        }
+        // Edge-triggered: an event each time a full lane gets room again.
+        let token = self.hand_over.token;
+        if let Err(e) = registry.register(&mut SourceFd(&lane.raw_fd()), token, Interest::WRITABLE) {
+            tracing::warn!(worker = self.id, error = %e, "cannot watch the hand-over lane: its room is polled");
+        }
+        self.hand_over.lane = Some(lane);
+    }
+
+    /// Looks at every connection again (the lane has room, or a sweep is due).
+    fn retry_hand_over(&mut self) {
+        if self.hand_over.active {
+            self.hand_over.due.extend(self.conns.iter().map(|(index, _)| index));
+        }
+    }
+
+    /// Hands the due connections that are at a request boundary to the live worker's
+    /// lane, as many per message as fit. A full lane keeps the rest for its next room;
+    /// a failed one ends the hand-over (the rest close as without one).
+    fn hand_over_due(&mut self, registry: &Registry) {
+        if self.hand_over.due.is_empty() {
+            return;
+        }
+        let mut due = std::mem::take(&mut self.hand_over.due);
+        due.sort_unstable();
+        due.dedup();
+        due.retain(|&index| self.conns.get(index).is_some_and(Conn::can_hand_over));
+        let mut rest = &due[..];
+        while !rest.is_empty() && self.hand_over.active {
+            let Some(lane) = self.hand_over.lane.as_mut() else { break };
+            let batch = &rest[..next_batch(rest, &self.conns)];
+            rest = &rest[batch.len()..];
+            let conns = batch.iter().filter_map(|&index| self.conns.get(index)).map(|conn| Connection {
+                fd: ipc::Fd::lend(conn.socket()),
+                transport: Transport::Plain,
+                carried: Some(conn.unprocessed().to_vec()),
+            });
+            let conns: Vec<Connection<'_>> = conns.collect();
+            let carried: usize = conns.iter().filter_map(|c| c.carried.as_ref()).map(Vec::len).sum();
+            match lane.send(&Connections(conns)) {
+                Ok(()) => {
+                    tracing::info!(
+                        worker = self.id,
+                        connections = batch.len(),
+                        carried,
+                        "handed over to a live worker"
+                    );
+                    self.handed_over(batch, registry)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!(worker = self.id, error = %e, "hand-over lane failed: closing connections instead");
+                    self.hand_over.active = false;
+                    self.shared.force_close = true;
+                }
+            }
+        }
+        due.clear();
+        self.hand_over.due = due; // keeps its capacity
+    }
+
+    /// The connections of `batch` are in the lane: our copies go (they left epoll
+    /// explicitly, as the in-flight fds keep the sockets open).
+    fn handed_over(&mut self, batch: &[usize], registry: &Registry) {
+        for &index in batch {
+            if let Some(conn) = self.conns.remove(index) {
+                let _ = registry.deregister(&mut SourceFd(&conn.raw_fd()));
+                self.shared.stats.figures.rescued.migrated += 1;
+            }
         }
     }
 
@@ -523,6 +666,21 @@ impl Worker {
             }
         }
     }
+}
+
+/// How many of `due` (connections at a boundary) go in the next hand-over message: at
+/// most `MAX_FDS_PER_MESSAGE`, carrying at most `CARRIED_PER_MESSAGE` bytes (at least one).
+fn next_batch(due: &[usize], conns: &Slab<Conn>) -> usize {
+    let mut carried = 0;
+    let mut count = 0;
+    for &index in due.iter().take(crate::sys::fdpass::MAX_FDS_PER_MESSAGE) {
+        carried += conns.get(index).map_or(0, |c| c.unprocessed().len());
+        if count > 0 && carried > CARRIED_PER_MESSAGE {
+            break;
+        }
+        count += 1;
+    }
+    count
 }
 
 /// Where connection fds come from.
