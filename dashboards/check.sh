@@ -148,7 +148,7 @@ allowed = {"webd_heartbeat_age_seconds", "webd_heartbeats_missed_total", "webd_r
            "webd_http_requests_total", "webd_http_requests_by_encoding_total", "webd_http_response_bytes_total", "webd_draining",
            "webd_build_info", "process_cpu_seconds_total", "process_resident_memory_bytes",
            "process_open_fds", "process_max_fds", "process_start_time_seconds",
-           "webd_tls_handshakes_total", "webd_tls_resumed_total",
+           "webd_tls_handshakes_total", "webd_tls_resumed_total", "webd_connections_rescued_total",
            "webd_tls_certificate_expiry_timestamp_seconds"}
 allowed |= {h + s for h in hist for s in ("_bucket", "_sum", "_count")}
 
