@@ -299,3 +299,39 @@ fn a_request_head_half_received_is_completed_at_the_live_worker() {
     assert_eq!((third.status, third.closes()), (200, false));
     wait_until(Duration::from_secs(10), "the connection counted as migrated", || migrated(admin) >= 1.0);
 }
+
+#[test]
+fn a_manager_restart_under_keep_alive_load_closes_no_connection() {
+    // The new manager's workers read the same lanes: the old ones hand over into them.
+    let (webd, admin) = start_with_admin(Options { workers: 2, ..Default::default() });
+    let seen = under_keep_alive_load(&webd, 6, || {
+        webd.ctl_ok(&["restart", "manager"]);
+    });
+    assert_nothing_closed("restart manager", &seen, admin, 6);
+}
+
+#[test]
+fn a_binary_upgrade_under_keep_alive_load_closes_no_connection() {
+    // The new daemon reads the old one's lanes, so the old tree's workers hand their
+    // connections to the new tree's as they retire.
+    let (mut webd, _) = start_with_admin(Options { workers: 2, ..Default::default() });
+    let new_binary = webd.dir.path().join("webd-new");
+    std::fs::copy(WEBD, &new_binary).expect("copy the binary");
+    let load = KeptLoad::start(6, "test", plain(webd.addr()));
+    wait_until(Duration::from_secs(10), "keep-alive load to flow", || load.ok() > 100);
+    let out = webd.webctl(&["upgrade", "--binary", &new_binary.to_string_lossy()]);
+    let announced: Option<i32> = out.stdout.rsplit(' ').next().and_then(|p| p.trim().parse().ok());
+    let _guard = announced.map(crate::upgrade::KillOnDrop);
+    assert_eq!(out.code, Some(0), "upgrade failed: {}{}", out.stdout, out.stderr);
+    assert_eq!(webd.wait_exit(Duration::from_secs(40)), Some(0), "the old daemon did not exit cleanly");
+    let ok_then = load.ok();
+    wait_until(Duration::from_secs(10), "requests through the new tree", || load.ok() > ok_then + 100);
+    let seen = load.finish();
+    eprintln!("upgrade: {seen:?}");
+    assert_eq!(seen.failed, 0, "upgrade: {} of {} requests failed: {:?}", seen.failed, seen.ok, seen.errors);
+    assert_eq!(seen.reopened, 0, "upgrade: the server closed {} client connections", seen.reopened);
+    let admin = wait_for(Duration::from_secs(10), "the new daemon's admin address", || {
+        webd.status_json()["status"]["admin"].as_str()?.parse::<SocketAddr>().ok()
+    });
+    wait_until(Duration::from_secs(10), "migrated connections counted", || migrated(admin.port()) >= 6.0);
+}

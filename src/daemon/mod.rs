@@ -119,6 +119,8 @@ struct Daemon {
     upgrade: upgrade::Upgrade,
     /// A successor owns the control socket now: leave its file alone at exit.
     handed_over: bool,
+    /// The successor of an upgrade reads our lanes: our workers hand connections to it.
+    lanes_shared: bool,
     /// `webctl stop` clients, answered once the sockets are released.
     stop_replies: Vec<std::sync::mpsc::SyncSender<webd_proto::Response>>,
     /// Binary upgrades this tree descends from.
@@ -162,6 +164,7 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
     };
     let access_log = open_access_log(&config)?;
     let mut handoff = upgrade::receive_handoff()?;
+    let handed_lanes = handoff.as_mut().map(|h| std::mem::take(&mut h.lanes)).unwrap_or_default();
     // An upgrade's predecessor hands its keys over; a crashed one left them in the store.
     let stored_keys = stored.state.as_ref().and_then(|(_, state)| state.tickets.clone());
     let ticket_keys = tickets::initial(handoff.as_mut().and_then(|h| h.tickets.take()).or(stored_keys))?;
@@ -213,7 +216,12 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
         Some(steering) => steering,
         None => sys::seqpacket_pair().context("steering channel")?,
     };
-    let mut lanes = std::mem::take(&mut stored.lanes);
+    // The lanes an upgrade's predecessor reads too (its workers hand connections over
+    // through them), else those systemd kept from a crashed daemon, else new ones.
+    let mut lanes = match handed_lanes {
+        handed if !handed.is_empty() => handed,
+        _ => std::mem::take(&mut stored.lanes),
+    };
     grow_lanes(&mut lanes, config.workers).context("worker lanes")?;
     let fd_store = fdstore::FdStore::from_env(stored.state.take().map(|(file, _)| file), unit_sockets);
     let (lifeline_read, lifeline_write) = sys::process::lifeline().context("lifeline pipe")?;
@@ -301,6 +309,7 @@ pub fn run(config: Config, cli: crate::config::Cli, tls: crate::tls::TlsMaterial
         planes,
         upgrade,
         handed_over: false,
+        lanes_shared: false,
         stop_replies: Vec::new(),
         upgrades: 0,
         argv0,
@@ -571,7 +580,8 @@ impl Daemon {
             return;
         }
         if let Some(deadline_ms) = self.manager_stop_pending.take() {
-            self.manager.send(&ToManager::Shutdown { deadline_ms });
+            let hand_over = self.handed_over && self.lanes_shared;
+            self.manager.send(&ToManager::Shutdown { deadline_ms, hand_over });
         }
     }
 

@@ -123,7 +123,8 @@ impl Child for Manager {
     type Up = FromManager;
     type State = ();
     fn shutdown<'a>(deadline: Duration) -> ToManager<'a> {
-        ToManager::Shutdown { deadline_ms: deadline.as_millis() as u64 }
+        // A graceful manager restart: the new manager's workers read the same lanes.
+        ToManager::Shutdown { deadline_ms: deadline.as_millis() as u64, hand_over: true }
     }
 }
 

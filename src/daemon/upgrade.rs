@@ -95,6 +95,8 @@ impl Daemon {
         })?;
         let mut channel = SuccessorLink::new(ours);
         let totals = self.carried_totals();
+        let lanes = lanes_for_successor(&self.inherit);
+        self.lanes_shared = !lanes.is_empty();
         let handoff = Handoff {
             listen: self.inherit.listen.iter().map(Fd::lend).collect(),
             tls_listen: self.inherit.tls_listen.iter().map(Fd::lend).collect(),
@@ -102,6 +104,7 @@ impl Daemon {
             admin: self.planes.admin.as_ref().map(|admin| Fd::lend(&admin.socket)),
             totals,
             tickets: Some(self.inherit.tickets.clone()),
+            lanes,
         };
         if let Err(e) = channel.send(&ToSuccessor::Handoff(Box::new(handoff))) {
             // Most likely it already exited: its exit status is the useful reason.
@@ -308,10 +311,35 @@ pub struct Inherited {
     pub totals: CarriedTotals,
     /// The session-ticket keys (None from a daemon that did not send them).
     pub tickets: Option<crate::tls::tickets::TicketKeys>,
+    /// The old daemon's lanes, slot by slot (empty: make our own).
+    pub lanes: Vec<(OwnedFd, OwnedFd)>,
     pub channel: PredecessorLink,
 }
 
 /// New side, at start: the handoff from the daemon we replace, if we are a successor.
+/// Both ends of every lane, for the successor to read them too: then our workers hand
+/// their keep-alive connections to its tree at retirement. None when they would not fit
+/// one message beside the sockets (SCM_RIGHTS carries at most 253 descriptors).
+fn lanes_for_successor(i: &super::Inheritance) -> Vec<Fd<'_>> {
+    const MAX_FDS: usize = 253;
+    let sockets = i.listen.len() + i.tls_listen.len() + 2;
+    if sockets + 2 * i.lanes.len() > MAX_FDS {
+        tracing::info!(lanes = i.lanes.len(), "upgrade: too many lanes to share; the new tree makes its own");
+        return Vec::new();
+    }
+    i.lanes.iter().flat_map(|(a, b)| [Fd::lend(a), Fd::lend(b)]).collect()
+}
+
+fn lane_pairs(ends: Vec<Fd<'_>>) -> anyhow::Result<Vec<(OwnedFd, OwnedFd)>> {
+    anyhow::ensure!(ends.len() % 2 == 0, "the old daemon sent {} lane ends, not pairs", ends.len());
+    let mut ends = ends.into_iter().map(Fd::into_owned);
+    let mut pairs = Vec::new();
+    while let (Some(a), Some(b)) = (ends.next(), ends.next()) {
+        pairs.push((a?, b?));
+    }
+    Ok(pairs)
+}
+
 pub fn receive_handoff() -> anyhow::Result<Option<Inherited>> {
     if std::env::var_os(spawn::CHANNEL_FD_ENV).is_none() {
         return Ok(None);
@@ -328,6 +356,7 @@ pub fn receive_handoff() -> anyhow::Result<Option<Inherited>> {
         admin: handoff.admin.map(Fd::into_owned).transpose()?,
         totals: handoff.totals,
         tickets: handoff.tickets,
+        lanes: lane_pairs(handoff.lanes)?,
         channel,
     }))
 }

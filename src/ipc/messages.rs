@@ -37,9 +37,13 @@ pub enum ToListener<'a> {
 #[serde(rename_all = "snake_case")]
 pub enum ToManager<'a> {
     Bootstrap(Box<ManagerBootstrap<'a>>),
-    /// Retire every worker within `deadline_ms`, then exit.
+    /// Retire every worker within `deadline_ms`, then exit. `hand_over`: another tree's
+    /// workers read the same lanes (a manager restart, an upgrade that shares them), so
+    /// each worker hands its keep-alive connections into its own slot's lane.
     Shutdown {
         deadline_ms: u64,
+        #[serde(default)]
+        hand_over: bool,
     },
     /// Workers answer with `Connection: close`; answered with `Applied`.
     Drain,
@@ -334,6 +338,11 @@ pub struct Handoff<'a> {
     /// too old to send them: the new one makes its own).
     #[serde(default)]
     pub tickets: Option<TicketKeys>,
+    /// Both ends of every lane, slot by slot (`[a0, b0, a1, b1, ...]`): the new tree reads
+    /// the lanes the old one does, so the old workers hand their connections over to it.
+    /// Empty when they would not fit one message (the new daemon makes its own).
+    #[serde(default)]
+    pub lanes: Vec<Fd<'a>>,
 }
 
 /// A status report: liveness plus the figures the supervisor aggregates.

@@ -148,7 +148,7 @@ fn handle_control(control: &mut ManagerControl, pool: &mut WorkerPool, registry:
             }
             Ok(Recv::Closed) | Err(RecvError::Io(_)) => {
                 tracing::warn!("control channel closed: manager shutting down");
-                pool.shutdown(Duration::from_millis(0));
+                pool.shutdown(Duration::from_millis(0), false);
                 return Some(Instant::now());
             }
         };
@@ -158,9 +158,9 @@ fn handle_control(control: &mut ManagerControl, pool: &mut WorkerPool, registry:
                 Err(e) => tracing::warn!(error = %e, "cannot take the reopened access log"),
             },
             ToManager::Lanes { first, lanes, senders } => pool.add_lanes(first, lanes, senders),
-            ToManager::Shutdown { deadline_ms } => {
+            ToManager::Shutdown { deadline_ms, hand_over } => {
                 let grace = Duration::from_millis(deadline_ms);
-                pool.shutdown(grace);
+                pool.shutdown(grace, hand_over);
                 deadline = Some(Instant::now() + grace);
             }
             ToManager::Drain | ToManager::Resume => {

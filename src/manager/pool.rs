@@ -582,9 +582,16 @@ impl WorkerPool {
 
     /// Stops taking connections (leaving them queued for the next manager) and asks every
     /// worker to finish within `deadline`.
-    pub fn shutdown(&mut self, deadline: Duration) {
+    /// `hand_over`: the next tree's workers read these lanes, so each worker hands its
+    /// keep-alive connections into its own slot's lane instead of closing them.
+    pub fn shutdown(&mut self, deadline: Duration, hand_over: bool) {
         if self.shutting_down {
             return;
+        }
+        if hand_over {
+            for index in 0..self.slots.len() {
+                self.offer_hand_over(index, Some(self.slots[index].id));
+            }
         }
         // Workers take what is queued in their lanes as they begin to retire; in a
         // manager restart the new manager's workers read the same lanes on.
