@@ -37,6 +37,8 @@
 #                     session: before, with them open, and 3 s after they close. Reported:
 #                     bytes per connection (growth / connections) and how much of the growth
 #                     was still held after the close.
+#   tls-idle-10k      the same over HTTPS (a full handshake each, then idle): TLS state per
+#                     idle connection
 #   keepalive-0       64 connections, GET /0.bin (an empty file)
 #   keepalive-1k      64 connections, GET /1k.bin
 #   close-1k          64 connections, GET /1k.bin with "Connection: close" (a new connection
@@ -78,7 +80,7 @@ REPO=$(pwd)
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
-ALL_SCENARIOS="idle-10k keepalive-0 keepalive-1k close-1k 10m keepalive-1k-10k text-64k-br tls-keepalive-1k tls-close-1k tls-10m"
+ALL_SCENARIOS="idle-10k tls-idle-10k keepalive-0 keepalive-1k close-1k 10m keepalive-1k-10k text-64k-br tls-keepalive-1k tls-close-1k tls-10m"
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 SERVERS=${SERVERS:-webd nginx h2o lighttpd}
 WORKERS=${WORKERS:-2}
@@ -110,12 +112,12 @@ check_int READY_TIMEOUT 1 600
 [[ $DURATION =~ [smh]$ ]] || DURATION=${DURATION}s
 
 # scenario -> connections, path, extra header
-declare -A SC_CONNS=([idle-10k]=$IDLE_CONNS [keepalive-0]=64 [keepalive-1k]=64 [close-1k]=64 [10m]=8
+declare -A SC_CONNS=([idle-10k]=$IDLE_CONNS [tls-idle-10k]=$IDLE_CONNS [keepalive-0]=64 [keepalive-1k]=64 [close-1k]=64 [10m]=8
     [keepalive-1k-10k]=$IDLE_CONNS [text-64k-br]=64 [tls-keepalive-1k]=64 [tls-close-1k]=64 [tls-10m]=8)
-declare -A SC_PATH=([idle-10k]=/1k.bin [keepalive-0]=/0.bin [keepalive-1k]=/1k.bin [close-1k]=/1k.bin
+declare -A SC_PATH=([idle-10k]=/1k.bin [tls-idle-10k]=/1k.bin [keepalive-0]=/0.bin [keepalive-1k]=/1k.bin [close-1k]=/1k.bin
     [10m]=/10m.bin [keepalive-1k-10k]=/1k.bin [text-64k-br]=/64k.txt
     [tls-keepalive-1k]=/1k.bin [tls-close-1k]=/1k.bin [tls-10m]=/10m.bin)
-declare -A SC_HEADER=([idle-10k]="" [keepalive-0]="" [keepalive-1k]="" [close-1k]="Connection: close" [10m]=""
+declare -A SC_HEADER=([idle-10k]="" [tls-idle-10k]="" [keepalive-0]="" [keepalive-1k]="" [close-1k]="Connection: close" [10m]=""
     [keepalive-1k-10k]="" [text-64k-br]="Accept-Encoding: br, gzip"
     [tls-keepalive-1k]="" [tls-close-1k]="Connection: close" [tls-10m]="")
 read -r -a SCENARIO_LIST <<<"${SCENARIOS//,/ }"
@@ -669,16 +671,22 @@ warm_up() {
     run_wrk "$1" keepalive-1k "${WARMUP}s" "$TMP/warmup-$1.txt"
 }
 
-# measure_idle SERVER ROUND: a fresh server, warmed up; RSS/PSS before, with IDLE_CONNS
+# measure_idle SERVER ROUND SCENARIO: a fresh server, warmed up; RSS/PSS before, with IDLE_CONNS
 # idle connections held by bench/idle_conns.py, and 3 s after they closed. One memory.tsv row.
 measure_idle() {
-    local server=$1 round=$2 sid before open after opened failed still line
+    local server=$1 round=$2 sc=$3 sid before open after opened failed still line port tls=""
     restart_server "$server"
+    port=${PORT_OF[$server]}
     warm_up "$server"
     sid=${PID[$server]}
     sleep 1
     before=$(memory_kb "$sid")
-    coproc IDLE { exec python3 "$REPO/bench/idle_conns.py" 127.0.0.1 "${PORT_OF[$server]}" "$IDLE_CONNS" /1k.bin 60; }
+    if [[ $sc == tls-* ]]; then
+        port=${TLS_PORT_OF[$server]}
+        tls=tls
+    fi
+    # shellcheck disable=SC2086 # $tls is empty or one word
+    coproc IDLE { exec python3 "$REPO/bench/idle_conns.py" 127.0.0.1 "$port" "$IDLE_CONNS" /1k.bin 60 $tls; }
     local idle_pid=$IDLE_PID
     line=""
     read -r -t 70 line <&"${IDLE[0]}" || true
@@ -693,11 +701,11 @@ measure_idle() {
     wait "$idle_pid" 2>/dev/null || true
     sleep 3
     after=$(memory_kb "$sid")
-    kill -0 "${PID[$server]}" 2>/dev/null || die "$server exited during idle-10k"
+    kill -0 "${PID[$server]}" 2>/dev/null || die "$server exited during $sc"
     read -r rss0 pss0 <<<"$before"
     read -r rss1 pss1 <<<"$open"
     read -r rss2 pss2 <<<"$after"
-    printf '%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$round" "$opened" "$failed" "${still:-NA}" \
+    printf '%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$server" "$round" "$opened" "$failed" "${still:-NA}" \
         "$rss0" "$rss1" "$rss2" "$pss0" "$pss1" "$pss2" >>"$BENCH_OUT/memory.tsv"
     log "  $server: $opened open ($failed failed, ${still:-?} still open at the close); RSS KB $rss0 -> $rss1 -> $rss2, PSS KB $pss0 -> $pss1 -> $pss2"
 }
@@ -706,15 +714,13 @@ for server in "${SERVER_LIST[@]}"; do warm_up "$server"; done
 
 declare -A RPS MBPS P99 ERRS CPU MEM_RSS MEM_PSS MEM_KEPT MEM_AFTER MEM_BEFORE MEM_OPEN
 printf 'scenario\tround\tserver\treq_per_s\tMiB_per_s\tp99_ms\tcpu_us_per_req\terrors\terror_detail\n' >"$BENCH_OUT/runs.tsv"
-printf 'server\tround\topened\tfailed\tstill_open\trss_before_kb\trss_open_kb\trss_after_kb\tpss_before_kb\tpss_open_kb\tpss_after_kb\n' >"$BENCH_OUT/memory.tsv"
+printf 'scenario\tserver\tround\topened\tfailed\tstill_open\trss_before_kb\trss_open_kb\trss_after_kb\tpss_before_kb\tpss_open_kb\tpss_after_kb\n' >"$BENCH_OUT/memory.tsv"
 n_servers=${#SERVER_LIST[@]}
-for server in "${SERVER_LIST[@]}"; do
-    MEM_RSS[$server]=""; MEM_PSS[$server]=""; MEM_KEPT[$server]=""; MEM_AFTER[$server]=""
-    MEM_BEFORE[$server]=""; MEM_OPEN[$server]=""
-done
 for sc in "${SCENARIO_LIST[@]}"; do
     for server in "${SERVER_LIST[@]}"; do
         RPS[$sc,$server]=""; MBPS[$sc,$server]=""; P99[$sc,$server]=""; ERRS[$sc,$server]=0; CPU[$sc,$server]=""
+        MEM_RSS[$sc,$server]=""; MEM_PSS[$sc,$server]=""; MEM_KEPT[$sc,$server]=""; MEM_AFTER[$sc,$server]=""
+        MEM_BEFORE[$sc,$server]=""; MEM_OPEN[$sc,$server]=""
     done
     for ((round = 1; round <= ROUNDS; round++)); do
         order=()
@@ -722,15 +728,15 @@ for sc in "${SCENARIO_LIST[@]}"; do
         for server in "${order[@]}"; do
             runs_scenario "$server" "$sc" || continue
             log "$sc round $round/$ROUNDS: $server (${SC_CONNS[$sc]} conns)"
-            if [[ $sc == idle-10k ]]; then
-                measure_idle "$server" "$round"
-                read -r _ _ opened _ _ rss0 rss1 rss2 pss0 pss1 pss2 < <(tail -n 1 "$BENCH_OUT/memory.tsv")
-                MEM_RSS[$server]+=" $(awk -v a="$rss0" -v b="$rss1" -v n="$opened" 'BEGIN { if (n > 0) printf "%.0f", (b - a) * 1024 / n; else print "NA" }')"
-                MEM_PSS[$server]+=" $(awk -v a="$pss0" -v b="$pss1" -v n="$opened" 'BEGIN { if (n > 0) printf "%.0f", (b - a) * 1024 / n; else print "NA" }')"
-                MEM_KEPT[$server]+=" $(awk -v a="$rss0" -v b="$rss1" -v c="$rss2" 'BEGIN { if (b > a) printf "%.0f", (c - a) * 100 / (b - a); else print "NA" }')"
-                MEM_BEFORE[$server]+=" $rss0"
-                MEM_OPEN[$server]+=" $rss1"
-                MEM_AFTER[$server]+=" $rss2"
+            if [[ $sc == *idle-10k ]]; then
+                measure_idle "$server" "$round" "$sc"
+                read -r _ _ _ opened _ _ rss0 rss1 rss2 pss0 pss1 pss2 < <(tail -n 1 "$BENCH_OUT/memory.tsv")
+                MEM_RSS[$sc,$server]+=" $(awk -v a="$rss0" -v b="$rss1" -v n="$opened" 'BEGIN { if (n > 0) printf "%.0f", (b - a) * 1024 / n; else print "NA" }')"
+                MEM_PSS[$sc,$server]+=" $(awk -v a="$pss0" -v b="$pss1" -v n="$opened" 'BEGIN { if (n > 0) printf "%.0f", (b - a) * 1024 / n; else print "NA" }')"
+                MEM_KEPT[$sc,$server]+=" $(awk -v a="$rss0" -v b="$rss1" -v c="$rss2" 'BEGIN { if (b > a) printf "%.0f", (c - a) * 100 / (b - a); else print "NA" }')"
+                MEM_BEFORE[$sc,$server]+=" $rss0"
+                MEM_OPEN[$sc,$server]+=" $rss1"
+                MEM_AFTER[$sc,$server]+=" $rss2"
                 continue
             fi
             out=$BENCH_OUT/wrk-$sc-$server-r$round.txt
@@ -768,7 +774,7 @@ done
     echo "$header"
     echo "$rule"
     for sc in "${SCENARIO_LIST[@]}"; do
-        [[ $sc == idle-10k ]] && continue
+        [[ $sc == *idle-10k ]] && continue
         row="| $sc |"
         for server in "${SERVER_LIST[@]}"; do
             if [[ -z ${CPU[$sc,$server]// /} ]]; then row+=" – |"; continue; fi
@@ -776,24 +782,26 @@ done
         done
         echo "$row"
     done
-    if [[ " ${SCENARIO_LIST[*]} " == *" idle-10k "* ]]; then
-        row1="| memory per idle connection, RSS growth / connections (B) |"
-        row2="| same, PSS (B) |"
-        row3="| RSS before → with them → 3 s after close (MB) |"
-        row4="| growth still held after close |"
+    for sc in "${SCENARIO_LIST[@]}"; do
+        [[ $sc == *idle-10k ]] || continue
+        row1="| $sc: memory per idle connection, RSS growth / connections (B) |"
+        row2="| $sc: same, PSS (B) |"
+        row3="| $sc: RSS before → with them → 3 s after close (MB) |"
+        row4="| $sc: growth still held after close |"
         for server in "${SERVER_LIST[@]}"; do
-            row1+=" $(fmt '%.0f' "$(median ${MEM_RSS[$server]})") ($(spread '%.0f' ${MEM_RSS[$server]})) |"
-            row2+=" $(fmt '%.0f' "$(median ${MEM_PSS[$server]})") |"
-            row3+=" $(fmt '%.1f' "$(median ${MEM_BEFORE[$server]} | awk '{ print $1 / 1024 }')") → $(fmt '%.1f' "$(median ${MEM_OPEN[$server]} | awk '{ print $1 / 1024 }')") → $(fmt '%.1f' "$(median ${MEM_AFTER[$server]} | awk '{ print $1 / 1024 }')") |"
-            row4+=" $(fmt '%.0f' "$(median ${MEM_KEPT[$server]})") % |"
+            if [[ -z ${MEM_RSS[$sc,$server]// /} ]]; then row1+=" – |"; row2+=" – |"; row3+=" – |"; row4+=" – |"; continue; fi
+            row1+=" $(fmt '%.0f' "$(median ${MEM_RSS[$sc,$server]})") ($(spread '%.0f' ${MEM_RSS[$sc,$server]})) |"
+            row2+=" $(fmt '%.0f' "$(median ${MEM_PSS[$sc,$server]})") |"
+            row3+=" $(fmt '%.1f' "$(median ${MEM_BEFORE[$sc,$server]} | awk '{ print $1 / 1024 }')") → $(fmt '%.1f' "$(median ${MEM_OPEN[$sc,$server]} | awk '{ print $1 / 1024 }')") → $(fmt '%.1f' "$(median ${MEM_AFTER[$sc,$server]} | awk '{ print $1 / 1024 }')") |"
+            row4+=" $(fmt '%.0f' "$(median ${MEM_KEPT[$sc,$server]})") % |"
         done
         printf '%s\n' "$row1" "$row2" "$row3" "$row4"
-    fi
+    done
     echo
     echo "| scenario | server | req/s | p99 ms | MB/s | errors |"
     echo "|---|---|---:|---:|---:|---:|"
     for sc in "${SCENARIO_LIST[@]}"; do
-        [[ $sc == idle-10k ]] && continue
+        [[ $sc == *idle-10k ]] && continue
         for server in "${SERVER_LIST[@]}"; do
             [[ -n ${RPS[$sc,$server]// /} ]] || continue
             printf '| %s | %s | %s | %s | %s | %d |\n' "$sc" "$server" \
