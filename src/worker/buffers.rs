@@ -35,6 +35,8 @@ pub struct BufferPool {
     write: Vec<Vec<u8>>,
     /// Most connections open since memory was last given back.
     open_high_water: usize,
+    /// Connections open at the previous sweep.
+    open_before: usize,
 }
 
 impl BufferPool {
@@ -64,11 +66,15 @@ impl BufferPool {
         }
     }
 
-    /// `open` connections are open now. True when the allocator should give free memory
-    /// back, because at least `TRIM_AFTER_CLOSED` fewer are open than at the high water.
+    /// `open` connections are open now (called once per sweep). True when the allocator
+    /// should give free memory back: at least `TRIM_AFTER_CLOSED` fewer are open than at
+    /// the high water, and the closing has paused (none closed since the last sweep), so
+    /// one trim comes after the whole burst rather than in its middle, leaving the rest.
     pub fn connections_open(&mut self, open: usize) -> bool {
+        let closing = open < self.open_before;
+        self.open_before = open;
         self.open_high_water = self.open_high_water.max(open);
-        if self.open_high_water < open + TRIM_AFTER_CLOSED {
+        if closing || self.open_high_water < open + TRIM_AFTER_CLOSED {
             return false;
         }
         self.open_high_water = open;
@@ -126,11 +132,16 @@ mod tests {
         let mut pool = BufferPool::default();
         assert!(!pool.connections_open(5000));
         assert!(!pool.connections_open(5000 - TRIM_AFTER_CLOSED + 1), "too few closed");
+        assert!(!pool.connections_open(5000 - TRIM_AFTER_CLOSED + 1), "too few closed");
         let trimmed_at = 5000 - TRIM_AFTER_CLOSED;
-        assert!(pool.connections_open(trimmed_at));
+        assert!(!pool.connections_open(trimmed_at), "still closing");
+        assert!(pool.connections_open(trimmed_at), "enough closed, and the closing paused");
+        assert!(!pool.connections_open(trimmed_at), "once");
         assert!(!pool.connections_open(trimmed_at - TRIM_AFTER_CLOSED + 1), "counted from the last trim");
+        assert!(!pool.connections_open(trimmed_at - TRIM_AFTER_CLOSED + 1));
         assert!(!pool.connections_open(8000), "opening is no drop");
-        assert!(pool.connections_open(8000 - TRIM_AFTER_CLOSED));
+        assert!(!pool.connections_open(0), "still closing");
+        assert!(pool.connections_open(1));
     }
 
     /// What an idle plain connection holds in user space besides the kernel's socket: its
