@@ -1,54 +1,77 @@
 #!/usr/bin/env bash
-# bench/run.sh — compare webd with nginx serving the same static files (wrk, loopback only).
+# bench/run.sh — compare webd with nginx, h2o and lighttpd serving the same static files
+# (wrk, loopback only).
 #
 # Usage:  bench/run.sh                      (works from any cwd)
 #         DURATION=3 ROUNDS=1 bench/run.sh  (quick check)
+#         WEBD_OLD_BIN=/tmp/webd.old SERVERS="webd webd-old" bench/run.sh   (before/after)
 #
 # Environment knobs (all optional):
 #   WEBD_BIN       path to a webd binary; skips `cargo build --release`
 #                  (default: build and use ${CARGO_TARGET_DIR:-target}/release/webd)
-#   ROUNDS         rounds per scenario; each round runs webd and nginx once      (default 3)
+#   WEBD_OLD_BIN   a second webd binary, run as server `webd-old` (for before/after figures)
+#   SERVERS        space/comma separated subset of: webd webd-old nginx h2o lighttpd
+#                                                        (default: webd nginx h2o lighttpd)
+#   ROUNDS         rounds per scenario; each round runs every server once         (default 3)
 #   DURATION       wrk duration per run, e.g. 10, 10s, 1m                         (default 10s)
 #   THREADS        wrk threads                                                    (default 2)
-#   SCENARIOS      space/comma separated subset of: keepalive-1k close-1k 10m
-#                  text-64k-br tls-keepalive-1k tls-close-1k tls-10m              (default all)
-#   WORKERS        worker processes for both servers                              (default 2)
+#   SCENARIOS      space/comma separated subset of the scenarios below            (default all)
+#   WORKERS        worker processes (threads for h2o) of every server             (default 2)
+#   IDLE_CONNS     connections of the idle-10k and keepalive-1k-10k scenarios     (default 10000)
 #   WARMUP         seconds of untimed keep-alive load per server before the runs;
 #                  0 disables                                                     (default 1)
 #   READY_TIMEOUT  seconds to wait for each server to answer HTTP                 (default 30)
 #   BENCH_OUT      output directory                                    (default bench/out)
 #
+# Peers: nginx (nginx-light + the brotli_static module), h2o 2.2 and lighttpd 1.4 (+
+# mod_openssl), Debian packages, installed with apt if missing. Same files, WORKERS
+# workers (nginx worker_processes, h2o num-threads, lighttpd server.max-worker), access logs
+# off, keep-alive idle timeout 75 s and at least 100,000 requests per connection on every
+# server, each server in its own session (setsid).
+#
 # Scenarios (wrk --latency, THREADS threads, 127.0.0.1 only):
-#   keepalive-1k  64 connections, GET /1k.bin
-#   close-1k      64 connections, GET /1k.bin with "Connection: close"
-#   10m           8 connections,  GET /10m.bin
-#   text-64k-br   64 connections, GET /64k.txt with "Accept-Encoding: br, gzip": a compressible
-#                 64 KiB text file with .br and .gz sidecars made by the brotli and gzip tools;
-#                 nginx serves them with brotli_static and gzip_static on, webd picks them itself
+#   idle-10k          memory per idle connection: a fresh start of each server, WARMUP s of
+#                     keep-alive load, then bench/idle_conns.py opens IDLE_CONNS connections
+#                     (one GET /1k.bin each, answered) and holds them idle. RSS and PSS
+#                     (/proc/PID/smaps_rollup) summed over every process of the server's
+#                     session: before, with them open, and 3 s after they close. Reported:
+#                     bytes per connection (growth / connections) and how much of the growth
+#                     was still held after the close.
+#   tls-idle-10k      the same over HTTPS (a full handshake each, then idle): TLS state per
+#                     idle connection
+#   keepalive-0       64 connections, GET /0.bin (an empty file)
+#   keepalive-1k      64 connections, GET /1k.bin
+#   close-1k          64 connections, GET /1k.bin with "Connection: close" (a new connection
+#                     per request)
+#   10m               8 connections,  GET /10m.bin
+#   keepalive-1k-10k  IDLE_CONNS connections, GET /1k.bin
+#   text-64k-br       64 connections, GET /64k.txt with "Accept-Encoding: br, gzip": a compressible
+#                     64 KiB text file with .br and .gz sidecars made by the brotli and gzip
+#                     tools. webd picks them itself, nginx with brotli_static and gzip_static,
+#                     h2o with file.send-compressed. Not lighttpd: its mod_deflate compresses
+#                     on the fly into a cache of its own and cannot serve the sidecars.
 #   tls-keepalive-1k, tls-close-1k, tls-10m
-#                 the same over HTTPS: one self-signed ECDSA P-256 certificate for both servers,
-#                 TLS 1.2 and 1.3 offered, TLS 1.3 with TLS_AES_256_GCM_SHA384 on both (the
-#                 negotiated protocol and cipher are printed); tls-close-1k is a full handshake
-#                 per request (wrk does not resume sessions)
+#                     the same over HTTPS on all four: one self-signed ECDSA P-256
+#                     certificate, TLS 1.2 and 1.3 offered, the negotiated protocol and
+#                     cipher printed (TLS 1.3 TLS_AES_256_GCM_SHA384 everywhere here);
+#                     tls-close-1k is a full handshake per request (wrk does not resume)
 #
 # Server CPU per request: utime + stime of every process in the server's session (each
 # server is started with setsid; /proc/PID/stat field 6), read before and after each wrk
 # run, divided by the requests wrk completed. The load generator shares the cores, so this
-# is the figure that says what a request costs the server.
+# is the figure that says what a request costs the server. Processes are never looked up by
+# name: only the sessions of the pids this script started.
 #
-# Within a round the server that goes first alternates (odd rounds webd first, even rounds
-# nginx first) so slow drift of the shared machine does not favour one side.
+# Within a round the order rotates (round 1: SERVERS in order, round 2 starts with the
+# second, ...; with two servers it alternates) so slow drift of the shared machine does not
+# favour one side.
 #
-# Output: a markdown table on stdout and in $BENCH_OUT/results.md; every figure is the
-# median over the rounds, the ratio is the median of the per-round webd/nginx req/s ratios.
-# MB/s is wrk's Transfer/sec in MiB/s (wrk's units are 1024-based). p99 comes from wrk's
-# latency distribution (ms). errors = socket errors (connect/read/write/timeout) plus
-# responses with status >= 400, summed over all rounds.
+# Output: markdown tables on stdout and in $BENCH_OUT/results.md; every figure is the
+# median over the rounds (CPU also as min–max, the noise). MB/s is wrk's Transfer/sec in
+# MiB/s. p99 comes from wrk's latency distribution (ms). errors = socket errors
+# (connect/read/write/timeout) plus responses with status >= 400, summed over all rounds.
 # Raw wrk outputs: $BENCH_OUT/wrk-<scenario>-<server>-r<round>.txt; one row per run in
-# $BENCH_OUT/runs.tsv; server logs in $BENCH_OUT/webd.log and $BENCH_OUT/nginx-error.log.
-#
-# Note: wrk and both servers share the machine's cores, so absolute numbers are low on a
-# small box; the ratio is the figure to compare.
+# $BENCH_OUT/runs.tsv and $BENCH_OUT/memory.tsv; server logs in $BENCH_OUT/*.log.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -57,12 +80,17 @@ REPO=$(pwd)
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
-SCENARIOS=${SCENARIOS:-keepalive-1k close-1k 10m text-64k-br tls-keepalive-1k tls-close-1k tls-10m}
+ALL_SCENARIOS="idle-10k tls-idle-10k keepalive-0 keepalive-1k close-1k 10m keepalive-1k-10k text-64k-br tls-keepalive-1k tls-close-1k tls-10m"
+SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
+SERVERS=${SERVERS:-webd nginx h2o lighttpd}
 WORKERS=${WORKERS:-2}
+IDLE_CONNS=${IDLE_CONNS:-10000}
 WARMUP=${WARMUP:-1}
 READY_TIMEOUT=${READY_TIMEOUT:-30}
 BENCH_OUT=${BENCH_OUT:-$REPO/bench/out}
 WEBD_BIN=${WEBD_BIN:-}
+WEBD_OLD_BIN=${WEBD_OLD_BIN:-}
+KEEPALIVE_S=75
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -77,34 +105,65 @@ check_int() { # check_int NAME MIN MAX: the variable NAME must be an integer in 
 check_int ROUNDS 1 100
 check_int THREADS 1 64
 check_int WORKERS 1 256
+check_int IDLE_CONNS 64 50000
 check_int WARMUP 0 60
 check_int READY_TIMEOUT 1 600
 [[ $DURATION =~ ^[0-9]+[smh]?$ ]] || die "DURATION must look like 10, 10s or 1m (got '$DURATION')"
 [[ $DURATION =~ [smh]$ ]] || DURATION=${DURATION}s
 
-# scenario -> "connections path extra-header"
-declare -A SC_CONNS=([keepalive-1k]=64 [close-1k]=64 [10m]=8 [text-64k-br]=64
-    [tls-keepalive-1k]=64 [tls-close-1k]=64 [tls-10m]=8)
-declare -A SC_PATH=([keepalive-1k]=/1k.bin [close-1k]=/1k.bin [10m]=/10m.bin [text-64k-br]=/64k.txt
+# scenario -> connections, path, extra header
+declare -A SC_CONNS=([idle-10k]=$IDLE_CONNS [tls-idle-10k]=$IDLE_CONNS [keepalive-0]=64 [keepalive-1k]=64 [close-1k]=64 [10m]=8
+    [keepalive-1k-10k]=$IDLE_CONNS [text-64k-br]=64 [tls-keepalive-1k]=64 [tls-close-1k]=64 [tls-10m]=8)
+declare -A SC_PATH=([idle-10k]=/1k.bin [tls-idle-10k]=/1k.bin [keepalive-0]=/0.bin [keepalive-1k]=/1k.bin [close-1k]=/1k.bin
+    [10m]=/10m.bin [keepalive-1k-10k]=/1k.bin [text-64k-br]=/64k.txt
     [tls-keepalive-1k]=/1k.bin [tls-close-1k]=/1k.bin [tls-10m]=/10m.bin)
-declare -A SC_HEADER=([keepalive-1k]="" [close-1k]="Connection: close" [10m]="" [text-64k-br]="Accept-Encoding: br, gzip"
+declare -A SC_HEADER=([idle-10k]="" [tls-idle-10k]="" [keepalive-0]="" [keepalive-1k]="" [close-1k]="Connection: close" [10m]=""
+    [keepalive-1k-10k]="" [text-64k-br]="Accept-Encoding: br, gzip"
     [tls-keepalive-1k]="" [tls-close-1k]="Connection: close" [tls-10m]="")
 read -r -a SCENARIO_LIST <<<"${SCENARIOS//,/ }"
 ((${#SCENARIO_LIST[@]} > 0)) || die "SCENARIOS is empty"
 for s in "${SCENARIO_LIST[@]}"; do
     conns=${SC_CONNS[$s]:-}
-    [[ -n $conns ]] || die "unknown scenario '$s' (known: ${!SC_CONNS[*]})"
+    [[ -n $conns ]] || die "unknown scenario '$s' (known: $ALL_SCENARIOS)"
     ((conns >= THREADS)) || die "scenario $s has $conns connections < THREADS=$THREADS"
 done
+read -r -a SERVER_LIST <<<"${SERVERS//,/ }"
+((${#SERVER_LIST[@]} > 0)) || die "SERVERS is empty"
+declare -A SEEN=()
+for s in "${SERVER_LIST[@]}"; do
+    case $s in webd | webd-old | nginx | h2o | lighttpd) ;; *) die "unknown server '$s' (known: webd webd-old nginx h2o lighttpd)" ;; esac
+    [[ -z ${SEEN[$s]:-} ]] || die "server '$s' listed twice in SERVERS"
+    SEEN[$s]=1
+done
+has_server() { [[ -n ${SEEN[$1]:-} ]]; }
+if has_server webd-old; then
+    [[ -n $WEBD_OLD_BIN && -x $WEBD_OLD_BIN ]] || die "SERVERS has webd-old: set WEBD_OLD_BIN to an executable webd"
+fi
+
+# What each server can do with the same files (see the header).
+can_tls() { true; }
+can_br() { [[ $1 != lighttpd ]]; }
+runs_scenario() { # runs_scenario SERVER SCENARIO
+    case $2 in
+        tls-*) can_tls "$1" ;;
+        text-64k-br) can_br "$1" ;;
+        *) true ;;
+    esac
+}
+
+# 10,000 connections need descriptors: for wrk, the client and the servers (inherited).
+nofile=$((IDLE_CONNS * 2 + 4096))
+if (($(ulimit -Hn) < nofile)); then ulimit -Hn "$nofile" 2>/dev/null || true; fi
+ulimit -Sn "$(($(ulimit -Hn) < nofile ? $(ulimit -Hn) : nofile))"
+(($(ulimit -Sn) >= IDLE_CONNS + 1024)) || die "RLIMIT_NOFILE is $(ulimit -Sn), need $((IDLE_CONNS + 1024)) for IDLE_CONNS=$IDLE_CONNS"
 
 # ---------------------------------------------------------------- cleanup (set up first)
 TMP=""
-WEBD_PID=""
-NGINX_PID=""
+declare -A PID=() PORT_OF=() TLS_PORT_OF=()
 
 # Stop a server started with setsid (so pid == process group id): SIGTERM to the leader
-# (webd and the nginx master shut their own children down), wait up to 10 s, then SIGKILL
-# whatever is left in its process group.
+# (every server here shuts its own children down), wait up to 10 s, then SIGKILL whatever
+# is left in its process group.
 stop_group() {
     local name=$1 pid=$2 i
     [[ -n $pid ]] || return 0
@@ -126,12 +185,13 @@ stop_group() {
 }
 
 cleanup() {
-    local rc=$?
+    local rc=$? s
     trap - EXIT INT TERM
-    stop_group webd "$WEBD_PID"
-    stop_group nginx "$NGINX_PID"
+    for s in "${!PID[@]}"; do stop_group "$s" "${PID[$s]}"; done
     if [[ -n $TMP && -d $TMP ]]; then
-        [[ -f $TMP/nginx/error.log ]] && cp -f "$TMP/nginx/error.log" "$BENCH_OUT/nginx-error.log" 2>/dev/null
+        for s in nginx h2o lighttpd; do
+            [[ -f $TMP/$s/error.log ]] && cp -f "$TMP/$s/error.log" "$BENCH_OUT/$s-error.log" 2>/dev/null
+        done
         rm -rf -- "$TMP"
     fi
     ((rc == 0)) || log "failed (exit $rc); logs in $BENCH_OUT"
@@ -147,45 +207,79 @@ SUDO=""
 need_pkgs=()
 command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
-NGINX=$(command -v nginx 2>/dev/null || true)
-[[ -z $NGINX && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
-[[ -n $NGINX ]] || need_pkgs+=(nginx-light)
-BROTLI_MODULE=/usr/lib/nginx/modules/ngx_http_brotli_static_module.so
-[[ -f $BROTLI_MODULE ]] || need_pkgs+=(libnginx-mod-http-brotli-static)
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 command -v brotli >/dev/null 2>&1 || need_pkgs+=(brotli)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
+BROTLI_MODULE=/usr/lib/nginx/modules/ngx_http_brotli_static_module.so
+H2O=$(command -v h2o 2>/dev/null || echo /usr/bin/h2o)
+LIGHTTPD=$(command -v lighttpd 2>/dev/null || echo /usr/sbin/lighttpd)
+LIGHTTPD_MODULES=/usr/lib/lighttpd
+if has_server nginx; then
+    [[ -x $NGINX ]] || need_pkgs+=(nginx-light)
+    [[ -f $BROTLI_MODULE ]] || need_pkgs+=(libnginx-mod-http-brotli-static)
+fi
+has_server h2o && { [[ -x $H2O ]] || need_pkgs+=(h2o); }
+if has_server lighttpd; then
+    [[ -x $LIGHTTPD ]] || need_pkgs+=(lighttpd)
+    [[ -f $LIGHTTPD_MODULES/mod_openssl.so ]] || need_pkgs+=(lighttpd-mod-openssl)
+fi
 if ((${#need_pkgs[@]} > 0)); then
     log "installing ${need_pkgs[*]} with apt"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # The packages' own services are not wanted (and policy-rc.d may forbid them anyway).
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${need_pkgs[@]}" >&2
     NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
+    H2O=$(command -v h2o 2>/dev/null || echo /usr/bin/h2o)
+    LIGHTTPD=$(command -v lighttpd 2>/dev/null || echo /usr/sbin/lighttpd)
 fi
-[[ -x $NGINX ]] || die "nginx not found after install"
 command -v wrk >/dev/null 2>&1 || die "wrk not found after install"
-[[ -f $BROTLI_MODULE ]] || die "nginx's brotli_static module ($BROTLI_MODULE) not found after install"
-
-if [[ -n $WEBD_BIN ]]; then
-    [[ -x $WEBD_BIN ]] || die "WEBD_BIN=$WEBD_BIN is not an executable file"
-    WEBD_BIN=$(cd "$(dirname "$WEBD_BIN")" && pwd)/$(basename "$WEBD_BIN")
-    log "using WEBD_BIN=$WEBD_BIN (no build)"
-else
-    log "building webd (cargo build --release)"
-    cargo build --release >&2 ||
-        die "cargo build --release failed; set WEBD_BIN=/path/to/webd to benchmark an existing binary"
-    target_dir=${CARGO_TARGET_DIR:-target}
-    [[ $target_dir = /* ]] || target_dir=$REPO/$target_dir
-    WEBD_BIN=$target_dir/release/webd
-    [[ -x $WEBD_BIN ]] || die "build succeeded but $WEBD_BIN is missing"
+if has_server nginx; then
+    [[ -x $NGINX ]] || die "nginx not found after install"
+    [[ -f $BROTLI_MODULE ]] || die "nginx's brotli_static module ($BROTLI_MODULE) not found after install"
 fi
+has_server h2o && { [[ -x $H2O ]] || die "h2o not found after install"; }
+if has_server lighttpd; then
+    [[ -x $LIGHTTPD ]] || die "lighttpd not found after install"
+    [[ -f $LIGHTTPD_MODULES/mod_openssl.so ]] || die "lighttpd's mod_openssl not found after install"
+fi
+
+if has_server webd; then
+    if [[ -n $WEBD_BIN ]]; then
+        [[ -x $WEBD_BIN ]] || die "WEBD_BIN=$WEBD_BIN is not an executable file"
+        WEBD_BIN=$(cd "$(dirname "$WEBD_BIN")" && pwd)/$(basename "$WEBD_BIN")
+        log "using WEBD_BIN=$WEBD_BIN (no build)"
+    else
+        log "building webd (cargo build --release)"
+        cargo build --release >&2 ||
+            die "cargo build --release failed; set WEBD_BIN=/path/to/webd to benchmark an existing binary"
+        target_dir=${CARGO_TARGET_DIR:-target}
+        [[ $target_dir = /* ]] || target_dir=$REPO/$target_dir
+        WEBD_BIN=$target_dir/release/webd
+        [[ -x $WEBD_BIN ]] || die "build succeeded but $WEBD_BIN is missing"
+    fi
+fi
+[[ -z $WEBD_OLD_BIN ]] || WEBD_OLD_BIN=$(cd "$(dirname "$WEBD_OLD_BIN")" && pwd)/$(basename "$WEBD_OLD_BIN")
+
+version_of() {
+    case $1 in
+        webd) echo "webd, tree $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo '+changes') ($WEBD_BIN)" ;;
+        webd-old) echo "webd-old ($WEBD_OLD_BIN)" ;;
+        nginx) "$NGINX" -v 2>&1 | sed 's/.*version: //' ;;
+        h2o) "$H2O" --version 2>&1 | head -n 1 ;;
+        lighttpd) "$LIGHTTPD" -v 2>&1 | head -n 1 | sed 's/ - .*//' ;;
+    esac
+}
 
 # ---------------------------------------------------------------- 2. docroot
 mkdir -p "$BENCH_OUT"
-rm -f "$BENCH_OUT"/wrk-*.txt "$BENCH_OUT/runs.tsv" "$BENCH_OUT/results.md" \
-    "$BENCH_OUT/webd.log" "$BENCH_OUT/nginx-error.log"
+rm -f "$BENCH_OUT"/wrk-*.txt "$BENCH_OUT/runs.tsv" "$BENCH_OUT/memory.tsv" "$BENCH_OUT/results.md" \
+    "$BENCH_OUT"/*.log
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/webd-bench.XXXXXX")
 ROOT=$TMP/root
-mkdir -p "$ROOT" "$TMP/nginx"
+mkdir -p "$ROOT" "$TMP/nginx" "$TMP/h2o" "$TMP/lighttpd"
+: >"$ROOT/0.bin"
 head -c 1024 /dev/urandom >"$ROOT/1k.bin"
 head -c $((10 * 1024 * 1024)) /dev/urandom >"$ROOT/10m.bin"
 # Compressible text: HTML-like lines with varying numbers.
@@ -195,11 +289,11 @@ head -c 65536 "$TMP/text" >"$ROOT/64k.txt"
 brotli -k -q 11 "$ROOT/64k.txt"
 gzip -k -9 "$ROOT/64k.txt"
 chmod 755 "$TMP" "$ROOT"
-# One certificate for both servers (nginx workers run as root here, so 0600 is fine).
+# One certificate for every server (nginx workers run as root here, so 0600 is fine).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
     -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null ||
     die "openssl could not make the test certificate"
-chmod 644 "$ROOT"/*.bin "$ROOT"/64k.txt*
+chmod 644 "$ROOT"/*.bin "$ROOT"/64k.txt* "$TMP/key.pem"
 
 # ---------------------------------------------------------------- 3. servers
 # A free port below the ephemeral range (so wrk's client sockets never collide with it),
@@ -238,22 +332,25 @@ wait_http() {
     return 1
 }
 
-# Check that a server returns the exact bytes of both files.
+# Check that a server returns the exact bytes of every file it is measured with.
 verify_content() {
-    local name=$1 port=$2 tls_port=$3 f
-    for f in 1k.bin 10m.bin; do
+    local name=$1 port=${PORT_OF[$1]} tls_port=${TLS_PORT_OF[$1]} f
+    for f in 0.bin 1k.bin 10m.bin; do
         curl -sf --max-time 10 "http://127.0.0.1:$port/$f" | cmp -s - "$ROOT/$f" ||
             die "$name served wrong content for /$f"
     done
-    # Both must send the same brotli sidecar to a client that prefers br.
-    curl -sf --max-time 10 -H 'Accept-Encoding: br, gzip' "http://127.0.0.1:$port/64k.txt" |
-        cmp -s - "$ROOT/64k.txt.br" || die "$name did not serve the .br sidecar of /64k.txt"
-    for f in 1k.bin 10m.bin; do
-        curl -sfk --max-time 10 "https://127.0.0.1:$tls_port/$f" | cmp -s - "$ROOT/$f" ||
-            die "$name served wrong content for https /$f"
-    done
-    printf '%s: %s\n' "$name" "$(openssl s_client -connect "127.0.0.1:$tls_port" -servername localhost </dev/null 2>/dev/null |
-        awk '/^New, / { sub(/^New, /, ""); print; exit }')" >>"$TMP/tls-negotiated"
+    if can_br "$name"; then
+        curl -sf --max-time 10 -H 'Accept-Encoding: br, gzip' "http://127.0.0.1:$port/64k.txt" |
+            cmp -s - "$ROOT/64k.txt.br" || die "$name did not serve the .br sidecar of /64k.txt"
+    fi
+    if can_tls "$name"; then
+        for f in 1k.bin 10m.bin; do
+            curl -sfk --max-time 10 "https://127.0.0.1:$tls_port/$f" | cmp -s - "$ROOT/$f" ||
+                die "$name served wrong content for https /$f"
+        done
+        printf '%s: %s\n' "$name" "$(openssl s_client -connect "127.0.0.1:$tls_port" -servername localhost </dev/null 2>/dev/null |
+            awk '/^New, / { sub(/^New, /, ""); print; exit }')" >>"$TMP/tls-negotiated"
+    fi
 }
 
 write_nginx_conf() {
@@ -263,17 +360,19 @@ write_nginx_conf() {
 load_module $BROTLI_MODULE;
 user root;
 worker_processes $WORKERS;
+worker_rlimit_nofile $((IDLE_CONNS * 2 + 1024));
 daemon off;
 master_process on;
 pid $TMP/nginx/nginx.pid;
 error_log $TMP/nginx/error.log warn;
 events {
-    worker_connections 4096;
+    worker_connections $((IDLE_CONNS + 1024));
 }
 http {
     access_log off;
     sendfile on;
     tcp_nopush on;
+    keepalive_timeout ${KEEPALIVE_S}s;
     keepalive_requests 100000;
     default_type application/octet-stream;
     types { text/plain txt; }
@@ -288,8 +387,8 @@ http {
     ssl_ciphers ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305;
     ssl_conf_command Ciphersuites TLS_AES_256_GCM_SHA384;
     server {
-        listen 127.0.0.1:$port;
-        listen 127.0.0.1:$tls_port ssl;
+        listen 127.0.0.1:$port backlog=4096;
+        listen 127.0.0.1:$tls_port ssl backlog=4096;
         ssl_certificate $TMP/cert.pem;
         ssl_certificate_key $TMP/key.pem;
         root $ROOT;
@@ -298,87 +397,187 @@ http {
 EOF
 }
 
-start_nginx() {
-    local attempt
-    for ((attempt = 1; attempt <= 5; attempt++)); do
-        pick_port
-        NGINX_PORT=$PORT
-        pick_port
-        NGINX_TLS_PORT=$PORT
-        write_nginx_conf "$NGINX_PORT" "$NGINX_TLS_PORT"
-        if ! "$NGINX" -t -q -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf"; then
-            tail -n 5 "$TMP/nginx/error.log" >&2 || true
-            die "nginx rejected the generated config"
-        fi
-        setsid "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
-            </dev/null >>"$TMP/nginx/stdout.log" 2>&1 &
-        NGINX_PID=$!
-        if wait_http nginx "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/1k.bin"; then
-            log "nginx $("$NGINX" -v 2>&1 | sed 's/.*version: //') up on 127.0.0.1:$NGINX_PORT (pid $NGINX_PID)"
-            return 0
-        fi
-        tail -n 5 "$TMP/nginx/error.log" "$TMP/nginx/stdout.log" >&2 || true
-        stop_group nginx "$NGINX_PID"
-        NGINX_PID=""
-    done
-    die "nginx did not start"
+# h2o: no access-log directive = no access log; file.send-compressed serves .br/.gz sidecars.
+write_h2o_conf() {
+    local port=$1 tls_port=$2
+    cat >"$TMP/h2o/h2o.conf" <<EOF
+# generated by bench/run.sh
+user: root
+num-threads: $WORKERS
+max-connections: $((IDLE_CONNS + 1024))
+http1-request-timeout: $KEEPALIVE_S
+pid-file: $TMP/h2o/h2o.pid
+error-log: $TMP/h2o/error.log
+listen:
+  host: 127.0.0.1
+  port: $port
+listen:
+  host: 127.0.0.1
+  port: $tls_port
+  ssl:
+    certificate-file: $TMP/cert.pem
+    key-file: $TMP/key.pem
+    minimum-version: TLSv1.2
+    cipher-suite: ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305
+file.send-compressed: ON
+file.mime.addtypes:
+  text/plain: .txt
+  application/octet-stream: .bin
+hosts:
+  default:
+    paths:
+      /:
+        file.dir: $ROOT
+EOF
 }
 
-start_webd() {
-    local attempt
-    : >"$BENCH_OUT/webd.log"
+# lighttpd: no mod_accesslog = no access log; server.max-worker forks the workers.
+write_lighttpd_conf() {
+    local port=$1 tls_port=$2
+    cat >"$TMP/lighttpd/lighttpd.conf" <<EOF
+# generated by bench/run.sh
+server.modules = ("mod_openssl")
+server.document-root = "$ROOT"
+server.bind = "127.0.0.1"
+server.port = $port
+server.max-worker = $WORKERS
+server.max-fds = $((IDLE_CONNS * 2 + 1024))
+server.max-connections = $((IDLE_CONNS + 1024))
+server.max-keep-alive-requests = 100000
+server.max-keep-alive-idle = $KEEPALIVE_S
+server.listen-backlog = 4096
+server.errorlog = "$TMP/lighttpd/error.log"
+server.pid-file = "$TMP/lighttpd/lighttpd.pid"
+mimetype.assign = (".txt" => "text/plain", "" => "application/octet-stream")
+\$SERVER["socket"] == "127.0.0.1:$tls_port" {
+    ssl.engine = "enable"
+    ssl.pemfile = "$TMP/cert.pem"
+    ssl.privkey = "$TMP/key.pem"
+    ssl.openssl.ssl-conf-cmd = ("MinProtocol" => "TLSv1.2", "Ciphersuites" => "TLS_AES_256_GCM_SHA384",
+        "CipherString" => "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305")
+}
+EOF
+}
+
+# launch NAME: writes the config and starts the server in its own session; sets PID[NAME].
+launch() {
+    local name=$1 port=${PORT_OF[$1]} tls_port=${TLS_PORT_OF[$1]} bin
+    case $name in
+        webd | webd-old)
+            bin=$WEBD_BIN
+            [[ $name == webd-old ]] && bin=$WEBD_OLD_BIN
+            rm -f "$TMP/$name.sock"
+            setsid "$bin" --listen "127.0.0.1:$port" --root "$ROOT" --workers "$WORKERS" \
+                --tls-listen "127.0.0.1:$tls_port" --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem" \
+                --keepalive-timeout $((KEEPALIVE_S * 1000)) --max-requests-per-connection 100000 \
+                --max-connections $((IDLE_CONNS + 1024)) \
+                --admin off --control-socket "$TMP/$name.sock" \
+                </dev/null >>"$BENCH_OUT/$name.log" 2>&1 &
+            ;;
+        nginx)
+            write_nginx_conf "$port" "$tls_port"
+            if ! "$NGINX" -t -q -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf"; then
+                tail -n 5 "$TMP/nginx/error.log" >&2 || true
+                die "nginx rejected the generated config"
+            fi
+            setsid "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
+                </dev/null >>"$BENCH_OUT/nginx.log" 2>&1 &
+            ;;
+        h2o)
+            write_h2o_conf "$port" "$tls_port"
+            "$H2O" -t -c "$TMP/h2o/h2o.conf" >"$TMP/h2o/check.log" 2>&1 ||
+                { tail -n 5 "$TMP/h2o/check.log" >&2; die "h2o rejected the generated config"; }
+            setsid "$H2O" -c "$TMP/h2o/h2o.conf" </dev/null >>"$BENCH_OUT/h2o.log" 2>&1 &
+            ;;
+        lighttpd)
+            write_lighttpd_conf "$port" "$tls_port"
+            "$LIGHTTPD" -tt -m "$LIGHTTPD_MODULES" -f "$TMP/lighttpd/lighttpd.conf" >"$TMP/lighttpd/check.log" 2>&1 ||
+                { tail -n 5 "$TMP/lighttpd/check.log" >&2; die "lighttpd rejected the generated config"; }
+            setsid "$LIGHTTPD" -D -m "$LIGHTTPD_MODULES" -f "$TMP/lighttpd/lighttpd.conf" \
+                </dev/null >>"$BENCH_OUT/lighttpd.log" 2>&1 &
+            ;;
+    esac
+    PID[$name]=$!
+}
+
+# start_server NAME: fresh ports, start, wait until it serves; a few attempts.
+start_server() {
+    local name=$1 attempt
     for ((attempt = 1; attempt <= 3; attempt++)); do
         pick_port
-        WEBD_PORT=$PORT
+        PORT_OF[$name]=$PORT
         pick_port
-        WEBD_TLS_PORT=$PORT
-        rm -f "$TMP/webd.sock"
-        log "starting webd: $WEBD_BIN --listen 127.0.0.1:$WEBD_PORT --tls-listen 127.0.0.1:$WEBD_TLS_PORT --root $ROOT --workers $WORKERS --admin off --control-socket $TMP/webd.sock"
-        setsid "$WEBD_BIN" --listen "127.0.0.1:$WEBD_PORT" --root "$ROOT" --workers "$WORKERS" \
-            --tls-listen "127.0.0.1:$WEBD_TLS_PORT" --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem" \
-            --admin off --control-socket "$TMP/webd.sock" \
-            </dev/null >>"$BENCH_OUT/webd.log" 2>&1 &
-        WEBD_PID=$!
-        if wait_http webd "$WEBD_PID" "http://127.0.0.1:$WEBD_PORT/1k.bin"; then
-            log "webd up on 127.0.0.1:$WEBD_PORT (pid $WEBD_PID)"
+        TLS_PORT_OF[$name]=$PORT
+        launch "$name"
+        if wait_http "$name" "${PID[$name]}" "http://127.0.0.1:${PORT_OF[$name]}/1k.bin"; then
+            log "$name up on 127.0.0.1:${PORT_OF[$name]} and :${TLS_PORT_OF[$name]} (pid ${PID[$name]})"
             return 0
         fi
-        log "webd failed to start (attempt $attempt); last log lines:"
-        tail -n 10 "$BENCH_OUT/webd.log" >&2 || true
-        stop_group webd "$WEBD_PID"
-        WEBD_PID=""
+        log "$name failed to start (attempt $attempt); last log lines:"
+        tail -n 10 "$BENCH_OUT/$name.log" "$TMP/$name/error.log" >&2 2>/dev/null || true
+        stop_group "$name" "${PID[$name]}"
+        unset "PID[$name]"
     done
-    die "webd did not start; see $BENCH_OUT/webd.log"
+    die "$name did not start; see $BENCH_OUT/$name.log"
 }
 
-NGINX_PORT=""
-WEBD_PORT=""
-NGINX_TLS_PORT=""
-WEBD_TLS_PORT=""
-start_nginx
-start_webd
+restart_server() {
+    stop_group "$1" "${PID[$1]}"
+    unset "PID[$1]"
+    start_server "$1"
+}
+
 : >"$TMP/tls-negotiated"
-verify_content nginx "$NGINX_PORT" "$NGINX_TLS_PORT"
-verify_content webd "$WEBD_PORT" "$WEBD_TLS_PORT"
+for server in "${SERVER_LIST[@]}"; do
+    start_server "$server"
+    verify_content "$server"
+done
 log "TLS negotiated: $(paste -sd ';' "$TMP/tls-negotiated")"
 
 # ---------------------------------------------------------------- 4. load
-# cpu_ticks SID: utime + stime (clock ticks) of every process in session SID (a server we
-# started with setsid, so its pid is the session id): never a process found by name.
-cpu_ticks() {
-    local sid=$1 f line rest total=0
+# session_pids SID: every process in session SID (a server we started with setsid, so its
+# pid is the session id): never a process found by name.
+session_pids() {
+    local sid=$1 f line rest
     local -a fields
     for f in /proc/[0-9]*/stat; do
         { read -r line <"$f"; } 2>/dev/null || continue
         rest=${line##*) } # after the command name, which may contain spaces and parentheses
         read -r -a fields <<<"$rest"
-        # fields from state (stat field 3): session is field 6, utime 14, stime 15
+        # fields from state (stat field 3): session is field 6
         [[ ${fields[3]:-} == "$sid" ]] || continue
+        f=${f#/proc/}
+        echo "${f%/stat}"
+    done
+}
+
+# cpu_ticks SID: utime + stime (clock ticks) of every process in session SID.
+cpu_ticks() {
+    local sid=$1 pid line rest total=0
+    local -a fields
+    for pid in $(session_pids "$sid"); do
+        { read -r line <"/proc/$pid/stat"; } 2>/dev/null || continue
+        rest=${line##*) }
+        read -r -a fields <<<"$rest"
         total=$((total + fields[11] + fields[12]))
     done
     echo "$total"
 }
 CLK_TCK=$(getconf CLK_TCK)
+
+# memory_kb SID -> "RSS_KB PSS_KB" summed over every process in session SID.
+memory_kb() {
+    local sid=$1 pid rss=0 pss=0 key value _
+    for pid in $(session_pids "$sid"); do
+        while read -r key value _; do
+            case $key in
+                Rss:) rss=$((rss + value)) ;;
+                Pss:) pss=$((pss + value)) ;;
+            esac
+        done 2>/dev/null <"/proc/$pid/smaps_rollup" || true
+    done
+    echo "$rss $pss"
+}
 
 # requests_of FILE: the requests wrk completed ("N requests in ...")
 requests_of() { awk '/ requests in / { print $1; exit }' "$1"; }
@@ -424,10 +623,21 @@ parse_wrk() {
 
 # median of the numeric arguments ("NA" when none)
 median() {
-    printf '%s\n' "$@" | { grep -E '^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$' || true; } | sort -g |
+    printf '%s\n' "$@" | { grep -E '^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$' || true; } | sort -g |
         awk '{ a[NR] = $1 } END {
             if (NR == 0) { print "NA"; exit }
             if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2
+        }'
+}
+
+# spread FORMAT VALUES...: "min–max" of the numeric values (one value: itself)
+spread() {
+    local f=$1
+    shift
+    printf '%s\n' "$@" | { grep -E '^-?[0-9]+(\.[0-9]+)?$' || true; } | sort -g |
+        awk -v f="$f" '{ a[NR] = $1 } END {
+            if (NR == 0) { print "n/a"; exit }
+            if (NR == 1) printf f "\n", a[1]; else printf f "–" f "\n", a[1], a[NR]
         }'
 }
 
@@ -436,22 +646,17 @@ fmt() { # fmt PRINTF-FORMAT VALUE
     if [[ $2 == NA ]]; then printf 'n/a'; else LC_ALL=C printf "$1" "$2"; fi
 }
 
-port_of() { if [[ $1 == webd ]]; then echo "$WEBD_PORT"; else echo "$NGINX_PORT"; fi; }
-tls_port_of() { if [[ $1 == webd ]]; then echo "$WEBD_TLS_PORT"; else echo "$NGINX_TLS_PORT"; fi; }
-pid_of() { if [[ $1 == webd ]]; then echo "$WEBD_PID"; else echo "$NGINX_PID"; fi; }
-
 # run_wrk SERVER SCENARIO DURATION OUTFILE
 run_wrk() {
-    local server=$1 sc=$2 dur=$3 outfile=$4 port pid
-    port=$(port_of "$server")
-    pid=$(pid_of "$server")
-    local scheme=http
+    local server=$1 sc=$2 dur=$3 outfile=$4 port=${PORT_OF[$1]} pid=${PID[$1]} scheme=http
     if [[ $sc == tls-* ]]; then
         scheme=https
-        port=$(tls_port_of "$server")
+        port=${TLS_PORT_OF[$server]}
     fi
     kill -0 "$pid" 2>/dev/null || die "$server (pid $pid) is no longer running"
     local args=(-t "$THREADS" -c "${SC_CONNS[$sc]}" -d "$dur" --latency)
+    # 10,000 connections take a while to open: give each request more than wrk's 2 s.
+    ((SC_CONNS[$sc] > 1000)) && args+=(--timeout 10s)
     [[ -n ${SC_HEADER[$sc]} ]] && args+=(-H "${SC_HEADER[$sc]}")
     args+=("$scheme://127.0.0.1:$port${SC_PATH[$sc]}")
     if ! wrk "${args[@]}" >"$outfile" 2>&1; then
@@ -460,79 +665,159 @@ run_wrk() {
     kill -0 "$pid" 2>/dev/null || die "$server (pid $pid) exited during the $sc run (see $outfile)"
 }
 
-if ((WARMUP > 0)); then
-    for server in webd nginx; do
-        log "warm-up: $server ${WARMUP}s"
-        run_wrk "$server" keepalive-1k "${WARMUP}s" "$TMP/warmup-$server.txt"
-    done
-fi
+warm_up() {
+    ((WARMUP > 0)) || return 0
+    log "warm-up: $1 ${WARMUP}s"
+    run_wrk "$1" keepalive-1k "${WARMUP}s" "$TMP/warmup-$1.txt"
+}
 
-declare -A RPS MBPS P99 ERRS RATIO CPU
-printf 'scenario\tround\tserver\treq_per_s\tMiB_per_s\tp99_ms\terrors\terror_detail\n' >"$BENCH_OUT/runs.tsv"
+# measure_idle SERVER ROUND SCENARIO: a fresh server, warmed up; RSS/PSS before, with IDLE_CONNS
+# idle connections held by bench/idle_conns.py, and 3 s after they closed. One memory.tsv row.
+measure_idle() {
+    local server=$1 round=$2 sc=$3 sid before open after opened failed still line port tls=""
+    restart_server "$server"
+    port=${PORT_OF[$server]}
+    warm_up "$server"
+    sid=${PID[$server]}
+    sleep 1
+    before=$(memory_kb "$sid")
+    if [[ $sc == tls-* ]]; then
+        port=${TLS_PORT_OF[$server]}
+        tls=tls
+    fi
+    # shellcheck disable=SC2086 # $tls is empty or one word
+    coproc IDLE { exec python3 "$REPO/bench/idle_conns.py" 127.0.0.1 "$port" "$IDLE_CONNS" /1k.bin 60 $tls; }
+    local idle_pid=$IDLE_PID
+    line=""
+    read -r -t 70 line <&"${IDLE[0]}" || true
+    [[ $line == open\ * ]] || die "idle_conns.py did not report (got '$line')"
+    read -r _ opened _ failed <<<"$line"
+    sleep 1 # let the workers settle after the last answers
+    open=$(memory_kb "$sid")
+    echo close >&"${IDLE[1]}"
+    line=""
+    read -r -t 70 line <&"${IDLE[0]}" || true
+    still=${line#still-open }
+    wait "$idle_pid" 2>/dev/null || true
+    sleep 3
+    after=$(memory_kb "$sid")
+    kill -0 "${PID[$server]}" 2>/dev/null || die "$server exited during $sc"
+    read -r rss0 pss0 <<<"$before"
+    read -r rss1 pss1 <<<"$open"
+    read -r rss2 pss2 <<<"$after"
+    printf '%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$server" "$round" "$opened" "$failed" "${still:-NA}" \
+        "$rss0" "$rss1" "$rss2" "$pss0" "$pss1" "$pss2" >>"$BENCH_OUT/memory.tsv"
+    log "  $server: $opened open ($failed failed, ${still:-?} still open at the close); RSS KB $rss0 -> $rss1 -> $rss2, PSS KB $pss0 -> $pss1 -> $pss2"
+}
+
+for server in "${SERVER_LIST[@]}"; do warm_up "$server"; done
+
+declare -A RPS MBPS P99 ERRS CPU MEM_RSS MEM_PSS MEM_KEPT MEM_AFTER MEM_BEFORE MEM_OPEN
+printf 'scenario\tround\tserver\treq_per_s\tMiB_per_s\tp99_ms\tcpu_us_per_req\terrors\terror_detail\n' >"$BENCH_OUT/runs.tsv"
+printf 'scenario\tserver\tround\topened\tfailed\tstill_open\trss_before_kb\trss_open_kb\trss_after_kb\tpss_before_kb\tpss_open_kb\tpss_after_kb\n' >"$BENCH_OUT/memory.tsv"
+n_servers=${#SERVER_LIST[@]}
 for sc in "${SCENARIO_LIST[@]}"; do
-    RATIO[$sc]=""
-    for server in webd nginx; do
+    for server in "${SERVER_LIST[@]}"; do
         RPS[$sc,$server]=""; MBPS[$sc,$server]=""; P99[$sc,$server]=""; ERRS[$sc,$server]=0; CPU[$sc,$server]=""
+        MEM_RSS[$sc,$server]=""; MEM_PSS[$sc,$server]=""; MEM_KEPT[$sc,$server]=""; MEM_AFTER[$sc,$server]=""
+        MEM_BEFORE[$sc,$server]=""; MEM_OPEN[$sc,$server]=""
     done
     for ((round = 1; round <= ROUNDS; round++)); do
-        if ((round % 2)); then order=(webd nginx); else order=(nginx webd); fi
-        declare -A this_rps=()
+        order=()
+        for ((i = 0; i < n_servers; i++)); do order+=("${SERVER_LIST[(i + round - 1) % n_servers]}"); done
         for server in "${order[@]}"; do
+            runs_scenario "$server" "$sc" || continue
+            log "$sc round $round/$ROUNDS: $server (${SC_CONNS[$sc]} conns)"
+            if [[ $sc == *idle-10k ]]; then
+                measure_idle "$server" "$round" "$sc"
+                read -r _ _ _ opened _ _ rss0 rss1 rss2 pss0 pss1 pss2 < <(tail -n 1 "$BENCH_OUT/memory.tsv")
+                MEM_RSS[$sc,$server]+=" $(awk -v a="$rss0" -v b="$rss1" -v n="$opened" 'BEGIN { if (n > 0) printf "%.0f", (b - a) * 1024 / n; else print "NA" }')"
+                MEM_PSS[$sc,$server]+=" $(awk -v a="$pss0" -v b="$pss1" -v n="$opened" 'BEGIN { if (n > 0) printf "%.0f", (b - a) * 1024 / n; else print "NA" }')"
+                MEM_KEPT[$sc,$server]+=" $(awk -v a="$rss0" -v b="$rss1" -v c="$rss2" 'BEGIN { if (b > a) printf "%.0f", (c - a) * 100 / (b - a); else print "NA" }')"
+                MEM_BEFORE[$sc,$server]+=" $rss0"
+                MEM_OPEN[$sc,$server]+=" $rss1"
+                MEM_AFTER[$sc,$server]+=" $rss2"
+                continue
+            fi
             out=$BENCH_OUT/wrk-$sc-$server-r$round.txt
-            log "$sc round $round/$ROUNDS: $server (${SC_CONNS[$sc]} conns, $DURATION)"
-            ticks_before=$(cpu_ticks "$(pid_of "$server")")
+            ticks_before=$(cpu_ticks "${PID[$server]}")
             run_wrk "$server" "$sc" "$DURATION" "$out"
-            ticks_after=$(cpu_ticks "$(pid_of "$server")")
+            ticks_after=$(cpu_ticks "${PID[$server]}")
             read -r rps mbps p99 errs detail < <(parse_wrk "$out")
             cpu=$(awk -v t=$((ticks_after - ticks_before)) -v hz="$CLK_TCK" -v n="$(requests_of "$out")" \
                 'BEGIN { if (n + 0 > 0) printf "%.1f", t / hz / n * 1e6; else print "NA" }')
-            CPU[$sc,$server]+=" $cpu"
             log "  $server: req/s=$rps MiB/s=$mbps p99=${p99}ms cpu/req=${cpu}us errors=$errs ($detail)"
-            printf '%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$round" "$server" "$rps" "$mbps" "$p99" \
+            printf '%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$round" "$server" "$rps" "$mbps" "$p99" "$cpu" \
                 "$errs" "$detail" >>"$BENCH_OUT/runs.tsv"
+            CPU[$sc,$server]+=" $cpu"
             RPS[$sc,$server]+=" $rps"
             MBPS[$sc,$server]+=" $mbps"
             P99[$sc,$server]+=" $p99"
             prev=${ERRS[$sc,$server]}
             ERRS[$sc,$server]=$((prev + errs))
-            this_rps[$server]=$rps
         done
-        ratio=$(awk -v a="${this_rps[webd]}" -v b="${this_rps[nginx]}" \
-            'BEGIN { if (a != "NA" && b != "NA" && b + 0 > 0) print a / b; else print "NA" }')
-        RATIO[$sc]+=" $ratio"
-        unset this_rps
     done
 done
 
 # ---------------------------------------------------------------- 5. report
+# shellcheck disable=SC2086 # word splitting of the space-separated per-round lists is intended
 {
-    echo "## webd vs nginx"
+    echo "## $(IFS=,; echo "${SERVER_LIST[*]}" | sed "s/,/, /g")"
     echo
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, rounds=$ROUNDS, duration=$DURATION," \
-        "wrk threads=$THREADS, workers=$WORKERS, nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///')," \
-        "webd $(basename "$WEBD_BIN")$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null | sed 's/^/ @ /' || true)"
+        "wrk threads=$THREADS, workers=$WORKERS"
+    for server in "${SERVER_LIST[@]}"; do echo "- $server: $(version_of "$server")"; done
     echo
-    echo "| scenario | webd req/s | nginx req/s | ratio | webd µs CPU/req | nginx µs CPU/req | webd MB/s | nginx MB/s | webd p99 ms | nginx p99 ms | errors |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    header="| µs CPU per request (median of $ROUNDS; min–max) |"
+    rule="|---|"
+    for server in "${SERVER_LIST[@]}"; do header+=" $server |"; rule+="---:|"; done
+    echo "$header"
+    echo "$rule"
     for sc in "${SCENARIO_LIST[@]}"; do
-        # shellcheck disable=SC2086 # word splitting of the space-separated per-round lists is intended
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | webd %d / nginx %d |\n' "$sc" \
-            "$(fmt '%.0f' "$(median ${RPS[$sc,webd]})")" \
-            "$(fmt '%.0f' "$(median ${RPS[$sc,nginx]})")" \
-            "$(fmt '%.2f' "$(median ${RATIO[$sc]})")" \
-            "$(fmt '%.1f' "$(median ${CPU[$sc,webd]})")" \
-            "$(fmt '%.1f' "$(median ${CPU[$sc,nginx]})")" \
-            "$(fmt '%.1f' "$(median ${MBPS[$sc,webd]})")" \
-            "$(fmt '%.1f' "$(median ${MBPS[$sc,nginx]})")" \
-            "$(fmt '%.2f' "$(median ${P99[$sc,webd]})")" \
-            "$(fmt '%.2f' "$(median ${P99[$sc,nginx]})")" \
-            "${ERRS[$sc,webd]}" "${ERRS[$sc,nginx]}"
+        [[ $sc == *idle-10k ]] && continue
+        row="| $sc |"
+        for server in "${SERVER_LIST[@]}"; do
+            if [[ -z ${CPU[$sc,$server]// /} ]]; then row+=" – |"; continue; fi
+            row+=" $(fmt '%.1f' "$(median ${CPU[$sc,$server]})") ($(spread '%.1f' ${CPU[$sc,$server]})) |"
+        done
+        echo "$row"
+    done
+    for sc in "${SCENARIO_LIST[@]}"; do
+        [[ $sc == *idle-10k ]] || continue
+        row1="| $sc: memory per idle connection, RSS growth / connections (B) |"
+        row2="| $sc: same, PSS (B) |"
+        row3="| $sc: RSS before → with them → 3 s after close (MB) |"
+        row4="| $sc: growth still held after close |"
+        for server in "${SERVER_LIST[@]}"; do
+            if [[ -z ${MEM_RSS[$sc,$server]// /} ]]; then row1+=" – |"; row2+=" – |"; row3+=" – |"; row4+=" – |"; continue; fi
+            row1+=" $(fmt '%.0f' "$(median ${MEM_RSS[$sc,$server]})") ($(spread '%.0f' ${MEM_RSS[$sc,$server]})) |"
+            row2+=" $(fmt '%.0f' "$(median ${MEM_PSS[$sc,$server]})") |"
+            row3+=" $(fmt '%.1f' "$(median ${MEM_BEFORE[$sc,$server]} | awk '{ print $1 / 1024 }')") → $(fmt '%.1f' "$(median ${MEM_OPEN[$sc,$server]} | awk '{ print $1 / 1024 }')") → $(fmt '%.1f' "$(median ${MEM_AFTER[$sc,$server]} | awk '{ print $1 / 1024 }')") |"
+            row4+=" $(fmt '%.0f' "$(median ${MEM_KEPT[$sc,$server]})") % |"
+        done
+        printf '%s\n' "$row1" "$row2" "$row3" "$row4"
     done
     echo
-    echo "Medians over rounds; ratio = median of per-round webd/nginx req/s; MB/s = MiB/s (wrk Transfer/sec);"
-    echo "errors = socket errors + responses >= 400, summed over rounds (per-run detail in runs.tsv);"
-    echo "µs CPU/req = utime + stime of every process of the server during the run / requests completed."
-    echo "TLS: $(paste -sd ';' "$TMP/tls-negotiated")"
+    echo "| scenario | server | req/s | p99 ms | MB/s | errors |"
+    echo "|---|---|---:|---:|---:|---:|"
+    for sc in "${SCENARIO_LIST[@]}"; do
+        [[ $sc == *idle-10k ]] && continue
+        for server in "${SERVER_LIST[@]}"; do
+            [[ -n ${RPS[$sc,$server]// /} ]] || continue
+            printf '| %s | %s | %s | %s | %s | %d |\n' "$sc" "$server" \
+                "$(fmt '%.0f' "$(median ${RPS[$sc,$server]})")" \
+                "$(fmt '%.2f' "$(median ${P99[$sc,$server]})")" \
+                "$(fmt '%.1f' "$(median ${MBPS[$sc,$server]})")" \
+                "${ERRS[$sc,$server]}"
+        done
+    done
+    echo
+    echo "Medians over rounds. µs CPU/req = utime + stime of every process of the server's session during"
+    echo "the run / requests completed. MB/s = MiB/s (wrk Transfer/sec); errors = socket errors + responses"
+    echo ">= 400, summed over rounds (per-run detail in runs.tsv). Memory: idle-10k, $IDLE_CONNS connections"
+    echo "held idle after one GET /1k.bin each (memory.tsv). '–': the server cannot run the scenario with"
+    echo "the same files (lighttpd: no precompressed sidecars)."
+    [[ -s $TMP/tls-negotiated ]] && echo "TLS: $(paste -sd ';' "$TMP/tls-negotiated")"
 } >"$BENCH_OUT/results.md"
 
 cat "$BENCH_OUT/results.md"

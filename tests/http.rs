@@ -526,6 +526,48 @@ fn pipelined_requests_in_one_write_are_answered_in_order() {
     assert_eq!(media_type(&responses[2]), "text/css");
 }
 
+/// Idle connections lend their buffers to the worker's pool between requests: interleaved
+/// connections that each stop mid-head keep their bytes, a connection whose long head grew
+/// its read buffer goes on with a fresh one, and a connection's old input or output never
+/// shows up on another.
+#[test]
+fn connections_that_go_idle_mid_head_and_between_requests_keep_their_own_bytes() {
+    let webd = start(1, &[]);
+    for i in 0..20 {
+        write_file(&webd, &format!("f{i}.txt"), format!("file {i}\n").as_bytes());
+    }
+    let mut conns: Vec<Conn> = (0..20).map(|_| connect(webd.addr())).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.write_all(format!("GET /f{i}.txt HTTP/1.1\r\nHo").as_bytes()).expect("first half");
+    }
+    std::thread::sleep(Duration::from_millis(100)); // pacing: the halves are read apart
+    for (i, c) in conns.iter_mut().enumerate().rev() {
+        c.write_all(b"st: t\r\nX-Pad: ").expect("second piece");
+        c.write_all(format!("{i}\r\n\r\n").as_bytes()).expect("end of head");
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        let r = next_response(c);
+        assert_eq!((r.status, r.body.as_slice()), (200, format!("file {i}\n").as_bytes()), "connection {i}");
+    }
+    // A head longer than a pooled read buffer, then ordinary requests, on every connection.
+    let long_head = format!("GET /f0.txt HTTP/1.1\r\nHost: t\r\nX-Long: {}\r\n\r\n", "x".repeat(6000));
+    conns[3].write_all(long_head.as_bytes()).expect("long head");
+    let r = next_response(&mut conns[3]);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"file 0\n"[..]));
+    for round in 0..3 {
+        for (i, c) in conns.iter_mut().enumerate() {
+            let n = (i + round) % 20;
+            c.write_all(format!("GET /f{n}.txt HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).expect("request");
+        }
+        for (i, c) in conns.iter_mut().enumerate() {
+            let n = (i + round) % 20;
+            let r = next_response(c);
+            assert_eq!((r.status, r.body.as_slice()), (200, format!("file {n}\n").as_bytes()), "round {round}, {i}");
+            assert!(c.buffered().is_empty(), "bytes after response {round} on connection {i}");
+        }
+    }
+}
+
 // ---- Path escapes ------------------------------------------------------------------
 
 #[test]

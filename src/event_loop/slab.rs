@@ -63,7 +63,26 @@ impl<T> Slab<T> {
     pub fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
         self.entries.iter().enumerate().filter_map(|(i, v)| v.as_ref().map(|v| (i, v)))
     }
+
+    /// Once at most a quarter of many slots are used (a burst of connections has closed),
+    /// frees the room of the free slots at the end, so the memory held for the burst comes
+    /// back. O(free slots); cheap enough for a periodic sweep.
+    pub fn shrink(&mut self) {
+        if self.entries.len() < SHRINK_FROM || self.len * 4 > self.entries.len() {
+            return;
+        }
+        while let Some(None) = self.entries.last() {
+            self.entries.pop();
+        }
+        let end = self.entries.len();
+        self.free.retain(|&i| i < end);
+        self.entries.shrink_to_fit();
+        self.free.shrink_to_fit();
+    }
 }
+
+/// Slots below which `shrink` leaves a slab alone (a few pages at most).
+const SHRINK_FROM: usize = 256;
 
 #[cfg(test)]
 mod tests {
@@ -78,5 +97,26 @@ mod tests {
         assert_eq!(slab.insert('c'), a);
         assert_eq!((slab.len(), slab.slots()), (2, 2));
         assert_eq!(slab.iter().collect::<Vec<_>>(), [(a, &'c'), (b, &'b')]);
+    }
+
+    #[test]
+    fn shrink_frees_the_free_slots_at_the_end_of_a_mostly_empty_slab() {
+        let mut slab = Slab::default();
+        let indices: Vec<usize> = (0..1000).map(|i| slab.insert(i)).collect();
+        slab.shrink();
+        assert_eq!(slab.slots(), 1000, "a full slab is left alone");
+        for &i in &indices[1..] {
+            if i != 10 {
+                slab.remove(i);
+            }
+        }
+        slab.shrink();
+        assert_eq!((slab.len(), slab.slots()), (2, 11));
+        assert!(slab.entries.capacity() < 1000);
+        // Freed slots below the end are still reused, none beyond it is handed out.
+        let reused: Vec<usize> = (0..9).map(|i| slab.insert(i)).collect();
+        assert!(reused.iter().all(|&i| (1..10).contains(&i)), "{reused:?}");
+        assert_eq!(slab.insert(99), 11);
+        assert_eq!(slab.get(10), Some(&10));
     }
 }

@@ -62,6 +62,18 @@ pub(crate) fn probe_fd<T>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> T) -> T {
     f(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
+/// Gives the allocator's free memory back to the kernel (glibc's malloc_trim(3)): glibc
+/// returns only the top of its heap by itself, so after thousands of connections closed,
+/// their freed TLS state and buffers in the middle would stay resident. Elsewhere a no-op.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists; it takes
+    // the arena locks itself, and touches no memory the program still owns.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,10 @@
 //! One HTTP connection: read, parse, respond, write, repeat.
 //!
-//! Hot path. Buffers are per connection and reused, so a steady keep-alive connection
-//! allocates nothing per request. Pipelined requests are answered in order, their
+//! Hot path. A connection holds its read and write buffers only while it reads a request
+//! or writes a response: at the end of a turn with nothing half-read or unsent it gives
+//! them back to the worker's [`BufferPool`] and takes a pair again on its next turn, so
+//! an idle keep-alive connection holds none, and a steady one allocates nothing per
+//! request. Pipelined requests are answered in order, their
 //! responses batched into one write. Bodies up to `INLINE_BODY_MAX` are copied after
 //! the head so a small response is a single `send`; larger ones go out with sendfile, or
 //! with `send` from the compression cache's buffer for a body compressed on the fly.
@@ -21,6 +24,7 @@
 
 use super::access_log::{self, Entry};
 use super::body::{BodySkipper, Skip};
+use super::buffers::BufferPool;
 use super::encoding::Coding;
 use super::request::{self, ErrorKind, Parsed, Request};
 use super::response::{self, Body, Multipart, Plan};
@@ -45,9 +49,6 @@ const INLINE_BODY_MAX: u64 = 16 * 1024;
 const REQUESTS_PER_TURN: u32 = 64;
 /// Stop producing pipelined responses once this much output is waiting.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
-const READ_BUF_INITIAL: usize = 4 * 1024;
-/// Room for a response head plus a small inline body without growing the buffer.
-const WRITE_BUF_INITIAL: usize = 4 * 1024;
 /// Largest sendfile call, so one big download does not monopolise the loop.
 const SENDFILE_CHUNK: usize = 1 << 20;
 /// A TLS connection's file body is read into the write buffer this much at a time (four
@@ -119,9 +120,11 @@ pub struct Conn {
     sock: TcpStream,
     /// TLS state, for a connection accepted on a TLS socket.
     tls: Option<Box<Session>>,
+    /// Empty (no allocation) between turns when nothing is half-read; see `BufferPool`.
     rbuf: Vec<u8>,
     rstart: usize,
     rend: usize,
+    /// Empty with no capacity between turns when nothing is unsent.
     wbuf: Vec<u8>,
     wpos: usize,
     body: Option<FileBody>,
@@ -164,10 +167,10 @@ impl Conn {
             answered: false,
             sock,
             tls,
-            rbuf: vec![0; READ_BUF_INITIAL],
+            rbuf: Vec::new(),
             rstart: 0,
             rend: 0,
-            wbuf: Vec::with_capacity(WRITE_BUF_INITIAL),
+            wbuf: Vec::new(),
             wpos: 0,
             body: None,
             memory: None,
@@ -193,8 +196,10 @@ impl Conn {
             self.deadline = now + shared.keepalive_timeout;
             return;
         }
-        if self.rbuf.len() < carried.len() {
-            self.rbuf.resize(carried.len(), 0);
+        // Idle connections hold no buffer (the pool has it): room for the rest of the head too.
+        let room = carried.len().max(super::buffers::READ_BUF_INITIAL);
+        if self.rbuf.len() < room {
+            self.rbuf.resize(room, 0);
         }
         self.rbuf[..carried.len()].copy_from_slice(carried);
         self.rend = carried.len();
@@ -221,11 +226,46 @@ impl Conn {
         &self.sock
     }
 
-    /// Makes all the progress the socket allows.
+    /// Makes all the progress the socket allows, with buffers from the worker's pool for
+    /// the turn; what it leaves unused goes back.
     pub fn drive(&mut self, shared: &mut Shared, now: Instant) -> Outcome {
         if self.lingering.is_some() {
             return self.drain_input();
         }
+        self.take_buffers(&mut shared.buffers);
+        let outcome = self.serve(shared, now);
+        if outcome != Outcome::Again {
+            self.give_back_buffers(&mut shared.buffers, outcome == Outcome::Close);
+        }
+        outcome
+    }
+
+    fn take_buffers(&mut self, pool: &mut BufferPool) {
+        if self.rbuf.is_empty() {
+            self.rbuf = pool.take_read();
+        }
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = pool.take_write();
+        }
+    }
+
+    /// Gives back what this connection does not need while it waits: the read buffer
+    /// unless it holds part of a request, the write buffer unless output is unsent; both
+    /// when it closes or lingers (nothing in them will be used again).
+    fn give_back_buffers(&mut self, pool: &mut BufferPool, closing: bool) {
+        let done = closing || self.lingering.is_some();
+        if done || (self.rstart == self.rend && self.pending.is_none()) {
+            self.rstart = 0;
+            self.rend = 0;
+            pool.give_read(std::mem::take(&mut self.rbuf));
+        }
+        if done || (self.wpos == self.wbuf.len() && !self.body_pending()) {
+            self.wpos = 0;
+            pool.give_write(std::mem::take(&mut self.wbuf));
+        }
+    }
+
+    fn serve(&mut self, shared: &mut Shared, now: Instant) -> Outcome {
         self.turn_left = REQUESTS_PER_TURN;
         loop {
             let needs_input = self.produce(shared, now);

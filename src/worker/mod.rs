@@ -22,6 +22,7 @@
 
 pub mod access_log;
 pub mod body;
+mod buffers;
 pub mod compress_cache;
 mod conn;
 pub mod date;
@@ -74,6 +75,8 @@ pub struct Shared {
     pub stats: Stats,
     /// Reused buffer for path decoding.
     pub scratch: Vec<u8>,
+    /// Connections' read and write buffers, lent for a turn (idle connections hold none).
+    pub buffers: buffers::BufferPool,
     /// Bodies compressed on the fly (`compress_cache_mib`).
     pub codings: compress_cache::CompressCache,
     /// The access log, when enabled.
@@ -230,6 +233,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
             close_tls: false,
             stats: Stats::default(),
             scratch: Vec::with_capacity(1024),
+            buffers: buffers::BufferPool::default(),
             codings: compress_cache::CompressCache::new(config.compress_cache_mib),
             access_log,
             tls,
@@ -664,6 +668,10 @@ impl Worker {
             if outcome == Outcome::Close {
                 self.close(index, now);
             }
+        }
+        self.conns.shrink();
+        if self.shared.buffers.connections_open(self.conns.len()) {
+            crate::sys::release_free_memory();
         }
     }
 }
