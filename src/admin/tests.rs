@@ -61,6 +61,7 @@ fn status() -> webd_proto::Status {
             active_connections: 3,
             requests: 99,
             utilization: 0.25,
+            keeper_pid: Some(4246),
         }],
         connections: webd_proto::ConnectionStatus { accepted: 120, active: 3 },
         requests_total: 99,
