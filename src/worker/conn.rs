@@ -153,6 +153,17 @@ pub struct Conn {
     sent: u64,
     /// Worker deaths the request being read or answered was in progress for (a rescue's).
     deaths: u32,
+    /// The last response produced, whole in the write buffer and not yet recorded: it
+    /// is recorded only if it cannot be written at once (see [`Conn::record_response`]).
+    unrecorded: Option<Unrecorded>,
+}
+
+/// A response whose bytes are all in the write buffer from `head_at`.
+#[derive(Clone, Copy)]
+struct Unrecorded {
+    head_at: usize,
+    status: u16,
+    coding: Coding,
 }
 
 impl Conn {
@@ -171,6 +182,7 @@ impl Conn {
             answered: false,
             sent: 0,
             deaths: 0,
+            unrecorded: None,
             sock,
             tls,
             rbuf: vec![0; READ_BUF_INITIAL],
@@ -249,7 +261,7 @@ impl Conn {
         response: &InProgress,
         file: Option<File>,
         written: u64,
-        stats: &mut Stats,
+        shared: &mut Shared,
         now: Instant,
     ) -> Result<(), &'static str> {
         let done = written.checked_sub(response.head_start).ok_or("an earlier response was not all written")?;
@@ -275,9 +287,25 @@ impl Conn {
         self.sent = written;
         self.head_started = None;
         self.close_after = response.close;
-        stats.request_started(now);
+        shared.stats.request_started(now);
         let (status, coding) = (response.status, super::records::coding_of(response.coding));
         self.unflushed.push(Unflushed { status, coding, bytes: memory + file_len - done, started: now });
+        if !self.has_output() {
+            // Written in full before the death: only its accounting was left.
+            self.flushed(&mut shared.stats, now);
+        }
+        // Recorded as it was, so a second death continues it too.
+        let file = self.body.as_ref().zip(response.file).map(|(body, span)| (body.file.as_raw_fd(), span));
+        let record = ResponseRecord {
+            head_start: response.head_start,
+            memory: &response.memory,
+            file,
+            status,
+            coding: response.coding,
+            close: response.close,
+            leftover: self.unprocessed(),
+        };
+        shared.records.response(self.raw_fd(), &record);
         Ok(())
     }
 
@@ -296,6 +324,10 @@ impl Conn {
 
     /// Records the response just started (its head at `wbuf[head_at..]`): what a
     /// successor needs to continue it. A body from memory or in parts is not continued.
+    /// One whose bytes are all in the buffer is recorded only once a write of it would
+    /// block, the buffer still whole (it is cleared only once all of it is written): a
+    /// death within the turn that produced and wrote it leaves the record of its request,
+    /// whose byte count then no longer matches, and the connection is closed.
     fn record_response(&self, head_at: usize, status: u16, coding: Coding, records: &mut Records) {
         let fd = self.raw_fd();
         let file = match (&self.body, &self.memory) {
@@ -306,7 +338,8 @@ impl Conn {
             },
             _ => return records.lost(fd),
         };
-        let head_start = self.sent + (head_at - self.wpos) as u64;
+        // `wbuf[..wpos]` is written already: `sent` counts it.
+        let head_start = (self.sent - self.wpos as u64) + head_at as u64;
         let record = ResponseRecord {
             head_start,
             memory: &self.wbuf[head_at..],
@@ -342,11 +375,15 @@ impl Conn {
                     // would make a request served within one pass take no time at all.
                     Ok(true) => {
                         self.flushed(&mut shared.stats, Instant::now());
+                        self.unrecorded = None;
                         if self.tls.is_none() {
                             self.record(&mut shared.records);
                         }
                     }
                     Ok(false) => {
+                        if let Some(u) = self.unrecorded.take() {
+                            self.record_response(u.head_at, u.status, u.coding, &mut shared.records);
+                        }
                         // The client is slow to read: give it the keep-alive timeout
                         // per stretch without progress.
                         self.deadline = now + shared.keepalive_timeout;
@@ -546,8 +583,12 @@ impl Conn {
         }
         let (status, coding) = (plan.status, plan.coding);
         self.unflushed.push(Unflushed { status, coding, bytes: head_bytes + body_bytes, started: now });
+        self.unrecorded = None;
         match (self.tls.is_some(), delivered) {
             (true, _) => {} // recorded lost once, as it arrived
+            // All in the buffer: it usually goes out in the same turn, and a record would
+            // cost a copy of it; recorded only if the socket cannot take it at once.
+            (false, true) if !self.body_pending() => self.unrecorded = Some(Unrecorded { head_at, status, coding }),
             (false, true) => self.record_response(head_at, status, coding, &mut shared.records),
             (false, false) => shared.records.lost(self.raw_fd()),
         }

@@ -601,10 +601,8 @@ impl Worker {
             }
             (_, ipc::Salvage::Response(response), Ok(written)) => {
                 let file = file.map(std::fs::File::from);
-                conn.resume(&response, file, written, &mut self.shared.stats, now).map(|()| {
-                    conn.take_carried(carried, &self.shared, now);
-                    How::Resumed
-                })
+                conn.take_carried(carried, &self.shared, now);
+                conn.resume(&response, file, written, &mut self.shared, now).map(|()| How::Resumed)
             }
         };
         let rescued = &mut self.shared.stats.figures.rescued;
@@ -628,7 +626,10 @@ impl Worker {
                 conn.record(&mut self.shared.records);
                 return self.watch(conn, Outcome::Keep, registry, now);
             }
-            Ok(How::Resumed) => rescued.resumed += 1,
+            Ok(How::Resumed) => {
+                rescued.resumed += 1;
+                return self.serve(conn, registry, now); // `resume` recorded it
+            }
         }
         conn.record(&mut self.shared.records);
         self.serve(conn, registry, now);
@@ -650,7 +651,7 @@ impl Worker {
         );
         // Closes gracefully after the answer: lingering, it is served only to drain input.
         if conn.answer_error(request::ErrorKind::Poison, &mut self.shared, now) == Outcome::Close {
-            return conn.finish(&mut self.shared.stats, now);
+            return self.finish(conn, now);
         }
         self.serve(conn, registry, now);
     }
@@ -666,9 +667,7 @@ impl Worker {
     /// Watches a connection, driven already (`outcome`) or not (`Again`: on the next turn).
     fn watch(&mut self, conn: Conn, outcome: Outcome, registry: &Registry, now: Instant) {
         if outcome == Outcome::Close {
-            self.shared.records.clear(conn.raw_fd());
-            conn.finish(&mut self.shared.stats, now);
-            return;
+            return self.finish(conn, now);
         }
         let raw = conn.raw_fd();
         let index = self.conns.insert(conn);
@@ -778,8 +777,11 @@ impl Worker {
     fn handed_over(&mut self, batch: &[usize], registry: &Registry) {
         for &index in batch {
             if let Some(conn) = self.conns.remove(index) {
-                let _ = registry.deregister(&mut SourceFd(&conn.raw_fd()));
+                let fd = conn.raw_fd();
+                let _ = registry.deregister(&mut SourceFd(&fd));
                 self.shared.stats.figures.rescued.migrated += 1;
+                drop(conn);
+                self.shared.records.clear(fd); // after the close: see `finish`
             }
         }
     }
@@ -799,9 +801,16 @@ impl Worker {
     /// makes that connection try a read that would block.)
     fn close(&mut self, index: usize, now: Instant) {
         if let Some(conn) = self.conns.remove(index) {
-            self.shared.records.clear(conn.raw_fd());
-            conn.finish(&mut self.shared.stats, now);
+            self.finish(conn, now);
         }
+    }
+
+    /// Closes a connection, then forgets its record: in that order, a death in between
+    /// leaves the keeper a record for no descriptor, never a closing connection to send.
+    fn finish(&mut self, conn: Conn, now: Instant) {
+        let fd = conn.raw_fd();
+        conn.finish(&mut self.shared.stats, now);
+        self.shared.records.clear(fd);
     }
 
     /// Times out connections past their header, keep-alive or write deadline (a request
