@@ -19,6 +19,15 @@
 //! lane is retried when it turns writable; a failed one ends the hand-over and the rest
 //! close as before. Costs one `bool` test per connection turn; the rest runs only while
 //! retiring.
+//!
+//! **Rescue at death** (SPEC section 8). A `keeper` forked at start shares our
+//! descriptor table; each connection keeps its entry in the shared table of [`records`]
+//! current (a copy of the request bytes after each read, a short record after each
+//! response). If we die, the keeper sends every connection with its record into our lane,
+//! and the worker that takes it (`Worker::accept_rescued`) serves it on, replays its
+//! request, continues its response from the kernel's byte count, or closes it; a request
+//! in progress in two deaths is answered 500. A panic aborts (unwinding would close the
+//! sockets the keeper is there to save).
 
 pub mod access_log;
 pub mod body;
