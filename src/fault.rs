@@ -9,7 +9,9 @@
 //! Other lines inject other faults: `listener-stop-after-accept` and
 //! `listener-stop-after-send` (below), and `<role>-channel-full` (heartbeats dropped as
 //! if the channel to the supervisor were full, while the line is there), and
-//! `rotate-ticket-keys` (the daemon rotates the TLS session-ticket keys once per line).
+//! `rotate-ticket-keys` (the daemon rotates the TLS session-ticket keys once per line),
+//! and `crash-on-path /PATH` (a worker aborts when it is about to answer a request for
+//! that target, read as each worker starts: a poison request).
 
 use crate::ipc::Role;
 
@@ -74,4 +76,11 @@ pub fn channel_full(file: Option<&std::path::Path>, role: Role) -> bool {
 pub fn ticket_rotations(file: Option<&std::path::Path>) -> u64 {
     let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) else { return 0 };
     text.lines().filter(|line| line.trim() == "rotate-ticket-keys").count() as u64
+}
+
+/// The request target a worker aborts on instead of answering (a fault-file line
+/// `crash-on-path /boom`), read once as the worker starts; `None` in production.
+pub fn crash_on_path() -> Option<Vec<u8>> {
+    let text = std::fs::read_to_string(file()?).ok()?;
+    text.lines().find_map(|line| Some(line.trim().strip_prefix("crash-on-path ")?.trim().as_bytes().to_vec()))
 }

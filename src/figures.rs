@@ -78,12 +78,15 @@ pub struct Rescued {
     pub replayed: u64,
     pub resumed: u64,
     pub closed: u64,
+    /// Requests in progress in two worker deaths, answered 500 instead of replayed
+    /// (`webd_poison_requests_total`; not a `how`).
+    pub poison: u64,
 }
 
 impl Rescued {
     /// Label value and count, in the order `/metrics` shows them.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
-        let Rescued { migrated, idle, replayed, resumed, closed } = *self;
+        let Rescued { migrated, idle, replayed, resumed, closed, poison: _ } = *self;
         [("migrated", migrated), ("idle", idle), ("replayed", replayed), ("resumed", resumed), ("closed", closed)]
             .into_iter()
     }
@@ -279,6 +282,7 @@ impl Growth for Rescued {
             replayed: self.replayed.growth_since(&before.replayed),
             resumed: self.resumed.growth_since(&before.resumed),
             closed: self.closed.growth_since(&before.closed),
+            poison: self.poison.growth_since(&before.poison),
         }
     }
 }
@@ -369,6 +373,7 @@ impl AddAssign<&Rescued> for Rescued {
         self.replayed += other.replayed;
         self.resumed += other.resumed;
         self.closed += other.closed;
+        self.poison += other.poison;
     }
 }
 

@@ -32,11 +32,13 @@ fn status_matches_the_process_table() {
         let id = w["id"].as_i64().expect("id");
         assert_eq!(w["pid"].as_i64(), webd.pid_of(&format!("webd: worker {id}")).map(i64::from));
     }
-    // The human table names every process with its pid.
-    let table = webd.ctl_ok(&["status"]);
-    for pid in pid_set(&webd) {
-        assert!(table.contains(&pid.to_string()), "pid {pid} missing from:\n{table}");
-    }
+    // The human table names every process with its pid (a worker's keeper once its
+    // worker's first heartbeat has reported it).
+    let named = || {
+        let table = webd.ctl_ok(&["status"]);
+        pid_set(&webd).into_iter().all(|pid| table.contains(&pid.to_string()))
+    };
+    wait_until(Duration::from_secs(5), "every process in the status table", named);
 }
 
 fn restart_under_load(target: &[&str], replaced: &dyn Fn(&Webd) -> Vec<i32>) {

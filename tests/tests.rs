@@ -22,6 +22,8 @@
 //! - `tls`: HTTPS against the real binary with a CA made in the test: SNI, versions,
 //!   bad certificate files, a listener crash, hostile TLS input
 //! - `vhosts`: `[[sites]]` virtual hosts by Host and SNI, per-site rules, reload
+//! - `rescue`: a dead worker's connections taken over through its keeper: idle ones
+//!   served on, downloads continued from the exact byte, poison requests answered 500
 //! - `hostile`: hostile HTTP, control and admin clients and fd exhaustion, with a normal
 //!   client served throughout and heartbeats measured
 
@@ -36,6 +38,7 @@ mod hostile;
 mod http;
 mod metrics;
 mod ops;
+mod rescue;
 mod sites;
 mod startup;
 mod systemd;

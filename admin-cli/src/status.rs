@@ -34,6 +34,9 @@ pub fn render(status: &Status) -> String {
     }
     for worker in &status.workers {
         table.row(worker_row(worker));
+        if let Some(keeper) = worker.keeper_pid {
+            table.row(keeper_row(keeper));
+        }
     }
     let mut out = format!("{}\n\n{}", header(status), table.render());
     if !status.certificates.is_empty() {
@@ -84,7 +87,8 @@ fn process_row(process: &ProcessStatus) -> Vec<String> {
     ]
 }
 
-/// The listener's keeper: no heartbeat of its own (the listener reports it).
+/// A keeper (the listener's, or a worker's, below it): no heartbeat of its own (the
+/// process it keeps reports it).
 fn keeper_row(keeper_pid: u32) -> Vec<String> {
     let dash = || "-".to_owned();
     vec!["keeper".to_owned(), dash(), pid(keeper_pid), "running".to_owned(), dash(), dash(), dash(), dash()]
@@ -214,6 +218,7 @@ mod tests {
             active_connections: conns,
             requests,
             utilization: 0.5,
+            keeper_pid: None,
         };
         Status {
             version: "0.1.0".to_owned(),
@@ -229,7 +234,7 @@ mod tests {
                 process("manager", 0, ProcessState::Backoff, 7, 1500.0),
             ],
             workers: vec![
-                worker(0, 4250, WorkerState::Busy, 0, 3, 10234),
+                WorkerStatus { keeper_pid: Some(4252), ..worker(0, 4250, WorkerState::Busy, 0, 3, 10234) },
                 worker(1, 4251, WorkerState::Idle, 2, 0, 7),
                 worker(10, 0, WorkerState::Starting, 12, 0, 0),
             ],
@@ -249,6 +254,7 @@ listener   -  4243  running          0    12ms      -         -
 keeper     -  4244  running          -       -      -         -
 manager    -     -  backoff          7       -      -         -
 worker     0  4250  busy             0       -      3     10234
+keeper     -  4252  running          -       -      -         -
 worker     1  4251  idle             2       -      0         7
 worker    10     -  starting        12       -      0         0
 ";

@@ -202,6 +202,9 @@ pub struct WorkerStatus {
     pub active_connections: u64,
     pub requests: u64,
     pub utilization: f64,
+    /// Its keeper, the child that sends on its connections if it dies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keeper_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -70,6 +70,12 @@ pub const CONNECTIONS_RESCUED: MetricDef = def(
     &["how"],
     "Connections of retiring or dead workers carried on instead of closed, by how (migrated, idle, replayed, resumed, closed).",
 );
+pub const POISON_REQUESTS: MetricDef = def(
+    "webd_poison_requests_total",
+    COUNTER,
+    &[],
+    "Requests in progress in two worker deaths, answered 500 instead of replayed.",
+);
 pub const HTTP_REQUESTS: MetricDef =
     def("webd_http_requests_total", COUNTER, &["code"], "HTTP responses sent by the workers, by status code.");
 pub const HTTP_REQUESTS_BY_ENCODING: MetricDef = def(
@@ -127,7 +133,7 @@ pub const TLS_CERTIFICATE_EXPIRY: MetricDef = def(
 );
 
 /// Every `webd_*` metric, in exposition order.
-pub const ALL: [MetricDef; 22] = [
+pub const ALL: [MetricDef; 23] = [
     HEARTBEAT_LATENCY,
     HEARTBEAT_AGE,
     HEARTBEATS_MISSED,
@@ -138,6 +144,7 @@ pub const ALL: [MetricDef; 22] = [
     CONNECTIONS_ACCEPTED,
     CONNECTIONS_ACTIVE,
     CONNECTIONS_RESCUED,
+    POISON_REQUESTS,
     HTTP_REQUESTS,
     HTTP_REQUESTS_BY_ENCODING,
     HTTP_REQUEST_DURATION,
@@ -325,6 +332,7 @@ fn traffic_families(o: &Observed) -> Vec<MetricFamily> {
         Family::new(&CONNECTIONS_ACCEPTED).counter(&[], f.accepted).finish(),
         Family::new(&CONNECTIONS_ACTIVE).gauge(&[], o.connections_active as f64).finish(),
         rescued.finish(),
+        Family::new(&POISON_REQUESTS).counter(&[], f.rescued.poison).finish(),
         requests.finish(),
         by_encoding.finish(),
         Family::new(&HTTP_REQUEST_DURATION).histogram(&[], &f.duration, &DURATION_BUCKETS).finish(),

@@ -61,6 +61,7 @@ fn status() -> webd_proto::Status {
             active_connections: 3,
             requests: 99,
             utilization: 0.25,
+            keeper_pid: Some(4246),
         }],
         connections: webd_proto::ConnectionStatus { accepted: 120, active: 3 },
         requests_total: 99,
@@ -421,7 +422,7 @@ fn metrics_expose_every_spec_name_and_label_set() {
     let (reply, samples) = scrape(addr);
     assert_eq!(reply.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
 
-    let spec: [(&str, &str, &[&str]); 22] = [
+    let spec: [(&str, &str, &[&str]); 23] = [
         ("webd_heartbeat_latency_seconds", "histogram", &["role"]),
         ("webd_heartbeat_age_seconds", "gauge", &["role"]),
         ("webd_heartbeats_missed_total", "counter", &["role"]),
@@ -432,6 +433,7 @@ fn metrics_expose_every_spec_name_and_label_set() {
         ("webd_connections_accepted_total", "counter", &[]),
         ("webd_connections_active", "gauge", &[]),
         ("webd_connections_rescued_total", "counter", &["how"]),
+        ("webd_poison_requests_total", "counter", &[]),
         ("webd_http_requests_total", "counter", &["code"]),
         ("webd_http_requests_by_encoding_total", "counter", &["encoding"]),
         ("webd_http_request_duration_seconds", "histogram", &[]),

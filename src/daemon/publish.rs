@@ -129,6 +129,7 @@ impl Daemon {
                     active_connections: w.active,
                     requests: w.figures.responses.total(),
                     utilization: w.utilization,
+                    keeper_pid: w.keeper_pid,
                 })
                 .collect(),
             connections,

@@ -172,6 +172,10 @@ pub struct WorkerBootstrap<'a> {
     pub lifeline: Fd<'a>,
     /// Receiving end of its slot's lane.
     pub lane: Fd<'a>,
+    /// Sending end of the same lane: the worker's keeper sends the connections of a dead
+    /// worker into it, for the slot's next worker.
+    #[serde(default)]
+    pub lane_sender: Option<Fd<'a>>,
     pub access_log: Option<Fd<'a>>,
     /// The certificates to serve TLS connections with.
     #[serde(default)]
@@ -196,17 +200,101 @@ pub struct Connection<'a> {
     pub transport: Transport,
     /// A hand-over: the request bytes the retiring worker read from it and did not
     /// process (often none), which the receiver takes as if it had just read them.
-    /// `None` for a new connection.
+    /// `None` for a new connection. For a rescue, the bytes after the response in
+    /// progress (or the request's, for [`Salvage::Waiting`]).
     pub carried: Option<Vec<u8>>,
+    /// A rescue: what the dead worker's keeper found recorded for the connection.
+    pub salvage: Option<Box<Salvage>>,
+    /// A rescue of a response in progress: the file its body was being sent from.
+    pub file: Option<Fd<'a>>,
 }
 
 impl<'a> Connection<'a> {
     pub fn plain(fd: Fd<'a>) -> Connection<'a> {
-        Connection { fd, transport: Transport::Plain, carried: None }
+        Connection::new(fd, Transport::Plain)
     }
 
     pub fn new(fd: Fd<'a>, transport: Transport) -> Connection<'a> {
-        Connection { fd, transport, carried: None }
+        Connection { fd, transport, carried: None, salvage: None, file: None }
+    }
+
+    /// The same connection, lending its descriptors (to send a copy of what we hold).
+    pub fn lend(&self) -> Connection<'_> {
+        Connection {
+            fd: Fd::lend(&self.fd),
+            transport: self.transport,
+            carried: self.carried.clone(),
+            salvage: self.salvage.clone(),
+            file: self.file.as_ref().map(Fd::lend),
+        }
+    }
+
+    /// A received connection, owning its descriptors.
+    pub fn into_owned(self) -> std::io::Result<Connection<'static>> {
+        let file = self.file.map(Fd::into_owned).transpose()?.map(Fd::Owned);
+        let fd = Fd::Owned(self.fd.into_owned()?);
+        Ok(Connection { fd, transport: self.transport, carried: self.carried, salvage: self.salvage, file })
+    }
+}
+
+/// What a dead worker recorded for one of its connections (`worker::records`), as its
+/// keeper sends it on (SPEC section 8: the rescue of a dead worker's connections).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Salvage {
+    /// Between requests, or a request received and not answered (its bytes are the
+    /// connection's `carried`): `sent` response bytes had been written by then.
+    Waiting {
+        sent: u64,
+        /// Worker deaths the carried request was in progress for (poison at two).
+        deaths: u32,
+        /// A response had been sent on it (else it is still owed its first).
+        answered: bool,
+    },
+    /// A response in progress.
+    Response(Box<InProgress>),
+    /// Nothing that can be continued safely: TLS, a body from memory, a record too large
+    /// or interrupted while written. The receiver closes it.
+    Lost,
+}
+
+/// A response a worker died writing: its bytes from `head_start` (a count of bytes
+/// written on the connection) are `memory` (the head, and a small body), then `file`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InProgress {
+    pub head_start: u64,
+    #[serde(with = "hex_text")]
+    pub memory: Vec<u8>,
+    pub file: Option<FileSpan>,
+    pub status: u16,
+    /// The representation's content coding, as `worker::records` numbers it.
+    pub coding: u8,
+    /// The connection closes after it.
+    pub close: bool,
+}
+
+/// The part of a response body sent from a file, and the file's identity when the
+/// response began: it is continued only from the same, unchanged file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSpan {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Bytes as lower-case hex text in JSON.
+mod hex_text {
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::hex(bytes))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        use serde::de::Error as _;
+        let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        super::unhex(&text).ok_or_else(|| D::Error::custom("bytes are not hex"))
     }
 }
 
@@ -224,13 +312,32 @@ pub enum Transport {
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
 enum WireConnection<F> {
+    /// A rescue: `{"rescued":index,"over_tls":bool,"salvage":…,"carried":"<hex>","file":index}`.
+    Rescued {
+        rescued: F,
+        over_tls: bool,
+        salvage: Box<Salvage>,
+        carried: String,
+        file: Option<F>,
+    },
     Plain(F),
-    Tls { tls: F },
-    Carrying { plain: F, carried: String },
+    Tls {
+        tls: F,
+    },
+    Carrying {
+        plain: F,
+        carried: String,
+    },
 }
 
 impl Serialize for Connection<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let Some(salvage) = &self.salvage {
+            let carried = hex(self.carried.as_deref().unwrap_or_default());
+            let over_tls = self.transport == Transport::Tls;
+            let (rescued, salvage, file) = (&self.fd, salvage.clone(), self.file.as_ref());
+            return WireConnection::Rescued { rescued, over_tls, salvage, carried, file }.serialize(s);
+        }
         match (self.transport, &self.carried) {
             (Transport::Plain, None) => WireConnection::Plain(&self.fd).serialize(s),
             (Transport::Plain, Some(carried)) => {
@@ -276,7 +383,18 @@ impl<'de> Deserialize<'de> for Connections<'_> {
                 WireConnection::Tls { tls } => take(tls).map(|fd| Connection::new(fd, Transport::Tls)),
                 WireConnection::Carrying { plain, carried } => {
                     let carried = unhex(&carried).ok_or_else(|| D::Error::custom("carried bytes are not hex"))?;
-                    take(plain).map(|fd| Connection { fd, transport: Transport::Plain, carried: Some(carried) })
+                    take(plain).map(|fd| Connection { carried: Some(carried), ..Connection::plain(fd) })
+                }
+                WireConnection::Rescued { rescued, over_tls, salvage, carried, file } => {
+                    let carried = unhex(&carried).ok_or_else(|| D::Error::custom("carried bytes are not hex"))?;
+                    let transport = if over_tls { Transport::Tls } else { Transport::Plain };
+                    let file = file.and_then(take);
+                    take(rescued).map(|fd| Connection {
+                        carried: Some(carried),
+                        salvage: Some(salvage),
+                        file,
+                        ..Connection::new(fd, transport)
+                    })
                 }
             };
             conns.extend(conn);
@@ -361,7 +479,8 @@ pub struct Heartbeat {
     /// Manager only: one report per worker process.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<WorkerReport>,
-    /// Listener only: the pid of its keeper (`listener::keeper`), if one runs.
+    /// Listener and worker: the pid of its keeper (`listener::keeper`, `worker::keeper`),
+    /// if one runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keeper_pid: Option<u32>,
 }
@@ -379,6 +498,9 @@ pub struct WorkerReport {
     /// Connections open now.
     pub active: u64,
     pub figures: Figures,
+    /// Its keeper (`worker::keeper`), if one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keeper_pid: Option<u32>,
 }
 
 fn is_zero(n: &u64) -> bool {

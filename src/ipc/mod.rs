@@ -386,7 +386,7 @@ mod tests {
         let mut lane = Lane::new(a);
         let mut reader = LaneReader::new(b);
         let carried: Vec<u8> = b"GET / HTTP/1.1\r\nHo".iter().copied().chain([0, 0xff, b'"']).collect();
-        let handed = |carried| Connection { fd: Fd::lend(&x), transport: Transport::Plain, carried: Some(carried) };
+        let handed = |carried| Connection { carried: Some(carried), ..Connection::plain(Fd::lend(&x)) };
         let conns = vec![Connection::plain(Fd::lend(&x)), handed(Vec::new()), handed(carried.clone())];
         lane.send(&Connections(conns)).expect("send");
         match reader.recv() {
@@ -394,6 +394,55 @@ mod tests {
                 let got: Vec<_> = conns.iter().map(|c| (c.transport, c.carried.clone())).collect();
                 let want = [None, Some(Vec::new()), Some(carried)].map(|c| (Transport::Plain, c));
                 assert_eq!(got, want, "a new connection, an idle one handed over, one with bytes");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// A rescue carries the dead worker's record, its bytes and the file a response in
+    /// progress was sent from, beside connections of every other kind.
+    #[test]
+    fn a_rescued_connection_arrives_with_its_salvage_and_file() {
+        let (a, b) = sys::seqpacket_pair().expect("pair");
+        let (x, _y) = sys::seqpacket_pair().expect("pair");
+        let file = tempfile::tempfile().expect("file");
+        let mut lane = Lane::new(a);
+        let mut reader = LaneReader::new(b);
+        let span = FileSpan { dev: 1, ino: 2, size: 30, mtime_ns: 4, offset: 5, len: 6 };
+        let response = InProgress {
+            head_start: 77,
+            memory: b"HTTP/1.1 200 OK\r\n\r\n".to_vec(),
+            file: Some(span),
+            status: 200,
+            coding: 0,
+            close: false,
+        };
+        let rescued = |salvage, file| Connection {
+            carried: Some(b"GET /next".to_vec()),
+            salvage: Some(Box::new(salvage)),
+            file,
+            ..Connection::plain(Fd::lend(&x))
+        };
+        let waiting = Salvage::Waiting { sent: 9, deaths: 1, answered: true };
+        let conns = vec![
+            rescued(Salvage::Response(Box::new(response.clone())), Some(Fd::lend(&file))),
+            rescued(waiting.clone(), None),
+            Connection { salvage: Some(Box::new(Salvage::Lost)), ..Connection::new(Fd::lend(&x), Transport::Tls) },
+            Connection::plain(Fd::lend(&x)),
+        ];
+        lane.send(&Connections(conns)).expect("send");
+        match reader.recv() {
+            Ok(Recv::Message(Connections(conns))) => {
+                let got: Vec<_> =
+                    conns.iter().map(|c| (c.transport, c.salvage.as_deref().cloned(), c.file.is_some())).collect();
+                let want = vec![
+                    (Transport::Plain, Some(Salvage::Response(Box::new(response))), true),
+                    (Transport::Plain, Some(waiting), false),
+                    (Transport::Tls, Some(Salvage::Lost), false),
+                    (Transport::Plain, None, false),
+                ];
+                assert_eq!(got, want);
+                assert_eq!(conns[0].carried.as_deref(), Some(&b"GET /next"[..]));
             }
             other => panic!("unexpected {other:?}"),
         }

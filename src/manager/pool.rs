@@ -60,6 +60,7 @@ struct Reported {
     prev_busy_ns: u64,
     prev_sent_ns: u64,
     utilization: f64,
+    keeper_pid: Option<u32>,
 }
 
 struct WorkerSlot {
@@ -222,6 +223,7 @@ impl WorkerPool {
             id,
             lifeline: Fd::lend(&self.lifeline),
             lane: Fd::lend(lane),
+            lane_sender: self.lane_senders.get(id as usize).and_then(Option::as_ref).map(Fd::lend),
             access_log: self.access_log.as_ref().map(Fd::lend),
             tls: self.tls.clone(),
             tickets: self.tickets.clone(),
@@ -347,12 +349,7 @@ impl WorkerPool {
             let mut delivered = false;
             for index in self.by_load() {
                 let Some(current) = self.slots[index].sup.current.as_mut() else { continue };
-                let conns = self.pending[..take].iter().map(|c| Connection {
-                    fd: Fd::lend(&c.fd),
-                    transport: c.transport,
-                    carried: c.carried.clone(),
-                });
-                let conns = Connections(conns.collect());
+                let conns = Connections(self.pending[..take].iter().map(Connection::lend).collect());
                 match current.channel.send(&ToWorker::Connections(conns)) {
                     Ok(()) => {
                         delivered = true;
@@ -548,6 +545,10 @@ impl WorkerPool {
                 }
                 Exited::Current(mut crashed) => {
                     tracing::error!(worker = id, pid = pid.as_raw(), %exit, "worker crashed");
+                    // What it reported before it died still counts (a rescue's figures,
+                    // say, sent just before a replay killed it).
+                    Self::absorb_heartbeats(&mut crashed);
+                    self.exited.push(retiree_report(id, &crashed));
                     self.steer_due = true;
                     self.count_restart(index, Reason::Crash);
                     self.recover_queued(&mut crashed.state.worker_end);
@@ -831,13 +832,21 @@ impl WorkerPool {
             let utilization = reported.map_or(0.0, |r| r.utilization);
             let active = reported.map_or(0, |r| r.active);
             let figures = reported.map(|r| r.figures.clone()).unwrap_or_default();
+            let keeper_pid = reported.and_then(|r| r.keeper_pid);
             let state = match state {
                 ProcessState::Running if utilization > 0.0 || active > 0 => WorkerState::Busy,
                 ProcessState::Running => WorkerState::Idle,
                 // A slot waiting for (or in) its next process is starting it.
                 ProcessState::Starting | ProcessState::Backoff | ProcessState::Stopped => WorkerState::Starting,
             };
-            out.push(WorkerReport { active, utilization, figures, ..slot_report(ws.id, state, &ws.sup.slot, now) });
+            let report = WorkerReport {
+                active,
+                utilization,
+                figures,
+                keeper_pid,
+                ..slot_report(ws.id, state, &ws.sup.slot, now)
+            };
+            out.push(report);
         }
         out.extend(self.exited.iter().cloned());
         for ws in &self.slots {
@@ -866,6 +875,7 @@ impl Reported {
         self.prev_busy_ns = hb.figures.busy_ns;
         self.figures.clone_from(&hb.figures);
         self.active = hb.active;
+        self.keeper_pid = hb.keeper_pid;
     }
 }
 
@@ -890,8 +900,8 @@ fn take_queued_connections(channel: &mut WorkerControl, into: &mut Vec<Connectio
 /// Moves received connections into `into`.
 fn take_connections(conns: Connections<'_>, into: &mut Vec<Connection<'static>>) {
     for conn in conns.0 {
-        match conn.fd.into_owned() {
-            Ok(fd) => into.push(Connection { fd: Fd::Owned(fd), transport: conn.transport, carried: conn.carried }),
+        match conn.into_owned() {
+            Ok(conn) => into.push(conn),
             Err(e) => tracing::warn!(error = %e, "cannot take a connection"),
         }
     }

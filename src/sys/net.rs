@@ -62,3 +62,56 @@ pub fn adopt_listen_fds(count: usize) -> Vec<(RawFd, io::Result<OwnedFd>)> {
         })
         .collect()
 }
+
+/// Bytes written to TCP socket `sock` since it was connected, as the kernel counts them:
+/// those the peer acknowledged (`TCP_INFO` `tcpi_bytes_acked`) plus those still queued
+/// (`SIOCOUTQ`: sent but unacknowledged, or not sent yet). The queued ones reach the
+/// peer as long as the socket stays open, so this is where a successor continues a
+/// response from, whatever the writer believed it had sent.
+pub fn bytes_written(sock: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, a buffer of that size,
+    // and stores the length written in `len`; the socket is borrowed for the call.
+    Errno::result(unsafe {
+        libc::getsockopt(sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len)
+    })?;
+    // Linux has reported tcpi_bytes_acked since 4.1; an older kernel's shorter struct
+    // would leave it unwritten.
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
+    if (len as usize) < needed {
+        return Err(io::Error::other("TCP_INFO without tcpi_bytes_acked (kernel older than 4.1)"));
+    }
+    // SAFETY: zero-initialised, then filled by the kernel; every field is an integer,
+    // valid for any bit pattern.
+    let info = unsafe { info.assume_init() };
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) stores one int at the pointer given.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut queued) })?;
+    Ok(info.tcpi_bytes_acked + u64::try_from(queued).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    /// Written bytes are counted whether the peer has read them, or they are still queued.
+    #[test]
+    fn bytes_written_counts_acknowledged_and_queued_bytes() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        assert_eq!(bytes_written(server.as_fd()).expect("fresh"), 0);
+        server.write_all(&[7u8; 1000]).expect("write");
+        assert_eq!(bytes_written(server.as_fd()).expect("queued or acked"), 1000);
+        let mut got = [0u8; 1000];
+        client.read_exact(&mut got).expect("read");
+        server.write_all(b"abc").expect("write");
+        assert_eq!(bytes_written(server.as_fd()).expect("after a read"), 1003);
+        // Bytes the client sent do not count.
+        client.write_all(b"request").expect("client write");
+        assert_eq!(bytes_written(server.as_fd()).expect("after input"), 1003);
+    }
+}

@@ -11,7 +11,7 @@ use std::io;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicI32;
+use std::sync::atomic::{AtomicI32, AtomicU32};
 
 /// Integers in memory shared with every child forked after they were made: what one
 /// process stores, the others read, even after it died.
@@ -51,6 +51,86 @@ impl Drop for SharedWords {
         // SAFETY: unmaps exactly the mapping `new` made; no reference from `word`
         // outlives `self`.
         let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len.max(1) * std::mem::size_of::<AtomicI32>()) };
+    }
+}
+
+/// Fixed-size records in memory shared with every child forked after it was made, each
+/// a state word followed by bytes. The worker writes one per connection; its keeper
+/// reads them only once the worker is dead, so the two never access one at once. Pages
+/// are zero until first written (state 0) and take memory only once touched.
+pub struct SharedSlots {
+    base: NonNull<u8>,
+    slots: usize,
+    size: usize,
+}
+
+/// Where a slot's bytes begin (the state word, padded so they are 8-byte aligned).
+const SLOT_BYTES_AT: usize = 8;
+
+impl SharedSlots {
+    /// `slots` records of `size` bytes each (a multiple of 8, more than 8).
+    pub fn new(slots: usize, size: usize) -> io::Result<SharedSlots> {
+        use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+        if size <= SLOT_BYTES_AT || size % 8 != 0 {
+            return Err(io::Error::other(format!("shared slot size {size}")));
+        }
+        let bytes = slots
+            .checked_mul(size)
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| io::Error::other(format!("{slots} shared slots of {size} bytes")))?;
+        // SAFETY: a fresh anonymous mapping at an address the kernel chooses: it overlaps
+        // no memory Rust knows about. MAP_NORESERVE: most slots are never touched.
+        let flags = MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE;
+        let base = unsafe { mmap_anonymous(None, bytes, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, flags) }
+            .map_err(|e| io::Error::other(format!("mmap of {bytes} shared bytes: {e}")))?;
+        Ok(SharedSlots { base: base.cast(), slots, size })
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots == 0
+    }
+
+    /// Slot `i`'s state word and bytes, to write; `None` beyond the table.
+    pub fn slot_mut(&mut self, i: usize) -> Option<(&AtomicU32, &mut [u8])> {
+        if i >= self.slots {
+            return None;
+        }
+        // SAFETY: slot `i` lies within the mapping, which lives as long as `self`; its
+        // state word is 8-byte aligned (the mapping is page-aligned, the size a multiple
+        // of 8) and only ever accessed atomically; the bytes after it are disjoint from
+        // it, and `&mut self` makes this the only reference into the slot.
+        unsafe {
+            let slot = self.base.as_ptr().add(i * self.size);
+            let state = &*slot.cast::<AtomicU32>();
+            let bytes = std::slice::from_raw_parts_mut(slot.add(SLOT_BYTES_AT), self.size - SLOT_BYTES_AT);
+            Some((state, bytes))
+        }
+    }
+
+    /// Slot `i`'s state word and bytes, to read; `None` beyond the table.
+    pub fn slot(&self, i: usize) -> Option<(&AtomicU32, &[u8])> {
+        if i >= self.slots {
+            return None;
+        }
+        // SAFETY: as for `slot_mut`; `&self` excludes a writer in this process, and the
+        // process that wrote the slot is dead when a keeper reads it.
+        unsafe {
+            let slot = self.base.as_ptr().add(i * self.size);
+            let state = &*slot.cast::<AtomicU32>();
+            let bytes = std::slice::from_raw_parts(slot.add(SLOT_BYTES_AT), self.size - SLOT_BYTES_AT);
+            Some((state, bytes))
+        }
+    }
+}
+
+impl Drop for SharedSlots {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `new` made; no slot reference outlives `self`.
+        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.slots * self.size) };
     }
 }
 
@@ -147,6 +227,18 @@ pub fn orphaned_connections(except: RawFd) -> io::Result<Vec<OwnedFd>> {
 pub fn orphaned_seqpacket(fd: RawFd) -> Option<OwnedFd> {
     use nix::sys::socket::{getsockopt, sockopt::SockType as SoType, SockType};
     if fd < 0 || super::probe_fd(fd, |fd| getsockopt(&fd, SoType)).ok()? != SockType::SeqPacket {
+        return None;
+    }
+    // SAFETY: as for `orphaned_connections`: open, and its owner is dead.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A regular file our dead table-sharing parent left open at `fd` (a response body it was
+/// sending), taken over by this child; `None` if `fd` is not one.
+pub fn orphaned_file(fd: RawFd) -> Option<OwnedFd> {
+    let regular =
+        super::probe_fd(fd, |fd| nix::sys::stat::fstat(fd)).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+    if fd < 0 || !regular {
         return None;
     }
     // SAFETY: as for `orphaned_connections`: open, and its owner is dead.

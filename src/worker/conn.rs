@@ -26,11 +26,13 @@ use super::access_log::{self, Entry};
 use super::body::{BodySkipper, Skip};
 use super::buffers::BufferPool;
 use super::encoding::Coding;
+use super::records::{Records, ResponseRecord};
 use super::request::{self, ErrorKind, Parsed, Request};
 use super::response::{self, Body, Multipart, Plan};
 use super::tls::Session;
 use super::{Shared, Stats};
 use crate::http1::{Linger, Lingering, LINGER_TIME};
+use crate::ipc::{FileSpan, InProgress};
 use crate::sys::retry_eintr;
 use nix::sys::socket::{send, MsgFlags};
 use std::fs::File;
@@ -149,6 +151,22 @@ pub struct Conn {
     lingering: Option<Linger>,
     /// A response has been sent in full: from then on, silence means the client is idle.
     answered: bool,
+    /// Bytes written on the connection since it was opened (by this worker, or before it
+    /// came here, as the kernel counted them): where each response begins, for the record.
+    sent: u64,
+    /// Worker deaths the request being read or answered was in progress for (a rescue's).
+    deaths: u32,
+    /// The last response produced, whole in the write buffer and not yet recorded: it
+    /// is recorded only if it cannot be written at once (see [`Conn::record_response`]).
+    unrecorded: Option<Unrecorded>,
+}
+
+/// A response whose bytes are all in the write buffer from `head_at`.
+#[derive(Clone, Copy)]
+struct Unrecorded {
+    head_at: usize,
+    status: u16,
+    coding: Coding,
 }
 
 impl Conn {
@@ -165,6 +183,9 @@ impl Conn {
             linger_on_close: false,
             lingering: None,
             answered: false,
+            sent: 0,
+            deaths: 0,
+            unrecorded: None,
             sock,
             tls,
             rbuf: Vec::new(),
@@ -215,6 +236,125 @@ impl Conn {
             && !self.close_after
             && self.unflushed.is_empty()
             && !self.has_output()
+    }
+
+    /// Arrived from elsewhere (handed over or rescued): `written` bytes had been written
+    /// on it, as the kernel counts them.
+    pub fn written_before(&mut self, written: u64) {
+        self.sent = written;
+    }
+
+    /// A rescued connection whose request (in `carried`, taken with [`Conn::take_carried`])
+    /// was in progress in `deaths` worker deaths.
+    pub fn in_progress_in(&mut self, deaths: u32) {
+        self.deaths = deaths;
+    }
+
+    /// A rescued connection that had been answered before: idle, not owed a first answer.
+    pub fn was_answered(&mut self) {
+        self.answered = true;
+    }
+
+    /// Continues a dead worker's response from the byte the client has been sent: `p`
+    /// bytes of it were written (`written` on the connection minus `head_start`). The rest
+    /// of its bytes in memory go first, then the file's span from the right offset, only
+    /// if `file` is the same, unchanged file; then the next request's bytes (`carried`).
+    /// Err (close it) when the count does not place within this response, or the file
+    /// changed or is missing.
+    pub fn resume(
+        &mut self,
+        response: &InProgress,
+        file: Option<File>,
+        written: u64,
+        shared: &mut Shared,
+        now: Instant,
+    ) -> Result<(), &'static str> {
+        let done = written.checked_sub(response.head_start).ok_or("an earlier response was not all written")?;
+        let memory = response.memory.len() as u64;
+        let file_len = response.file.map_or(0, |span| span.len);
+        if done > memory + file_len {
+            return Err("more was written than the response holds");
+        }
+        if done < memory {
+            self.wbuf.extend_from_slice(&response.memory[done as usize..]);
+        }
+        if let Some(span) = response.file {
+            let skip = done.saturating_sub(memory);
+            let file = file.ok_or("the body's file did not come with it")?;
+            if !same_file(&file, &span) {
+                return Err("the file changed since the response began");
+            }
+            if skip < span.len {
+                let offset = i64::try_from(span.offset + skip).map_err(|_| "offset out of range")?;
+                self.body = Some(FileBody { file, offset, remaining: span.len - skip, multipart: None });
+            }
+        }
+        self.sent = written;
+        self.head_started = None;
+        self.close_after = response.close;
+        shared.stats.request_started(now);
+        let (status, coding) = (response.status, super::records::coding_of(response.coding));
+        self.unflushed.push(Unflushed { status, coding, bytes: memory + file_len - done, started: now });
+        if !self.has_output() {
+            // Written in full before the death: only its accounting was left.
+            self.flushed(&mut shared.stats, now);
+        }
+        // Recorded as it was, so a second death continues it too.
+        let file = self.body.as_ref().zip(response.file).map(|(body, span)| (body.file.as_raw_fd(), span));
+        let record = ResponseRecord {
+            head_start: response.head_start,
+            memory: &response.memory,
+            file,
+            status,
+            coding: response.coding,
+            close: response.close,
+            leftover: self.unprocessed(),
+        };
+        shared.records.response(self.raw_fd(), &record);
+        Ok(())
+    }
+
+    /// Records where this connection stands, for the keeper: between requests (or with a
+    /// request read and not answered), leaving, or not to be continued.
+    pub fn record(&self, records: &mut Records) {
+        let fd = self.raw_fd();
+        if self.tls.is_some() || self.pending.is_some() {
+            records.lost(fd);
+        } else if self.lingering.is_some() {
+            records.leave(fd);
+        } else {
+            records.waiting(fd, self.sent, self.deaths, self.answered, self.unprocessed());
+        }
+    }
+
+    /// Records the response just started (its head at `wbuf[head_at..]`): what a
+    /// successor needs to continue it. A body from memory or in parts is not continued.
+    /// One whose bytes are all in the buffer is recorded only once a write of it would
+    /// block, the buffer still whole (it is cleared only once all of it is written): a
+    /// death within the turn that produced and wrote it leaves the record of its request,
+    /// whose byte count then no longer matches, and the connection is closed.
+    fn record_response(&self, head_at: usize, status: u16, coding: Coding, records: &mut Records) {
+        let fd = self.raw_fd();
+        let file = match (&self.body, &self.memory) {
+            (None, None) => None,
+            (Some(body), None) if body.multipart.is_none() => match span_of(body) {
+                Some(span) => Some((body.file.as_raw_fd(), span)),
+                None => return records.lost(fd),
+            },
+            _ => return records.lost(fd),
+        };
+        // `wbuf[..wpos]` is written already: `sent` counts it.
+        let head_start = (self.sent - self.wpos as u64) + head_at as u64;
+        let record = ResponseRecord {
+            head_start,
+            memory: &self.wbuf[head_at..],
+            file,
+            status,
+            coding: super::records::coding_code(coding),
+            close: self.close_after,
+            leftover: self.unprocessed(),
+        };
+        records.response(fd, &record);
     }
 
     /// Bytes read and not processed yet.
@@ -273,8 +413,17 @@ impl Conn {
                 match self.write_out() {
                     // One clock read per flush: `now` is when this pass began, which
                     // would make a request served within one pass take no time at all.
-                    Ok(true) => self.flushed(&mut shared.stats, Instant::now()),
+                    Ok(true) => {
+                        self.flushed(&mut shared.stats, Instant::now());
+                        self.unrecorded = None;
+                        if self.tls.is_none() {
+                            self.record(&mut shared.records);
+                        }
+                    }
                     Ok(false) => {
+                        if let Some(u) = self.unrecorded.take() {
+                            self.record_response(u.head_at, u.status, u.coding, &mut shared.records);
+                        }
                         // The client is slow to read: give it the keep-alive timeout
                         // per stretch without progress.
                         self.deadline = now + shared.keepalive_timeout;
@@ -286,7 +435,7 @@ impl Conn {
             }
             if self.close_after {
                 if self.linger_on_close || self.rstart < self.rend || self.pending.is_some() {
-                    return self.begin_linger(now);
+                    return self.begin_linger(&mut shared.records, now);
                 }
                 return Outcome::Close;
             }
@@ -298,7 +447,12 @@ impl Conn {
             }
             match self.fill(&mut shared.stats) {
                 Ok(0) => return Outcome::Close,
-                Ok(_) => continue,
+                Ok(_) => {
+                    if self.tls.is_none() {
+                        self.record(&mut shared.records);
+                    }
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.set_wait_deadline(shared, now);
                     return Outcome::Keep;
@@ -322,7 +476,7 @@ impl Conn {
             self.head_started = None;
             self.turn_left -= 1;
             let head_bytes = (self.wbuf.len() - head_start) as u64 + interim_bytes;
-            self.start_response(plan, head_bytes, &mut shared.stats, now);
+            self.start_response(plan, head_start, head_bytes, shared, now);
         }
     }
 
@@ -438,8 +592,9 @@ impl Conn {
         plan
     }
 
-    fn start_response(&mut self, plan: Plan, head_bytes: u64, stats: &mut Stats, now: Instant) {
-        stats.request_started(now);
+    fn start_response(&mut self, plan: Plan, head_at: usize, head_bytes: u64, shared: &mut Shared, now: Instant) {
+        shared.stats.request_started(now);
+        self.deaths = 0;
         let body_bytes = plan.body_len();
         // A body the head promised but we cannot deliver: the only honest end is to
         // close after what was sent.
@@ -468,6 +623,15 @@ impl Conn {
         }
         let (status, coding) = (plan.status, plan.coding);
         self.unflushed.push(Unflushed { status, coding, bytes: head_bytes + body_bytes, started: now });
+        self.unrecorded = None;
+        match (self.tls.is_some(), delivered) {
+            (true, _) => {} // recorded lost once, as it arrived
+            // All in the buffer: it usually goes out in the same turn, and a record would
+            // cost a copy of it; recorded only if the socket cannot take it at once.
+            (false, true) if !self.body_pending() => self.unrecorded = Some(Unrecorded { head_at, status, coding }),
+            (false, true) => self.record_response(head_at, status, coding, &mut shared.records),
+            (false, false) => shared.records.lost(self.raw_fd()),
+        }
     }
 
     fn inline_body(&mut self, file: &File, offset: u64, len: u64) -> io::Result<()> {
@@ -533,7 +697,10 @@ impl Conn {
                 while memory.sent < memory.end {
                     let rest = &memory.bytes[memory.sent..memory.end];
                     match retry_eintr(|| send(self.sock.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL)) {
-                        Ok(n) => memory.sent += n,
+                        Ok(n) => {
+                            memory.sent += n;
+                            self.sent += n as u64;
+                        }
                         Err(nix::errno::Errno::EAGAIN) => return Ok(false),
                         Err(e) => return Err(e.into()),
                     }
@@ -568,7 +735,10 @@ impl Conn {
                 }) {
                     // The file shrank under us: the promised length cannot be met.
                     Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file truncated while sending")),
-                    Ok(n) => body.remaining -= n as u64,
+                    Ok(n) => {
+                        body.remaining -= n as u64;
+                        self.sent += n as u64;
+                    }
                     Err(nix::errno::Errno::EAGAIN) => return Ok(false),
                     Err(e) => return Err(e.into()),
                 }
@@ -589,7 +759,10 @@ impl Conn {
             let flags =
                 if self.body_pending() { MsgFlags::from_bits_retain(libc::MSG_MORE) } else { MsgFlags::empty() };
             match retry_eintr(|| send(self.sock.as_raw_fd(), &self.wbuf[self.wpos..], flags | MsgFlags::MSG_NOSIGNAL)) {
-                Ok(n) => self.wpos += n,
+                Ok(n) => {
+                    self.wpos += n;
+                    self.sent += n as u64;
+                }
                 Err(nix::errno::Errno::EAGAIN) => return Ok(false),
                 Err(e) => return Err(e.into()),
             }
@@ -608,7 +781,8 @@ impl Conn {
 
     /// A close that cannot destroy the response in flight (`http1::Linger`): shut our
     /// side, then drain the client's input for a bounded time and amount.
-    fn begin_linger(&mut self, now: Instant) -> Outcome {
+    fn begin_linger(&mut self, records: &mut Records, now: Instant) -> Outcome {
+        records.leave(self.raw_fd());
         if let Some(tls) = self.tls.as_mut() {
             tls.close_notify(&self.sock);
         }
@@ -676,15 +850,22 @@ impl Conn {
         if self.lingering.is_some() || self.has_output() || !request_begun {
             return Outcome::Close;
         }
-        let plan = self.reject(ErrorKind::RequestTimeout, shared);
-        let head_bytes = self.wbuf.len() as u64;
-        self.start_response(plan, head_bytes, &mut shared.stats, now);
+        self.answer_error(ErrorKind::RequestTimeout, shared, now)
+    }
+
+    /// Answers `kind`'s error with nothing else waiting to be sent (a timeout, or a poison
+    /// request), then closes gracefully.
+    pub fn answer_error(&mut self, kind: ErrorKind, shared: &mut Shared, now: Instant) -> Outcome {
+        let head_at = self.wbuf.len();
+        let plan = self.reject(kind, shared);
+        let head_bytes = (self.wbuf.len() - head_at) as u64;
+        self.start_response(plan, head_at, head_bytes, shared, now);
         // Nothing else was waiting to be sent, so the short head fits the socket at once.
         match self.write_out() {
             Ok(true) => self.flushed(&mut shared.stats, now),
             Ok(false) | Err(_) => return Outcome::Close,
         }
-        self.begin_linger(now)
+        self.begin_linger(&mut shared.records, now)
     }
 
     /// Between requests with nothing in flight: safe to close at a shutdown deadline. A
@@ -748,6 +929,10 @@ struct Exchange<'a> {
 fn answer(request: &Request<'_>, shared: &mut Shared, exchange: Exchange<'_>, wbuf: &mut Vec<u8>) -> Plan {
     let last = *exchange.requests_left <= 1;
     *exchange.requests_left = exchange.requests_left.saturating_sub(1);
+    if shared.crash_on.as_deref().is_some_and(|path| path == request.target) {
+        tracing::error!(path = %String::from_utf8_lossy(request.target), "injected fault: crashing on this path");
+        std::process::abort();
+    }
     let close = shared.force_close || last || (shared.close_tls && exchange.tls.is_some());
     let site = shared.sites.pick(request.target, request.host, exchange.tls.and_then(Session::server_name));
     let plan = match shared.https_redirect.as_ref().filter(|_| exchange.tls.is_none()) {
@@ -788,4 +973,29 @@ pub fn refuse_overloaded(fd: OwnedFd, shared: &mut Shared) {
     let _ = send(fd.as_raw_fd(), BODY, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT);
     shared.stats.request_started(Instant::now());
     shared.stats.request_finished(503, Coding::Identity, BODY.len() as u64, Duration::ZERO, Instant::now());
+}
+
+/// The span a file body covers, with the file's identity now (one fstat, only for a body
+/// too large to go out with its head).
+fn span_of(body: &FileBody) -> Option<FileSpan> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = body.file.metadata().ok()?;
+    Some(FileSpan {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.size(),
+        mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
+        offset: u64::try_from(body.offset).ok()?,
+        len: body.remaining,
+    })
+}
+
+/// Whether `file` is the one `span` was recorded from, unchanged (device, inode, size
+/// and modification time).
+fn same_file(file: &File, span: &FileSpan) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().is_ok_and(|meta| {
+        let mtime_ns = meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec());
+        (meta.dev(), meta.ino(), meta.size(), mtime_ns) == (span.dev, span.ino, span.size, span.mtime_ns)
+    })
 }

@@ -19,6 +19,15 @@
 //! lane is retried when it turns writable; a failed one ends the hand-over and the rest
 //! close as before. Costs one `bool` test per connection turn; the rest runs only while
 //! retiring.
+//!
+//! **Rescue at death** (SPEC section 8). A `keeper` forked at start shares our
+//! descriptor table; each connection keeps its entry in the shared table of [`records`]
+//! current (a copy of the request bytes after each read, a short record after each
+//! response). If we die, the keeper sends every connection with its record into our lane,
+//! and the worker that takes it (`Worker::accept_rescued`) serves it on, replays its
+//! request, continues its response from the kernel's byte count, or closes it; a request
+//! in progress in two deaths is answered 500. A panic aborts (unwinding would close the
+//! sockets the keeper is there to save).
 
 pub mod access_log;
 pub mod body;
@@ -28,9 +37,11 @@ mod conn;
 pub mod date;
 pub mod encoding;
 pub mod https_redirect;
+mod keeper;
 pub mod listing;
 pub mod path;
 pub mod range;
+pub mod records;
 pub mod request;
 pub mod response;
 pub mod rules;
@@ -48,7 +59,7 @@ use anyhow::Context;
 use conn::{Conn, Outcome};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// How often idle and slow connections are checked against their deadlines.
@@ -85,6 +96,10 @@ pub struct Shared {
     pub tls: Option<tls::Acceptor>,
     /// `redirect_to_https`: where plain requests are sent instead of being served.
     pub https_redirect: Option<https_redirect::HttpsRedirect>,
+    /// Where each connection stands, for the keeper (`records`).
+    pub records: records::Records,
+    /// A test's injected fault: abort instead of answering this target (`fault`).
+    pub crash_on: Option<Vec<u8>>,
 }
 
 /// The worker's cumulative figures, reported in heartbeats.
@@ -178,6 +193,12 @@ struct Worker {
     again_spare: Vec<usize>,
     /// Retiring: the live worker's lane our plain connections are handed to.
     hand_over: HandOver,
+    /// Our keeper, which sends our connections on if we die.
+    keeper: keeper::Keeper,
+    /// The sending end of our lane, for the keeper (held open here, at a number it knows).
+    _lane_sender: Option<OwnedFd>,
+    /// Send a heartbeat before anything else (a replay's count, before the replay).
+    report_due: bool,
 }
 
 /// A retiring worker's hand-over of its plain connections (see the module doc).
@@ -199,8 +220,13 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
     };
     let lifeline = boot.lifeline.into_owned()?;
     let lane = LaneReader::new(boot.lane.into_owned()?);
+    let lane_sender = boot.lane_sender.map(ipc::Fd::into_owned).transpose()?;
     let id = boot.id;
     let config = boot.config;
+    abort_on_panic();
+    let records = keeper_records(config.max_connections as usize, id);
+    // First, while we have one thread (we always have).
+    let keeper = keeper::Keeper::start(id, lane_sender.as_ref().map(AsRawFd::as_raw_fd), records.table());
     let format = config.access_log_format;
     let access_log = match (boot.access_log.map(ipc::Fd::into_owned).transpose()?, &config.access_log) {
         (Some(fd), _) => Some(access_log::AccessLog::new(access_log::Sink::File(fd.into()), format)),
@@ -241,6 +267,8 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
                 .https_port
                 .filter(|_| config.redirect_to_https)
                 .map(https_redirect::HttpsRedirect::new),
+            records,
+            crash_on: crate::fault::crash_on_path(),
         },
         max_connections: config.max_connections as usize,
         shutdown_at: None,
@@ -254,13 +282,20 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         again: Vec::new(),
         again_spare: Vec::new(),
         hand_over: HandOver { lane: None, token: hand_over_token, active: false, due: Vec::new() },
+        keeper,
+        _lane_sender: lane_sender,
+        report_due: false,
     };
     let mut heartbeat = Heartbeater::new(Role::Worker, config.heartbeat_interval.duration());
+    heartbeat.set_keeper_pid(worker.keeper.pid());
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
     // Connections may have queued in the lane before we started.
     worker.read_lane(event_loop.registry(), Instant::now());
     loop {
         let now = Instant::now();
+        if std::mem::take(&mut worker.report_due) {
+            heartbeat.force(now);
+        }
         if heartbeat.until_due(now).is_zero() {
             let report = worker.report(now);
             if heartbeat.tick(now, &mut worker.control, || report) == Delivery::PeerGone {
@@ -276,6 +311,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
                 let requests = report.figures.responses.total();
                 let _ = heartbeat.send_final(&mut worker.control, FINAL_REPORT_WITHIN, || report.clone());
                 tracing::info!(worker = id, open = worker.conns.len(), requests, "worker exiting");
+                worker.keeper.exiting();
                 return Ok(());
             }
         }
@@ -313,6 +349,8 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         if now >= next_sweep {
             next_sweep = now + SWEEP_INTERVAL;
             worker.retry_hand_over();
+            worker.keeper.check(worker.shared.records.table());
+            heartbeat.set_keeper_pid(worker.keeper.pid());
             worker.sweep(now);
             worker.remeasure_fds(event_loop.registry(), now);
         }
@@ -412,9 +450,17 @@ impl Worker {
 
     fn accept_all(&mut self, conns: Connections<'_>, registry: &Registry, now: Instant) {
         for conn in conns.0 {
-            match conn.fd.into_owned() {
-                Ok(fd) => self.accept(fd, conn.transport, conn.carried.as_deref(), registry, now),
-                Err(e) => tracing::warn!(worker = self.id, error = %e, "cannot take a connection"),
+            let Connection { fd, transport, carried, salvage, file } = conn;
+            let file = file.map(ipc::Fd::into_owned).transpose();
+            match (fd.into_owned(), salvage, file) {
+                (Ok(fd), Some(salvage), Ok(file)) => {
+                    let carried = carried.unwrap_or_default();
+                    self.accept_rescued(fd, transport, *salvage, &carried, file, registry, now)
+                }
+                (Ok(fd), None, _) => self.accept(fd, transport, carried.as_deref(), registry, now),
+                (Err(e), ..) | (_, _, Err(e)) => {
+                    tracing::warn!(worker = self.id, error = %e, "cannot take a connection")
+                }
             }
         }
     }
@@ -517,11 +563,124 @@ impl Worker {
         let mut conn = Conn::new(fd, session, &self.shared, now);
         if let (Transport::Plain, Some(carried)) = (transport, carried) {
             conn.take_carried(carried, &self.shared, now);
+            // Handed over: its responses so far were written by another worker.
+            conn.written_before(crate::sys::net::bytes_written(conn.socket().as_fd()).unwrap_or(0));
         }
+        conn.record(&mut self.shared.records);
+        self.serve(conn, registry, now);
+    }
+
+    /// Takes a connection a dead worker's keeper sent on (SPEC section 8), as its record
+    /// says: an idle one is served on; a request received and not answered is answered
+    /// from the carried bytes (a poison request, in progress in two deaths, gets 500);
+    /// a response in progress continues from the byte the kernel says was written, if
+    /// its file is unchanged. TLS connections, and anything else, are closed. Counted
+    /// by how in `webd_connections_rescued_total`.
+    #[allow(clippy::too_many_arguments)]
+    fn accept_rescued(
+        &mut self,
+        fd: OwnedFd,
+        transport: Transport,
+        salvage: ipc::Salvage,
+        carried: &[u8],
+        file: Option<OwnedFd>,
+        registry: &Registry,
+        now: Instant,
+    ) {
+        self.shared.stats.figures.received += 1;
+        let written = crate::sys::net::bytes_written(fd.as_fd());
+        let mut conn = Conn::new(fd, None, &self.shared, now);
+        let how = match (transport, salvage, written) {
+            (Transport::Tls, ..) => Err("a TLS connection: its state died with its worker"),
+            (_, ipc::Salvage::Lost, _) => Err("nothing recorded could be continued"),
+            (_, _, Err(_)) => Err("the kernel's count of bytes written is unavailable"),
+            (_, ipc::Salvage::Waiting { sent, .. }, Ok(written)) if sent != written => {
+                Err("more was written than recorded")
+            }
+            (_, ipc::Salvage::Waiting { deaths, answered, .. }, Ok(written)) => {
+                conn.written_before(written);
+                if answered {
+                    conn.was_answered();
+                }
+                conn.take_carried(carried, &self.shared, now);
+                if carried.is_empty() {
+                    Ok(How::Idle)
+                } else if deaths >= 2 {
+                    Ok(How::Poison)
+                } else {
+                    conn.in_progress_in(deaths);
+                    Ok(How::Replayed)
+                }
+            }
+            (_, ipc::Salvage::Response(response), Ok(written)) => {
+                let file = file.map(std::fs::File::from);
+                conn.take_carried(carried, &self.shared, now);
+                conn.resume(&response, file, written, &mut self.shared, now).map(|()| How::Resumed)
+            }
+        };
+        let rescued = &mut self.shared.stats.figures.rescued;
+        match how {
+            Err(why) => {
+                rescued.closed += 1;
+                tracing::debug!(worker = self.id, why, "a dead worker's connection closed");
+                return;
+            }
+            Ok(How::Poison) => {
+                rescued.poison += 1;
+                return self.answer_poison(conn, carried, registry, now);
+            }
+            Ok(How::Idle) => rescued.idle += 1,
+            Ok(How::Replayed) => {
+                rescued.replayed += 1;
+                // Reported before it is answered, should it kill us too: not driven now
+                // but watched, its first event comes on the next pass, after the
+                // heartbeat forced at the top of the loop.
+                self.report_due = true;
+                conn.record(&mut self.shared.records);
+                return self.watch(conn, Outcome::Keep, registry, now);
+            }
+            Ok(How::Resumed) => {
+                rescued.resumed += 1;
+                return self.serve(conn, registry, now); // `resume` recorded it
+            }
+        }
+        conn.record(&mut self.shared.records);
+        self.serve(conn, registry, now);
+    }
+
+    /// A request that was in progress in two worker deaths: answered 500 and closed, never
+    /// replayed again, so a request that crashes workers cannot take the pool down.
+    fn answer_poison(&mut self, mut conn: Conn, carried: &[u8], registry: &Registry, now: Instant) {
+        let path = match request::parse(carried, &self.shared.limits) {
+            request::Parsed::Complete { request, .. } => String::from_utf8_lossy(request.target).into_owned(),
+            _ => "-".into(),
+        };
+        let client = conn.socket().peer_addr().map_or_else(|_| "-".into(), |a| a.to_string());
+        tracing::error!(
+            worker = self.id,
+            %client,
+            %path,
+            "poison request: in progress in two worker deaths; answered 500, not replayed"
+        );
+        // Closes gracefully after the answer: lingering, it is served only to drain input.
+        if conn.answer_error(request::ErrorKind::Poison, &mut self.shared, now) == Outcome::Close {
+            return self.finish(conn, now);
+        }
+        self.serve(conn, registry, now);
+    }
+
+    /// Drives a connection just taken, then watches it: the request has usually arrived
+    /// while the fd travelled here, so serving it before touching epoll makes a
+    /// `Connection: close` exchange cost no epoll_ctl at all.
+    fn serve(&mut self, mut conn: Conn, registry: &Registry, now: Instant) {
         let outcome = conn.drive(&mut self.shared, now);
+        self.watch(conn, outcome, registry, now);
+    }
+
+    /// Watches a connection, driven already (`outcome`) or not (`Again`: on the next turn).
+    fn watch(&mut self, conn: Conn, outcome: Outcome, registry: &Registry, now: Instant) {
         if outcome == Outcome::Close {
-            conn.finish(&mut self.shared.stats, now);
-            return;
+            return self.finish(conn, now);
         }
         let raw = conn.raw_fd();
         let index = self.conns.insert(conn);
@@ -532,10 +691,7 @@ impl Worker {
         let token = self.conn_tokens.token(index);
         if let Err(e) = registry.register(&mut SourceFd(&raw), token, Interest::READABLE | Interest::WRITABLE) {
             tracing::warn!(error = %e, "cannot watch a connection");
-            if let Some(conn) = self.conns.remove(index) {
-                conn.finish(&mut self.shared.stats, now);
-            }
-            return;
+            return self.close(index, now);
         }
         if self.hand_over.active {
             self.hand_over.due.push(index);
@@ -592,13 +748,22 @@ impl Worker {
             let batch = &rest[..next_batch(rest, &self.conns)];
             rest = &rest[batch.len()..];
             let conns = batch.iter().filter_map(|&index| self.conns.get(index)).map(|conn| Connection {
-                fd: ipc::Fd::lend(conn.socket()),
-                transport: Transport::Plain,
                 carried: Some(conn.unprocessed().to_vec()),
+                ..Connection::plain(ipc::Fd::lend(conn.socket()))
             });
             let conns: Vec<Connection<'_>> = conns.collect();
             let carried: usize = conns.iter().filter_map(|c| c.carried.as_ref()).map(Vec::len).sum();
-            match lane.send(&Connections(conns)) {
+            // From the send on, the lane holds them: our keeper must not send them too.
+            for conn in batch.iter().filter_map(|&index| self.conns.get(index)) {
+                self.shared.records.leave(conn.raw_fd());
+            }
+            let sent = lane.send(&Connections(conns));
+            if sent.is_err() {
+                for conn in batch.iter().filter_map(|&index| self.conns.get(index)) {
+                    conn.record(&mut self.shared.records);
+                }
+            }
+            match sent {
                 Ok(()) => {
                     tracing::info!(
                         worker = self.id,
@@ -625,8 +790,11 @@ impl Worker {
     fn handed_over(&mut self, batch: &[usize], registry: &Registry) {
         for &index in batch {
             if let Some(conn) = self.conns.remove(index) {
-                let _ = registry.deregister(&mut SourceFd(&conn.raw_fd()));
+                let fd = conn.raw_fd();
+                let _ = registry.deregister(&mut SourceFd(&fd));
                 self.shared.stats.figures.rescued.migrated += 1;
+                drop(conn);
+                self.shared.records.clear(fd); // after the close: see `finish`
             }
         }
     }
@@ -646,8 +814,16 @@ impl Worker {
     /// makes that connection try a read that would block.)
     fn close(&mut self, index: usize, now: Instant) {
         if let Some(conn) = self.conns.remove(index) {
-            conn.finish(&mut self.shared.stats, now);
+            self.finish(conn, now);
         }
+    }
+
+    /// Closes a connection, then forgets its record: in that order, a death in between
+    /// leaves the keeper a record for no descriptor, never a closing connection to send.
+    fn finish(&mut self, conn: Conn, now: Instant) {
+        let fd = conn.raw_fd();
+        conn.finish(&mut self.shared.stats, now);
+        self.shared.records.clear(fd);
     }
 
     /// Times out connections past their header, keep-alive or write deadline (a request
@@ -689,6 +865,36 @@ fn next_batch(due: &[usize], conns: &Slab<Conn>) -> usize {
         count += 1;
     }
     count
+}
+
+/// What became of a dead worker's connection taken here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    Idle,
+    Replayed,
+    Resumed,
+    /// In progress in two worker deaths: answered 500.
+    Poison,
+}
+
+/// A panic must not unwind: unwinding would close every connection (each `Conn` drop
+/// closes its socket) that the keeper is there to send on. Aborting leaves them open.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+}
+
+/// The table our keeper reads: a slot per descriptor number we may use, two per
+/// connection (its socket, and the file a response is sent from) and some for our own.
+fn keeper_records(max_connections: usize, id: u32) -> records::Records {
+    let limit = crate::sys::process::FdBudget::current_limit();
+    let capacity = max_connections.saturating_mul(2).saturating_add(64).min(limit.max(64));
+    records::Records::new(capacity)
+        .inspect_err(|e| tracing::error!(worker = id, error = %e, "no table for a keeper: connections would die with this worker"))
+        .unwrap_or_default()
 }
 
 /// Where connection fds come from.

@@ -104,6 +104,9 @@ pub enum ErrorKind {
     NotImplemented,
     /// 505: an HTTP major version other than 1.
     VersionNotSupported,
+    /// 500: a poison request, in progress in two worker deaths (used by the worker when
+    /// it takes over a dead worker's connection, not by `parse`).
+    Poison,
 }
 
 impl ErrorKind {
@@ -117,6 +120,7 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge => 431,
             ErrorKind::NotImplemented => 501,
             ErrorKind::VersionNotSupported => 505,
+            ErrorKind::Poison => 500,
         }
     }
 }

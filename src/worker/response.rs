@@ -1332,6 +1332,7 @@ mod tests {
             ErrorKind::HeadersTooLarge,
             ErrorKind::NotImplemented,
             ErrorKind::VersionNotSupported,
+            ErrorKind::Poison,
         ];
         for kind in kinds {
             let mut head = Vec::new();

@@ -1,0 +1,365 @@
+//! What a worker records per connection for its keeper: enough for a successor to carry
+//! the connection on if the worker dies (SPEC section 8).
+//!
+//! One fixed-size slot per descriptor number in a `MAP_SHARED` table the keeper shares
+//! (`sys::shared_table::SharedSlots`): the kernel hands out the lowest free numbers, so
+//! the slots in use stay few and dense, and a connection needs no index of its own. A
+//! slot says one of:
+//! - *waiting*: between requests, or a request received and not answered, with the
+//!   bytes read and not processed (at most [`DATA`]; more is *lost*) and the count of
+//!   response bytes written so far;
+//! - *response*: a response in progress: the count of bytes written on the connection
+//!   when its head began, its head and any small body (the bytes in memory), the span
+//!   of the file its body comes from with the file's identity, and the bytes of the
+//!   next request already read;
+//! - *lost*: nothing can be continued (TLS, a body from memory, too large to record);
+//! - *leave*: the connection is leaving (handed over, closing): the keeper leaves it.
+//!
+//! Writing costs a few stores and one copy of the bytes (a request, or a response
+//! head): no syscall. A slot is marked *writing* first and given its kind last, so a
+//! worker killed mid-write leaves a slot that reads as lost, never a torn record.
+
+use super::encoding::Coding;
+use crate::ipc::{FileSpan, InProgress, Salvage};
+use crate::sys::shared_table::SharedSlots;
+use std::os::fd::RawFd;
+use std::sync::atomic::{compiler_fence, Ordering};
+
+/// Bytes per slot (one page).
+pub const SLOT_SIZE: usize = 4096;
+
+const FREE: u32 = 0;
+const WRITING: u32 = 1;
+const WAITING: u32 = 2;
+const RESPONSE: u32 = 3;
+const LOST: u32 = 4;
+const LEAVE: u32 = 5;
+
+// Field offsets in a slot's bytes (little-endian).
+const FD: usize = 0;
+const DEATHS: usize = 4;
+/// Waiting: response bytes written; response: bytes written when its head began.
+const SENT: usize = 8;
+const FLAGS: usize = 16;
+const CODING: usize = 17;
+const STATUS: usize = 18;
+const MEMORY_LEN: usize = 20;
+const CARRIED_LEN: usize = 24;
+const FILE_FD: usize = 28;
+const DEV: usize = 32;
+const INO: usize = 40;
+const SIZE: usize = 48;
+const MTIME: usize = 56;
+const OFFSET: usize = 64;
+const LEN: usize = 72;
+const DATA_AT: usize = 80;
+/// Bytes a slot holds: request bytes, or a response's bytes in memory and the next
+/// request's.
+pub const DATA: usize = SLOT_SIZE - 8 - DATA_AT;
+
+const ANSWERED: u8 = 1;
+const CLOSE: u8 = 2;
+const HAS_FILE: u8 = 4;
+
+/// A response as a successor would continue it.
+pub struct ResponseRecord<'a> {
+    /// Bytes written on the connection when the head began.
+    pub head_start: u64,
+    /// The head and whatever body follows it in memory.
+    pub memory: &'a [u8],
+    /// The descriptor and span of the file the rest of the body comes from.
+    pub file: Option<(RawFd, FileSpan)>,
+    pub status: u16,
+    pub coding: u8,
+    pub close: bool,
+    /// Bytes of the next request(s) already read.
+    pub leftover: &'a [u8],
+}
+
+/// The worker's side of the table; records nothing when it has none (no keeper).
+#[derive(Default)]
+pub struct Records {
+    slots: Option<SharedSlots>,
+}
+
+impl Records {
+    /// A table for descriptors below `capacity`.
+    pub fn new(capacity: usize) -> std::io::Result<Records> {
+        Ok(Records { slots: Some(SharedSlots::new(capacity, SLOT_SIZE)?) })
+    }
+
+    pub fn table(&self) -> Option<&SharedSlots> {
+        self.slots.as_ref()
+    }
+
+    /// Between requests, or a request read (`carried`) and not answered.
+    pub fn waiting(&mut self, fd: RawFd, sent: u64, deaths: u32, answered: bool, carried: &[u8]) {
+        let Some((state, b)) = self.slot(fd) else { return };
+        if carried.len() > DATA {
+            return state.store(LOST, Ordering::Release);
+        }
+        begin(state);
+        put_i32(b, FD, fd);
+        put_u32(b, DEATHS, deaths);
+        put_u64(b, SENT, sent);
+        b[FLAGS] = if answered { ANSWERED } else { 0 };
+        put_u32(b, MEMORY_LEN, 0);
+        put_u32(b, CARRIED_LEN, carried.len() as u32);
+        b[DATA_AT..DATA_AT + carried.len()].copy_from_slice(carried);
+        end(state, WAITING);
+    }
+
+    pub fn response(&mut self, fd: RawFd, r: &ResponseRecord<'_>) {
+        let Some((state, b)) = self.slot(fd) else { return };
+        let (memory, leftover) = (r.memory.len(), r.leftover.len());
+        if memory + leftover > DATA {
+            return state.store(LOST, Ordering::Release);
+        }
+        begin(state);
+        put_i32(b, FD, fd);
+        put_u32(b, DEATHS, 0);
+        put_u64(b, SENT, r.head_start);
+        b[FLAGS] = ANSWERED | if r.close { CLOSE } else { 0 } | if r.file.is_some() { HAS_FILE } else { 0 };
+        b[CODING] = r.coding;
+        b[STATUS..STATUS + 2].copy_from_slice(&r.status.to_le_bytes());
+        put_u32(b, MEMORY_LEN, memory as u32);
+        put_u32(b, CARRIED_LEN, leftover as u32);
+        if let Some((file_fd, span)) = r.file {
+            put_i32(b, FILE_FD, file_fd);
+            put_u64(b, DEV, span.dev);
+            put_u64(b, INO, span.ino);
+            put_u64(b, SIZE, span.size);
+            put_u64(b, MTIME, span.mtime_ns as u64);
+            put_u64(b, OFFSET, span.offset);
+            put_u64(b, LEN, span.len);
+        }
+        b[DATA_AT..DATA_AT + memory].copy_from_slice(r.memory);
+        b[DATA_AT + memory..DATA_AT + memory + leftover].copy_from_slice(r.leftover);
+        end(state, RESPONSE);
+    }
+
+    /// Nothing about this connection can be continued.
+    pub fn lost(&mut self, fd: RawFd) {
+        self.mark(fd, LOST);
+    }
+
+    /// The connection is leaving this worker (handed over, or closing): not the keeper's.
+    pub fn leave(&mut self, fd: RawFd) {
+        self.mark(fd, LEAVE);
+    }
+
+    /// The descriptor is about to close: its number may name another connection next.
+    pub fn clear(&mut self, fd: RawFd) {
+        self.mark(fd, FREE);
+    }
+
+    fn mark(&mut self, fd: RawFd, kind: u32) {
+        if let Some((state, _)) = self.slot(fd) {
+            state.store(kind, Ordering::Release);
+        }
+    }
+
+    fn slot(&mut self, fd: RawFd) -> Option<(&std::sync::atomic::AtomicU32, &mut [u8])> {
+        self.slots.as_mut()?.slot_mut(usize::try_from(fd).ok()?)
+    }
+}
+
+/// The slot reads as lost until `end`: the stores between cannot be moved before this.
+fn begin(state: &std::sync::atomic::AtomicU32) {
+    state.store(WRITING, Ordering::Relaxed);
+    compiler_fence(Ordering::SeqCst);
+}
+
+fn end(state: &std::sync::atomic::AtomicU32, kind: u32) {
+    state.store(kind, Ordering::Release);
+}
+
+/// What a keeper found for the connection at descriptor `fd` of its dead worker.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Leaving or closing: not to be sent on.
+    Leave,
+    /// To send on with the salvage, the bytes it carries, and the descriptor of the file
+    /// a response in progress was sending.
+    Salvage { salvage: Salvage, carried: Vec<u8>, file: Option<RawFd> },
+}
+
+impl Found {
+    fn lost() -> Found {
+        Found::Salvage { salvage: Salvage::Lost, carried: Vec::new(), file: None }
+    }
+}
+
+/// Reads the record of `fd` from a dead worker's table. A connection with no record has
+/// arrived and not been looked at (a new connection, nothing read or sent); one beyond
+/// the table, or whose record was being written, is lost. A request that was waiting
+/// for its answer counts one more worker death.
+pub fn read(table: &SharedSlots, fd: RawFd) -> Found {
+    let Some((state, b)) = usize::try_from(fd).ok().and_then(|i| table.slot(i)) else { return Found::lost() };
+    let kind = state.load(Ordering::Acquire);
+    let recorded_for = get_u32(b, FD) as RawFd;
+    if matches!(kind, WAITING | RESPONSE) && recorded_for != fd {
+        return Found::lost();
+    }
+    let memory = (get_u32(b, MEMORY_LEN) as usize).min(DATA);
+    let carried_len = (get_u32(b, CARRIED_LEN) as usize).min(DATA - memory);
+    let carried = || b[DATA_AT + memory..DATA_AT + memory + carried_len].to_vec();
+    match kind {
+        FREE => Found::Salvage {
+            salvage: Salvage::Waiting { sent: 0, deaths: 0, answered: false },
+            carried: Vec::new(),
+            file: None,
+        },
+        LEAVE => Found::Leave,
+        WAITING => {
+            let carried = carried();
+            let deaths = get_u32(b, DEATHS).saturating_add(u32::from(!carried.is_empty()));
+            let answered = b[FLAGS] & ANSWERED != 0;
+            Found::Salvage {
+                salvage: Salvage::Waiting { sent: get_u64(b, SENT), deaths, answered },
+                carried,
+                file: None,
+            }
+        }
+        RESPONSE => {
+            let has_file = b[FLAGS] & HAS_FILE != 0;
+            let span = has_file.then(|| FileSpan {
+                dev: get_u64(b, DEV),
+                ino: get_u64(b, INO),
+                size: get_u64(b, SIZE),
+                mtime_ns: get_u64(b, MTIME) as i64,
+                offset: get_u64(b, OFFSET),
+                len: get_u64(b, LEN),
+            });
+            let in_progress = InProgress {
+                head_start: get_u64(b, SENT),
+                memory: b[DATA_AT..DATA_AT + memory].to_vec(),
+                file: span,
+                status: u16::from_le_bytes([b[STATUS], b[STATUS + 1]]),
+                coding: b[CODING],
+                close: b[FLAGS] & CLOSE != 0,
+            };
+            let file = has_file.then(|| get_u32(b, FILE_FD) as RawFd);
+            Found::Salvage { salvage: Salvage::Response(Box::new(in_progress)), carried: carried(), file }
+        }
+        _ => Found::lost(), // LOST, WRITING, or anything else
+    }
+}
+
+/// A content coding as a record holds it.
+pub fn coding_code(coding: Coding) -> u8 {
+    match coding {
+        Coding::Identity => 0,
+        Coding::Br => 1,
+        Coding::Zstd => 2,
+        Coding::Gzip => 3,
+    }
+}
+
+/// The content coding a record holds (identity for anything unknown).
+pub fn coding_of(code: u8) -> Coding {
+    match code {
+        1 => Coding::Br,
+        2 => Coding::Zstd,
+        3 => Coding::Gzip,
+        _ => Coding::Identity,
+    }
+}
+
+fn put_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_i32(b: &mut [u8], at: usize, v: i32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn get_u32(b: &[u8], at: usize) -> u32 {
+    let mut v = [0; 4];
+    v.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(v)
+}
+
+fn get_u64(b: &[u8], at: usize) -> u64 {
+    let mut v = [0; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Records {
+        Records::new(16).expect("table")
+    }
+
+    #[test]
+    fn an_unrecorded_connection_is_new_and_one_beyond_the_table_is_lost() {
+        let records = table();
+        let t = records.table().expect("table");
+        let fresh = Salvage::Waiting { sent: 0, deaths: 0, answered: false };
+        assert_eq!(read(t, 3), Found::Salvage { salvage: fresh, carried: Vec::new(), file: None });
+        assert_eq!(read(t, 16), Found::lost());
+        assert_eq!(read(t, -1), Found::lost());
+    }
+
+    #[test]
+    fn a_waiting_request_counts_one_more_death_and_an_idle_connection_none() {
+        let mut records = table();
+        records.waiting(5, 900, 1, true, b"GET /boom HTTP/1.1\r\n\r\n");
+        records.waiting(6, 120, 0, true, b"");
+        let t = records.table().expect("table");
+        let Found::Salvage { salvage, carried, file } = read(t, 5) else { panic!("leave") };
+        assert_eq!(salvage, Salvage::Waiting { sent: 900, deaths: 2, answered: true });
+        assert_eq!((carried.as_slice(), file), (&b"GET /boom HTTP/1.1\r\n\r\n"[..], None));
+        let Found::Salvage { salvage, .. } = read(t, 6) else { panic!("leave") };
+        assert_eq!(salvage, Salvage::Waiting { sent: 120, deaths: 0, answered: true });
+    }
+
+    #[test]
+    fn a_response_reads_back_with_its_file_span_and_leftover() {
+        let mut records = table();
+        let span = FileSpan { dev: 1, ino: 2, size: 3 << 20, mtime_ns: -5, offset: 10, len: 1 << 20 };
+        let r = ResponseRecord {
+            head_start: 4242,
+            memory: b"HTTP/1.1 206 Partial Content\r\n\r\n",
+            file: Some((9, span)),
+            status: 206,
+            coding: 2,
+            close: true,
+            leftover: b"GET /next",
+        };
+        records.response(7, &r);
+        let Found::Salvage { salvage, carried, file } = read(records.table().expect("table"), 7) else {
+            panic!("leave")
+        };
+        let want = InProgress {
+            head_start: 4242,
+            memory: r.memory.to_vec(),
+            file: Some(span),
+            status: 206,
+            coding: 2,
+            close: true,
+        };
+        assert_eq!(salvage, Salvage::Response(Box::new(want)));
+        assert_eq!((carried.as_slice(), file), (&b"GET /next"[..], Some(9)));
+    }
+
+    #[test]
+    fn too_much_to_record_is_lost_and_leaving_or_cleared_slots_read_so() {
+        let mut records = table();
+        records.waiting(3, 0, 0, false, &vec![b'a'; DATA + 1]);
+        records.leave(4);
+        records.waiting(5, 0, 0, true, b"x");
+        records.clear(5);
+        let t = records.table().expect("table");
+        assert_eq!(read(t, 3), Found::lost());
+        assert_eq!(read(t, 4), Found::Leave);
+        assert!(matches!(read(t, 5), Found::Salvage { salvage: Salvage::Waiting { sent: 0, .. }, .. }));
+    }
+}

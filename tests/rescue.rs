@@ -1,0 +1,162 @@
+//! The rescue of a dead worker's connections (SPEC section 8, second bullet): every
+//! worker has a keeper sharing its descriptor table; when the worker dies (here SIGKILL,
+//! or an abort injected with the fault-file line `crash-on-path`), the keeper sends each
+//! connection with what the worker recorded of it to the slot's next worker: idle ones are
+//! served on, a request received is answered (a poison request, in progress in two
+//! deaths, gets 500), and a download continues from the byte the kernel says the client
+//! has been sent.
+
+use crate::util::*;
+use std::time::{Duration, Instant};
+
+fn rescued(admin: u16, how: &str) -> f64 {
+    metric(&scrape(admin), "webd_connections_rescued_total", &[("how", how)]).unwrap_or(0.0)
+}
+
+/// The keeper of the worker `worker`: its child titled `webd: keeper N`.
+fn keeper_of(worker: i32) -> Option<i32> {
+    all_processes().into_values().find(|p| p.ppid == worker && p.argv0.starts_with("webd: keeper ")).map(|p| p.pid)
+}
+
+/// The worker pids of slot `id` once one other than `old` serves it.
+fn replacement(webd: &Webd, argv0: &str, old: i32) -> i32 {
+    wait_for(Duration::from_secs(10), "a replacement worker", || webd.pid_of(argv0).filter(|p| *p != old && alive(*p)))
+}
+
+fn one_worker() -> (Webd, u16) {
+    start_with_admin(Options { workers: 1, ..Default::default() })
+}
+
+#[test]
+fn every_worker_has_a_keeper_that_exits_with_it_when_it_retires() {
+    let webd = Webd::start_with(Options { workers: 2, ..Default::default() });
+    let workers = webd.worker_pids();
+    assert_eq!(workers.len(), 2, "{:?}", webd.tree());
+    let keepers: Vec<i32> =
+        workers.iter().map(|w| wait_for(Duration::from_secs(5), "a worker's keeper", || keeper_of(*w))).collect();
+    webd.ctl_ok(&["restart", "workers"]);
+    wait_until(Duration::from_secs(20), "the retired workers' keepers gone", || keepers.iter().all(|k| !alive(*k)));
+    for w in webd.worker_pids() {
+        wait_for(Duration::from_secs(5), "a new worker's keeper", || keeper_of(w));
+    }
+    assert!(!webd.log_text().contains("its keeper sent them on"), "a keeper of a retired worker sent connections");
+}
+
+#[test]
+fn a_killed_workers_idle_keep_alive_connections_are_served_on() {
+    let (webd, admin) = one_worker();
+    let mut conns: Vec<KeepAlive> = (0..5).map(|_| KeepAlive::new(webd.addr(), Duration::from_secs(10))).collect();
+    for c in &mut conns {
+        let r = c.exchange(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("first request");
+        assert_eq!((r.status, r.body.as_slice()), (200, BODY));
+    }
+    let worker = webd.pid_of("webd: worker 0").expect("worker");
+    let keeper = wait_for(Duration::from_secs(5), "the worker's keeper", || keeper_of(worker));
+    kill(worker, SIGKILL);
+    wait_until(Duration::from_secs(5), "the keeper to finish", || !alive(keeper));
+    replacement(&webd, "webd: worker 0", worker);
+    for (i, c) in conns.iter_mut().enumerate() {
+        // `exchange`, not `exchange_retrying`: the same connection must answer.
+        let r = c.exchange(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n");
+        let r =
+            r.unwrap_or_else(|e| panic!("connection {i} lost with its worker: {} after {} bytes", e.kind, e.received));
+        assert_eq!((r.status, r.body.as_slice()), (200, BODY), "connection {i}");
+    }
+    wait_until(Duration::from_secs(5), "idle rescues counted", || rescued(admin, "idle") >= 5.0);
+    assert_eq!(rescued(admin, "closed"), 0.0);
+    let log = webd.log_text();
+    assert!(log.contains("its keeper sent them on"), "no word from the keeper:\n{log}");
+}
+
+/// A 10 MiB download whose client reads slowly is in progress when its worker is
+/// killed: it continues from the exact byte, and the body is the file's.
+#[test]
+fn a_download_in_progress_continues_from_the_byte_the_client_has() {
+    let (webd, admin) = one_worker();
+    let body: Vec<u8> = Rng::new(0x10_7e5c).bytes(10 << 20);
+    std::fs::write(webd.root.join("10m.bin"), &body).expect("write file");
+    let mut conn = connect_small_rcvbuf(webd.addr());
+    conn.send(b"GET /10m.bin HTTP/1.1\r\nHost: t\r\n\r\n").expect("request");
+    conn.read_at_least(1 << 20, Duration::from_secs(10)).unwrap_or_else(|e| panic!("first MiB: {}", e.kind));
+    let worker = webd.pid_of("webd: worker 0").expect("worker");
+    kill(worker, SIGKILL);
+    let response = conn
+        .response(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("download cut after {} bytes: {} {}", e.received, e.kind, e.detail));
+    assert_eq!(response.status, 200);
+    assert!(response.body == body, "body of {} bytes differs from the file", response.body.len());
+    // The same connection serves on.
+    conn.send(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("next request");
+    let next = conn.response(Duration::from_secs(10)).expect("next response");
+    assert_eq!((next.status, next.body.as_slice()), (200, BODY));
+    wait_until(Duration::from_secs(5), "the resumed download counted", || rescued(admin, "resumed") >= 1.0);
+}
+
+/// The file of a download in progress changes before the successor continues it: the
+/// connection is closed rather than sending bytes of another file.
+#[test]
+fn a_download_whose_file_changed_is_closed_not_continued() {
+    let (webd, admin) = one_worker();
+    let path = webd.root.join("10m.bin");
+    std::fs::write(&path, vec![b'a'; 10 << 20]).expect("write file");
+    let mut conn = connect_small_rcvbuf(webd.addr());
+    conn.send(b"GET /10m.bin HTTP/1.1\r\nHost: t\r\n\r\n").expect("request");
+    conn.read_at_least(1 << 20, Duration::from_secs(10)).unwrap_or_else(|e| panic!("first MiB: {}", e.kind));
+    let worker = webd.pid_of("webd: worker 0").expect("worker");
+    signal(worker, SIGSTOP);
+    // Rewritten in place: the same inode, another size and mtime.
+    std::fs::write(&path, vec![b'b'; 5 << 20]).expect("rewrite file");
+    kill(worker, SIGKILL);
+    // What was queued on the socket still arrives (and, sendfile queueing page-cache
+    // pages, may show the new bytes): then the connection ends, the body incomplete.
+    let end = conn.read_to_close(Duration::from_secs(20));
+    assert!(!end.timed_out, "the connection was neither closed nor continued");
+    assert!(end.bytes.len() < 10 << 20, "the whole body arrived ({} bytes)", end.bytes.len());
+    wait_until(Duration::from_secs(5), "the closed rescue counted", || rescued(admin, "closed") >= 1.0);
+    assert_eq!(rescued(admin, "resumed"), 0.0);
+}
+
+/// A request that aborts every worker that answers it: the first two crashes are
+/// rescued (the request replayed), the third attempt is answered 500 and logged, the
+/// pool recovers, and keep-alive clients beside it see nothing.
+#[test]
+fn a_request_that_crashes_workers_is_answered_500_after_two_deaths() {
+    let fault = tempfile::NamedTempFile::new().expect("fault file");
+    std::fs::write(fault.path(), "crash-on-path /boom\n").expect("fault");
+    let (webd, admin) = start_with_admin(Options {
+        workers: 2,
+        env: vec![("WEBD_FAULT_FILE".into(), fault.path().to_string_lossy().into_owned())],
+        ..Default::default()
+    });
+    let load = KeepAliveLoad::start(webd.addr(), 4, "/index.html", BODY.to_vec());
+    wait_until(Duration::from_secs(5), "load to flow", || load.ok() > 50);
+    let started = Instant::now();
+    let mut conn = connect(webd.addr());
+    conn.send(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n").expect("request");
+    let response = conn.response(Duration::from_secs(30)).unwrap_or_else(|e| {
+        panic!("no answer to the poison request: {} after {} bytes\n{}", e.kind, e.received, webd.log_text())
+    });
+    eprintln!("poison request answered {} after {} ms", response.status, started.elapsed().as_millis());
+    assert_eq!(response.status, 500);
+    assert_eq!(response.header("connection"), Some("close"));
+    wait_until(Duration::from_secs(10), "both workers up again", || {
+        webd.status_json()["status"]["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.len() == 2 && ws.iter().all(|w| w["state"] == "idle" || w["state"] == "busy"))
+    });
+    let ok = load.ok();
+    wait_until(Duration::from_secs(10), "load after the recovery", || load.ok() > ok + 50);
+    let (ok, failed, errors) = load.finish();
+    assert_eq!(failed, 0, "{failed} of {ok} requests beside the poison one failed: {errors:?}");
+    let samples = scrape(admin);
+    let poison = metric(&samples, "webd_poison_requests_total", &[]);
+    let crashes = metric(&samples, "webd_restarts_total", &[("role", "worker"), ("reason", "crash")]);
+    eprintln!("poison {poison:?}, worker crashes {crashes:?}, replayed {}", rescued(admin, "replayed"));
+    assert_eq!(poison, Some(1.0));
+    assert_eq!(crashes, Some(2.0), "the poison request was replayed more than once");
+    assert!(rescued(admin, "replayed") >= 1.0);
+    let log = webd.log_text();
+    let line = log.lines().find(|l| l.contains("poison request")).unwrap_or_else(|| panic!("not logged:\n{log}"));
+    assert!(line.contains("/boom") && line.contains("127.0.0.1"), "path or client missing: {line}");
+    assert_eq!(get(webd.addr(), "/index.html").expect("GET after").status, 200);
+}
