@@ -13,7 +13,7 @@
 
 use super::records::{self, Found};
 use crate::ipc::{Connection, Connections, Fd, LaneSender, Salvage, Transport};
-use crate::sys::shared_table::{self, SharedSlots, SharedWords};
+use crate::sys::shared_table::{self, SharedWords};
 use anyhow::Context;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -43,7 +43,7 @@ impl Keeper {
     /// Forks the keeper of worker `worker` (call while the worker has a single thread),
     /// to send its connections into the lane at `lane` when it dies. Without a lane or a
     /// table there is nothing to keep: the worker serves as before.
-    pub fn start(worker: u32, lane: Option<RawFd>, table: Option<&SharedSlots>) -> Keeper {
+    pub fn start(worker: u32, lane: Option<RawFd>, table: Option<&records::Tables>) -> Keeper {
         let words = match (lane, table) {
             (Some(lane), Some(_)) => SharedWords::new(2)
                 .inspect(|words| words.word(LANE).store(lane, Ordering::Release))
@@ -56,7 +56,7 @@ impl Keeper {
         keeper
     }
 
-    fn spawn(&mut self, table: Option<&SharedSlots>) {
+    fn spawn(&mut self, table: Option<&records::Tables>) {
         let (Some(words), Some(table)) = (&self.words, table) else { return };
         let worker = nix::unistd::getpid();
         let id = self.worker;
@@ -76,7 +76,7 @@ impl Keeper {
     }
 
     /// Reaps a keeper that exited (someone killed it) and starts another.
-    pub fn check(&mut self, table: Option<&SharedSlots>) {
+    pub fn check(&mut self, table: Option<&records::Tables>) {
         if let Some(pid) = self.pid {
             match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => {
@@ -101,7 +101,7 @@ impl Keeper {
 }
 
 /// The keeper's whole life; returns its exit code.
-fn run(worker: Pid, id: u32, words: &SharedWords, table: &SharedSlots) -> i32 {
+fn run(worker: Pid, id: u32, words: &SharedWords, table: &records::Tables) -> i32 {
     if let Err(e) = shared_table::retitle(&format!("{}keeper {id}", crate::ROLE_PREFIX)) {
         tracing::warn!(worker = id, error = %e, "worker keeper keeps the worker's title");
     }
@@ -170,7 +170,7 @@ impl Held {
 }
 
 /// Sends every connection the dead worker left in the table into its lane.
-fn rescue(words: &SharedWords, table: &SharedSlots) -> anyhow::Result<Rescue> {
+fn rescue(words: &SharedWords, table: &records::Tables) -> anyhow::Result<Rescue> {
     let found = shared_table::orphaned_connections(-1).context("listing the worker's descriptors")?;
     if found.is_empty() {
         return Ok(Rescue { sent: 0, left: 0 });

@@ -1,10 +1,13 @@
 //! What a worker records per connection for its keeper: enough for a successor to carry
 //! the connection on if the worker dies (SPEC section 8).
 //!
-//! One fixed-size slot per descriptor number in a `MAP_SHARED` table the keeper shares
-//! (`sys::shared_table::SharedSlots`): the kernel hands out the lowest free numbers, so
-//! the slots in use stay few and dense, and a connection needs no index of its own. A
-//! slot says one of:
+//! Two `MAP_SHARED` tables the keeper shares (`sys::shared_table::SharedSlots`): a small
+//! record (96 bytes) per descriptor number, where the kernel hands out the lowest free
+//! numbers so the records in use stay few and dense and a connection needs no index of
+//! its own; and a pool of page-sized slots for the bytes (a request read, a response
+//! head), taken only while a connection has bytes in flight and given back when it goes
+//! idle, so an idle connection touches 96 bytes, not a page, and the pages in use stay
+//! as few as the connections busy at once. A record says one of:
 //! - *waiting*: between requests, or a request received and not answered, with the
 //!   bytes read and not processed (at most [`DATA`]; more is *lost*) and the count of
 //!   response bytes written so far;
@@ -25,8 +28,14 @@ use crate::sys::shared_table::SharedSlots;
 use std::os::fd::RawFd;
 use std::sync::atomic::{compiler_fence, Ordering};
 
-/// Bytes per slot (one page).
-pub const SLOT_SIZE: usize = 4096;
+/// Bytes per record (the state word, then the fields below).
+const RECORD_SIZE: usize = 96;
+/// Bytes per data slot (one page: the state word, unused, then the bytes).
+const DATA_SLOT_SIZE: usize = 4096;
+/// Data slots per worker: connections with bytes in flight at once; beyond, lost.
+const DATA_SLOTS: usize = 1024;
+/// No data slot.
+const NO_DATA: u32 = u32::MAX;
 
 const FREE: u32 = 0;
 const WRITING: u32 = 1;
@@ -52,10 +61,11 @@ const SIZE: usize = 48;
 const MTIME: usize = 56;
 const OFFSET: usize = 64;
 const LEN: usize = 72;
-const DATA_AT: usize = 80;
+/// The data slot holding the bytes (the request, or the head and leftover).
+const DATA_SLOT: usize = 80;
 /// Bytes a slot holds: request bytes, or a response's bytes in memory and the next
 /// request's.
-pub const DATA: usize = SLOT_SIZE - 8 - DATA_AT;
+pub const DATA: usize = DATA_SLOT_SIZE - 8;
 
 const ANSWERED: u8 = 1;
 const CLOSE: u8 = 2;
@@ -76,26 +86,65 @@ pub struct ResponseRecord<'a> {
     pub leftover: &'a [u8],
 }
 
-/// The worker's side of the table; records nothing when it has none (no keeper).
+/// What a keeper reads: the records by descriptor, and the data slots.
+pub struct Tables {
+    records: SharedSlots,
+    data: SharedSlots,
+}
+
+/// The worker's side of the tables; records nothing when it has none (no keeper).
 #[derive(Default)]
 pub struct Records {
-    slots: Option<SharedSlots>,
+    tables: Option<Tables>,
+    /// Data slots not in use, the most recently freed last (its page is warm).
+    free: Vec<u32>,
+    /// The data slot each descriptor holds, or `NO_DATA`.
+    held: Vec<u32>,
 }
 
 impl Records {
-    /// A table for descriptors below `capacity`.
+    /// Tables for descriptors below `capacity`.
     pub fn new(capacity: usize) -> std::io::Result<Records> {
-        Ok(Records { slots: Some(SharedSlots::new(capacity, SLOT_SIZE)?) })
+        let slots = DATA_SLOTS.min(capacity);
+        let tables = Tables {
+            records: SharedSlots::new(capacity, RECORD_SIZE)?,
+            data: SharedSlots::new(slots, DATA_SLOT_SIZE)?,
+        };
+        Ok(Records { tables: Some(tables), free: (0..slots as u32).rev().collect(), held: vec![NO_DATA; capacity] })
     }
 
-    pub fn table(&self) -> Option<&SharedSlots> {
-        self.slots.as_ref()
+    pub fn table(&self) -> Option<&Tables> {
+        self.tables.as_ref()
+    }
+
+    /// The data slot for `fd`'s bytes: the one it holds, else a free one.
+    fn data_slot(&mut self, fd: usize) -> Option<u32> {
+        let held = *self.held.get(fd)?;
+        if held != NO_DATA {
+            return Some(held);
+        }
+        let slot = self.free.pop()?;
+        self.held[fd] = slot;
+        Some(slot)
+    }
+
+    /// `fd` has no bytes in flight any more: its data slot goes back to the pool. Called
+    /// once its record no longer names the slot.
+    fn release(&mut self, fd: usize) {
+        if let Some(held) = self.held.get_mut(fd) {
+            if *held != NO_DATA {
+                self.free.push(std::mem::replace(held, NO_DATA));
+            }
+        }
     }
 
     /// Between requests, or a request read (`carried`) and not answered.
     pub fn waiting(&mut self, fd: RawFd, sent: u64, deaths: u32, answered: bool, carried: &[u8]) {
-        let Some((state, b)) = self.slot(fd) else { return };
-        if carried.len() > DATA {
+        let Ok(i) = usize::try_from(fd) else { return };
+        let data = if carried.is_empty() || carried.len() > DATA { None } else { self.data_slot(i) };
+        let Some(Tables { records, data: slots }) = self.tables.as_mut() else { return };
+        let Some((state, b)) = records.slot_mut(i) else { return };
+        if carried.len() > DATA || (!carried.is_empty() && data.is_none()) {
             return state.store(LOST, Ordering::Release);
         }
         begin(state);
@@ -105,14 +154,23 @@ impl Records {
         b[FLAGS] = if answered { ANSWERED } else { 0 };
         put_u32(b, MEMORY_LEN, 0);
         put_u32(b, CARRIED_LEN, carried.len() as u32);
-        b[DATA_AT..DATA_AT + carried.len()].copy_from_slice(carried);
+        put_u32(b, DATA_SLOT, data.unwrap_or(NO_DATA));
+        if let Some((_, bytes)) = data.and_then(|d| slots.slot_mut(d as usize)) {
+            bytes[..carried.len()].copy_from_slice(carried);
+        }
         end(state, WAITING);
+        if data.is_none() {
+            self.release(i);
+        }
     }
 
     pub fn response(&mut self, fd: RawFd, r: &ResponseRecord<'_>) {
-        let Some((state, b)) = self.slot(fd) else { return };
+        let Ok(i) = usize::try_from(fd) else { return };
         let (memory, leftover) = (r.memory.len(), r.leftover.len());
-        if memory + leftover > DATA {
+        let data = if memory + leftover == 0 || memory + leftover > DATA { None } else { self.data_slot(i) };
+        let Some(Tables { records, data: slots }) = self.tables.as_mut() else { return };
+        let Some((state, b)) = records.slot_mut(i) else { return };
+        if memory + leftover > DATA || (memory + leftover > 0 && data.is_none()) {
             return state.store(LOST, Ordering::Release);
         }
         begin(state);
@@ -133,9 +191,15 @@ impl Records {
             put_u64(b, OFFSET, span.offset);
             put_u64(b, LEN, span.len);
         }
-        b[DATA_AT..DATA_AT + memory].copy_from_slice(r.memory);
-        b[DATA_AT + memory..DATA_AT + memory + leftover].copy_from_slice(r.leftover);
+        put_u32(b, DATA_SLOT, data.unwrap_or(NO_DATA));
+        if let Some((_, bytes)) = data.and_then(|d| slots.slot_mut(d as usize)) {
+            bytes[..memory].copy_from_slice(r.memory);
+            bytes[memory..memory + leftover].copy_from_slice(r.leftover);
+        }
         end(state, RESPONSE);
+        if data.is_none() {
+            self.release(i);
+        }
     }
 
     /// Nothing about this connection can be continued.
@@ -153,14 +217,13 @@ impl Records {
         self.mark(fd, FREE);
     }
 
+    /// A kind that carries no bytes: the data slot, if any, is free again.
     fn mark(&mut self, fd: RawFd, kind: u32) {
-        if let Some((state, _)) = self.slot(fd) {
+        let Ok(i) = usize::try_from(fd) else { return };
+        if let Some((state, _)) = self.tables.as_mut().and_then(|t| t.records.slot_mut(i)) {
             state.store(kind, Ordering::Release);
         }
-    }
-
-    fn slot(&mut self, fd: RawFd) -> Option<(&std::sync::atomic::AtomicU32, &mut [u8])> {
-        self.slots.as_mut()?.slot_mut(usize::try_from(fd).ok()?)
+        self.release(i);
     }
 }
 
@@ -194,8 +257,8 @@ impl Found {
 /// arrived and not been looked at (a new connection, nothing read or sent); one beyond
 /// the table, or whose record was being written, is lost. A request that was waiting
 /// for its answer counts one more worker death.
-pub fn read(table: &SharedSlots, fd: RawFd) -> Found {
-    let Some((state, b)) = usize::try_from(fd).ok().and_then(|i| table.slot(i)) else { return Found::lost() };
+pub fn read(tables: &Tables, fd: RawFd) -> Found {
+    let Some((state, b)) = usize::try_from(fd).ok().and_then(|i| tables.records.slot(i)) else { return Found::lost() };
     let kind = state.load(Ordering::Acquire);
     let recorded_for = get_u32(b, FD) as RawFd;
     if matches!(kind, WAITING | RESPONSE) && recorded_for != fd {
@@ -203,7 +266,12 @@ pub fn read(table: &SharedSlots, fd: RawFd) -> Found {
     }
     let memory = (get_u32(b, MEMORY_LEN) as usize).min(DATA);
     let carried_len = (get_u32(b, CARRIED_LEN) as usize).min(DATA - memory);
-    let carried = || b[DATA_AT + memory..DATA_AT + memory + carried_len].to_vec();
+    let bytes = match tables.data.slot(get_u32(b, DATA_SLOT) as usize) {
+        Some((_, bytes)) => bytes,
+        None if memory + carried_len == 0 => &[][..],
+        None => return Found::lost(),
+    };
+    let carried = || bytes[memory..memory + carried_len].to_vec();
     match kind {
         FREE => Found::Salvage {
             salvage: Salvage::Waiting { sent: 0, deaths: 0, answered: false },
@@ -233,7 +301,7 @@ pub fn read(table: &SharedSlots, fd: RawFd) -> Found {
             });
             let in_progress = InProgress {
                 head_start: get_u64(b, SENT),
-                memory: b[DATA_AT..DATA_AT + memory].to_vec(),
+                memory: bytes[..memory].to_vec(),
                 file: span,
                 status: u16::from_le_bytes([b[STATUS], b[STATUS + 1]]),
                 coding: b[CODING],
@@ -348,6 +416,39 @@ mod tests {
         };
         assert_eq!(salvage, Salvage::Response(Box::new(want)));
         assert_eq!((carried.as_slice(), file), (&b"GET /next"[..], Some(9)));
+    }
+
+    /// Records for `capacity` descriptors with only `slots` data slots.
+    fn with_data_slots(capacity: usize, slots: usize) -> Records {
+        let tables = Tables {
+            records: SharedSlots::new(capacity, RECORD_SIZE).expect("records"),
+            data: SharedSlots::new(slots, DATA_SLOT_SIZE).expect("data"),
+        };
+        Records { tables: Some(tables), free: (0..slots as u32).rev().collect(), held: vec![NO_DATA; capacity] }
+    }
+
+    #[test]
+    fn only_connections_with_bytes_in_flight_hold_a_data_slot_and_idle_ones_give_it_back() {
+        let mut records = with_data_slots(8, 2);
+        records.waiting(3, 0, 0, false, b"GET /a HTTP/1.1\r\n");
+        records.waiting(4, 0, 0, false, b"GET /b HTTP/1.1\r\n");
+        for fd in 5..8 {
+            records.waiting(fd, 7, 0, true, b""); // idle: no data slot needed
+        }
+        assert!(records.free.is_empty(), "the two requests in flight hold both slots");
+        records.waiting(5, 0, 0, false, b"GET /c HTTP/1.1\r\n");
+        assert_eq!(read(records.table().expect("tables"), 5), Found::lost(), "no slot left: lost");
+        let slot = records.held[3];
+        records.waiting(3, 100, 0, true, b""); // answered, idle now
+        assert_eq!(records.free, vec![slot]);
+        records.waiting(6, 0, 0, false, b"GET /d HTTP/1.1\r\n");
+        let t = records.table().expect("tables");
+        let Found::Salvage { carried, .. } = read(t, 6) else { panic!("leave") };
+        assert_eq!(carried, b"GET /d HTTP/1.1\r\n", "the freed slot serves another connection");
+        let Found::Salvage { salvage, carried, .. } = read(t, 3) else { panic!("leave") };
+        assert_eq!((salvage, carried.len()), (Salvage::Waiting { sent: 100, deaths: 0, answered: true }, 0));
+        records.clear(4);
+        assert_eq!(records.free.len(), 1, "a closed connection's slot is free again");
     }
 
     #[test]
