@@ -69,6 +69,25 @@ pub fn adopt_listen_fds(count: usize) -> Vec<(RawFd, io::Result<OwnedFd>)> {
 /// peer as long as the socket stays open, so this is where a successor continues a
 /// response from, whatever the writer believed it had sent.
 pub fn bytes_written(sock: BorrowedFd<'_>) -> io::Result<u64> {
+    // Two syscalls, not one snapshot: an acknowledgement arriving between them moves
+    // bytes from "queued" to "acknowledged" and the sum would be off by them (a dead
+    // worker's socket goes on sending while it is measured). So the queue is read between
+    // two reads of the acknowledged count, and only a pair that agrees is used.
+    for _ in 0..MEASURE_TRIES {
+        let before = bytes_acked(sock)?;
+        let queued = queued_bytes(sock)?;
+        if bytes_acked(sock)? == before {
+            return Ok(before + queued);
+        }
+    }
+    Err(io::Error::other(format!("the peer kept acknowledging through {MEASURE_TRIES} measurements")))
+}
+
+/// Attempts at a consistent measurement before giving up (the connection is then closed).
+const MEASURE_TRIES: usize = 1000;
+
+/// `TCP_INFO` `tcpi_bytes_acked`: bytes the peer acknowledged.
+fn bytes_acked(sock: BorrowedFd<'_>) -> io::Result<u64> {
     let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `info`, a buffer of that size,
@@ -84,11 +103,15 @@ pub fn bytes_written(sock: BorrowedFd<'_>) -> io::Result<u64> {
     }
     // SAFETY: zero-initialised, then filled by the kernel; every field is an integer,
     // valid for any bit pattern.
-    let info = unsafe { info.assume_init() };
+    Ok(unsafe { info.assume_init() }.tcpi_bytes_acked)
+}
+
+/// `SIOCOUTQ`: bytes written and not acknowledged yet (sent or not).
+fn queued_bytes(sock: BorrowedFd<'_>) -> io::Result<u64> {
     let mut queued: libc::c_int = 0;
     // SAFETY: SIOCOUTQ (TIOCOUTQ) stores one int at the pointer given.
     Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut queued) })?;
-    Ok(info.tcpi_bytes_acked + u64::try_from(queued).unwrap_or(0))
+    Ok(u64::try_from(queued).unwrap_or(0))
 }
 
 #[cfg(test)]
