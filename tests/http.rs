@@ -965,6 +965,25 @@ fn header_timeout_sends_408_to_a_begun_request_and_closes_silent_stalled_and_tri
     assert_workers_unchanged(&webd, &before);
 }
 
+/// The listening sockets defer accept (`TCP_DEFER_ACCEPT`, 1 s): a client that stays
+/// silent past it is still taken (the kernel queues it after the defer period), served
+/// when it speaks, and closed by the header timeout when it never does.
+#[test]
+fn deferred_accept_still_serves_a_late_speaker_and_closes_a_silent_client() {
+    let webd = start(1, &["--header-timeout", "1500"]);
+    let mut silent = connect(webd.addr());
+    let mut late = connect(webd.addr());
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(1200)); // the client's silence, past the defer period
+    late.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("write late request");
+    let got = read_until_closed(&mut late);
+    let (r, _) = parse_response(&got).unwrap_or_else(|| panic!("late client got {}", lossy(&got)));
+    assert_eq!(r.status, 200, "late client");
+    let got = read_until_closed(&mut silent);
+    assert!(got.is_empty(), "a client that sent nothing got {}", lossy(&got));
+    eprintln!("silent client disconnected after {:?}", started.elapsed());
+}
+
 #[test]
 fn idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
     let webd = start(1, &["--keepalive-timeout", "300"]);
