@@ -20,15 +20,17 @@
 use std::ffi::{CStr, OsStr};
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 
+use super::open_files::OpenFiles;
 use super::rules::{Matched, Rules};
 
 /// Name tried inside a directory requested with a trailing slash.
@@ -49,6 +51,8 @@ pub struct Root {
     canonical: PathBuf,
     /// Cleared the first time the kernel answers ENOSYS, so we ask only once.
     openat2_available: AtomicBool,
+    /// Regular files recently served from this root, kept open.
+    files: OpenFiles,
 }
 
 impl Root {
@@ -59,12 +63,29 @@ impl Root {
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let dir = nix::fcntl::open(path, flags, Mode::empty()).map_err(|errno| with_path(errno.into()))?;
         let canonical = std::fs::canonicalize(path).map_err(with_path)?;
-        Ok(Root { dir, path: path.to_path_buf(), canonical, openat2_available: AtomicBool::new(true) })
+        Ok(Root {
+            dir,
+            path: path.to_path_buf(),
+            canonical,
+            openat2_available: AtomicBool::new(true),
+            files: OpenFiles::default(),
+        })
     }
 
     /// The path the root was opened with, for logs.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Closes the files this root keeps open: entries unused since the last sweep, or
+    /// all of them (`all`, when the worker runs short of descriptors). True if any were
+    /// open before.
+    pub fn sweep_open_files(&self, all: bool) -> bool {
+        if all {
+            return self.files.clear();
+        }
+        self.files.sweep();
+        false
     }
 
     #[cfg(test)]
@@ -79,8 +100,8 @@ pub enum Resolved {
     /// A regular file, open for reading. `scratch` then holds its normalized path
     /// (index file included) and a NUL, where `encoding` finds its sidecars.
     File {
-        /// The open file.
-        file: File,
+        /// The open file, shared with the root's open-file cache.
+        file: Rc<File>,
         /// Its metadata, from `fstat` on the open fd (so it describes what will be sent).
         meta: Metadata,
         /// `Content-Type` from the file name's extension.
@@ -284,12 +305,18 @@ pub fn normalize_dot_segments(path: &mut Vec<u8>) -> Result<(), Refusal> {
 fn open_normalized(root: &Root, query: &[u8], list: bool, scratch: &mut Vec<u8>) -> Resolved {
     let path_len = scratch.len();
     let names_directory = scratch.ends_with(b"/");
+    if let Some((file, meta)) = cached_file(root, names_directory, scratch) {
+        let name_end = scratch.len() - 1;
+        return Resolved::File { file, meta, content_type: content_type_for(&scratch[..name_end]) };
+    }
+    scratch.truncate(path_len);
     let (file, meta) = match open_regular_or_directory(root, scratch) {
         Ok(opened) => opened,
         Err(refusal) => return refusal.into(),
     };
     if meta.is_file() {
         let content_type = content_type_for(&scratch[..path_len]);
+        let file = root.files.insert(&scratch[..path_len], file, &meta);
         return Resolved::File { file, meta, content_type };
     }
     if !meta.is_dir() {
@@ -303,7 +330,10 @@ fn open_normalized(root: &Root, query: &[u8], list: bool, scratch: &mut Vec<u8>)
     scratch.truncate(path_len);
     scratch.extend_from_slice(INDEX_FILE);
     match open_regular_or_directory(root, scratch) {
-        Ok((file, meta)) if meta.is_file() => Resolved::File { file, meta, content_type: content_type_for(INDEX_FILE) },
+        Ok((file, meta)) if meta.is_file() => {
+            let file = root.files.insert(&scratch[..scratch.len() - 1], file, &meta);
+            Resolved::File { file, meta, content_type: content_type_for(INDEX_FILE) }
+        }
         Ok(_) | Err(Refusal::NotFound) if list => {
             scratch.truncate(path_len);
             Resolved::Directory { dir: file }
@@ -311,6 +341,20 @@ fn open_normalized(root: &Root, query: &[u8], list: bool, scratch: &mut Vec<u8>)
         Ok(_) => Resolved::NotFound,
         Err(refusal) => refusal.into(),
     }
+}
+
+/// The root's cached file for the normalized path in `scratch` (its index file when it
+/// names a directory), revalidated (see [`super::open_files`]). On a hit `scratch` holds
+/// the file's path and a NUL, as after [`open_regular_or_directory`]; on a miss, anything.
+fn cached_file(root: &Root, names_directory: bool, scratch: &mut Vec<u8>) -> Option<(Rc<File>, Metadata)> {
+    if names_directory {
+        scratch.extend_from_slice(INDEX_FILE);
+    }
+    let path_len = scratch.len();
+    scratch.push(0);
+    // The leading '/' is dropped: the path is relative to the root fd.
+    let relative = CStr::from_bytes_with_nul(&scratch[1..]).ok()?;
+    root.files.get(root.dir.as_fd(), &scratch[..path_len], relative)
 }
 
 /// Opens the absolute normalized path in `scratch` beneath the root and `fstat`s it.
@@ -340,6 +384,14 @@ pub fn open_file_beneath(root: &Root, relative: &CStr) -> Result<(File, Metadata
 }
 
 fn open_beneath(root: &Root, relative: &CStr) -> Result<File, Errno> {
+    match open_beneath_once(root, relative) {
+        // Out of descriptors while the cache holds some: give them back, try again.
+        Err(Errno::EMFILE | Errno::ENFILE) if root.files.clear() => open_beneath_once(root, relative),
+        result => result,
+    }
+}
+
+fn open_beneath_once(root: &Root, relative: &CStr) -> Result<File, Errno> {
     if root.openat2_available.load(Ordering::Relaxed) {
         match open_with_openat2(root, relative) {
             Err(Errno::ENOSYS) => root.openat2_available.store(false, Ordering::Relaxed),
