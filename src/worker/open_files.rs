@@ -20,6 +20,9 @@
 //!   beneath the root, whose bytes were already servable.
 //! - A chmod (ctime) is a miss, so a file made unreadable is refused by the next open.
 //!
+//! One fd serves many responses at once: every reader gives its own offset (`pread`,
+//! `sendfile` with an offset), none uses or moves the file position.
+//!
 //! Bounded: [`CAPACITY`] entries, least recently used evicted; entries not used between
 //! two worker sweeps are closed (a deleted file's space is not held for long). The fds it
 //! holds are counted in [`held`], which the worker adds to its descriptor budget, and
@@ -76,6 +79,7 @@ impl Entry {
     }
 
     /// The path still names the inode we hold, unchanged since it was opened.
+    #[allow(clippy::unnecessary_cast)] // libc's `stat` field types differ between targets
     fn still_matches(&self, now: &FileStat) -> bool {
         let m = &self.meta;
         m.dev() == now.st_dev as u64

@@ -514,7 +514,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashSet;
-    use std::io::Read;
     use std::os::unix::fs::{symlink, MetadataExt};
     use tempfile::TempDir;
 
@@ -560,13 +559,59 @@ mod tests {
 
     fn served_content(fixture: &Fixture, target: &str) -> String {
         match resolve_str(fixture, target).0 {
-            Resolved::File { mut file, .. } => {
-                let mut content = String::new();
-                file.read_to_string(&mut content).expect("read served file");
-                content
+            Resolved::File { file, meta, .. } => {
+                // By offset, as the connection reads: the fd is shared with the cache.
+                let mut content = vec![0; meta.len() as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&*file, &mut content, 0).expect("read served file");
+                String::from_utf8(content).expect("utf-8 fixture")
             }
             other => panic!("expected a file for {target}, got {other:?}"),
         }
+    }
+
+    fn served_file(fixture: &Fixture, target: &str) -> Rc<File> {
+        match resolve_str(fixture, target).0 {
+            Resolved::File { file, .. } => file,
+            other => panic!("expected a file for {target}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn served_files_stay_open_until_the_path_names_another_or_a_changed_file() {
+        let fixture = fixture();
+        let first = served_file(&fixture, "/a.txt");
+        assert!(Rc::ptr_eq(&first, &served_file(&fixture, "/sub/../a.txt")), "a hit shares the fd");
+        assert!(Rc::ptr_eq(&served_file(&fixture, "/with%20index/"), &served_file(&fixture, "/with index/index.html")));
+        // Replaced by rename: another inode, so a fresh open.
+        let dir = fixture.root.path().to_path_buf();
+        std::fs::write(dir.join("staged"), "9876543210").expect("write");
+        std::fs::rename(dir.join("staged"), dir.join("a.txt")).expect("rename");
+        let second = served_file(&fixture, "/a.txt");
+        assert!(!Rc::ptr_eq(&first, &second));
+        assert_eq!(served_content(&fixture, "/a.txt"), "9876543210");
+        // A symlink swapped to lead out of the root: a miss, then refused by openat2.
+        std::fs::remove_file(dir.join("a.txt")).expect("remove");
+        symlink("../secret.txt", dir.join("a.txt")).expect("symlink out");
+        assert_resolves(&fixture, "/a.txt", |r| matches!(r, Resolved::Forbidden));
+        // Unused between two sweeps: closed.
+        let _ = served_file(&fixture, "/page.html");
+        assert!(fixture.root.files.len() > 0);
+        fixture.root.sweep_open_files(false);
+        fixture.root.sweep_open_files(false);
+        assert_eq!(fixture.root.files.len(), 0);
+    }
+
+    #[test]
+    fn the_open_file_cache_keeps_at_most_its_capacity() {
+        let fixture = fixture();
+        let dir = fixture.root.path().to_path_buf();
+        for i in 0..super::super::open_files::CAPACITY + 10 {
+            std::fs::write(dir.join(format!("f{i}")), "x").expect("write");
+            let _ = served_file(&fixture, &format!("/f{i}"));
+        }
+        assert_eq!(fixture.root.files.len(), super::super::open_files::CAPACITY);
+        assert!(fixture.root.sweep_open_files(true));
+        assert_eq!(fixture.root.files.len(), 0);
     }
 
     fn assert_resolves(fixture: &Fixture, target: &str, expected: fn(&Resolved) -> bool) {

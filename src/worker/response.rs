@@ -867,7 +867,7 @@ mod tests {
             for (index, part) in multipart.parts().iter().enumerate() {
                 multipart.push_part_head(index, &mut body);
                 let mut data = vec![0; part.len() as usize];
-                std::os::unix::fs::FileExt::read_exact_at(file, &mut data, part.first).expect("read part");
+                std::os::unix::fs::FileExt::read_exact_at(&**file, &mut data, part.first).expect("read part");
                 body.extend_from_slice(&data);
             }
             multipart.push_close(&mut body);
