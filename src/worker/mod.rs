@@ -434,9 +434,8 @@ impl Worker {
         if fits {
             return true;
         }
-        if self.shared.sites.sweep_open_files(true) {
-            return false; // room at the next count, before intake pauses for it
-        }
+        // Kept files go first: the count that ends the pause finds their fds free.
+        self.shared.sites.sweep_open_files(true);
         if self.intake_pause.stalled(now, None).is_some() {
             tracing::warn!(worker = self.id, open = self.conns.len(), free, "out of descriptors: pausing intake");
         }
