@@ -16,6 +16,10 @@
 //! Anything that is not a regular file or directory (FIFO, socket, device) is 404. A
 //! directory without an index file is 404, or [`Resolved::Directory`] when the rules list
 //! directories ([`super::listing`] renders it).
+//!
+//! A regular file once opened stays open in the root's open-file cache
+//! ([`super::open_files`]): the next request for the same path, after the same rules,
+//! revalidates it with one `fstatat` and opens it again only if it changed.
 
 use std::ffi::{CStr, OsStr};
 use std::fs::{File, Metadata};
