@@ -960,6 +960,13 @@ fn lowest_free_fd(pid: i32) -> u64 {
     (0..).find(|n| !used.contains(n)).expect("a free number")
 }
 
+/// `pid` has a descriptor open on `path`.
+fn holds_open(pid: i32, path: &std::path::Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.flatten().any(|e| std::fs::read_link(e.path()).is_ok_and(|target| target == path)))
+        .unwrap_or(false)
+}
+
 /// A worker that cannot open the requested file (no descriptor left) answers 500 and
 /// closes, rather than hanging or crashing, and serves normally once it has room again.
 #[test]
@@ -969,6 +976,14 @@ fn a_worker_that_cannot_open_a_file_for_lack_of_descriptors_answers_500_and_reco
     let mut c = connect(webd.addr());
     c.send(b"GET /index.html HTTP/1.1\r\nHost: e\r\n\r\n").expect("write");
     assert_eq!(c.response(IO_TIMEOUT).expect("first response").status, 200);
+    // The worker's open-file cache closes the file once it is unused for a sweep (until
+    // then a request for it needs no new descriptor).
+    let served = std::fs::canonicalize(webd.root.join("index.html")).expect("canonical path");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while holds_open(worker, &served) {
+        assert!(Instant::now() < deadline, "the worker still holds {} open after 3 s unused", served.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Not one descriptor left (measured once the first request's file is closed): the
     // next request's file cannot be opened.
     stable_fd_count(worker).expect("worker fds");

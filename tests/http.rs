@@ -965,6 +965,59 @@ fn header_timeout_sends_408_to_a_begun_request_and_closes_silent_stalled_and_tri
     assert_workers_unchanged(&webd, &before);
 }
 
+/// The listening sockets defer accept (`TCP_DEFER_ACCEPT`, 1 s): a client that stays
+/// silent past it is still taken (the kernel queues it after the defer period), served
+/// when it speaks, and closed by the header timeout when it never does.
+#[test]
+fn deferred_accept_still_serves_a_late_speaker_and_closes_a_silent_client() {
+    let webd = start(1, &["--header-timeout", "1500"]);
+    let mut silent = connect(webd.addr());
+    let mut late = connect(webd.addr());
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(1200)); // the client's silence, past the defer period
+    late.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("write late request");
+    let got = read_until_closed(&mut late);
+    let (r, _) = parse_response(&got).unwrap_or_else(|| panic!("late client got {}", lossy(&got)));
+    assert_eq!(r.status, 200, "late client");
+    let got = read_until_closed(&mut silent);
+    assert!(got.is_empty(), "a client that sent nothing got {}", lossy(&got));
+    eprintln!("silent client disconnected after {:?}", started.elapsed());
+}
+
+/// The worker keeps served files open (its open-file cache); a file replaced by a rename
+/// over it, or rewritten in place, with the same size and the same mtime to the
+/// nanosecond, is never served stale on the same keep-alive connection.
+#[test]
+fn a_replaced_or_rewritten_file_is_never_served_stale_from_the_open_file_cache() {
+    let webd = start(1, &[]);
+    write_file(&webd, "hot.txt", b"first version");
+    let mut conn = connect(webd.addr());
+    let request = b"GET /hot.txt HTTP/1.1\r\nHost: t\r\n\r\n";
+    for _ in 0..3 {
+        conn.write_all(request).expect("write");
+        assert_eq!(next_response(&mut conn).body, b"first version");
+    }
+    // Same length, same mtime (write_file sets it), another inode: renamed over.
+    let staged = webd.root.join(".staged");
+    std::fs::write(&staged, b"secnd version").expect("write staged");
+    std::fs::File::options()
+        .write(true)
+        .open(&staged)
+        .and_then(|f| f.set_modified(UNIX_EPOCH + Duration::from_secs(MTIME)))
+        .expect("set mtime");
+    std::fs::rename(&staged, webd.root.join("hot.txt")).expect("rename over");
+    conn.write_all(request).expect("write");
+    assert_eq!(lossy(&next_response(&mut conn).body), lossy(b"secnd version"), "after a rename over");
+    // Same inode rewritten in place, same length and mtime.
+    write_file(&webd, "hot.txt", b"third version");
+    conn.write_all(request).expect("write");
+    assert_eq!(lossy(&next_response(&mut conn).body), lossy(b"third version"), "after a rewrite in place");
+    // Deleted: 404, not the cached fd.
+    std::fs::remove_file(webd.root.join("hot.txt")).expect("remove");
+    conn.write_all(request).expect("write");
+    assert_eq!(next_response(&mut conn).status, 404, "after a delete");
+}
+
 #[test]
 fn idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
     let webd = start(1, &["--keepalive-timeout", "300"]);

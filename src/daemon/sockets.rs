@@ -11,7 +11,7 @@
 use anyhow::Context;
 use socket2::{Domain, Socket, Type};
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 /// Kernel accept queue length (capped by net.core.somaxconn).
 const BACKLOG: i32 = 4096;
@@ -29,7 +29,9 @@ fn bind(addr: SocketAddr) -> std::io::Result<OwnedFd> {
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     socket.set_nonblocking(true)?;
-    Ok(socket.into())
+    let socket: OwnedFd = socket.into();
+    crate::sys::net::set_defer_accept(socket.as_fd(), crate::sys::net::DEFER_ACCEPT_SECS)?;
+    Ok(socket)
 }
 
 /// A start-up refusal that is the operator's to fix (exit code 2, like a bad flag).
@@ -110,8 +112,19 @@ impl Activated {
         let sock = socket2::SockRef::from(&socket);
         sock.set_nonblocking(true).with_context(|| format!("inherited fd {fd} ({addr}): O_NONBLOCK"))?;
         sock.set_tcp_nodelay(true).with_context(|| format!("inherited fd {fd} ({addr}): TCP_NODELAY"))?;
+        defer_accept_unless_set(&socket).with_context(|| format!("inherited fd {fd} ({addr}): TCP_DEFER_ACCEPT"))?;
         Ok(Activated { fd, addr, name, socket })
     }
+}
+
+/// Deferred accept on an inherited socket too (the same wake-ups saved), unless it has
+/// one already: the operator's `DeferAcceptSec=` is kept.
+fn defer_accept_unless_set(socket: &OwnedFd) -> std::io::Result<()> {
+    use crate::sys::net::{defer_accept, set_defer_accept, DEFER_ACCEPT_SECS};
+    if defer_accept(socket.as_fd())? == 0 {
+        set_defer_accept(socket.as_fd(), DEFER_ACCEPT_SECS)?;
+    }
+    Ok(())
 }
 
 /// The activated sockets, then the listening sockets a previous daemon stored (fd

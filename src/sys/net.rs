@@ -114,6 +114,64 @@ fn queued_bytes(sock: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(u64::try_from(queued).unwrap_or(0))
 }
 
+/// How long a listening socket holds back a connection whose client has sent nothing
+/// (`TCP_DEFER_ACCEPT`): the shortest the kernel offers, one SYN-ACK retransmission.
+pub const DEFER_ACCEPT_SECS: u32 = 1;
+
+/// Sets `TCP_DEFER_ACCEPT` on a listening TCP socket: the kernel completes the handshake
+/// but queues the connection for `accept` only once its first data (the request, or a
+/// TLS ClientHello) is there, so the listener and the worker are woken once per
+/// connection instead of twice. A client that sends nothing is still queued after about
+/// `secs` (the kernel rounds up to its SYN-ACK retransmission schedule), and the header
+/// timeout runs from then on. Linux only; elsewhere a no-op.
+pub fn set_defer_accept(listener: BorrowedFd<'_>, secs: u32) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a pointer to a live
+        // c_int on our stack; the fd is borrowed for the call's duration.
+        Errno::result(unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (listener, secs);
+    Ok(())
+}
+
+/// The socket's `TCP_DEFER_ACCEPT` in seconds as the kernel reports it (0: off). An
+/// activated socket may carry the operator's own (systemd's `DeferAcceptSec=`).
+pub fn defer_accept(listener: BorrowedFd<'_>) -> io::Result<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into the live c_int it points
+        // to and updates `len`; the fd is borrowed for the call's duration.
+        Errno::result(unsafe {
+            libc::getsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        })?;
+        Ok(u32::try_from(value).unwrap_or(0))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = listener;
+        Ok(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +194,14 @@ mod tests {
         // Bytes the client sent do not count.
         client.write_all(b"request").expect("client write");
         assert_eq!(bytes_written(server.as_fd()).expect("after input"), 1003);
+    }
+
+    #[test]
+    fn defer_accept_is_set_and_read_back() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        assert_eq!(defer_accept(listener.as_fd()).expect("get"), 0);
+        set_defer_accept(listener.as_fd(), DEFER_ACCEPT_SECS).expect("set");
+        // The kernel stores retransmissions and reports them back as seconds.
+        assert!(defer_accept(listener.as_fd()).expect("get") >= DEFER_ACCEPT_SECS);
     }
 }

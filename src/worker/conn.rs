@@ -68,7 +68,7 @@ pub enum Outcome {
 
 /// The part of a response sent from a file: one span, or the parts of a multipart body.
 struct FileBody {
-    file: File,
+    file: std::rc::Rc<File>,
     offset: i64,
     remaining: u64,
     /// For a multipart body: its layout, and which part is being sent.
@@ -286,7 +286,12 @@ impl Conn {
             }
             if skip < span.len {
                 let offset = i64::try_from(span.offset + skip).map_err(|_| "offset out of range")?;
-                self.body = Some(FileBody { file, offset, remaining: span.len - skip, multipart: None });
+                self.body = Some(FileBody {
+                    file: std::rc::Rc::new(file),
+                    offset,
+                    remaining: span.len - skip,
+                    multipart: None,
+                });
             }
         }
         self.sent = written;
@@ -656,7 +661,7 @@ impl Conn {
 
     /// A large multipart body: the first part's head goes out with the response head, its
     /// data and the rest with sendfile.
-    fn start_parts(&mut self, file: File, multipart: Box<Multipart>) {
+    fn start_parts(&mut self, file: std::rc::Rc<File>, multipart: Box<Multipart>) {
         let Some(&first) = multipart.parts().first() else { return };
         multipart.push_part_head(0, &mut self.wbuf);
         let multipart = Some((multipart, 0));

@@ -223,7 +223,7 @@ pub fn is_compressible(content_type: &str) -> bool {
 #[derive(Debug)]
 pub enum Content {
     /// An open file (the file itself, or its sidecar).
-    File(File),
+    File(Rc<File>),
     /// Bytes compressed on the fly, shared with the cache.
     Memory(Rc<[u8]>),
 }
@@ -242,7 +242,7 @@ pub struct Representation {
 }
 
 impl Representation {
-    fn identity(file: File, meta: Metadata, vary: bool) -> Representation {
+    fn identity(file: Rc<File>, meta: Metadata, vary: bool) -> Representation {
         let len = meta.len();
         Representation { content: Content::File(file), meta, len, coding: Coding::Identity, vary }
     }
@@ -254,7 +254,7 @@ pub fn represent<'a>(
     accept_encoding: impl Iterator<Item = &'a [u8]>,
     root: &Root,
     path: &mut Vec<u8>,
-    (file, meta, content_type): (File, Metadata, &str),
+    (file, meta, content_type): (Rc<File>, Metadata, &str),
     cache: &mut CompressCache,
     now_secs: u64,
 ) -> Representation {
@@ -280,7 +280,13 @@ pub fn represent<'a>(
         match open_sidecar(root, path, name_len, coding, &meta) {
             Some((sidecar, sidecar_meta)) => {
                 let len = sidecar_meta.len();
-                return Representation { content: Content::File(sidecar), meta: sidecar_meta, len, coding, vary: true };
+                return Representation {
+                    content: Content::File(Rc::new(sidecar)),
+                    meta: sidecar_meta,
+                    len,
+                    coding,
+                    vary: true,
+                };
             }
             None => absent |= bit,
         }

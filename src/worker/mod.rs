@@ -39,6 +39,7 @@ pub mod encoding;
 pub mod https_redirect;
 mod keeper;
 pub mod listing;
+mod open_files;
 pub mod path;
 pub mod range;
 pub mod records;
@@ -469,7 +470,7 @@ impl Worker {
     /// its socket (files are opened per request, and an EMFILE there is a 500); a message
     /// whose fds do not fit waits in its channel rather than losing them.
     fn room_for_next(&mut self, from: Intake, limit: usize, now: Instant) -> bool {
-        let growth = self.conns.len().saturating_sub(self.conns_at_measure);
+        let growth = self.conns.len().saturating_sub(self.conns_at_measure) + open_files::grown_since_measure();
         let free = self.fds.free(limit, growth);
         let room = crate::sys::process::WORKING_ROOM;
         let fits = match from {
@@ -479,6 +480,8 @@ impl Worker {
         if fits {
             return true;
         }
+        // Kept files go first: the count that ends the pause finds their fds free.
+        self.shared.sites.sweep_open_files(true);
         if self.intake_pause.stalled(now, None).is_some() {
             tracing::warn!(worker = self.id, open = self.conns.len(), free, "out of descriptors: pausing intake");
         }
@@ -513,6 +516,7 @@ impl Worker {
     fn remeasure_fds(&mut self, registry: &Registry, now: Instant) {
         self.fds = crate::sys::process::FdBudget::measure();
         self.conns_at_measure = self.conns.len();
+        open_files::measured();
         if self.intake_pause.recovered().is_some() {
             tracing::info!(worker = self.id, "descriptors available again: resuming intake");
             self.handle_control(registry, now);
@@ -622,7 +626,7 @@ impl Worker {
         match how {
             Err(why) => {
                 rescued.closed += 1;
-                tracing::debug!(worker = self.id, why, "a dead worker's connection closed");
+                tracing::info!(worker = self.id, why, "a dead worker's connection closed");
                 return;
             }
             Ok(How::Poison) => {
@@ -846,6 +850,7 @@ impl Worker {
             }
         }
         self.conns.shrink();
+        self.shared.sites.sweep_open_files(false);
         if self.shared.buffers.connections_open(self.conns.len()) {
             crate::sys::release_free_memory();
         }

@@ -16,19 +16,25 @@
 //! Anything that is not a regular file or directory (FIFO, socket, device) is 404. A
 //! directory without an index file is 404, or [`Resolved::Directory`] when the rules list
 //! directories ([`super::listing`] renders it).
+//!
+//! A regular file once opened stays open in the root's open-file cache
+//! ([`super::open_files`]): the next request for the same path, after the same rules,
+//! revalidates it with one `fstatat` and opens it again only if it changed.
 
 use std::ffi::{CStr, OsStr};
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 
+use super::open_files::OpenFiles;
 use super::rules::{Matched, Rules};
 
 /// Name tried inside a directory requested with a trailing slash.
@@ -49,6 +55,8 @@ pub struct Root {
     canonical: PathBuf,
     /// Cleared the first time the kernel answers ENOSYS, so we ask only once.
     openat2_available: AtomicBool,
+    /// Regular files recently served from this root, kept open.
+    files: OpenFiles,
 }
 
 impl Root {
@@ -59,12 +67,29 @@ impl Root {
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let dir = nix::fcntl::open(path, flags, Mode::empty()).map_err(|errno| with_path(errno.into()))?;
         let canonical = std::fs::canonicalize(path).map_err(with_path)?;
-        Ok(Root { dir, path: path.to_path_buf(), canonical, openat2_available: AtomicBool::new(true) })
+        Ok(Root {
+            dir,
+            path: path.to_path_buf(),
+            canonical,
+            openat2_available: AtomicBool::new(true),
+            files: OpenFiles::default(),
+        })
     }
 
     /// The path the root was opened with, for logs.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Closes the files this root keeps open: entries unused since the last sweep, or
+    /// all of them (`all`, when the worker runs short of descriptors). True if any were
+    /// open before.
+    pub fn sweep_open_files(&self, all: bool) -> bool {
+        if all {
+            return self.files.clear();
+        }
+        self.files.sweep();
+        false
     }
 
     #[cfg(test)]
@@ -79,8 +104,8 @@ pub enum Resolved {
     /// A regular file, open for reading. `scratch` then holds its normalized path
     /// (index file included) and a NUL, where `encoding` finds its sidecars.
     File {
-        /// The open file.
-        file: File,
+        /// The open file, shared with the root's open-file cache.
+        file: Rc<File>,
         /// Its metadata, from `fstat` on the open fd (so it describes what will be sent).
         meta: Metadata,
         /// `Content-Type` from the file name's extension.
@@ -284,12 +309,18 @@ pub fn normalize_dot_segments(path: &mut Vec<u8>) -> Result<(), Refusal> {
 fn open_normalized(root: &Root, query: &[u8], list: bool, scratch: &mut Vec<u8>) -> Resolved {
     let path_len = scratch.len();
     let names_directory = scratch.ends_with(b"/");
+    if let Some((file, meta)) = cached_file(root, names_directory, scratch) {
+        let name_end = scratch.len() - 1;
+        return Resolved::File { file, meta, content_type: content_type_for(&scratch[..name_end]) };
+    }
+    scratch.truncate(path_len);
     let (file, meta) = match open_regular_or_directory(root, scratch) {
         Ok(opened) => opened,
         Err(refusal) => return refusal.into(),
     };
     if meta.is_file() {
         let content_type = content_type_for(&scratch[..path_len]);
+        let file = root.files.insert(&scratch[..path_len], file, &meta);
         return Resolved::File { file, meta, content_type };
     }
     if !meta.is_dir() {
@@ -303,7 +334,10 @@ fn open_normalized(root: &Root, query: &[u8], list: bool, scratch: &mut Vec<u8>)
     scratch.truncate(path_len);
     scratch.extend_from_slice(INDEX_FILE);
     match open_regular_or_directory(root, scratch) {
-        Ok((file, meta)) if meta.is_file() => Resolved::File { file, meta, content_type: content_type_for(INDEX_FILE) },
+        Ok((file, meta)) if meta.is_file() => {
+            let file = root.files.insert(&scratch[..scratch.len() - 1], file, &meta);
+            Resolved::File { file, meta, content_type: content_type_for(INDEX_FILE) }
+        }
         Ok(_) | Err(Refusal::NotFound) if list => {
             scratch.truncate(path_len);
             Resolved::Directory { dir: file }
@@ -311,6 +345,20 @@ fn open_normalized(root: &Root, query: &[u8], list: bool, scratch: &mut Vec<u8>)
         Ok(_) => Resolved::NotFound,
         Err(refusal) => refusal.into(),
     }
+}
+
+/// The root's cached file for the normalized path in `scratch` (its index file when it
+/// names a directory), revalidated (see [`super::open_files`]). On a hit `scratch` holds
+/// the file's path and a NUL, as after [`open_regular_or_directory`]; on a miss, anything.
+fn cached_file(root: &Root, names_directory: bool, scratch: &mut Vec<u8>) -> Option<(Rc<File>, Metadata)> {
+    if names_directory {
+        scratch.extend_from_slice(INDEX_FILE);
+    }
+    let path_len = scratch.len();
+    scratch.push(0);
+    // The leading '/' is dropped: the path is relative to the root fd.
+    let relative = CStr::from_bytes_with_nul(&scratch[1..]).ok()?;
+    root.files.get(root.dir.as_fd(), &scratch[..path_len], relative)
 }
 
 /// Opens the absolute normalized path in `scratch` beneath the root and `fstat`s it.
@@ -340,6 +388,14 @@ pub fn open_file_beneath(root: &Root, relative: &CStr) -> Result<(File, Metadata
 }
 
 fn open_beneath(root: &Root, relative: &CStr) -> Result<File, Errno> {
+    match open_beneath_once(root, relative) {
+        // Out of descriptors while the cache holds some: give them back, try again.
+        Err(Errno::EMFILE | Errno::ENFILE) if root.files.clear() => open_beneath_once(root, relative),
+        result => result,
+    }
+}
+
+fn open_beneath_once(root: &Root, relative: &CStr) -> Result<File, Errno> {
     if root.openat2_available.load(Ordering::Relaxed) {
         match open_with_openat2(root, relative) {
             Err(Errno::ENOSYS) => root.openat2_available.store(false, Ordering::Relaxed),
@@ -462,7 +518,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashSet;
-    use std::io::Read;
     use std::os::unix::fs::{symlink, MetadataExt};
     use tempfile::TempDir;
 
@@ -508,13 +563,59 @@ mod tests {
 
     fn served_content(fixture: &Fixture, target: &str) -> String {
         match resolve_str(fixture, target).0 {
-            Resolved::File { mut file, .. } => {
-                let mut content = String::new();
-                file.read_to_string(&mut content).expect("read served file");
-                content
+            Resolved::File { file, meta, .. } => {
+                // By offset, as the connection reads: the fd is shared with the cache.
+                let mut content = vec![0; meta.len() as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&*file, &mut content, 0).expect("read served file");
+                String::from_utf8(content).expect("utf-8 fixture")
             }
             other => panic!("expected a file for {target}, got {other:?}"),
         }
+    }
+
+    fn served_file(fixture: &Fixture, target: &str) -> Rc<File> {
+        match resolve_str(fixture, target).0 {
+            Resolved::File { file, .. } => file,
+            other => panic!("expected a file for {target}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn served_files_stay_open_until_the_path_names_another_or_a_changed_file() {
+        let fixture = fixture();
+        let first = served_file(&fixture, "/a.txt");
+        assert!(Rc::ptr_eq(&first, &served_file(&fixture, "/sub/../a.txt")), "a hit shares the fd");
+        assert!(Rc::ptr_eq(&served_file(&fixture, "/with%20index/"), &served_file(&fixture, "/with index/index.html")));
+        // Replaced by rename: another inode, so a fresh open.
+        let dir = fixture.root.path().to_path_buf();
+        std::fs::write(dir.join("staged"), "9876543210").expect("write");
+        std::fs::rename(dir.join("staged"), dir.join("a.txt")).expect("rename");
+        let second = served_file(&fixture, "/a.txt");
+        assert!(!Rc::ptr_eq(&first, &second));
+        assert_eq!(served_content(&fixture, "/a.txt"), "9876543210");
+        // A symlink swapped to lead out of the root: a miss, then refused by openat2.
+        std::fs::remove_file(dir.join("a.txt")).expect("remove");
+        symlink("../secret.txt", dir.join("a.txt")).expect("symlink out");
+        assert_resolves(&fixture, "/a.txt", |r| matches!(r, Resolved::Forbidden));
+        // Unused between two sweeps: closed.
+        let _ = served_file(&fixture, "/page.html");
+        assert!(fixture.root.files.len() > 0);
+        fixture.root.sweep_open_files(false);
+        fixture.root.sweep_open_files(false);
+        assert_eq!(fixture.root.files.len(), 0);
+    }
+
+    #[test]
+    fn the_open_file_cache_keeps_at_most_its_capacity() {
+        let fixture = fixture();
+        let dir = fixture.root.path().to_path_buf();
+        for i in 0..super::super::open_files::CAPACITY + 10 {
+            std::fs::write(dir.join(format!("f{i}")), "x").expect("write");
+            let _ = served_file(&fixture, &format!("/f{i}"));
+        }
+        assert_eq!(fixture.root.files.len(), super::super::open_files::CAPACITY);
+        assert!(fixture.root.sweep_open_files(true));
+        assert_eq!(fixture.root.files.len(), 0);
     }
 
     fn assert_resolves(fixture: &Fixture, target: &str, expected: fn(&Resolved) -> bool) {

@@ -83,8 +83,8 @@ pub enum Body {
     None,
     /// `len` bytes of `file` starting at `offset` (sendfile or reads from the page cache).
     File {
-        /// The open file.
-        file: File,
+        /// The open file (shared with the root's open-file cache).
+        file: Rc<File>,
         /// First byte to send.
         offset: u64,
         /// Number of bytes to send; never 0.
@@ -102,8 +102,8 @@ pub enum Body {
     /// A `multipart/byteranges` body of ranges of `file`. Boxed: rare, and this keeps
     /// every connection's pending body small.
     Parts {
-        /// The open file.
-        file: File,
+        /// The open file (shared with the root's open-file cache).
+        file: Rc<File>,
         /// The parts and the framing around them.
         multipart: Box<Multipart>,
     },
@@ -408,10 +408,10 @@ impl Reply<'_> {
     /// The `error_pages` file for `status`, open, with its length and type. A page that
     /// cannot be opened (missing, a directory, out of the root) leaves the built-in one.
     /// Not a representation of the resource: no validators, no ranges, no 304.
-    fn site_error_page(&self, status: u16) -> Option<(File, u64, &'static str)> {
+    fn site_error_page(&self, status: u16) -> Option<(Rc<File>, u64, &'static str)> {
         let page = self.rules.error_page(status)?;
         let (file, meta) = open_file_beneath(self.root?, page.relative()).ok()?;
-        Some((file, meta.len(), page.content_type))
+        Some((Rc::new(file), meta.len(), page.content_type))
     }
 
     /// `OPTIONS *`: what the server as a whole allows, no content (RFC 9110 §9.3.7).
@@ -482,7 +482,7 @@ impl Reply<'_> {
 
     fn multipart_file(
         &self,
-        file: File,
+        file: Rc<File>,
         parts: RangeSet,
         validators: &Validators,
         content_type: &'static str,
@@ -867,7 +867,7 @@ mod tests {
             for (index, part) in multipart.parts().iter().enumerate() {
                 multipart.push_part_head(index, &mut body);
                 let mut data = vec![0; part.len() as usize];
-                std::os::unix::fs::FileExt::read_exact_at(file, &mut data, part.first).expect("read part");
+                std::os::unix::fs::FileExt::read_exact_at(&**file, &mut data, part.first).expect("read part");
                 body.extend_from_slice(&data);
             }
             multipart.push_close(&mut body);

@@ -59,6 +59,16 @@ impl Sites {
         Ok(Sites { default, hosts, exact, wildcards })
     }
 
+    /// Closes the files the sites' roots keep open: those unused since the last sweep,
+    /// or all (`all`). True if `all` closed any.
+    pub fn sweep_open_files(&self, all: bool) -> bool {
+        let mut closed = false;
+        for site in std::iter::once(&self.default).chain(&self.hosts) {
+            closed |= site.root.sweep_open_files(all);
+        }
+        closed
+    }
+
     /// Only the default site, at `root` with `rules` (unit tests).
     pub fn single(root: Root, rules: Rules) -> Sites {
         let default = Site { name: "default".into(), root, rules };
