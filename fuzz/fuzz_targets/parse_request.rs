@@ -7,7 +7,6 @@
 
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 use webd::config::{ErrorPages, HiddenFiles, SiteRules};
 use webd::worker::body::{BodySkipper, Skip};
@@ -27,9 +26,17 @@ struct Site {
     rules: [Rules; 2],
 }
 
+/// The site, made once per thread (the root's open-file cache is not shared between
+/// threads; libFuzzer runs the target on one).
 fn site() -> &'static Site {
-    static SITE: OnceLock<Site> = OnceLock::new();
-    SITE.get_or_init(|| {
+    thread_local! {
+        static SITE: &'static Site = Box::leak(Box::new(make_site()));
+    }
+    SITE.with(|site| *site)
+}
+
+fn make_site() -> Site {
+    {
         // Kept for the life of the fuzzing process: the tempdir is never dropped.
         let base: PathBuf = tempfile::tempdir().expect("tempdir").keep();
         let dir = base.join("root");
@@ -56,7 +63,7 @@ fn site() -> &'static Site {
             secret: (secret.dev(), secret.ino()),
             rules: [Rules::NONE, Rules::compile(&strict)],
         }
-    })
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
