@@ -561,19 +561,9 @@ fn run_chaos(kind: FaultKind) {
     let certs = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new();
     let cert = ca.issue(certs.path(), "chaos", &[TLS_NAME]);
-    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
-    let args = vec![
-        "--tls-listen".to_string(),
-        "127.0.0.1:0".to_string(),
-        "--tls-cert".to_string(),
-        path(&cert.cert),
-        "--tls-key".to_string(),
-        path(&cert.key),
-    ];
+    let args = tls_args(&cert);
     let (webd, admin) = start_with_admin(Options { workers: WORKERS, args, ..Default::default() });
-    let tls_addr: SocketAddr = wait_for(Duration::from_secs(10), "tls_listen in status", || {
-        webd.status_json()["status"]["tls_listen"].get(0)?.as_str()?.parse().ok()
-    });
+    let tls_addr = tls_addr(&webd);
     let tls_config = ca.client(&[]);
     for f in files().iter().chain([download()]) {
         std::fs::write(webd.root.join(&f.path[1..]), &f.body).expect("write file");

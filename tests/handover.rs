@@ -263,9 +263,7 @@ fn tls_connections_still_get_connection_close_and_fail_nothing() {
     let args = ["--tls-listen", LISTEN_ANY_PORT, "--tls-cert", &path(&cert.cert), "--tls-key", &path(&cert.key)];
     let (webd, admin) =
         start_with_admin(Options { workers: 2, args: args.map(String::from).to_vec(), ..Default::default() });
-    let tls_addr: SocketAddr = wait_for(Duration::from_secs(10), "tls_listen in status", || {
-        webd.status_json()["status"]["tls_listen"].get(0)?.as_str()?.parse().ok()
-    });
+    let tls_addr = tls_addr(&webd);
     let secure = KeptLoad::start(2, "a.test", tls(tls_addr, ca.client(&[]), "a.test"));
     let seen = under_keep_alive_load(&webd, 4, || {
         wait_until(Duration::from_secs(10), "TLS load to flow", || secure.ok() > 20);

@@ -41,27 +41,12 @@ impl TlsWebd {
     }
 
     fn tls_addr(&self) -> SocketAddr {
-        wait_for(Duration::from_secs(10), "tls_listen in status", || {
-            self.webd.status_json()["status"]["tls_listen"].get(0)?.as_str()?.parse().ok()
-        })
+        tls_addr(&self.webd)
     }
 
     fn client(&self) -> Arc<rustls::ClientConfig> {
         self.ca.client(&[])
     }
-}
-
-fn tls_args(cert: &Issued) -> Vec<String> {
-    let path = |p: &Path| p.to_string_lossy().into_owned();
-    [
-        "--tls-listen".into(),
-        "127.0.0.1:0".into(),
-        "--tls-cert".into(),
-        path(&cert.cert),
-        "--tls-key".into(),
-        path(&cert.key),
-    ]
-    .into()
 }
 
 #[test]

@@ -13,12 +13,6 @@ fn role_pid(webd: &Webd, role: &str) -> Option<i32> {
     p["pid"].as_i64().filter(|pid| *pid > 0).map(|pid| pid as i32)
 }
 
-fn tls_addr(webd: &Webd) -> SocketAddr {
-    wait_for(Duration::from_secs(10), "tls_listen in status", || {
-        webd.status_json()["status"]["tls_listen"].get(0)?.as_str()?.parse().ok()
-    })
-}
-
 /// The certificate a new handshake gets now.
 fn presented(addr: SocketAddr, ca: &TestCa) -> Vec<u8> {
     let answer = tls_get(tcp_to(addr), &ca.client(&[]), "a.test", "/index.html").expect("TLS GET");
@@ -30,15 +24,7 @@ fn tls_clients_lose_nothing_through_crashes_restarts_and_a_certificate_reload() 
     let files = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new();
     let first = ca.issue(files.path(), "a", &["a.test"]);
-    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
-    let args = vec![
-        "--tls-listen".into(),
-        "127.0.0.1:0".into(),
-        "--tls-cert".into(),
-        path(&first.cert),
-        "--tls-key".into(),
-        path(&first.key),
-    ];
+    let args = tls_args(&first);
     let webd = Webd::start_with(Options { workers: 2, args, ..Options::default() });
     let addr = tls_addr(&webd);
     let body = std::fs::read(webd.root.join("index.html")).expect("index.html");

@@ -197,6 +197,12 @@ impl FdStore {
         }
     }
 
+    /// Whether `keep_state` writes anything (under systemd, with a state memfd): lets a
+    /// caller skip building the state on every heartbeat otherwise.
+    pub fn keeps_state(&self) -> bool {
+        self.enabled && self.state.is_some()
+    }
+
     /// Rewrites the totals in the state memfd when they changed. Called each time reports
     /// are folded (a few times a second: heartbeats), so the store never holds less than
     /// `/metrics` has shown, and a successor's counters never go back.

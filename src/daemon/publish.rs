@@ -16,7 +16,7 @@ impl Daemon {
         let folded = self.fold_reports();
         let workers = self.worker_reports();
         let figures = self.figures();
-        if folded {
+        if folded && self.fd_store.keeps_state() {
             let state = self.state_with(figures.clone());
             self.fd_store.keep_state(|| state);
         }

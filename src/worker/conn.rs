@@ -498,14 +498,7 @@ impl Conn {
         let buf = &self.rbuf[self.rstart..self.rend];
         match request::parse(buf, &shared.limits) {
             Parsed::Complete { request, head_len } => {
-                let started = self.head_started.unwrap_or(now);
-                let exchange = Exchange {
-                    peer: &self.peer,
-                    sock: &self.sock,
-                    tls: self.tls.as_deref(),
-                    requests_left: &mut self.requests_left,
-                    started,
-                };
+                let exchange = exchange!(self, now);
                 let Some(mut skipper) = BodySkipper::new(request.body) else {
                     let plan = answer(&request, shared, exchange, &mut self.wbuf);
                     self.rstart += head_len;
@@ -554,14 +547,7 @@ impl Conn {
             }
             Skip::Done { used } => {
                 self.pending = None;
-                let started = self.head_started.unwrap_or(now);
-                let exchange = Exchange {
-                    peer: &self.peer,
-                    sock: &self.sock,
-                    tls: self.tls.as_deref(),
-                    requests_left: &mut self.requests_left,
-                    started,
-                };
+                let exchange = exchange!(self, now);
                 let plan = match request::parse(&self.rbuf[self.rstart..body_start], &shared.limits) {
                     Parsed::Complete { request, .. } => answer(&request, shared, exchange, &mut self.wbuf),
                     // The same bytes parsed before: cannot happen, and if it does, no guessing.
@@ -912,6 +898,21 @@ fn send_encrypted(tls: &mut Session, sock: &TcpStream, wbuf: &mut Vec<u8>, wpos:
         }
     }
 }
+
+/// A connection's `Exchange`, from its fields (a macro, not a method: the read and
+/// write buffers are borrowed beside it).
+macro_rules! exchange {
+    ($conn:expr, $now:expr) => {
+        Exchange {
+            peer: &$conn.peer,
+            sock: &$conn.sock,
+            tls: $conn.tls.as_deref(),
+            requests_left: &mut $conn.requests_left,
+            started: $conn.head_started.unwrap_or($now),
+        }
+    };
+}
+use exchange;
 
 /// What `answer` needs of the connection a request came on.
 struct Exchange<'a> {

@@ -153,3 +153,24 @@ pub fn client_hello(config: &Arc<rustls::ClientConfig>) -> Vec<u8> {
     conn.write_tls(&mut out).expect("hello");
     out
 }
+
+/// The flags that serve HTTPS on a free port with `cert`.
+pub fn tls_args(cert: &Issued) -> Vec<String> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    [
+        "--tls-listen".into(),
+        "127.0.0.1:0".into(),
+        "--tls-cert".into(),
+        path(&cert.cert),
+        "--tls-key".into(),
+        path(&cert.key),
+    ]
+    .into()
+}
+
+/// The first HTTPS address `webd`'s status names, once it is up.
+pub fn tls_addr(webd: &super::Webd) -> SocketAddr {
+    super::wait_for(Duration::from_secs(10), "tls_listen in status", || {
+        webd.status_json()["status"]["tls_listen"].get(0)?.as_str()?.parse().ok()
+    })
+}
