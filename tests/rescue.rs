@@ -92,6 +92,32 @@ fn a_download_in_progress_continues_from_the_byte_the_client_has() {
     wait_until(Duration::from_secs(5), "the resumed download counted", || rescued(admin, "resumed") >= 1.0);
 }
 
+/// Three downloads of one file are in progress on one worker when it is killed. The
+/// open-file cache gives them one fd of the file: each must go on with it (the keeper once
+/// sent the shared fd with the first only, and the others were closed mid-body).
+#[test]
+fn downloads_sharing_the_cached_file_all_continue_when_their_worker_dies() {
+    let (webd, admin) = one_worker();
+    let body: Vec<u8> = Rng::new(0x5ba7ed).bytes(10 << 20);
+    std::fs::write(webd.root.join("10m.bin"), &body).expect("write file");
+    let mut conns: Vec<_> = (0..3).map(|_| connect_small_rcvbuf(webd.addr())).collect();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        conn.send(b"GET /10m.bin HTTP/1.1\r\nHost: t\r\n\r\n").expect("request");
+        conn.read_at_least(1 << 20, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{i}: first MiB: {}", e.kind));
+    }
+    let worker = webd.pid_of("webd: worker 0").expect("worker");
+    kill(worker, SIGKILL);
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let response = conn
+            .response(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("download {i} cut after {} bytes: {} {}", e.received, e.kind, e.detail));
+        assert_eq!(response.status, 200, "download {i}");
+        assert!(response.body == body, "download {i}: body of {} bytes differs from the file", response.body.len());
+    }
+    wait_until(Duration::from_secs(5), "three resumed downloads counted", || rescued(admin, "resumed") >= 3.0);
+    assert_eq!(rescued(admin, "closed"), 0.0);
+}
+
 /// The file of a download in progress changes before the successor continues it: the
 /// connection is closed rather than sending bytes of another file.
 #[test]

@@ -17,9 +17,10 @@ use crate::sys::shared_table::{self, SharedWords};
 use anyhow::Context;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -142,7 +143,8 @@ struct Held {
     fd: OwnedFd,
     salvage: Salvage,
     carried: Vec<u8>,
-    file: Option<OwnedFd>,
+    /// Shared: connections sending the same file share the worker's one fd of it.
+    file: Option<Rc<OwnedFd>>,
 }
 
 impl Held {
@@ -163,7 +165,7 @@ impl Held {
         Connection {
             carried: Some(self.carried.clone()),
             salvage: Some(Box::new(self.salvage.clone())),
-            file: self.file.as_ref().map(Fd::lend),
+            file: self.file.as_deref().map(Fd::lend),
             ..Connection::new(Fd::lend(&self.fd), Transport::Plain)
         }
     }
@@ -175,16 +177,19 @@ fn rescue(words: &SharedWords, table: &records::Tables) -> anyhow::Result<Rescue
     if found.is_empty() {
         return Ok(Rescue { sent: 0, left: 0 });
     }
-    let mut files_taken = HashSet::new();
+    // The open-file cache shares one fd among every connection sending that file, so a
+    // file is taken once and lent to each. A stale record naming an fd since reused for
+    // another file is refused by the receiver, which checks the file's identity.
+    let mut files: HashMap<RawFd, Option<Rc<OwnedFd>>> = HashMap::new();
     let mut held = Vec::new();
     let mut left = 0;
     for fd in found {
         match records::read(table, fd.as_raw_fd()) {
             Found::Leave => left += 1, // closes as the keeper exits
             Found::Salvage { salvage, carried, file } => {
-                // A file named twice (a stale record) goes with neither: a response
-                // without its file is closed by the receiver.
-                let file = file.filter(|f| files_taken.insert(*f)).and_then(shared_table::orphaned_file);
+                let file = file.and_then(|raw| {
+                    files.entry(raw).or_insert_with(|| shared_table::orphaned_file(raw).map(Rc::new)).clone()
+                });
                 held.push(Held { fd, salvage, carried, file });
             }
         }
