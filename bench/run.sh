@@ -18,6 +18,7 @@
 #   SCENARIOS      space/comma separated subset of the scenarios below            (default all)
 #   WORKERS        worker processes (threads for h2o) of every server             (default 2)
 #   IDLE_CONNS     connections of the idle-10k and keepalive-1k-10k scenarios     (default 10000)
+#   RATE           requests per second of the rate-20k scenario                   (default 20000)
 #   WARMUP         seconds of untimed keep-alive load per server before the runs;
 #                  0 disables                                                     (default 1)
 #   READY_TIMEOUT  seconds to wait for each server to answer HTTP                 (default 30)
@@ -43,6 +44,15 @@
 #   keepalive-1k      64 connections, GET /1k.bin
 #   close-1k          64 connections, GET /1k.bin with "Connection: close" (a new connection
 #                     per request)
+#   close-1k-grouped  the same with wrk in the server's scheduling group: the server's
+#                     processes and wrk are moved into one cpu cgroup for the run (cgroup v1
+#                     cpu or v2 with the cpu controller; the scenario is skipped, '–', where
+#                     neither is writable), so the scheduler shares the cores between all of
+#                     them as equals instead of between two autogroups (sessions)
+#   rate-20k          64 keep-alive connections, GET /1k.bin at a fixed RATE req/s (oha -q,
+#                     with --latency-correction, so a stall counts for every request it
+#                     delays): latency p50/p99/p99.9 and CPU per request at a load every
+#                     server can carry; oha is `cargo install`ed if missing
 #   10m               8 connections,  GET /10m.bin
 #   keepalive-1k-10k  IDLE_CONNS connections, GET /1k.bin
 #   text-64k-br       64 connections, GET /64k.txt with "Accept-Encoding: br, gzip": a compressible
@@ -80,11 +90,12 @@ REPO=$(pwd)
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
-ALL_SCENARIOS="idle-10k tls-idle-10k keepalive-0 keepalive-1k close-1k 10m keepalive-1k-10k text-64k-br tls-keepalive-1k tls-close-1k tls-10m"
+ALL_SCENARIOS="idle-10k tls-idle-10k keepalive-0 keepalive-1k close-1k close-1k-grouped rate-20k 10m keepalive-1k-10k text-64k-br tls-keepalive-1k tls-close-1k tls-10m"
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 SERVERS=${SERVERS:-webd nginx h2o lighttpd}
 WORKERS=${WORKERS:-2}
 IDLE_CONNS=${IDLE_CONNS:-10000}
+RATE=${RATE:-20000}
 WARMUP=${WARMUP:-1}
 READY_TIMEOUT=${READY_TIMEOUT:-30}
 BENCH_OUT=${BENCH_OUT:-$REPO/bench/out}
@@ -106,18 +117,22 @@ check_int ROUNDS 1 100
 check_int THREADS 1 64
 check_int WORKERS 1 256
 check_int IDLE_CONNS 64 50000
+check_int RATE 100 500000
 check_int WARMUP 0 60
 check_int READY_TIMEOUT 1 600
 [[ $DURATION =~ ^[0-9]+[smh]?$ ]] || die "DURATION must look like 10, 10s or 1m (got '$DURATION')"
 [[ $DURATION =~ [smh]$ ]] || DURATION=${DURATION}s
 
 # scenario -> connections, path, extra header
-declare -A SC_CONNS=([idle-10k]=$IDLE_CONNS [tls-idle-10k]=$IDLE_CONNS [keepalive-0]=64 [keepalive-1k]=64 [close-1k]=64 [10m]=8
+declare -A SC_CONNS=([idle-10k]=$IDLE_CONNS [tls-idle-10k]=$IDLE_CONNS [keepalive-0]=64 [keepalive-1k]=64 [close-1k]=64
+    [close-1k-grouped]=64 [rate-20k]=64 [10m]=8
     [keepalive-1k-10k]=$IDLE_CONNS [text-64k-br]=64 [tls-keepalive-1k]=64 [tls-close-1k]=64 [tls-10m]=8)
 declare -A SC_PATH=([idle-10k]=/1k.bin [tls-idle-10k]=/1k.bin [keepalive-0]=/0.bin [keepalive-1k]=/1k.bin [close-1k]=/1k.bin
+    [close-1k-grouped]=/1k.bin [rate-20k]=/1k.bin
     [10m]=/10m.bin [keepalive-1k-10k]=/1k.bin [text-64k-br]=/64k.txt
     [tls-keepalive-1k]=/1k.bin [tls-close-1k]=/1k.bin [tls-10m]=/10m.bin)
 declare -A SC_HEADER=([idle-10k]="" [tls-idle-10k]="" [keepalive-0]="" [keepalive-1k]="" [close-1k]="Connection: close" [10m]=""
+    [close-1k-grouped]="Connection: close" [rate-20k]=""
     [keepalive-1k-10k]="" [text-64k-br]="Accept-Encoding: br, gzip"
     [tls-keepalive-1k]="" [tls-close-1k]="Connection: close" [tls-10m]="")
 read -r -a SCENARIO_LIST <<<"${SCENARIOS//,/ }"
@@ -147,6 +162,7 @@ runs_scenario() { # runs_scenario SERVER SCENARIO
     case $2 in
         tls-*) can_tls "$1" ;;
         text-64k-br) can_br "$1" ;;
+        close-1k-grouped) can_group ;;
         *) true ;;
     esac
 }
@@ -235,6 +251,15 @@ if ((${#need_pkgs[@]} > 0)); then
     LIGHTTPD=$(command -v lighttpd 2>/dev/null || echo /usr/sbin/lighttpd)
 fi
 command -v wrk >/dev/null 2>&1 || die "wrk not found after install"
+OHA=""
+if [[ " ${SCENARIO_LIST[*]} " == *" rate-20k "* ]]; then
+    OHA=$(command -v oha 2>/dev/null || echo "$HOME/.cargo/bin/oha")
+    if [[ ! -x $OHA ]]; then
+        log "installing oha (cargo install oha --locked) for rate-20k"
+        cargo install oha --locked >&2 || die "cargo install oha failed; drop rate-20k from SCENARIOS"
+        OHA=$HOME/.cargo/bin/oha
+    fi
+fi
 if has_server nginx; then
     [[ -x $NGINX ]] || die "nginx not found after install"
     [[ -f $BROTLI_MODULE ]] || die "nginx's brotli_static module ($BROTLI_MODULE) not found after install"
@@ -646,6 +671,62 @@ fmt() { # fmt PRINTF-FORMAT VALUE
     if [[ $2 == NA ]]; then printf 'n/a'; else LC_ALL=C printf "$1" "$2"; fi
 }
 
+# A cpu cgroup directory new scheduling groups can be made in ('' if none): cgroup v1's cpu
+# hierarchy, or v2 with the cpu controller.
+cpu_cgroup_root() {
+    if [[ -w /sys/fs/cgroup/cpu/cgroup.procs ]]; then
+        echo /sys/fs/cgroup/cpu
+    elif [[ -w /sys/fs/cgroup/cgroup.procs ]] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+        echo /sys/fs/cgroup
+    fi
+}
+CPU_CGROUP=$(cpu_cgroup_root)
+can_group() { [[ -n $CPU_CGROUP ]]; }
+
+# run_grouped SERVER DURATION OUTFILE: close-1k with wrk in the server's scheduling group (a
+# cgroup made for the run; the server's processes go back to the root group after it).
+run_grouped() {
+    local server=$1 dur=$2 outfile=$3 cg pid
+    cg=$CPU_CGROUP/webd-bench-$$-$server
+    mkdir -p "$cg" || die "cannot make the cgroup $cg"
+    for pid in $(session_pids "${PID[$server]}"); do echo "$pid" >"$cg/cgroup.procs" 2>/dev/null || true; done
+    local args=(-t "$THREADS" -c 64 -d "$dur" --latency -H "Connection: close" "http://127.0.0.1:${PORT_OF[$server]}/1k.bin")
+    # shellcheck disable=SC2016 # $$ and $1 are the inner shell's
+    bash -c 'echo $$ >"$1/cgroup.procs" && shift && exec wrk "$@"' _ "$cg" "${args[@]}" >"$outfile" 2>&1 ||
+        log "wrk failed for $server/close-1k-grouped (see $outfile)"
+    while read -r pid; do echo "$pid" >"$CPU_CGROUP/cgroup.procs" 2>/dev/null || true; done <"$cg/cgroup.procs"
+    rmdir "$cg" 2>/dev/null || log "cgroup $cg not removed"
+}
+
+# run_oha SERVER DURATION OUTFILE: rate-20k; writes a wrk-like summary to OUTFILE (see parse_oha).
+run_oha() {
+    local server=$1 dur=$2 outfile=$3
+    "$OHA" -z "$dur" -q "$RATE" -c 64 --no-tui --latency-correction --output-format json \
+        "http://127.0.0.1:${PORT_OF[$server]}/1k.bin" >"$outfile.json" 2>"$outfile.err" ||
+        log "oha failed for $server/rate-20k (see $outfile.err)"
+    # The same lines parse_wrk and requests_of read, plus the extra percentiles.
+    python3 - "$outfile.json" >"$outfile" <<'PY' || log "oha output unreadable for $server (see $outfile.json)"
+import json, sys
+r = json.load(open(sys.argv[1]))
+ok = sum(n for code, n in r.get("statusCodeDistribution", {}).items() if int(code) < 400)
+bad = sum(n for code, n in r.get("statusCodeDistribution", {}).items() if int(code) >= 400)
+errors = sum(r.get("errorDistribution", {}).values())
+p = r["latencyPercentiles"]
+ms = lambda v: "NA" if v is None else "%.3fms" % (v * 1000)
+print("%d requests in %.1fs" % (ok + bad, r["summary"]["total"]))
+print("Requests/sec: %.1f" % r["summary"]["requestsPerSec"])
+print("Transfer/sec: %.2fMB" % (r["summary"].get("sizePerSec", 0) / 1048576))
+print("50% " + ms(p.get("p50")))
+print("99% " + ms(p.get("p99")))
+print("99.9% " + ms(p.get("p99.9")))
+print("Socket errors: connect 0, read %d, write 0, timeout 0" % errors)
+print("Non-2xx or 3xx responses: %d" % bad)
+PY
+}
+
+# percentile_of FILE LABEL: a latency line of run_oha's summary, in ms ("NA" when absent).
+percentile_of() { awk -v l="$2" '$1 == l { v = $2; sub(/ms$/, "", v); print v; found = 1; exit } END { if (!found) print "NA" }' "$1"; }
+
 # run_wrk SERVER SCENARIO DURATION OUTFILE
 run_wrk() {
     local server=$1 sc=$2 dur=$3 outfile=$4 port=${PORT_OF[$1]} pid=${PID[$1]} scheme=http
@@ -654,6 +735,14 @@ run_wrk() {
         port=${TLS_PORT_OF[$server]}
     fi
     kill -0 "$pid" 2>/dev/null || die "$server (pid $pid) is no longer running"
+    case $sc in
+        close-1k-grouped) run_grouped "$server" "$dur" "$outfile" ;;
+        rate-20k) run_oha "$server" "$dur" "$outfile" ;;
+    esac
+    if [[ $sc == close-1k-grouped || $sc == rate-20k ]]; then
+        kill -0 "$pid" 2>/dev/null || die "$server (pid $pid) exited during the $sc run (see $outfile)"
+        return 0
+    fi
     local args=(-t "$THREADS" -c "${SC_CONNS[$sc]}" -d "$dur" --latency)
     # 10,000 connections take a while to open: give each request more than wrk's 2 s.
     ((SC_CONNS[$sc] > 1000)) && args+=(--timeout 10s)
@@ -712,13 +801,14 @@ measure_idle() {
 
 for server in "${SERVER_LIST[@]}"; do warm_up "$server"; done
 
-declare -A RPS MBPS P99 ERRS CPU MEM_RSS MEM_PSS MEM_KEPT MEM_AFTER MEM_BEFORE MEM_OPEN
+declare -A RPS MBPS P99 P50 P999 ERRS CPU MEM_RSS MEM_PSS MEM_KEPT MEM_AFTER MEM_BEFORE MEM_OPEN
 printf 'scenario\tround\tserver\treq_per_s\tMiB_per_s\tp99_ms\tcpu_us_per_req\terrors\terror_detail\n' >"$BENCH_OUT/runs.tsv"
 printf 'scenario\tserver\tround\topened\tfailed\tstill_open\trss_before_kb\trss_open_kb\trss_after_kb\tpss_before_kb\tpss_open_kb\tpss_after_kb\n' >"$BENCH_OUT/memory.tsv"
 n_servers=${#SERVER_LIST[@]}
 for sc in "${SCENARIO_LIST[@]}"; do
     for server in "${SERVER_LIST[@]}"; do
         RPS[$sc,$server]=""; MBPS[$sc,$server]=""; P99[$sc,$server]=""; ERRS[$sc,$server]=0; CPU[$sc,$server]=""
+        P50[$sc,$server]=""; P999[$sc,$server]=""
         MEM_RSS[$sc,$server]=""; MEM_PSS[$sc,$server]=""; MEM_KEPT[$sc,$server]=""; MEM_AFTER[$sc,$server]=""
         MEM_BEFORE[$sc,$server]=""; MEM_OPEN[$sc,$server]=""
     done
@@ -753,6 +843,10 @@ for sc in "${SCENARIO_LIST[@]}"; do
             RPS[$sc,$server]+=" $rps"
             MBPS[$sc,$server]+=" $mbps"
             P99[$sc,$server]+=" $p99"
+            if [[ $sc == rate-* ]]; then
+                P50[$sc,$server]+=" $(percentile_of "$out" 50%)"
+                P999[$sc,$server]+=" $(percentile_of "$out" 99.9%)"
+            fi
             prev=${ERRS[$sc,$server]}
             ERRS[$sc,$server]=$((prev + errs))
         done
@@ -811,6 +905,16 @@ done
                 "${ERRS[$sc,$server]}"
         done
     done
+    if [[ " ${SCENARIO_LIST[*]} " == *" rate-20k "* ]]; then
+        echo
+        echo "| rate-20k: $RATE req/s, 64 connections, latency ms (median of $ROUNDS) | p50 | p99 | p99.9 |"
+        echo "|---|---:|---:|---:|"
+        for server in "${SERVER_LIST[@]}"; do
+            [[ -n ${P99[rate-20k,$server]// /} ]] || continue
+            printf '| %s | %s | %s | %s |\n' "$server" "$(fmt '%.3f' "$(median ${P50[rate-20k,$server]})")" \
+                "$(fmt '%.3f' "$(median ${P99[rate-20k,$server]})")" "$(fmt '%.3f' "$(median ${P999[rate-20k,$server]})")"
+        done
+    fi
     echo
     echo "Medians over rounds. µs CPU/req = utime + stime of every process of the server's session during"
     echo "the run / requests completed. MB/s = MiB/s (wrk Transfer/sec); errors = socket errors + responses"

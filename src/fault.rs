@@ -11,7 +11,9 @@
 //! if the channel to the supervisor were full, while the line is there), and
 //! `rotate-ticket-keys` (the daemon rotates the TLS session-ticket keys once per line),
 //! and `crash-on-path /PATH` (a worker aborts when it is about to answer a request for
-//! that target, read as each worker starts: a poison request).
+//! that target, read as each worker starts: a poison request), and `no-worker-keeper`
+//! (workers start without a keeper and record nothing: what the rescue records cost per
+//! request is measured against it, `bench/README.md`).
 
 use crate::ipc::Role;
 
@@ -83,4 +85,12 @@ pub fn ticket_rotations(file: Option<&std::path::Path>) -> u64 {
 pub fn crash_on_path() -> Option<Vec<u8>> {
     let text = std::fs::read_to_string(file()?).ok()?;
     text.lines().find_map(|line| Some(line.trim().strip_prefix("crash-on-path ")?.trim().as_bytes().to_vec()))
+}
+
+/// True if the fault file has a line `no-worker-keeper`: workers run as before the
+/// rescue existed (no keeper, no records), for measuring what the records cost.
+pub fn no_worker_keeper() -> bool {
+    file()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .is_some_and(|t| t.lines().any(|l| l.trim() == "no-worker-keeper"))
 }

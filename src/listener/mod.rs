@@ -25,6 +25,18 @@ use std::time::{Duration, Instant};
 
 /// How long accepting pauses after EMFILE/ENFILE.
 const FD_EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
+/// How far above the least-loaded lane's load the lane of the last connection may be and
+/// still take the next one, when that was less than [`STICKY_WINDOW`] ago. A worker just
+/// sent a connection is awake; sending the next to it too spares waking another (strict
+/// least-load alternated between the workers under a stream of short connections, and
+/// each one woke a sleeping worker: bench/README.md has the figures). Loads count the
+/// connections sent since the last steering, so lanes are never sent more than this apart
+/// within one steering interval.
+const STICKY_BAND: u32 = 64;
+/// Connections further apart than this go by least load alone: at a light load every
+/// worker serves (a new worker after `scale` at once), and only a stream of connections
+/// arriving faster than a worker sleeps is kept together.
+const STICKY_WINDOW: Duration = Duration::from_micros(250);
 /// How often the listener makes sure its keeper lives.
 const KEEPER_CHECK: Duration = Duration::from_millis(200);
 
@@ -75,6 +87,8 @@ struct Listener {
     lane_tokens: IndexTokens,
     /// A test's injected stop (`fault`); `None` in production.
     stop_at: Option<ListenerStop>,
+    /// The lane the last connection went to, and when (see [`STICKY_BAND`]).
+    last_lane: Option<(usize, Instant)>,
 }
 
 pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
@@ -117,6 +131,7 @@ pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
         keeper,
         lane_tokens,
         stop_at: fault::listener_stop(),
+        last_lane: None,
     };
     // The daemon sends the lanes right after the bootstrap.
     me.handle_control(event_loop.registry())?;
@@ -259,12 +274,19 @@ impl Listener {
         self.unpause_backpressure(registry);
     }
 
-    /// The open lane with the least load that has room now. The least-loaded lane
+    /// The lane the last connection went to, if that was within [`STICKY_WINDOW`] and its
+    /// load is within [`STICKY_BAND`] of the least, else the open lane with the least load that has room now. Either
     /// almost always has room, so this costs one poll per connection.
     fn pick_lane(&self) -> Option<usize> {
         let open =
             || self.lanes.iter().enumerate().filter_map(|(i, l)| l.as_ref().filter(|l| l.state.open).map(|l| (i, l)));
         let (least, lane) = open().min_by_key(|(_, l)| l.load())?;
+        let recent = self.last_lane.filter(|(_, at)| at.elapsed() < STICKY_WINDOW);
+        if let Some((last, l)) = recent.and_then(|(i, _)| open().find(|(j, _)| *j == i)) {
+            if l.load() <= lane.load().saturating_add(STICKY_BAND) && l.channel.has_room() {
+                return Some(last);
+            }
+        }
         if lane.channel.has_room() {
             return Some(least);
         }
@@ -322,6 +344,7 @@ impl Listener {
         match lane.channel.send_connection_announced(fd.as_fd(), transport, || keeper.sending(raw)) {
             Ok(()) => {
                 lane.sent = lane.sent.saturating_add(1);
+                self.last_lane = Some((index, Instant::now()));
                 fault::stop_if(self.stop_at, ListenerStop::AfterSend);
                 drop(fd);
                 self.keeper.not_sending();

@@ -895,6 +895,10 @@ fn abort_on_panic() {
 /// The table our keeper reads: a slot per descriptor number we may use, two per
 /// connection (its socket, and the file a response is sent from) and some for our own.
 fn keeper_records(max_connections: usize, id: u32) -> records::Records {
+    if crate::fault::no_worker_keeper() {
+        tracing::warn!(worker = id, "injected: no keeper, no records");
+        return records::Records::default();
+    }
     let limit = crate::sys::process::FdBudget::current_limit();
     let capacity = max_connections.saturating_mul(2).saturating_add(64).min(limit.max(64));
     records::Records::new(capacity)
