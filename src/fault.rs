@@ -11,7 +11,9 @@
 //! if the channel to the supervisor were full, while the line is there), and
 //! `rotate-ticket-keys` (the daemon rotates the TLS session-ticket keys once per line),
 //! and `crash-on-path /PATH` (a worker aborts when it is about to answer a request for
-//! that target, read as each worker starts: a poison request), and `no-worker-keeper`
+//! that target, read as each worker starts: a poison request), and `crash-after-read
+//! /PATH` (a worker aborts right after reading bytes that hold that text, before it
+//! records them: bytes a successor cannot know), and `no-worker-keeper`
 //! (workers start without a keeper and record nothing: what the rescue records cost per
 //! request is measured against it, `bench/README.md`).
 
@@ -85,6 +87,13 @@ pub fn ticket_rotations(file: Option<&std::path::Path>) -> u64 {
 pub fn crash_on_path() -> Option<Vec<u8>> {
     let text = std::fs::read_to_string(file()?).ok()?;
     text.lines().find_map(|line| Some(line.trim().strip_prefix("crash-on-path ")?.trim().as_bytes().to_vec()))
+}
+
+/// The text whose arrival a worker aborts on, read and not recorded (a fault-file line
+/// `crash-after-read /PATH`), read once as the worker starts; `None` in production.
+pub fn crash_after_read() -> Option<Vec<u8>> {
+    let text = std::fs::read_to_string(file()?).ok()?;
+    text.lines().find_map(|line| Some(line.trim().strip_prefix("crash-after-read ")?.trim().as_bytes().to_vec()))
 }
 
 /// True if the fault file has a line `no-worker-keeper`: workers run as before the

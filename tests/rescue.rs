@@ -142,6 +142,39 @@ fn a_download_whose_file_changed_is_closed_not_continued() {
     assert_eq!(rescued(admin, "resumed"), 0.0);
 }
 
+/// A worker killed between reading a request and recording it (the fault-file line
+/// `crash-after-read`) leaves a record that says the connection was idle. The successor
+/// sees from the kernel's count that more was read than recorded and closes the
+/// connection at once: the client sees a close (as in the keep-alive race it retries on),
+/// not a request that nobody will ever answer waiting out the keep-alive timeout.
+#[test]
+fn a_request_read_and_not_recorded_by_a_dead_worker_closes_its_connection_at_once() {
+    let fault = tempfile::NamedTempFile::new().expect("fault file");
+    std::fs::write(fault.path(), "crash-after-read /unrecorded\n").expect("fault");
+    let (webd, admin) = start_with_admin(Options {
+        workers: 1,
+        args: ["--keepalive-timeout", "60000", "--header-timeout", "60000"].map(String::from).to_vec(),
+        env: vec![("WEBD_FAULT_FILE".into(), fault.path().to_string_lossy().into_owned())],
+        ..Default::default()
+    });
+    let mut conn = connect(webd.addr());
+    conn.send(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("first request");
+    let first = conn.response(Duration::from_secs(10)).expect("first response");
+    assert_eq!((first.status, first.body.as_slice()), (200, BODY));
+    let worker = webd.pid_of("webd: worker 0").expect("worker");
+    conn.send(b"GET /unrecorded HTTP/1.1\r\nHost: t\r\n\r\n").expect("second request");
+    let end = conn.read_to_close(Duration::from_secs(10));
+    assert!(!end.timed_out, "the connection was left open with its request unanswered");
+    assert!(end.bytes.is_empty(), "{} bytes came back for a request nobody could know", end.bytes.len());
+    assert!(!alive(worker), "the fault did not kill the worker");
+    wait_until(Duration::from_secs(5), "the closed rescue counted", || rescued(admin, "closed") >= 1.0);
+    let log = webd.log_text();
+    assert!(log.contains("the dead worker read bytes it had not recorded"), "no reason logged:\n{log}");
+    // The pool serves on.
+    let r = get(webd.addr(), "/index.html").expect("a request after the rescue");
+    assert_eq!(r.status, 200);
+}
+
 /// A request that aborts every worker that answers it: the first two crashes are
 /// rescued (the request replayed), the third attempt is answered 500 and logged, the
 /// pool recovers, and keep-alive clients beside it see nothing.

@@ -246,6 +246,9 @@ pub enum Salvage {
     /// connection's `carried`): `sent` response bytes had been written by then.
     Waiting {
         sent: u64,
+        /// Bytes read from the socket by then (`None` from a keeper that did not say).
+        #[serde(default)]
+        read: Option<u64>,
         /// Worker deaths the carried request was in progress for (poison at two).
         deaths: u32,
         /// A response had been sent on it (else it is still owed its first).
@@ -271,6 +274,9 @@ pub struct InProgress {
     pub coding: u8,
     /// The connection closes after it.
     pub close: bool,
+    /// Bytes read from the socket by then (`None` from a keeper that did not say).
+    #[serde(default)]
+    pub read: Option<u64>,
 }
 
 /// The part of a response body sent from a file, and the file's identity when the

@@ -416,6 +416,7 @@ mod tests {
             status: 200,
             coding: 0,
             close: false,
+            read: Some(88),
         };
         let rescued = |salvage, file| Connection {
             carried: Some(b"GET /next".to_vec()),
@@ -423,7 +424,7 @@ mod tests {
             file,
             ..Connection::plain(Fd::lend(&x))
         };
-        let waiting = Salvage::Waiting { sent: 9, deaths: 1, answered: true };
+        let waiting = Salvage::Waiting { sent: 9, read: None, deaths: 1, answered: true };
         let conns = vec![
             rescued(Salvage::Response(Box::new(response.clone())), Some(Fd::lend(&file))),
             rescued(waiting.clone(), None),

@@ -88,6 +88,15 @@ const MEASURE_TRIES: usize = 1000;
 
 /// `TCP_INFO` `tcpi_bytes_acked`: bytes the peer acknowledged.
 fn bytes_acked(sock: BorrowedFd<'_>) -> io::Result<u64> {
+    tcp_info(sock).map(|info| info.tcpi_bytes_acked)
+}
+
+/// `TCP_INFO` `tcpi_bytes_received`: bytes received in order (read or still queued).
+fn bytes_received(sock: BorrowedFd<'_>) -> io::Result<u64> {
+    tcp_info(sock).map(|info| info.tcpi_bytes_received)
+}
+
+fn tcp_info(sock: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
     let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `info`, a buffer of that size,
@@ -95,15 +104,40 @@ fn bytes_acked(sock: BorrowedFd<'_>) -> io::Result<u64> {
     Errno::result(unsafe {
         libc::getsockopt(sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len)
     })?;
-    // Linux has reported tcpi_bytes_acked since 4.1; an older kernel's shorter struct
-    // would leave it unwritten.
-    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
+    // Linux has reported tcpi_bytes_acked and tcpi_bytes_received since 4.1 (received
+    // comes after acked); an older kernel's shorter struct would leave them unwritten.
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received) + std::mem::size_of::<u64>();
     if (len as usize) < needed {
-        return Err(io::Error::other("TCP_INFO without tcpi_bytes_acked (kernel older than 4.1)"));
+        return Err(io::Error::other("TCP_INFO without tcpi_bytes_received (kernel older than 4.1)"));
     }
     // SAFETY: zero-initialised, then filled by the kernel; every field is an integer,
     // valid for any bit pattern.
-    Ok(unsafe { info.assume_init() }.tcpi_bytes_acked)
+    Ok(unsafe { info.assume_init() })
+}
+
+/// Bytes read from a connected TCP socket over its life, by any process: received in
+/// order (`tcpi_bytes_received`) less those still queued to be read (`SIOCINQ`). A
+/// successor compares it with what a dead worker recorded having read: more means the
+/// worker read bytes it died before recording, which nobody can replay.
+pub fn bytes_read(sock: BorrowedFd<'_>) -> io::Result<u64> {
+    // As in `bytes_written`: the queue is read between two equal reads of the count, as
+    // bytes arriving between the syscalls would move the difference.
+    for _ in 0..MEASURE_TRIES {
+        let before = bytes_received(sock)?;
+        let unread = unread_bytes(sock)?;
+        if bytes_received(sock)? == before {
+            return Ok(before.saturating_sub(unread));
+        }
+    }
+    Err(io::Error::other(format!("the peer kept sending through {MEASURE_TRIES} measurements")))
+}
+
+/// `SIOCINQ`: bytes received and not read yet.
+fn unread_bytes(sock: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: SIOCINQ (FIONREAD) stores one int at the pointer given.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut unread) })?;
+    Ok(u64::try_from(unread).unwrap_or(0))
 }
 
 /// `SIOCOUTQ`: bytes written and not acknowledged yet (sent or not).

@@ -154,6 +154,10 @@ pub struct Conn {
     /// Bytes written on the connection since it was opened (by this worker, or before it
     /// came here, as the kernel counted them): where each response begins, for the record.
     sent: u64,
+    /// Bytes read from the socket since it was opened (by this worker, or before it came
+    /// here, as the kernel counted them): a successor compares it with the kernel's count
+    /// to know that no byte read by a dead worker went unrecorded.
+    read: u64,
     /// Worker deaths the request being read or answered was in progress for (a rescue's).
     deaths: u32,
     /// The last response produced, whole in the write buffer and not yet recorded: it
@@ -184,6 +188,7 @@ impl Conn {
             lingering: None,
             answered: false,
             sent: 0,
+            read: 0,
             deaths: 0,
             unrecorded: None,
             sock,
@@ -242,6 +247,12 @@ impl Conn {
     /// on it, as the kernel counts them.
     pub fn written_before(&mut self, written: u64) {
         self.sent = written;
+    }
+
+    /// Arrived from elsewhere: `read` bytes had been read from it (the bytes carried
+    /// with it among them), as the kernel counts them.
+    pub fn read_before(&mut self, read: u64) {
+        self.read = read;
     }
 
     /// A rescued connection whose request (in `carried`, taken with [`Conn::take_carried`])
@@ -314,6 +325,7 @@ impl Conn {
             coding: response.coding,
             close: response.close,
             leftover: self.unprocessed(),
+            read: self.read,
         };
         shared.records.response(self.raw_fd(), &record);
         Ok(())
@@ -328,7 +340,7 @@ impl Conn {
         } else if self.lingering.is_some() {
             records.leave(fd);
         } else {
-            records.waiting(fd, self.sent, self.deaths, self.answered, self.unprocessed());
+            records.waiting(fd, self.sent, self.read, self.deaths, self.answered, self.unprocessed());
         }
     }
 
@@ -358,6 +370,7 @@ impl Conn {
             coding: super::records::coding_code(coding),
             close: self.close_after,
             leftover: self.unprocessed(),
+            read: self.read,
         };
         records.response(fd, &record);
     }
@@ -453,6 +466,9 @@ impl Conn {
             match self.fill(&mut shared.stats) {
                 Ok(0) => return Outcome::Close,
                 Ok(_) => {
+                    if let Some(text) = shared.crash_after_read.as_deref() {
+                        crash_if_read(text, self.unprocessed());
+                    }
                     if self.tls.is_none() {
                         self.record(&mut shared.records);
                     }
@@ -815,6 +831,9 @@ impl Conn {
             Some(tls) => tls.read(&self.sock, &mut self.rbuf[self.rend..], &mut stats.figures.tls)?,
         };
         self.rend += n;
+        if self.tls.is_none() {
+            self.read += n as u64;
+        }
         Ok(n)
     }
 
@@ -927,6 +946,15 @@ struct Exchange<'a> {
     requests_left: &'a mut u32,
     /// When the request began to arrive.
     started: Instant,
+}
+
+/// The `crash-after-read` fault: aborts if `read` holds `text` (a worker killed between a
+/// read and its record).
+fn crash_if_read(text: &[u8], read: &[u8]) {
+    if !text.is_empty() && read.windows(text.len()).any(|w| w == text) {
+        tracing::error!(text = %String::from_utf8_lossy(text), "injected fault: crashing before recording what was read");
+        std::process::abort();
+    }
 }
 
 /// Answers a complete request (its body, if any, already read) into `wbuf` from its site

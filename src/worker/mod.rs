@@ -101,6 +101,8 @@ pub struct Shared {
     pub records: records::Records,
     /// A test's injected fault: abort instead of answering this target (`fault`).
     pub crash_on: Option<Vec<u8>>,
+    /// A test's injected fault: abort on reading this text, before recording it.
+    pub crash_after_read: Option<Vec<u8>>,
 }
 
 /// The worker's cumulative figures, reported in heartbeats.
@@ -270,6 +272,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
                 .map(https_redirect::HttpsRedirect::new),
             records,
             crash_on: crate::fault::crash_on_path(),
+            crash_after_read: crate::fault::crash_after_read(),
         },
         max_connections: config.max_connections as usize,
         shutdown_at: None,
@@ -569,6 +572,7 @@ impl Worker {
             conn.take_carried(carried, &self.shared, now);
             // Handed over: its responses so far were written by another worker.
             conn.written_before(crate::sys::net::bytes_written(conn.socket().as_fd()).unwrap_or(0));
+            conn.read_before(crate::sys::net::bytes_read(conn.socket().as_fd()).unwrap_or(0));
         }
         conn.record(&mut self.shared.records);
         self.serve(conn, registry, now);
@@ -593,11 +597,26 @@ impl Worker {
     ) {
         self.shared.stats.figures.received += 1;
         let written = crate::sys::net::bytes_written(fd.as_fd());
+        let read = crate::sys::net::bytes_read(fd.as_fd());
         let mut conn = Conn::new(fd, None, &self.shared, now);
+        let recorded_read = match &salvage {
+            ipc::Salvage::Waiting { read, .. } => *read,
+            ipc::Salvage::Response(r) => r.read,
+            ipc::Salvage::Lost => None,
+        };
+        if let Ok(read) = read {
+            conn.read_before(read);
+        }
         let how = match (transport, salvage, written) {
             (Transport::Tls, ..) => Err("a TLS connection: its state died with its worker"),
             (_, ipc::Salvage::Lost, _) => Err("nothing recorded could be continued"),
             (_, _, Err(_)) => Err("the kernel's count of bytes written is unavailable"),
+            // The dead worker read bytes it had not recorded yet (killed between the read
+            // and the record): whatever they held, nobody can answer it.
+            _ if read.is_err() => Err("the kernel's count of bytes read is unavailable"),
+            _ if recorded_read.is_some_and(|r| read.as_ref().is_ok_and(|&k| k != r)) => {
+                Err("the dead worker read bytes it had not recorded")
+            }
             (_, ipc::Salvage::Waiting { sent, .. }, Ok(written)) if sent != written => {
                 Err("more was written than recorded")
             }

@@ -2,11 +2,11 @@
 //! the connection on if the worker dies (SPEC section 8).
 //!
 //! Two `MAP_SHARED` tables the keeper shares (`sys::shared_table::SharedSlots`): a small
-//! record (96 bytes) per descriptor number, where the kernel hands out the lowest free
+//! record (104 bytes) per descriptor number, where the kernel hands out the lowest free
 //! numbers so the records in use stay few and dense and a connection needs no index of
 //! its own; and a pool of page-sized slots for the bytes (a request read, a response
 //! head), taken only while a connection has bytes in flight and given back when it goes
-//! idle, so an idle connection touches 96 bytes, not a page, and the pages in use stay
+//! idle, so an idle connection touches 104 bytes, not a page, and the pages in use stay
 //! as few as the connections busy at once. A record says one of:
 //! - *waiting*: between requests, or a request received and not answered, with the
 //!   bytes read and not processed (at most [`DATA`]; more is *lost*) and the count of
@@ -17,6 +17,11 @@
 //!   next request already read;
 //! - *lost*: nothing can be continued (TLS, a body from memory, too large to record);
 //! - *leave*: the connection is leaving (handed over, closing): the keeper leaves it.
+//!
+//! Waiting and response records also hold the count of bytes read from the socket so far:
+//! a worker killed between a read and its record leaves a record that misses those bytes,
+//! and the successor, finding the kernel's count (`sys::net::bytes_read`) higher, closes
+//! the connection instead of waiting for a request that was already sent.
 //!
 //! Writing costs a few stores and one copy of the bytes (a request, or a response
 //! head): no syscall. A slot is marked *writing* first and given its kind last, so a
@@ -29,7 +34,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{compiler_fence, Ordering};
 
 /// Bytes per record (the state word, then the fields below).
-const RECORD_SIZE: usize = 96;
+const RECORD_SIZE: usize = 104;
 /// Bytes per data slot (one page: the state word, unused, then the bytes).
 const DATA_SLOT_SIZE: usize = 4096;
 /// Data slots per worker: connections with bytes in flight at once; beyond, lost.
@@ -63,6 +68,8 @@ const OFFSET: usize = 64;
 const LEN: usize = 72;
 /// The data slot holding the bytes (the request, or the head and leftover).
 const DATA_SLOT: usize = 80;
+/// Bytes read from the socket when the record was written.
+const READ: usize = 84;
 /// Bytes a slot holds: request bytes, or a response's bytes in memory and the next
 /// request's.
 pub const DATA: usize = DATA_SLOT_SIZE - 8;
@@ -84,6 +91,8 @@ pub struct ResponseRecord<'a> {
     pub close: bool,
     /// Bytes of the next request(s) already read.
     pub leftover: &'a [u8],
+    /// Bytes read from the socket so far (the leftover among them).
+    pub read: u64,
 }
 
 /// What a keeper reads: the records by descriptor, and the data slots.
@@ -139,7 +148,7 @@ impl Records {
     }
 
     /// Between requests, or a request read (`carried`) and not answered.
-    pub fn waiting(&mut self, fd: RawFd, sent: u64, deaths: u32, answered: bool, carried: &[u8]) {
+    pub fn waiting(&mut self, fd: RawFd, sent: u64, read: u64, deaths: u32, answered: bool, carried: &[u8]) {
         let Ok(i) = usize::try_from(fd) else { return };
         let data = if carried.is_empty() || carried.len() > DATA { None } else { self.data_slot(i) };
         let Some(Tables { records, data: slots }) = self.tables.as_mut() else { return };
@@ -151,6 +160,7 @@ impl Records {
         put_i32(b, FD, fd);
         put_u32(b, DEATHS, deaths);
         put_u64(b, SENT, sent);
+        put_u64(b, READ, read);
         b[FLAGS] = if answered { ANSWERED } else { 0 };
         put_u32(b, MEMORY_LEN, 0);
         put_u32(b, CARRIED_LEN, carried.len() as u32);
@@ -177,6 +187,7 @@ impl Records {
         put_i32(b, FD, fd);
         put_u32(b, DEATHS, 0);
         put_u64(b, SENT, r.head_start);
+        put_u64(b, READ, r.read);
         b[FLAGS] = ANSWERED | if r.close { CLOSE } else { 0 } | if r.file.is_some() { HAS_FILE } else { 0 };
         b[CODING] = r.coding;
         b[STATUS..STATUS + 2].copy_from_slice(&r.status.to_le_bytes());
@@ -274,7 +285,7 @@ pub fn read(tables: &Tables, fd: RawFd) -> Found {
     let carried = || bytes[memory..memory + carried_len].to_vec();
     match kind {
         FREE => Found::Salvage {
-            salvage: Salvage::Waiting { sent: 0, deaths: 0, answered: false },
+            salvage: Salvage::Waiting { sent: 0, read: Some(0), deaths: 0, answered: false },
             carried: Vec::new(),
             file: None,
         },
@@ -284,7 +295,7 @@ pub fn read(tables: &Tables, fd: RawFd) -> Found {
             let deaths = get_u32(b, DEATHS).saturating_add(u32::from(!carried.is_empty()));
             let answered = b[FLAGS] & ANSWERED != 0;
             Found::Salvage {
-                salvage: Salvage::Waiting { sent: get_u64(b, SENT), deaths, answered },
+                salvage: Salvage::Waiting { sent: get_u64(b, SENT), read: Some(get_u64(b, READ)), deaths, answered },
                 carried,
                 file: None,
             }
@@ -306,6 +317,7 @@ pub fn read(tables: &Tables, fd: RawFd) -> Found {
                 status: u16::from_le_bytes([b[STATUS], b[STATUS + 1]]),
                 coding: b[CODING],
                 close: b[FLAGS] & CLOSE != 0,
+                read: Some(get_u64(b, READ)),
             };
             let file = has_file.then(|| get_u32(b, FILE_FD) as RawFd);
             Found::Salvage { salvage: Salvage::Response(Box::new(in_progress)), carried: carried(), file }
@@ -370,7 +382,7 @@ mod tests {
     fn an_unrecorded_connection_is_new_and_one_beyond_the_table_is_lost() {
         let records = table();
         let t = records.table().expect("table");
-        let fresh = Salvage::Waiting { sent: 0, deaths: 0, answered: false };
+        let fresh = Salvage::Waiting { sent: 0, read: Some(0), deaths: 0, answered: false };
         assert_eq!(read(t, 3), Found::Salvage { salvage: fresh, carried: Vec::new(), file: None });
         assert_eq!(read(t, 16), Found::lost());
         assert_eq!(read(t, -1), Found::lost());
@@ -379,14 +391,14 @@ mod tests {
     #[test]
     fn a_waiting_request_counts_one_more_death_and_an_idle_connection_none() {
         let mut records = table();
-        records.waiting(5, 900, 1, true, b"GET /boom HTTP/1.1\r\n\r\n");
-        records.waiting(6, 120, 0, true, b"");
+        records.waiting(5, 900, 640, 1, true, b"GET /boom HTTP/1.1\r\n\r\n");
+        records.waiting(6, 120, 33, 0, true, b"");
         let t = records.table().expect("table");
         let Found::Salvage { salvage, carried, file } = read(t, 5) else { panic!("leave") };
-        assert_eq!(salvage, Salvage::Waiting { sent: 900, deaths: 2, answered: true });
+        assert_eq!(salvage, Salvage::Waiting { sent: 900, read: Some(640), deaths: 2, answered: true });
         assert_eq!((carried.as_slice(), file), (&b"GET /boom HTTP/1.1\r\n\r\n"[..], None));
         let Found::Salvage { salvage, .. } = read(t, 6) else { panic!("leave") };
-        assert_eq!(salvage, Salvage::Waiting { sent: 120, deaths: 0, answered: true });
+        assert_eq!(salvage, Salvage::Waiting { sent: 120, read: Some(33), deaths: 0, answered: true });
     }
 
     #[test]
@@ -401,6 +413,7 @@ mod tests {
             coding: 2,
             close: true,
             leftover: b"GET /next",
+            read: 512,
         };
         records.response(7, &r);
         let Found::Salvage { salvage, carried, file } = read(records.table().expect("table"), 7) else {
@@ -413,6 +426,7 @@ mod tests {
             status: 206,
             coding: 2,
             close: true,
+            read: Some(512),
         };
         assert_eq!(salvage, Salvage::Response(Box::new(want)));
         assert_eq!((carried.as_slice(), file), (&b"GET /next"[..], Some(9)));
@@ -430,23 +444,26 @@ mod tests {
     #[test]
     fn only_connections_with_bytes_in_flight_hold_a_data_slot_and_idle_ones_give_it_back() {
         let mut records = with_data_slots(8, 2);
-        records.waiting(3, 0, 0, false, b"GET /a HTTP/1.1\r\n");
-        records.waiting(4, 0, 0, false, b"GET /b HTTP/1.1\r\n");
+        records.waiting(3, 0, 0, 0, false, b"GET /a HTTP/1.1\r\n");
+        records.waiting(4, 0, 0, 0, false, b"GET /b HTTP/1.1\r\n");
         for fd in 5..8 {
-            records.waiting(fd, 7, 0, true, b""); // idle: no data slot needed
+            records.waiting(fd, 7, 0, 0, true, b""); // idle: no data slot needed
         }
         assert!(records.free.is_empty(), "the two requests in flight hold both slots");
-        records.waiting(5, 0, 0, false, b"GET /c HTTP/1.1\r\n");
+        records.waiting(5, 0, 0, 0, false, b"GET /c HTTP/1.1\r\n");
         assert_eq!(read(records.table().expect("tables"), 5), Found::lost(), "no slot left: lost");
         let slot = records.held[3];
-        records.waiting(3, 100, 0, true, b""); // answered, idle now
+        records.waiting(3, 100, 0, 0, true, b""); // answered, idle now
         assert_eq!(records.free, vec![slot]);
-        records.waiting(6, 0, 0, false, b"GET /d HTTP/1.1\r\n");
+        records.waiting(6, 0, 0, 0, false, b"GET /d HTTP/1.1\r\n");
         let t = records.table().expect("tables");
         let Found::Salvage { carried, .. } = read(t, 6) else { panic!("leave") };
         assert_eq!(carried, b"GET /d HTTP/1.1\r\n", "the freed slot serves another connection");
         let Found::Salvage { salvage, carried, .. } = read(t, 3) else { panic!("leave") };
-        assert_eq!((salvage, carried.len()), (Salvage::Waiting { sent: 100, deaths: 0, answered: true }, 0));
+        assert_eq!(
+            (salvage, carried.len()),
+            (Salvage::Waiting { sent: 100, read: Some(0), deaths: 0, answered: true }, 0)
+        );
         records.clear(4);
         assert_eq!(records.free.len(), 1, "a closed connection's slot is free again");
     }
@@ -454,9 +471,9 @@ mod tests {
     #[test]
     fn too_much_to_record_is_lost_and_leaving_or_cleared_slots_read_so() {
         let mut records = table();
-        records.waiting(3, 0, 0, false, &vec![b'a'; DATA + 1]);
+        records.waiting(3, 0, 0, 0, false, &vec![b'a'; DATA + 1]);
         records.leave(4);
-        records.waiting(5, 0, 0, true, b"x");
+        records.waiting(5, 0, 0, 0, true, b"x");
         records.clear(5);
         let t = records.table().expect("table");
         assert_eq!(read(t, 3), Found::lost());
