@@ -23,6 +23,15 @@ fn replacement(webd: &Webd, argv0: &str, old: i32) -> i32 {
     wait_for(Duration::from_secs(10), "a replacement worker", || webd.pid_of(argv0).filter(|p| *p != old && alive(*p)))
 }
 
+/// A tree started with the fault-file line `line` (the file lives as long as the result).
+fn with_fault(line: &str, mut opts: Options) -> (Webd, u16, tempfile::NamedTempFile) {
+    let fault = tempfile::NamedTempFile::new().expect("fault file");
+    std::fs::write(fault.path(), format!("{line}\n")).expect("fault");
+    opts.env.push(("WEBD_FAULT_FILE".into(), fault.path().to_string_lossy().into_owned()));
+    let (webd, admin) = start_with_admin(opts);
+    (webd, admin, fault)
+}
+
 fn one_worker() -> (Webd, u16) {
     start_with_admin(Options { workers: 1, ..Default::default() })
 }
@@ -149,14 +158,9 @@ fn a_download_whose_file_changed_is_closed_not_continued() {
 /// not a request that nobody will ever answer waiting out the keep-alive timeout.
 #[test]
 fn a_request_read_and_not_recorded_by_a_dead_worker_closes_its_connection_at_once() {
-    let fault = tempfile::NamedTempFile::new().expect("fault file");
-    std::fs::write(fault.path(), "crash-after-read /unrecorded\n").expect("fault");
-    let (webd, admin) = start_with_admin(Options {
-        workers: 1,
-        args: ["--keepalive-timeout", "60000", "--header-timeout", "60000"].map(String::from).to_vec(),
-        env: vec![("WEBD_FAULT_FILE".into(), fault.path().to_string_lossy().into_owned())],
-        ..Default::default()
-    });
+    let args = ["--keepalive-timeout", "60000", "--header-timeout", "60000"].map(String::from).to_vec();
+    let (webd, admin, _fault) =
+        with_fault("crash-after-read /unrecorded", Options { workers: 1, args, ..Default::default() });
     let mut conn = connect(webd.addr());
     conn.send(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("first request");
     let first = conn.response(Duration::from_secs(10)).expect("first response");
@@ -180,13 +184,7 @@ fn a_request_read_and_not_recorded_by_a_dead_worker_closes_its_connection_at_onc
 /// pool recovers, and keep-alive clients beside it see nothing.
 #[test]
 fn a_request_that_crashes_workers_is_answered_500_after_two_deaths() {
-    let fault = tempfile::NamedTempFile::new().expect("fault file");
-    std::fs::write(fault.path(), "crash-on-path /boom\n").expect("fault");
-    let (webd, admin) = start_with_admin(Options {
-        workers: 2,
-        env: vec![("WEBD_FAULT_FILE".into(), fault.path().to_string_lossy().into_owned())],
-        ..Default::default()
-    });
+    let (webd, admin, _fault) = with_fault("crash-on-path /boom", Options { workers: 2, ..Default::default() });
     let load = KeepAliveLoad::start(webd.addr(), 4, "/index.html", BODY.to_vec());
     wait_until(Duration::from_secs(5), "load to flow", || load.ok() > 50);
     let started = Instant::now();
