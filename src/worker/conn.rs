@@ -158,6 +158,10 @@ pub struct Conn {
     /// here, as the kernel counted them): a successor compares it with the kernel's count
     /// to know that no byte read by a dead worker went unrecorded.
     read: u64,
+    /// The last read took less than it had room for: the socket was empty then, and any
+    /// byte arriving since raises a new edge-triggered event, so reading again before
+    /// that event would only say EAGAIN (a syscall saved per keep-alive request).
+    drained: bool,
     /// Worker deaths the request being read or answered was in progress for (a rescue's).
     deaths: u32,
     /// The last response produced, whole in the write buffer and not yet recorded: it
@@ -189,6 +193,7 @@ impl Conn {
             answered: false,
             sent: 0,
             read: 0,
+            drained: false,
             deaths: 0,
             unrecorded: None,
             sock,
@@ -462,6 +467,10 @@ impl Conn {
             }
             if !needs_input {
                 continue;
+            }
+            if std::mem::take(&mut self.drained) {
+                self.set_wait_deadline(shared, now);
+                return Outcome::Keep;
             }
             match self.fill(&mut shared.stats) {
                 Ok(0) => return Outcome::Close,
@@ -826,8 +835,13 @@ impl Conn {
             }
             self.rbuf.resize(grown, 0);
         }
+        let room = self.rbuf.len() - self.rend;
         let n = match self.tls.as_mut() {
-            None => retry_eintr(|| (&self.sock).read(&mut self.rbuf[self.rend..]))?,
+            None => {
+                let n = retry_eintr(|| (&self.sock).read(&mut self.rbuf[self.rend..]))?;
+                self.drained = n > 0 && n < room;
+                n
+            }
             Some(tls) => tls.read(&self.sock, &mut self.rbuf[self.rend..], &mut stats.figures.tls)?,
         };
         self.rend += n;
