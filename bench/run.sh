@@ -683,19 +683,20 @@ cpu_cgroup_root() {
 CPU_CGROUP=$(cpu_cgroup_root)
 can_group() { [[ -n $CPU_CGROUP ]]; }
 
-# run_grouped SERVER DURATION OUTFILE: close-1k with wrk in the server's scheduling group (a
-# cgroup made for the run; the server's processes go back to the root group after it).
-run_grouped() {
-    local server=$1 dur=$2 outfile=$3 cg pid
-    cg=$CPU_CGROUP/webd-bench-$$-$server
-    mkdir -p "$cg" || die "cannot make the cgroup $cg"
-    for pid in $(session_pids "${PID[$server]}"); do echo "$pid" >"$cg/cgroup.procs" 2>/dev/null || true; done
-    local args=(-t "$THREADS" -c 64 -d "$dur" --latency -H "Connection: close" "http://127.0.0.1:${PORT_OF[$server]}/1k.bin")
-    # shellcheck disable=SC2016 # $$ and $1 are the inner shell's
-    bash -c 'echo $$ >"$1/cgroup.procs" && shift && exec wrk "$@"' _ "$cg" "${args[@]}" >"$outfile" 2>&1 ||
-        log "wrk failed for $server/close-1k-grouped (see $outfile)"
-    while read -r pid; do echo "$pid" >"$CPU_CGROUP/cgroup.procs" 2>/dev/null || true; done <"$cg/cgroup.procs"
-    rmdir "$cg" 2>/dev/null || log "cgroup $cg not removed"
+# enter_group SERVER: a cpu cgroup made for one close-1k-grouped run, the server's processes
+# moved into it (wrk joins it as it starts); sets GROUP. leave_group puts them back.
+GROUP=""
+enter_group() {
+    local pid
+    GROUP=$CPU_CGROUP/webd-bench-$$-$1
+    mkdir -p "$GROUP" || die "cannot make the cgroup $GROUP"
+    for pid in $(session_pids "${PID[$1]}"); do echo "$pid" >"$GROUP/cgroup.procs" 2>/dev/null || true; done
+}
+leave_group() {
+    local pid
+    while read -r pid; do echo "$pid" >"$CPU_CGROUP/cgroup.procs" 2>/dev/null || true; done <"$GROUP/cgroup.procs"
+    rmdir "$GROUP" 2>/dev/null || log "cgroup $GROUP not removed"
+    GROUP=""
 }
 
 # run_oha SERVER DURATION OUTFILE: rate-20k; writes a wrk-like summary to OUTFILE (see parse_oha).
@@ -736,21 +737,23 @@ run_wrk() {
         port=${TLS_PORT_OF[$server]}
     fi
     kill -0 "$pid" 2>/dev/null || die "$server (pid $pid) is no longer running"
-    case $sc in
-        close-1k-grouped) run_grouped "$server" "$dur" "$outfile" ;;
-        rate-20k) run_oha "$server" "$dur" "$outfile" ;;
-    esac
-    if [[ $sc == close-1k-grouped || $sc == rate-20k ]]; then
-        kill -0 "$pid" 2>/dev/null || die "$server (pid $pid) exited during the $sc run (see $outfile)"
-        return 0
-    fi
-    local args=(-t "$THREADS" -c "${SC_CONNS[$sc]}" -d "$dur" --latency)
-    # 10,000 connections take a while to open: give each request more than wrk's 2 s.
-    ((SC_CONNS[$sc] > 1000)) && args+=(--timeout 10s)
-    [[ -n ${SC_HEADER[$sc]} ]] && args+=(-H "${SC_HEADER[$sc]}")
-    args+=("$scheme://127.0.0.1:$port${SC_PATH[$sc]}")
-    if ! wrk "${args[@]}" >"$outfile" 2>&1; then
-        log "wrk failed for $server/$sc (see $outfile)"
+    if [[ $sc == rate-20k ]]; then
+        run_oha "$server" "$dur" "$outfile"
+    else
+        local args=(-t "$THREADS" -c "${SC_CONNS[$sc]}" -d "$dur" --latency) launcher=()
+        # 10,000 connections take a while to open: give each request more than wrk's 2 s.
+        ((SC_CONNS[$sc] > 1000)) && args+=(--timeout 10s)
+        [[ -n ${SC_HEADER[$sc]} ]] && args+=(-H "${SC_HEADER[$sc]}")
+        args+=("$scheme://127.0.0.1:$port${SC_PATH[$sc]}")
+        if [[ $sc == close-1k-grouped ]]; then
+            enter_group "$server"
+            # shellcheck disable=SC2016 # $$ and $1 are the inner shell's
+            launcher=(bash -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' _ "$GROUP")
+        fi
+        if ! "${launcher[@]}" wrk "${args[@]}" >"$outfile" 2>&1; then
+            log "wrk failed for $server/$sc (see $outfile)"
+        fi
+        [[ -z $GROUP ]] || leave_group
     fi
     kill -0 "$pid" 2>/dev/null || die "$server (pid $pid) exited during the $sc run (see $outfile)"
 }

@@ -85,15 +85,19 @@ pub fn ticket_rotations(file: Option<&std::path::Path>) -> u64 {
 /// The request target a worker aborts on instead of answering (a fault-file line
 /// `crash-on-path /boom`), read once as the worker starts; `None` in production.
 pub fn crash_on_path() -> Option<Vec<u8>> {
+    argument_of("crash-on-path ")
+}
+
+/// What follows `prefix` on the first fault-file line that starts with it.
+fn argument_of(prefix: &str) -> Option<Vec<u8>> {
     let text = std::fs::read_to_string(file()?).ok()?;
-    text.lines().find_map(|line| Some(line.trim().strip_prefix("crash-on-path ")?.trim().as_bytes().to_vec()))
+    text.lines().find_map(|line| Some(line.trim().strip_prefix(prefix)?.trim().as_bytes().to_vec()))
 }
 
 /// The text whose arrival a worker aborts on, read and not recorded (a fault-file line
 /// `crash-after-read /PATH`), read once as the worker starts; `None` in production.
 pub fn crash_after_read() -> Option<Vec<u8>> {
-    let text = std::fs::read_to_string(file()?).ok()?;
-    text.lines().find_map(|line| Some(line.trim().strip_prefix("crash-after-read ")?.trim().as_bytes().to_vec()))
+    argument_of("crash-after-read ")
 }
 
 /// True if the fault file has a line `no-worker-keeper`: workers run as before the

@@ -279,6 +279,18 @@ pub struct InProgress {
     pub read: Option<u64>,
 }
 
+impl Salvage {
+    /// Bytes the dead worker had read from the socket when it recorded this (`None`:
+    /// not said, or nothing to continue).
+    pub fn read(&self) -> Option<u64> {
+        match self {
+            Salvage::Waiting { read, .. } => *read,
+            Salvage::Response(response) => response.read,
+            Salvage::Lost => None,
+        }
+    }
+}
+
 /// The part of a response body sent from a file, and the file's identity when the
 /// response began: it is continued only from the same, unchanged file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -275,8 +275,8 @@ impl Listener {
     }
 
     /// The lane the last connection went to, if that was within [`STICKY_WINDOW`] and its
-    /// load is within [`STICKY_BAND`] of the least, else the open lane with the least load that has room now. Either
-    /// almost always has room, so this costs one poll per connection.
+    /// load is within [`STICKY_BAND`] of the least, else the open lane with the least load
+    /// that has room now. Either almost always has room: one poll per connection.
     fn pick_lane(&self) -> Option<usize> {
         let open =
             || self.lanes.iter().enumerate().filter_map(|(i, l)| l.as_ref().filter(|l| l.state.open).map(|l| (i, l)));

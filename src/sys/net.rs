@@ -63,38 +63,43 @@ pub fn adopt_listen_fds(count: usize) -> Vec<(RawFd, io::Result<OwnedFd>)> {
         .collect()
 }
 
-/// Bytes written to TCP socket `sock` since it was connected, as the kernel counts them:
-/// those the peer acknowledged (`TCP_INFO` `tcpi_bytes_acked`) plus those still queued
-/// (`SIOCOUTQ`: sent but unacknowledged, or not sent yet). The queued ones reach the
-/// peer as long as the socket stays open, so this is where a successor continues a
-/// response from, whatever the writer believed it had sent.
-pub fn bytes_written(sock: BorrowedFd<'_>) -> io::Result<u64> {
-    // Two syscalls, not one snapshot: an acknowledgement arriving between them moves
-    // bytes from "queued" to "acknowledged" and the sum would be off by them (a dead
-    // worker's socket goes on sending while it is measured). So the queue is read between
-    // two reads of the acknowledged count, and only a pair that agrees is used.
+/// What the kernel counts as moved on a TCP socket since it was connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByteCounts {
+    /// Bytes written: those the peer acknowledged (`tcpi_bytes_acked`) plus those still
+    /// queued (`SIOCOUTQ`: sent but unacknowledged, or not sent yet). The queued ones
+    /// reach the peer as long as the socket stays open, so this is where a successor
+    /// continues a response from, whatever the writer believed it had sent.
+    pub written: u64,
+    /// Bytes read, by any process: received in order (`tcpi_bytes_received`) less those
+    /// still queued to be read (`SIOCINQ`). More than a dead worker recorded means it read
+    /// bytes it died before recording, which nobody can replay.
+    pub read: u64,
+}
+
+/// The byte counts of TCP socket `sock` (see [`ByteCounts`]).
+pub fn byte_counts(sock: BorrowedFd<'_>) -> io::Result<ByteCounts> {
+    // Several syscalls, not one snapshot: an acknowledgement or a segment arriving between
+    // them moves bytes between a queue and its count, and the sum would be off by them (a
+    // dead worker's socket goes on sending and receiving while it is measured). So the
+    // queues are read between two reads of the counts, and only a pair that agrees is used.
     for _ in 0..MEASURE_TRIES {
-        let before = bytes_acked(sock)?;
-        let queued = queued_bytes(sock)?;
-        if bytes_acked(sock)? == before {
-            return Ok(before + queued);
+        let before = tcp_info(sock)?;
+        let (unsent, unread) = (queued_bytes(sock)?, unread_bytes(sock)?);
+        let after = tcp_info(sock)?;
+        if (after.tcpi_bytes_acked, after.tcpi_bytes_received) == (before.tcpi_bytes_acked, before.tcpi_bytes_received)
+        {
+            return Ok(ByteCounts {
+                written: before.tcpi_bytes_acked + unsent,
+                read: before.tcpi_bytes_received.saturating_sub(unread),
+            });
         }
     }
-    Err(io::Error::other(format!("the peer kept acknowledging through {MEASURE_TRIES} measurements")))
+    Err(io::Error::other(format!("the peer kept sending or acknowledging through {MEASURE_TRIES} measurements")))
 }
 
 /// Attempts at a consistent measurement before giving up (the connection is then closed).
 const MEASURE_TRIES: usize = 1000;
-
-/// `TCP_INFO` `tcpi_bytes_acked`: bytes the peer acknowledged.
-fn bytes_acked(sock: BorrowedFd<'_>) -> io::Result<u64> {
-    tcp_info(sock).map(|info| info.tcpi_bytes_acked)
-}
-
-/// `TCP_INFO` `tcpi_bytes_received`: bytes received in order (read or still queued).
-fn bytes_received(sock: BorrowedFd<'_>) -> io::Result<u64> {
-    tcp_info(sock).map(|info| info.tcpi_bytes_received)
-}
 
 fn tcp_info(sock: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
     let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
@@ -113,23 +118,6 @@ fn tcp_info(sock: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
     // SAFETY: zero-initialised, then filled by the kernel; every field is an integer,
     // valid for any bit pattern.
     Ok(unsafe { info.assume_init() })
-}
-
-/// Bytes read from a connected TCP socket over its life, by any process: received in
-/// order (`tcpi_bytes_received`) less those still queued to be read (`SIOCINQ`). A
-/// successor compares it with what a dead worker recorded having read: more means the
-/// worker read bytes it died before recording, which nobody can replay.
-pub fn bytes_read(sock: BorrowedFd<'_>) -> io::Result<u64> {
-    // As in `bytes_written`: the queue is read between two equal reads of the count, as
-    // bytes arriving between the syscalls would move the difference.
-    for _ in 0..MEASURE_TRIES {
-        let before = bytes_received(sock)?;
-        let unread = unread_bytes(sock)?;
-        if bytes_received(sock)? == before {
-            return Ok(before.saturating_sub(unread));
-        }
-    }
-    Err(io::Error::other(format!("the peer kept sending through {MEASURE_TRIES} measurements")))
 }
 
 /// `SIOCINQ`: bytes received and not read yet.
@@ -215,6 +203,9 @@ mod tests {
     /// Written bytes are counted whether the peer has read them, or they are still queued.
     #[test]
     fn bytes_written_counts_acknowledged_and_queued_bytes() {
+        fn bytes_written(fd: BorrowedFd<'_>) -> io::Result<u64> {
+            byte_counts(fd).map(|c| c.written)
+        }
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let mut client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (mut server, _) = listener.accept().expect("accept");

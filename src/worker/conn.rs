@@ -840,14 +840,12 @@ impl Conn {
             None => {
                 let n = retry_eintr(|| (&self.sock).read(&mut self.rbuf[self.rend..]))?;
                 self.drained = n > 0 && n < room;
+                self.read += n as u64;
                 n
             }
             Some(tls) => tls.read(&self.sock, &mut self.rbuf[self.rend..], &mut stats.figures.tls)?,
         };
         self.rend += n;
-        if self.tls.is_none() {
-            self.read += n as u64;
-        }
         Ok(n)
     }
 

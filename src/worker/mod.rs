@@ -571,8 +571,9 @@ impl Worker {
         if let (Transport::Plain, Some(carried)) = (transport, carried) {
             conn.take_carried(carried, &self.shared, now);
             // Handed over: its responses so far were written by another worker.
-            conn.written_before(crate::sys::net::bytes_written(conn.socket().as_fd()).unwrap_or(0));
-            conn.read_before(crate::sys::net::bytes_read(conn.socket().as_fd()).unwrap_or(0));
+            let counts = crate::sys::net::byte_counts(conn.socket().as_fd()).unwrap_or_default();
+            conn.written_before(counts.written);
+            conn.read_before(counts.read);
         }
         conn.record(&mut self.shared.records);
         self.serve(conn, registry, now);
@@ -596,32 +597,23 @@ impl Worker {
         now: Instant,
     ) {
         self.shared.stats.figures.received += 1;
-        let written = crate::sys::net::bytes_written(fd.as_fd());
-        let read = crate::sys::net::bytes_read(fd.as_fd());
+        let counts = crate::sys::net::byte_counts(fd.as_fd());
         let mut conn = Conn::new(fd, None, &self.shared, now);
-        let recorded_read = match &salvage {
-            ipc::Salvage::Waiting { read, .. } => *read,
-            ipc::Salvage::Response(r) => r.read,
-            ipc::Salvage::Lost => None,
-        };
-        if let Ok(read) = read {
-            conn.read_before(read);
-        }
-        let how = match (transport, salvage, written) {
+        let how = match (transport, salvage, counts) {
             (Transport::Tls, ..) => Err("a TLS connection: its state died with its worker"),
             (_, ipc::Salvage::Lost, _) => Err("nothing recorded could be continued"),
-            (_, _, Err(_)) => Err("the kernel's count of bytes written is unavailable"),
-            // The dead worker read bytes it had not recorded yet (killed between the read
-            // and the record): whatever they held, nobody can answer it.
-            _ if read.is_err() => Err("the kernel's count of bytes read is unavailable"),
-            _ if recorded_read.is_some_and(|r| read.as_ref().is_ok_and(|&k| k != r)) => {
+            (_, _, Err(_)) => Err("the kernel's byte counts are unavailable"),
+            // Killed between a read and its record: whatever those bytes held, nobody can
+            // answer it.
+            (_, salvage, Ok(counts)) if salvage.read().is_some_and(|recorded| recorded != counts.read) => {
                 Err("the dead worker read bytes it had not recorded")
             }
-            (_, ipc::Salvage::Waiting { sent, .. }, Ok(written)) if sent != written => {
+            (_, ipc::Salvage::Waiting { sent, .. }, Ok(counts)) if sent != counts.written => {
                 Err("more was written than recorded")
             }
-            (_, ipc::Salvage::Waiting { deaths, answered, .. }, Ok(written)) => {
-                conn.written_before(written);
+            (_, ipc::Salvage::Waiting { deaths, answered, .. }, Ok(counts)) => {
+                conn.written_before(counts.written);
+                conn.read_before(counts.read);
                 if answered {
                     conn.was_answered();
                 }
@@ -635,10 +627,11 @@ impl Worker {
                     Ok(How::Replayed)
                 }
             }
-            (_, ipc::Salvage::Response(response), Ok(written)) => {
+            (_, ipc::Salvage::Response(response), Ok(counts)) => {
                 let file = file.map(std::fs::File::from);
+                conn.read_before(counts.read);
                 conn.take_carried(carried, &self.shared, now);
-                conn.resume(&response, file, written, &mut self.shared, now).map(|()| How::Resumed)
+                conn.resume(&response, file, counts.written, &mut self.shared, now).map(|()| How::Resumed)
             }
         };
         let rescued = &mut self.shared.stats.figures.rescued;

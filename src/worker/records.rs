@@ -20,7 +20,7 @@
 //!
 //! Waiting and response records also hold the count of bytes read from the socket so far:
 //! a worker killed between a read and its record leaves a record that misses those bytes,
-//! and the successor, finding the kernel's count (`sys::net::bytes_read`) higher, closes
+//! and the successor, finding the kernel's count (`sys::net::byte_counts`) higher, closes
 //! the connection instead of waiting for a request that was already sent.
 //!
 //! Writing costs a few stores and one copy of the bytes (a request, or a response
