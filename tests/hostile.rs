@@ -960,6 +960,17 @@ fn lowest_free_fd(pid: i32) -> u64 {
     (0..).find(|n| !used.contains(n)).expect("a free number")
 }
 
+/// The soft descriptor limit that leaves `pid` exactly `free` descriptor numbers to open
+/// (the limit bounds numbers, and the table may have holes below its highest fd).
+fn limit_leaving_free(pid: i32, free: usize) -> u64 {
+    let used: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect();
+    (0..).filter(|n| !used.contains(n)).nth(free.saturating_sub(1)).expect("a free number") + 1
+}
+
 /// `pid` has a descriptor open on `path`.
 fn holds_open(pid: i32, path: &std::path::Path) -> bool {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -1129,7 +1140,7 @@ fn a_worker_out_of_descriptors_answers_every_connection_it_is_given() {
     let sockets_before = socket_fds(worker);
     // Room for 12 more descriptors: the held connections below, the file each request
     // opens, and a few of the extra connections.
-    let limit = lowest_free_fd(worker) + 12;
+    let limit = limit_leaving_free(worker, 12);
     let original = set_nofile_soft(worker, limit);
     let mut held = Vec::new();
     for _ in 0..8 {
@@ -1165,6 +1176,53 @@ fn a_worker_out_of_descriptors_answers_every_connection_it_is_given() {
     assert_eq!(unanswered + hung, 0, "connections handed to a worker out of descriptors were not answered: {tally:?}");
     assert_eq!(leaked, 0, "the worker leaked {leaked} connection descriptor(s)");
     assert_eq!(get(webd.addr(), "/index.html").expect("GET after").status, 200);
+}
+
+/// A worker whose descriptors its idle keep-alive clients hold closes the ones longest
+/// without a request to take new connections (as a keep-alive timeout would, and as nginx
+/// reuses idle connections), rather than holding the new ones queued for the 75 s of
+/// those clients' keep-alive timeouts.
+#[test]
+fn a_worker_out_of_descriptors_closes_idle_keep_alive_connections_for_new_ones() {
+    let (webd, _admin) = start(1, &[]);
+    let worker = webd.worker_pids()[0];
+    stable_fd_count(worker).expect("worker fds");
+    // Room for 7 connections and the file they are served: the 8th held one and every
+    // new one after it need an idle one closed.
+    let limit = limit_leaving_free(worker, 8);
+    let original = set_nofile_soft(worker, limit);
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut c = connect(webd.addr());
+        c.send(b"GET /index.html HTTP/1.1\r\nHost: held\r\n\r\n").expect("write");
+        assert_eq!(c.response(IO_TIMEOUT).expect("a response on a held connection").status, 200);
+        held.push(c);
+    }
+    let endings: Vec<Ending> = close_requests(webd.addr(), 4, Duration::from_secs(15))
+        .into_iter()
+        .map(|h| h.join().expect("client"))
+        .collect();
+    set_nofile_soft(worker, original);
+    let outcomes: Vec<String> = endings.iter().map(outcome_of).collect();
+    assert!(
+        outcomes.iter().all(|o| o == "200"),
+        "new connections to a worker whose idle clients hold its descriptors: {outcomes:?}"
+    );
+    // The held connections the server closed see EOF; the rest still serve.
+    let mut closed = 0;
+    for mut c in held {
+        let again =
+            c.send(b"GET /index.html HTTP/1.1\r\nHost: held\r\n\r\n").ok().and_then(|()| c.response(IO_TIMEOUT).ok());
+        match again {
+            Some(r) => assert_eq!(r.status, 200, "a held connection left open answers"),
+            None => closed += 1,
+        }
+    }
+    assert!(closed >= 1, "no idle connection was closed to make room");
+    assert!(
+        webd.log_text().contains("closed idle keep-alive connections for new ones"),
+        "the worker says why it closed them"
+    );
 }
 
 /// The same for the manager: out of descriptors, it cannot start or steer workers with

@@ -41,6 +41,11 @@ impl IntakePause {
         log.then_some(run.stalls)
     }
 
+    /// Whether a run of stalls is under way (intake failed and has not worked since).
+    pub fn is_stalled(&self) -> bool {
+        self.run.is_some()
+    }
+
     /// Whether a timed pause holds intake back.
     pub fn is_waiting(&self) -> bool {
         self.until.is_some()

@@ -249,14 +249,17 @@ impl<S: Message, R: Message> Channel<S, R> {
     /// Whether the next message's fds fit in `free` descriptors (keeping `room` for our
     /// own work). Cheap when there is plenty of room; peeks at the message otherwise.
     pub fn next_fits(&mut self, free: usize, room: usize) -> bool {
+        matches!(self.fds_missing(free, room), Ok(0))
+    }
+
+    /// How many descriptors short of `free` the next message is (keeping `room`): 0 when
+    /// it fits or nothing is queued.
+    pub fn fds_missing(&mut self, free: usize, room: usize) -> io::Result<usize> {
         if free >= MAX_FDS_PER_MESSAGE + room {
-            return true;
+            return Ok(0);
         }
-        match self.next_fd_count() {
-            Ok(Some(n)) => n + room <= free,
-            Ok(None) => true, // nothing queued: a receive just finds it empty
-            Err(_) => false,
-        }
+        // Nothing queued: a receive just finds it empty.
+        Ok(self.next_fd_count()?.map_or(0, |n| (n + room).saturating_sub(free)))
     }
 
     /// Whether a message would be accepted now (the peer's queue is not full). Unix

@@ -859,6 +859,12 @@ impl Conn {
         };
     }
 
+    /// When the connection times out (for an idle one: its keep-alive deadline, so the
+    /// earliest is the one longest without a request).
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     pub fn expired(&self, now: Instant) -> bool {
         now >= self.deadline
     }

@@ -187,6 +187,8 @@ struct Worker {
     /// Intake paused for lack of descriptors (until the next re-measure): connections
     /// wait in our channel.
     intake_pause: IntakePause,
+    /// Descriptors were given back for intake since the last sweep ([`Worker::make_room`]).
+    room_made: bool,
     drain_timeout: Duration,
     /// How long responses in progress may take once the daemon is gone.
     grace: Duration,
@@ -280,6 +282,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
         fds: crate::sys::process::FdBudget::measure(),
         conns_at_measure: 0,
         intake_pause: IntakePause::default(),
+        room_made: false,
         drain_idle_at: if boot.draining { Some(Instant::now() + config.drain_timeout.duration()) } else { None },
         drain_timeout: config.drain_timeout.duration(),
         grace: config.grace.duration(),
@@ -473,22 +476,78 @@ impl Worker {
     /// its socket (files are opened per request, and an EMFILE there is a 500); a message
     /// whose fds do not fit waits in its channel rather than losing them.
     fn room_for_next(&mut self, from: Intake, limit: usize, now: Instant) -> bool {
-        let growth = self.conns.len().saturating_sub(self.conns_at_measure) + open_files::grown_since_measure();
-        let free = self.fds.free(limit, growth);
-        let room = crate::sys::process::WORKING_ROOM;
-        let fits = match from {
-            Intake::Control => self.control.next_fits(free, room),
-            Intake::Lane => self.lane.next_fits(free, room),
-        };
+        let Some(missing) = self.fds_missing(from, limit) else { return false };
+        // Once between two sweeps' re-measures: what can be given back is, then intake
+        // waits for the next re-measure.
+        let fits = missing == 0
+            || (!std::mem::replace(&mut self.room_made, true) && self.make_room(from, limit, missing, now));
         if fits {
+            if let Some(stalls) = self.intake_pause.recovered() {
+                tracing::info!(worker = self.id, stalls, "descriptors available again: resuming intake");
+            }
             return true;
         }
-        // Kept files go first: the count that ends the pause finds their fds free.
-        self.shared.sites.sweep_open_files(true);
         if self.intake_pause.stalled(now, None).is_some() {
+            let free = self.fds.free(limit, self.fds_grown());
             tracing::warn!(worker = self.id, open = self.conns.len(), free, "out of descriptors: pausing intake");
         }
         false
+    }
+
+    /// Descriptors the next message on `from` lacks (None: its channel cannot be read).
+    fn fds_missing(&mut self, from: Intake, limit: usize) -> Option<usize> {
+        let free = self.fds.free(limit, self.fds_grown());
+        let room = crate::sys::process::WORKING_ROOM;
+        let missing = match from {
+            Intake::Control => self.control.fds_missing(free, room),
+            Intake::Lane => self.lane.fds_missing(free, room),
+        };
+        missing.ok()
+    }
+
+    /// Descriptors taken since the last measure: connections and kept files.
+    fn fds_grown(&self) -> usize {
+        self.conns.len().saturating_sub(self.conns_at_measure) + open_files::grown_since_measure()
+    }
+
+    /// Gives back descriptors for `missing` more: the kept files first, then the idle
+    /// keep-alive connections longest without a request (as nginx reuses its idle
+    /// connections). Closing those is what a keep-alive timeout does, and a client reopens
+    /// an idle connection closed under it; leaving them would hold every new connection
+    /// queued until their timeouts. True if the next message fits now.
+    fn make_room(&mut self, from: Intake, limit: usize, missing: usize, now: Instant) -> bool {
+        self.shared.sites.sweep_open_files(true);
+        self.measure_fds();
+        let missing = match self.fds_missing(from, limit) {
+            Some(0) => return true,
+            Some(still) => still.min(missing),
+            None => return false,
+        };
+        let mut idle: Vec<(Instant, usize)> =
+            self.conns.iter().filter(|(_, c)| c.is_idle()).map(|(i, c)| (c.deadline(), i)).collect();
+        if idle.is_empty() {
+            return false;
+        }
+        idle.sort_unstable();
+        let closed = idle.len().min(missing);
+        for &(_, index) in &idle[..closed] {
+            self.close(index, now);
+        }
+        tracing::warn!(
+            worker = self.id,
+            closed,
+            open = self.conns.len(),
+            "out of descriptors: closed idle keep-alive connections for new ones"
+        );
+        self.measure_fds();
+        matches!(self.fds_missing(from, limit), Some(0))
+    }
+
+    /// Counts our open descriptors (the budget's base until the next count).
+    fn measure_fds(&mut self) {
+        self.fds = crate::sys::process::FdBudget::measure();
+        self.conns_at_measure = self.conns.len();
+        open_files::measured();
     }
 
     /// Our manager is gone: finish what we have, take nothing new, then exit.
@@ -517,11 +576,9 @@ impl Worker {
 
     /// Re-reads the descriptor headroom; resumes a paused intake when there is room.
     fn remeasure_fds(&mut self, registry: &Registry, now: Instant) {
-        self.fds = crate::sys::process::FdBudget::measure();
-        self.conns_at_measure = self.conns.len();
-        open_files::measured();
-        if self.intake_pause.recovered().is_some() {
-            tracing::info!(worker = self.id, "descriptors available again: resuming intake");
+        self.measure_fds();
+        self.room_made = false;
+        if self.intake_pause.is_stalled() {
             self.handle_control(registry, now);
             self.read_lane(registry, now);
         }
