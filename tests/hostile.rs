@@ -1117,6 +1117,18 @@ fn close_requests(addr: SocketAddr, n: usize, timeout: Duration) -> Vec<JoinHand
         .collect()
 }
 
+/// `n` keep-alive connections, each answered once and left open.
+fn held_keep_alive(addr: SocketAddr, n: usize) -> Vec<Conn> {
+    (0..n)
+        .map(|_| {
+            let mut c = connect(addr);
+            c.send(b"GET /index.html HTTP/1.1\r\nHost: held\r\n\r\n").expect("write");
+            assert_eq!(c.response(IO_TIMEOUT).expect("a response on a held connection").status, 200);
+            c
+        })
+        .collect()
+}
+
 fn outcome_of(e: &Ending) -> String {
     match (status_of(&e.bytes), e.timed_out) {
         (Some(code), _) => code.to_string(),
@@ -1142,13 +1154,7 @@ fn a_worker_out_of_descriptors_answers_every_connection_it_is_given() {
     // opens, and a few of the extra connections.
     let limit = limit_leaving_free(worker, 12);
     let original = set_nofile_soft(worker, limit);
-    let mut held = Vec::new();
-    for _ in 0..8 {
-        let mut c = connect(webd.addr());
-        c.send(b"GET /index.html HTTP/1.1\r\nHost: held\r\n\r\n").expect("write");
-        assert_eq!(c.response(IO_TIMEOUT).expect("a response on a held connection").status, 200);
-        held.push(c);
-    }
+    let held = held_keep_alive(webd.addr(), 8);
     // Now more connections than the worker has descriptors for. They are served a few at
     // a time as descriptors free up (intake pauses and resumes at each re-measure), so the
     // patience here is generous: the test asserts that each is answered, not how fast.
@@ -1191,13 +1197,7 @@ fn a_worker_out_of_descriptors_closes_idle_keep_alive_connections_for_new_ones()
     // new one after it need an idle one closed.
     let limit = limit_leaving_free(worker, 8);
     let original = set_nofile_soft(worker, limit);
-    let mut held = Vec::new();
-    for _ in 0..8 {
-        let mut c = connect(webd.addr());
-        c.send(b"GET /index.html HTTP/1.1\r\nHost: held\r\n\r\n").expect("write");
-        assert_eq!(c.response(IO_TIMEOUT).expect("a response on a held connection").status, 200);
-        held.push(c);
-    }
+    let held = held_keep_alive(webd.addr(), 8);
     let endings: Vec<Ending> = close_requests(webd.addr(), 4, Duration::from_secs(15))
         .into_iter()
         .map(|h| h.join().expect("client"))
