@@ -328,6 +328,7 @@ pub fn run(mut control: WorkerControl) -> anyhow::Result<()> {
             Wake::Now // connections wait for their next turn: only look for events
         };
         event_loop.wait(wake).context("epoll_wait")?;
+        open_files::next_pass();
         let now = Instant::now();
         worker.shared.date.refresh();
         // Control first: a drain queued before a request arrived applies to its answer.

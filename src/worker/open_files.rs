@@ -3,11 +3,14 @@
 //! costs one `fstatat` instead of `openat2` + `statx` + `close`.
 //!
 //! Keyed by the normalized path (index file included), looked up only after the rules
-//! (redirects, hidden files, the site) have decided the path may be served. Every hit is
-//! revalidated: the path is `fstatat`ed beneath the root fd, following symlinks as
-//! `openat2` does, and the cached fd is used only if device, inode, size, mtime and ctime
-//! (both to the nanosecond) are what they were when it was opened; otherwise the entry is
-//! dropped and the file opened the normal way.
+//! (redirects, hidden files, the site) have decided the path may be served. A hit is
+//! revalidated once per pass of the worker's event loop: the path is `fstatat`ed beneath
+//! the root fd, following symlinks as `openat2` does, and the cached fd is used only if
+//! device, inode, size, mtime and ctime (both to the nanosecond) are what they were when
+//! it was opened; otherwise the entry is dropped and the file opened the normal way. The
+//! requests of one pass (the events of one `epoll_wait`, microseconds apart) share that
+//! look, as they would share the state of a file changing between one request's stat and
+//! its read: a change is seen by the next pass.
 //!
 //! Why that is safe:
 //! - Content is never cached, only the fd: a file rewritten in place is read through the
@@ -35,7 +38,7 @@ use std::fs::{File, Metadata};
 use std::os::fd::BorrowedFd;
 use std::os::unix::fs::MetadataExt;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use nix::fcntl::AtFlags;
 use nix::sys::stat::{fstatat, FileStat};
@@ -47,6 +50,14 @@ pub const CAPACITY: usize = 256;
 /// last descriptor count.
 static HELD: AtomicUsize = AtomicUsize::new(0);
 static HELD_AT_MEASURE: AtomicUsize = AtomicUsize::new(0);
+
+/// The worker's event-loop pass: entries looked at in this pass are not looked at again.
+static PASS: AtomicU64 = AtomicU64::new(1);
+
+/// A new pass of the event loop begins: every entry is revalidated at its next use.
+pub fn next_pass() {
+    PASS.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Descriptors the open-file caches of this process hold now.
 pub fn held() -> usize {
@@ -70,12 +81,14 @@ struct Entry {
     last_used: u64,
     /// Used since the last sweep.
     recent: bool,
+    /// The pass in which the path was last seen to name the file unchanged.
+    checked_in: u64,
 }
 
 impl Entry {
     fn new(file: Rc<File>, meta: Metadata, tick: u64) -> Entry {
         HELD.fetch_add(1, Ordering::Relaxed);
-        Entry { file, meta, last_used: tick, recent: true }
+        Entry { file, meta, last_used: tick, recent: true, checked_in: PASS.load(Ordering::Relaxed) }
     }
 
     /// The path still names the inode we hold, unchanged since it was opened.
@@ -119,24 +132,24 @@ impl std::fmt::Debug for OpenFiles {
 
 impl OpenFiles {
     /// The cached file for `path` (normalized, from `/`) if the path, `fstatat`ed as
-    /// `relative` beneath `root`, still names it unchanged. A stale entry is dropped.
-    /// No syscall when `path` is not cached.
+    /// `relative` beneath `root` (once per pass), still names it unchanged. A stale entry
+    /// is dropped. No syscall when `path` is not cached or was looked at in this pass.
     pub fn get(&self, root: BorrowedFd<'_>, path: &[u8], relative: &CStr) -> Option<(Rc<File>, Metadata)> {
         let mut cache = self.entries.borrow_mut();
         cache.tick += 1;
         let tick = cache.tick;
+        let pass = PASS.load(Ordering::Relaxed);
         let entry = cache.by_path.get_mut(path)?;
-        match fstatat(root, relative, AtFlags::empty()) {
-            Ok(now) if entry.still_matches(&now) => {
-                entry.last_used = tick;
-                entry.recent = true;
-                Some((Rc::clone(&entry.file), entry.meta.clone()))
-            }
-            _ => {
-                cache.by_path.remove(path);
-                None
-            }
+        let unchanged = entry.checked_in == pass
+            || fstatat(root, relative, AtFlags::empty()).is_ok_and(|now| entry.still_matches(&now));
+        if !unchanged {
+            cache.by_path.remove(path);
+            return None;
         }
+        entry.last_used = tick;
+        entry.recent = true;
+        entry.checked_in = pass;
+        Some((Rc::clone(&entry.file), entry.meta.clone()))
     }
 
     /// Keeps `file` (a regular file just opened beneath the root) for `path`; returns it

@@ -556,6 +556,7 @@ mod tests {
     }
 
     fn resolve_str(fixture: &Fixture, target: &str) -> (Resolved, Vec<u8>) {
+        crate::worker::open_files::next_pass(); // each request its own event-loop pass
         let mut scratch = Vec::new();
         let resolved = resolve(&fixture.root, &Rules::NONE, target.as_bytes(), &mut scratch, &mut Matched::default());
         (resolved, scratch)

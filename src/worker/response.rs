@@ -896,6 +896,7 @@ mod tests {
     }
 
     fn send_with(fixture: &Fixture, raw: &str, force_close: bool) -> Sent {
+        crate::worker::open_files::next_pass(); // each request its own event-loop pass
         let request = match parse(raw.as_bytes(), &Limits::default()) {
             Parsed::Complete { request, .. } => request,
             other => panic!("test request did not parse: {other:?}"),
