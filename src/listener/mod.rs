@@ -25,14 +25,16 @@ use std::time::{Duration, Instant};
 
 /// How long accepting pauses after EMFILE/ENFILE.
 const FD_EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
-/// How far above the least-loaded lane's load the lane of the last connection may be and
-/// still take the next one, when that was less than [`STICKY_WINDOW`] ago. A worker just
-/// sent a connection is awake; sending the next to it too spares waking another (strict
-/// least-load alternated between the workers under a stream of short connections, and
-/// each one woke a sleeping worker: bench/README.md has the figures). Loads count the
-/// connections sent since the last steering, so lanes are never sent more than this apart
-/// within one steering interval.
-const STICKY_BAND: u32 = 64;
+/// How many connections in a row may go to the lane of the last one, when that was less
+/// than [`STICKY_WINDOW`] ago. A worker just sent a connection is awake; sending it the
+/// next too spares waking another (strict least-load alternated between the workers
+/// under a stream of short connections, and each one woke a sleeping worker:
+/// bench/README.md has the figures). A run ends at this length and the next connection
+/// goes by least load, so a burst of long-lived connections still spreads (a bound on
+/// the loads' difference instead put a whole burst of keep-alive clients on one worker:
+/// loads count the connections sent since the last steering, the same for a burst as for
+/// a stream of short connections long closed).
+const STICKY_RUN: u32 = 16;
 /// Connections further apart than this go by least load alone: at a light load every
 /// worker serves (a new worker after `scale` at once), and only a stream of connections
 /// arriving faster than a worker sleeps is kept together.
@@ -66,6 +68,27 @@ impl Lane {
     }
 }
 
+/// Connections sent one after another to one lane.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    lane: usize,
+    length: u32,
+    last: Instant,
+}
+
+impl Run {
+    /// The run under way, if the next connection may still join it.
+    fn going_on(run: Option<Run>) -> Option<Run> {
+        run.filter(|run| run.length < STICKY_RUN && run.last.elapsed() < STICKY_WINDOW)
+    }
+
+    /// The run once a connection went to `lane`: the one under way longer, or a new one.
+    fn after(run: Option<Run>, lane: usize) -> Run {
+        let length = Run::going_on(run).filter(|r| r.lane == lane).map_or(1, |r| r.length + 1);
+        Run { lane, length, last: Instant::now() }
+    }
+}
+
 struct Listener {
     control: ListenerControl,
     steering: SteeringReader,
@@ -87,8 +110,8 @@ struct Listener {
     lane_tokens: IndexTokens,
     /// A test's injected stop (`fault`); `None` in production.
     stop_at: Option<ListenerStop>,
-    /// The lane the last connection went to, and when (see [`STICKY_BAND`]).
-    last_lane: Option<(usize, Instant)>,
+    /// The run of connections sent to one lane (see [`STICKY_RUN`]).
+    run: Option<Run>,
 }
 
 pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
@@ -131,7 +154,7 @@ pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
         keeper,
         lane_tokens,
         stop_at: fault::listener_stop(),
-        last_lane: None,
+        run: None,
     };
     // The daemon sends the lanes right after the bootstrap.
     me.handle_control(event_loop.registry())?;
@@ -274,16 +297,14 @@ impl Listener {
         self.unpause_backpressure(registry);
     }
 
-    /// The lane the last connection went to, if that was within [`STICKY_WINDOW`] and its
-    /// load is within [`STICKY_BAND`] of the least, else the open lane with the least load
-    /// that has room now. Either almost always has room: one poll per connection.
+    /// The lane of the run of connections under way (see [`STICKY_RUN`]), else the open
+    /// lane with the least load that has room now. Either almost always has room: one poll per connection.
     fn pick_lane(&self) -> Option<usize> {
         let open =
             || self.lanes.iter().enumerate().filter_map(|(i, l)| l.as_ref().filter(|l| l.state.open).map(|l| (i, l)));
         let (least, lane) = open().min_by_key(|(_, l)| l.load())?;
-        let recent = self.last_lane.filter(|(_, at)| at.elapsed() < STICKY_WINDOW);
-        if let Some((last, l)) = recent.and_then(|(i, _)| open().find(|(j, _)| *j == i)) {
-            if l.load() <= lane.load().saturating_add(STICKY_BAND) && l.channel.has_room() {
+        if let Some((last, l)) = Run::going_on(self.run).and_then(|run| open().find(|(j, _)| *j == run.lane)) {
+            if l.channel.has_room() {
                 return Some(last);
             }
         }
@@ -344,7 +365,7 @@ impl Listener {
         match lane.channel.send_connection_announced(fd.as_fd(), transport, || keeper.sending(raw)) {
             Ok(()) => {
                 lane.sent = lane.sent.saturating_add(1);
-                self.last_lane = Some((index, Instant::now()));
+                self.run = Some(Run::after(self.run, index));
                 fault::stop_if(self.stop_at, ListenerStop::AfterSend);
                 drop(fd);
                 self.keeper.not_sending();
