@@ -211,3 +211,21 @@ fn a_killed_keeper_is_replaced_by_its_listener_and_status_follows() {
     let r = get(webd.addr(), "/index.html").expect("GET");
     assert_eq!((r.status, r.body.as_slice()), (200, BODY));
 }
+
+/// A burst of long-lived connections (clients reconnecting at once after a restart, a
+/// load balancer opening its pool) spreads over the workers: the listener keeps only
+/// short runs of connections on one awake worker.
+#[test]
+fn a_burst_of_keep_alive_connections_spreads_over_the_workers() {
+    let webd = Webd::start_with(Options { workers: 2, ..Default::default() });
+    let burst: Vec<std::net::TcpStream> =
+        (0..64).map(|_| std::net::TcpStream::connect(webd.addr()).expect("connect")).collect();
+    let per_worker = wait_for(Duration::from_secs(10), "64 connections in the workers' status", || {
+        let status = webd.status_direct(Duration::from_secs(2))?;
+        let active: Vec<u64> =
+            status["workers"].as_array()?.iter().filter_map(|w| w["active_connections"].as_u64()).collect();
+        (active.iter().sum::<u64>() == 64).then_some(active)
+    });
+    assert!(per_worker.iter().all(|&n| n >= 16), "64 connections opened at once, per worker: {per_worker:?}");
+    drop(burst);
+}
