@@ -24,9 +24,7 @@ pub const FAULT_EXIT_CODE: i32 = 70;
 
 /// Exits the process if a fault is injected for `role`.
 pub fn exit_if_injected(role: Role) {
-    let Some(path) = file() else { return };
-    let Ok(text) = std::fs::read_to_string(&path) else { return };
-    if text.lines().any(|line| line.trim() == role.as_str()) {
+    if has_line(file().as_deref(), role.as_str()) {
         tracing::error!(role = %role, "injected fault: exiting at start");
         std::process::exit(FAULT_EXIT_CODE);
     }
@@ -68,9 +66,13 @@ pub fn file() -> Option<std::path::PathBuf> {
 /// are dropped as if its supervisor had stopped reading. Read at each heartbeat, so a
 /// test can turn it on and off in a running tree.
 pub fn channel_full(file: Option<&std::path::Path>, role: Role) -> bool {
-    let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) else { return false };
-    let wanted = format!("{}-channel-full", role.as_str());
-    text.lines().any(|line| line.trim() == wanted)
+    has_line(file, &format!("{}-channel-full", role.as_str()))
+}
+
+/// True if `file` has a line that is exactly `wanted` (surrounding blanks aside).
+fn has_line(file: Option<&std::path::Path>, wanted: &str) -> bool {
+    file.and_then(|f| std::fs::read_to_string(f).ok())
+        .is_some_and(|text| text.lines().any(|line| line.trim() == wanted))
 }
 
 /// How many session-ticket key rotations the fault file asks for: one per line
@@ -103,7 +105,5 @@ pub fn crash_after_read() -> Option<Vec<u8>> {
 /// True if the fault file has a line `no-worker-keeper`: workers run as before the
 /// rescue existed (no keeper, no records), for measuring what the records cost.
 pub fn no_worker_keeper() -> bool {
-    file()
-        .and_then(|f| std::fs::read_to_string(f).ok())
-        .is_some_and(|t| t.lines().any(|l| l.trim() == "no-worker-keeper"))
+    has_line(file().as_deref(), "no-worker-keeper")
 }

@@ -77,15 +77,16 @@ struct Run {
 }
 
 impl Run {
-    /// The run under way, if the next connection may still join it.
-    fn going_on(run: Option<Run>) -> Option<Run> {
-        run.filter(|run| run.length < STICKY_RUN && run.last.elapsed() < STICKY_WINDOW)
+    /// The run under way at `now`, if the next connection may still join it.
+    fn going_on(run: Option<Run>, now: Instant) -> Option<Run> {
+        run.filter(|run| run.length < STICKY_RUN && now.saturating_duration_since(run.last) < STICKY_WINDOW)
     }
 
     /// The run once a connection went to `lane`: the one under way longer, or a new one.
     fn after(run: Option<Run>, lane: usize) -> Run {
-        let length = Run::going_on(run).filter(|r| r.lane == lane).map_or(1, |r| r.length + 1);
-        Run { lane, length, last: Instant::now() }
+        let now = Instant::now();
+        let length = Run::going_on(run, now).filter(|r| r.lane == lane).map_or(1, |r| r.length + 1);
+        Run { lane, length, last: now }
     }
 }
 
@@ -298,16 +299,18 @@ impl Listener {
     }
 
     /// The lane of the run of connections under way (see [`STICKY_RUN`]), else the open
-    /// lane with the least load that has room now. Either almost always has room: one poll per connection.
+    /// lane with the least load that has room now. Either almost always has room: one
+    /// poll per connection.
     fn pick_lane(&self) -> Option<usize> {
         let open =
             || self.lanes.iter().enumerate().filter_map(|(i, l)| l.as_ref().filter(|l| l.state.open).map(|l| (i, l)));
-        let (least, lane) = open().min_by_key(|(_, l)| l.load())?;
-        if let Some((last, l)) = Run::going_on(self.run).and_then(|run| open().find(|(j, _)| *j == run.lane)) {
+        let run_lane = Run::going_on(self.run, Instant::now()).and_then(|run| open().find(|(j, _)| *j == run.lane));
+        if let Some((last, l)) = run_lane {
             if l.channel.has_room() {
                 return Some(last);
             }
         }
+        let (least, lane) = open().min_by_key(|(_, l)| l.load())?;
         if lane.channel.has_room() {
             return Some(least);
         }
