@@ -30,6 +30,8 @@ pub struct Report {
     pub active: u64,
     /// Manager: one report per worker process.
     pub workers: Vec<WorkerReport>,
+    /// Worker: retiring, it takes nothing more from its lane.
+    pub retiring: bool,
 }
 
 impl Report {
@@ -118,7 +120,7 @@ impl Heartbeater {
         }
         self.next_at = now + self.interval;
         self.seq += 1;
-        let Report { figures, active, workers } = report();
+        let Report { figures, active, workers, retiring } = report();
         let hb = Heartbeat {
             pid: self.pid,
             seq: self.seq,
@@ -127,6 +129,7 @@ impl Heartbeater {
             active,
             workers,
             keeper_pid: self.keeper_pid,
+            retiring,
         };
         let result = if crate::fault::channel_full(self.fault_file.as_deref(), self.role) {
             Err(ErrorKind::WouldBlock.into())

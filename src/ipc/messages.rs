@@ -501,6 +501,10 @@ pub struct Heartbeat {
     /// if one runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keeper_pid: Option<u32>,
+    /// Worker: retiring, it takes nothing more from its lane (so a rolling restart's
+    /// answer means every new connection reaches a new worker).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retiring: bool,
 }
 
 /// A worker process as the manager sees it.

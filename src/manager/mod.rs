@@ -63,8 +63,8 @@ pub fn run(mut control: ManagerControl) -> anyhow::Result<()> {
         if heartbeat.until_due(now).is_zero() {
             match heartbeat.tick(now, &mut control, || Report {
                 figures: pool.figures(),
-                active: 0,
                 workers: pool.reports(now),
+                ..Report::default()
             }) {
                 Delivery::Sent => pool.clear_exited(),
                 // Only once delivered: a dropped heartbeat's exited workers go in the next.
@@ -84,8 +84,8 @@ pub fn run(mut control: ManagerControl) -> anyhow::Result<()> {
                 // A last report, so the daemon counts everything the workers served.
                 let _ = heartbeat.send_final(&mut control, FINAL_REPORT_WITHIN, || Report {
                     figures: pool.figures(),
-                    active: 0,
                     workers: pool.reports(Instant::now()),
+                    ..Report::default()
                 });
                 tracing::info!("manager stopped");
                 return Ok(());

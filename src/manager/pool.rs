@@ -21,6 +21,7 @@ use crate::sys::{self, fdpass::MAX_FDS_PER_MESSAGE, spawn};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -61,6 +62,8 @@ struct Reported {
     prev_sent_ns: u64,
     utilization: f64,
     keeper_pid: Option<u32>,
+    /// Retiring, it takes nothing more from its lane.
+    retiring: bool,
 }
 
 struct WorkerSlot {
@@ -73,8 +76,10 @@ struct WorkerSlot {
 
 /// A worker command in progress, answered with `Done` when finished.
 enum WorkerOp {
-    /// Replace these workers one at a time, each new one up before the old one drains.
-    Rolling { queue: VecDeque<u32>, replaced: u32, deadline: Instant },
+    /// Replace these workers one at a time, each new one up before the old one drains;
+    /// done when the old ones (`leaving`) have said they take nothing more from their
+    /// lanes, so after the answer every new connection reaches a new worker.
+    Rolling { queue: VecDeque<u32>, replaced: u32, leaving: Vec<Pid>, deadline: Instant },
     /// Wait for these new workers to come up.
     ScaleUp { ids: Vec<u32>, workers: u32, deadline: Instant },
 }
@@ -444,10 +449,12 @@ impl WorkerPool {
         // The replacement reads the slot's lane: the old worker hands its connections there.
         self.offer_hand_over(index, Some(self.slots[index].id));
         let ws = &mut self.slots[index];
+        let old = ws.sup.current.as_ref().map(|c| c.pid);
         if ws.sup.promote(drain, kill_at, sent_ns, now).is_some() {
             self.count_restart(index, Reason::Manual);
-            if let Some(WorkerOp::Rolling { replaced, .. }) = self.op.as_mut() {
+            if let Some(WorkerOp::Rolling { replaced, leaving, .. }) = self.op.as_mut() {
                 *replaced += 1;
+                leaving.extend(old);
             }
         }
     }
@@ -717,7 +724,7 @@ impl WorkerPool {
             return;
         }
         let now = Instant::now();
-        self.op = Some(WorkerOp::Rolling { queue, replaced: 0, deadline: now + OP_TIMEOUT });
+        self.op = Some(WorkerOp::Rolling { queue, replaced: 0, leaving: Vec::new(), deadline: now + OP_TIMEOUT });
         self.advance_op(registry, now);
     }
 
@@ -738,7 +745,8 @@ impl WorkerPool {
         self.op = None;
         self.outbox.retain(|m| !matches!(m, FromManager::Done { .. }));
         let now = Instant::now();
-        self.op = Some(WorkerOp::Rolling { queue: existing, replaced: 0, deadline: now + OP_TIMEOUT });
+        self.op =
+            Some(WorkerOp::Rolling { queue: existing, replaced: 0, leaving: Vec::new(), deadline: now + OP_TIMEOUT });
         self.advance_op(registry, now);
     }
 
@@ -757,9 +765,31 @@ impl WorkerPool {
                     self.finish_op(true, detail);
                 }
             }
-            WorkerOp::Rolling { queue, replaced, .. } => {
+            WorkerOp::Rolling { queue, replaced, leaving, .. } => {
                 if self.slots.iter().any(|ws| ws.sup.incoming.is_some()) {
                     return; // the current replacement is still coming up
+                }
+                // An old worker that has not read its shutdown may still take a
+                // connection from the lane (with the old settings); one gone takes none.
+                let still_reading = |pid: &Pid| {
+                    self.slots
+                        .iter()
+                        .flat_map(|ws| &ws.sup.retiring)
+                        .any(|r| r.pid == *pid && !r.channel.state.reported.retiring)
+                };
+                leaving.retain(still_reading);
+                if !leaving.is_empty() {
+                    return;
+                }
+                // A worker still starting was spawned with what it had before: replace
+                // it once it is up (a slot with no process starts afresh anyway).
+                let starting = |id: &u32| {
+                    self.slots
+                        .iter()
+                        .any(|ws| ws.id == *id && ws.wanted && ws.sup.slot.pid.is_some() && !ws.sup.slot.is_up())
+                };
+                if queue.front().is_some_and(starting) {
+                    return;
                 }
                 let Some(id) = queue.pop_front() else {
                     let detail = format!("restarted {}", workers_phrase(*replaced as usize));
@@ -774,7 +804,7 @@ impl WorkerPool {
     fn start_replacement(&mut self, id: u32, registry: &Registry) {
         let Some(index) = self.slots.iter().position(|ws| ws.id == id && ws.wanted) else { return };
         if self.slots[index].sup.cannot_replace().is_some() {
-            // Not running (crashed, starting): its next start is a fresh process anyway.
+            // Not running (crashed, waiting to restart): its next start is a fresh process.
             return;
         }
         match self.spawn(id, registry) {
@@ -876,6 +906,7 @@ impl Reported {
         self.figures.clone_from(&hb.figures);
         self.active = hb.active;
         self.keeper_pid = hb.keeper_pid;
+        self.retiring = hb.retiring;
     }
 }
 

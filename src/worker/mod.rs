@@ -375,6 +375,7 @@ impl Worker {
             figures: self.shared.stats.snapshot(now).clone(),
             active: self.conns.len() as u64,
             workers: Vec::new(),
+            retiring: self.shutdown_at.is_some(),
         }
     }
 
@@ -594,6 +595,8 @@ impl Worker {
         self.read_lane(registry, now);
         let at = now + deadline;
         self.shutdown_at = Some(self.shutdown_at.map_or(at, |t| t.min(at)));
+        // Tells the manager at once that the lane is left to the slot's next worker.
+        self.report_due = true;
         if self.hand_over.lane.is_some() && !self.shared.force_close {
             self.hand_over.active = true;
             self.shared.close_tls = true;
