@@ -327,9 +327,15 @@ pub enum Transport {
 /// On the wire a plain connection is its descriptor's index, as it always was (`[0]`), a
 /// TLS one `{"tls":index}`, and a plain one handed over with bytes
 /// `{"plain":index,"carried":"<hex>"}` (TLS connections are never handed over).
+/// The variants are tried in order, and a failed try builds an error message: the
+/// common ones come first (a plain connection is then read without one).
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
 enum WireConnection<F> {
+    Plain(F),
+    Tls {
+        tls: F,
+    },
     /// A rescue: `{"rescued":index,"over_tls":bool,"salvage":…,"carried":"<hex>","file":index}`.
     Rescued {
         rescued: F,
@@ -337,10 +343,6 @@ enum WireConnection<F> {
         salvage: Box<Salvage>,
         carried: String,
         file: Option<F>,
-    },
-    Plain(F),
-    Tls {
-        tls: F,
     },
     Carrying {
         plain: F,
