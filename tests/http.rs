@@ -111,7 +111,8 @@ fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
 }
 
 fn assert_workers_unchanged(webd: &Webd, before: &[i32]) {
-    assert_eq!(webd.worker_pids(), before, "worker pids changed: a request crashed a worker");
+    let tree = webd.tree();
+    assert_eq!(worker_pids_in(&tree), before, "worker pids changed: a request crashed a worker; the tree: {tree:?}");
 }
 
 // ---- GET and HEAD ------------------------------------------------------------------

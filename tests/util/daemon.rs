@@ -198,7 +198,7 @@ impl Webd {
             let tree = self.tree();
             tree.iter().filter(|p| p.argv0 == "webd: listener").count() == 1
                 && tree.iter().filter(|p| p.argv0 == "webd: manager").count() == 1
-                && tree.iter().filter(|p| p.argv0.starts_with("webd: worker")).count() >= workers
+                && worker_pids_in(&tree).len() >= workers
         });
         wait_until(Duration::from_secs(10), "HTTP answer", || get(self.addr(), "/index.html").is_ok());
     }
@@ -218,9 +218,12 @@ impl Webd {
         out
     }
 
-    /// The pids with exactly this argv[0].
+    /// The pids with exactly this argv[0], but not a child with its parent's title (a
+    /// keeper just forked by its listener or worker, not yet renamed).
     pub fn pids(&self, argv0: &str) -> Vec<i32> {
-        self.tree().into_iter().filter(|p| p.argv0 == argv0).map(|p| p.pid).collect()
+        let tree = self.tree();
+        let parent_titled = |p: &Proc| tree.iter().any(|q| q.pid == p.ppid && q.argv0 == argv0);
+        tree.iter().filter(|p| p.argv0 == argv0 && !parent_titled(p)).map(|p| p.pid).collect()
     }
 
     /// The single live process with this argv[0].
@@ -230,7 +233,7 @@ impl Webd {
     }
 
     pub fn worker_pids(&self) -> Vec<i32> {
-        self.tree().into_iter().filter(|p| p.argv0.starts_with("webd: worker")).map(|p| p.pid).collect()
+        worker_pids_in(&self.tree())
     }
 
     pub fn log_text(&self) -> String {

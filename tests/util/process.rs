@@ -16,6 +16,14 @@ pub struct Proc {
     pub state: char,
 }
 
+/// The workers in `tree`: titled `webd: worker N`, and not the child of one (a keeper
+/// just forked by its worker has the worker's title until it renames itself).
+pub fn worker_pids_in(tree: &[Proc]) -> Vec<i32> {
+    let is_worker_title = |p: &Proc| p.argv0.starts_with("webd: worker");
+    let child_of_worker = |p: &Proc| tree.iter().any(|q| q.pid == p.ppid && is_worker_title(q));
+    tree.iter().filter(|p| is_worker_title(p) && !child_of_worker(p)).map(|p| p.pid).collect()
+}
+
 /// Every process on the host (pid → Proc).
 pub fn all_processes() -> HashMap<i32, Proc> {
     let mut out = HashMap::new();
