@@ -217,3 +217,37 @@ fn a_request_that_crashes_workers_is_answered_500_after_two_deaths() {
     assert!(line.contains("/boom") && line.contains("127.0.0.1"), "path or client missing: {line}");
     assert_eq!(get(webd.addr(), "/index.html").expect("GET after").status, 200);
 }
+
+/// A worker that dies serving the first of several connections that arrived at once
+/// leaves the others untouched (in its table, or still in its lane): its keeper sends
+/// them on as new, or its successor reads them, and each is answered.
+#[test]
+fn connections_queued_behind_one_that_kills_its_worker_are_all_served() {
+    let (webd, _admin, _fault) =
+        with_fault("crash-after-read /unrecorded", Options { workers: 1, ..Default::default() });
+    // Drained, the listener takes nothing: the connections queue in the backlog, and the
+    // resume finds them all at once.
+    webd.ctl_ok(&["drain"]);
+    let worker = webd.pid_of("webd: worker 0").expect("worker");
+    let mut first = connect(webd.addr());
+    first.send(b"GET /unrecorded HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("first request");
+    let mut rest: Vec<Conn> = (0..4).map(|_| connect(webd.addr())).collect();
+    for conn in &mut rest {
+        conn.send(b"GET /index.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("request");
+    }
+    webd.ctl_ok(&["resume"]);
+    let end = first.read_to_close(Duration::from_secs(10));
+    assert!(end.bytes.is_empty() && !end.timed_out, "the crashing request: {} bytes", end.bytes.len());
+    assert!(!alive(worker), "the fault did not kill the worker");
+    for (n, conn) in rest.iter_mut().enumerate() {
+        let end = conn.read_to_close(Duration::from_secs(10));
+        let response = parse_response(&end.bytes).map(|(r, _)| r);
+        assert!(
+            response.as_ref().is_some_and(|r| r.status == 200 && r.body == BODY),
+            "connection {n} queued behind the dead worker's: {} bytes, timed out {}\n{}",
+            end.bytes.len(),
+            end.timed_out,
+            webd.log_text()
+        );
+    }
+}

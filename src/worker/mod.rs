@@ -659,6 +659,7 @@ impl Worker {
     ) {
         self.shared.stats.figures.received += 1;
         let counts = crate::sys::net::byte_counts(fd.as_fd());
+        let (recorded_read, kernel) = (salvage.read(), counts.as_ref().ok().map(|c| (c.read, c.written)));
         let mut conn = Conn::new(fd, None, &self.shared, now);
         let how = match (transport, salvage, counts) {
             (Transport::Tls, ..) => Err("a TLS connection: its state died with its worker"),
@@ -699,7 +700,7 @@ impl Worker {
         match how {
             Err(why) => {
                 rescued.closed += 1;
-                tracing::info!(worker = self.id, why, "a dead worker's connection closed");
+                tracing::info!(worker = self.id, why, ?recorded_read, ?kernel, "a dead worker's connection closed");
                 return;
             }
             Ok(How::Poison) => {
