@@ -251,3 +251,27 @@ fn connections_queued_behind_one_that_kills_its_worker_are_all_served() {
         );
     }
 }
+
+/// A client that sends its request and then its FIN (`shutdown(SHUT_WR)`, as `nc -N` or an
+/// HTTP/1.0 tool does) still has it answered when the worker dies on it: the FIN's
+/// sequence number is not taken for a request byte the dead worker read unrecorded (it
+/// was, and the successor closed the connection unanswered).
+#[test]
+fn a_half_closed_clients_request_survives_its_workers_death() {
+    use std::io::{Read, Write};
+    let (webd, _admin, _fault) = with_fault("crash-on-path /boom", Options { workers: 2, ..Default::default() });
+    let mut client = std::net::TcpStream::connect(webd.addr()).expect("connect");
+    client.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    client.write_all(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n").expect("request");
+    client.shutdown(std::net::Shutdown::Write).expect("half close");
+    let mut answer = Vec::new();
+    let _ = client.read_to_end(&mut answer);
+    let response = parse_response(&answer).map(|(r, _)| r);
+    // Two workers die on it; the third attempt answers the poison request.
+    assert!(
+        response.as_ref().is_some_and(|r| r.status == 500),
+        "no answer after the worker's death ({} bytes)\n{}",
+        answer.len(),
+        webd.log_text()
+    );
+}

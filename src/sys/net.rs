@@ -89,14 +89,22 @@ pub fn byte_counts(sock: BorrowedFd<'_>) -> io::Result<ByteCounts> {
         let after = tcp_info(sock)?;
         if (after.tcpi_bytes_acked, after.tcpi_bytes_received) == (before.tcpi_bytes_acked, before.tcpi_bytes_received)
         {
+            // The peer's FIN takes a sequence number, which the received count includes.
+            let fin = u64::from(PEER_FIN_RECEIVED.contains(&before.tcpi_state));
             return Ok(ByteCounts {
                 written: before.tcpi_bytes_acked + unsent,
-                read: before.tcpi_bytes_received.saturating_sub(unread),
+                read: before.tcpi_bytes_received.saturating_sub(unread).saturating_sub(fin),
             });
         }
     }
     Err(io::Error::other(format!("the peer kept sending or acknowledging through {MEASURE_TRIES} measurements")))
 }
+
+/// `tcpi_state`s (include/net/tcp_states.h; libc does not name them) once the peer's FIN
+/// has arrived: TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING.
+const PEER_FIN_RECEIVED: [u8; 4] = [6, TCP_CLOSE_WAIT, 9, 11];
+/// The peer has sent its FIN and we have not closed.
+const TCP_CLOSE_WAIT: u8 = 8;
 
 /// Attempts at a consistent measurement before giving up (the connection is then closed).
 const MEASURE_TRIES: usize = 1000;
@@ -219,6 +227,32 @@ mod tests {
         // Bytes the client sent do not count.
         client.write_all(b"request").expect("client write");
         assert_eq!(bytes_written(server.as_fd()).expect("after input"), 1003);
+    }
+
+    /// A client that sent its request and then its FIN (`shutdown(SHUT_WR)`): the FIN
+    /// takes a sequence number, not a byte of the request.
+    #[test]
+    fn bytes_read_count_the_request_and_not_the_clients_fin() {
+        fn bytes_read(fd: BorrowedFd<'_>) -> u64 {
+            byte_counts(fd).expect("counts").read
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        client.write_all(b"0123456789").expect("write");
+        client.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while tcp_info(server.as_fd()).expect("info").tcpi_state != TCP_CLOSE_WAIT {
+            assert!(std::time::Instant::now() < deadline, "the FIN did not arrive");
+            std::thread::yield_now();
+        }
+        assert_eq!(bytes_read(server.as_fd()), 0, "nothing read yet, FIN queued");
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).expect("read");
+        assert_eq!(bytes_read(server.as_fd()), 4);
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).expect("read to the FIN");
+        assert_eq!(bytes_read(server.as_fd()), 10, "the FIN read as end of file");
     }
 
     #[test]
