@@ -783,11 +783,8 @@ impl WorkerPool {
                 }
                 // A worker still starting was spawned with what it had before: replace
                 // it once it is up (a slot with no process starts afresh anyway).
-                let starting = |id: &u32| {
-                    self.slots
-                        .iter()
-                        .any(|ws| ws.id == *id && ws.wanted && ws.sup.slot.pid.is_some() && !ws.sup.slot.is_up())
-                };
+                let starting =
+                    |id: &u32| self.slots.iter().any(|ws| ws.id == *id && ws.wanted && ws.sup.slot.is_coming_up());
                 if queue.front().is_some_and(starting) {
                     return;
                 }

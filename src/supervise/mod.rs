@@ -180,6 +180,11 @@ impl Slot {
     }
 
     /// True once the current process has sent a heartbeat.
+    /// Spawned, and no heartbeat from it yet.
+    pub fn is_coming_up(&self) -> bool {
+        self.pid.is_some() && !self.got_heartbeat
+    }
+
     pub fn is_up(&self) -> bool {
         self.pid.is_some() && self.got_heartbeat
     }

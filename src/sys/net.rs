@@ -100,11 +100,14 @@ pub fn byte_counts(sock: BorrowedFd<'_>) -> io::Result<ByteCounts> {
     Err(io::Error::other(format!("the peer kept sending or acknowledging through {MEASURE_TRIES} measurements")))
 }
 
-/// `tcpi_state`s (include/net/tcp_states.h; libc does not name them) once the peer's FIN
-/// has arrived: TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING.
-const PEER_FIN_RECEIVED: [u8; 4] = [6, TCP_CLOSE_WAIT, 9, 11];
+/// `tcpi_state`s once the peer's FIN has arrived.
+const PEER_FIN_RECEIVED: [u8; 4] = [TCP_TIME_WAIT, TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_CLOSING];
+// TCP states as include/net/tcp_states.h numbers them (libc does not name them).
+const TCP_TIME_WAIT: u8 = 6;
 /// The peer has sent its FIN and we have not closed.
 const TCP_CLOSE_WAIT: u8 = 8;
+const TCP_LAST_ACK: u8 = 9;
+const TCP_CLOSING: u8 = 11;
 
 /// Attempts at a consistent measurement before giving up (the connection is then closed).
 const MEASURE_TRIES: usize = 1000;

@@ -218,12 +218,9 @@ impl Webd {
         out
     }
 
-    /// The pids with exactly this argv[0], but not a child with its parent's title (a
-    /// keeper just forked by its listener or worker, not yet renamed).
+    /// The pids with exactly this argv[0] (see [`titled_pids`]).
     pub fn pids(&self, argv0: &str) -> Vec<i32> {
-        let tree = self.tree();
-        let parent_titled = |p: &Proc| tree.iter().any(|q| q.pid == p.ppid && q.argv0 == argv0);
-        tree.iter().filter(|p| p.argv0 == argv0 && !parent_titled(p)).map(|p| p.pid).collect()
+        titled_pids(&self.tree(), |title| title == argv0)
     }
 
     /// The single live process with this argv[0].

@@ -16,12 +16,16 @@ pub struct Proc {
     pub state: char,
 }
 
-/// The workers in `tree`: titled `webd: worker N`, and not the child of one (a keeper
-/// just forked by its worker has the worker's title until it renames itself).
+/// The processes of `tree` whose title `wanted` accepts, leaving out a child titled as its
+/// parent: a keeper just forked by its listener or worker, not yet renamed.
+pub fn titled_pids(tree: &[Proc], wanted: impl Fn(&str) -> bool) -> Vec<i32> {
+    let fresh_fork = |p: &Proc| tree.iter().any(|q| q.pid == p.ppid && q.argv0 == p.argv0);
+    tree.iter().filter(|p| wanted(&p.argv0) && !fresh_fork(p)).map(|p| p.pid).collect()
+}
+
+/// The workers in `tree` (titled `webd: worker N`).
 pub fn worker_pids_in(tree: &[Proc]) -> Vec<i32> {
-    let is_worker_title = |p: &Proc| p.argv0.starts_with("webd: worker");
-    let child_of_worker = |p: &Proc| tree.iter().any(|q| q.pid == p.ppid && is_worker_title(q));
-    tree.iter().filter(|p| is_worker_title(p) && !child_of_worker(p)).map(|p| p.pid).collect()
+    titled_pids(tree, |title| title.starts_with("webd: worker"))
 }
 
 /// Every process on the host (pid → Proc).
