@@ -110,6 +110,13 @@ struct PendingBody {
     interim_bytes: u64,
 }
 
+/// What one read of `Conn::fill` took.
+struct Filled {
+    len: usize,
+    /// It landed in the connection's data slot: recorded by `Records::landed`.
+    landed: bool,
+}
+
 /// A response produced but not yet fully written, for the statistics.
 struct Unflushed {
     status: u16,
@@ -472,13 +479,15 @@ impl Conn {
                 self.set_wait_deadline(shared, now);
                 return Outcome::Keep;
             }
-            match self.fill(&mut shared.stats) {
-                Ok(0) => return Outcome::Close,
-                Ok(_) => {
+            match self.fill(&mut shared.stats, &mut shared.records) {
+                Ok(Filled { len: 0, .. }) => return Outcome::Close,
+                Ok(Filled { len, landed }) => {
                     if let Some(text) = shared.crash_after_read.as_deref() {
                         crash_if_read(text, self.unprocessed());
                     }
-                    if self.tls.is_none() {
+                    if landed {
+                        shared.records.landed(self.raw_fd(), self.read, len);
+                    } else if self.tls.is_none() {
                         self.record(&mut shared.records);
                     }
                     continue;
@@ -817,8 +826,10 @@ impl Conn {
         }
     }
 
-    /// Reads more request bytes, compacting or growing the buffer as needed.
-    fn fill(&mut self, stats: &mut Stats) -> io::Result<usize> {
+    /// Reads more request bytes, compacting or growing the buffer as needed. A plain
+    /// connection's read with nothing unprocessed lands in its data slot first
+    /// (`Records::landing`): the caller records it with `Records::landed`.
+    fn fill(&mut self, stats: &mut Stats, records: &mut Records) -> io::Result<Filled> {
         if self.rstart == self.rend {
             self.rstart = 0;
             self.rend = 0;
@@ -835,6 +846,15 @@ impl Conn {
             }
             self.rbuf.resize(grown, 0);
         }
+        if self.tls.is_none() && self.rend == 0 && self.pending.is_none() {
+            if let Some(slot) = records.landing(self.raw_fd(), self.sent, self.read, self.deaths, self.answered) {
+                let filled = self.fill_through(slot);
+                if filled.is_err() {
+                    records.landed(self.raw_fd(), self.read, 0); // nothing landed
+                }
+                return filled;
+            }
+        }
         let room = self.rbuf.len() - self.rend;
         let n = match self.tls.as_mut() {
             None => {
@@ -846,7 +866,18 @@ impl Conn {
             Some(tls) => tls.read(&self.sock, &mut self.rbuf[self.rend..], &mut stats.figures.tls)?,
         };
         self.rend += n;
-        Ok(n)
+        Ok(Filled { len: n, landed: false })
+    }
+
+    /// The read of `fill` into the data slot, then copied to the (empty) read buffer.
+    fn fill_through(&mut self, slot: &mut [u8]) -> io::Result<Filled> {
+        let room = slot.len().min(self.rbuf.len());
+        let n = retry_eintr(|| (&self.sock).read(&mut slot[..room]))?;
+        self.rbuf[..n].copy_from_slice(&slot[..n]);
+        self.drained = n > 0 && n < room;
+        self.read += n as u64;
+        self.rend = n;
+        Ok(Filled { len: n, landed: true })
     }
 
     /// Waiting for input: a started (or first) request head must complete within the

@@ -184,7 +184,7 @@ fn rescue(words: &SharedWords, table: &records::Tables) -> anyhow::Result<Rescue
     let mut held = Vec::new();
     let mut left = 0;
     for fd in found {
-        match records::read(table, fd.as_raw_fd()) {
+        match records::read(table, fd.as_raw_fd(), || kernel_read(&fd)) {
             Found::Leave => left += 1, // closes as the keeper exits
             Found::Salvage { salvage, carried, file } => {
                 let file = file.and_then(|raw| {
@@ -208,6 +208,12 @@ fn rescue(words: &SharedWords, table: &records::Tables) -> anyhow::Result<Rescue
         rest = &rest[n..];
     }
     Ok(Rescue { sent: held.len(), left })
+}
+
+/// Bytes the kernel says were read from `fd` (by the dead worker: nobody else reads it).
+fn kernel_read(fd: &OwnedFd) -> Option<u64> {
+    use std::os::fd::AsFd;
+    crate::sys::net::byte_counts(fd.as_fd()).ok().map(|counts| counts.read)
 }
 
 /// How many of `held` go in the next message: at most `MAX_FDS_PER_MESSAGE` descriptors

@@ -21,7 +21,12 @@
 //! Waiting and response records also hold the count of bytes read from the socket so far:
 //! a worker killed between a read and its record leaves a record that misses those bytes,
 //! and the successor, finding the kernel's count (`sys::net::byte_counts`) higher, closes
-//! the connection instead of waiting for a request that was already sent.
+//! the connection instead of waiting for a request that was already sent. That window is
+//! closed for the common read, a request's first bytes with nothing else unprocessed:
+//! the worker reads them straight into the connection's data slot, its record saying
+//! *landing* first, so whatever moment a SIGKILL takes (during the `recv`, or after it
+//! and before the record), the bytes the kernel counts as read past the record are the
+//! slot's first ones, and the keeper takes them from there ([`read`]).
 //!
 //! Writing costs a few stores and one copy of the bytes (a request, or a response
 //! head): no syscall. A slot is marked *writing* first and given its kind last, so a
@@ -77,6 +82,8 @@ pub const DATA: usize = DATA_SLOT_SIZE - 8;
 const ANSWERED: u8 = 1;
 const CLOSE: u8 = 2;
 const HAS_FILE: u8 = 4;
+/// Waiting, nothing carried: a read may be landing in the data slot (see the module doc).
+const LANDING: u8 = 8;
 
 /// A response as a successor would continue it.
 pub struct ResponseRecord<'a> {
@@ -174,6 +181,55 @@ impl Records {
         }
     }
 
+    /// A read of a request's first bytes is about to land in `fd`'s data slot (nothing
+    /// read is unprocessed): records the connection as waiting with nothing carried and
+    /// the slot named, and returns the slot's bytes to read into. `None` (no table, no
+    /// slot free) leaves the record as it was: read elsewhere.
+    pub fn landing(&mut self, fd: RawFd, sent: u64, read: u64, deaths: u32, answered: bool) -> Option<&mut [u8]> {
+        let i = usize::try_from(fd).ok()?;
+        // A descriptor with a place in `held` has a record: `data_slot` checked it.
+        let data = self.data_slot(i)?;
+        let Tables { records, data: slots } = self.tables.as_mut()?;
+        let (state, b) = records.slot_mut(i)?;
+        begin(state);
+        put_i32(b, FD, fd);
+        put_u32(b, DEATHS, deaths);
+        put_u64(b, SENT, sent);
+        put_u64(b, READ, read);
+        b[FLAGS] = LANDING | if answered { ANSWERED } else { 0 };
+        put_u32(b, MEMORY_LEN, 0);
+        put_u32(b, CARRIED_LEN, 0);
+        put_u32(b, DATA_SLOT, data);
+        end(state, WAITING);
+        slots.slot_mut(data as usize).map(|(_, bytes)| bytes)
+    }
+
+    /// The read [`Records::landing`] announced took `len` bytes (`read` in all now): they
+    /// are the carried request. Nothing to copy, they are in the slot already.
+    pub fn landed(&mut self, fd: RawFd, read: u64, len: usize) {
+        let Ok(i) = usize::try_from(fd) else { return };
+        if len == 0 {
+            return self.release_landing(i);
+        }
+        let Some((state, b)) = self.tables.as_mut().and_then(|t| t.records.slot_mut(i)) else { return };
+        begin(state);
+        put_u64(b, READ, read);
+        put_u32(b, CARRIED_LEN, len.min(DATA) as u32);
+        b[FLAGS] &= !LANDING;
+        end(state, WAITING);
+    }
+
+    /// Nothing landed: the slot goes back, the record stays waiting with nothing carried.
+    fn release_landing(&mut self, i: usize) {
+        if let Some((state, b)) = self.tables.as_mut().and_then(|t| t.records.slot_mut(i)) {
+            begin(state);
+            b[FLAGS] &= !LANDING;
+            put_u32(b, DATA_SLOT, NO_DATA);
+            end(state, WAITING);
+        }
+        self.release(i);
+    }
+
     pub fn response(&mut self, fd: RawFd, r: &ResponseRecord<'_>) {
         let Ok(i) = usize::try_from(fd) else { return };
         let (memory, leftover) = (r.memory.len(), r.leftover.len());
@@ -267,8 +323,11 @@ impl Found {
 /// Reads the record of `fd` from a dead worker's table. A connection with no record has
 /// arrived and not been looked at (a new connection, nothing read or sent); one beyond
 /// the table, or whose record was being written, is lost. A request that was waiting
-/// for its answer counts one more worker death.
-pub fn read(tables: &Tables, fd: RawFd) -> Found {
+/// for its answer counts one more worker death. A read that was landing is resolved by
+/// `kernel_read`, the bytes the kernel says were read from the socket: those past the
+/// record are the slot's first ones (more than the slot holds, or no count: the record
+/// as it stands, which the successor then finds short and closes).
+pub fn read(tables: &Tables, fd: RawFd, kernel_read: impl FnOnce() -> Option<u64>) -> Found {
     let Some((state, b)) = usize::try_from(fd).ok().and_then(|i| tables.records.slot(i)) else { return Found::lost() };
     let kind = state.load(Ordering::Acquire);
     let recorded_for = get_u32(b, FD) as RawFd;
@@ -290,6 +349,24 @@ pub fn read(tables: &Tables, fd: RawFd) -> Found {
             file: None,
         },
         LEAVE => Found::Leave,
+        WAITING if b[FLAGS] & LANDING != 0 => {
+            let recorded = get_u64(b, READ);
+            let landed = kernel_read()
+                .and_then(|k| k.checked_sub(recorded))
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|&n| n <= bytes.len());
+            let (read, carried) = match landed {
+                Some(n) => (recorded + n as u64, bytes[..n].to_vec()),
+                None => (recorded, Vec::new()),
+            };
+            let deaths = get_u32(b, DEATHS).saturating_add(u32::from(!carried.is_empty()));
+            let answered = b[FLAGS] & ANSWERED != 0;
+            Found::Salvage {
+                salvage: Salvage::Waiting { sent: get_u64(b, SENT), read: Some(read), deaths, answered },
+                carried,
+                file: None,
+            }
+        }
         WAITING => {
             let carried = carried();
             let deaths = get_u32(b, DEATHS).saturating_add(u32::from(!carried.is_empty()));
@@ -373,6 +450,11 @@ fn get_u64(b: &[u8], at: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record as the keeper reads it, with no kernel count to resolve a landing read.
+    fn read(t: &Tables, fd: RawFd) -> Found {
+        super::read(t, fd, || None)
+    }
 
     fn table() -> Records {
         Records::new(16).expect("table")
@@ -466,6 +548,50 @@ mod tests {
         );
         records.clear(4);
         assert_eq!(records.free.len(), 1, "a closed connection's slot is free again");
+    }
+
+    #[test]
+    fn a_read_landing_when_its_worker_died_is_what_the_kernel_counts_past_the_record() {
+        let mut records = table();
+        let request = b"GET /a HTTP/1.1\r\n\r\n";
+        let slot = records.landing(5, 300, 120, 0, true).expect("a slot");
+        slot[..request.len()].copy_from_slice(request); // as the recv would, then SIGKILL
+        let t = records.table().expect("table");
+        let read_with = |kernel: Option<u64>| super::read(t, 5, || kernel);
+        let Found::Salvage { salvage, carried, .. } = read_with(Some(120 + request.len() as u64)) else {
+            panic!("leave")
+        };
+        let want = Salvage::Waiting { sent: 300, read: Some(120 + request.len() as u64), deaths: 1, answered: true };
+        assert_eq!((salvage, carried.as_slice()), (want, &request[..]));
+        // Killed before the recv took anything: idle, whatever the slot held before.
+        let idle = Salvage::Waiting { sent: 300, read: Some(120), deaths: 0, answered: true };
+        assert_eq!(read_with(Some(120)), Found::Salvage { salvage: idle.clone(), carried: Vec::new(), file: None });
+        // A count the slot cannot explain, or none: the record as it stands (closed by the successor).
+        for kernel in [Some(120 + DATA as u64 + 1), Some(100), None] {
+            assert_eq!(read_with(kernel), Found::Salvage { salvage: idle.clone(), carried: Vec::new(), file: None });
+        }
+    }
+
+    #[test]
+    fn a_landed_read_is_carried_and_one_that_took_nothing_gives_its_slot_back() {
+        let mut records = with_data_slots(8, 1);
+        let slot = records.landing(3, 0, 0, 0, false).expect("a slot");
+        slot[..5].copy_from_slice(b"GET /");
+        records.landed(3, 5, 5);
+        let t = records.table().expect("table");
+        let Found::Salvage { salvage, carried, .. } = super::read(t, 3, || Some(999)) else { panic!("leave") };
+        let want = Salvage::Waiting { sent: 0, read: Some(5), deaths: 1, answered: false };
+        assert_eq!((salvage, carried.as_slice()), (want, &b"GET /"[..]), "no longer landing: the kernel is not asked");
+        assert!(records.landing(4, 0, 0, 0, false).is_none(), "the one slot is held by fd 3");
+        records.waiting(3, 80, 5, 0, true, b"");
+        assert!(records.landing(4, 0, 0, 0, false).is_some());
+        records.landed(4, 0, 0);
+        assert_eq!(records.free.len(), 1, "a read that took nothing holds no slot");
+        let Found::Salvage { salvage, carried, .. } = read(records.table().expect("table"), 4) else { panic!("leave") };
+        assert_eq!(
+            (salvage, carried.len()),
+            (Salvage::Waiting { sent: 0, read: Some(0), deaths: 0, answered: false }, 0)
+        );
     }
 
     #[test]

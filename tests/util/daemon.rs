@@ -194,11 +194,15 @@ impl Webd {
 
     pub fn wait_ready(&self) {
         let workers = self.workers as usize;
-        wait_until(Duration::from_secs(10), "listener, manager and all workers", || {
+        // Keepers included: a tree taken before the last one forked would lack it (a test
+        // comparing the tree before and after something saw it appear).
+        wait_until(Duration::from_secs(10), "listener, manager, all workers and their keepers", || {
             let tree = self.tree();
+            let keepers = titled_pids(&tree, |title| title.starts_with("webd: keeper")).len();
             tree.iter().filter(|p| p.argv0 == "webd: listener").count() == 1
                 && tree.iter().filter(|p| p.argv0 == "webd: manager").count() == 1
                 && worker_pids_in(&tree).len() >= workers
+                && keepers > workers
         });
         wait_until(Duration::from_secs(10), "HTTP answer", || get(self.addr(), "/index.html").is_ok());
     }
