@@ -36,6 +36,8 @@ pub fn exit_if_injected(role: Role) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerStop {
     AfterAccept,
+    /// With a whole batch accepted, before it is sent.
+    BeforeSend,
     AfterSend,
 }
 
@@ -44,6 +46,7 @@ pub fn listener_stop() -> Option<ListenerStop> {
     let text = std::fs::read_to_string(file()?).ok()?;
     text.lines().find_map(|line| match line.trim() {
         "listener-stop-after-accept" => Some(ListenerStop::AfterAccept),
+        "listener-stop-before-send" => Some(ListenerStop::BeforeSend),
         "listener-stop-after-send" => Some(ListenerStop::AfterSend),
         _ => None,
     })

@@ -1011,11 +1011,10 @@ fn a_manager_killed_while_every_worker_is_stalled_loses_no_connection() {
     kill_while_every_worker_is_stalled("webd: manager", "manager");
 }
 
-/// Starts a tree whose listener stops itself (SIGSTOP) at `point` (see `webd::fault`),
-/// makes one request on a new connection and kills the listener once it has stopped
-/// holding it. Returns the tree, the connection and the killed listener's keeper, gone
-/// by then (it has done whatever it was going to do).
-fn kill_listener_stopped_at(point: &str, request: &str) -> (Webd, Conn, i32) {
+/// A tree whose new listener will stop itself (SIGSTOP) at `point` (see `webd::fault`),
+/// drained first if asked (a drained listener accepts nothing until `resume`). Returns the
+/// tree, the fault file, the listener and its keeper.
+fn listener_to_stop_at(point: &str, drained: bool) -> (Webd, tempfile::NamedTempFile, i32, i32) {
     let fault = tempfile::NamedTempFile::new().expect("fault file");
     let webd = Webd::start_with(Options {
         // The stopped listener is ours to kill, not the daemon's.
@@ -1023,6 +1022,9 @@ fn kill_listener_stopped_at(point: &str, request: &str) -> (Webd, Conn, i32) {
         env: vec![("WEBD_FAULT_FILE".into(), fault.path().to_string_lossy().into_owned())],
         ..Default::default()
     });
+    if drained {
+        webd.ctl_ok(&["drain"]);
+    }
     // Injected once the tree is ready (readiness is a request), into a new listener.
     std::fs::write(fault.path(), format!("{point}\n")).expect("inject fault");
     let injected = webd.pid_of("webd: listener").expect("listener");
@@ -1033,8 +1035,11 @@ fn kill_listener_stopped_at(point: &str, request: &str) -> (Webd, Conn, i32) {
     let keeper = wait_for(Duration::from_secs(5), "the listener's keeper", || {
         all_processes().into_values().find(|p| p.ppid == listener && p.argv0 == "webd: keeper").map(|p| p.pid)
     });
-    let mut conn = connect(webd.addr());
-    conn.send(request.as_bytes()).expect("send request");
+    (webd, fault, listener, keeper)
+}
+
+/// Kills the listener once it has stopped itself, and waits for its keeper to be done.
+fn kill_stopped_listener(fault: &tempfile::NamedTempFile, listener: i32, keeper: i32) {
     wait_until(Duration::from_secs(5), "the listener to stop itself", || {
         read_proc(listener).is_some_and(|p| p.state == 'T')
     });
@@ -1042,6 +1047,17 @@ fn kill_listener_stopped_at(point: &str, request: &str) -> (Webd, Conn, i32) {
     std::fs::write(fault.path(), "").expect("remove fault");
     kill(listener, SIGKILL);
     wait_until(Duration::from_secs(5), "the keeper to finish", || !exists(keeper));
+}
+
+/// Starts a tree whose listener stops itself at `point`, makes one request on a new
+/// connection and kills the listener once it has stopped holding it. Returns the tree,
+/// the connection and the killed listener's keeper, gone by then (it has done whatever it
+/// was going to do).
+fn kill_listener_stopped_at(point: &str, request: &str) -> (Webd, Conn, i32) {
+    let (webd, fault, listener, keeper) = listener_to_stop_at(point, false);
+    let mut conn = connect(webd.addr());
+    conn.send(request.as_bytes()).expect("send request");
+    kill_stopped_listener(&fault, listener, keeper);
     (webd, conn, keeper)
 }
 
@@ -1049,18 +1065,29 @@ fn kill_listener_stopped_at(point: &str, request: &str) -> (Webd, Conn, i32) {
 fn a_listener_killed_between_accept_and_send_loses_no_connection() {
     let request = "GET /index.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
     let (webd, mut conn, keeper) = kill_listener_stopped_at("listener-stop-after-accept", request);
+    assert_answered_and_closed(&mut conn, "the connection the listener held");
+    assert_keeper_sent(&webd, keeper, 1);
+}
+
+/// `conn` got its page, then the server's close.
+fn assert_answered_and_closed(conn: &mut Conn, what: &str) {
     let end = conn.read_to_close(Duration::from_secs(10));
     let response = parse_response(&end.bytes).map(|(r, _)| r);
     assert!(
         end.eof && response.as_ref().is_some_and(|r| r.status == 200 && r.body == BODY),
-        "the connection the listener held died with it: eof {}, timed out {}, {} bytes",
+        "{what} died with the listener: eof {}, timed out {}, {} bytes",
         end.eof,
         end.timed_out,
         end.bytes.len()
     );
+}
+
+/// The keeper logged that it sent on `count` connections.
+fn assert_keeper_sent(webd: &Webd, keeper: i32, count: usize) {
     let log = webd.log_text();
     let word = log.lines().find(|l| l.contains("the keeper sent them on"));
-    assert!(word.is_some_and(|l| l.contains("connections=1")), "no word from keeper {keeper}:\n{log}");
+    let count = format!("connections={count}");
+    assert!(word.is_some_and(|l| l.contains(&count)), "no word from keeper {keeper} with {count}:\n{log}");
 }
 
 #[test]
@@ -1081,4 +1108,25 @@ fn a_listener_killed_after_sending_a_connection_does_not_hand_it_over_twice() {
             conn.send(request.as_bytes()).expect("next request on the same connection");
         }
     }
+}
+
+/// What one wake-up finds queued is accepted as a batch and sent in one message; a kill
+/// with a whole batch accepted and not yet sent loses none of it (the keeper sends every
+/// one on).
+#[test]
+fn a_listener_killed_holding_a_batch_of_connections_loses_none() {
+    // Drained, the new listener accepts nothing: the connections queue in the backlog
+    // and the resume finds them all at once.
+    let (webd, fault, listener, keeper) = listener_to_stop_at("listener-stop-before-send", true);
+    let request = "GET /index.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let mut conns: Vec<Conn> = (0..5).map(|_| connect(webd.addr())).collect();
+    for conn in &mut conns {
+        conn.send(request.as_bytes()).expect("send request");
+    }
+    webd.ctl_ok(&["resume"]);
+    kill_stopped_listener(&fault, listener, keeper);
+    for (n, conn) in conns.iter_mut().enumerate() {
+        assert_answered_and_closed(conn, &format!("connection {n} of the batch"));
+    }
+    assert_keeper_sent(&webd, keeper, 5);
 }

@@ -32,12 +32,6 @@ use std::time::Duration;
 /// Largest encoded message; a manager's heartbeat with a few hundred workers fits.
 pub const MAX_MESSAGE: usize = 128 * 1024;
 
-/// `Connections` of one descriptor as `Channel::send` encodes it: the count byte, then
-/// the JSON naming descriptor #0.
-const ONE_CONNECTION: &[u8] = b"\x01[0]";
-/// The same for one TLS connection.
-const ONE_TLS_CONNECTION: &[u8] = b"\x01[{\"tls\":0}]";
-
 /// The process roles below the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -278,26 +272,53 @@ impl<S: Message, R: Message> Channel<S, R> {
 }
 
 impl<R: Message> Channel<Connections<'static>, R> {
-    /// Sends one connection, pre-encoded: between the listener's accept4 and this send
-    /// the connection exists only in the listener, so nothing that can fail (or
-    /// allocate) comes before the syscall. `announce` runs right before it (see
-    /// `sys::send_with_fds_announced`).
-    pub fn send_connection_announced(
+    /// Sends connections in one message, encoded here as `Channel::send` would: between
+    /// the listener's accept4 and this send the connections exist only in the listener,
+    /// so nothing that can fail (or allocate: the buffer holds a full batch) comes before
+    /// the syscall. `announce` runs right before it (see `sys::send_with_fds_announced`).
+    pub fn send_connections_announced(
         &mut self,
-        fd: BorrowedFd<'_>,
+        fds: &[OwnedFd],
         transport: Transport,
         announce: impl FnOnce(),
     ) -> io::Result<()> {
-        let message = match transport {
-            Transport::Plain => ONE_CONNECTION,
-            Transport::Tls => ONE_TLS_CONNECTION,
-        };
-        sys::send_with_fds_announced(self.fd.as_fd(), message, &[fd], announce)
+        let mut raw = [-1 as RawFd; MAX_FDS_PER_MESSAGE];
+        let raw = raw.get_mut(..fds.len()).ok_or_else(|| io::Error::other("too many connections in one message"))?;
+        for (slot, fd) in raw.iter_mut().zip(fds) {
+            *slot = fd.as_raw_fd();
+        }
+        encode_connections(&mut self.tx, fds.len(), transport);
+        sys::send_with_raw_fds(self.fd.as_fd(), &self.tx, raw, announce)
     }
 
     pub fn send_connection(&mut self, fd: BorrowedFd<'_>, transport: Transport) -> io::Result<()> {
-        self.send_connection_announced(fd, transport, || {})
+        encode_connections(&mut self.tx, 1, transport);
+        sys::send_with_raw_fds(self.fd.as_fd(), &self.tx, &[fd.as_raw_fd()], || {})
     }
+}
+
+/// `Connections` of descriptors #0..count, all of one transport, as `Channel::send`
+/// encodes them: the count byte, then `[0,1]` (plain) or `[{"tls":0},{"tls":1}]`.
+fn encode_connections(tx: &mut Vec<u8>, count: usize, transport: Transport) {
+    tx.clear();
+    tx.push(count as u8);
+    tx.push(b'[');
+    for i in 0..count {
+        if i > 0 {
+            tx.push(b',');
+        }
+        if transport == Transport::Tls {
+            tx.extend_from_slice(b"{\"tls\":");
+        }
+        if i >= 10 {
+            tx.push(b'0' + (i / 10 % 10) as u8);
+        }
+        tx.push(b'0' + (i % 10) as u8);
+        if transport == Transport::Tls {
+            tx.push(b'}');
+        }
+    }
+    tx.push(b']');
 }
 
 impl<S, R> AsFd for Channel<S, R> {
@@ -329,23 +350,27 @@ mod tests {
     type Lane = LaneSender;
 
     #[test]
-    fn the_pre_encoded_connection_messages_are_the_encoding_of_one_connection() {
+    fn a_batch_of_connections_is_encoded_as_channel_send_encodes_it() {
         let (a, b) = sys::seqpacket_pair().expect("pair");
-        let (x, _y) = sys::seqpacket_pair().expect("pair");
         let mut lane = Lane::new(a);
         let mut reader = LaneReader::new(b);
-        for (transport, encoded) in [(Transport::Plain, ONE_CONNECTION), (Transport::Tls, ONE_TLS_CONNECTION)] {
-            lane.tx.clear();
-            lane.send(&Connections(vec![Connection::new(Fd::lend(&x), transport)])).expect("send");
-            assert_eq!(lane.tx, encoded);
-            lane.send_connection(x.as_fd(), transport).expect("send");
-            for _ in 0..2 {
-                match reader.recv() {
-                    Ok(Recv::Message(Connections(conns))) => {
-                        assert_eq!(conns.len(), 1);
-                        assert_eq!(conns[0].transport, transport);
+        let conns: Vec<OwnedFd> = (0..MAX_FDS_PER_MESSAGE).map(|_| sys::seqpacket_pair().expect("pair").0).collect();
+        for transport in [Transport::Plain, Transport::Tls] {
+            for n in [1, 2, 9, 10, 11, 16, MAX_FDS_PER_MESSAGE] {
+                let batch = &conns[..n];
+                lane.send(&Connections(batch.iter().map(|fd| Connection::new(Fd::lend(fd), transport)).collect()))
+                    .expect("send");
+                let by_serde = lane.tx.clone();
+                lane.send_connections_announced(batch, transport, || {}).expect("send");
+                assert_eq!(String::from_utf8_lossy(&lane.tx), String::from_utf8_lossy(&by_serde), "{n} {transport:?}");
+                for _ in 0..2 {
+                    match reader.recv() {
+                        Ok(Recv::Message(Connections(got))) => {
+                            assert_eq!(got.len(), n);
+                            assert!(got.iter().all(|c| c.transport == transport));
+                        }
+                        other => panic!("unexpected {other:?}"),
                     }
-                    other => panic!("unexpected {other:?}"),
                 }
             }
         }

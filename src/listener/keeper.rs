@@ -2,14 +2,15 @@
 //! connection the listener accepted but had not yet sent into a lane outlives the
 //! listener, whatever kills it, and is sent on.
 //!
-//! Per connection the listener stores two words in a page it shares with the keeper: the
-//! lane it will send into (before `accept4`) and the connection it is sending (just
-//! before `sendmsg`, cleared once it has closed its copy). When the listener dies, the
-//! keeper takes every accepted connection left in the table except the one being sent
-//! (the kernel has queued that one already, unless the listener died in the few
-//! instructions before the syscall) and sends them into that lane, each marked TLS or
+//! Per batch of connections the listener stores words in a page it shares with the
+//! keeper: the lane it will send into (before the first `accept4`) and the connections it
+//! is sending (just before `sendmsg`, cleared once it has closed its copies). When the
+//! listener dies, the keeper takes every accepted connection left in the table except
+//! those being sent (the kernel has queued them already, unless the listener died in the
+//! few instructions before the syscall) and sends them into that lane, each marked TLS or
 //! not by the listening socket its local address belongs to.
 
+use super::ACCEPT_BATCH;
 use crate::ipc::{LaneSender, Transport};
 use crate::sys::shared_table::{self, SharedWords};
 use anyhow::Context;
@@ -17,14 +18,16 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Shared word: the lane the next connection goes to.
+/// Shared word: the lane the next connections go to.
 const LANE: usize = 0;
-/// Shared word: the connection being sent, or -1.
+/// Shared words from here: the connections being sent, then -1s.
 const SENDING: usize = 1;
+/// How many words there are.
+const WORDS: usize = SENDING + ACCEPT_BATCH;
 /// How long the keeper waits for room in the lane before giving a connection up.
 const ROOM_WAIT: Duration = Duration::from_secs(2);
 /// What `ps` shows for the keeper (not `webd: listener`, which names the listener alone).
@@ -63,7 +66,7 @@ impl Keeper {
     /// tries again.
     pub fn start(sockets: Sockets) -> Keeper {
         let words =
-            SharedWords::new(2).inspect_err(|e| tracing::error!(error = %e, "no page to share with a keeper")).ok();
+            SharedWords::new(WORDS).inspect_err(|e| tracing::error!(error = %e, "no page to share with a keeper")).ok();
         let mut keeper = Keeper { words, pid: None, sockets };
         keeper.spawn();
         keeper
@@ -106,14 +109,19 @@ impl Keeper {
         self.store(LANE, lane);
     }
 
-    /// The connection at `fd` is about to be sent: from here the kernel may hold it.
-    pub fn sending(&self, fd: RawFd) {
-        self.store(SENDING, fd);
+    /// The connections `fds` are about to be sent: from here the kernel may hold them.
+    pub fn sending(&self, fds: &[OwnedFd]) {
+        for (i, fd) in fds.iter().take(ACCEPT_BATCH).enumerate() {
+            self.store(SENDING + i, fd.as_raw_fd());
+        }
     }
 
-    /// The connection being sent is no longer in our table, or was not sent after all.
-    pub fn not_sending(&self) {
-        self.store(SENDING, -1);
+    /// The `count` connections being sent are no longer in our table, or were not sent
+    /// after all.
+    pub fn not_sending(&self, count: usize) {
+        for i in 0..count.min(ACCEPT_BATCH) {
+            self.store(SENDING + i, -1);
+        }
     }
 
     fn store(&self, word: usize, value: RawFd) {
@@ -149,8 +157,11 @@ fn run(listener: Pid, words: &SharedWords, sockets: &Sockets) -> i32 {
 /// Sends every connection the dead listener left in the table into its chosen lane.
 fn rescue(words: &SharedWords, sockets: &Sockets) -> anyhow::Result<usize> {
     let lane = words.word(LANE).load(Ordering::Acquire);
-    let sending = words.word(SENDING).load(Ordering::Acquire);
-    let held = shared_table::orphaned_connections(sending).context("listing the listener's descriptors")?;
+    let mut sending = [-1; ACCEPT_BATCH];
+    for (i, fd) in sending.iter_mut().enumerate() {
+        *fd = words.word(SENDING + i).load(Ordering::Acquire);
+    }
+    let held = shared_table::orphaned_connections(&sending).context("listing the listener's descriptors")?;
     if held.is_empty() {
         return Ok(0);
     }

@@ -5,9 +5,11 @@
 //! It never owns the port: the daemon does, so while a listener restarts the kernel
 //! keeps queueing connections in the backlog. It accepts only when a lane has room, so
 //! it never holds a connection waiting for one; when every lane is full or fds run out
-//! (EMFILE/ENFILE), it pauses accepting instead of spinning. Between `accept4` and the
-//! send a connection exists only in our descriptor table, which a [`keeper`] child shares:
-//! if we die in that window, the keeper sends the connection on.
+//! (EMFILE/ENFILE), it pauses accepting instead of spinning. What one wake-up finds queued
+//! goes in batches, one `sendmsg` each (one lane-room check, one message for the worker
+//! to read). Between `accept4` and the send a connection exists only in our descriptor
+//! table, which a [`keeper`] child shares: if we die in that window, the keeper sends the
+//! connection on.
 
 mod keeper;
 
@@ -39,6 +41,8 @@ const STICKY_RUN: u32 = 16;
 /// worker serves (a new worker after `scale` at once), and only a stream of connections
 /// arriving faster than a worker sleeps is kept together.
 const STICKY_WINDOW: Duration = Duration::from_micros(250);
+/// The most connections accepted before they are sent, in one message: a run at most.
+pub const ACCEPT_BATCH: usize = STICKY_RUN as usize;
 /// How often the listener makes sure its keeper lives.
 const KEEPER_CHECK: Duration = Duration::from_millis(200);
 
@@ -82,11 +86,17 @@ impl Run {
         run.filter(|run| run.length < STICKY_RUN && now.saturating_duration_since(run.last) < STICKY_WINDOW)
     }
 
-    /// The run once a connection went to `lane`: the one under way longer, or a new one.
-    fn after(run: Option<Run>, lane: usize) -> Run {
+    /// The run once `sent` connections went to `lane`: the one under way longer, or a
+    /// new one.
+    fn after(run: Option<Run>, lane: usize, sent: u32) -> Run {
         let now = Instant::now();
-        let length = Run::going_on(run, now).filter(|r| r.lane == lane).map_or(1, |r| r.length + 1);
-        Run { lane, length, last: now }
+        let length = Run::going_on(run, now).filter(|r| r.lane == lane).map_or(0, |r| r.length);
+        Run { lane, length: length + sent, last: now }
+    }
+
+    /// How many more connections the run may take.
+    fn room(run: Option<Run>, lane: usize) -> u32 {
+        run.filter(|r| r.lane == lane).map_or(STICKY_RUN, |r| STICKY_RUN.saturating_sub(r.length))
     }
 }
 
@@ -113,6 +123,19 @@ struct Listener {
     stop_at: Option<ListenerStop>,
     /// The run of connections sent to one lane (see [`STICKY_RUN`]).
     run: Option<Run>,
+    /// Connections accepted and not yet sent (at most [`ACCEPT_BATCH`]; kept for its
+    /// capacity).
+    batch: Vec<OwnedFd>,
+}
+
+/// How accepting a batch ended.
+enum Accepted {
+    /// The batch is full; more may be queued.
+    Full,
+    /// Nothing more is queued on this socket now (or a transient error).
+    Drained,
+    /// Out of descriptors.
+    OutOfFds(io::Error),
 }
 
 pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
@@ -156,6 +179,7 @@ pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
         lane_tokens,
         stop_at: fault::listener_stop(),
         run: None,
+        batch: Vec::with_capacity(ACCEPT_BATCH),
     };
     // The daemon sends the lanes right after the bootstrap.
     me.handle_control(event_loop.registry())?;
@@ -331,57 +355,81 @@ impl Listener {
                     return;
                 };
                 self.keeper.before_accept(self.lane_fd(lane));
-                let (socket, transport) = &self.listen[i];
-                match crate::sys::net::accept(socket.as_fd()) {
-                    Ok(fd) => {
-                        self.figures.accepted += 1;
-                        fault::stop_if(self.stop_at, ListenerStop::AfterAccept);
-                        self.send(lane, fd, *transport);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if crate::sys::net::is_fd_exhaustion(&e) => {
+                let accepted = self.accept_batch(i, Run::room(Run::going_on(self.run, Instant::now()), lane));
+                self.send_batch(lane, self.listen[i].1);
+                match accepted {
+                    Accepted::Full => {}
+                    Accepted::Drained => break,
+                    Accepted::OutOfFds(e) => {
                         self.on_fd_exhaustion(&e);
                         return;
-                    }
-                    // The client gave up before we accepted (ECONNABORTED) or a
-                    // transient network error: the next accept is unaffected.
-                    Err(e) => {
-                        tracing::debug!(error = %e, "accept failed");
-                        break;
                     }
                 }
             }
         }
     }
 
+    /// Accepts up to `room` connections (at least one) on socket `i` into the batch.
+    fn accept_batch(&mut self, i: usize, room: u32) -> Accepted {
+        let room = (room.max(1) as usize).min(ACCEPT_BATCH);
+        let socket = self.listen[i].0.as_fd();
+        while self.batch.len() < room {
+            match crate::sys::net::accept(socket) {
+                Ok(fd) => {
+                    self.figures.accepted += 1;
+                    self.batch.push(fd);
+                    fault::stop_if(self.stop_at, ListenerStop::AfterAccept);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::Drained,
+                Err(e) if crate::sys::net::is_fd_exhaustion(&e) => return Accepted::OutOfFds(e),
+                // The client gave up before we accepted (ECONNABORTED) or a transient
+                // network error: the next accept is unaffected.
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    return Accepted::Drained;
+                }
+            }
+        }
+        Accepted::Full
+    }
+
     fn lane_fd(&self, index: usize) -> RawFd {
         self.lanes.get(index).and_then(Option::as_ref).map_or(-1, |l| l.channel.raw_fd())
     }
 
-    /// Hands a connection to a worker's lane at once: between accept and send it exists
-    /// only in this process's descriptor table (and the keeper's, which shares it).
-    fn send(&mut self, index: usize, fd: OwnedFd, transport: Transport) {
+    /// Hands the batch to a worker's lane at once, in one message: between accept and
+    /// send its connections exist only in this process's descriptor table (and the
+    /// keeper's, which shares it).
+    fn send_batch(&mut self, index: usize, transport: Transport) {
+        if self.batch.is_empty() {
+            return;
+        }
+        fault::stop_if(self.stop_at, ListenerStop::BeforeSend);
         let Some(lane) = self.lanes.get_mut(index).and_then(Option::as_mut) else { return };
-        let (keeper, raw) = (&self.keeper, fd.as_raw_fd());
+        let (keeper, batch) = (&self.keeper, &self.batch);
+        let count = batch.len();
         // Told at the last instant before the syscall: the shorter the time the keeper
-        // believes a connection queued that is not, the rarer a kill there loses it.
-        match lane.channel.send_connection_announced(fd.as_fd(), transport, || keeper.sending(raw)) {
+        // believes connections queued that are not, the rarer a kill there loses them.
+        match lane.channel.send_connections_announced(batch, transport, || keeper.sending(batch)) {
             Ok(()) => {
-                lane.sent = lane.sent.saturating_add(1);
-                self.run = Some(Run::after(self.run, index));
+                lane.sent = lane.sent.saturating_add(count as u32);
+                self.run = Some(Run::after(self.run, index, count as u32));
                 fault::stop_if(self.stop_at, ListenerStop::AfterSend);
-                drop(fd);
-                self.keeper.not_sending();
+                self.batch.clear();
+                self.keeper.not_sending(count);
             }
             Err(e) => {
-                self.keeper.not_sending();
+                self.keeper.not_sending(count);
                 // Cannot happen while the lane had room (the daemon holds its other end).
-                // Try the other lanes rather than drop the connection.
-                tracing::error!(lane = index, error = %e, "cannot hand a connection to its lane");
+                // Try the other lanes rather than drop the connections.
+                tracing::error!(lane = index, error = %e, "cannot hand connections to their lane");
                 lane.state.open = false;
-                if let Some(other) = self.pick_lane() {
-                    self.keeper.before_accept(self.lane_fd(other));
-                    self.send(other, fd, transport);
+                match self.pick_lane() {
+                    Some(other) => {
+                        self.keeper.before_accept(self.lane_fd(other));
+                        self.send_batch(other, transport);
+                    }
+                    None => self.batch.clear(),
                 }
             }
         }

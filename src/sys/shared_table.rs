@@ -206,13 +206,14 @@ pub fn wait_for_parent_exit(pid: nix::unistd::Pid) -> io::Result<()> {
 }
 
 /// Accepted TCP connections (inet or inet6 stream sockets that are not listening) open in
-/// our descriptor table, apart from `except`. Only for a child whose table-sharing
-/// parent has died: it takes ownership of them, and nothing else in it may use them.
-pub fn orphaned_connections(except: RawFd) -> io::Result<Vec<OwnedFd>> {
+/// our descriptor table, apart from those in `except`. Only for a child whose
+/// table-sharing parent has died: it takes ownership of them, and nothing else in it may
+/// use them.
+pub fn orphaned_connections(except: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
         let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else { continue };
-        if fd == except || !super::probe_fd(fd, is_accepted_tcp) {
+        if except.contains(&fd) || !super::probe_fd(fd, is_accepted_tcp) {
             continue;
         }
         // SAFETY: the descriptor is open (it answered getsockopt as a socket) and its

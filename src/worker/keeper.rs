@@ -173,7 +173,7 @@ impl Held {
 
 /// Sends every connection the dead worker left in the table into its lane.
 fn rescue(words: &SharedWords, table: &records::Tables) -> anyhow::Result<Rescue> {
-    let found = shared_table::orphaned_connections(-1).context("listing the worker's descriptors")?;
+    let found = shared_table::orphaned_connections(&[]).context("listing the worker's descriptors")?;
     if found.is_empty() {
         return Ok(Rescue { sent: 0, left: 0 });
     }
