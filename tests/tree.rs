@@ -21,6 +21,24 @@ fn get_returns_the_files_exact_bytes_and_ps_shows_every_role() {
     }
 }
 
+/// The listener runs under `SCHED_BATCH` (woken by a connection while the cores are busy,
+/// it waits for the running worker to yield instead of preempting it); its keeper, the
+/// manager and the workers keep the normal policy; a listener restarted sets it again.
+#[test]
+fn the_listener_alone_runs_under_sched_batch_and_a_restarted_one_too() {
+    const BATCH: u32 = 3;
+    let webd = Webd::start();
+    let listener = webd.pid_of("webd: listener").expect("listener");
+    wait_until(Duration::from_secs(5), "the listener under SCHED_BATCH", || sched_policy(listener) == Some(BATCH));
+    for p in webd.tree().iter().filter(|p| p.pid != listener) {
+        assert_eq!(sched_policy(p.pid), Some(0), "{} ({}) left the normal policy", p.argv0, p.pid);
+    }
+    kill(listener, SIGKILL);
+    let next =
+        wait_for(Duration::from_secs(5), "a new listener", || webd.pid_of("webd: listener").filter(|p| *p != listener));
+    wait_until(Duration::from_secs(5), "the new listener under SCHED_BATCH", || sched_policy(next) == Some(BATCH));
+}
+
 #[test]
 fn listener_sigkill_under_load_fails_no_request() {
     let webd = Webd::start();

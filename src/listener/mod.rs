@@ -7,7 +7,9 @@
 //! it never holds a connection waiting for one; when every lane is full or fds run out
 //! (EMFILE/ENFILE), it pauses accepting instead of spinning. What one wake-up finds queued
 //! goes in batches, one `sendmsg` each (one lane-room check, one message for the worker
-//! to read). Between `accept4` and the send a connection exists only in our descriptor
+//! to read). It runs under `SCHED_BATCH`: woken by a connection while the cores are busy,
+//! it waits for the running worker to yield instead of preempting it, and then finds a
+//! dozen queued instead of one or two. Between `accept4` and the send a connection exists only in our descriptor
 //! table, which a [`keeper`] child shares: if we die in that window, the keeper sends the
 //! connection on.
 
@@ -153,6 +155,10 @@ pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
     tracing::info!(pid = std::process::id(), sockets = listen.len(), "listener started");
     // First, while we have one thread.
     let keeper = keeper::Keeper::start(keeper::Sockets::of(&listen));
+    // After the keeper's fork: it keeps the normal policy, to rescue at once.
+    if let Err(e) = crate::sys::process::prefer_batches() {
+        tracing::warn!(error = %e, "cannot run the listener under SCHED_BATCH: a context switch per connection or two");
+    }
 
     let mut event_loop = EventLoop::new(64).context("epoll")?;
     let control_token = event_loop.watch(control.raw_fd(), Interest::READABLE)?;

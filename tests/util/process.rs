@@ -53,6 +53,13 @@ pub fn read_proc(pid: i32) -> Option<Proc> {
     Some(Proc { pid, ppid, argv0, state })
 }
 
+/// The scheduling policy of `pid` (`/proc/PID/stat` field 41: 0 normal, 3 batch).
+pub fn sched_policy(pid: i32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the comm's last ')' start at field 3 (the state).
+    stat[stat.rfind(')')? + 2..].split_whitespace().nth(41 - 3)?.parse().ok()
+}
+
 /// True while `pid` exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     read_proc(pid).is_some_and(|p| p.state != 'Z')
