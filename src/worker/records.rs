@@ -349,30 +349,15 @@ pub fn read(tables: &Tables, fd: RawFd, kernel_read: impl FnOnce() -> Option<u64
             file: None,
         },
         LEAVE => Found::Leave,
-        WAITING if b[FLAGS] & LANDING != 0 => {
-            let recorded = get_u64(b, READ);
-            let landed = kernel_read()
-                .and_then(|k| k.checked_sub(recorded))
-                .and_then(|n| usize::try_from(n).ok())
-                .filter(|&n| n <= bytes.len());
-            let (read, carried) = match landed {
-                Some(n) => (recorded + n as u64, bytes[..n].to_vec()),
-                None => (recorded, Vec::new()),
+        WAITING => {
+            let (read, carried) = match b[FLAGS] & LANDING != 0 {
+                true => landed_bytes(get_u64(b, READ), bytes, kernel_read),
+                false => (get_u64(b, READ), carried()),
             };
             let deaths = get_u32(b, DEATHS).saturating_add(u32::from(!carried.is_empty()));
             let answered = b[FLAGS] & ANSWERED != 0;
             Found::Salvage {
                 salvage: Salvage::Waiting { sent: get_u64(b, SENT), read: Some(read), deaths, answered },
-                carried,
-                file: None,
-            }
-        }
-        WAITING => {
-            let carried = carried();
-            let deaths = get_u32(b, DEATHS).saturating_add(u32::from(!carried.is_empty()));
-            let answered = b[FLAGS] & ANSWERED != 0;
-            Found::Salvage {
-                salvage: Salvage::Waiting { sent: get_u64(b, SENT), read: Some(get_u64(b, READ)), deaths, answered },
                 carried,
                 file: None,
             }
@@ -400,6 +385,20 @@ pub fn read(tables: &Tables, fd: RawFd, kernel_read: impl FnOnce() -> Option<u64
             Found::Salvage { salvage: Salvage::Response(Box::new(in_progress)), carried: carried(), file }
         }
         _ => Found::lost(), // LOST, WRITING, or anything else
+    }
+}
+
+/// What a read landing in `slot` took when its worker died: the bytes read by then, and
+/// the slot's first bytes as many as the kernel counts read past `recorded`. None of
+/// them if the count is missing or more than the slot holds: the record as it stands.
+fn landed_bytes(recorded: u64, slot: &[u8], kernel_read: impl FnOnce() -> Option<u64>) -> (u64, Vec<u8>) {
+    let landed = kernel_read()
+        .and_then(|k| k.checked_sub(recorded))
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n <= slot.len());
+    match landed {
+        Some(n) => (recorded + n as u64, slot[..n].to_vec()),
+        None => (recorded, Vec::new()),
     }
 }
 
