@@ -224,6 +224,8 @@ fn a_killed_keeper_is_replaced_by_its_listener_and_status_follows() {
         (reported != keeper && webd.pid_of("webd: keeper") == Some(reported)).then_some(reported)
     });
     assert_eq!(read_proc(next).map(|p| p.ppid), Some(listener));
+    // Forked by a listener under SCHED_BATCH: a rescue should not wait for a CPU's slice.
+    wait_until(Duration::from_secs(5), "the new keeper under the normal policy", || sched_policy(next) == Some(0));
     assert!(!exists(keeper), "the killed keeper was not reaped");
     assert_eq!(webd.pid_of("webd: listener"), Some(listener), "the listener must be unaffected");
     let r = get(webd.addr(), "/index.html").expect("GET");

@@ -137,6 +137,10 @@ fn run(listener: Pid, words: &SharedWords, sockets: &Sockets) -> i32 {
     if let Err(e) = shared_table::retitle(TITLE) {
         tracing::warn!(error = %e, "keeper keeps the listener's title");
     }
+    // One the listener restarts inherits its SCHED_BATCH: a rescue should not wait.
+    if let Err(e) = crate::sys::process::schedule_in_batches(false) {
+        tracing::warn!(error = %e, "keeper keeps the listener's SCHED_BATCH");
+    }
     if let Err(e) = shared_table::wait_for_parent_exit(listener) {
         tracing::error!(error = %e, "keeper cannot watch the listener");
         return 1;

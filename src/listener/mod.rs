@@ -156,7 +156,7 @@ pub fn run(mut control: ListenerControl) -> anyhow::Result<()> {
     // First, while we have one thread.
     let keeper = keeper::Keeper::start(keeper::Sockets::of(&listen));
     // After the keeper's fork: it keeps the normal policy, to rescue at once.
-    if let Err(e) = crate::sys::process::prefer_batches() {
+    if let Err(e) = crate::sys::process::schedule_in_batches(true) {
         tracing::warn!(error = %e, "cannot run the listener under SCHED_BATCH: a context switch per connection or two");
     }
 

@@ -72,19 +72,23 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
-/// Puts the calling process under `SCHED_BATCH`: woken, it does not preempt the task
-/// running on its CPU, and runs once that one yields or its slice ends. For the listener:
-/// a connection arriving while the cores are busy no longer costs a context switch of its
-/// own; the listener runs a little later and takes everything queued by then in one
-/// batch. Only the CPU's order changes: the process keeps its full share of CPU time.
-pub fn prefer_batches() -> io::Result<()> {
+/// Puts the calling process under `SCHED_BATCH` (`batch`), or back under the normal
+/// policy. Under batch, woken, it does not preempt the task running on its CPU, and runs
+/// once that one yields or its slice ends. For the listener: a connection arriving while
+/// the cores are busy no longer costs a context switch of its own; the listener runs a
+/// little later and takes everything queued by then in one batch. Only the CPU's order
+/// changes: the process keeps its full share of CPU time.
+pub fn schedule_in_batches(batch: bool) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         let param = libc::sched_param { sched_priority: 0 };
+        let policy = if batch { libc::SCHED_BATCH } else { libc::SCHED_OTHER };
         // SAFETY: sched_setscheduler reads one sched_param from a pointer to a live value
-        // on our stack; pid 0 is the calling thread (the listener's only one when called).
-        nix::errno::Errno::result(unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) })?;
+        // on our stack; pid 0 is the calling thread (the process's only one when called).
+        nix::errno::Errno::result(unsafe { libc::sched_setscheduler(0, policy, &param) })?;
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = batch;
     Ok(())
 }
 
