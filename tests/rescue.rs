@@ -151,20 +151,28 @@ fn a_download_whose_file_changed_is_closed_not_continued() {
     assert_eq!(rescued(admin, "resumed"), 0.0);
 }
 
+/// One worker that aborts after a read bringing `/unrecorded` (long timeouts), and a
+/// connection whose first request was answered 200, sent with `then` after it; with the
+/// worker's pid.
+fn served_once_by_a_worker_crashing_after_reading(then: &[u8]) -> (Webd, u16, tempfile::NamedTempFile, Conn, i32) {
+    let args = ["--keepalive-timeout", "60000", "--header-timeout", "60000"].map(String::from).to_vec();
+    let (webd, admin, fault) =
+        with_fault("crash-after-read /unrecorded", Options { workers: 1, args, ..Default::default() });
+    let mut conn = connect(webd.addr());
+    conn.send(&[&b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n"[..], then].concat()).expect("first request");
+    let first = conn.response(Duration::from_secs(10)).expect("first response");
+    assert_eq!((first.status, first.body.as_slice()), (200, BODY));
+    let worker = webd.pid_of("webd: worker 0").expect("worker");
+    (webd, admin, fault, conn, worker)
+}
+
 /// A worker killed between reading a request and recording it (the fault-file line
 /// `crash-after-read`, after the `recv`): the request's first bytes were read straight
 /// into the connection's shared data slot, so its keeper finds them there (the kernel's
 /// count says how many) and the successor answers the request, on the same connection.
 #[test]
 fn a_request_read_by_a_worker_killed_before_recording_it_is_answered_by_its_successor() {
-    let args = ["--keepalive-timeout", "60000", "--header-timeout", "60000"].map(String::from).to_vec();
-    let (webd, admin, _fault) =
-        with_fault("crash-after-read /unrecorded", Options { workers: 1, args, ..Default::default() });
-    let mut conn = connect(webd.addr());
-    conn.send(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n").expect("first request");
-    let first = conn.response(Duration::from_secs(10)).expect("first response");
-    assert_eq!((first.status, first.body.as_slice()), (200, BODY));
-    let worker = webd.pid_of("webd: worker 0").expect("worker");
+    let (webd, admin, _fault, mut conn, worker) = served_once_by_a_worker_crashing_after_reading(b"");
     conn.send(b"GET /unrecorded HTTP/1.1\r\nHost: t\r\n\r\n").expect("second request");
     let second = conn
         .response(Duration::from_secs(10))
@@ -185,16 +193,9 @@ fn a_request_read_by_a_worker_killed_before_recording_it_is_answered_by_its_succ
 /// waiting out the keep-alive timeout.
 #[test]
 fn a_request_read_and_not_recorded_by_a_dead_worker_closes_its_connection_at_once() {
-    let args = ["--keepalive-timeout", "60000", "--header-timeout", "60000"].map(String::from).to_vec();
-    let (webd, admin, _fault) =
-        with_fault("crash-after-read /unrecorded", Options { workers: 1, args, ..Default::default() });
-    let mut conn = connect(webd.addr());
     // The second request's start arrives with the first, its rest once the first is
     // answered (the worker has read the start by then).
-    conn.send(b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\nGET /unrec").expect("first request");
-    let first = conn.response(Duration::from_secs(10)).expect("first response");
-    assert_eq!((first.status, first.body.as_slice()), (200, BODY));
-    let worker = webd.pid_of("webd: worker 0").expect("worker");
+    let (webd, admin, _fault, mut conn, worker) = served_once_by_a_worker_crashing_after_reading(b"GET /unrec");
     conn.send(b"orded HTTP/1.1\r\nHost: t\r\n\r\n").expect("second request's rest");
     let end = conn.read_to_close(Duration::from_secs(10));
     assert!(!end.timed_out, "the connection was left open with its request unanswered");

@@ -9,9 +9,9 @@
 //! goes in batches, one `sendmsg` each (one lane-room check, one message for the worker
 //! to read). It runs under `SCHED_BATCH`: woken by a connection while the cores are busy,
 //! it waits for the running worker to yield instead of preempting it, and then finds a
-//! dozen queued instead of one or two. Between `accept4` and the send a connection exists only in our descriptor
-//! table, which a [`keeper`] child shares: if we die in that window, the keeper sends the
-//! connection on.
+//! dozen queued instead of one or two. Between `accept4` and the send a connection exists
+//! only in our descriptor table, which a [`keeper`] child shares: if we die in that
+//! window, the keeper sends the connection on.
 
 mod keeper;
 

@@ -179,12 +179,12 @@ impl Slot {
         first
     }
 
-    /// True once the current process has sent a heartbeat.
     /// Spawned, and no heartbeat from it yet.
     pub fn is_coming_up(&self) -> bool {
         self.pid.is_some() && !self.got_heartbeat
     }
 
+    /// True once the current process has sent a heartbeat.
     pub fn is_up(&self) -> bool {
         self.pid.is_some() && self.got_heartbeat
     }

@@ -41,10 +41,15 @@ pub fn all_processes() -> HashMap<i32, Proc> {
     out
 }
 
-pub fn read_proc(pid: i32) -> Option<Proc> {
+/// The fields of `/proc/PID/stat` after the comm, from field 3 (the state) on: the comm
+/// may contain spaces, the fields after its last ')' are fixed.
+fn stat_after_comm(pid: i32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm may contain spaces: fields after the last ')' are fixed.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    Some(stat[stat.rfind(')')? + 2..].to_string())
+}
+
+pub fn read_proc(pid: i32) -> Option<Proc> {
+    let rest = stat_after_comm(pid)?;
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
@@ -55,9 +60,7 @@ pub fn read_proc(pid: i32) -> Option<Proc> {
 
 /// The scheduling policy of `pid` (`/proc/PID/stat` field 41: 0 normal, 3 batch).
 pub fn sched_policy(pid: i32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the comm's last ')' start at field 3 (the state).
-    stat[stat.rfind(')')? + 2..].split_whitespace().nth(41 - 3)?.parse().ok()
+    stat_after_comm(pid)?.split_whitespace().nth(41 - 3)?.parse().ok()
 }
 
 /// True while `pid` exists and is not a zombie.
