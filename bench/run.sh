@@ -13,6 +13,8 @@
 #   SERVERS        space/comma separated subset of: webd webd-old nginx h2o lighttpd
 #                                                        (default: webd nginx h2o lighttpd)
 #   ROUNDS         rounds per scenario; each round runs every server once         (default 3)
+#   ROUNDS_10M     rounds of 10m and tls-10m, whose per-run server CPU is two-moded
+#                  (bench/README.md "10 MiB")                   (default ROUNDS, at least 9)
 #   DURATION       wrk duration per run, e.g. 10, 10s, 1m                         (default 10s)
 #   THREADS        wrk threads                                                    (default 2)
 #   SCENARIOS      space/comma separated subset of the scenarios below            (default all)
@@ -70,7 +72,11 @@
 # server is started with setsid; /proc/PID/stat field 6), read before and after each wrk
 # run, divided by the requests wrk completed. The load generator shares the cores, so this
 # is the figure that says what a request costs the server. Processes are never looked up by
-# name: only the sessions of the pids this script started.
+# name: only the sessions of the pids this script started. The load generator's own CPU
+# (its utime + stime, from the cutime + cstime of the subshell that waited for it) is
+# reported beside it, and the sum: on loopback the kernel runs part of one side's TCP work
+# in the other's context (a segment's receive in its sender's, a send an ACK releases in
+# the ACK's sender's), so only the sum is the whole machine's cost of a request.
 #
 # Within a round the order rotates (round 1: SERVERS in order, round 2 starts with the
 # second, ...; with two servers it alternates) so slow drift of the shared machine does not
@@ -88,6 +94,7 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 
 ROUNDS=${ROUNDS:-3}
+ROUNDS_10M=${ROUNDS_10M:-$((ROUNDS > 9 ? ROUNDS : 9))}
 DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
 ALL_SCENARIOS="idle-10k tls-idle-10k keepalive-0 keepalive-1k close-1k close-1k-grouped rate-20k 10m keepalive-1k-10k text-64k-br tls-keepalive-1k tls-close-1k tls-10m"
@@ -114,6 +121,7 @@ check_int() { # check_int NAME MIN MAX: the variable NAME must be an integer in 
     printf -v "$1" '%d' "$((10#$val))"
 }
 check_int ROUNDS 1 100
+check_int ROUNDS_10M 1 100
 check_int THREADS 1 64
 check_int WORKERS 1 256
 check_int IDLE_CONNS 64 50000
@@ -299,7 +307,7 @@ version_of() {
 
 # ---------------------------------------------------------------- 2. docroot
 mkdir -p "$BENCH_OUT"
-rm -f "$BENCH_OUT"/wrk-*.txt "$BENCH_OUT/runs.tsv" "$BENCH_OUT/memory.tsv" "$BENCH_OUT/results.md" \
+rm -f "$BENCH_OUT"/wrk-*.txt "$BENCH_OUT"/wrk-*.txt.* "$BENCH_OUT/runs.tsv" "$BENCH_OUT/memory.tsv" "$BENCH_OUT/results.md" \
     "$BENCH_OUT"/*.log
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/webd-bench.XXXXXX")
 ROOT=$TMP/root
@@ -590,6 +598,32 @@ cpu_ticks() {
 }
 CLK_TCK=$(getconf CLK_TCK)
 
+# with_client_ticks FILE CMD...: runs CMD in a subshell, then writes to FILE the clock ticks
+# (utime + stime) its children used: the load generator's CPU, measured as the server's is.
+with_client_ticks() {
+    local file=$1
+    shift
+    (
+        rc=0
+        "$@" || rc=$?
+        read -r line <"/proc/$BASHPID/stat"
+        read -r -a fields <<<"${line##*) }"
+        echo $((fields[13] + fields[14])) >"$file" # cutime + cstime: waited-for children
+        exit "$rc"
+    )
+}
+
+# rounds_of SCENARIO: how many rounds it runs.
+rounds_of() {
+    case $1 in 10m | tls-10m) echo "$ROUNDS_10M" ;; *) echo "$ROUNDS" ;; esac
+}
+
+# per_request TICKS FILE: TICKS as µs per request wrk (or oha) completed in FILE.
+per_request() {
+    awk -v t="$1" -v hz="$CLK_TCK" -v n="$(requests_of "$2")" \
+        'BEGIN { if (n + 0 > 0 && t != "") printf "%.1f", t / hz / n * 1e6; else print "NA" }'
+}
+
 # memory_kb SID -> "RSS_KB PSS_KB" summed over every process in session SID.
 memory_kb() {
     local sid=$1 pid rss=0 pss=0 key value _
@@ -702,7 +736,7 @@ leave_group() {
 # run_oha SERVER DURATION OUTFILE: rate-20k; writes a wrk-like summary to OUTFILE (see parse_oha).
 run_oha() {
     local server=$1 dur=$2 outfile=$3
-    "$OHA" -z "$dur" -q "$RATE" -c 64 --no-tui --latency-correction --output-format json \
+    with_client_ticks "$outfile.client" "$OHA" -z "$dur" -q "$RATE" -c 64 --no-tui --latency-correction --output-format json \
         "http://127.0.0.1:${PORT_OF[$server]}/1k.bin" >"$outfile.json" 2>"$outfile.err" ||
         log "oha failed for $server/rate-20k (see $outfile.err)"
     # The same lines parse_wrk and requests_of read, plus the extra percentiles.
@@ -750,7 +784,7 @@ run_wrk() {
             # shellcheck disable=SC2016 # $$ and $1 are the inner shell's
             launcher=(bash -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' _ "$GROUP")
         fi
-        if ! "${launcher[@]}" wrk "${args[@]}" >"$outfile" 2>&1; then
+        if ! with_client_ticks "$outfile.client" "${launcher[@]}" wrk "${args[@]}" >"$outfile" 2>&1; then
             log "wrk failed for $server/$sc (see $outfile)"
         fi
         [[ -z $GROUP ]] || leave_group
@@ -805,23 +839,25 @@ measure_idle() {
 
 for server in "${SERVER_LIST[@]}"; do warm_up "$server"; done
 
-declare -A RPS MBPS P99 P50 P999 ERRS CPU MEM_RSS MEM_PSS MEM_KEPT MEM_AFTER MEM_BEFORE MEM_OPEN
-printf 'scenario\tround\tserver\treq_per_s\tMiB_per_s\tp99_ms\tcpu_us_per_req\terrors\terror_detail\n' >"$BENCH_OUT/runs.tsv"
+declare -A RPS MBPS P99 P50 P999 ERRS CPU CLIENT_CPU TOTAL_CPU MEM_RSS MEM_PSS MEM_KEPT MEM_AFTER MEM_BEFORE MEM_OPEN
+printf 'scenario\tround\tserver\treq_per_s\tMiB_per_s\tp99_ms\tcpu_us_per_req\terrors\terror_detail\tclient_cpu_us_per_req\n' >"$BENCH_OUT/runs.tsv"
 printf 'scenario\tserver\tround\topened\tfailed\tstill_open\trss_before_kb\trss_open_kb\trss_after_kb\tpss_before_kb\tpss_open_kb\tpss_after_kb\n' >"$BENCH_OUT/memory.tsv"
 n_servers=${#SERVER_LIST[@]}
 for sc in "${SCENARIO_LIST[@]}"; do
     for server in "${SERVER_LIST[@]}"; do
         RPS[$sc,$server]=""; MBPS[$sc,$server]=""; P99[$sc,$server]=""; ERRS[$sc,$server]=0; CPU[$sc,$server]=""
+        CLIENT_CPU[$sc,$server]=""; TOTAL_CPU[$sc,$server]=""
         P50[$sc,$server]=""; P999[$sc,$server]=""
         MEM_RSS[$sc,$server]=""; MEM_PSS[$sc,$server]=""; MEM_KEPT[$sc,$server]=""; MEM_AFTER[$sc,$server]=""
         MEM_BEFORE[$sc,$server]=""; MEM_OPEN[$sc,$server]=""
     done
-    for ((round = 1; round <= ROUNDS; round++)); do
+    rounds=$(rounds_of "$sc")
+    for ((round = 1; round <= rounds; round++)); do
         order=()
         for ((i = 0; i < n_servers; i++)); do order+=("${SERVER_LIST[(i + round - 1) % n_servers]}"); done
         for server in "${order[@]}"; do
             runs_scenario "$server" "$sc" || continue
-            log "$sc round $round/$ROUNDS: $server (${SC_CONNS[$sc]} conns)"
+            log "$sc round $round/$rounds: $server (${SC_CONNS[$sc]} conns)"
             if [[ $sc == *idle-10k ]]; then
                 measure_idle "$server" "$round" "$sc"
                 read -r _ _ _ opened _ _ rss0 rss1 rss2 pss0 pss1 pss2 < <(tail -n 1 "$BENCH_OUT/memory.tsv")
@@ -838,12 +874,15 @@ for sc in "${SCENARIO_LIST[@]}"; do
             run_wrk "$server" "$sc" "$DURATION" "$out"
             ticks_after=$(cpu_ticks "${PID[$server]}")
             read -r rps mbps p99 errs detail < <(parse_wrk "$out")
-            cpu=$(awk -v t=$((ticks_after - ticks_before)) -v hz="$CLK_TCK" -v n="$(requests_of "$out")" \
-                'BEGIN { if (n + 0 > 0) printf "%.1f", t / hz / n * 1e6; else print "NA" }')
-            log "  $server: req/s=$rps MiB/s=$mbps p99=${p99}ms cpu/req=${cpu}us errors=$errs ($detail)"
-            printf '%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$round" "$server" "$rps" "$mbps" "$p99" "$cpu" \
-                "$errs" "$detail" >>"$BENCH_OUT/runs.tsv"
+            cpu=$(per_request $((ticks_after - ticks_before)) "$out")
+            client_cpu=$(per_request "$(cat "$out.client" 2>/dev/null)" "$out")
+            total_cpu=$(awk -v a="$cpu" -v b="$client_cpu" 'BEGIN { if (a == "NA" || b == "NA") print "NA"; else printf "%.1f", a + b }')
+            log "  $server: req/s=$rps MiB/s=$mbps p99=${p99}ms cpu/req=${cpu}us (client ${client_cpu}us) errors=$errs ($detail)"
+            printf '%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$round" "$server" "$rps" "$mbps" "$p99" "$cpu" \
+                "$errs" "$detail" "$client_cpu" >>"$BENCH_OUT/runs.tsv"
             CPU[$sc,$server]+=" $cpu"
+            CLIENT_CPU[$sc,$server]+=" $client_cpu"
+            TOTAL_CPU[$sc,$server]+=" $total_cpu"
             RPS[$sc,$server]+=" $rps"
             MBPS[$sc,$server]+=" $mbps"
             P99[$sc,$server]+=" $p99"
@@ -858,16 +897,11 @@ for sc in "${SCENARIO_LIST[@]}"; do
 done
 
 # ---------------------------------------------------------------- 5. report
-# shellcheck disable=SC2086 # word splitting of the space-separated per-round lists is intended
-{
-    echo "## $(IFS=,; echo "${SERVER_LIST[*]}" | sed "s/,/, /g")"
-    echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, rounds=$ROUNDS, duration=$DURATION," \
-        "wrk threads=$THREADS, workers=$WORKERS"
-    for server in "${SERVER_LIST[@]}"; do echo "- $server: $(version_of "$server")"; done
-    echo
-    header="| µs CPU per request (median of $ROUNDS; min–max) |"
-    rule="|---|"
+# cpu_table TITLE ARRAY: one row per scenario, one column per server, of the named array's
+# per-round figures (median, min–max).
+cpu_table() {
+    local sc server row header="| $1 |" rule="|---|"
+    local -n figures=$2
     for server in "${SERVER_LIST[@]}"; do header+=" $server |"; rule+="---:|"; done
     echo "$header"
     echo "$rule"
@@ -875,11 +909,24 @@ done
         [[ $sc == *idle-10k ]] && continue
         row="| $sc |"
         for server in "${SERVER_LIST[@]}"; do
-            if [[ -z ${CPU[$sc,$server]// /} ]]; then row+=" – |"; continue; fi
-            row+=" $(fmt '%.1f' "$(median ${CPU[$sc,$server]})") ($(spread '%.1f' ${CPU[$sc,$server]})) |"
+            # shellcheck disable=SC2086 # the space-separated per-round list splits into values
+            if [[ -z ${figures[$sc,$server]// /} ]]; then row+=" – |"; continue; fi
+            # shellcheck disable=SC2086
+            row+=" $(fmt '%.1f' "$(median ${figures[$sc,$server]})") ($(spread '%.1f' ${figures[$sc,$server]})) |"
         done
         echo "$row"
     done
+}
+
+# shellcheck disable=SC2086 # word splitting of the space-separated per-round lists is intended
+{
+    echo "## $(IFS=,; echo "${SERVER_LIST[*]}" | sed "s/,/, /g")"
+    echo
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, rounds=$ROUNDS (10m: $ROUNDS_10M), duration=$DURATION," \
+        "wrk threads=$THREADS, workers=$WORKERS"
+    for server in "${SERVER_LIST[@]}"; do echo "- $server: $(version_of "$server")"; done
+    echo
+    cpu_table "µs CPU per request (median; min–max)" CPU
     for sc in "${SCENARIO_LIST[@]}"; do
         [[ $sc == *idle-10k ]] || continue
         row1="| $sc: memory per idle connection, RSS growth / connections (B) |"
@@ -895,6 +942,10 @@ done
         done
         printf '%s\n' "$row1" "$row2" "$row3" "$row4"
     done
+    echo
+    cpu_table "µs CPU per request of the load generator (median; min–max)" CLIENT_CPU
+    echo
+    cpu_table "µs CPU per request, server + load generator (median; min–max)" TOTAL_CPU
     echo
     echo "| scenario | server | req/s | p99 ms | MB/s | errors |"
     echo "|---|---|---:|---:|---:|---:|"
@@ -921,10 +972,12 @@ done
     fi
     echo
     echo "Medians over rounds. µs CPU/req = utime + stime of every process of the server's session during"
-    echo "the run / requests completed. MB/s = MiB/s (wrk Transfer/sec); errors = socket errors + responses"
-    echo ">= 400, summed over rounds (per-run detail in runs.tsv). Memory: idle-10k, $IDLE_CONNS connections"
-    echo "held idle after one GET /1k.bin each (memory.tsv). '–': the server cannot run the scenario with"
-    echo "the same files (lighttpd: no precompressed sidecars)."
+    echo "the run / requests completed; the load generator's the same of wrk (oha for rate-20k). On loopback"
+    echo "part of each side's TCP work runs in the other's context; the sum is the machine's. MB/s = MiB/s"
+    echo "(wrk Transfer/sec); errors = socket errors + responses >= 400, summed over rounds (per-run detail"
+    echo "in runs.tsv). Memory: idle-10k, $IDLE_CONNS connections held idle after one GET /1k.bin each"
+    echo "(memory.tsv). '–': the server cannot run the scenario with the same files (lighttpd: no"
+    echo "precompressed sidecars)."
     [[ -s $TMP/tls-negotiated ]] && echo "TLS: $(paste -sd ';' "$TMP/tls-negotiated")"
 } >"$BENCH_OUT/results.md"
 
