@@ -8,6 +8,7 @@
 
 use crate::util::*;
 use std::time::{Duration, Instant};
+use webd::worker::{records::DATA, READ_BUF_INITIAL};
 
 fn rescued(admin: u16, how: &str) -> f64 {
     metric(&scrape(admin), "webd_connections_rescued_total", &[("how", how)]).unwrap_or(0.0)
@@ -172,8 +173,24 @@ fn served_once_by_a_worker_crashing_after_reading(then: &[u8]) -> (Webd, u16, te
 /// count says how many) and the successor answers the request, on the same connection.
 #[test]
 fn a_request_read_by_a_worker_killed_before_recording_it_is_answered_by_its_successor() {
-    let (webd, admin, _fault, mut conn, worker) = served_once_by_a_worker_crashing_after_reading(b"");
-    conn.send(b"GET /unrecorded HTTP/1.1\r\nHost: t\r\n\r\n").expect("second request");
+    answered_by_the_successor_once_its_worker_crashed(b"", b"GET /unrecorded HTTP/1.1\r\nHost: t\r\n\r\n");
+}
+
+/// The same with a head split across reads: the read of its rest lands in the data slot
+/// after the start (copied there first), and the successor answers the whole request.
+#[test]
+fn a_split_head_read_by_a_worker_killed_before_recording_its_rest_is_answered_by_its_successor() {
+    // The second request's start arrives with the first, its rest once the first is
+    // answered (the worker has read the start by then).
+    answered_by_the_successor_once_its_worker_crashed(b"GET /unrec", b"orded HTTP/1.1\r\nHost: t\r\n\r\n");
+}
+
+/// A request for `/unrecorded` (its bytes: `start`, sent with a first request, then
+/// `rest`) kills the worker that reads its end; the successor answers it 404 on the same
+/// connection, which then serves on.
+fn answered_by_the_successor_once_its_worker_crashed(start: &[u8], rest: &[u8]) {
+    let (webd, admin, _fault, mut conn, worker) = served_once_by_a_worker_crashing_after_reading(start);
+    conn.send(rest).expect("second request");
     let second = conn
         .response(Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("no answer: {} after {} bytes\n{}", e.kind, e.received, webd.log_text()));
@@ -185,18 +202,24 @@ fn a_request_read_by_a_worker_killed_before_recording_it_is_answered_by_its_succ
     assert_eq!((third.status, third.body.as_slice()), (200, BODY));
 }
 
-/// The window that stays: a read appended to part of a request already read (pipelined
-/// here) goes to the worker's own buffer, and a worker killed before recording it leaves
-/// a record that misses those bytes. The successor sees from the kernel's count that more
+/// The window that stays: a head longer than the data slot holds is read past it into
+/// the worker's own buffer, and a worker killed before recording that read leaves a
+/// record that misses those bytes. The successor sees from the kernel's count that more
 /// was read than recorded and closes the connection at once: the client sees a close (as
 /// in the keep-alive race it retries on), not a request that nobody will ever answer
 /// waiting out the keep-alive timeout.
 #[test]
 fn a_request_read_and_not_recorded_by_a_dead_worker_closes_its_connection_at_once() {
-    // The second request's start arrives with the first, its rest once the first is
-    // answered (the worker has read the start by then).
-    let (webd, admin, _fault, mut conn, worker) = served_once_by_a_worker_crashing_after_reading(b"GET /unrec");
-    conn.send(b"orded HTTP/1.1\r\nHost: t\r\n\r\n").expect("second request's rest");
+    let (webd, admin, _fault, mut conn, worker) = served_once_by_a_worker_crashing_after_reading(b"");
+    // One write of it all: the first read fills the slot (DATA bytes, recorded), the next
+    // one, into the rest of the read buffer, cannot land in the slot, and it completes the
+    // fault's text (which ends in those bytes) before any record is written.
+    let (start, then) = ("GET /index.html HTTP/1.1\r\nHost: t\r\nX-Pad: ", "\r\nX-Then: /unrecorded");
+    const _: () = assert!(DATA < READ_BUF_INITIAL, "the second read is past the slot");
+    let text_end = (DATA + READ_BUF_INITIAL) / 2;
+    let pad = "a".repeat(text_end - start.len() - then.len());
+    let head = format!("{start}{pad}{then}\r\n\r\n");
+    conn.send(head.as_bytes()).expect("second request");
     let end = conn.read_to_close(Duration::from_secs(10));
     assert!(!end.timed_out, "the connection was left open with its request unanswered");
     assert!(end.bytes.is_empty(), "{} bytes came back for a request nobody could know", end.bytes.len());

@@ -827,8 +827,8 @@ impl Conn {
     }
 
     /// Reads more request bytes, compacting or growing the buffer as needed. A plain
-    /// connection's read with nothing unprocessed lands in its data slot first
-    /// (`Records::landing`): the caller records it with `Records::landed`.
+    /// connection's read of a request head lands in its data slot first, after the part
+    /// already read (`Records::landing`): the caller records it with `Records::landed`.
     fn fill(&mut self, stats: &mut Stats, records: &mut Records) -> io::Result<Filled> {
         if self.rstart == self.rend {
             self.rstart = 0;
@@ -846,8 +846,9 @@ impl Conn {
             }
             self.rbuf.resize(grown, 0);
         }
-        if self.tls.is_none() && self.rend == 0 && self.pending.is_none() {
-            if let Some(slot) = records.landing(self.raw_fd(), self.sent, self.read, self.deaths, self.answered) {
+        if self.tls.is_none() && self.pending.is_none() {
+            let head = self.unprocessed();
+            if let Some(slot) = records.landing(self.raw_fd(), self.sent, self.read, self.deaths, self.answered, head) {
                 let filled = self.fill_through(slot);
                 if filled.is_err() {
                     records.landed(self.raw_fd(), self.read, 0); // nothing landed
@@ -869,14 +870,14 @@ impl Conn {
         Ok(Filled { len: n, landed: false })
     }
 
-    /// The read of `fill` into the data slot, then copied to the (empty) read buffer.
+    /// The read of `fill` into the data slot, then copied to the read buffer.
     fn fill_through(&mut self, slot: &mut [u8]) -> io::Result<Filled> {
-        let room = slot.len().min(self.rbuf.len());
+        let room = slot.len().min(self.rbuf.len() - self.rend);
         let n = retry_eintr(|| (&self.sock).read(&mut slot[..room]))?;
-        self.rbuf[..n].copy_from_slice(&slot[..n]);
+        self.rbuf[self.rend..self.rend + n].copy_from_slice(&slot[..n]);
         self.drained = n > 0 && n < room;
         self.read += n as u64;
-        self.rend = n;
+        self.rend += n;
         Ok(Filled { len: n, landed: true })
     }
 

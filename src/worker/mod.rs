@@ -32,6 +32,8 @@
 pub mod access_log;
 pub mod body;
 mod buffers;
+/// How much a connection's first read takes at most (tests place bytes by it).
+pub use buffers::READ_BUF_INITIAL;
 pub mod compress_cache;
 mod conn;
 pub mod date;

@@ -22,11 +22,13 @@
 //! a worker killed between a read and its record leaves a record that misses those bytes,
 //! and the successor, finding the kernel's count (`sys::net::byte_counts`) higher, closes
 //! the connection instead of waiting for a request that was already sent. That window is
-//! closed for the common read, a request's first bytes with nothing else unprocessed:
-//! the worker reads them straight into the connection's data slot, its record saying
-//! *landing* first, so whatever moment a SIGKILL takes (during the `recv`, or after it
-//! and before the record), the bytes the kernel counts as read past the record are the
-//! slot's first ones, and the keeper takes them from there ([`read`]).
+//! closed for a plain connection's reads of a request head: the worker reads straight
+//! into the connection's data slot, after the part of the head already read (copied there
+//! first), its record saying *landing* first, so whatever moment a SIGKILL takes (during
+//! the `recv`, or after it and before the record), the bytes the kernel counts as read
+//! past the record are the ones after that part, and the keeper takes them from there
+//! ([`read`]). What stays in the window: a read of a request body, and one of a head
+//! past the slot's [`DATA`] bytes.
 //!
 //! Writing costs a few stores and one copy of the bytes (a request, or a response
 //! head): no syscall. A slot is marked *writing* first and given its kind last, so a
@@ -82,7 +84,8 @@ pub const DATA: usize = DATA_SLOT_SIZE - 8;
 const ANSWERED: u8 = 1;
 const CLOSE: u8 = 2;
 const HAS_FILE: u8 = 4;
-/// Waiting, nothing carried: a read may be landing in the data slot (see the module doc).
+/// Waiting: a read may be landing in the data slot after the carried bytes (see the module
+/// doc).
 const LANDING: u8 = 8;
 
 /// A response as a successor would continue it.
@@ -181,16 +184,29 @@ impl Records {
         }
     }
 
-    /// A read of a request's first bytes is about to land in `fd`'s data slot (nothing
-    /// read is unprocessed): records the connection as waiting with nothing carried and
-    /// the slot named, and returns the slot's bytes to read into. `None` (no table, no
-    /// slot free) leaves the record as it was: read elsewhere.
-    pub fn landing(&mut self, fd: RawFd, sent: u64, read: u64, deaths: u32, answered: bool) -> Option<&mut [u8]> {
+    /// A read of request bytes is about to land in `fd`'s data slot, after `carried`, the
+    /// part of the request read so far (usually none): records the connection as waiting
+    /// with `carried` in the slot, and returns the rest of the slot to read into. `None`
+    /// (no table, no slot free, no room after `carried`) leaves the record as it was:
+    /// read elsewhere.
+    pub fn landing(
+        &mut self,
+        fd: RawFd,
+        sent: u64,
+        read: u64,
+        deaths: u32,
+        answered: bool,
+        carried: &[u8],
+    ) -> Option<&mut [u8]> {
+        if carried.len() >= DATA {
+            return None;
+        }
         let i = usize::try_from(fd).ok()?;
         // A descriptor with a place in `held` has a record: `data_slot` checked it.
         let data = self.data_slot(i)?;
         let Tables { records, data: slots } = self.tables.as_mut()?;
         let (state, b) = records.slot_mut(i)?;
+        let (_, bytes) = slots.slot_mut(data as usize)?;
         begin(state);
         put_i32(b, FD, fd);
         put_u32(b, DEATHS, deaths);
@@ -198,36 +214,43 @@ impl Records {
         put_u64(b, READ, read);
         b[FLAGS] = LANDING | if answered { ANSWERED } else { 0 };
         put_u32(b, MEMORY_LEN, 0);
-        put_u32(b, CARRIED_LEN, 0);
+        put_u32(b, CARRIED_LEN, carried.len() as u32);
         put_u32(b, DATA_SLOT, data);
+        bytes[..carried.len()].copy_from_slice(carried);
         end(state, WAITING);
-        slots.slot_mut(data as usize).map(|(_, bytes)| bytes)
+        Some(&mut bytes[carried.len()..])
     }
 
     /// The read [`Records::landing`] announced took `len` bytes (`read` in all now): they
-    /// are the carried request. Nothing to copy, they are in the slot already.
+    /// join the carried request. Nothing to copy, they are in the slot already.
     pub fn landed(&mut self, fd: RawFd, read: u64, len: usize) {
         let Ok(i) = usize::try_from(fd) else { return };
         if len == 0 {
             return self.release_landing(i);
         }
         let Some((state, b)) = self.tables.as_mut().and_then(|t| t.records.slot_mut(i)) else { return };
+        let carried = (get_u32(b, CARRIED_LEN) as usize).saturating_add(len).min(DATA);
         begin(state);
         put_u64(b, READ, read);
-        put_u32(b, CARRIED_LEN, len.min(DATA) as u32);
+        put_u32(b, CARRIED_LEN, carried as u32);
         b[FLAGS] &= !LANDING;
         end(state, WAITING);
     }
 
-    /// Nothing landed: the slot goes back, the record stays waiting with nothing carried.
+    /// Nothing landed: the record stays waiting with what it carried, and the slot goes
+    /// back if that is nothing.
     fn release_landing(&mut self, i: usize) {
-        if let Some((state, b)) = self.tables.as_mut().and_then(|t| t.records.slot_mut(i)) {
-            begin(state);
-            b[FLAGS] &= !LANDING;
+        let Some((state, b)) = self.tables.as_mut().and_then(|t| t.records.slot_mut(i)) else { return };
+        let carries = get_u32(b, CARRIED_LEN) != 0;
+        begin(state);
+        b[FLAGS] &= !LANDING;
+        if !carries {
             put_u32(b, DATA_SLOT, NO_DATA);
-            end(state, WAITING);
         }
-        self.release(i);
+        end(state, WAITING);
+        if !carries {
+            self.release(i);
+        }
     }
 
     pub fn response(&mut self, fd: RawFd, r: &ResponseRecord<'_>) {
@@ -325,8 +348,8 @@ impl Found {
 /// the table, or whose record was being written, is lost. A request that was waiting
 /// for its answer counts one more worker death. A read that was landing is resolved by
 /// `kernel_read`, the bytes the kernel says were read from the socket: those past the
-/// record are the slot's first ones (more than the slot holds, or no count: the record
-/// as it stands, which the successor then finds short and closes).
+/// record are the slot's next ones after the carried bytes (more than the slot holds, or
+/// no count: the record as it stands, which the successor then finds short and closes).
 pub fn read(tables: &Tables, fd: RawFd, kernel_read: impl FnOnce() -> Option<u64>) -> Found {
     let Some((state, b)) = usize::try_from(fd).ok().and_then(|i| tables.records.slot(i)) else { return Found::lost() };
     let kind = state.load(Ordering::Acquire);
@@ -351,7 +374,7 @@ pub fn read(tables: &Tables, fd: RawFd, kernel_read: impl FnOnce() -> Option<u64
         LEAVE => Found::Leave,
         WAITING => {
             let (read, carried) = match b[FLAGS] & LANDING != 0 {
-                true => landed_bytes(get_u64(b, READ), bytes, kernel_read),
+                true => landed_bytes(get_u64(b, READ), &bytes[..carried_len], &bytes[carried_len..], kernel_read),
                 false => (get_u64(b, READ), carried()),
             };
             let deaths = get_u32(b, DEATHS).saturating_add(u32::from(!carried.is_empty()));
@@ -388,17 +411,23 @@ pub fn read(tables: &Tables, fd: RawFd, kernel_read: impl FnOnce() -> Option<u64
     }
 }
 
-/// What a read landing in `slot` took when its worker died: the bytes read by then, and
-/// the slot's first bytes as many as the kernel counts read past `recorded`. None of
-/// them if the count is missing or more than the slot holds: the record as it stands.
-fn landed_bytes(recorded: u64, slot: &[u8], kernel_read: impl FnOnce() -> Option<u64>) -> (u64, Vec<u8>) {
+/// What a read landing in `rest` (the slot after the `carried` bytes) took when its worker
+/// died: the bytes read by then, and `carried` with as many of `rest`'s first bytes as
+/// the kernel counts read past `recorded`. Just `carried` if the count is missing or more
+/// than the slot holds: the record as it stands.
+fn landed_bytes(
+    recorded: u64,
+    carried: &[u8],
+    rest: &[u8],
+    kernel_read: impl FnOnce() -> Option<u64>,
+) -> (u64, Vec<u8>) {
     let landed = kernel_read()
         .and_then(|k| k.checked_sub(recorded))
         .and_then(|n| usize::try_from(n).ok())
-        .filter(|&n| n <= slot.len());
+        .filter(|&n| n <= rest.len());
     match landed {
-        Some(n) => (recorded + n as u64, slot[..n].to_vec()),
-        None => (recorded, Vec::new()),
+        Some(n) => (recorded + n as u64, [carried, &rest[..n]].concat()),
+        None => (recorded, carried.to_vec()),
     }
 }
 
@@ -553,7 +582,7 @@ mod tests {
     fn a_read_landing_when_its_worker_died_is_what_the_kernel_counts_past_the_record() {
         let mut records = table();
         let request = b"GET /a HTTP/1.1\r\n\r\n";
-        let slot = records.landing(5, 300, 120, 0, true).expect("a slot");
+        let slot = records.landing(5, 300, 120, 0, true, b"").expect("a slot");
         slot[..request.len()].copy_from_slice(request); // as the recv would, then SIGKILL
         let t = records.table().expect("table");
         let read_with = |kernel: Option<u64>| super::read(t, 5, || kernel);
@@ -572,18 +601,40 @@ mod tests {
     }
 
     #[test]
+    fn a_read_landing_after_part_of_a_head_carries_both_parts_and_one_that_took_nothing_keeps_the_part() {
+        let mut records = with_data_slots(8, 1);
+        let (start, rest) = (&b"GET /split"[..], &b"-head HTTP/1.1\r\n\r\n"[..]);
+        records.waiting(3, 40, 50, 0, true, start); // the head's start, read and recorded
+        let slot = records.landing(3, 40, 50, 0, true, start).expect("the slot it holds");
+        assert_eq!(slot.len(), DATA - start.len(), "the read lands after the part carried");
+        slot[..rest.len()].copy_from_slice(rest); // as the recv would, then SIGKILL
+        let t = records.table().expect("table");
+        let read_with = |kernel: u64| super::read(t, 3, || Some(kernel));
+        let Found::Salvage { salvage, carried, .. } = read_with(50 + rest.len() as u64) else { panic!("leave") };
+        let want = Salvage::Waiting { sent: 40, read: Some(50 + rest.len() as u64), deaths: 1, answered: true };
+        assert_eq!((salvage, carried), (want, [start, rest].concat()));
+        let Found::Salvage { carried, .. } = read_with(50) else { panic!("leave") };
+        assert_eq!(carried, start, "killed before the recv took anything: the part read before");
+        records.landed(3, 50, 0);
+        assert!(records.free.is_empty(), "the part carried keeps its slot");
+        let Found::Salvage { carried, .. } = read(records.table().expect("table"), 3) else { panic!("leave") };
+        assert_eq!(carried, start);
+        assert!(records.landing(3, 40, 50, 0, true, &[b'a'; DATA]).is_none(), "no room after a full slot");
+    }
+
+    #[test]
     fn a_landed_read_is_carried_and_one_that_took_nothing_gives_its_slot_back() {
         let mut records = with_data_slots(8, 1);
-        let slot = records.landing(3, 0, 0, 0, false).expect("a slot");
+        let slot = records.landing(3, 0, 0, 0, false, b"").expect("a slot");
         slot[..5].copy_from_slice(b"GET /");
         records.landed(3, 5, 5);
         let t = records.table().expect("table");
         let Found::Salvage { salvage, carried, .. } = super::read(t, 3, || Some(999)) else { panic!("leave") };
         let want = Salvage::Waiting { sent: 0, read: Some(5), deaths: 1, answered: false };
         assert_eq!((salvage, carried.as_slice()), (want, &b"GET /"[..]), "no longer landing: the kernel is not asked");
-        assert!(records.landing(4, 0, 0, 0, false).is_none(), "the one slot is held by fd 3");
+        assert!(records.landing(4, 0, 0, 0, false, b"").is_none(), "the one slot is held by fd 3");
         records.waiting(3, 80, 5, 0, true, b"");
-        assert!(records.landing(4, 0, 0, 0, false).is_some());
+        assert!(records.landing(4, 0, 0, 0, false, b"").is_some());
         records.landed(4, 0, 0);
         assert_eq!(records.free.len(), 1, "a read that took nothing holds no slot");
         let Found::Salvage { salvage, carried, .. } = read(records.table().expect("table"), 4) else { panic!("leave") };
