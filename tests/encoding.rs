@@ -328,3 +328,41 @@ fn responses_are_counted_by_encoding() {
         now.iter().zip(&before).map(|(n, b)| n - b).collect::<Vec<_>>() == wanted
     });
 }
+
+/// A sidecar is kept open by the worker's open-file cache, as its file is (a hot `.br`
+/// costs no `openat2` per request), and never served stale from it: renamed over with the
+/// same length and mtime, rewritten in place, or deleted (then the file is compressed on
+/// the fly), on the same keep-alive connection.
+#[test]
+fn a_cached_sidecar_replaced_rewritten_or_deleted_is_never_served_stale() {
+    let webd = start(&[], None);
+    let css = text(6000, 5);
+    write_at(&webd, "site.css", &css, 0);
+    write_at(&webd, "site.css.br", b"brotli version 1", 0);
+    let mut conn = connect(webd.addr());
+    let mut get_br = |what: &str| {
+        conn.send(b"GET /site.css HTTP/1.1\r\nHost: t\r\nAccept-Encoding: br\r\n\r\n").expect("request");
+        let response = conn.response(LIMIT).unwrap_or_else(|e| panic!("{what}: {}", e.kind));
+        assert_eq!((response.status, response.header("Content-Encoding")), (200, Some("br")), "{what}");
+        response.body
+    };
+    for _ in 0..3 {
+        assert_eq!(get_br("hot"), b"brotli version 1");
+    }
+    let worker = webd.pid_of("webd: worker 0").expect("worker");
+    let held = std::fs::read_dir(format!("/proc/{worker}/fd"))
+        .expect("the worker's fds")
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|target| target.ends_with("site.css.br"));
+    assert!(held, "the worker does not hold the sidecar open");
+
+    write_at(&webd, ".staged", b"brotli version 2", 0); // same length and mtime, another inode
+    std::fs::rename(webd.root.join(".staged"), webd.root.join("site.css.br")).expect("rename over");
+    assert_eq!(get_br("after a rename over"), b"brotli version 2");
+    write_at(&webd, "site.css.br", b"brotli version 3", 0);
+    assert_eq!(get_br("after a rewrite in place"), b"brotli version 3");
+    std::fs::remove_file(webd.root.join("site.css.br")).expect("remove");
+    let compressed = get_br("after a delete");
+    assert_eq!(decode("br", &compressed), css, "the file compressed on the fly");
+}

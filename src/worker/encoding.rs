@@ -11,7 +11,8 @@
 //!   an error; when nothing acceptable is left, identity is sent anyway (§12.5.3).
 //! - Precompressed sidecars first: `FILE.br`, `FILE.zst`, `FILE.gz`, tried in the order of
 //!   the client's weights (ties: br, zstd, gzip), opened beneath the root like any file
-//!   (`path::open_regular_or_directory`), used when a regular file not older than FILE. Served
+//!   and kept in the open-file cache like it (`path::open_cached_regular`), used when a
+//!   regular file not older than FILE. Served
 //!   with sendfile and Range like FILE, with the sidecar's own validators and the coding
 //!   appended to the ETag.
 //! - Without an acceptable sidecar, a file of at least [`MIN_COMPRESS`] bytes and at most
@@ -23,14 +24,15 @@
 //!
 //! Cost per request: a sidecar that does not exist is one failed `openat2`; the cache
 //! remembers for [`PROBE_TTL_SECS`] which sidecars a file version lacked, so a hot file
-//! without sidecars costs one hash lookup and no syscall beyond the file's own open.
+//! without sidecars costs one hash lookup and no syscall beyond the file's own open. A hot
+//! sidecar costs a hash lookup too, and one `fstatat` per event-loop pass.
 
 use std::fs::{File, Metadata};
 use std::os::unix::fs::MetadataExt;
 use std::rc::Rc;
 
 use super::compress_cache::{CompressCache, Version};
-use super::path::{open_regular_or_directory, Root};
+use super::path::{open_cached_regular, Root};
 use crate::figures::ByEncoding;
 
 /// Smallest file compressed on the fly: below this, headers outweigh the gain.
@@ -280,13 +282,7 @@ pub fn represent<'a>(
         match open_sidecar(root, path, name_len, coding, &meta) {
             Some((sidecar, sidecar_meta)) => {
                 let len = sidecar_meta.len();
-                return Representation {
-                    content: Content::File(Rc::new(sidecar)),
-                    meta: sidecar_meta,
-                    len,
-                    coding,
-                    vary: true,
-                };
+                return Representation { content: Content::File(sidecar), meta: sidecar_meta, len, coding, vary: true };
             }
             None => absent |= bit,
         }
@@ -309,25 +305,26 @@ pub fn represent<'a>(
     }
 }
 
-/// Opens `FILE` + the coding's suffix beneath the root, if it is a regular file at least
-/// as new as FILE (to the second). `path` holds FILE's path and a NUL, and does so again afterwards.
+/// Opens `FILE` + the coding's suffix beneath the root (through the open-file cache), if
+/// it is a regular file at least as new as FILE (to the second). `path` holds FILE's path
+/// and a NUL, and does so again afterwards.
 fn open_sidecar(
     root: &Root,
     path: &mut Vec<u8>,
     name_len: usize,
     coding: Coding,
     file_meta: &Metadata,
-) -> Option<(File, Metadata)> {
+) -> Option<(Rc<File>, Metadata)> {
     path.truncate(name_len);
     path.extend_from_slice(coding.suffix());
-    let opened = open_regular_or_directory(root, path).ok();
+    let opened = open_cached_regular(root, path);
     path.truncate(name_len);
     path.push(0);
     let (sidecar, meta) = opened?;
     // Whole seconds: `brotli -k`, tar and many deploy tools copy a file's mtime without its
     // nanoseconds, and such a sidecar is as fresh as its file, not older.
     let not_older = meta.mtime() >= file_meta.mtime();
-    (meta.is_file() && not_older).then_some((sidecar, meta))
+    not_older.then_some((sidecar, meta))
 }
 
 #[cfg(test)]

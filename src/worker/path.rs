@@ -361,9 +361,26 @@ fn cached_file(root: &Root, names_directory: bool, scratch: &mut Vec<u8>) -> Opt
     root.files.get(root.dir.as_fd(), &scratch[..path_len], relative)
 }
 
+/// The regular file at the absolute normalized path in `scratch`, from the root's
+/// open-file cache, or opened beneath the root and kept there: how `encoding` opens a
+/// file's sidecars, so a hot sidecar costs what its file does (no `openat2`, `statx` and
+/// `close` per request). Leaves `scratch` holding the path and a NUL. `None`: no regular
+/// file there that may be opened.
+pub fn open_cached_regular(root: &Root, scratch: &mut Vec<u8>) -> Option<(Rc<File>, Metadata)> {
+    let path_len = scratch.len();
+    if let Some(hit) = cached_file(root, false, scratch) {
+        return Some(hit);
+    }
+    scratch.truncate(path_len);
+    let (file, meta) = open_regular_or_directory(root, scratch).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    Some((root.files.insert(&scratch[..path_len], file, &meta), meta))
+}
+
 /// Opens the absolute normalized path in `scratch` beneath the root and `fstat`s it.
-/// Leaves a NUL terminator (and `.` for the root itself) appended to `scratch`. Also the
-/// way `encoding` opens a file's sidecars.
+/// Leaves a NUL terminator (and `.` for the root itself) appended to `scratch`.
 pub fn open_regular_or_directory(root: &Root, scratch: &mut Vec<u8>) -> Result<(File, Metadata), Refusal> {
     if scratch.len() == 1 {
         scratch.push(b'.'); // The root itself: openat2 refuses an empty path.
