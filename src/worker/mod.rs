@@ -32,7 +32,7 @@
 pub mod access_log;
 pub mod body;
 mod buffers;
-/// How much a connection's first read takes at most (tests place bytes by it).
+/// A fresh read buffer's length (tests place a request's bytes by it).
 pub use buffers::READ_BUF_INITIAL;
 pub mod compress_cache;
 mod conn;
