@@ -275,7 +275,7 @@ impl<R: Message> Channel<Connections<'static>, R> {
     /// Sends connections in one message, encoded here as `Channel::send` would: between
     /// the listener's accept4 and this send the connections exist only in the listener,
     /// so nothing that can fail (or allocate: the buffer holds a full batch) comes before
-    /// the syscall. `announce` runs right before it (see `sys::send_with_fds_announced`).
+    /// the syscall. `announce` runs right before it (see `sys::send_with_raw_fds`).
     pub fn send_connections_announced(
         &mut self,
         fds: &[OwnedFd],

@@ -37,29 +37,16 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Sends one message with `fds` attached. Never blocks: a full peer gives `WouldBlock`.
 pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    send_with_fds_announced(sock, bytes, fds, || {})
+    send_with_raw_fds(sock, bytes, &fds.iter().map(|fd| fd.as_raw_fd()).collect::<Vec<_>>(), || {})
 }
 
-/// As [`send_with_fds`], calling `announce` once the message is built, right before the
-/// syscall. Nothing but libc's wrapper then lies between `announce` and the kernel taking
-/// its references to the fds (a SIGKILL is acted on only when the syscall returns): the
-/// listener's keeper relies on that to know which connection was already queued.
-pub fn send_with_fds_announced(
-    sock: BorrowedFd<'_>,
-    bytes: &[u8],
-    fds: &[BorrowedFd<'_>],
-    announce: impl FnOnce(),
-) -> io::Result<()> {
-    match fds {
-        [] => send_with_raw_fds(sock, bytes, &[], announce),
-        [one] => send_with_raw_fds(sock, bytes, &[one.as_raw_fd()], announce),
-        many => send_with_raw_fds(sock, bytes, &many.iter().map(|fd| fd.as_raw_fd()).collect::<Vec<_>>(), announce),
-    }
-}
-
-/// As [`send_with_fds_announced`], with descriptors by number: for a caller whose types
-/// keep them open for the call (a message that borrows or owns them). A number that is
-/// not open fails the send (EBADF); the kernel checks every one.
+/// As [`send_with_fds`], with descriptors by number, for a caller whose types keep them
+/// open for the call (a message that borrows or owns them; a number that is not open
+/// fails the send, EBADF: the kernel checks every one), and calling `announce` once the
+/// message is built, right before the syscall. Nothing but libc's wrapper then lies
+/// between `announce` and the kernel taking its references to the fds (a SIGKILL is acted
+/// on only when the syscall returns): the listener's keeper relies on that to know which
+/// connections were already queued.
 pub fn send_with_raw_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd], announce: impl FnOnce()) -> io::Result<()> {
     if fds.len() > MAX_FDS_PER_MESSAGE {
         return Err(io::Error::other(format!("{} fds in one message (at most {MAX_FDS_PER_MESSAGE})", fds.len())));
@@ -172,7 +159,7 @@ mod tests {
         let mut buf = [0u8; 16];
         let mut fds = Vec::new();
         let mut announced = 0;
-        send_with_fds_announced(a.as_fd(), b"one", &[x.as_fd()], || {
+        send_with_raw_fds(a.as_fd(), b"one", &[x.as_raw_fd()], || {
             // Nothing is queued yet when the caller is told.
             let queued = recv_with_fds(b.as_fd(), &mut [0u8; 16], &mut Vec::new());
             assert_eq!(queued.map_err(|e| e.kind()).err(), Some(io::ErrorKind::WouldBlock));
@@ -183,8 +170,8 @@ mod tests {
         assert_eq!(recv_with_fds(b.as_fd(), &mut buf, &mut fds).expect("recv").len, 3);
         assert_eq!(fds.len(), 1);
 
-        let too_many = vec![x.as_fd(); MAX_FDS_PER_MESSAGE + 1];
-        let refused = send_with_fds_announced(a.as_fd(), b"x", &too_many, || announced += 1);
+        let too_many = vec![x.as_raw_fd(); MAX_FDS_PER_MESSAGE + 1];
+        let refused = send_with_raw_fds(a.as_fd(), b"x", &too_many, || announced += 1);
         assert!(refused.is_err() && announced == 1, "an oversized message was sent or announced");
     }
 

@@ -9,7 +9,7 @@ pub mod process;
 pub mod shared_table;
 pub mod spawn;
 
-pub use fdpass::{recv_with_fds, send_with_fds, send_with_fds_announced, send_with_raw_fds, seqpacket_pair};
+pub use fdpass::{recv_with_fds, send_with_fds, send_with_raw_fds, seqpacket_pair};
 pub use process::{monotonic_ns, Pid};
 
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
